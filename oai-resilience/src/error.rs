@@ -1,0 +1,990 @@
+//! The error model: one typed, matchable [`Error`] for everything the stack reports.
+//!
+//! Every layer of this crate fails with [`Error`]. Its [`ErrorKind`] tells the cases of
+//! OpenAI's troubleshooting guide apart (an invalid request, a bad key, a transient rate
+//! limit, an exhausted quota, a server error, …) and its accessors expose the facts that a
+//! person or a policy needs: the HTTP status, OpenAI's error object, the request id, the
+//! server's retry hint, the rate-limit snapshot and, for errors that went through retries, the
+//! attempts made.
+//!
+//! ```
+//! use oai_resilience::{Error, ErrorKind};
+//!
+//! let body = br#"{"error":{"message":"You exceeded your current quota, please check your plan and billing details.","type":"insufficient_quota","param":null,"code":"insufficient_quota"}}"#;
+//! let err = Error::from_response_parts(http::StatusCode::TOO_MANY_REQUESTS, &http::HeaderMap::new(), body);
+//! assert_eq!(err.kind(), ErrorKind::QuotaExceeded);
+//! assert!(!err.is_retryable());
+//! assert!(err.hint().contains("retrying will not help"));
+//! ```
+
+use std::borrow::Cow;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderMap, StatusCode};
+
+use crate::parse::{self, ApiError, RateLimitSnapshot};
+
+/// A type-erased error, as tower uses.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// What went wrong, in the terms of OpenAI's troubleshooting guide.
+///
+/// The kind decides retryability: see [`ErrorKind::is_retryable`].
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorKind {
+    /// 400: the request is malformed, often a missing or invalid parameter.
+    InvalidRequest,
+    /// 401: no valid API key was sent.
+    Authentication,
+    /// 403: the key is valid but lacks permission (or the region is not supported).
+    PermissionDenied,
+    /// 404: the model or resource does not exist, or the key cannot see it.
+    NotFound,
+    /// 408: the server timed out waiting for the request.
+    RequestTimeout,
+    /// 409: a conflict, such as a lock timeout.
+    Conflict,
+    /// 422: the request was well-formed but could not be processed.
+    Unprocessable,
+    /// 429 `rate_limit_exceeded` / `slow_down`: transient, retry after the hint.
+    RateLimited,
+    /// 429 `insufficient_quota` and the other billing codes: permanent until billing changes.
+    QuotaExceeded,
+    /// 413, or a 429 whose single request exceeds the tokens-per-minute limit.
+    RequestTooLarge,
+    /// 500 and above: a server-side failure.
+    ServerError,
+    /// The connection failed before a response arrived (refused, reset, DNS, TLS).
+    Connection,
+    /// The call or an attempt timed out locally.
+    Timeout,
+    /// Any other non-success status.
+    OtherStatus,
+    /// No API key was configured or found (local check, nothing sent).
+    MissingApiKey,
+    /// The API key is malformed (local check, nothing sent).
+    MalformedApiKey,
+    /// The request body failed local validation (nothing sent).
+    InvalidParameter,
+    /// A retry was needed but the request body cannot be replayed.
+    NotReplayable,
+    /// A local component failed in a way that is none of the above (a key provider, a store).
+    Internal,
+}
+
+impl ErrorKind {
+    /// Maps a non-success HTTP status (and, for 429, OpenAI's error object) to a kind.
+    pub fn from_status(status: StatusCode, api: Option<&ApiError>) -> Self {
+        match status.as_u16() {
+            400 => ErrorKind::InvalidRequest,
+            401 => ErrorKind::Authentication,
+            403 => ErrorKind::PermissionDenied,
+            404 => ErrorKind::NotFound,
+            408 => ErrorKind::RequestTimeout,
+            409 => ErrorKind::Conflict,
+            413 => ErrorKind::RequestTooLarge,
+            422 => ErrorKind::Unprocessable,
+            429 => match api {
+                Some(api) if api.is_quota() => ErrorKind::QuotaExceeded,
+                Some(api) if api.is_request_too_large() => ErrorKind::RequestTooLarge,
+                _ => ErrorKind::RateLimited,
+            },
+            s if s >= 500 => ErrorKind::ServerError,
+            _ => ErrorKind::OtherStatus,
+        }
+    }
+
+    /// Whether a retry of the same request can succeed, by kind alone.
+    ///
+    /// Rate limits, 408, 409, server errors, connection failures and timeouts are retryable;
+    /// everything the caller must change first (the request, the key, the billing) is not.
+    /// [`Error::is_retryable`] also reads the server's `x-should-retry` verdict.
+    pub fn is_retryable(self) -> bool {
+        matches!(
+            self,
+            ErrorKind::RateLimited
+                | ErrorKind::RequestTimeout
+                | ErrorKind::Conflict
+                | ErrorKind::ServerError
+                | ErrorKind::Connection
+                | ErrorKind::Timeout
+        )
+    }
+
+    /// Whether the error was raised locally, before anything was sent.
+    pub fn is_local(self) -> bool {
+        matches!(
+            self,
+            ErrorKind::MissingApiKey
+                | ErrorKind::MalformedApiKey
+                | ErrorKind::InvalidParameter
+                | ErrorKind::NotReplayable
+                | ErrorKind::Internal
+        )
+    }
+
+    /// A short, stable, lower-case name: `rate_limited`, `quota_exceeded`, …
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::InvalidRequest => "invalid_request",
+            ErrorKind::Authentication => "authentication",
+            ErrorKind::PermissionDenied => "permission_denied",
+            ErrorKind::NotFound => "not_found",
+            ErrorKind::RequestTimeout => "request_timeout",
+            ErrorKind::Conflict => "conflict",
+            ErrorKind::Unprocessable => "unprocessable",
+            ErrorKind::RateLimited => "rate_limited",
+            ErrorKind::QuotaExceeded => "quota_exceeded",
+            ErrorKind::RequestTooLarge => "request_too_large",
+            ErrorKind::ServerError => "server_error",
+            ErrorKind::Connection => "connection",
+            ErrorKind::Timeout => "timeout",
+            ErrorKind::OtherStatus => "other_status",
+            ErrorKind::MissingApiKey => "missing_api_key",
+            ErrorKind::MalformedApiKey => "malformed_api_key",
+            ErrorKind::InvalidParameter => "invalid_parameter",
+            ErrorKind::NotReplayable => "not_replayable",
+            ErrorKind::Internal => "internal",
+        }
+    }
+}
+
+impl fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The specific cause of an authentication (401) or permission (403) failure, read from the
+/// message, or of a malformed key found locally.
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AuthCause {
+    /// The key is wrong or revoked ("Incorrect API key provided").
+    IncorrectKey,
+    /// No key reached the server ("You didn't provide an API key").
+    MissingKey,
+    /// The key's account must be a member of an organization.
+    NotOrgMember,
+    /// The request came from an IP address the key does not allow.
+    IpNotAllowed,
+    /// The country, region or territory is not supported.
+    UnsupportedRegion,
+    /// The key lacks a scope the endpoint needs.
+    MissingScope,
+    /// The key is empty.
+    Empty,
+    /// Whitespace or a line break inside or around the key (a copy-paste fault).
+    Whitespace,
+    /// The key is wrapped in quotes.
+    Quoted,
+    /// The key has characters outside printable ASCII.
+    NonAscii,
+    /// The key starts with a second `Bearer `.
+    DoubledBearer,
+    /// The key is a placeholder from documentation (`sk-...`, `your-api-key`, …).
+    Placeholder,
+    /// The key does not start with a prefix that the target accepts (`sk-` for OpenAI).
+    WrongPrefix,
+    /// The key has characters that the configured shape does not allow.
+    InvalidCharacters,
+    /// Some other authentication failure.
+    Other,
+}
+
+impl AuthCause {
+    /// What is wrong, in a few words.
+    pub fn describe(self) -> &'static str {
+        match self {
+            AuthCause::IncorrectKey => "the API key is incorrect or revoked",
+            AuthCause::MissingKey => "no API key reached the server",
+            AuthCause::NotOrgMember => "the account must be a member of an organization",
+            AuthCause::IpNotAllowed => "the request's IP address is not allowed for this key",
+            AuthCause::UnsupportedRegion => "the country, region or territory is not supported",
+            AuthCause::MissingScope => "the API key lacks a required scope",
+            AuthCause::Empty => "the API key is empty",
+            AuthCause::Whitespace => "the API key contains whitespace or a line break",
+            AuthCause::Quoted => "the API key is wrapped in quotes",
+            AuthCause::NonAscii => "the API key contains non-ASCII characters",
+            AuthCause::DoubledBearer => "the API key starts with a second `Bearer `",
+            AuthCause::Placeholder => "the API key is a documentation placeholder",
+            AuthCause::WrongPrefix => "the API key does not have an accepted prefix",
+            AuthCause::InvalidCharacters => "the API key contains characters keys never have",
+            AuthCause::Other => "authentication failed",
+        }
+    }
+
+    fn hint(self) -> &'static str {
+        match self {
+            AuthCause::IncorrectKey => "check that OPENAI_API_KEY holds a valid, current key (keys are at https://platform.openai.com/api-keys)",
+            AuthCause::MissingKey => "set OPENAI_API_KEY or configure a key source on the auth layer",
+            AuthCause::NotOrgMember => "ask to be added to an organization, or set OPENAI_ORG_ID to one you belong to",
+            AuthCause::IpNotAllowed => "add this IP address to the key's project allow-list, or call from an allowed network",
+            AuthCause::UnsupportedRegion => "the API is not available from this region; see OpenAI's supported countries",
+            AuthCause::MissingScope => "give the key the needed permission (a restricted key lacks this scope) or use another key",
+            AuthCause::Empty | AuthCause::Placeholder => "set OPENAI_API_KEY to a real key from https://platform.openai.com/api-keys",
+            AuthCause::Whitespace => "remove the whitespace or line break around the key (a common copy-paste fault)",
+            AuthCause::Quoted => "remove the quotes around the key",
+            AuthCause::NonAscii => "re-copy the key: it contains characters that keys never have",
+            AuthCause::DoubledBearer => "pass the bare key; the `Bearer ` prefix is added for you",
+            AuthCause::WrongPrefix => "OpenAI keys start with `sk-`; check that the key belongs to this service",
+            AuthCause::InvalidCharacters => "re-copy the key: it contains characters that keys never have",
+            AuthCause::Other => "check the API key and its permissions",
+        }
+    }
+}
+
+/// One local validation failure: the parameter's OpenAI-style path and what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Violation {
+    /// The parameter's path, as OpenAI writes it: `messages[1].content`, `temperature`.
+    pub param: String,
+    /// What is wrong, in the API's manner: "Invalid type for 'temperature': expected a number".
+    pub message: String,
+}
+
+impl Violation {
+    /// A violation of `param`.
+    pub fn new(param: impl Into<String>, message: impl Into<String>) -> Self {
+        Violation {
+            param: param.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for Violation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.param, self.message)
+    }
+}
+
+/// Where a retry delay came from.
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DelaySource {
+    /// The policy's own backoff.
+    Backoff,
+    /// The `retry-after-ms` header.
+    RetryAfterMs,
+    /// The `retry-after` header.
+    RetryAfter,
+    /// An `x-ratelimit-reset-*` header.
+    RateLimitReset,
+    /// "Please try again in …" inside the error message.
+    Message,
+}
+
+impl DelaySource {
+    /// Whether the delay is the server's hint (not the client's backoff).
+    pub fn is_server_hint(self) -> bool {
+        !matches!(self, DelaySource::Backoff)
+    }
+}
+
+/// The outcome of one attempt, as recorded by the retry machinery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttemptOutcome {
+    /// 1 for the first attempt.
+    pub attempt: u32,
+    /// The kind of error that attempt ended with.
+    pub kind: ErrorKind,
+    /// The status, if a response arrived.
+    pub status: Option<StatusCode>,
+    /// The delay chosen before the next attempt, if there was one.
+    pub delay: Option<Duration>,
+    /// Where that delay came from.
+    pub delay_source: Option<DelaySource>,
+}
+
+/// Why the retry machinery stopped.
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum StopReason {
+    /// The error cannot succeed on retry (quota, bad request, bad key, …).
+    NotRetryable,
+    /// The maximum number of attempts was reached.
+    MaxAttempts,
+    /// The next delay would cross the overall deadline.
+    Deadline,
+    /// The retry budget shared by the stack's clones was exhausted.
+    Budget,
+    /// The server's hint was longer than the configured ceiling.
+    HintTooLong,
+    /// A custom policy said stop.
+    Policy,
+}
+
+impl StopReason {
+    fn describe(self) -> &'static str {
+        match self {
+            StopReason::NotRetryable => "not retryable",
+            StopReason::MaxAttempts => "maximum attempts reached",
+            StopReason::Deadline => "the next delay would cross the deadline",
+            StopReason::Budget => "retry budget exhausted",
+            StopReason::HintTooLong => "the server's retry hint exceeds the ceiling",
+            StopReason::Policy => "the policy stopped",
+        }
+    }
+}
+
+/// What the retry machinery did before it returned this error.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetryContext {
+    /// Attempts made, counting the first.
+    pub attempts: u32,
+    /// Time from the first attempt to the end, delays included.
+    pub elapsed: Duration,
+    /// Why it stopped.
+    pub stop: StopReason,
+    /// Each attempt's outcome, in order.
+    pub outcomes: Vec<AttemptOutcome>,
+    /// The overall deadline, if one was configured.
+    pub deadline: Option<Duration>,
+    /// The hint that was refused, for [`StopReason::HintTooLong`].
+    pub refused_hint: Option<Duration>,
+}
+
+/// Context that `#[openai_call]` attaches: which function failed and with what arguments.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallContext {
+    /// The function's full path (`my_crate::summarize`).
+    pub function: String,
+    /// The arguments that are not skipped, as `(name, Debug text)`, truncated and redacted.
+    pub args: Vec<(String, String)>,
+}
+
+#[derive(Clone)]
+struct Inner {
+    kind: ErrorKind,
+    status: Option<StatusCode>,
+    api: Option<ApiError>,
+    request_id: Option<String>,
+    retry_after: Option<Duration>,
+    retry_after_source: Option<DelaySource>,
+    should_retry: Option<bool>,
+    rate_limit: Option<RateLimitSnapshot>,
+    detail: Option<String>,
+    auth_cause: Option<AuthCause>,
+    violations: Vec<Violation>,
+    retry: Option<RetryContext>,
+    call: Option<CallContext>,
+    source: Option<Arc<dyn std::error::Error + Send + Sync + 'static>>,
+}
+
+/// The error of every layer in this crate.
+///
+/// Cheap to clone (one allocation, shared source). `Display` is one line a person can act on;
+/// the facts are accessors. See the [module docs](crate::error).
+///
+/// It converts into [`BoxError`] and back without loss:
+///
+/// ```
+/// use oai_resilience::{BoxError, Error, ErrorKind};
+///
+/// let boxed: BoxError = Error::new(ErrorKind::ServerError).into();
+/// let err = boxed.downcast_ref::<Error>().unwrap();
+/// assert_eq!(err.kind(), ErrorKind::ServerError);
+/// ```
+#[derive(Clone)]
+pub struct Error {
+    inner: Arc<Inner>,
+}
+
+impl Error {
+    /// An error of `kind` with no other facts; add them with the `with_*` methods.
+    pub fn new(kind: ErrorKind) -> Self {
+        Error {
+            inner: Arc::new(Inner {
+                kind,
+                status: None,
+                api: None,
+                request_id: None,
+                retry_after: None,
+                retry_after_source: None,
+                should_retry: None,
+                rate_limit: None,
+                detail: None,
+                auth_cause: None,
+                violations: Vec::new(),
+                retry: None,
+                call: None,
+                source: None,
+            }),
+        }
+    }
+
+    fn inner_mut(&mut self) -> &mut Inner {
+        Arc::make_mut(&mut self.inner)
+    }
+
+    /// Builds the error for a non-success response from its status, headers and (possibly
+    /// truncated) body. Never fails: a body that is not OpenAI's JSON is kept as the detail.
+    ///
+    /// The kind comes from [`ErrorKind::from_status`]; the retry hint from
+    /// [`parse::retry_hint`]; key fragments that a 401 message echoes are redacted.
+    pub fn from_response_parts(status: StatusCode, headers: &HeaderMap, body: &[u8]) -> Self {
+        let api = parse::parse_error_body(body);
+        let kind = ErrorKind::from_status(status, api.as_ref());
+        let mut err = Error::new(kind).with_status(status);
+        let inner = err.inner_mut();
+        inner.request_id = parse::request_id(headers).map(str::to_owned);
+        inner.should_retry = parse::should_retry(headers);
+        let rl = RateLimitSnapshot::from_headers(headers);
+        if !rl.is_empty() {
+            inner.rate_limit = Some(rl);
+        }
+        if let Some(hint) = parse::retry_hint(headers, std::time::SystemTime::now()) {
+            inner.retry_after = Some(hint.delay);
+            inner.retry_after_source = Some(hint.source);
+        } else if kind == ErrorKind::RateLimited {
+            let from_message = api
+                .as_ref()
+                .and_then(|a| parse::parse_try_again_in(&a.message));
+            if let Some(d) = from_message {
+                inner.retry_after = Some(d);
+                inner.retry_after_source = Some(DelaySource::Message);
+            }
+        }
+        if matches!(
+            kind,
+            ErrorKind::Authentication | ErrorKind::PermissionDenied
+        ) {
+            inner.auth_cause = Some(
+                api.as_ref()
+                    .map(|a| parse::auth_cause(status, a))
+                    .unwrap_or(AuthCause::Other),
+            );
+        }
+        if api.is_none() {
+            let text = parse::body_snippet(body);
+            if !text.is_empty() {
+                inner.detail = Some(text);
+            }
+        }
+        inner.api = api;
+        err
+    }
+
+    /// Sets the HTTP status.
+    pub fn with_status(mut self, status: StatusCode) -> Self {
+        self.inner_mut().status = Some(status);
+        self
+    }
+
+    /// Sets OpenAI's error object (its message is redacted of key fragments).
+    pub fn with_api_error(mut self, mut api: ApiError) -> Self {
+        api.message = parse::redact_secrets(&api.message).into_owned();
+        self.inner_mut().api = Some(api);
+        self
+    }
+
+    /// Sets the `x-request-id`.
+    pub fn with_request_id(mut self, id: impl Into<String>) -> Self {
+        self.inner_mut().request_id = Some(id.into());
+        self
+    }
+
+    /// Sets the server's retry hint and where it came from.
+    pub fn with_retry_after(mut self, delay: Duration, source: DelaySource) -> Self {
+        let inner = self.inner_mut();
+        inner.retry_after = Some(delay);
+        inner.retry_after_source = Some(source);
+        self
+    }
+
+    /// Sets the server's `x-should-retry` verdict.
+    pub fn with_should_retry(mut self, verdict: bool) -> Self {
+        self.inner_mut().should_retry = Some(verdict);
+        self
+    }
+
+    /// Sets the rate-limit snapshot.
+    pub fn with_rate_limit(mut self, snapshot: RateLimitSnapshot) -> Self {
+        self.inner_mut().rate_limit = Some(snapshot);
+        self
+    }
+
+    /// Sets a human-readable detail (used when there is no OpenAI error object). Secrets that
+    /// look like API keys are redacted.
+    pub fn with_detail(mut self, detail: impl Into<String>) -> Self {
+        let detail = detail.into();
+        self.inner_mut().detail = Some(parse::redact_secrets(&detail).into_owned());
+        self
+    }
+
+    /// Sets the authentication cause.
+    pub fn with_auth_cause(mut self, cause: AuthCause) -> Self {
+        self.inner_mut().auth_cause = Some(cause);
+        self
+    }
+
+    /// Sets the validation violations (for [`ErrorKind::InvalidParameter`]).
+    pub fn with_violations(mut self, violations: Vec<Violation>) -> Self {
+        self.inner_mut().violations = violations;
+        self
+    }
+
+    /// Attaches what the retry machinery did.
+    pub fn with_retry_context(mut self, ctx: RetryContext) -> Self {
+        self.inner_mut().retry = Some(ctx);
+        self
+    }
+
+    /// Attaches the `#[openai_call]` context.
+    pub fn with_call_context(mut self, ctx: CallContext) -> Self {
+        self.inner_mut().call = Some(ctx);
+        self
+    }
+
+    /// Sets the underlying cause, kept for [`std::error::Error::source`].
+    pub fn with_source(mut self, source: impl Into<BoxError>) -> Self {
+        let boxed: BoxError = source.into();
+        self.inner_mut().source = Some(Arc::from(boxed));
+        self
+    }
+
+    /// Turns an inner service's error into a connection or timeout error, keeping it as the
+    /// source. An [`Error`] passes through unchanged.
+    pub fn from_service_error(err: impl Into<BoxError>) -> Self {
+        let err: BoxError = err.into();
+        let err = match err.downcast::<Error>() {
+            Ok(e) => return *e,
+            Err(e) => e,
+        };
+        let kind = if is_timeout(&*err) {
+            ErrorKind::Timeout
+        } else {
+            ErrorKind::Connection
+        };
+        Error::new(kind).with_source(err)
+    }
+
+    /// The kind.
+    pub fn kind(&self) -> ErrorKind {
+        self.inner.kind
+    }
+
+    /// The HTTP status, if a response arrived.
+    pub fn status(&self) -> Option<StatusCode> {
+        self.inner.status
+    }
+
+    /// OpenAI's error object, if the body held one.
+    pub fn api_error(&self) -> Option<&ApiError> {
+        self.inner.api.as_ref()
+    }
+
+    /// The OpenAI message, if any.
+    pub fn message(&self) -> Option<&str> {
+        self.inner.api.as_ref().map(|a| a.message.as_str())
+    }
+
+    /// OpenAI's `type`, if any.
+    pub fn error_type(&self) -> Option<&str> {
+        self.inner
+            .api
+            .as_ref()
+            .and_then(|a| a.error_type.as_deref())
+    }
+
+    /// OpenAI's `code`, if any (numeric codes as their decimal text).
+    pub fn code(&self) -> Option<&str> {
+        self.inner.api.as_ref().and_then(|a| a.code.as_deref())
+    }
+
+    /// The parameter OpenAI (or local validation, for the first violation) named, if any.
+    pub fn param(&self) -> Option<&str> {
+        self.inner
+            .api
+            .as_ref()
+            .and_then(|a| a.param.as_deref())
+            .or_else(|| self.inner.violations.first().map(|v| v.param.as_str()))
+    }
+
+    /// The `x-request-id` of the response.
+    pub fn request_id(&self) -> Option<&str> {
+        self.inner.request_id.as_deref()
+    }
+
+    /// The server's retry hint, if it gave one (from `retry-after-ms`, `retry-after`, or the
+    /// "try again in" message).
+    pub fn retry_after(&self) -> Option<Duration> {
+        self.inner.retry_after
+    }
+
+    /// Where [`Error::retry_after`] came from.
+    pub fn retry_after_source(&self) -> Option<DelaySource> {
+        self.inner.retry_after_source
+    }
+
+    /// The server's `x-should-retry` verdict, if it sent one.
+    pub fn should_retry(&self) -> Option<bool> {
+        self.inner.should_retry
+    }
+
+    /// The `x-ratelimit-*` snapshot of the response, if it had any of those headers.
+    pub fn rate_limit(&self) -> Option<&RateLimitSnapshot> {
+        self.inner.rate_limit.as_ref()
+    }
+
+    /// The human-readable detail for errors without an OpenAI error object.
+    pub fn detail(&self) -> Option<&str> {
+        self.inner.detail.as_deref()
+    }
+
+    /// The specific cause of an authentication or permission failure.
+    pub fn auth_cause(&self) -> Option<AuthCause> {
+        self.inner.auth_cause
+    }
+
+    /// The local validation violations, every one of them.
+    pub fn violations(&self) -> &[Violation] {
+        &self.inner.violations
+    }
+
+    /// What the retry machinery did, if the error went through it.
+    pub fn retry_context(&self) -> Option<&RetryContext> {
+        self.inner.retry.as_ref()
+    }
+
+    /// Attempts made (1 if the error did not go through retries).
+    pub fn attempts(&self) -> u32 {
+        self.inner.retry.as_ref().map_or(1, |r| r.attempts)
+    }
+
+    /// The `#[openai_call]` context, if the error left an annotated function.
+    pub fn call_context(&self) -> Option<&CallContext> {
+        self.inner.call.as_ref()
+    }
+
+    /// Whether retrying the same request can succeed.
+    ///
+    /// The server's `x-should-retry` verdict wins; otherwise the kind decides
+    /// ([`ErrorKind::is_retryable`]).
+    pub fn is_retryable(&self) -> bool {
+        match self.inner.should_retry {
+            Some(verdict) if !self.inner.kind.is_local() => verdict,
+            _ => self.inner.kind.is_retryable(),
+        }
+    }
+
+    /// The troubleshooting guide's advice for this error, concrete where the facts allow.
+    pub fn hint(&self) -> Cow<'static, str> {
+        let inner = &*self.inner;
+        if let Some(cause) = inner.auth_cause {
+            return Cow::Borrowed(cause.hint());
+        }
+        match inner.kind {
+            ErrorKind::InvalidRequest | ErrorKind::InvalidParameter => {
+                let param = self.param();
+                let missing = self
+                    .message()
+                    .map(|m| m.contains("Missing required parameter") || m.contains("required"))
+                    .unwrap_or(false)
+                    || inner.violations.iter().any(|v| v.message.contains("Missing required"));
+                match param {
+                    Some(p) if missing => Cow::Owned(format!("add the missing parameter `{p}`")),
+                    Some(p) => Cow::Owned(format!("fix the parameter `{p}` (see the message)")),
+                    None => Cow::Borrowed("check the request's parameters against the API reference"),
+                }
+            }
+            ErrorKind::NotFound => Cow::Borrowed(
+                "check the model name or resource id, and that this key's organization/project can access it",
+            ),
+            ErrorKind::RequestTimeout | ErrorKind::Conflict => {
+                Cow::Borrowed("transient: retry after a short backoff")
+            }
+            ErrorKind::Unprocessable => {
+                Cow::Borrowed("the request was understood but cannot be processed: check its content")
+            }
+            ErrorKind::RateLimited => match inner.retry_after {
+                Some(d) => Cow::Owned(format!(
+                    "rate limited: retry after {} or lower your request rate",
+                    fmt_secs(d)
+                )),
+                None => Cow::Borrowed("rate limited: back off and retry, or lower your request rate"),
+            },
+            ErrorKind::QuotaExceeded => Cow::Borrowed(
+                "you exceeded your quota: check plan and billing; retrying will not help",
+            ),
+            ErrorKind::RequestTooLarge => Cow::Borrowed(
+                "the request is larger than the limit allows: shorten the prompt or lower max tokens; retrying will not help",
+            ),
+            ErrorKind::ServerError => {
+                Cow::Borrowed("server-side error: retry with backoff; if it persists, check status.openai.com")
+            }
+            ErrorKind::Connection => {
+                Cow::Borrowed("could not reach the server: check the base URL, network and proxy; retry with backoff")
+            }
+            ErrorKind::Timeout => Cow::Borrowed(
+                "the call timed out: retry, raise the timeout, or request fewer tokens",
+            ),
+            ErrorKind::MissingApiKey => Cow::Borrowed(
+                "set OPENAI_API_KEY (keys are at https://platform.openai.com/api-keys) or configure a key on the auth layer",
+            ),
+            ErrorKind::MalformedApiKey | ErrorKind::Authentication => Cow::Borrowed(
+                "check that OPENAI_API_KEY holds a valid key (keys are at https://platform.openai.com/api-keys)",
+            ),
+            ErrorKind::PermissionDenied => {
+                Cow::Borrowed("the key lacks permission for this resource: check its project, role and scopes")
+            }
+            ErrorKind::NotReplayable => Cow::Borrowed(
+                "the request body cannot be replayed: send a buffered body (Full<Bytes>) to allow retries",
+            ),
+            ErrorKind::OtherStatus | ErrorKind::Internal => {
+                Cow::Borrowed("read the message; retrying is unlikely to help")
+            }
+        }
+    }
+}
+
+fn is_timeout(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = cur {
+        if e.is::<tokio::time::error::Elapsed>() || e.is::<tower::timeout::error::Elapsed>() {
+            return true;
+        }
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            if io.kind() == std::io::ErrorKind::TimedOut {
+                return true;
+            }
+        }
+        cur = e.source();
+    }
+    false
+}
+
+/// Formats a duration as seconds with up to three decimals: `1.2 s`, `0.12 s`, `20 s`.
+pub(crate) fn fmt_secs(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms % 1000 == 0 {
+        format!("{} s", ms / 1000)
+    } else {
+        let s = format!("{:.3}", d.as_secs_f64());
+        let s = s.trim_end_matches('0').trim_end_matches('.');
+        format!("{s} s")
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let inner = &*self.inner;
+        match inner.status {
+            Some(s) => write!(f, "{} {}", s.as_u16(), inner.kind)?,
+            None => write!(f, "{}", inner.kind)?,
+        }
+        if let Some(cause) = inner.auth_cause {
+            write!(f, " ({})", cause.describe())?;
+        }
+        if let Some(api) = &inner.api {
+            write!(f, ": {}", one_line(&api.message, 300))?;
+        } else if !inner.violations.is_empty() {
+            f.write_str(": ")?;
+            for (i, v) in inner.violations.iter().take(5).enumerate() {
+                if i > 0 {
+                    f.write_str("; ")?;
+                }
+                write!(f, "{}", one_line(&v.to_string(), 200))?;
+            }
+            if inner.violations.len() > 5 {
+                write!(f, "; and {} more", inner.violations.len() - 5)?;
+            }
+        } else if let Some(detail) = &inner.detail {
+            write!(f, ": {}", one_line(detail, 300))?;
+        } else if let Some(src) = &inner.source {
+            write!(
+                f,
+                ": {}",
+                one_line(&parse::redact_secrets(&src.to_string()), 300)
+            )?;
+        }
+        if let Some(id) = &inner.request_id {
+            write!(f, " [request {id}]")?;
+        }
+        if let Some(call) = &inner.call {
+            write!(f, " in {}", call.function)?;
+        }
+        if let Some(r) = &inner.retry {
+            write!(
+                f,
+                " after {} attempt{} in {} ({})",
+                r.attempts,
+                if r.attempts == 1 { "" } else { "s" },
+                fmt_secs(r.elapsed),
+                r.stop.describe()
+            )?;
+            if let Some(h) = r.refused_hint {
+                write!(f, " (server asked to wait {})", fmt_secs(h))?;
+            }
+            if let (StopReason::Deadline, Some(d)) = (r.stop, r.deadline) {
+                write!(f, " (deadline {})", fmt_secs(d))?;
+            }
+        }
+        write!(f, " — hint: {}", self.hint())
+    }
+}
+
+/// Collapses line breaks and truncates to `max` characters, so `Display` stays one line.
+fn one_line(s: &str, max: usize) -> Cow<'_, str> {
+    let needs_fold = s.contains(['\n', '\r']);
+    let too_long = s.chars().count() > max;
+    if !needs_fold && !too_long {
+        return Cow::Borrowed(s);
+    }
+    let mut out: String = s
+        .chars()
+        .map(|c| if c == '\n' || c == '\r' { ' ' } else { c })
+        .take(max)
+        .collect();
+    if too_long {
+        out.push('…');
+    }
+    Cow::Owned(out)
+}
+
+impl fmt::Debug for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let inner = &*self.inner;
+        let mut d = f.debug_struct("Error");
+        d.field("kind", &inner.kind);
+        if let Some(s) = inner.status {
+            d.field("status", &s.as_u16());
+        }
+        if let Some(api) = &inner.api {
+            d.field("api", api);
+        }
+        if let Some(id) = &inner.request_id {
+            d.field("request_id", id);
+        }
+        if let Some(r) = inner.retry_after {
+            d.field("retry_after", &r);
+            d.field("retry_after_source", &inner.retry_after_source);
+        }
+        if let Some(v) = inner.should_retry {
+            d.field("should_retry", &v);
+        }
+        if let Some(rl) = &inner.rate_limit {
+            d.field("rate_limit", rl);
+        }
+        if let Some(detail) = &inner.detail {
+            d.field("detail", detail);
+        }
+        if let Some(c) = inner.auth_cause {
+            d.field("auth_cause", &c);
+        }
+        if !inner.violations.is_empty() {
+            d.field("violations", &inner.violations);
+        }
+        if let Some(r) = &inner.retry {
+            d.field("retry", r);
+        }
+        if let Some(c) = &inner.call {
+            d.field("call", c);
+        }
+        if let Some(s) = &inner.source {
+            d.field("source", &parse::redact_secrets(&format!("{s:?}")));
+        }
+        d.finish()
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.inner
+            .source
+            .as_deref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}
+
+impl From<ErrorKind> for Error {
+    fn from(kind: ErrorKind) -> Self {
+        Error::new(kind)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_map_from_status() {
+        let cases = [
+            (400, ErrorKind::InvalidRequest),
+            (401, ErrorKind::Authentication),
+            (403, ErrorKind::PermissionDenied),
+            (404, ErrorKind::NotFound),
+            (408, ErrorKind::RequestTimeout),
+            (409, ErrorKind::Conflict),
+            (413, ErrorKind::RequestTooLarge),
+            (422, ErrorKind::Unprocessable),
+            (429, ErrorKind::RateLimited),
+            (500, ErrorKind::ServerError),
+            (503, ErrorKind::ServerError),
+            (418, ErrorKind::OtherStatus),
+        ];
+        for (code, kind) in cases {
+            assert_eq!(
+                ErrorKind::from_status(StatusCode::from_u16(code).unwrap(), None),
+                kind,
+                "{code}"
+            );
+        }
+    }
+
+    #[test]
+    fn should_retry_header_overrides_kind() {
+        let e = Error::new(ErrorKind::ServerError).with_should_retry(false);
+        assert!(!e.is_retryable());
+        let e = Error::new(ErrorKind::InvalidRequest).with_should_retry(true);
+        assert!(e.is_retryable());
+        // A local error is never made retryable by a header.
+        let e = Error::new(ErrorKind::MissingApiKey).with_should_retry(true);
+        assert!(!e.is_retryable());
+    }
+
+    #[test]
+    fn boxed_round_trip_keeps_everything() {
+        let e = Error::new(ErrorKind::RateLimited)
+            .with_status(StatusCode::TOO_MANY_REQUESTS)
+            .with_request_id("req_1")
+            .with_retry_after(Duration::from_millis(1200), DelaySource::RetryAfterMs);
+        let boxed: BoxError = e.into();
+        let back = boxed.downcast_ref::<Error>().unwrap();
+        assert_eq!(back.request_id(), Some("req_1"));
+        assert_eq!(back.retry_after(), Some(Duration::from_millis(1200)));
+        assert!(back.hint().contains("retry after 1.2 s"), "{}", back.hint());
+        let again = Error::from_service_error(boxed);
+        assert_eq!(again.kind(), ErrorKind::RateLimited);
+    }
+
+    #[test]
+    fn display_is_one_line() {
+        let e = Error::new(ErrorKind::ServerError)
+            .with_detail("<html>\n<body>bad gateway</body>\n</html>");
+        let s = e.to_string();
+        assert!(!s.contains('\n'), "{s}");
+        assert!(s.contains("bad gateway"));
+    }
+
+    #[test]
+    fn service_errors_become_connection_or_timeout() {
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        let e = Error::from_service_error(io);
+        assert_eq!(e.kind(), ErrorKind::Connection);
+        assert!(std::error::Error::source(&e).is_some());
+        let io = std::io::Error::new(std::io::ErrorKind::TimedOut, "slow");
+        assert_eq!(Error::from_service_error(io).kind(), ErrorKind::Timeout);
+    }
+
+    #[test]
+    fn fmt_secs_is_short() {
+        assert_eq!(fmt_secs(Duration::from_millis(1200)), "1.2 s");
+        assert_eq!(fmt_secs(Duration::from_secs(20)), "20 s");
+        assert_eq!(fmt_secs(Duration::from_millis(120)), "0.12 s");
+    }
+}

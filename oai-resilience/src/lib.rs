@@ -1,0 +1,27 @@
+//! # oai-resilience
+//!
+//! Tower layers that make calls to the OpenAI API (and OpenAI-compatible APIs) resilient.
+//!
+//! A call that fails meets the failures of OpenAI's troubleshooting guide: a bad parameter
+//! (400), a bad key (401), missing permission (403), a rate limit or an exhausted quota (429),
+//! a server error (5xx). This crate turns the guide's advice into middleware:
+//!
+//! - [`classify`]: responses become typed [`Error`]s with OpenAI's `type`/`code`/`param`,
+//!   the request id, the rate-limit headers and an actionable [`Error::hint`].
+//! - [`parse`]: the lenient, total parsers behind it, usable without tower.
+//!
+//! The error model is [`Error`] / [`ErrorKind`].
+#![doc(test(attr(deny(warnings))))]
+#![warn(missing_docs)]
+#![cfg_attr(docsrs, feature(doc_auto_cfg))]
+
+pub mod classify;
+pub mod error;
+pub mod parse;
+
+pub use classify::{Classify, ClassifyLayer};
+pub use error::{
+    AttemptOutcome, AuthCause, BoxError, CallContext, DelaySource, Error, ErrorKind, RetryContext,
+    StopReason, Violation,
+};
+pub use parse::{ApiError, RateLimitSnapshot};
