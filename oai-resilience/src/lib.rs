@@ -18,6 +18,7 @@
 pub mod classify;
 pub mod error;
 pub mod parse;
+pub mod retry;
 
 pub use classify::{Classify, ClassifyLayer};
 pub use error::{
