@@ -26,3 +26,4 @@ pub use error::{
     StopReason, Violation,
 };
 pub use parse::{ApiError, RateLimitSnapshot};
+pub use retry::{Retry, RetryConfig, RetryLayer};
