@@ -9,6 +9,7 @@
 //! - [`classify`]: responses become typed [`Error`]s with OpenAI's `type`/`code`/`param`,
 //!   the request id, the rate-limit headers and an actionable [`Error::hint`].
 //! - [`parse`]: the lenient, total parsers behind it, usable without tower.
+//! - `mock` (feature `mock`): an embedded mock OpenAI server for tests and examples.
 //!
 //! The error model is [`Error`] / [`ErrorKind`].
 #![doc(test(attr(deny(warnings))))]
@@ -17,6 +18,8 @@
 
 pub mod classify;
 pub mod error;
+#[cfg(feature = "mock")]
+pub mod mock;
 pub mod parse;
 pub mod retry;
 
