@@ -9,6 +9,8 @@
 //! - [`classify`]: responses become typed [`Error`]s with OpenAI's `type`/`code`/`param`,
 //!   the request id, the rate-limit headers and an actionable [`Error::hint`].
 //! - [`parse`]: the lenient, total parsers behind it, usable without tower.
+//! - [`retry`]: retries with jitter, server hints (bounded), a shared budget and a deadline;
+//!   [`retry::call`] runs the same loop for closures.
 //! - `mock` (feature `mock`): an embedded mock OpenAI server for tests and examples.
 //!
 //! The error model is [`Error`] / [`ErrorKind`].
