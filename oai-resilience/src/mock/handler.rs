@@ -26,9 +26,19 @@ use super::Route;
 /// At most this many requests are kept for [`super::MockServer::requests`] (the newest).
 pub(crate) const MAX_RECORDED: usize = 10_000;
 
-#[derive(Debug)]
 pub(crate) struct Shared {
     state: Mutex<State>,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Short on purpose: the request log can hold thousands of entries.
+        let s = self.lock();
+        f.debug_struct("Shared")
+            .field("config", &s.config)
+            .field("counts", &s.counts)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug)]
@@ -395,6 +405,12 @@ impl State {
                 Vec::new(),
             );
         }
+        if let Some(problem) = type_problem(route, &req) {
+            return (
+                outcome(StatusCode::BAD_REQUEST, problem, Cause::BadRequest),
+                Vec::new(),
+            );
+        }
 
         // 6. The rate limits.
         let now = Instant::now();
@@ -460,6 +476,14 @@ impl State {
                 Cause::RateLimited,
             );
             o.headers.extend(retry_headers(wait));
+            if self.config.charge_rejected {
+                if let Some(l) = &mut self.requests {
+                    l.take(1.0);
+                }
+                if let Some(l) = &mut self.tokens {
+                    l.take(cost);
+                }
+            }
             return (o, self.rate_headers());
         }
         if let Some(l) = &mut self.requests {
@@ -502,6 +526,54 @@ impl State {
             }
         }
         out
+    }
+}
+
+/// The API's 400 for a parameter of the wrong type (or an empty `messages`).
+fn type_problem(route: Route, req: &Value) -> Option<String> {
+    let invalid_type = |param: &str, expected: &str, got: &Value| {
+        error_body(
+            &format!(
+                "Invalid type for '{param}': expected {expected}, but got {} instead.",
+                json_kind(got)
+            ),
+            Some("invalid_request_error"),
+            Some(param),
+            Some("invalid_type"),
+        )
+    };
+    let model = req.get("model")?;
+    if !model.is_string() {
+        return Some(invalid_type("model", "a string", model));
+    }
+    if route == Route::ChatCompletions {
+        let messages = req.get("messages")?;
+        match messages.as_array() {
+            None => return Some(invalid_type("messages", "an array of objects", messages)),
+            Some(list) if list.is_empty() => {
+                return Some(error_body(
+                    "Invalid 'messages': empty array. Expected an array with minimum length 1, \
+                     but got an empty array instead.",
+                    Some("invalid_request_error"),
+                    Some("messages"),
+                    Some("empty_array"),
+                ))
+            }
+            Some(_) => {}
+        }
+    }
+    None
+}
+
+fn json_kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(n) if n.is_f64() => "a decimal",
+        Value::Number(_) => "an integer",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
     }
 }
 

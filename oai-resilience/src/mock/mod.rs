@@ -143,12 +143,21 @@ impl fmt::Display for Route {
 /// The running mock server. See the [module docs](self).
 ///
 /// Dropping it stops the server: the accept loop and every connection are aborted.
-#[derive(Debug)]
 pub struct MockServer {
     addr: SocketAddr,
     shared: Arc<Shared>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
+}
+
+impl fmt::Debug for MockServer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MockServer")
+            .field("addr", &self.addr)
+            .field("state", &self.shared)
+            .field("running", &self.task.is_some())
+            .finish()
+    }
 }
 
 static NEXT_SEED: AtomicU64 = AtomicU64::new(0x6f61_692d_6d6f_636b);
@@ -214,6 +223,13 @@ impl MockServer {
     /// Clears the counts and the recorded requests (the buckets and scripts stay).
     pub fn reset_counts(&self) {
         self.shared.reset_counts();
+    }
+
+    /// The answered requests to `route`, oldest first.
+    pub fn requests_to(&self, route: Route) -> Vec<RecordedRequest> {
+        let mut all = self.shared.requests();
+        all.retain(|r| r.route == Some(route));
+        all
     }
 
     /// Appends responses to `route`'s script, as [`MockBuilder::script`] does.
