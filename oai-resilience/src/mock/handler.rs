@@ -1,7 +1,6 @@
 //! The request handler: one decision per request under a lock, then latency, then the answer.
 
 use std::collections::{HashMap, VecDeque};
-use std::convert::Infallible;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -61,7 +60,20 @@ struct Outcome {
     headers: Vec<(HeaderName, HeaderValue)>,
     delay: Duration,
     cause: Cause,
+    disconnect: bool,
 }
+
+/// The "error" of a scripted disconnection: hyper closes the connection without answering.
+#[derive(Debug)]
+pub(crate) struct Disconnect;
+
+impl std::fmt::Display for Disconnect {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("mock: scripted disconnection")
+    }
+}
+
+impl std::error::Error for Disconnect {}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Cause {
@@ -139,7 +151,7 @@ type MockBody = Full<Bytes>;
 pub(crate) async fn handle<B>(
     shared: Arc<Shared>,
     req: Request<B>,
-) -> Result<Response<MockBody>, Infallible>
+) -> Result<Response<MockBody>, Disconnect>
 where
     B: http_body::Body,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -177,6 +189,13 @@ where
     let wait = latency + outcome.delay;
     if !wait.is_zero() {
         tokio::time::sleep(wait).await;
+    }
+
+    if outcome.disconnect {
+        let mut s = shared.lock();
+        s.counts.scripted += 1;
+        s.counts.disconnected += 1;
+        return Err(Disconnect);
     }
 
     let mut res = Response::new(Full::new(outcome.body.clone()));
@@ -286,6 +305,7 @@ impl State {
                     headers: r.headers,
                     delay: r.delay,
                     cause: Cause::Scripted,
+                    disconnect: r.disconnect,
                 },
                 Vec::new(),
             );
@@ -584,6 +604,7 @@ fn outcome(status: StatusCode, body: String, cause: Cause) -> Outcome {
         headers: Vec::new(),
         delay: Duration::ZERO,
         cause,
+        disconnect: false,
     }
 }
 

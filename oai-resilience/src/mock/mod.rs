@@ -17,6 +17,7 @@
 //! | latency | [`MockBuilder::latency`], [`MockBuilder::route_latency`], [`MockResponse::with_delay`] | a `tokio::time::sleep` |
 //! | key check | [`MockBuilder::api_key`]; causes via [`MockResponse::auth_failure`] | 401/403 with OpenAI's messages |
 //! | bad bodies | always on | 400 invalid JSON, 400 `missing_required_parameter`, 413 |
+//! | a dropped connection | [`MockResponse::disconnect`] in a script | the connection closes, no answer |
 //!
 //! [`MockBuilder`] lists the order in which a request meets these steps. All clocks are
 //! tokio's, so buckets refill and latencies pass in virtual time
@@ -25,8 +26,8 @@
 //! `assert_eq!(server.counts().total, 0)`), [`MockServer::requests`] the requests themselves.
 //! The server stops when dropped, or with [`MockServer::shutdown`].
 //!
-//! (Connection-level faults, such as closing mid-headers or dripping a body, are not built
-//! yet; they will be further steps of the same builder.)
+//! (Other connection-level faults, such as closing mid-headers or dripping a body, are not
+//! built yet; they will be further [`MockResponse`] constructors.)
 //!
 //! ```
 //! use bytes::Bytes;
