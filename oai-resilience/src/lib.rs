@@ -21,6 +21,7 @@ pub mod error;
 #[cfg(feature = "mock")]
 pub mod mock;
 pub mod parse;
+pub mod retry;
 
 pub use classify::{Classify, ClassifyLayer};
 pub use error::{
@@ -28,3 +29,4 @@ pub use error::{
     StopReason, Violation,
 };
 pub use parse::{ApiError, RateLimitSnapshot};
+pub use retry::{Retry, RetryConfig, RetryLayer};
