@@ -51,10 +51,10 @@ impl KeyHeader {
 }
 
 #[derive(Debug)]
-struct Config {
-    source: Option<KeySource>,
-    rules: KeyRules,
-    header: KeyHeader,
+pub(super) struct Config {
+    pub(super) source: Option<KeySource>,
+    pub(super) rules: KeyRules,
+    pub(super) header: KeyHeader,
 }
 
 /// Adds and checks API keys before anything is sent. See the [module docs](super).
@@ -140,6 +140,10 @@ impl AuthLayer {
     pub fn key_rules(&self) -> &KeyRules {
         &self.config.rules
     }
+
+    pub(super) fn into_config(self) -> Arc<Config> {
+        self.config
+    }
 }
 
 impl<S> Layer<S> for AuthLayer {
@@ -178,7 +182,7 @@ impl<S> Auth<S> {
 }
 
 /// The host a request targets: the URI's, else the `Host` header's.
-fn target_host<B>(req: &Request<B>) -> Option<String> {
+pub(super) fn target_host<B>(req: &Request<B>) -> Option<String> {
     req.uri().host().map(str::to_owned).or_else(|| {
         req.headers()
             .get(http::header::HOST)
@@ -188,7 +192,7 @@ fn target_host<B>(req: &Request<B>) -> Option<String> {
 }
 
 /// What the request already carries.
-enum Present {
+pub(super) enum Present {
     /// No key header: the layer adds one.
     Nothing,
     /// A key header that passed the checks (now marked sensitive).
@@ -196,7 +200,7 @@ enum Present {
 }
 
 /// Checks the key header that the request already has, if any, and marks it sensitive.
-fn check_present<B>(
+pub(super) fn check_present<B>(
     req: &mut Request<B>,
     config: &Config,
     host: Option<&str>,
@@ -231,7 +235,7 @@ fn check_present<B>(
 }
 
 /// Checks the resolved credentials and writes them into the request's headers.
-fn apply<B>(
+pub(super) fn apply<B>(
     req: &mut Request<B>,
     creds: &Credentials,
     config: &Config,
@@ -275,7 +279,17 @@ fn apply<B>(
     Ok(())
 }
 
-fn reject(err: Error) -> Error {
+/// The error for a request without a key header when the layer has no source.
+pub(super) fn no_source(config: &Config) -> Error {
+    Error::new(ErrorKind::MissingApiKey)
+        .with_auth_cause(AuthCause::MissingKey)
+        .with_detail(format!(
+            "the request has no {} header and the auth layer has no key source",
+            config.header.name()
+        ))
+}
+
+pub(super) fn reject(err: Error) -> Error {
     tracing::debug!(
         kind = %err.kind(),
         cause = ?err.auth_cause(),
@@ -307,14 +321,7 @@ where
             Ok(Present::Nothing) => {}
         }
         let Some(source) = &config.source else {
-            return fail(
-                Error::new(ErrorKind::MissingApiKey)
-                    .with_auth_cause(AuthCause::MissingKey)
-                    .with_detail(format!(
-                        "the request has no {} header and the auth layer has no key source",
-                        config.header.name()
-                    )),
-            );
+            return fail(no_source(config));
         };
         match source.begin(FetchMode::MayCache) {
             Resolution::Now(Err(e)) => fail(e),
@@ -469,7 +476,7 @@ where
 /// Scrubs the exact key from an error that came back (a proxy may echo it in a shape that
 /// [`redact_secrets`](crate::parse::redact_secrets) does not know) and logs key rejections
 /// with the masked key.
-fn server_error(err: Error, key: Option<&ApiKey>) -> Error {
+pub(super) fn server_error(err: Error, key: Option<&ApiKey>) -> Error {
     let Some(key) = key else { return err };
     if matches!(
         err.kind(),
@@ -486,7 +493,7 @@ fn server_error(err: Error, key: Option<&ApiKey>) -> Error {
     scrub(err, key.expose_secret())
 }
 
-pub(crate) fn scrub(err: Error, secret: &str) -> Error {
+fn scrub(err: Error, secret: &str) -> Error {
     if secret.len() < 8 {
         return err;
     }

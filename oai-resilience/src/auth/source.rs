@@ -273,6 +273,12 @@ impl KeySource {
         matches!(self.kind, Kind::Provider(_))
     }
 
+    /// Whether [`KeySource::refresh`] can give another key than [`KeySource::resolve`]: true
+    /// for a provider and the environment, false for a fixed key.
+    pub fn can_refresh(&self) -> bool {
+        !matches!(self.kind, Kind::Static(_))
+    }
+
     /// Resolves the credentials for one request; a provider may answer from its cache.
     ///
     /// Does not check the key's shape: see [`check_key`](super::check_key).
