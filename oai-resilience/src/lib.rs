@@ -8,6 +8,7 @@
 //!
 //! - [`classify`]: responses become typed [`Error`]s with OpenAI's `type`/`code`/`param`,
 //!   the request id, the rate-limit headers and an actionable [`Error::hint`].
+//! - [`pace`]: adaptive client-side pacing at the rate limit, learned from the headers.
 //! - [`parse`]: the lenient, total parsers behind it, usable without tower.
 //!
 //! The error model is [`Error`] / [`ErrorKind`].
@@ -17,6 +18,7 @@
 
 pub mod classify;
 pub mod error;
+pub mod pace;
 pub mod parse;
 
 pub use classify::{Classify, ClassifyLayer};
@@ -24,4 +26,5 @@ pub use error::{
     AttemptOutcome, AuthCause, BoxError, CallContext, DelaySource, Error, ErrorKind, RetryContext,
     StopReason, Violation,
 };
+pub use pace::{Pace, PaceLayer, Pacer};
 pub use parse::{ApiError, RateLimitSnapshot};
