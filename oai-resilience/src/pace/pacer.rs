@@ -260,7 +260,9 @@ struct KeyState {
     tokens: Option<Bucket>,
     paused_until: Option<Instant>,
     aimd: Option<Bucket>,
-    last_decrease: Option<Instant>,
+    /// The grant count at the last decrease: requests granted before it belong to the round
+    /// that was already punished.
+    last_decrease: Option<u64>,
     known: bool,
     in_flight: u32,
     in_flight_tokens: u64,
@@ -479,7 +481,7 @@ impl KeyState {
         });
         set_rate(b, rate, &config.aimd);
         b.level = b.level.min(0.0);
-        self.last_decrease = Some(now);
+        self.last_decrease = Some(self.grants);
         rate
     }
 }
@@ -725,7 +727,7 @@ fn rate_limited(
     entry: &KeyEntry,
     hint: Option<Duration>,
     snapshot: Option<&RateLimitSnapshot>,
-    sent_at: Option<Instant>,
+    grant: Option<u64>,
 ) {
     shared.rate_limited.fetch_add(1, Ordering::Relaxed);
     let config = &shared.config;
@@ -757,8 +759,8 @@ fn rate_limited(
     // The 429 wins over headers that showed room: lower the rate, once per round.
     let mut new_rate = None;
     if explained.is_none() {
-        let fresh = match (sent_at, st.last_decrease) {
-            (Some(sent), Some(last)) => sent >= last,
+        let fresh = match (grant, st.last_decrease) {
+            (Some(grant), Some(last)) => grant > last,
             _ => true,
         };
         if fresh {
@@ -857,13 +859,7 @@ impl Permit {
     pub fn on_rate_limited(mut self, hint: Option<Duration>, snapshot: Option<&RateLimitSnapshot>) {
         self.open = false;
         self.entry.lock().finish(self.tokens);
-        rate_limited(
-            &self.shared,
-            &self.entry,
-            hint,
-            snapshot,
-            Some(self.sent_at),
-        );
+        rate_limited(&self.shared, &self.entry, hint, snapshot, Some(self.grants));
     }
 
     /// Corrects the token estimate: when this request was alone in flight, the server's
