@@ -10,6 +10,7 @@
 //!   the request id, the rate-limit headers and an actionable [`Error::hint`].
 //! - [`pace`]: adaptive client-side pacing at the rate limit, learned from the headers.
 //! - [`parse`]: the lenient, total parsers behind it, usable without tower.
+//! - `mock` (feature `mock`): an embedded mock OpenAI server for tests and examples.
 //!
 //! The error model is [`Error`] / [`ErrorKind`].
 #![doc(test(attr(deny(warnings))))]
@@ -18,6 +19,8 @@
 
 pub mod classify;
 pub mod error;
+#[cfg(feature = "mock")]
+pub mod mock;
 pub mod pace;
 pub mod parse;
 
