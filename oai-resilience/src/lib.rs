@@ -9,6 +9,8 @@
 //! - [`classify`]: responses become typed [`Error`]s with OpenAI's `type`/`code`/`param`,
 //!   the request id, the rate-limit headers and an actionable [`Error::hint`].
 //! - [`parse`]: the lenient, total parsers behind it, usable without tower.
+//! - [`validate`]: local request validation against rules generated from OpenAI's OpenAPI
+//!   spec, so a missing or invalid parameter costs no round trip.
 //!
 //! The error model is [`Error`] / [`ErrorKind`].
 #![doc(test(attr(deny(warnings))))]
@@ -18,6 +20,7 @@
 pub mod classify;
 pub mod error;
 pub mod parse;
+pub mod validate;
 
 pub use classify::{Classify, ClassifyLayer};
 pub use error::{
@@ -25,3 +28,4 @@ pub use error::{
     StopReason, Violation,
 };
 pub use parse::{ApiError, RateLimitSnapshot};
+pub use validate::{ValidateLayer, Validator};
