@@ -11,6 +11,7 @@
 //! - [`parse`]: the lenient, total parsers behind it, usable without tower.
 //! - [`validate`]: local request validation against rules generated from OpenAI's OpenAPI
 //!   spec, so a missing or invalid parameter costs no round trip.
+//! - `mock` (feature `mock`): an embedded mock OpenAI server for tests and examples.
 //!
 //! The error model is [`Error`] / [`ErrorKind`].
 #![doc(test(attr(deny(warnings))))]
@@ -19,6 +20,8 @@
 
 pub mod classify;
 pub mod error;
+#[cfg(feature = "mock")]
+pub mod mock;
 pub mod parse;
 pub mod validate;
 
