@@ -13,6 +13,7 @@
 //! - [`pace`]: adaptive client-side pacing at the rate limit, learned from the headers.
 //! - [`retry`]: retries of what can succeed, with jitter, server hints, a shared budget and a
 //!   deadline.
+//! - [`stack`]: [`OpenAiLayer`], every layer above in the right order, in one call.
 //! - [`parse`]: the lenient, total parsers behind it, usable without tower.
 //! - [`validate`]: local request validation against rules generated from OpenAI's OpenAPI
 //!   spec, so a missing or invalid parameter costs no round trip.
@@ -31,6 +32,7 @@ pub mod mock;
 pub mod pace;
 pub mod parse;
 pub mod retry;
+pub mod stack;
 pub mod validate;
 
 pub use auth::{ApiKey, AuthLayer, KeySource};
@@ -42,4 +44,5 @@ pub use error::{
 pub use pace::{Pace, PaceLayer, Pacer};
 pub use parse::{ApiError, RateLimitSnapshot};
 pub use retry::{Retry, RetryConfig, RetryLayer};
+pub use stack::{OpenAiLayer, OpenAiService};
 pub use validate::{ValidateLayer, Validator};
