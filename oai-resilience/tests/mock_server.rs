@@ -534,8 +534,16 @@ async fn key_check() {
     assert_eq!(a.status, 200);
     assert_eq!(server.counts().unauthorized, 2);
 
+    // An Azure-style header is recorded as sensitive too.
+    let req = http::Request::post(server.endpoint(Route::ChatCompletions))
+        .header("api-key", "azure-secret-0123456789")
+        .body(Full::new(Bytes::from_static(CHAT.as_bytes())))
+        .unwrap();
+    c.request(req).await.unwrap();
+
     // The key never shows in Debug: not of the server, not of the recorded requests.
     let recorded = server.requests();
+    assert!(!format!("{recorded:?}").contains("azure-secret"));
     assert!(recorded[2].headers.contains_key("authorization"));
     for text in [format!("{server:?}"), format!("{recorded:?}")] {
         assert!(!text.contains(key) && !text.contains(wrong), "{text}");

@@ -225,8 +225,11 @@ where
         }
     }
 
-    if let Some(v) = parts.headers.get_mut(AUTHORIZATION) {
-        v.set_sensitive(true);
+    // Keys never reach Debug of the recorded requests (Azure-style headers included).
+    for (name, v) in parts.headers.iter_mut() {
+        if name == AUTHORIZATION || name == "api-key" || name == "x-api-key" {
+            v.set_sensitive(true);
+        }
     }
     let mut s = shared.lock();
     let c = &mut s.counts;
