@@ -1,5 +1,5 @@
-//! The leak test: the whole stack (auth → a request-tracing layer → classify → hyper client →
-//! the mock) runs with tracing at TRACE captured in memory, through successes, local
+//! The leak test: the whole default stack (auth → a request-tracing layer → retry → pace →
+//! classify → hyper client → the mock) runs with tracing at TRACE captured in memory, through successes, local
 //! rejections, 401s, provider failures and a key refresh; every error, layer, service and
 //! source is then formatted with `{:?}`, `{:#?}` and `{}`. No 8 consecutive characters of
 //! either key's secret part may appear anywhere.
@@ -15,7 +15,7 @@ use bytes::Bytes;
 use http_body_util::Full;
 use oai_resilience::auth::{AuthLayer, Credentials, EnvSource, FetchMode, KeySource};
 use oai_resilience::mock::{MockServer, Route};
-use oai_resilience::{ApiKey, ClassifyLayer, Error};
+use oai_resilience::{ApiKey, ClassifyLayer, Error, PaceLayer, RetryLayer};
 use tower::{ServiceBuilder, ServiceExt};
 use tracing_subscriber::fmt::MakeWriter;
 
@@ -48,7 +48,7 @@ impl Captured {
     }
 }
 
-/// Runs one request through auth → trace requests → classify → client, logging the outcome the
+/// Runs one request through auth → trace requests → retry → pace → classify → client, logging the outcome the
 /// way an application would, and returns the error (if any) for formatting later.
 async fn run(
     layer: AuthLayer,
@@ -63,6 +63,8 @@ async fn run(
             tracing::trace!(request = ?req, "test: request leaving the auth layer");
             req
         })
+        .layer(RetryLayer::new())
+        .layer(PaceLayer::new())
         .layer(ClassifyLayer::new())
         .service(loopback_client(addr));
     tracing::debug!(service = ?svc, "test: stack");
@@ -157,6 +159,8 @@ async fn no_key_material_in_logs_debug_or_display() {
     tracing::info!(source = ?rotating, "test: provider");
     let svc = ServiceBuilder::new()
         .layer(AuthLayer::new(rotating.clone()).refresh_on_unauthorized())
+        .layer(RetryLayer::new())
+        .layer(PaceLayer::new())
         .layer(ClassifyLayer::new())
         .service(loopback_client(addr));
     tracing::debug!(service = ?svc, "test: refreshing stack");
