@@ -108,7 +108,8 @@ async fn burst_against_a_small_fast_bucket_gets_nearly_no_429s() {
         .start()
         .await;
     let pace = PaceLayer::new();
-    let calls = 120;
+    // The loadtest's shape: 300 calls at concurrency 50, and its targets.
+    let calls = 300;
     let out = run(&server, &pace, calls, 50, CHAT).await;
     let min = (calls as f64 - 20.0) / 20.0;
     eprintln!(
@@ -117,8 +118,8 @@ async fn burst_against_a_small_fast_bucket_gets_nearly_no_429s() {
     );
     assert_eq!(out.failed, 0);
     assert!(out.rate_limited <= 3, "{out:?}");
-    assert!(out.sent as f64 <= calls as f64 * 1.05, "{out:?}");
-    assert!(out.wall <= min * 1.1, "{out:?}");
+    assert!(out.sent as f64 <= calls as f64 * 1.15, "{out:?}");
+    assert!(out.wall <= min * 1.05, "{out:?}");
 }
 
 #[tokio::test(start_paused = true)]
