@@ -8,7 +8,11 @@
 //!
 //! - [`classify`]: responses become typed [`Error`]s with OpenAI's `type`/`code`/`param`,
 //!   the request id, the rate-limit headers and an actionable [`Error::hint`].
+//! - [`auth`]: API keys found, checked locally before anything is sent, injected as a
+//!   sensitive header, and never printed ([`ApiKey`], [`AuthLayer`]).
 //! - [`pace`]: adaptive client-side pacing at the rate limit, learned from the headers.
+//! - [`retry`]: retries of what can succeed, with jitter, server hints, a shared budget and a
+//!   deadline.
 //! - [`parse`]: the lenient, total parsers behind it, usable without tower.
 //! - `mock` (feature `mock`): an embedded mock OpenAI server for tests and examples.
 //!
@@ -17,13 +21,16 @@
 #![warn(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_auto_cfg))]
 
+pub mod auth;
 pub mod classify;
 pub mod error;
 #[cfg(feature = "mock")]
 pub mod mock;
 pub mod pace;
 pub mod parse;
+pub mod retry;
 
+pub use auth::{ApiKey, AuthLayer, KeySource};
 pub use classify::{Classify, ClassifyLayer};
 pub use error::{
     AttemptOutcome, AuthCause, BoxError, CallContext, DelaySource, Error, ErrorKind, RetryContext,
@@ -31,3 +38,4 @@ pub use error::{
 };
 pub use pace::{Pace, PaceLayer, Pacer};
 pub use parse::{ApiError, RateLimitSnapshot};
+pub use retry::{Retry, RetryConfig, RetryLayer};
