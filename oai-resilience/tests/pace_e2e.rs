@@ -158,11 +158,11 @@ async fn quantized_limit_end_to_end() {
     eprintln!("quantized: {out:?} (minimum {min} s); {st:?}");
     assert_eq!(out.failed, 0);
     assert!(st.adaptive_rate.is_some(), "{st:?}");
-    // The cold burst meets the per-second limit before any 429 came back (about 50 429s
-    // in the first 100 ms); after that, pacing by headers alone would collect some 30 429s
-    // per second, while the adaptive rate keeps them rare.
+    // Slow start meets the per-second limit with a few 429s (a cold burst of 50 would get
+    // 30); after that, pacing by headers alone would collect some 30 429s per second, while
+    // the adaptive rate keeps them rare.
     assert!(out.late_rate_limited <= 8, "{out:?}");
-    assert!(out.rate_limited <= 80, "{out:?}");
+    assert!(out.rate_limited <= 30, "{out:?}");
     assert!(out.wall <= min * 1.5, "{out:?}");
 }
 
