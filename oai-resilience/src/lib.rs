@@ -15,9 +15,15 @@
 #![warn(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_auto_cfg))]
 
+pub mod call;
 pub mod classify;
 pub mod error;
 pub mod parse;
+
+#[doc(hidden)]
+pub mod __private;
+
+pub use oai_resilience_macros::openai_call;
 
 pub use classify::{Classify, ClassifyLayer};
 pub use error::{
