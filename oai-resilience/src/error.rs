@@ -316,6 +316,8 @@ pub enum StopReason {
     HintTooLong,
     /// A custom policy said stop.
     Policy,
+    /// A retry was needed but the request body cannot be replayed.
+    NotReplayable,
 }
 
 impl StopReason {
@@ -327,6 +329,7 @@ impl StopReason {
             StopReason::Budget => "retry budget exhausted",
             StopReason::HintTooLong => "the server's retry hint exceeds the ceiling",
             StopReason::Policy => "the policy stopped",
+            StopReason::NotReplayable => "the request body cannot be replayed",
         }
     }
 }

@@ -19,6 +19,7 @@ pub mod call;
 pub mod classify;
 pub mod error;
 pub mod parse;
+pub mod retry;
 
 #[doc(hidden)]
 pub mod __private;
