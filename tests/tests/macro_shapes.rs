@@ -76,7 +76,7 @@ impl Api for Client {
     }
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn shapes_run() {
     let c = Client {
         base: "http://x".to_owned(),
@@ -94,7 +94,7 @@ async fn shapes_run() {
     assert_eq!(c.owned_self().await.unwrap(), "http://x");
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn method_path_names_the_type() {
     let err = fails(400).await.unwrap_err();
     let ctx = err.call_context().expect("call context");
@@ -102,7 +102,7 @@ async fn method_path_names_the_type() {
     assert_eq!(ctx.args, vec![("code".to_owned(), "400".to_owned())]);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn path_of_a_method_names_the_type() {
     let c = Client {
         base: "b".to_owned(),
