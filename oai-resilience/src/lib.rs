@@ -11,6 +11,7 @@
 //! - [`auth`]: API keys found, checked locally before anything is sent, injected as a
 //!   sensitive header, and never printed ([`ApiKey`], [`AuthLayer`]).
 //! - [`parse`]: the lenient, total parsers behind it, usable without tower.
+//! - `mock` (feature `mock`): an embedded mock OpenAI server for tests and examples.
 //!
 //! The error model is [`Error`] / [`ErrorKind`].
 #![doc(test(attr(deny(warnings))))]
@@ -21,6 +22,8 @@ pub mod auth;
 pub mod call;
 pub mod classify;
 pub mod error;
+#[cfg(feature = "mock")]
+pub mod mock;
 pub mod parse;
 pub mod retry;
 
