@@ -312,3 +312,61 @@ impl Parse for Options {
         Ok(o)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(s: &str) -> String {
+        syn::parse_str::<Options>(s).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn parses_every_option() {
+        let o: Options = syn::parse_str(
+            r#"retry = cfg(), policy = p, max_attempts = 3, base_delay = "1s", max_delay = d(),
+               timeout = "1m", skip(a, b), name = "n", validate(body = "post /v1/embeddings"),
+               api_key = key, crate = "x::y""#,
+        )
+        .unwrap();
+        assert!(o.retry.is_some() && o.policy.is_some() && o.max_attempts.is_some());
+        assert!(matches!(
+            o.base_delay,
+            Some(DurationOpt::Literal(1_000_000_000, _))
+        ));
+        assert!(matches!(o.max_delay, Some(DurationOpt::Expr(_))));
+        assert!(matches!(
+            o.timeout,
+            Some(DurationOpt::Literal(60_000_000_000, _))
+        ));
+        assert_eq!(o.skip.len(), 2);
+        assert_eq!(o.validate[0].method, "POST");
+        assert_eq!(o.validate[0].path, "/v1/embeddings");
+        assert!(matches!(o.api_key, Some(KeySource::Expr(_))));
+        assert_eq!(o.krate.unwrap().segments.len(), 2);
+        let o: Options = syn::parse_str(r#"skip_all, api_key = "OPENAI_API_KEY","#).unwrap();
+        assert!(o.skip_all.is_some());
+        assert!(matches!(o.api_key, Some(KeySource::Env(_))));
+    }
+
+    #[test]
+    fn rejects_misuse_with_a_message() {
+        assert!(err("frobnicate").contains("unknown option `frobnicate`; expected one of: `retry`"));
+        assert!(err("name = \"a\", name = \"b\"").contains("`name` is given more than once"));
+        assert!(err("skip(a), skip(b)").contains("`skip` is given more than once"));
+        assert!(err("skip(a, a)").contains("`a` is skipped more than once"));
+        assert!(err("skip()").contains("at least one argument"));
+        assert!(err("skip_all, skip(a)").contains("cannot be combined"));
+        assert!(err("max_attempts = 0").contains("counts the first attempt"));
+        assert!(err("timeout = 60").contains("expected a duration string"));
+        assert!(err("timeout = \"5x\"").contains("unknown unit `x`"));
+        assert!(err("validate(body = \"/v1/x\")").contains("expected an endpoint"));
+        assert!(err("validate(body = \"FETCH /v1/x\")").contains("unknown HTTP method"));
+        assert!(err("validate(body = \"POST v1/x\")").contains("must start with `/`"));
+        assert!(err("validate()").contains("needs an argument"));
+        assert!(err("api_key = \"\"").contains("names an environment variable"));
+        assert!(err("crate = \"not a path\"").contains("expects the path"));
+        assert!(err("name = \" \"").contains("must not be empty"));
+        assert!(err("= 3").contains("expected one of"));
+    }
+}

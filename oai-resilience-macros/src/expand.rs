@@ -298,3 +298,65 @@ pub(crate) fn expand(item: ItemFn, opts: Options) -> TokenStream {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn expand_str(attr: &str, item: &str) -> String {
+        let opts: Options = syn::parse_str(attr).unwrap();
+        let item: ItemFn = syn::parse_str(item).unwrap();
+        check(&item, &opts).unwrap();
+        expand(item, opts).to_string()
+    }
+
+    #[test]
+    fn crate_override_replaces_every_path() {
+        let out = expand_str(
+            r#"crate = "oai", api_key = "K", validate(body = "POST /v1/embeddings")"#,
+            "async fn f(body: &B) -> Result<(), E> { Ok(()) }",
+        );
+        assert!(out.contains("oai :: __private :: Call :: run"), "{out}");
+        assert!(out.contains("oai :: __private :: validate"), "{out}");
+        assert!(out.contains("oai :: __private :: check_key_env"), "{out}");
+        assert!(!out.contains("oai_resilience"), "{out}");
+        let default = expand_str("", "async fn f() -> Result<(), E> { Ok(()) }");
+        assert!(default.contains(":: oai_resilience :: __private :: Call :: run"));
+    }
+
+    #[test]
+    fn skipped_and_pattern_arguments_are_not_captured() {
+        let out = expand_str(
+            "skip(key)",
+            "async fn f(key: &str, text: &str, (a, b): (u8, u8)) -> Result<(), E> { Ok(()) }",
+        );
+        assert!(
+            out.contains("Args :: arg (__oai_sink , \"text\" , & text)"),
+            "{out}"
+        );
+        assert!(!out.contains("\"key\""), "{out}");
+        assert!(!out.contains("\"a\""), "{out}");
+    }
+
+    #[test]
+    fn impl_trait_in_the_return_type_becomes_inferred() {
+        let out = expand_str("", "async fn f() -> Result<impl Debug, E> { Ok(1) }");
+        assert!(
+            out.contains("let __oai_fake_return : Result < _ , E >"),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn shape_errors_are_all_reported() {
+        let opts: Options = syn::parse_str("skip(nope)").unwrap();
+        let item: ItemFn = syn::parse_str("fn f(&mut self) -> u8 { 1 }").unwrap();
+        let err = check(&item, &opts).unwrap_err();
+        let messages: Vec<String> = err.into_iter().map(|e| e.to_string()).collect();
+        assert_eq!(messages.len(), 4, "{messages:#?}");
+        assert!(messages[0].contains("`async fn` only"));
+        assert!(messages[1].contains("`&mut self`"));
+        assert!(messages[2].contains("returns `Result<T, E>`"));
+        assert!(messages[3].contains("`skip(nope)` names no argument"));
+    }
+}

@@ -16,6 +16,7 @@ use crate::auth::{self, ApiKey, EnvSource, KeyRules, KeySource};
 use crate::call::CallError;
 use crate::error::{AuthCause, CallContext, Error, ErrorKind, RetryContext, StopReason};
 use crate::parse::redact_secrets;
+use crate::validate::{self, Endpoint};
 
 /// The longest `Debug` text kept for one argument, in characters.
 pub const MAX_ARG_CHARS: usize = 256;
@@ -204,23 +205,32 @@ impl Call {
     }
 }
 
-/// Validates the argument `value` as the JSON body of `method path`, before the first attempt.
+/// Validates the argument `value` as the JSON body of `method path` with the validation
+/// layer's rules ([`validate::validate_value`]), before the first attempt.
 ///
 /// # Errors
 ///
-/// [`ErrorKind::InvalidParameter`] with the violations, or when `value` does not serialize.
+/// [`ErrorKind::InvalidParameter`] with every violation, or when `value` does not serialize;
+/// [`ErrorKind::Internal`] when the crate has no rules for `method path` (a typo in the
+/// attribute must not turn validation off silently).
 pub fn validate<T: serde::Serialize + ?Sized>(
     value: &T,
     method: &str,
     path: &str,
 ) -> Result<(), Error> {
-    let _ = serde_json::to_value(value).map_err(|e| {
+    let endpoint = Endpoint::from_path(path)
+        .filter(|e| e.method().as_str() == method)
+        .ok_or_else(|| {
+            Error::new(ErrorKind::Internal).with_detail(format!(
+                "`validate(..)` names {method} {path}, an endpoint without validation rules"
+            ))
+        })?;
+    let json = serde_json::to_value(value).map_err(|e| {
         Error::new(ErrorKind::InvalidParameter).with_detail(format!(
-            "the body of {method} {path} does not serialize: {e}"
+            "the body of {method} {path} does not serialize to JSON: {e}"
         ))
     })?;
-    // TODO(validate): call `crate::validate` once it lands.
-    Ok(())
+    validate::validate_value(endpoint, &json)
 }
 
 /// Checks the API key held by an argument or expression, before the first attempt, with the

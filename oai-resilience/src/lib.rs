@@ -12,6 +12,8 @@
 //!   sensitive header, and never printed ([`ApiKey`], [`AuthLayer`]).
 //! - [`parse`]: the lenient, total parsers behind it, usable without tower.
 //! - `mock` (feature `mock`): an embedded mock OpenAI server for tests and examples.
+//! - [`validate`]: local request validation against rules generated from OpenAI's OpenAPI
+//!   spec, so a missing or invalid parameter costs no round trip.
 //!
 //! The error model is [`Error`] / [`ErrorKind`].
 #![doc(test(attr(deny(warnings))))]
@@ -26,6 +28,7 @@ pub mod error;
 pub mod mock;
 pub mod parse;
 pub mod retry;
+pub mod validate;
 
 #[doc(hidden)]
 pub mod __private;
@@ -39,3 +42,4 @@ pub use error::{
     StopReason, Violation,
 };
 pub use parse::{ApiError, RateLimitSnapshot};
+pub use validate::{ValidateLayer, Validator};

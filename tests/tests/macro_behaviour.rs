@@ -337,3 +337,55 @@ async fn user_error_types_are_classified_like_the_layer() {
         other => panic!("{other:?}"),
     }
 }
+
+#[openai_call(validate(body = "POST /v1/chat/completions"), skip(server))]
+async fn chat(server: &Server, body: &serde_json::Value) -> Result<String, Error> {
+    server.answer(0)
+}
+
+#[tokio::test(start_paused = true)]
+async fn validation_failure_runs_the_body_zero_times() {
+    let server = Server::default();
+    let bad = serde_json::json!({
+        "model": "gpt-4o",
+        "temperature": 3,
+        "messages": [{"role": "user"}],
+    });
+    let err = chat(&server, &bad).await.unwrap_err();
+    assert_eq!(server.calls(), 0);
+    assert_eq!(err.kind(), ErrorKind::InvalidParameter);
+    let params: Vec<&str> = err.violations().iter().map(|v| v.param.as_str()).collect();
+    assert_eq!(params, ["messages[0].content", "temperature"]);
+    assert_eq!(err.attempts(), 0);
+    assert_eq!(err.retry_context().unwrap().outcomes, vec![]);
+    let ctx = err.call_context().unwrap();
+    assert_eq!(ctx.function, "macro_behaviour::chat");
+    assert_eq!(ctx.args[0].0, "body");
+    assert!(ctx.args[0].1.contains("temperature"), "{:?}", ctx.args);
+
+    let good = serde_json::json!({
+        "model": "gpt-4o",
+        "messages": [{"role": "user", "content": "hi"}],
+    });
+    assert_eq!(chat(&server, &good).await.unwrap(), "answer after 1");
+    assert_eq!(server.calls(), 1);
+}
+
+#[openai_call(validate(body = "POST /v1/not/an/endpoint"), skip(server))]
+async fn misnamed_endpoint(server: &Server, body: &serde_json::Value) -> Result<String, Error> {
+    server.answer(0)
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_endpoint_without_rules_is_an_error_not_a_silent_pass() {
+    let server = Server::default();
+    let err = misnamed_endpoint(&server, &serde_json::json!({}))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Internal);
+    assert!(
+        err.to_string().contains("POST /v1/not/an/endpoint"),
+        "{err}"
+    );
+    assert_eq!(server.calls(), 0);
+}

@@ -118,3 +118,22 @@ async fn path_of_a_method_names_the_type() {
         ]
     );
 }
+
+mod renamed {
+    // The `crate` path as a user of a renamed dependency writes it (that the expansion uses
+    // only this path is checked by the macro crate's unit tests).
+    use oai_resilience as oai;
+
+    #[oai::openai_call(crate = "oai", name = "renamed::call")]
+    pub(super) async fn call(n: u8) -> Result<u8, oai::Error> {
+        Err(oai::Error::new(oai::ErrorKind::NotFound).with_detail(format!("{n}")))
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn crate_override_and_name() {
+    let err = renamed::call(4).await.unwrap_err();
+    let ctx = err.call_context().unwrap();
+    assert_eq!(ctx.function, "renamed::call");
+    assert_eq!(ctx.args, vec![("n".to_owned(), "4".to_owned())]);
+}
