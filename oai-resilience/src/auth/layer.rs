@@ -51,13 +51,29 @@ impl KeyHeader {
 }
 
 #[derive(Debug)]
-struct Config {
-    source: Option<KeySource>,
-    rules: KeyRules,
-    header: KeyHeader,
+pub(super) struct Config {
+    pub(super) source: Option<KeySource>,
+    pub(super) rules: KeyRules,
+    pub(super) header: KeyHeader,
 }
 
 /// Adds and checks API keys before anything is sent. See the [module docs](super).
+///
+/// For each request:
+/// - with the key header already set: the key in it is checked (and the header marked
+///   sensitive); the source is not asked and no organization or project header is added;
+///   another scheme than `Bearer` (`Basic …`) is passed on unjudged;
+/// - otherwise: the source gives the [`Credentials`], the key is checked, and the key header
+///   (marked sensitive) plus `OpenAI-Organization` / `OpenAI-Project` (unless already set)
+///   are added.
+///
+/// A failed check ends the call with the error; the inner service is not called. The inner
+/// service must be `Clone` (a provider's answer is awaited before the call, so the ready
+/// service moves into the response future and a clone takes its place).
+///
+/// # Default
+///
+/// [`KeyRules::openai`] and the `Authorization: Bearer` header ([`KeyHeader::Bearer`]).
 ///
 /// `Debug` shows the source kind and, for a static key, only its masked form.
 #[derive(Debug, Clone)]
@@ -140,6 +156,10 @@ impl AuthLayer {
     pub fn key_rules(&self) -> &KeyRules {
         &self.config.rules
     }
+
+    pub(super) fn into_config(self) -> Arc<Config> {
+        self.config
+    }
 }
 
 impl<S> Layer<S> for AuthLayer {
@@ -178,7 +198,7 @@ impl<S> Auth<S> {
 }
 
 /// The host a request targets: the URI's, else the `Host` header's.
-fn target_host<B>(req: &Request<B>) -> Option<String> {
+pub(super) fn target_host<B>(req: &Request<B>) -> Option<String> {
     req.uri().host().map(str::to_owned).or_else(|| {
         req.headers()
             .get(http::header::HOST)
@@ -188,7 +208,7 @@ fn target_host<B>(req: &Request<B>) -> Option<String> {
 }
 
 /// What the request already carries.
-enum Present {
+pub(super) enum Present {
     /// No key header: the layer adds one.
     Nothing,
     /// A key header that passed the checks (now marked sensitive).
@@ -196,7 +216,7 @@ enum Present {
 }
 
 /// Checks the key header that the request already has, if any, and marks it sensitive.
-fn check_present<B>(
+pub(super) fn check_present<B>(
     req: &mut Request<B>,
     config: &Config,
     host: Option<&str>,
@@ -214,6 +234,12 @@ fn check_present<B>(
     };
     let key = match config.header {
         KeyHeader::Named(_) => text,
+        // `Bearer` alone, or an empty header: the key is empty.
+        KeyHeader::Bearer
+            if text.trim().is_empty() || text.trim().eq_ignore_ascii_case("bearer") =>
+        {
+            ""
+        }
         KeyHeader::Bearer => match text.split_once(' ') {
             Some((scheme, key)) if scheme.eq_ignore_ascii_case("bearer") => key,
             // Another scheme (`Basic …`, a gateway's own): not ours to judge.
@@ -231,7 +257,7 @@ fn check_present<B>(
 }
 
 /// Checks the resolved credentials and writes them into the request's headers.
-fn apply<B>(
+pub(super) fn apply<B>(
     req: &mut Request<B>,
     creds: &Credentials,
     config: &Config,
@@ -275,7 +301,15 @@ fn apply<B>(
     Ok(())
 }
 
-fn reject(err: Error) -> Error {
+/// The error for a request without a key header when the layer has no source.
+pub(super) fn no_source(config: &Config) -> Error {
+    Error::new(ErrorKind::MissingApiKey).with_detail(format!(
+        "the request has no {} header and the auth layer has no key source",
+        config.header.name()
+    ))
+}
+
+pub(super) fn reject(err: Error) -> Error {
     tracing::debug!(
         kind = %err.kind(),
         cause = ?err.auth_cause(),
@@ -307,14 +341,7 @@ where
             Ok(Present::Nothing) => {}
         }
         let Some(source) = &config.source else {
-            return fail(
-                Error::new(ErrorKind::MissingApiKey)
-                    .with_auth_cause(AuthCause::MissingKey)
-                    .with_detail(format!(
-                        "the request has no {} header and the auth layer has no key source",
-                        config.header.name()
-                    )),
-            );
+            return fail(no_source(config));
         };
         match source.begin(FetchMode::MayCache) {
             Resolution::Now(Err(e)) => fail(e),
@@ -469,7 +496,7 @@ where
 /// Scrubs the exact key from an error that came back (a proxy may echo it in a shape that
 /// [`redact_secrets`](crate::parse::redact_secrets) does not know) and logs key rejections
 /// with the masked key.
-fn server_error(err: Error, key: Option<&ApiKey>) -> Error {
+pub(super) fn server_error(err: Error, key: Option<&ApiKey>) -> Error {
     let Some(key) = key else { return err };
     if matches!(
         err.kind(),
@@ -486,7 +513,7 @@ fn server_error(err: Error, key: Option<&ApiKey>) -> Error {
     scrub(err, key.expose_secret())
 }
 
-pub(crate) fn scrub(err: Error, secret: &str) -> Error {
+fn scrub(err: Error, secret: &str) -> Error {
     if secret.len() < 8 {
         return err;
     }
@@ -638,6 +665,9 @@ mod tests {
                 HeaderValue::from_str(&format!("Bearer \"{KEY}\"")).unwrap(),
                 AuthCause::Quoted,
             ),
+            (HeaderValue::from_static("Bearer"), AuthCause::Empty),
+            (HeaderValue::from_static("Bearer "), AuthCause::Empty),
+            (HeaderValue::from_static(""), AuthCause::Empty),
         ];
         for (value, cause) in cases {
             let (seen, inner) = recorder();
@@ -673,8 +703,8 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!(err.kind(), ErrorKind::MissingApiKey);
-        assert_eq!(err.auth_cause(), Some(AuthCause::MissingKey));
         assert!(err.hint().contains("OPENAI_API_KEY"));
+        assert!(err.hint().contains("https://platform.openai.com/api-keys"));
         assert!(seen.lock().unwrap().is_empty());
     }
 
@@ -838,6 +868,16 @@ mod tests {
 
     fn noop_cx() -> Context<'static> {
         Context::from_waker(std::task::Waker::noop())
+    }
+
+    #[test]
+    fn futures_are_send_for_send_services() {
+        fn assert_send<T: Send>(_: &T) {}
+        let (_, inner) = recorder();
+        let mut svc = AuthLayer::from_env().layer(inner);
+        let fut = svc.call(openai_req());
+        assert_send(&fut);
+        assert_send(&svc);
     }
 
     #[test]

@@ -25,7 +25,9 @@
 //!   [`classify`](crate::classify) into errors that name the cause (incorrect key, not a member
 //!   of an organization, IP not allowed, unsupported region, missing scope) with its hint, and
 //!   the key fragment that OpenAI's 401 message echoes is redacted. The auth layer also scrubs
-//!   the exact key from any error that comes back.
+//!   the exact key from any error that comes back. Opt-in,
+//!   [`AuthLayer::refresh_on_unauthorized`] asks the source for a fresh key once on a 401
+//!   "incorrect API key" and retries once (bodies must be clonable for that).
 //! - **Secrecy.** [`ApiKey`] keeps the key in a [`secrecy::SecretString`]; its `Debug` and
 //!   `Display` show at most a well-known prefix and the last four characters
 //!   (`sk-proj-…wxyz`). No `Debug` of a layer, service, source, error or tracing event of this
@@ -90,11 +92,13 @@
 mod check;
 mod key;
 mod layer;
+mod refresh;
 mod source;
 
 pub use check::{check_key, check_key_for_host, is_openai_host, KeyCharset, KeyRules, ShapeScope};
 pub use key::{ApiKey, Credentials};
 pub use layer::{Auth, AuthLayer, KeyHeader, ResponseFuture, OPENAI_ORGANIZATION, OPENAI_PROJECT};
+pub use refresh::{RefreshOnUnauthorized, RefreshOnUnauthorizedLayer};
 pub use source::{EnvSource, FetchMode, KeyProvider, KeySource, ProviderFuture};
 
 use crate::error::Error;

@@ -42,8 +42,13 @@
 mod backoff;
 mod budget;
 mod config;
+pub mod future;
+mod layer;
 mod policy;
+mod replay;
 mod retrier;
+mod service;
+mod tower_policy;
 
 pub use backoff::{Backoff, HintJitter, Jitter, RandomSource, SplitMix, DEFAULT_BASE, DEFAULT_CAP};
 pub use budget::{Budget, TokenBudget};
@@ -51,5 +56,9 @@ pub use config::{
     RetryConfig, SharedBudget, DEFAULT_DEADLINE, DEFAULT_HINT_CEILING, DEFAULT_MAX_ATTEMPTS,
     RETRY_COUNT_HEADER,
 };
+pub use layer::RetryLayer;
 pub use policy::{is_idempotent, server_hint, Attempt, Decision, OpenAiPolicy, Policy, ServerHint};
+pub use replay::{clone_request, ReplayBody};
 pub use retrier::{call, Retrier, RetryableError};
+pub use service::Retry;
+pub use tower_policy::TowerPolicy;

@@ -41,7 +41,7 @@ use crate::error::{
 /// assert_eq!(err.retry_context().unwrap().stop, StopReason::MaxAttempts);
 /// # }
 /// ```
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Retrier {
     config: RetryConfig,
     start: Instant,
