@@ -1,6 +1,7 @@
 //! Parsing of the `#[openai_call(...)]` options.
 
 use proc_macro2::Span;
+use syn::ext::IdentExt;
 use syn::parse::{Parse, ParseStream};
 use syn::punctuated::Punctuated;
 use syn::spanned::Spanned;
@@ -195,7 +196,7 @@ impl Parse for Options {
                 let content;
                 syn::parenthesized!(content in input);
                 let names: Punctuated<Ident, Token![,]> =
-                    content.parse_terminated(Ident::parse, Token![,])?;
+                    content.parse_terminated(Ident::parse_any, Token![,])?;
                 if names.is_empty() {
                     return Err(syn::Error::new(
                         k.span,
@@ -344,6 +345,8 @@ mod tests {
         assert_eq!(o.validate[0].path, "/v1/embeddings");
         assert!(matches!(o.api_key, Some(KeySource::Expr(_))));
         assert_eq!(o.krate.unwrap().segments.len(), 2);
+        let o: Options = syn::parse_str("skip(self, key)").unwrap();
+        assert_eq!(o.skip[0], "self");
         let o: Options = syn::parse_str(r#"skip_all, api_key = "OPENAI_API_KEY","#).unwrap();
         assert!(o.skip_all.is_some());
         assert!(matches!(o.api_key, Some(KeySource::Env(_))));
