@@ -104,6 +104,15 @@
 //! `credentials` is recorded as `[redacted]` whatever its value. Arguments are formatted only
 //! when an error leaves the function. Every recorded argument must implement `Debug`.
 //!
+//! # With the tower stack
+//!
+//! The attribute *is* the retry loop of the call, so the body should send its one request
+//! through a stack without a second one: [`ClassifyLayer`](crate::ClassifyLayer) (so that
+//! failures are typed [`Error`]s), plus pacing and auth as wanted, or an
+//! [`OpenAiLayer`](crate::stack::OpenAiLayer) whose retry layer allows one attempt
+//! (`RetryLayer::with_config(RetryConfig::new().max_attempts(1))`). Retries stacked on
+//! retries multiply: 5 attempts over a stack that makes 5 is 25 requests per failure.
+//!
 //! # Error types
 //!
 //! The function returns `Result<T, E>` where `E` implements [`CallError`]: [`Error`] and
