@@ -1,9 +1,9 @@
 //! Runtime support for the code that `#[openai_call]` generates. Not a public API: the names
 //! and signatures here change without notice.
 
-use std::cell::Cell;
 use std::fmt::{self, Debug, Write as _};
 use std::future::Future;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 pub use std::sync::OnceLock;
 pub use std::time::Duration;
@@ -177,25 +177,26 @@ impl Call {
             function = self.function,
             attempts = tracing::field::Empty,
         );
-        let attempts = Cell::new(0u32);
+        // Atomic, not `Cell`: the future must stay `Send` when the body's is.
+        let attempts = AtomicU32::new(0);
         let result = crate::retry::call(self.config, |n| {
-            attempts.set(n);
+            attempts.store(n, Ordering::Relaxed);
             tracing::debug!(target: "oai_resilience::call", attempt = n, "attempt");
             attempt(n)
         })
         .instrument(span.clone())
         .await;
-        span.record("attempts", attempts.get());
+        span.record("attempts", attempts.load(Ordering::Relaxed));
         let _entered = span.enter();
         match result {
             Ok(v) => {
-                tracing::debug!(target: "oai_resilience::call", attempts = attempts.get(), "succeeded");
+                tracing::debug!(target: "oai_resilience::call", attempts = attempts.load(Ordering::Relaxed), "succeeded");
                 Ok(v)
             }
             Err(e) => {
                 tracing::info!(
                     target: "oai_resilience::call",
-                    attempts = attempts.get(),
+                    attempts = attempts.load(Ordering::Relaxed),
                     kind = %e.classification().map_or(ErrorKind::Internal, |e| e.kind()),
                     "failed"
                 );
