@@ -76,6 +76,9 @@ pub(crate) struct Ctx {
     pub(crate) deprecated: Vec<String>,
     pub(crate) facts: Facts,
     pub(crate) track_messages: bool,
+    /// The input is a `serde_json` deserializer over bytes, so subtrees can be borrowed as
+    /// `&RawValue` (false while a buffered `Value` is checked).
+    pub(crate) raw: bool,
     /// > 0 while an alternative is tried: facts and deprecations are not recorded.
     trial: u32,
 }
@@ -547,8 +550,42 @@ impl Ctx {
     }
 
     fn run_value(&mut self, node: &'static Node, value: &Value) {
+        let raw = std::mem::replace(&mut self.raw, false);
         // A `&Value` deserializer cannot fail: the result carries no information.
         let _ = NodeSeed { node, ctx: self }.deserialize(value);
+        self.raw = raw;
+    }
+
+    /// Checks a value from its JSON text (a borrowed `RawValue`).
+    fn run_raw(&mut self, node: &'static Node, raw: &str) {
+        if plain_string(node) {
+            return self.raw_value(node, raw);
+        }
+        let mut de = serde_json::Deserializer::from_str(raw);
+        // The text is one valid JSON value: this cannot fail.
+        let _ = NodeSeed { node, ctx: self }.deserialize(&mut de);
+    }
+
+    /// A value of a plain-string node, borrowed unparsed. A long string needs no more than its
+    /// type (no content rule applies), so it is never unescaped or copied; anything else is
+    /// checked normally from its text.
+    fn raw_value(&mut self, node: &'static Node, raw: &str) {
+        let bytes = raw.as_bytes();
+        if bytes.first() == Some(&b'"') && bytes.len() > LONG_STRING {
+            if self.recording() {
+                if let [Seg::Key(k)] = self.path.as_slice() {
+                    let k = *k;
+                    self.facts.top.push((k, Fact::LongStr));
+                }
+            }
+            return;
+        }
+        if bytes.first() == Some(&b'"') && !raw.contains('\\') {
+            return self.scalar(node, Scalar::Str(&raw[1..raw.len() - 1]));
+        }
+        let mut de = serde_json::Deserializer::from_str(raw);
+        // The text is one valid JSON value: this cannot fail.
+        let _ = de.deserialize_any(NodeVisitor { node, ctx: self });
     }
 
     fn deprecated_here(&mut self) {
@@ -584,6 +621,27 @@ pub(crate) struct NodeSeed<'c> {
     pub(crate) ctx: &'c mut Ctx,
 }
 
+/// Strings longer than this (in JSON text, quotes included) are only type-checked when no
+/// content rule applies; shorter ones are also recorded as facts.
+const LONG_STRING: usize = 258;
+
+/// Whether the only thing to check about a string value of `node` is that it is a string.
+fn plain_string(node: &Node) -> bool {
+    let plain = |n: &Node| {
+        n.enum_values.is_empty()
+            && n.min_length.is_none()
+            && n.max_length.is_none()
+            && n.format == Format::None
+    };
+    node.types & T_STRING != 0
+        && plain(node)
+        && node
+            .alternatives
+            .iter()
+            .filter(|a| accepts(a.types, T_STRING))
+            .all(|a| plain(a) && a.alternatives.is_empty())
+}
+
 impl<'de> DeserializeSeed<'de> for NodeSeed<'_> {
     type Value = ();
 
@@ -591,6 +649,11 @@ impl<'de> DeserializeSeed<'de> for NodeSeed<'_> {
         let node = self.node;
         if node.types == T_ANY && node.alternatives.is_empty() {
             d.deserialize_ignored_any(IgnoredAny)?;
+            return Ok(());
+        }
+        if self.ctx.raw && plain_string(node) {
+            let raw: &'de serde_json::value::RawValue = Deserialize::deserialize(d)?;
+            self.ctx.raw_value(node, raw.get());
             return Ok(());
         }
         d.deserialize_any(NodeVisitor {
@@ -633,6 +696,74 @@ impl<'de> Visitor<'de> for KeySeed {
 
     fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
         Ok(Cow::Owned(v))
+    }
+}
+
+/// A value read before the discriminator, kept until the alternative is known.
+enum Pre<'de> {
+    Value(Value),
+    Raw(&'de serde_json::value::RawValue),
+}
+
+/// The value of a discriminator: a string, or the type it has instead.
+enum DiscVal<'de> {
+    Str(Cow<'de, str>),
+    Other(&'static str),
+}
+
+struct DiscSeed;
+
+impl<'de> DeserializeSeed<'de> for DiscSeed {
+    type Value = DiscVal<'de>;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_any(DiscSeed)
+    }
+}
+
+impl<'de> Visitor<'de> for DiscSeed {
+    type Value = DiscVal<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+        Ok(DiscVal::Str(Cow::Borrowed(v)))
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(DiscVal::Str(Cow::Owned(v.to_owned())))
+    }
+
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(DiscVal::Other("a boolean"))
+    }
+
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
+        Ok(DiscVal::Other("an integer"))
+    }
+
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
+        Ok(DiscVal::Other("an integer"))
+    }
+
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
+        Ok(DiscVal::Other("a decimal"))
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(DiscVal::Other("null"))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
+        drain_seq(seq)?;
+        Ok(DiscVal::Other("an array"))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+        drain_map(map)?;
+        Ok(DiscVal::Other("an object"))
     }
 }
 
@@ -731,17 +862,34 @@ impl Ctx {
         &mut self,
         node: &'static Node,
         mut map: A,
-        pre: Vec<(Cow<'de, str>, Value)>,
+        pre: Vec<(Cow<'de, str>, Pre<'de>)>,
+        disc: Option<(&'static str, &str)>,
     ) -> Result<(), A::Error> {
         let mut st = ObjState { seen: 0, count: 0 };
         for (key, value) in &pre {
             match self.begin_entry(node, &mut st, key) {
                 Entry::Check(n) => {
-                    self.run_value(n, value);
+                    match value {
+                        Pre::Value(v) => self.run_value(n, v),
+                        Pre::Raw(raw) => self.run_raw(n, raw.get()),
+                    }
                     self.path.pop();
                 }
-                Entry::Skip if self.is_tool_call_id(key) => self.capture_tool_call_id(value),
+                Entry::Skip if self.is_tool_call_id(key) => match value {
+                    Pre::Value(v) => self.capture_tool_call_id(v),
+                    Pre::Raw(raw) => {
+                        if let Ok(v) = serde_json::from_str::<Value>(raw.get()) {
+                            self.capture_tool_call_id(&v);
+                        }
+                    }
+                },
                 Entry::Skip => {}
+            }
+        }
+        if let Some((key, value)) = disc {
+            if let Entry::Check(n) = self.begin_entry(node, &mut st, key) {
+                self.scalar(n, Scalar::Str(value));
+                self.path.pop();
             }
         }
         while let Some(key) = map.next_key_seed(KeySeed)? {
@@ -771,29 +919,36 @@ impl Ctx {
         disc: &'static str,
         mut map: A,
     ) -> Result<(), A::Error> {
-        let mut pre: Vec<(Cow<'de, str>, Value)> = Vec::new();
+        let mut pre: Vec<(Cow<'de, str>, Pre<'de>)> = Vec::new();
         while let Some(key) = map.next_key_seed(KeySeed)? {
-            let value: Value = map.next_value()?;
             if key != disc {
+                // Borrowed unparsed when the input allows it: no allocation, no unescaping.
+                let value = if self.raw {
+                    Pre::Raw(map.next_value()?)
+                } else {
+                    Pre::Value(map.next_value()?)
+                };
                 pre.push((key, value));
                 continue;
             }
-            let chosen = value.as_str().and_then(|s| {
-                node.alternatives
+            let value = map.next_value_seed(DiscSeed)?;
+            let chosen = match &value {
+                DiscVal::Str(s) => node
+                    .alternatives
                     .iter()
                     .copied()
-                    .find(|a| a.const_of(disc) == Some(s))
-            });
-            match chosen {
-                Some(alt) => {
-                    pre.push((key, value));
-                    return self.object(alt, map, pre);
+                    .find(|a| a.const_of(disc) == Some(s)),
+                DiscVal::Other(_) => None,
+            };
+            match (chosen, value) {
+                (Some(alt), DiscVal::Str(s)) => {
+                    return self.object(alt, map, pre, Some((disc, &s)));
                 }
-                None => {
+                (_, value) => {
                     if !node.lenient {
                         self.path.push(Seg::Key(disc));
-                        match value.as_str() {
-                            Some(s) => {
+                        match value {
+                            DiscVal::Str(s) => {
                                 let supported: Vec<&str> = node
                                     .alternatives
                                     .iter()
@@ -805,7 +960,7 @@ impl Ctx {
                                     format!("Invalid value: '{shown}'. Supported values are: {supported}.")
                                 });
                             }
-                            None => self.report_type(T_STRING, value_got(&value)),
+                            DiscVal::Other(got) => self.report_type(T_STRING, got),
                         }
                         self.path.pop();
                     }
@@ -817,14 +972,29 @@ impl Ctx {
         if node.lenient {
             return Ok(());
         }
-        let all_require = node.alternatives.iter().all(|a| a.required.contains(&disc));
+        let all_require = node
+            .alternatives
+            .iter()
+            .filter(|a| accepts(a.types, T_OBJECT))
+            .all(|a| a.required.contains(&disc));
         if all_require {
             self.path.push(Seg::Key(disc));
             self.report(|p| format!("Missing required parameter: '{p}'."));
             self.path.pop();
             return Ok(());
         }
-        let object = Value::Object(pre.into_iter().map(|(k, v)| (k.into_owned(), v)).collect());
+        let object = Value::Object(
+            pre.into_iter()
+                .map(|(k, v)| {
+                    let v = match v {
+                        Pre::Value(v) => v,
+                        // Valid JSON by construction.
+                        Pre::Raw(raw) => serde_json::from_str(raw.get()).unwrap_or(Value::Null),
+                    };
+                    (k.into_owned(), v)
+                })
+                .collect(),
+        );
         self.buffered_alternatives(node, &object, T_OBJECT);
         Ok(())
     }
@@ -883,7 +1053,7 @@ impl<'de> NodeVisitor<'_> {
             return drain_map(map);
         }
         if node.alternatives.is_empty() {
-            return ctx.object(node, map, Vec::new());
+            return ctx.object(node, map, Vec::new(), None);
         }
         let mut cands = node
             .alternatives
