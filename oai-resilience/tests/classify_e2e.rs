@@ -203,7 +203,7 @@ async fn e401_missing_key() {
         .starts_with("You didn't provide an API key."));
     assert_eq!(
         err.hint(),
-        "set OPENAI_API_KEY or configure a key source on the auth layer"
+        "set OPENAI_API_KEY to a key from https://platform.openai.com/api-keys, or configure a key source on the auth layer"
     );
 }
 
@@ -695,4 +695,17 @@ async fn no_debug_or_display_shows_the_key() {
             assert!(!text.contains(secret), "{secret} in {text}");
         }
     }
+}
+
+#[tokio::test]
+async fn dropped_connection_after_the_request_is_a_connection_error() {
+    let server = MockServer::builder()
+        .script(Route::ChatCompletions, [MockResponse::disconnect()])
+        .start()
+        .await;
+    let err = chat_err(&server).await;
+    assert_eq!(err.kind(), ErrorKind::Connection);
+    assert!(err.is_retryable());
+    assert_eq!(err.status(), None);
+    assert_eq!(server.counts().disconnected, 1);
 }

@@ -116,7 +116,8 @@ async fn routes_answer_openai_shapes_and_headers() {
     );
     assert_eq!(a.header("openai-version"), "2020-10-01");
     assert_eq!(a.header("openai-organization"), "org-mock");
-    assert_eq!(a.header("openai-processing-ms"), "0");
+    // Real time here: the exact value is checked under paused time below.
+    assert!(a.header("openai-processing-ms").parse::<u64>().is_ok());
     assert_eq!(a.header("content-type"), "application/json");
     // Default limits: one request and its tokens were taken.
     let rl = RateLimitSnapshot::from_headers(&a.headers);
@@ -533,8 +534,16 @@ async fn key_check() {
     assert_eq!(a.status, 200);
     assert_eq!(server.counts().unauthorized, 2);
 
+    // An Azure-style header is recorded as sensitive too.
+    let req = http::Request::post(server.endpoint(Route::ChatCompletions))
+        .header("api-key", "azure-secret-0123456789")
+        .body(Full::new(Bytes::from_static(CHAT.as_bytes())))
+        .unwrap();
+    c.request(req).await.unwrap();
+
     // The key never shows in Debug: not of the server, not of the recorded requests.
     let recorded = server.requests();
+    assert!(!format!("{recorded:?}").contains("azure-secret"));
     assert!(recorded[2].headers.contains_key("authorization"));
     for text in [format!("{server:?}"), format!("{recorded:?}")] {
         assert!(!text.contains(key) && !text.contains(wrong), "{text}");
@@ -662,4 +671,234 @@ async fn reset_counts_clears_counts_and_log() {
     server.reset_counts();
     assert_eq!(server.counts().total, 0);
     assert!(server.requests().is_empty());
+}
+
+#[tokio::test]
+async fn wrong_types_and_empty_messages() {
+    let server = MockServer::start().await;
+    let c = client();
+    let url = server.endpoint(Route::ChatCompletions);
+    let cases = [
+        (
+            r#"{"model":4,"messages":[{"role":"user","content":"x"}]}"#,
+            "model",
+            "invalid_type",
+            "Invalid type for 'model': expected a string, but got an integer instead.",
+        ),
+        (
+            r#"{"model":"gpt-4o","messages":"hi"}"#,
+            "messages",
+            "invalid_type",
+            "Invalid type for 'messages': expected an array of objects, but got a string instead.",
+        ),
+        (
+            r#"{"model":"gpt-4o","messages":[]}"#,
+            "messages",
+            "empty_array",
+            "Invalid 'messages': empty array. Expected an array with minimum length 1, but got an empty array instead.",
+        ),
+    ];
+    for (body, param, code, message) in cases {
+        let a = send(&c, "POST", url.clone(), None, body).await;
+        assert_eq!(a.status, 400, "{body}");
+        assert_eq!(a.json["error"]["param"], param);
+        assert_eq!(a.json["error"]["code"], code);
+        assert_eq!(a.message(), message);
+    }
+    assert_eq!(server.counts().bad_request, 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn rejected_requests_can_count_against_the_limit() {
+    for (charge, second_after_60ms) in [(false, 200), (true, 429)] {
+        let server = MockServer::builder()
+            .request_limit(RateLimit::bucket(1, 10.0))
+            .charge_rejected_requests(charge)
+            .start()
+            .await;
+        let c = client();
+        assert_eq!(chat(&c, &server).await.status, 200);
+        // 50 ms later the bucket holds 0.5: rejected.
+        tokio::time::advance(Duration::from_millis(50)).await;
+        assert_eq!(chat(&c, &server).await.status, 429);
+        // Without the charge, 100 ms after the success a request fits again; with it, the
+        // rejected request emptied the bucket and the wait starts over.
+        tokio::time::advance(Duration::from_millis(60)).await;
+        assert_eq!(
+            chat(&c, &server).await.status.as_u16(),
+            second_after_60ms,
+            "charge: {charge}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn requests_to_and_short_debug() {
+    let server = MockServer::start().await;
+    let c = client();
+    chat(&c, &server).await;
+    send(
+        &c,
+        "POST",
+        server.endpoint(Route::Embeddings),
+        None,
+        r#"{"model":"m","input":"x"}"#,
+    )
+    .await;
+    chat(&c, &server).await;
+    let chats = server.requests_to(Route::ChatCompletions);
+    assert_eq!(chats.len(), 2);
+    assert!(chats
+        .iter()
+        .all(|r| r.route == Some(Route::ChatCompletions)));
+    assert_eq!(server.requests_to(Route::Responses).len(), 0);
+    let debug = format!("{server:?}");
+    assert!(
+        debug.contains("MockServer") && debug.contains("total: 3"),
+        "{debug}"
+    );
+    assert!(
+        !debug.contains("Hello there"),
+        "no request log in Debug: {debug}"
+    );
+}
+
+#[tokio::test]
+async fn scripted_disconnect_closes_without_answer() {
+    let server = MockServer::builder()
+        .script(Route::ChatCompletions, [MockResponse::disconnect()])
+        .start()
+        .await;
+    let c = client();
+    let req = http::Request::post(server.endpoint(Route::ChatCompletions))
+        .body(Full::new(Bytes::from_static(CHAT.as_bytes())))
+        .unwrap();
+    let err = c.request(req).await.expect_err("no answer");
+    assert!(!err.is_connect(), "the request was sent: {err:?}");
+    // The next request gets a new connection and a normal answer.
+    assert_eq!(chat(&c, &server).await.status, 200);
+    let counts = server.counts();
+    assert_eq!(
+        (
+            counts.total,
+            counts.disconnected,
+            counts.scripted,
+            counts.answered
+        ),
+        (2, 1, 1, 1)
+    );
+    assert_eq!(server.requests().len(), 1);
+}
+
+async fn raw(
+    c: &Client<HttpConnector, Full<Bytes>>,
+    url: String,
+    body: &str,
+) -> (HeaderMap, String) {
+    let req = http::Request::post(url)
+        .body(Full::new(Bytes::from(body.to_owned())))
+        .unwrap();
+    let res = c.request(req).await.unwrap();
+    assert_eq!(res.status(), 200);
+    let (parts, body) = res.into_parts();
+    let bytes = body.collect().await.unwrap().to_bytes();
+    (parts.headers, String::from_utf8(bytes.to_vec()).unwrap())
+}
+
+/// The `data:` payloads of an event stream.
+fn data_lines(text: &str) -> Vec<&str> {
+    text.lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .collect()
+}
+
+#[tokio::test]
+async fn chat_streams_server_sent_events() {
+    let server = MockServer::start().await;
+    let c = client();
+    let body = r#"{"model":"gpt-4o","stream":true,"stream_options":{"include_usage":true},"messages":[{"role":"user","content":"one two"}]}"#;
+    let (headers, text) = raw(&c, server.endpoint(Route::ChatCompletions), body).await;
+    assert_eq!(headers["content-type"], "text/event-stream; charset=utf-8");
+    assert!(headers.contains_key("x-ratelimit-remaining-requests"));
+    let data = data_lines(&text);
+    assert_eq!(*data.last().unwrap(), "[DONE]");
+    let chunks: Vec<Value> = data[..data.len() - 1]
+        .iter()
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect();
+    assert!(chunks
+        .iter()
+        .all(|c| c["object"] == "chat.completion.chunk"));
+    assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
+    let content: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    assert_eq!(content, "Mock reply to: one two");
+    let finish = &chunks[chunks.len() - 2];
+    assert_eq!(finish["choices"][0]["finish_reason"], "stop");
+    let usage = chunks.last().unwrap();
+    assert_eq!(usage["choices"], json!([]));
+    assert!(usage["usage"]["total_tokens"].as_u64().unwrap() > 0);
+}
+
+#[tokio::test]
+async fn responses_stream_typed_events() {
+    let server = MockServer::start().await;
+    let c = client();
+    let body = r#"{"model":"gpt-4o","stream":true,"input":"hi"}"#;
+    let (_, text) = raw(&c, server.endpoint(Route::Responses), body).await;
+    let events: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("event: "))
+        .collect();
+    assert_eq!(events.first(), Some(&"response.created"));
+    assert_eq!(events.last(), Some(&"response.completed"));
+    assert!(events.contains(&"response.output_text.delta"));
+    let data: Vec<Value> = data_lines(&text)
+        .iter()
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect();
+    for (i, d) in data.iter().enumerate() {
+        assert_eq!(d["sequence_number"], i as u64);
+        assert_eq!(d["type"], events[i]);
+    }
+    assert_eq!(data.last().unwrap()["response"]["status"], "completed");
+}
+
+#[tokio::test]
+async fn scripted_stream_error_after_a_200() {
+    let server = MockServer::builder()
+        .script(
+            Route::ChatCompletions,
+            [MockResponse::stream_error_after(2)],
+        )
+        .script(Route::Responses, [MockResponse::stream_error_after(0)])
+        .start()
+        .await;
+    let c = client();
+    // Even without `"stream": true`.
+    let (headers, text) = raw(&c, server.endpoint(Route::ChatCompletions), CHAT).await;
+    assert_eq!(headers["content-type"], "text/event-stream; charset=utf-8");
+    let data = data_lines(&text);
+    // The role chunk, two content deltas, then the error; no [DONE].
+    assert_eq!(data.len(), 4, "{text}");
+    let last: Value = serde_json::from_str(data[3]).unwrap();
+    assert_eq!(last["error"]["type"], "server_error");
+    assert!(!text.contains("[DONE]"));
+
+    let (_, text) = raw(
+        &c,
+        server.endpoint(Route::Responses),
+        r#"{"model":"m","input":"x"}"#,
+    )
+    .await;
+    let events: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("event: "))
+        .collect();
+    assert_eq!(events, ["response.created", "error"]);
+    // A later request streams normally.
+    let (headers, _) = raw(&c, server.endpoint(Route::ChatCompletions), CHAT).await;
+    assert_eq!(headers["content-type"], "application/json");
 }

@@ -1,7 +1,6 @@
 //! The request handler: one decision per request under a lock, then latency, then the answer.
 
 use std::collections::{HashMap, VecDeque};
-use std::convert::Infallible;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -21,14 +20,25 @@ use super::response::{
     AuthFailure, MockResponse,
 };
 use super::rng::SplitMix64;
+use super::sse;
 use super::Route;
 
 /// At most this many requests are kept for [`super::MockServer::requests`] (the newest).
 pub(crate) const MAX_RECORDED: usize = 10_000;
 
-#[derive(Debug)]
 pub(crate) struct Shared {
     state: Mutex<State>,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Short on purpose: the request log can hold thousands of entries.
+        let s = self.lock();
+        f.debug_struct("Shared")
+            .field("config", &s.config)
+            .field("counts", &s.counts)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug)]
@@ -51,7 +61,21 @@ struct Outcome {
     headers: Vec<(HeaderName, HeaderValue)>,
     delay: Duration,
     cause: Cause,
+    disconnect: bool,
+    content_type: &'static str,
 }
+
+/// The "error" of a scripted disconnection: hyper closes the connection without answering.
+#[derive(Debug)]
+pub(crate) struct Disconnect;
+
+impl std::fmt::Display for Disconnect {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("mock: scripted disconnection")
+    }
+}
+
+impl std::error::Error for Disconnect {}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Cause {
@@ -126,10 +150,12 @@ impl Shared {
 
 type MockBody = Full<Bytes>;
 
+const JSON: &str = "application/json";
+
 pub(crate) async fn handle<B>(
     shared: Arc<Shared>,
     req: Request<B>,
-) -> Result<Response<MockBody>, Infallible>
+) -> Result<Response<MockBody>, Disconnect>
 where
     B: http_body::Body,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -169,12 +195,19 @@ where
         tokio::time::sleep(wait).await;
     }
 
+    if outcome.disconnect {
+        let mut s = shared.lock();
+        s.counts.scripted += 1;
+        s.counts.disconnected += 1;
+        return Err(Disconnect);
+    }
+
     let mut res = Response::new(Full::new(outcome.body.clone()));
     *res.status_mut() = outcome.status;
     let processing_ms = started.elapsed().as_millis() as u64;
     {
         let h = res.headers_mut();
-        h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        h.insert(CONTENT_TYPE, HeaderValue::from_static(outcome.content_type));
         if let Ok(v) = HeaderValue::from_str(&request_id) {
             h.insert("x-request-id", v);
         }
@@ -192,8 +225,11 @@ where
         }
     }
 
-    if let Some(v) = parts.headers.get_mut(AUTHORIZATION) {
-        v.set_sensitive(true);
+    // Keys never reach Debug of the recorded requests (Azure-style headers included).
+    for (name, v) in parts.headers.iter_mut() {
+        if name == AUTHORIZATION || name == "api-key" || name == "x-api-key" {
+            v.set_sensitive(true);
+        }
     }
     let mut s = shared.lock();
     let c = &mut s.counts;
@@ -261,11 +297,14 @@ impl State {
 
         // 1. Scripts win over everything else.
         if let Some(r) = self.scripts.get_mut(&route).and_then(VecDeque::pop_front) {
+            let mut content_type = JSON;
             let body = match r.body {
                 Some(b) => b,
                 None if r.status.is_success() => {
                     let req = parsed.unwrap_or(Value::Null);
-                    Bytes::from(self.success_body(route, &req))
+                    let (body, ct) = self.success_body(route, &req, r.stream_error_after);
+                    content_type = ct;
+                    Bytes::from(body)
                 }
                 None => Bytes::from(default_error_body(r.status, &model)),
             };
@@ -276,6 +315,8 @@ impl State {
                     headers: r.headers,
                     delay: r.delay,
                     cause: Cause::Scripted,
+                    disconnect: r.disconnect,
+                    content_type,
                 },
                 Vec::new(),
             );
@@ -395,6 +436,12 @@ impl State {
                 Vec::new(),
             );
         }
+        if let Some(problem) = type_problem(route, &req) {
+            return (
+                outcome(StatusCode::BAD_REQUEST, problem, Cause::BadRequest),
+                Vec::new(),
+            );
+        }
 
         // 6. The rate limits.
         let now = Instant::now();
@@ -460,6 +507,14 @@ impl State {
                 Cause::RateLimited,
             );
             o.headers.extend(retry_headers(wait));
+            if self.config.charge_rejected {
+                if let Some(l) = &mut self.requests {
+                    l.take(1.0);
+                }
+                if let Some(l) = &mut self.tokens {
+                    l.take(cost);
+                }
+            }
             return (o, self.rate_headers());
         }
         if let Some(l) = &mut self.requests {
@@ -470,18 +525,32 @@ impl State {
         }
 
         // 7. Success.
-        let body = self.success_body(route, &req);
-        (
-            outcome(StatusCode::OK, body, Cause::Ok),
-            self.rate_headers(),
-        )
+        let (body, content_type) = self.success_body(route, &req, None);
+        let mut o = outcome(StatusCode::OK, body, Cause::Ok);
+        o.content_type = content_type;
+        (o, self.rate_headers())
     }
 
-    fn success_body(&mut self, route: Route, req: &Value) -> String {
+    /// The success body and its content type: an event stream for `"stream": true` (chat and
+    /// responses) or a scripted stream error, JSON otherwise.
+    fn success_body(
+        &mut self,
+        route: Route,
+        req: &Value,
+        stream_error_after: Option<usize>,
+    ) -> (String, &'static str) {
         let created = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
-        bodies::success(route, req, &mut self.id_rng, created).to_string()
+        let streamed = req.get("stream") == Some(&Value::Bool(true));
+        if route != Route::Embeddings && (streamed || stream_error_after.is_some()) {
+            let body = sse::stream(route, req, &mut self.id_rng, created, stream_error_after);
+            return (body, sse::EVENT_STREAM);
+        }
+        (
+            bodies::success(route, req, &mut self.id_rng, created).to_string(),
+            JSON,
+        )
     }
 
     fn rate_headers(&self) -> HeaderList {
@@ -505,6 +574,54 @@ impl State {
     }
 }
 
+/// The API's 400 for a parameter of the wrong type (or an empty `messages`).
+fn type_problem(route: Route, req: &Value) -> Option<String> {
+    let invalid_type = |param: &str, expected: &str, got: &Value| {
+        error_body(
+            &format!(
+                "Invalid type for '{param}': expected {expected}, but got {} instead.",
+                json_kind(got)
+            ),
+            Some("invalid_request_error"),
+            Some(param),
+            Some("invalid_type"),
+        )
+    };
+    let model = req.get("model")?;
+    if !model.is_string() {
+        return Some(invalid_type("model", "a string", model));
+    }
+    if route == Route::ChatCompletions {
+        let messages = req.get("messages")?;
+        match messages.as_array() {
+            None => return Some(invalid_type("messages", "an array of objects", messages)),
+            Some(list) if list.is_empty() => {
+                return Some(error_body(
+                    "Invalid 'messages': empty array. Expected an array with minimum length 1, \
+                     but got an empty array instead.",
+                    Some("invalid_request_error"),
+                    Some("messages"),
+                    Some("empty_array"),
+                ))
+            }
+            Some(_) => {}
+        }
+    }
+    None
+}
+
+fn json_kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(n) if n.is_f64() => "a decimal",
+        Value::Number(_) => "an integer",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
 fn outcome(status: StatusCode, body: String, cause: Cause) -> Outcome {
     Outcome {
         status,
@@ -512,6 +629,8 @@ fn outcome(status: StatusCode, body: String, cause: Cause) -> Outcome {
         headers: Vec::new(),
         delay: Duration::ZERO,
         cause,
+        disconnect: false,
+        content_type: JSON,
     }
 }
 

@@ -4,7 +4,7 @@
 //! the current tokio runtime, as `tower-test` is for tower: every layer of this crate is tested
 //! against it over loopback, and users can test their own stacks the same way. It answers
 //! `POST /v1/chat/completions`, `/v1/embeddings` and `/v1/responses` (also without the `/v1`
-//! prefix) with OpenAI's JSON and headers (`x-request-id: req_…`, `openai-processing-ms`,
+//! prefix) with OpenAI's JSON (or, for `"stream": true`, its server-sent events) and headers (`x-request-id: req_…`, `openai-processing-ms`,
 //! `openai-version`, `openai-organization`, `x-ratelimit-*`), and fails on demand the way the
 //! API fails:
 //!
@@ -17,6 +17,8 @@
 //! | latency | [`MockBuilder::latency`], [`MockBuilder::route_latency`], [`MockResponse::with_delay`] | a `tokio::time::sleep` |
 //! | key check | [`MockBuilder::api_key`]; causes via [`MockResponse::auth_failure`] | 401/403 with OpenAI's messages |
 //! | bad bodies | always on | 400 invalid JSON, 400 `missing_required_parameter`, 413 |
+//! | a dropped connection | [`MockResponse::disconnect`] in a script | the connection closes, no answer |
+//! | a failing stream | [`MockResponse::stream_error_after`] in a script | 200 event stream ending in an `{"error": …}` event |
 //!
 //! [`MockBuilder`] lists the order in which a request meets these steps. All clocks are
 //! tokio's, so buckets refill and latencies pass in virtual time
@@ -25,8 +27,8 @@
 //! `assert_eq!(server.counts().total, 0)`), [`MockServer::requests`] the requests themselves.
 //! The server stops when dropped, or with [`MockServer::shutdown`].
 //!
-//! (Connection-level faults, such as closing mid-headers or dripping a body, are not built
-//! yet; they will be further steps of the same builder.)
+//! (Other connection-level faults, such as closing mid-headers or dripping a body, are not
+//! built yet; they will be further [`MockResponse`] constructors.)
 //!
 //! ```
 //! use bytes::Bytes;
@@ -74,6 +76,7 @@ mod handler;
 mod limit;
 mod response;
 mod rng;
+mod sse;
 
 use std::fmt;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -143,12 +146,21 @@ impl fmt::Display for Route {
 /// The running mock server. See the [module docs](self).
 ///
 /// Dropping it stops the server: the accept loop and every connection are aborted.
-#[derive(Debug)]
 pub struct MockServer {
     addr: SocketAddr,
     shared: Arc<Shared>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
+}
+
+impl fmt::Debug for MockServer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MockServer")
+            .field("addr", &self.addr)
+            .field("state", &self.shared)
+            .field("running", &self.task.is_some())
+            .finish()
+    }
 }
 
 static NEXT_SEED: AtomicU64 = AtomicU64::new(0x6f61_692d_6d6f_636b);
@@ -214,6 +226,13 @@ impl MockServer {
     /// Clears the counts and the recorded requests (the buckets and scripts stay).
     pub fn reset_counts(&self) {
         self.shared.reset_counts();
+    }
+
+    /// The answered requests to `route`, oldest first.
+    pub fn requests_to(&self, route: Route) -> Vec<RecordedRequest> {
+        let mut all = self.shared.requests();
+        all.retain(|r| r.route == Some(route));
+        all
     }
 
     /// Appends responses to `route`'s script, as [`MockBuilder::script`] does.

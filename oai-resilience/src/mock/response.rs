@@ -26,6 +26,8 @@ pub struct MockResponse {
     pub(crate) body: Option<Bytes>,
     pub(crate) headers: Vec<(HeaderName, HeaderValue)>,
     pub(crate) delay: Duration,
+    pub(crate) disconnect: bool,
+    pub(crate) stream_error_after: Option<usize>,
 }
 
 impl MockResponse {
@@ -39,6 +41,30 @@ impl MockResponse {
             body: None,
             headers: Vec::new(),
             delay: Duration::ZERO,
+            disconnect: false,
+            stream_error_after: None,
+        }
+    }
+
+    /// No response at all: after reading the request (and any delay), the server closes the
+    /// connection. The client sees a connection error after the request was sent, the case
+    /// where a POST may have been processed. Counted in
+    /// [`MockCounts::disconnected`](super::MockCounts::disconnected), not recorded in
+    /// [`MockServer::requests`](super::MockServer::requests).
+    pub fn disconnect() -> Self {
+        MockResponse {
+            disconnect: true,
+            ..MockResponse::status(500)
+        }
+    }
+
+    /// A 200 event stream (whatever the request's `stream` flag) that sends `deltas` content
+    /// deltas and then an `{"error": {…, "type": "server_error"}}` event instead of finishing:
+    /// the mid-stream failure that a status check cannot see.
+    pub fn stream_error_after(deltas: usize) -> Self {
+        MockResponse {
+            stream_error_after: Some(deltas),
+            ..MockResponse::ok()
         }
     }
 
