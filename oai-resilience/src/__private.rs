@@ -117,13 +117,19 @@ impl Args {
 pub struct Call {
     function: &'static str,
     config: &'static RetryConfig,
+    idempotent: bool,
 }
 
 impl Call {
     /// A call of `function` under `config` (built once per function, so that the calls of one
-    /// function share its retry budget).
-    pub fn new(function: &'static str, config: &'static RetryConfig) -> Self {
-        Call { function, config }
+    /// function share its retry budget); `idempotent` tells the policy whether a timed-out
+    /// attempt may be repeated.
+    pub fn new(function: &'static str, config: &'static RetryConfig, idempotent: bool) -> Self {
+        Call {
+            function,
+            config,
+            idempotent,
+        }
     }
 
     fn context<A: Fn(&mut Args)>(&self, args: &A) -> CallContext {
@@ -161,7 +167,7 @@ impl Call {
             .attach_call_context(self.context(args))
     }
 
-    /// Runs the attempts through [`retry::call`](crate::retry::call) (the retry layer's loop,
+    /// Runs the attempts through [`retry::call_with`](crate::retry::call_with) (the retry layer's loop,
     /// policy, backoff, budget and deadline) inside an `openai_call` span, and attaches the
     /// call's context to the final error.
     pub async fn run<T, E, A, F, Fut>(self, args: &A, mut attempt: F) -> Result<T, E>
@@ -179,7 +185,7 @@ impl Call {
         );
         // Atomic, not `Cell`: the future must stay `Send` when the body's is.
         let attempts = AtomicU32::new(0);
-        let result = crate::retry::call(self.config, |n| {
+        let result = crate::retry::call_with(self.config, self.idempotent, |n| {
             attempts.store(n, Ordering::Relaxed);
             tracing::debug!(target: "oai_resilience::call", attempt = n, "attempt");
             attempt(n)

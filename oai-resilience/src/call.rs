@@ -51,7 +51,7 @@
 //!    [`MalformedApiKey`](crate::ErrorKind::MalformedApiKey) or
 //!    [`InvalidParameter`](crate::ErrorKind::InvalidParameter): the body runs zero times, and
 //!    the error's [`RetryContext`] says 0 attempts.
-//! 2. **Runs the body through [`retry::call`](crate::retry::call)**, the loop over the same
+//! 2. **Runs the body through [`retry::call_with`](crate::retry::call_with)**, the loop over the same
 //!    [`Retrier`](crate::retry::Retrier) as the retry layer: the same
 //!    [`OpenAiPolicy`](crate::retry::OpenAiPolicy) (rate limits and server errors retried,
 //!    quota, bad requests and bad keys not; `x-should-retry` obeyed), the same backoff, server
@@ -76,6 +76,7 @@
 //! | `base_delay = "500ms"` | the backoff's base delay |
 //! | `max_delay = "20s"` | the backoff's cap |
 //! | `timeout = "60s"` | the overall deadline: attempts and delays included; an attempt in flight is cut (default 10 min) |
+//! | `idempotent` | the call is safe to repeat after a local timeout (like a GET): the policy may retry timeouts ([`call_with`](crate::retry::call_with)); by default it is treated like a POST |
 //! | `skip(a, b)` | arguments left out of the context |
 //! | `skip_all` | no argument in the context |
 //! | `name = "…"` | the name reported instead of the function's path |
