@@ -173,6 +173,7 @@ fn deprecation_advice(param: &str) -> &'static str {
 /// gives one violation on the parameter `body`.
 pub fn check(endpoint: Endpoint, body: &[u8]) -> Report {
     let mut ctx = check::Ctx::new(endpoint == Endpoint::ChatCompletions);
+    ctx.raw = true;
     let mut de = serde_json::Deserializer::from_slice(body);
     let parsed = serde::de::DeserializeSeed::deserialize(
         check::NodeSeed {
