@@ -1305,3 +1305,44 @@ impl<'de> Visitor<'de> for NodeVisitor<'_> {
         self.map_in(map)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_are_listed_the_api_way() {
+        assert_eq!(list_values(&["a"]), "'a'");
+        assert_eq!(list_values(&["a", "b"]), "'a' and 'b'");
+        assert_eq!(list_values(&["a", "b", "c"]), "'a', 'b', and 'c'");
+    }
+
+    #[test]
+    fn numbers_and_types_read_naturally() {
+        assert_eq!(Num(2.0).to_string(), "2");
+        assert_eq!(Num(-100.0).to_string(), "-100");
+        assert_eq!(Num(0.25).to_string(), "0.25");
+        assert_eq!(expected(T_NUMBER), "a decimal");
+        assert_eq!(expected(T_INTEGER | T_NUMBER), "a decimal");
+        assert_eq!(expected(T_STRING | T_ARRAY), "one of a string or an array");
+        assert_eq!(
+            expected(T_STRING | T_BOOLEAN | T_OBJECT),
+            "one of a string, a boolean or an object"
+        );
+    }
+
+    #[test]
+    fn short_strings_stay_inline_and_long_ones_do_not_fit() {
+        assert_eq!(Short::new("transparent").unwrap().as_str(), "transparent");
+        assert_eq!(Short::new("").unwrap().as_str(), "");
+        assert!(Short::new(&"x".repeat(25)).is_none());
+        assert_eq!(Short::new("é").unwrap().as_str(), "é");
+    }
+
+    #[test]
+    fn integral_decimals_count_as_integers() {
+        assert_ne!(Scalar::F64(2.0).type_bits() & T_INTEGER, 0);
+        assert_eq!(Scalar::F64(2.5).type_bits() & T_INTEGER, 0);
+        assert_eq!(Scalar::F64(f64::INFINITY).type_bits() & T_INTEGER, 0);
+    }
+}
