@@ -127,9 +127,9 @@ pub(crate) fn model_of(body: &[u8]) -> Option<String> {
 /// A request body whose bytes can be seen cheaply, for the key's model and the token estimate.
 ///
 /// Implemented for [`Full<Bytes>`], [`Bytes`], [`String`], `Vec<u8>`, `&'static str` and
-/// `&'static [u8]`, [`Either`] of two such bodies, and the validation layer's
-/// [`ValidateBody`](crate::validate::ValidateBody) (its buffered bytes); [`Empty<Bytes>`],
-/// `()`, [`BoxBody`] and [`UnsyncBoxBody`] have no bytes. A body type that cannot expose its
+/// `&'static [u8]`, [`Either`] of two such bodies, and (in the stack module) the validation
+/// layer's [`ValidateBody`](crate::validate::ValidateBody); [`Empty<Bytes>`], `()`,
+/// [`BoxBody`] and [`UnsyncBoxBody`] have no bytes. A body type that cannot expose its
 /// bytes can implement it by returning `f(None)`: the request then costs the
 /// [default cost](CostEstimator::default_cost).
 pub trait PaceBody {
@@ -215,18 +215,6 @@ impl<D, E> PaceBody for BoxBody<D, E> {
 impl<D, E> PaceBody for UnsyncBoxBody<D, E> {
     fn with_bytes<R>(&mut self, f: impl FnOnce(Option<&[u8]>) -> R) -> R {
         f(None)
-    }
-}
-
-/// The validation layer's body: a validated route's buffered JSON is read; a body passed
-/// through unvalidated costs the default.
-impl<B> PaceBody for crate::validate::ValidateBody<B> {
-    fn with_bytes<R>(&mut self, f: impl FnOnce(Option<&[u8]>) -> R) -> R {
-        if self.is_buffered() {
-            f(Some(self.as_bytes().map_or(&[][..], |b| &b[..])))
-        } else {
-            f(None)
-        }
     }
 }
 
