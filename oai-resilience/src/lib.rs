@@ -8,6 +8,8 @@
 //!
 //! - [`classify`]: responses become typed [`Error`]s with OpenAI's `type`/`code`/`param`,
 //!   the request id, the rate-limit headers and an actionable [`Error::hint`].
+//! - [`auth`]: API keys found, checked locally before anything is sent, injected as a
+//!   sensitive header, and never printed ([`ApiKey`], [`AuthLayer`]).
 //! - [`parse`]: the lenient, total parsers behind it, usable without tower.
 //! - `mock` (feature `mock`): an embedded mock OpenAI server for tests and examples.
 //!
@@ -16,6 +18,7 @@
 #![warn(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_auto_cfg))]
 
+pub mod auth;
 pub mod classify;
 pub mod error;
 #[cfg(feature = "mock")]
@@ -23,6 +26,7 @@ pub mod mock;
 pub mod parse;
 pub mod retry;
 
+pub use auth::{ApiKey, AuthLayer, KeySource};
 pub use classify::{Classify, ClassifyLayer};
 pub use error::{
     AttemptOutcome, AuthCause, BoxError, CallContext, DelaySource, Error, ErrorKind, RetryContext,
