@@ -10,6 +10,7 @@
 //!   the request id, the rate-limit headers and an actionable [`Error::hint`].
 //! - [`auth`]: API keys found, checked locally before anything is sent, injected as a
 //!   sensitive header, and never printed ([`ApiKey`], [`AuthLayer`]).
+//! - [`pace`]: adaptive client-side pacing at the rate limit, learned from the headers.
 //! - [`parse`]: the lenient, total parsers behind it, usable without tower.
 //! - `mock` (feature `mock`): an embedded mock OpenAI server for tests and examples.
 //!
@@ -23,6 +24,7 @@ pub mod classify;
 pub mod error;
 #[cfg(feature = "mock")]
 pub mod mock;
+pub mod pace;
 pub mod parse;
 pub mod retry;
 
@@ -32,5 +34,6 @@ pub use error::{
     AttemptOutcome, AuthCause, BoxError, CallContext, DelaySource, Error, ErrorKind, RetryContext,
     StopReason, Violation,
 };
+pub use pace::{Pace, PaceLayer, Pacer};
 pub use parse::{ApiError, RateLimitSnapshot};
 pub use retry::{Retry, RetryConfig, RetryLayer};
