@@ -20,6 +20,7 @@
 #![cfg_attr(docsrs, feature(doc_auto_cfg))]
 
 pub mod auth;
+pub mod call;
 pub mod classify;
 pub mod error;
 #[cfg(feature = "mock")]
@@ -29,6 +30,11 @@ pub mod parse;
 pub mod retry;
 
 pub use auth::{ApiKey, AuthLayer, KeySource};
+#[doc(hidden)]
+pub mod __private;
+
+pub use oai_resilience_macros::openai_call;
+
 pub use classify::{Classify, ClassifyLayer};
 pub use error::{
     AttemptOutcome, AuthCause, BoxError, CallContext, DelaySource, Error, ErrorKind, RetryContext,
