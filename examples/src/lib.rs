@@ -1,1 +1,8 @@
-//! Runnable examples and the demo of `oai-resilience`; see the binaries in `src/bin`.
+//! Runnable examples and the demo of `oai-resilience`, as a library so that tests can run
+//! them: each binary (`examples/<name>.rs`) is a thin `main` over a module here.
+//!
+//! - [`stack`]: the default stack assembled from the layers;
+//! - [`gateway`]: an OpenAI-compatible proxy that applies the stack (`--bin gateway`).
+
+pub mod gateway;
+pub mod stack;
