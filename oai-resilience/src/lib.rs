@@ -11,7 +11,11 @@
 //! - [`auth`]: API keys found, checked locally before anything is sent, injected as a
 //!   sensitive header, and never printed ([`ApiKey`], [`AuthLayer`]).
 //! - [`pace`]: adaptive client-side pacing at the rate limit, learned from the headers.
+//! - [`retry`]: retries of what can succeed, with jitter, server hints, a shared budget and a
+//!   deadline.
 //! - [`parse`]: the lenient, total parsers behind it, usable without tower.
+//! - [`validate`]: local request validation against rules generated from OpenAI's OpenAPI
+//!   spec, so a missing or invalid parameter costs no round trip.
 //! - `mock` (feature `mock`): an embedded mock OpenAI server for tests and examples.
 //!
 //! The error model is [`Error`] / [`ErrorKind`].
@@ -28,6 +32,7 @@ pub mod mock;
 pub mod pace;
 pub mod parse;
 pub mod retry;
+pub mod validate;
 
 pub use auth::{ApiKey, AuthLayer, KeySource};
 #[doc(hidden)]
@@ -43,3 +48,4 @@ pub use error::{
 pub use pace::{Pace, PaceLayer, Pacer};
 pub use parse::{ApiError, RateLimitSnapshot};
 pub use retry::{Retry, RetryConfig, RetryLayer};
+pub use validate::{ValidateLayer, Validator};

@@ -696,3 +696,16 @@ async fn no_debug_or_display_shows_the_key() {
         }
     }
 }
+
+#[tokio::test]
+async fn dropped_connection_after_the_request_is_a_connection_error() {
+    let server = MockServer::builder()
+        .script(Route::ChatCompletions, [MockResponse::disconnect()])
+        .start()
+        .await;
+    let err = chat_err(&server).await;
+    assert_eq!(err.kind(), ErrorKind::Connection);
+    assert!(err.is_retryable());
+    assert_eq!(err.status(), None);
+    assert_eq!(server.counts().disconnected, 1);
+}

@@ -116,7 +116,8 @@ async fn routes_answer_openai_shapes_and_headers() {
     );
     assert_eq!(a.header("openai-version"), "2020-10-01");
     assert_eq!(a.header("openai-organization"), "org-mock");
-    assert_eq!(a.header("openai-processing-ms"), "0");
+    // Real time here: the exact value is checked under paused time below.
+    assert!(a.header("openai-processing-ms").parse::<u64>().is_ok());
     assert_eq!(a.header("content-type"), "application/json");
     // Default limits: one request and its tokens were taken.
     let rl = RateLimitSnapshot::from_headers(&a.headers);
@@ -662,4 +663,121 @@ async fn reset_counts_clears_counts_and_log() {
     server.reset_counts();
     assert_eq!(server.counts().total, 0);
     assert!(server.requests().is_empty());
+}
+
+#[tokio::test]
+async fn wrong_types_and_empty_messages() {
+    let server = MockServer::start().await;
+    let c = client();
+    let url = server.endpoint(Route::ChatCompletions);
+    let cases = [
+        (
+            r#"{"model":4,"messages":[{"role":"user","content":"x"}]}"#,
+            "model",
+            "invalid_type",
+            "Invalid type for 'model': expected a string, but got an integer instead.",
+        ),
+        (
+            r#"{"model":"gpt-4o","messages":"hi"}"#,
+            "messages",
+            "invalid_type",
+            "Invalid type for 'messages': expected an array of objects, but got a string instead.",
+        ),
+        (
+            r#"{"model":"gpt-4o","messages":[]}"#,
+            "messages",
+            "empty_array",
+            "Invalid 'messages': empty array. Expected an array with minimum length 1, but got an empty array instead.",
+        ),
+    ];
+    for (body, param, code, message) in cases {
+        let a = send(&c, "POST", url.clone(), None, body).await;
+        assert_eq!(a.status, 400, "{body}");
+        assert_eq!(a.json["error"]["param"], param);
+        assert_eq!(a.json["error"]["code"], code);
+        assert_eq!(a.message(), message);
+    }
+    assert_eq!(server.counts().bad_request, 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn rejected_requests_can_count_against_the_limit() {
+    for (charge, second_after_60ms) in [(false, 200), (true, 429)] {
+        let server = MockServer::builder()
+            .request_limit(RateLimit::bucket(1, 10.0))
+            .charge_rejected_requests(charge)
+            .start()
+            .await;
+        let c = client();
+        assert_eq!(chat(&c, &server).await.status, 200);
+        // 50 ms later the bucket holds 0.5: rejected.
+        tokio::time::advance(Duration::from_millis(50)).await;
+        assert_eq!(chat(&c, &server).await.status, 429);
+        // Without the charge, 100 ms after the success a request fits again; with it, the
+        // rejected request emptied the bucket and the wait starts over.
+        tokio::time::advance(Duration::from_millis(60)).await;
+        assert_eq!(
+            chat(&c, &server).await.status.as_u16(),
+            second_after_60ms,
+            "charge: {charge}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn requests_to_and_short_debug() {
+    let server = MockServer::start().await;
+    let c = client();
+    chat(&c, &server).await;
+    send(
+        &c,
+        "POST",
+        server.endpoint(Route::Embeddings),
+        None,
+        r#"{"model":"m","input":"x"}"#,
+    )
+    .await;
+    chat(&c, &server).await;
+    let chats = server.requests_to(Route::ChatCompletions);
+    assert_eq!(chats.len(), 2);
+    assert!(chats
+        .iter()
+        .all(|r| r.route == Some(Route::ChatCompletions)));
+    assert_eq!(server.requests_to(Route::Responses).len(), 0);
+    let debug = format!("{server:?}");
+    assert!(
+        debug.contains("MockServer") && debug.contains("total: 3"),
+        "{debug}"
+    );
+    assert!(
+        !debug.contains("Hello there"),
+        "no request log in Debug: {debug}"
+    );
+}
+
+#[tokio::test]
+async fn scripted_disconnect_closes_without_answer() {
+    let server = MockServer::builder()
+        .script(Route::ChatCompletions, [MockResponse::disconnect()])
+        .start()
+        .await;
+    let c = client();
+    let req = http::Request::post(server.endpoint(Route::ChatCompletions))
+        .body(Full::new(Bytes::from_static(CHAT.as_bytes())))
+        .unwrap();
+    let err = c.request(req).await.expect_err("no answer");
+    assert!(!err.is_connect(), "the request was sent: {err:?}");
+    // The next request gets a new connection and a normal answer.
+    assert_eq!(chat(&c, &server).await.status, 200);
+    let counts = server.counts();
+    assert_eq!(
+        (
+            counts.total,
+            counts.disconnected,
+            counts.scripted,
+            counts.answered
+        ),
+        (2, 1, 1, 1)
+    );
+    assert_eq!(server.requests().len(), 1);
 }

@@ -281,12 +281,10 @@ pub(super) fn apply<B>(
 
 /// The error for a request without a key header when the layer has no source.
 pub(super) fn no_source(config: &Config) -> Error {
-    Error::new(ErrorKind::MissingApiKey)
-        .with_auth_cause(AuthCause::MissingKey)
-        .with_detail(format!(
-            "the request has no {} header and the auth layer has no key source",
-            config.header.name()
-        ))
+    Error::new(ErrorKind::MissingApiKey).with_detail(format!(
+        "the request has no {} header and the auth layer has no key source",
+        config.header.name()
+    ))
 }
 
 pub(super) fn reject(err: Error) -> Error {
@@ -680,8 +678,8 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!(err.kind(), ErrorKind::MissingApiKey);
-        assert_eq!(err.auth_cause(), Some(AuthCause::MissingKey));
         assert!(err.hint().contains("OPENAI_API_KEY"));
+        assert!(err.hint().contains("https://platform.openai.com/api-keys"));
         assert!(seen.lock().unwrap().is_empty());
     }
 

@@ -156,18 +156,16 @@ impl EnvSource {
     ///
     /// # Errors
     ///
-    /// [`ErrorKind::MissingApiKey`] (cause [`AuthCause::MissingKey`]) when the key variable is
-    /// not set, [`ErrorKind::MalformedApiKey`] (cause [`AuthCause::Empty`]) when it is set but
+    /// [`ErrorKind::MissingApiKey`] when the key variable is not set (its hint names the
+    /// variable and where keys come from), [`ErrorKind::MalformedApiKey`] (cause [`AuthCause::Empty`]) when it is set but
     /// empty. The key's shape is checked later, by [`check_key`](super::check_key).
     pub fn read(&self) -> Result<Credentials, Error> {
         let key = match (self.lookup)(&self.key_var) {
             None => {
-                return Err(Error::new(ErrorKind::MissingApiKey)
-                    .with_auth_cause(AuthCause::MissingKey)
-                    .with_detail(format!(
-                        "the environment variable {} is not set",
-                        self.key_var
-                    )))
+                return Err(Error::new(ErrorKind::MissingApiKey).with_detail(format!(
+                    "the environment variable {} is not set",
+                    self.key_var
+                )))
             }
             Some(k) if k.is_empty() => {
                 return Err(malformed(
@@ -388,7 +386,7 @@ mod tests {
     fn env_missing_and_empty_key() {
         let err = fake_env(&[]).read().unwrap_err();
         assert_eq!(err.kind(), ErrorKind::MissingApiKey);
-        assert_eq!(err.auth_cause(), Some(AuthCause::MissingKey));
+        assert_eq!(err.auth_cause(), None);
         assert!(
             err.to_string().contains("OPENAI_API_KEY is not set"),
             "{err}"

@@ -29,6 +29,7 @@ pub(crate) struct Config {
     pub(crate) route_latency: HashMap<Route, Duration>,
     pub(crate) max_request_bytes: usize,
     pub(crate) seed: Option<u64>,
+    pub(crate) charge_rejected: bool,
 }
 
 impl fmt::Debug for Config {
@@ -45,6 +46,7 @@ impl fmt::Debug for Config {
             .field("route_latency", &self.route_latency)
             .field("max_request_bytes", &self.max_request_bytes)
             .field("seed", &self.seed)
+            .field("charge_rejected", &self.charge_rejected)
             .finish()
     }
 }
@@ -63,6 +65,7 @@ impl Default for Config {
             route_latency: HashMap::new(),
             max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
             seed: None,
+            charge_rejected: false,
         }
     }
 }
@@ -83,7 +86,9 @@ impl Default for Config {
 /// 4. the quota switch ([`MockBuilder::quota_exhausted`]) → 429 `insufficient_quota`;
 /// 5. random server errors ([`MockBuilder::random_server_errors`]) → 500/502/503/504;
 /// 6. the body: too big → 413, not a JSON object → 400, missing `model` / `messages`
-///    (chat) / `input` (embeddings) → 400 `missing_required_parameter`;
+///    (chat) / `input` (embeddings) → 400 `missing_required_parameter`, a `model` that is
+///    not a string or `messages` that is not an array → 400 `invalid_type`, empty `messages`
+///    → 400 `empty_array`;
 /// 7. the request and token buckets ([`MockBuilder::request_limit`],
 ///    [`MockBuilder::token_limit`]) → 429 `rate_limit_exceeded`;
 /// 8. success.
@@ -120,6 +125,15 @@ impl MockBuilder {
     /// request costing more than the bucket holds gets "Request too large … (TPM)".
     pub fn token_limit(mut self, limit: RateLimit) -> Self {
         self.config.tokens = Some(limit);
+        self
+    }
+
+    /// Whether a request rejected with a 429 by the buckets still takes its request and its
+    /// tokens from them (the buckets never go below empty). OpenAI's docs say failed requests
+    /// count against the limit, so blind resending makes things worse; with this on, the mock
+    /// behaves that way. Off by default, so that waiting exactly `retry-after-ms` succeeds.
+    pub fn charge_rejected_requests(mut self, charge: bool) -> Self {
+        self.config.charge_rejected = charge;
         self
     }
 

@@ -35,8 +35,10 @@ pub struct MockCounts {
     pub not_found: u64,
     /// 5xx of the random-failure fault.
     pub random_failures: u64,
-    /// Scripted responses served.
+    /// Scripted responses served (disconnections included).
     pub scripted: u64,
+    /// Connections closed without an answer ([`MockResponse::disconnect`](super::MockResponse::disconnect)).
+    pub disconnected: u64,
     /// Answers by status code.
     pub by_status: BTreeMap<u16, u64>,
     /// Answered requests by route (unknown paths are not here).

@@ -1,7 +1,6 @@
 //! The request handler: one decision per request under a lock, then latency, then the answer.
 
 use std::collections::{HashMap, VecDeque};
-use std::convert::Infallible;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -26,9 +25,19 @@ use super::Route;
 /// At most this many requests are kept for [`super::MockServer::requests`] (the newest).
 pub(crate) const MAX_RECORDED: usize = 10_000;
 
-#[derive(Debug)]
 pub(crate) struct Shared {
     state: Mutex<State>,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Short on purpose: the request log can hold thousands of entries.
+        let s = self.lock();
+        f.debug_struct("Shared")
+            .field("config", &s.config)
+            .field("counts", &s.counts)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug)]
@@ -51,7 +60,20 @@ struct Outcome {
     headers: Vec<(HeaderName, HeaderValue)>,
     delay: Duration,
     cause: Cause,
+    disconnect: bool,
 }
+
+/// The "error" of a scripted disconnection: hyper closes the connection without answering.
+#[derive(Debug)]
+pub(crate) struct Disconnect;
+
+impl std::fmt::Display for Disconnect {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("mock: scripted disconnection")
+    }
+}
+
+impl std::error::Error for Disconnect {}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Cause {
@@ -129,7 +151,7 @@ type MockBody = Full<Bytes>;
 pub(crate) async fn handle<B>(
     shared: Arc<Shared>,
     req: Request<B>,
-) -> Result<Response<MockBody>, Infallible>
+) -> Result<Response<MockBody>, Disconnect>
 where
     B: http_body::Body,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -167,6 +189,13 @@ where
     let wait = latency + outcome.delay;
     if !wait.is_zero() {
         tokio::time::sleep(wait).await;
+    }
+
+    if outcome.disconnect {
+        let mut s = shared.lock();
+        s.counts.scripted += 1;
+        s.counts.disconnected += 1;
+        return Err(Disconnect);
     }
 
     let mut res = Response::new(Full::new(outcome.body.clone()));
@@ -276,6 +305,7 @@ impl State {
                     headers: r.headers,
                     delay: r.delay,
                     cause: Cause::Scripted,
+                    disconnect: r.disconnect,
                 },
                 Vec::new(),
             );
@@ -395,6 +425,12 @@ impl State {
                 Vec::new(),
             );
         }
+        if let Some(problem) = type_problem(route, &req) {
+            return (
+                outcome(StatusCode::BAD_REQUEST, problem, Cause::BadRequest),
+                Vec::new(),
+            );
+        }
 
         // 6. The rate limits.
         let now = Instant::now();
@@ -460,6 +496,14 @@ impl State {
                 Cause::RateLimited,
             );
             o.headers.extend(retry_headers(wait));
+            if self.config.charge_rejected {
+                if let Some(l) = &mut self.requests {
+                    l.take(1.0);
+                }
+                if let Some(l) = &mut self.tokens {
+                    l.take(cost);
+                }
+            }
             return (o, self.rate_headers());
         }
         if let Some(l) = &mut self.requests {
@@ -505,6 +549,54 @@ impl State {
     }
 }
 
+/// The API's 400 for a parameter of the wrong type (or an empty `messages`).
+fn type_problem(route: Route, req: &Value) -> Option<String> {
+    let invalid_type = |param: &str, expected: &str, got: &Value| {
+        error_body(
+            &format!(
+                "Invalid type for '{param}': expected {expected}, but got {} instead.",
+                json_kind(got)
+            ),
+            Some("invalid_request_error"),
+            Some(param),
+            Some("invalid_type"),
+        )
+    };
+    let model = req.get("model")?;
+    if !model.is_string() {
+        return Some(invalid_type("model", "a string", model));
+    }
+    if route == Route::ChatCompletions {
+        let messages = req.get("messages")?;
+        match messages.as_array() {
+            None => return Some(invalid_type("messages", "an array of objects", messages)),
+            Some(list) if list.is_empty() => {
+                return Some(error_body(
+                    "Invalid 'messages': empty array. Expected an array with minimum length 1, \
+                     but got an empty array instead.",
+                    Some("invalid_request_error"),
+                    Some("messages"),
+                    Some("empty_array"),
+                ))
+            }
+            Some(_) => {}
+        }
+    }
+    None
+}
+
+fn json_kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(n) if n.is_f64() => "a decimal",
+        Value::Number(_) => "an integer",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
 fn outcome(status: StatusCode, body: String, cause: Cause) -> Outcome {
     Outcome {
         status,
@@ -512,6 +604,7 @@ fn outcome(status: StatusCode, body: String, cause: Cause) -> Outcome {
         headers: Vec::new(),
         delay: Duration::ZERO,
         cause,
+        disconnect: false,
     }
 }
 

@@ -17,6 +17,7 @@
 //! | latency | [`MockBuilder::latency`], [`MockBuilder::route_latency`], [`MockResponse::with_delay`] | a `tokio::time::sleep` |
 //! | key check | [`MockBuilder::api_key`]; causes via [`MockResponse::auth_failure`] | 401/403 with OpenAI's messages |
 //! | bad bodies | always on | 400 invalid JSON, 400 `missing_required_parameter`, 413 |
+//! | a dropped connection | [`MockResponse::disconnect`] in a script | the connection closes, no answer |
 //!
 //! [`MockBuilder`] lists the order in which a request meets these steps. All clocks are
 //! tokio's, so buckets refill and latencies pass in virtual time
@@ -25,8 +26,8 @@
 //! `assert_eq!(server.counts().total, 0)`), [`MockServer::requests`] the requests themselves.
 //! The server stops when dropped, or with [`MockServer::shutdown`].
 //!
-//! (Connection-level faults, such as closing mid-headers or dripping a body, are not built
-//! yet; they will be further steps of the same builder.)
+//! (Other connection-level faults, such as closing mid-headers or dripping a body, are not
+//! built yet; they will be further [`MockResponse`] constructors.)
 //!
 //! ```
 //! use bytes::Bytes;
@@ -143,12 +144,21 @@ impl fmt::Display for Route {
 /// The running mock server. See the [module docs](self).
 ///
 /// Dropping it stops the server: the accept loop and every connection are aborted.
-#[derive(Debug)]
 pub struct MockServer {
     addr: SocketAddr,
     shared: Arc<Shared>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
+}
+
+impl fmt::Debug for MockServer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MockServer")
+            .field("addr", &self.addr)
+            .field("state", &self.shared)
+            .field("running", &self.task.is_some())
+            .finish()
+    }
 }
 
 static NEXT_SEED: AtomicU64 = AtomicU64::new(0x6f61_692d_6d6f_636b);
@@ -214,6 +224,13 @@ impl MockServer {
     /// Clears the counts and the recorded requests (the buckets and scripts stay).
     pub fn reset_counts(&self) {
         self.shared.reset_counts();
+    }
+
+    /// The answered requests to `route`, oldest first.
+    pub fn requests_to(&self, route: Route) -> Vec<RecordedRequest> {
+        let mut all = self.shared.requests();
+        all.retain(|r| r.route == Some(route));
+        all
     }
 
     /// Appends responses to `route`'s script, as [`MockBuilder::script`] does.

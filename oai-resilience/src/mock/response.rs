@@ -26,6 +26,7 @@ pub struct MockResponse {
     pub(crate) body: Option<Bytes>,
     pub(crate) headers: Vec<(HeaderName, HeaderValue)>,
     pub(crate) delay: Duration,
+    pub(crate) disconnect: bool,
 }
 
 impl MockResponse {
@@ -39,6 +40,19 @@ impl MockResponse {
             body: None,
             headers: Vec::new(),
             delay: Duration::ZERO,
+            disconnect: false,
+        }
+    }
+
+    /// No response at all: after reading the request (and any delay), the server closes the
+    /// connection. The client sees a connection error after the request was sent, the case
+    /// where a POST may have been processed. Counted in
+    /// [`MockCounts::disconnected`](super::MockCounts::disconnected), not recorded in
+    /// [`MockServer::requests`](super::MockServer::requests).
+    pub fn disconnect() -> Self {
+        MockResponse {
+            disconnect: true,
+            ..MockResponse::status(500)
         }
     }
 

@@ -182,6 +182,7 @@ struct Bucket {
 }
 
 const EPS: f64 = 1e-6;
+const MIN_RESET: Duration = Duration::from_millis(10);
 
 impl Bucket {
     fn full(capacity: f64, refill: f64, now: Instant) -> Self {
@@ -334,8 +335,13 @@ impl KeyState {
         }
     }
 
+    /// The estimate corrected by the learned ratio, with a 2 % margin: an estimate a little
+    /// high costs a little throughput, one a little low costs a 429.
     fn scaled(&self, tokens: u64) -> u64 {
-        (tokens as f64 * self.token_ratio).ceil() as u64
+        if self.token_ratio == 1.0 {
+            return tokens;
+        }
+        (tokens as f64 * self.token_ratio * 1.02).ceil() as u64
     }
 
     fn step(&mut self, ticket: u64, cost: Cost, now: Instant, waker: &Waker) -> Step {
@@ -515,7 +521,8 @@ fn learn_bucket(
     // Not limit/60: the refill the headers imply, (limit − remaining) / reset, which a
     // small fast bucket obeys as well as a minute bucket.
     let used = limit.saturating_sub(remaining) as f64;
-    if let Some(reset) = reset.filter(|r| !r.is_zero() && used > 0.0) {
+    // A reset under 10 ms is too coarse to divide by (servers round it to the millisecond).
+    if let Some(reset) = reset.filter(|r| *r >= MIN_RESET && used > 0.0) {
         b.used_sum = 0.8 * b.used_sum + used;
         b.reset_sum = 0.8 * b.reset_sum + reset.as_secs_f64();
         let r = b.used_sum / b.reset_sum;
@@ -727,7 +734,7 @@ fn rate_limited(
     entry: &KeyEntry,
     hint: Option<Duration>,
     snapshot: Option<&RateLimitSnapshot>,
-    grant: Option<u64>,
+    grant: Option<(u64, u64)>,
 ) {
     shared.rate_limited.fetch_add(1, Ordering::Relaxed);
     let config = &shared.config;
@@ -742,7 +749,9 @@ fn rate_limited(
         if s.remaining_requests == Some(0) {
             explained = Some(s.reset_requests);
         }
-        if s.remaining_tokens == Some(0) {
+        // A token bucket with less than this request's cost left explains it too.
+        let cost = grant.map_or(1, |(_, tokens)| tokens.max(1));
+        if s.remaining_tokens.is_some_and(|r| r < cost) {
             explained = Some(explained.flatten().max(s.reset_tokens));
         }
     }
@@ -760,7 +769,7 @@ fn rate_limited(
     let mut new_rate = None;
     if explained.is_none() {
         let fresh = match (grant, st.last_decrease) {
-            (Some(grant), Some(last)) => grant > last,
+            (Some((grant, _)), Some(last)) => grant > last,
             _ => true,
         };
         if fresh {
@@ -790,6 +799,7 @@ pub struct Permit {
     shared: Arc<Shared>,
     entry: Arc<KeyEntry>,
     tokens: u64,
+    raw_tokens: u64,
     sent_at: Instant,
     waited: Duration,
     level_before: Option<f64>,
@@ -859,7 +869,13 @@ impl Permit {
     pub fn on_rate_limited(mut self, hint: Option<Duration>, snapshot: Option<&RateLimitSnapshot>) {
         self.open = false;
         self.entry.lock().finish(self.tokens);
-        rate_limited(&self.shared, &self.entry, hint, snapshot, Some(self.grants));
+        rate_limited(
+            &self.shared,
+            &self.entry,
+            hint,
+            snapshot,
+            Some((self.grants, self.tokens)),
+        );
     }
 
     /// Corrects the token estimate: when this request was alone in flight, the server's
@@ -877,13 +893,20 @@ impl Permit {
         if remaining as f64 + EPS >= b.capacity {
             return;
         }
+        // Only a clean sample: the refill during the flight small next to the cost, and the
+        // bucket never near full (a full bucket wastes refill, which would read as usage).
         let refilled = (now - self.sent_at).as_secs_f64() * b.refill;
+        if refilled > 0.25 * self.tokens as f64 || before + refilled >= b.capacity {
+            return;
+        }
         let used = before + refilled - remaining as f64;
         if used <= 0.0 {
             return;
         }
-        let sample = (used / self.tokens as f64 * st.token_ratio).clamp(0.25, 4.0);
-        st.token_ratio = (0.7 * st.token_ratio + 0.3 * sample).clamp(0.25, 4.0);
+        // One odd sample moves the ratio a little, a steady bias moves it all the way.
+        let ratio = st.token_ratio;
+        let sample = (used / self.raw_tokens.max(1) as f64).clamp(ratio * 0.8, ratio * 1.25);
+        st.token_ratio = (0.7 * ratio + 0.3 * sample).clamp(0.25, 4.0);
     }
 }
 
@@ -995,6 +1018,7 @@ impl Future for Acquire {
                         shared: this.shared.clone(),
                         entry: this.entry.clone(),
                         tokens: info.tokens,
+                        raw_tokens: this.cost.tokens,
                         sent_at: now,
                         waited,
                         level_before: info.level_before,
