@@ -217,24 +217,60 @@ async fn upstream_401_is_passed_on_with_its_message_and_not_retried() {
 }
 
 #[tokio::test]
-async fn upstream_400_keeps_the_param() {
-    // Without local validation in this stack the upstream's own 400 comes back as it was.
+async fn bad_parameters_get_400_naming_the_parameter_and_nothing_is_sent() {
+    let server = MockServer::start().await;
+    let addr = gateway(&server, None).await;
+    let cases = [
+        (
+            r#"{"model":"gpt-4o-mini"}"#,
+            "messages",
+            "missing_required_parameter",
+        ),
+        (
+            r#"{"model":"gpt-4o-mini","temperature":3,"messages":[{"role":"user","content":"Hi"}]}"#,
+            "temperature",
+            "invalid_value",
+        ),
+        (
+            r#"{"model":"gpt-4o-mini","messages":[{"role":"user"}]}"#,
+            "messages[0].content",
+            "missing_required_parameter",
+        ),
+    ];
+    for (body, param, code) in cases {
+        let a = post(addr, "/v1/chat/completions", Some(&bearer(KEY)), body).await;
+        assert_eq!(a.status, 400, "{body}: {}", a.json);
+        assert_openai_error_shape(&a);
+        let e = &a.json["error"];
+        assert_eq!(e["type"], "invalid_request_error");
+        assert_eq!(e["param"], param, "{}", a.json);
+        assert_eq!(e["code"], code, "{}", a.json);
+        assert!(e["message"].as_str().unwrap().contains(param), "{}", a.json);
+        assert!(e["hint"].as_str().unwrap().contains(param), "{}", a.json);
+        assert_eq!(e["attempts"], 0);
+    }
+    assert_eq!(server.counts().total, 0);
+}
+
+#[tokio::test]
+async fn validation_runs_before_the_key_check_and_a_good_call_still_passes() {
+    // The bad parameter and the bad key: the parameter is reported (validation is outermost).
     let server = MockServer::start().await;
     let addr = gateway(&server, None).await;
     let a = post(
         addr,
         "/v1/chat/completions",
-        Some(&bearer(KEY)),
+        Some(&bearer("your-api-key")),
         r#"{"model":"gpt-4o-mini"}"#,
     )
     .await;
     assert_eq!(a.status, 400, "{}", a.json);
+    assert_eq!(server.counts().total, 0);
+    // Unknown routes pass through to the upstream untouched (here: its 404).
+    let a = post(addr, "/v1/unknown", Some(&bearer(KEY)), "{}").await;
+    assert_eq!(a.status, 404, "{}", a.json);
     assert_openai_error_shape(&a);
-    assert_eq!(a.json["error"]["param"], "messages");
-    assert!(a.json["error"]["hint"]
-        .as_str()
-        .unwrap()
-        .contains("`messages`"));
+    assert_eq!(server.counts().total, 1);
 }
 
 #[tokio::test(start_paused = true)]
