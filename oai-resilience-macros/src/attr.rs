@@ -9,10 +9,11 @@ use syn::{Expr, Ident, LitStr, Token};
 use crate::duration::parse_duration_nanos;
 
 mod kw {
+    syn::custom_keyword!(retry);
     syn::custom_keyword!(policy);
     syn::custom_keyword!(max_attempts);
-    syn::custom_keyword!(initial_backoff);
-    syn::custom_keyword!(max_backoff);
+    syn::custom_keyword!(base_delay);
+    syn::custom_keyword!(max_delay);
     syn::custom_keyword!(timeout);
     syn::custom_keyword!(skip);
     syn::custom_keyword!(skip_all);
@@ -22,7 +23,7 @@ mod kw {
 }
 
 /// The option names, in the order the "expected one of" messages list them.
-pub(crate) const ACCEPTED: &str = "`policy`, `max_attempts`, `initial_backoff`, `max_backoff`, \
+pub(crate) const ACCEPTED: &str = "`retry`, `policy`, `max_attempts`, `base_delay`, `max_delay`, \
 `timeout`, `skip(..)`, `skip_all`, `name`, `validate(..)`, `api_key`, `crate`";
 
 /// A duration option: a literal checked at compile time, or any `Duration` expression.
@@ -55,10 +56,11 @@ pub(crate) enum KeySource {
 /// The parsed options.
 #[derive(Debug, Default)]
 pub(crate) struct Options {
+    pub(crate) retry: Option<Expr>,
     pub(crate) policy: Option<Expr>,
     pub(crate) max_attempts: Option<Expr>,
-    pub(crate) initial_backoff: Option<DurationOpt>,
-    pub(crate) max_backoff: Option<DurationOpt>,
+    pub(crate) base_delay: Option<DurationOpt>,
+    pub(crate) max_delay: Option<DurationOpt>,
     pub(crate) timeout: Option<DurationOpt>,
     pub(crate) skip: Vec<Ident>,
     pub(crate) skip_all: Option<Span>,
@@ -123,7 +125,14 @@ impl Parse for Options {
         let mut o = Options::default();
         while !input.is_empty() {
             let lookahead = input.lookahead1();
-            if lookahead.peek(kw::policy) {
+            if lookahead.peek(kw::retry) {
+                let k: kw::retry = input.parse()?;
+                input.parse::<Token![=]>()?;
+                let e: Expr = input.parse()?;
+                if o.retry.replace(e).is_some() {
+                    return Err(duplicate(k.span, "retry"));
+                }
+            } else if lookahead.peek(kw::policy) {
                 let k: kw::policy = input.parse()?;
                 input.parse::<Token![=]>()?;
                 let e: Expr = input.parse()?;
@@ -152,19 +161,19 @@ impl Parse for Options {
                 if o.max_attempts.replace(e).is_some() {
                     return Err(duplicate(k.span, "max_attempts"));
                 }
-            } else if lookahead.peek(kw::initial_backoff) {
-                let k: kw::initial_backoff = input.parse()?;
+            } else if lookahead.peek(kw::base_delay) {
+                let k: kw::base_delay = input.parse()?;
                 input.parse::<Token![=]>()?;
-                let d = parse_duration(input, "initial_backoff")?;
-                if o.initial_backoff.replace(d).is_some() {
-                    return Err(duplicate(k.span, "initial_backoff"));
+                let d = parse_duration(input, "base_delay")?;
+                if o.base_delay.replace(d).is_some() {
+                    return Err(duplicate(k.span, "base_delay"));
                 }
-            } else if lookahead.peek(kw::max_backoff) {
-                let k: kw::max_backoff = input.parse()?;
+            } else if lookahead.peek(kw::max_delay) {
+                let k: kw::max_delay = input.parse()?;
                 input.parse::<Token![=]>()?;
-                let d = parse_duration(input, "max_backoff")?;
-                if o.max_backoff.replace(d).is_some() {
-                    return Err(duplicate(k.span, "max_backoff"));
+                let d = parse_duration(input, "max_delay")?;
+                if o.max_delay.replace(d).is_some() {
+                    return Err(duplicate(k.span, "max_delay"));
                 }
             } else if lookahead.peek(kw::timeout) {
                 let k: kw::timeout = input.parse()?;
@@ -301,5 +310,63 @@ impl Parse for Options {
             ));
         }
         Ok(o)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(s: &str) -> String {
+        syn::parse_str::<Options>(s).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn parses_every_option() {
+        let o: Options = syn::parse_str(
+            r#"retry = cfg(), policy = p, max_attempts = 3, base_delay = "1s", max_delay = d(),
+               timeout = "1m", skip(a, b), name = "n", validate(body = "post /v1/embeddings"),
+               api_key = key, crate = "x::y""#,
+        )
+        .unwrap();
+        assert!(o.retry.is_some() && o.policy.is_some() && o.max_attempts.is_some());
+        assert!(matches!(
+            o.base_delay,
+            Some(DurationOpt::Literal(1_000_000_000, _))
+        ));
+        assert!(matches!(o.max_delay, Some(DurationOpt::Expr(_))));
+        assert!(matches!(
+            o.timeout,
+            Some(DurationOpt::Literal(60_000_000_000, _))
+        ));
+        assert_eq!(o.skip.len(), 2);
+        assert_eq!(o.validate[0].method, "POST");
+        assert_eq!(o.validate[0].path, "/v1/embeddings");
+        assert!(matches!(o.api_key, Some(KeySource::Expr(_))));
+        assert_eq!(o.krate.unwrap().segments.len(), 2);
+        let o: Options = syn::parse_str(r#"skip_all, api_key = "OPENAI_API_KEY","#).unwrap();
+        assert!(o.skip_all.is_some());
+        assert!(matches!(o.api_key, Some(KeySource::Env(_))));
+    }
+
+    #[test]
+    fn rejects_misuse_with_a_message() {
+        assert!(err("frobnicate").contains("unknown option `frobnicate`; expected one of: `retry`"));
+        assert!(err("name = \"a\", name = \"b\"").contains("`name` is given more than once"));
+        assert!(err("skip(a), skip(b)").contains("`skip` is given more than once"));
+        assert!(err("skip(a, a)").contains("`a` is skipped more than once"));
+        assert!(err("skip()").contains("at least one argument"));
+        assert!(err("skip_all, skip(a)").contains("cannot be combined"));
+        assert!(err("max_attempts = 0").contains("counts the first attempt"));
+        assert!(err("timeout = 60").contains("expected a duration string"));
+        assert!(err("timeout = \"5x\"").contains("unknown unit `x`"));
+        assert!(err("validate(body = \"/v1/x\")").contains("expected an endpoint"));
+        assert!(err("validate(body = \"FETCH /v1/x\")").contains("unknown HTTP method"));
+        assert!(err("validate(body = \"POST v1/x\")").contains("must start with `/`"));
+        assert!(err("validate()").contains("needs an argument"));
+        assert!(err("api_key = \"\"").contains("names an environment variable"));
+        assert!(err("crate = \"not a path\"").contains("expects the path"));
+        assert!(err("name = \" \"").contains("must not be empty"));
+        assert!(err("= 3").contains("expected one of"));
     }
 }

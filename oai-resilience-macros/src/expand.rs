@@ -53,8 +53,8 @@ pub(crate) fn check(item: &ItemFn, opts: &Options) -> syn::Result<()> {
     for arg in &sig.inputs {
         if let FnArg::Receiver(r) = arg {
             if r.reference.is_some() && r.mutability.is_some() {
-                push(syn::Error::new(
-                    r.span(),
+                push(syn::Error::new_spanned(
+                    r,
                     "`#[openai_call]` does not support `&mut self`: each attempt borrows the arguments and \
                      a `&mut` borrow cannot be shared between attempts; take `&self` (use interior mutability)",
                 ));
@@ -69,8 +69,8 @@ pub(crate) fn check(item: &ItemFn, opts: &Options) -> syn::Result<()> {
         )),
         ReturnType::Type(_, ty) => {
             if !is_result(ty) {
-                push(syn::Error::new(
-                    ty.span(),
+                push(syn::Error::new_spanned(
+                    ty,
                     "`#[openai_call]` needs a function that returns `Result<T, E>`, where `E` is \
                      `oai_resilience::Error` or implements `oai_resilience::call::CallError`",
                 ));
@@ -158,27 +158,35 @@ pub(crate) fn expand(item: ItemFn, opts: Options) -> TokenStream {
         block,
     } = item.clone();
 
-    // The options, as builder calls on the runtime's `Options`.
-    let mut builder = quote!(#krate::__private::Options::new());
+    // The retry configuration, built once per function (in a nested `fn`, so the options
+    // cannot capture the arguments) and kept in a static: the calls share its retry budget.
+    let base = match &opts.retry {
+        Some(e) => {
+            let span = e.span();
+            quote_spanned!(span=> #krate::__private::base_config(#e))
+        }
+        None => quote!(#krate::__private::RetryConfig::new()),
+    };
+    let mut config = base;
     if let Some(p) = &opts.policy {
         let span = p.span();
-        builder.extend(quote_spanned!(span=> .policy(#p)));
+        config.extend(quote_spanned!(span=> .policy(#p)));
     }
     if let Some(n) = &opts.max_attempts {
         let span = n.span();
-        builder.extend(quote_spanned!(span=> .max_attempts(#n)));
+        config.extend(quote_spanned!(span=> .max_attempts(#n)));
     }
-    if let Some(d) = &opts.initial_backoff {
+    if let Some(d) = &opts.base_delay {
         let d = duration_tokens(&krate, d);
-        builder.extend(quote!(.initial_backoff(#d)));
+        config.extend(quote!(.base_delay(#d)));
     }
-    if let Some(d) = &opts.max_backoff {
+    if let Some(d) = &opts.max_delay {
         let d = duration_tokens(&krate, d);
-        builder.extend(quote!(.max_backoff(#d)));
+        config.extend(quote!(.max_delay(#d)));
     }
     if let Some(d) = &opts.timeout {
         let d = duration_tokens(&krate, d);
-        builder.extend(quote!(.timeout(#d)));
+        config.extend(quote!(.deadline(#d)));
     }
 
     let function = match &opts.name {
@@ -208,17 +216,17 @@ pub(crate) fn expand(item: ItemFn, opts: Options) -> TokenStream {
         let arg = &v.arg;
         let (method, path) = (&v.method, &v.path);
         pre.push(quote_spanned!(v.span=>
-            #krate::__private::validate(&#arg, #method, #path)?;
+            #krate::__private::validate(&#arg, #method, #path)
         ));
     }
     match &opts.api_key {
         Some(KeySource::Env(lit)) => pre.push(quote_spanned!(lit.span()=>
-            #krate::__private::check_key_env(#lit)?;
+            #krate::__private::check_key_env(#lit).await
         )),
         Some(KeySource::Expr(e)) => {
             let span = e.span();
             pre.push(quote_spanned!(span=>
-                #krate::__private::check_key(&#e)?;
+                #krate::__private::check_key(&#e).await
             ));
         }
         None => {}
@@ -227,10 +235,13 @@ pub(crate) fn expand(item: ItemFn, opts: Options) -> TokenStream {
         quote!()
     } else {
         quote! {
-            let __oai_pre = (|| -> ::core::result::Result<(), #krate::Error> {
-                #(#pre)*
-                ::core::result::Result::Ok(())
-            })();
+            let mut __oai_pre: ::core::result::Result<(), #krate::Error> =
+                ::core::result::Result::Ok(());
+            #(
+                if __oai_pre.is_ok() {
+                    __oai_pre = #pre;
+                }
+            )*
             if let ::core::result::Result::Err(__oai_err) = __oai_pre {
                 return ::core::result::Result::Err(
                     #krate::__private::Call::rejected(&__oai_call, __oai_err, &__oai_args),
@@ -269,7 +280,15 @@ pub(crate) fn expand(item: ItemFn, opts: Options) -> TokenStream {
         #(#attrs)*
         #vis #sig {
             fn __oai_fn_marker() {}
-            let __oai_call = #krate::__private::Call::new(#function, #builder);
+            fn __oai_config() -> #krate::__private::RetryConfig {
+                #config
+            }
+            static __OAI_CONFIG: #krate::__private::OnceLock<#krate::__private::RetryConfig> =
+                #krate::__private::OnceLock::new();
+            let __oai_call = #krate::__private::Call::new(
+                #function,
+                __OAI_CONFIG.get_or_init(__oai_config),
+            );
             let __oai_args = |__oai_sink: &mut #krate::__private::Args| {
                 let _ = &__oai_sink;
                 #(#captured)*
@@ -277,5 +296,67 @@ pub(crate) fn expand(item: ItemFn, opts: Options) -> TokenStream {
             #pre_checks
             #krate::__private::Call::run(__oai_call, &__oai_args, #attempt).await
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn expand_str(attr: &str, item: &str) -> String {
+        let opts: Options = syn::parse_str(attr).unwrap();
+        let item: ItemFn = syn::parse_str(item).unwrap();
+        check(&item, &opts).unwrap();
+        expand(item, opts).to_string()
+    }
+
+    #[test]
+    fn crate_override_replaces_every_path() {
+        let out = expand_str(
+            r#"crate = "oai", api_key = "K", validate(body = "POST /v1/embeddings")"#,
+            "async fn f(body: &B) -> Result<(), E> { Ok(()) }",
+        );
+        assert!(out.contains("oai :: __private :: Call :: run"), "{out}");
+        assert!(out.contains("oai :: __private :: validate"), "{out}");
+        assert!(out.contains("oai :: __private :: check_key_env"), "{out}");
+        assert!(!out.contains("oai_resilience"), "{out}");
+        let default = expand_str("", "async fn f() -> Result<(), E> { Ok(()) }");
+        assert!(default.contains(":: oai_resilience :: __private :: Call :: run"));
+    }
+
+    #[test]
+    fn skipped_and_pattern_arguments_are_not_captured() {
+        let out = expand_str(
+            "skip(key)",
+            "async fn f(key: &str, text: &str, (a, b): (u8, u8)) -> Result<(), E> { Ok(()) }",
+        );
+        assert!(
+            out.contains("Args :: arg (__oai_sink , \"text\" , & text)"),
+            "{out}"
+        );
+        assert!(!out.contains("\"key\""), "{out}");
+        assert!(!out.contains("\"a\""), "{out}");
+    }
+
+    #[test]
+    fn impl_trait_in_the_return_type_becomes_inferred() {
+        let out = expand_str("", "async fn f() -> Result<impl Debug, E> { Ok(1) }");
+        assert!(
+            out.contains("let __oai_fake_return : Result < _ , E >"),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn shape_errors_are_all_reported() {
+        let opts: Options = syn::parse_str("skip(nope)").unwrap();
+        let item: ItemFn = syn::parse_str("fn f(&mut self) -> u8 { 1 }").unwrap();
+        let err = check(&item, &opts).unwrap_err();
+        let messages: Vec<String> = err.into_iter().map(|e| e.to_string()).collect();
+        assert_eq!(messages.len(), 4, "{messages:#?}");
+        assert!(messages[0].contains("`async fn` only"));
+        assert!(messages[1].contains("`&mut self`"));
+        assert!(messages[2].contains("returns `Result<T, E>`"));
+        assert!(messages[3].contains("`skip(nope)` names no argument"));
     }
 }

@@ -1,15 +1,22 @@
 //! Runtime support for the code that `#[openai_call]` generates. Not a public API: the names
 //! and signatures here change without notice.
 
-use std::borrow::Cow;
+use std::cell::Cell;
 use std::fmt::{self, Debug, Write as _};
 use std::future::Future;
 
+pub use std::sync::OnceLock;
 pub use std::time::Duration;
 
+use tracing::Instrument;
+
+pub use crate::retry::RetryConfig;
+
+use crate::auth::{self, ApiKey, EnvSource, KeyRules, KeySource};
 use crate::call::CallError;
-use crate::error::{CallContext, Error, ErrorKind, RetryContext, StopReason};
+use crate::error::{AuthCause, CallContext, Error, ErrorKind, RetryContext, StopReason};
 use crate::parse::redact_secrets;
+use crate::validate::{self, Endpoint};
 
 /// The longest `Debug` text kept for one argument, in characters.
 pub const MAX_ARG_CHARS: usize = 256;
@@ -35,44 +42,9 @@ pub fn into_duration(d: impl Into<Duration>) -> Duration {
     d.into()
 }
 
-/// The options of one annotated function, built by the generated code.
-#[derive(Debug, Clone, Default)]
-pub struct Options {
-    pub(crate) max_attempts: Option<u32>,
-    pub(crate) initial_backoff: Option<Duration>,
-    pub(crate) max_backoff: Option<Duration>,
-    pub(crate) timeout: Option<Duration>,
-}
-
-impl Options {
-    /// The defaults.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// `max_attempts = n`.
-    pub fn max_attempts(mut self, n: u32) -> Self {
-        self.max_attempts = Some(n.max(1));
-        self
-    }
-
-    /// `initial_backoff = ".."`.
-    pub fn initial_backoff(mut self, d: Duration) -> Self {
-        self.initial_backoff = Some(d);
-        self
-    }
-
-    /// `max_backoff = ".."`.
-    pub fn max_backoff(mut self, d: Duration) -> Self {
-        self.max_backoff = Some(d);
-        self
-    }
-
-    /// `timeout = ".."`.
-    pub fn timeout(mut self, d: Duration) -> Self {
-        self.timeout = Some(d);
-        self
-    }
+/// The base of an annotated function's retry configuration: `retry = <expr>` or the defaults.
+pub fn base_config(config: RetryConfig) -> RetryConfig {
+    config
 }
 
 /// Collects the arguments that are not skipped, as `(name, Debug text)`.
@@ -143,29 +115,28 @@ impl Args {
 /// One call of an annotated function.
 #[derive(Debug)]
 pub struct Call {
-    function: Cow<'static, str>,
-    options: Options,
+    function: &'static str,
+    config: &'static RetryConfig,
 }
 
 impl Call {
-    /// A call of `function` with `options`.
-    pub fn new(function: impl Into<Cow<'static, str>>, options: Options) -> Self {
-        Call {
-            function: function.into(),
-            options,
-        }
+    /// A call of `function` under `config` (built once per function, so that the calls of one
+    /// function share its retry budget).
+    pub fn new(function: &'static str, config: &'static RetryConfig) -> Self {
+        Call { function, config }
     }
 
     fn context<A: Fn(&mut Args)>(&self, args: &A) -> CallContext {
         let mut sink = Args::default();
         args(&mut sink);
         CallContext {
-            function: self.function.clone().into_owned(),
+            function: self.function.to_owned(),
             args: sink.list,
         }
     }
 
-    /// The error for a call that a local check refused before the first attempt.
+    /// The error for a call that a local check refused before the first attempt: the body ran
+    /// zero times.
     pub fn rejected<E, A>(&self, err: Error, args: &A) -> E
     where
         E: CallError,
@@ -176,14 +147,23 @@ impl Call {
             elapsed: Duration::ZERO,
             stop: StopReason::NotRetryable,
             outcomes: Vec::new(),
-            deadline: self.options.timeout,
+            deadline: self.config.get_deadline(),
             refused_hint: None,
         };
-        tracing::debug!(function = %self.function, kind = %err.kind(), "refused before the first attempt");
-        E::from_error(err).attach_context(retry, self.context(args))
+        tracing::info!(
+            target: "oai_resilience::call",
+            function = self.function,
+            kind = %err.kind(),
+            "refused before the first attempt"
+        );
+        E::from_error(err)
+            .attach_retry_context(retry)
+            .attach_call_context(self.context(args))
     }
 
-    /// Runs the attempts under the retry policy and attaches the context to the final error.
+    /// Runs the attempts through [`retry::call`](crate::retry::call) (the retry layer's loop,
+    /// policy, backoff, budget and deadline) inside an `openai_call` span, and attaches the
+    /// call's context to the final error.
     pub async fn run<T, E, A, F, Fut>(self, args: &A, mut attempt: F) -> Result<T, E>
     where
         E: CallError,
@@ -191,61 +171,82 @@ impl Call {
         F: FnMut(u32) -> Fut,
         Fut: Future<Output = Result<T, E>>,
     {
-        // TODO(retry): drive through `crate::retry` once it lands; one attempt until then.
-        let start = tokio::time::Instant::now();
-        match attempt(1).await {
-            Ok(v) => Ok(v),
+        let span = tracing::info_span!(
+            target: "oai_resilience::call",
+            "openai_call",
+            function = self.function,
+            attempts = tracing::field::Empty,
+        );
+        let attempts = Cell::new(0u32);
+        let result = crate::retry::call(self.config, |n| {
+            attempts.set(n);
+            tracing::debug!(target: "oai_resilience::call", attempt = n, "attempt");
+            attempt(n)
+        })
+        .instrument(span.clone())
+        .await;
+        span.record("attempts", attempts.get());
+        let _entered = span.enter();
+        match result {
+            Ok(v) => {
+                tracing::debug!(target: "oai_resilience::call", attempts = attempts.get(), "succeeded");
+                Ok(v)
+            }
             Err(e) => {
-                let kind = e.to_error().kind();
-                let retry = RetryContext {
-                    attempts: 1,
-                    elapsed: start.elapsed(),
-                    stop: StopReason::NotRetryable,
-                    outcomes: vec![crate::error::AttemptOutcome {
-                        attempt: 1,
-                        kind,
-                        status: e.to_error().status(),
-                        delay: None,
-                        delay_source: None,
-                    }],
-                    deadline: self.options.timeout,
-                    refused_hint: None,
-                };
-                let _ = ErrorKind::Timeout;
-                Err(e.attach_context(retry, self.context(args)))
+                tracing::info!(
+                    target: "oai_resilience::call",
+                    attempts = attempts.get(),
+                    kind = %e.classification().map_or(ErrorKind::Internal, |e| e.kind()),
+                    "failed"
+                );
+                Err(e.attach_call_context(self.context(args)))
             }
         }
     }
 }
 
-/// Validates the argument `value` as the JSON body of `method path`, before the first attempt.
+/// Validates the argument `value` as the JSON body of `method path` with the validation
+/// layer's rules ([`validate::validate_value`]), before the first attempt.
 ///
 /// # Errors
 ///
-/// [`ErrorKind::InvalidParameter`] with the violations, or when `value` does not serialize.
+/// [`ErrorKind::InvalidParameter`] with every violation, or when `value` does not serialize;
+/// [`ErrorKind::Internal`] when the crate has no rules for `method path` (a typo in the
+/// attribute must not turn validation off silently).
 pub fn validate<T: serde::Serialize + ?Sized>(
     value: &T,
     method: &str,
     path: &str,
 ) -> Result<(), Error> {
-    let _ = serde_json::to_value(value).map_err(|e| {
+    let endpoint = Endpoint::from_path(path)
+        .filter(|e| e.method().as_str() == method)
+        .ok_or_else(|| {
+            Error::new(ErrorKind::Internal).with_detail(format!(
+                "`validate(..)` names {method} {path}, an endpoint without validation rules"
+            ))
+        })?;
+    let json = serde_json::to_value(value).map_err(|e| {
         Error::new(ErrorKind::InvalidParameter).with_detail(format!(
-            "the body of {method} {path} does not serialize: {e}"
+            "the body of {method} {path} does not serialize to JSON: {e}"
         ))
     })?;
-    // TODO(validate): call `crate::validate` once it lands.
-    Ok(())
+    validate::validate_value(endpoint, &json)
 }
 
-/// Checks the API key held by an argument or expression, before the first attempt.
+/// Checks the API key held by an argument or expression, before the first attempt, with the
+/// auth layer's checks ([`auth::check_key`] with [`KeyRules::openai`]).
 ///
 /// # Errors
 ///
 /// The auth layer's [`ErrorKind::MissingApiKey`] / [`ErrorKind::MalformedApiKey`].
-pub fn check_key<K: KeyArg + ?Sized>(key: &K) -> Result<(), Error> {
+pub async fn check_key<K: KeyArg + ?Sized>(key: &K) -> Result<(), Error> {
+    let rules = KeyRules::openai();
     match key.key() {
-        None => Err(Error::new(ErrorKind::MissingApiKey)),
-        Some(_k) => Ok(()), // TODO(auth): call the auth layer's key check once it lands.
+        KeyRef::Missing => Err(Error::new(ErrorKind::MissingApiKey)
+            .with_auth_cause(AuthCause::MissingKey)
+            .with_detail("the `api_key` of this call holds no key")),
+        KeyRef::Key(k) => auth::check_key(k, &rules),
+        KeyRef::Source(source) => source.resolve_checked(&rules).await.map(drop),
     }
 }
 
@@ -254,43 +255,67 @@ pub fn check_key<K: KeyArg + ?Sized>(key: &K) -> Result<(), Error> {
 /// # Errors
 ///
 /// As [`check_key`].
-pub fn check_key_env(var: &str) -> Result<(), Error> {
-    let value = std::env::var(var).ok();
-    check_key(&value)
+pub async fn check_key_env(var: &'static str) -> Result<(), Error> {
+    let source = KeySource::from(EnvSource::new().key_var(var));
+    source.resolve_checked(&KeyRules::openai()).await.map(drop)
 }
 
-/// What `api_key = <expr>` accepts: something that may hold a key.
+/// A key, or where to get one.
+#[derive(Debug)]
+pub enum KeyRef<'a> {
+    /// No key.
+    Missing,
+    /// The key.
+    Key(&'a str),
+    /// A source to resolve.
+    Source(&'a KeySource),
+}
+
+/// What `api_key = <expr>` accepts: a `&str`, `String`, [`ApiKey`], `SecretString`,
+/// [`KeySource`], or an `Option` of one.
 pub trait KeyArg {
-    /// The key, if there is one.
-    fn key(&self) -> Option<&str>;
+    /// The key, or where to get it.
+    fn key(&self) -> KeyRef<'_>;
 }
 
 impl KeyArg for str {
-    fn key(&self) -> Option<&str> {
-        Some(self)
+    fn key(&self) -> KeyRef<'_> {
+        KeyRef::Key(self)
     }
 }
 
 impl KeyArg for String {
-    fn key(&self) -> Option<&str> {
-        Some(self)
+    fn key(&self) -> KeyRef<'_> {
+        KeyRef::Key(self)
+    }
+}
+
+impl KeyArg for ApiKey {
+    fn key(&self) -> KeyRef<'_> {
+        KeyRef::Key(self.expose_secret())
+    }
+}
+
+impl KeyArg for secrecy::SecretString {
+    fn key(&self) -> KeyRef<'_> {
+        KeyRef::Key(secrecy::ExposeSecret::expose_secret(self))
+    }
+}
+
+impl KeyArg for KeySource {
+    fn key(&self) -> KeyRef<'_> {
+        KeyRef::Source(self)
     }
 }
 
 impl<K: KeyArg + ?Sized> KeyArg for &K {
-    fn key(&self) -> Option<&str> {
+    fn key(&self) -> KeyRef<'_> {
         (**self).key()
     }
 }
 
 impl<K: KeyArg> KeyArg for Option<K> {
-    fn key(&self) -> Option<&str> {
-        self.as_ref().and_then(KeyArg::key)
-    }
-}
-
-impl KeyArg for secrecy::SecretString {
-    fn key(&self) -> Option<&str> {
-        Some(secrecy::ExposeSecret::expose_secret(self))
+    fn key(&self) -> KeyRef<'_> {
+        self.as_ref().map_or(KeyRef::Missing, KeyArg::key)
     }
 }

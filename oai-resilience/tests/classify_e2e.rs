@@ -203,7 +203,7 @@ async fn e401_missing_key() {
         .starts_with("You didn't provide an API key."));
     assert_eq!(
         err.hint(),
-        "set OPENAI_API_KEY or configure a key source on the auth layer"
+        "set OPENAI_API_KEY to a key from https://platform.openai.com/api-keys, or configure a key source on the auth layer"
     );
 }
 

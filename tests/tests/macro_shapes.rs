@@ -76,7 +76,7 @@ impl Api for Client {
     }
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn shapes_run() {
     let c = Client {
         base: "http://x".to_owned(),
@@ -94,7 +94,7 @@ async fn shapes_run() {
     assert_eq!(c.owned_self().await.unwrap(), "http://x");
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn method_path_names_the_type() {
     let err = fails(400).await.unwrap_err();
     let ctx = err.call_context().expect("call context");
@@ -102,7 +102,7 @@ async fn method_path_names_the_type() {
     assert_eq!(ctx.args, vec![("code".to_owned(), "400".to_owned())]);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn path_of_a_method_names_the_type() {
     let c = Client {
         base: "b".to_owned(),
@@ -117,4 +117,23 @@ async fn path_of_a_method_names_the_type() {
             ("n".to_owned(), "2".to_owned())
         ]
     );
+}
+
+mod renamed {
+    // The `crate` path as a user of a renamed dependency writes it (that the expansion uses
+    // only this path is checked by the macro crate's unit tests).
+    use oai_resilience as oai;
+
+    #[oai::openai_call(crate = "oai", name = "renamed::call")]
+    pub(super) async fn call(n: u8) -> Result<u8, oai::Error> {
+        Err(oai::Error::new(oai::ErrorKind::NotFound).with_detail(format!("{n}")))
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn crate_override_and_name() {
+    let err = renamed::call(4).await.unwrap_err();
+    let ctx = err.call_context().unwrap();
+    assert_eq!(ctx.function, "renamed::call");
+    assert_eq!(ctx.args, vec![("n".to_owned(), "4".to_owned())]);
 }
