@@ -2,7 +2,9 @@
 //! them: each binary (`examples/<name>.rs`) is a thin `main` over a module here.
 //!
 //! - [`stack`]: the default stack assembled from the layers;
-//! - [`gateway`]: an OpenAI-compatible proxy that applies the stack (`--bin gateway`).
+//! - [`gateway`]: an OpenAI-compatible proxy that applies the stack (`--bin gateway`);
+//! - [`demo`]: the demo's workload and report (`--bin demo`).
 
+pub mod demo;
 pub mod gateway;
 pub mod stack;

@@ -5,6 +5,9 @@
 //! per call and cost no round trip, every attempt waits for a pacing slot, and the retry
 //! policy sees typed errors.
 
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::Full;
@@ -77,9 +80,50 @@ impl Layers {
             .layer(RetryLayer::with_config(self.retry.clone()))
             .layer(self.pace.clone())
             .layer(ClassifyLayer::new())
+            .map_request(count_attempt)
             .service(client);
         BoxCloneSyncService::new(svc)
     }
+
+    /// The layers under the retry loop, `Pace -> Classify`, for callers that retry
+    /// themselves (an `#[openai_call]` function): the same pacer, so both share the limits.
+    pub fn build_single_attempt<C>(&self, client: C) -> Stack
+    where
+        C: tower::Service<Request<Body>, Response = Response<Incoming>>
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        C::Error: Into<oai_resilience::BoxError>,
+        C::Future: Send + 'static,
+    {
+        let svc = ServiceBuilder::new()
+            .layer(self.pace.clone())
+            .layer(ClassifyLayer::new())
+            .map_request(count_attempt)
+            .service(client);
+        BoxCloneSyncService::new(svc)
+    }
+}
+
+/// A request extension that counts the requests actually sent for one call: every attempt
+/// that got past the pacer. Retries copy extensions, so all attempts of a call share it.
+#[derive(Debug, Clone, Default)]
+pub struct AttemptCounter(pub Arc<AtomicU32>);
+
+impl AttemptCounter {
+    /// The requests sent so far.
+    pub fn get(&self) -> u32 {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// Counts one attempt on the request's [`AttemptCounter`], if it has one.
+fn count_attempt(req: Request<Body>) -> Request<Body> {
+    if let Some(counter) = req.extensions().get::<AttemptCounter>() {
+        counter.0.fetch_add(1, Ordering::SeqCst);
+    }
+    req
 }
 
 /// The validation layer hands on a [`ValidateBody`]; the layers below take the buffered
