@@ -13,9 +13,12 @@
 //! - [`pace`]: adaptive client-side pacing at the rate limit, learned from the headers.
 //! - [`retry`]: retries of what can succeed, with jitter, server hints, a shared budget and a
 //!   deadline.
+//! - [`stack`]: [`OpenAiLayer`], every layer above in the right order, in one call.
 //! - [`parse`]: the lenient, total parsers behind it, usable without tower.
 //! - [`validate`]: local request validation against rules generated from OpenAI's OpenAPI
 //!   spec, so a missing or invalid parameter costs no round trip.
+//! - [`openai_call`]: an attribute that runs an async function under the same retry policy
+//!   and attaches structured context to its errors ([`call`] holds its runtime).
 //! - `mock` (feature `mock`): an embedded mock OpenAI server for tests and examples.
 //!
 //! The error model is [`Error`] / [`ErrorKind`].
@@ -32,6 +35,7 @@ pub mod mock;
 pub mod pace;
 pub mod parse;
 pub mod retry;
+pub mod stack;
 pub mod validate;
 
 pub use auth::{ApiKey, AuthLayer, KeySource};
@@ -48,4 +52,5 @@ pub use error::{
 pub use pace::{Pace, PaceLayer, Pacer};
 pub use parse::{ApiError, RateLimitSnapshot};
 pub use retry::{Retry, RetryConfig, RetryLayer};
+pub use stack::{OpenAiLayer, OpenAiService};
 pub use validate::{ValidateLayer, Validator};

@@ -534,8 +534,16 @@ async fn key_check() {
     assert_eq!(a.status, 200);
     assert_eq!(server.counts().unauthorized, 2);
 
+    // An Azure-style header is recorded as sensitive too.
+    let req = http::Request::post(server.endpoint(Route::ChatCompletions))
+        .header("api-key", "azure-secret-0123456789")
+        .body(Full::new(Bytes::from_static(CHAT.as_bytes())))
+        .unwrap();
+    c.request(req).await.unwrap();
+
     // The key never shows in Debug: not of the server, not of the recorded requests.
     let recorded = server.requests();
+    assert!(!format!("{recorded:?}").contains("azure-secret"));
     assert!(recorded[2].headers.contains_key("authorization"));
     for text in [format!("{server:?}"), format!("{recorded:?}")] {
         assert!(!text.contains(key) && !text.contains(wrong), "{text}");
@@ -780,4 +788,117 @@ async fn scripted_disconnect_closes_without_answer() {
         (2, 1, 1, 1)
     );
     assert_eq!(server.requests().len(), 1);
+}
+
+async fn raw(
+    c: &Client<HttpConnector, Full<Bytes>>,
+    url: String,
+    body: &str,
+) -> (HeaderMap, String) {
+    let req = http::Request::post(url)
+        .body(Full::new(Bytes::from(body.to_owned())))
+        .unwrap();
+    let res = c.request(req).await.unwrap();
+    assert_eq!(res.status(), 200);
+    let (parts, body) = res.into_parts();
+    let bytes = body.collect().await.unwrap().to_bytes();
+    (parts.headers, String::from_utf8(bytes.to_vec()).unwrap())
+}
+
+/// The `data:` payloads of an event stream.
+fn data_lines(text: &str) -> Vec<&str> {
+    text.lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .collect()
+}
+
+#[tokio::test]
+async fn chat_streams_server_sent_events() {
+    let server = MockServer::start().await;
+    let c = client();
+    let body = r#"{"model":"gpt-4o","stream":true,"stream_options":{"include_usage":true},"messages":[{"role":"user","content":"one two"}]}"#;
+    let (headers, text) = raw(&c, server.endpoint(Route::ChatCompletions), body).await;
+    assert_eq!(headers["content-type"], "text/event-stream; charset=utf-8");
+    assert!(headers.contains_key("x-ratelimit-remaining-requests"));
+    let data = data_lines(&text);
+    assert_eq!(*data.last().unwrap(), "[DONE]");
+    let chunks: Vec<Value> = data[..data.len() - 1]
+        .iter()
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect();
+    assert!(chunks
+        .iter()
+        .all(|c| c["object"] == "chat.completion.chunk"));
+    assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
+    let content: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    assert_eq!(content, "Mock reply to: one two");
+    let finish = &chunks[chunks.len() - 2];
+    assert_eq!(finish["choices"][0]["finish_reason"], "stop");
+    let usage = chunks.last().unwrap();
+    assert_eq!(usage["choices"], json!([]));
+    assert!(usage["usage"]["total_tokens"].as_u64().unwrap() > 0);
+}
+
+#[tokio::test]
+async fn responses_stream_typed_events() {
+    let server = MockServer::start().await;
+    let c = client();
+    let body = r#"{"model":"gpt-4o","stream":true,"input":"hi"}"#;
+    let (_, text) = raw(&c, server.endpoint(Route::Responses), body).await;
+    let events: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("event: "))
+        .collect();
+    assert_eq!(events.first(), Some(&"response.created"));
+    assert_eq!(events.last(), Some(&"response.completed"));
+    assert!(events.contains(&"response.output_text.delta"));
+    let data: Vec<Value> = data_lines(&text)
+        .iter()
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect();
+    for (i, d) in data.iter().enumerate() {
+        assert_eq!(d["sequence_number"], i as u64);
+        assert_eq!(d["type"], events[i]);
+    }
+    assert_eq!(data.last().unwrap()["response"]["status"], "completed");
+}
+
+#[tokio::test]
+async fn scripted_stream_error_after_a_200() {
+    let server = MockServer::builder()
+        .script(
+            Route::ChatCompletions,
+            [MockResponse::stream_error_after(2)],
+        )
+        .script(Route::Responses, [MockResponse::stream_error_after(0)])
+        .start()
+        .await;
+    let c = client();
+    // Even without `"stream": true`.
+    let (headers, text) = raw(&c, server.endpoint(Route::ChatCompletions), CHAT).await;
+    assert_eq!(headers["content-type"], "text/event-stream; charset=utf-8");
+    let data = data_lines(&text);
+    // The role chunk, two content deltas, then the error; no [DONE].
+    assert_eq!(data.len(), 4, "{text}");
+    let last: Value = serde_json::from_str(data[3]).unwrap();
+    assert_eq!(last["error"]["type"], "server_error");
+    assert!(!text.contains("[DONE]"));
+
+    let (_, text) = raw(
+        &c,
+        server.endpoint(Route::Responses),
+        r#"{"model":"m","input":"x"}"#,
+    )
+    .await;
+    let events: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("event: "))
+        .collect();
+    assert_eq!(events, ["response.created", "error"]);
+    // A later request streams normally.
+    let (headers, _) = raw(&c, server.endpoint(Route::ChatCompletions), CHAT).await;
+    assert_eq!(headers["content-type"], "application/json");
 }

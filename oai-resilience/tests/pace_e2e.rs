@@ -108,7 +108,8 @@ async fn burst_against_a_small_fast_bucket_gets_nearly_no_429s() {
         .start()
         .await;
     let pace = PaceLayer::new();
-    let calls = 120;
+    // The loadtest's shape: 300 calls at concurrency 50, and its targets.
+    let calls = 300;
     let out = run(&server, &pace, calls, 50, CHAT).await;
     let min = (calls as f64 - 20.0) / 20.0;
     eprintln!(
@@ -117,8 +118,8 @@ async fn burst_against_a_small_fast_bucket_gets_nearly_no_429s() {
     );
     assert_eq!(out.failed, 0);
     assert!(out.rate_limited <= 3, "{out:?}");
-    assert!(out.sent as f64 <= calls as f64 * 1.05, "{out:?}");
-    assert!(out.wall <= min * 1.1, "{out:?}");
+    assert!(out.sent as f64 <= calls as f64 * 1.15, "{out:?}");
+    assert!(out.wall <= min * 1.05, "{out:?}");
 }
 
 #[tokio::test(start_paused = true)]
@@ -157,11 +158,11 @@ async fn quantized_limit_end_to_end() {
     eprintln!("quantized: {out:?} (minimum {min} s); {st:?}");
     assert_eq!(out.failed, 0);
     assert!(st.adaptive_rate.is_some(), "{st:?}");
-    // The cold burst meets the per-second limit before any 429 came back (about 50 429s
-    // in the first 100 ms); after that, pacing by headers alone would collect some 30 429s
-    // per second, while the adaptive rate keeps them rare.
+    // Slow start meets the per-second limit with a few 429s (a cold burst of 50 would get
+    // 30); after that, pacing by headers alone would collect some 30 429s per second, while
+    // the adaptive rate keeps them rare.
     assert!(out.late_rate_limited <= 8, "{out:?}");
-    assert!(out.rate_limited <= 80, "{out:?}");
+    assert!(out.rate_limited <= 30, "{out:?}");
     assert!(out.wall <= min * 1.5, "{out:?}");
 }
 

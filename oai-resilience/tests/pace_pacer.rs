@@ -35,6 +35,13 @@ fn static_limits(rpm: Option<u64>, tpm: Option<u64>) -> PacerConfig {
     cfg
 }
 
+/// Without slow start, so that a test can hold many permits after the probe.
+fn no_slow_start() -> PacerConfig {
+    let mut cfg = PacerConfig::default();
+    cfg.slow_start = false;
+    cfg
+}
+
 /// Lets spawned tasks run without moving virtual time.
 async fn settle() {
     for _ in 0..20 {
@@ -84,7 +91,7 @@ async fn a_dropped_probe_lets_the_next_request_probe() {
 
 #[tokio::test(start_paused = true)]
 async fn learns_capacity_and_refill_from_headers() {
-    let pacer = Pacer::default();
+    let pacer = Pacer::new(no_slow_start());
     let k = key();
     let p = pacer.acquire(&k, Cost::tokens(1), None).await.unwrap();
     // A small bucket with a fast refill: 20, of which 19 left, full again in 50 ms → 20/s.
@@ -126,7 +133,7 @@ async fn refill_comes_from_the_headers_for_a_minute_bucket_too() {
 
 #[tokio::test(start_paused = true)]
 async fn in_flight_requests_are_subtracted_from_remaining() {
-    let pacer = Pacer::default();
+    let pacer = Pacer::new(no_slow_start());
     let k = key();
     let probe = pacer.acquire(&k, Cost::tokens(1), None).await.unwrap();
     probe.on_response(Some(&snap_requests(10, 9, Duration::from_millis(100))));
@@ -185,7 +192,7 @@ async fn rate_limit_pauses_the_whole_key_until_the_hint() {
 #[tokio::test(start_paused = true)]
 async fn unexplained_rate_limit_switches_on_the_adaptive_rate() {
     // A service that sends no headers at all: the 429s alone drive the rate.
-    let pacer = Pacer::default();
+    let pacer = Pacer::new(no_slow_start());
     let k = key();
     pacer
         .acquire(&k, Cost::tokens(1), None)
@@ -417,4 +424,46 @@ async fn headers_with_room_wake_the_head_early() {
     pacer.on_response(&k, &snap_requests(10, 5, Duration::from_secs(5)));
     let permit = task.await.unwrap().unwrap();
     assert_eq!(permit.waited(), Duration::from_millis(100));
+}
+
+#[tokio::test(start_paused = true)]
+async fn slow_start_grows_the_requests_in_flight_until_a_429() {
+    let pacer = Pacer::default();
+    let k = key();
+    let probe = pacer.acquire(&k, Cost::tokens(1), None).await.unwrap();
+    assert_eq!(pacer.key_state(&k).unwrap().window, Some(1));
+    // The headers show plenty of room, but only two may go after the probe's answer.
+    probe.on_response(Some(&snap_requests(1000, 999, Duration::from_millis(60))));
+    assert_eq!(pacer.key_state(&k).unwrap().window, Some(2));
+    let a = pacer.acquire(&k, Cost::tokens(1), None).await.unwrap();
+    let b = pacer.acquire(&k, Cost::tokens(1), None).await.unwrap();
+    let mut c = pacer.acquire(&k, Cost::tokens(1), None);
+    assert!(poll_once(&mut c));
+    // One answer: a window of 3 with 1 in flight, so two more go.
+    a.on_response(Some(&snap_requests(1000, 998, Duration::from_millis(120))));
+    let c = c.await.unwrap();
+    let d = pacer.acquire(&k, Cost::tokens(1), None).await.unwrap();
+    let mut e = pacer.acquire(&k, Cost::tokens(1), None);
+    assert!(poll_once(&mut e));
+    assert_eq!(pacer.key_state(&k).unwrap().in_flight, 3);
+    // A 429 ends slow start (after its pause, the adaptive rate spaces requests instead).
+    b.on_rate_limited(Some(Duration::from_millis(100)), None);
+    let st = pacer.key_state(&k).unwrap();
+    assert_eq!(st.window, None);
+    // Five sent in the last second: 0.7 × 5 = 3.5 per second, so the next goes 1/3.5 s after
+    // the 429 (which outlasts its 100 ms pause).
+    let rate = st.adaptive_rate.unwrap();
+    assert!((rate - 3.5).abs() < 1e-9, "{rate}");
+    let e = e.await.unwrap();
+    let w = e.waited().as_secs_f64();
+    assert!((w - 1.0 / 3.5).abs() < 0.002, "{w}");
+    drop((c, d));
+    // A configuration without slow start goes from the probe to the buckets alone.
+    let pacer = Pacer::new(no_slow_start());
+    pacer
+        .acquire(&k, Cost::tokens(1), None)
+        .await
+        .unwrap()
+        .on_response(None);
+    assert_eq!(pacer.key_state(&k).unwrap().window, None);
 }

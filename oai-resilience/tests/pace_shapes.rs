@@ -212,8 +212,9 @@ async fn quantized_limiter_adapts_to_the_429s() {
     eprintln!("quantized: final state {st:?}");
     assert_eq!(out.failed, 0);
     // Pacing by the headers alone would send the whole queue at every window and collect
-    // about 30 429s per second (over 400 here); the adaptive rate keeps them few.
-    assert!(out.rate_limited <= 75, "{out:?}");
+    // about 30 429s per second (over 400 here); slow start and the adaptive rate keep them
+    // few.
+    assert!(out.rate_limited <= 40, "{out:?}");
     assert!(out.wall.as_secs_f64() <= min * 1.5, "{out:?}");
     assert!(st.adaptive_rate.is_some());
 }

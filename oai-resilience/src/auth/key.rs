@@ -237,4 +237,34 @@ mod tests {
         }
         assert_eq!(key.expose_secret(), format!("sk-{secret}wxyz"));
     }
+
+    mod props {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            /// The masked form is a known prefix, `…`, and at most the last four characters.
+            #[test]
+            fn mask_shows_at_most_prefix_and_last_four(key in "\\PC{0,120}") {
+                let m = mask(&key);
+                let (prefix, rest) = m.split_once('…').unwrap();
+                prop_assert!(SHOWN_PREFIXES.contains(&prefix) || prefix.is_empty());
+                prop_assert!(key.starts_with(prefix));
+                prop_assert!(rest.chars().count() <= 4);
+                prop_assert!(key.ends_with(rest));
+                if !rest.is_empty() {
+                    prop_assert!(key.chars().count() >= MIN_LEN_FOR_SUFFIX);
+                }
+            }
+
+            #[test]
+            fn debug_never_contains_the_middle(body in "[A-Za-z0-9_-]{30,100}") {
+                let key = ApiKey::new(format!("sk-proj-{body}"));
+                let middle = &body[..body.len() - 4];
+                let text = format!("{key:?} {key}");
+                prop_assert!(!text.contains(middle));
+                prop_assert!(!text.contains(&middle[middle.len() - 8..]));
+            }
+        }
+    }
 }

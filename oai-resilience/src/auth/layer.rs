@@ -59,6 +59,22 @@ pub(super) struct Config {
 
 /// Adds and checks API keys before anything is sent. See the [module docs](super).
 ///
+/// For each request:
+/// - with the key header already set: the key in it is checked (and the header marked
+///   sensitive); the source is not asked and no organization or project header is added;
+///   another scheme than `Bearer` (`Basic …`) is passed on unjudged;
+/// - otherwise: the source gives the [`Credentials`], the key is checked, and the key header
+///   (marked sensitive) plus `OpenAI-Organization` / `OpenAI-Project` (unless already set)
+///   are added.
+///
+/// A failed check ends the call with the error; the inner service is not called. The inner
+/// service must be `Clone` (a provider's answer is awaited before the call, so the ready
+/// service moves into the response future and a clone takes its place).
+///
+/// # Default
+///
+/// [`KeyRules::openai`] and the `Authorization: Bearer` header ([`KeyHeader::Bearer`]).
+///
 /// `Debug` shows the source kind and, for a static key, only its masked form.
 #[derive(Debug, Clone)]
 pub struct AuthLayer {
@@ -218,6 +234,12 @@ pub(super) fn check_present<B>(
     };
     let key = match config.header {
         KeyHeader::Named(_) => text,
+        // `Bearer` alone, or an empty header: the key is empty.
+        KeyHeader::Bearer
+            if text.trim().is_empty() || text.trim().eq_ignore_ascii_case("bearer") =>
+        {
+            ""
+        }
         KeyHeader::Bearer => match text.split_once(' ') {
             Some((scheme, key)) if scheme.eq_ignore_ascii_case("bearer") => key,
             // Another scheme (`Basic …`, a gateway's own): not ours to judge.
@@ -643,6 +665,9 @@ mod tests {
                 HeaderValue::from_str(&format!("Bearer \"{KEY}\"")).unwrap(),
                 AuthCause::Quoted,
             ),
+            (HeaderValue::from_static("Bearer"), AuthCause::Empty),
+            (HeaderValue::from_static("Bearer "), AuthCause::Empty),
+            (HeaderValue::from_static(""), AuthCause::Empty),
         ];
         for (value, cause) in cases {
             let (seen, inner) = recorder();
@@ -843,6 +868,16 @@ mod tests {
 
     fn noop_cx() -> Context<'static> {
         Context::from_waker(std::task::Waker::noop())
+    }
+
+    #[test]
+    fn futures_are_send_for_send_services() {
+        fn assert_send<T: Send>(_: &T) {}
+        let (_, inner) = recorder();
+        let mut svc = AuthLayer::from_env().layer(inner);
+        let fut = svc.call(openai_req());
+        assert_send(&fut);
+        assert_send(&svc);
     }
 
     #[test]

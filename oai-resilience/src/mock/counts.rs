@@ -64,7 +64,8 @@ impl MockCounts {
 
 /// One request as the mock received it, with the status it answered.
 ///
-/// The `authorization` header is marked sensitive, so `Debug` does not print the key.
+/// The `authorization`, `api-key` and `x-api-key` headers are marked sensitive, so `Debug`
+/// does not print the key.
 #[non_exhaustive]
 #[derive(Debug, Clone)]
 pub struct RecordedRequest {

@@ -20,6 +20,7 @@ use super::response::{
     AuthFailure, MockResponse,
 };
 use super::rng::SplitMix64;
+use super::sse;
 use super::Route;
 
 /// At most this many requests are kept for [`super::MockServer::requests`] (the newest).
@@ -61,6 +62,7 @@ struct Outcome {
     delay: Duration,
     cause: Cause,
     disconnect: bool,
+    content_type: &'static str,
 }
 
 /// The "error" of a scripted disconnection: hyper closes the connection without answering.
@@ -148,6 +150,8 @@ impl Shared {
 
 type MockBody = Full<Bytes>;
 
+const JSON: &str = "application/json";
+
 pub(crate) async fn handle<B>(
     shared: Arc<Shared>,
     req: Request<B>,
@@ -203,7 +207,7 @@ where
     let processing_ms = started.elapsed().as_millis() as u64;
     {
         let h = res.headers_mut();
-        h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        h.insert(CONTENT_TYPE, HeaderValue::from_static(outcome.content_type));
         if let Ok(v) = HeaderValue::from_str(&request_id) {
             h.insert("x-request-id", v);
         }
@@ -221,8 +225,11 @@ where
         }
     }
 
-    if let Some(v) = parts.headers.get_mut(AUTHORIZATION) {
-        v.set_sensitive(true);
+    // Keys never reach Debug of the recorded requests (Azure-style headers included).
+    for (name, v) in parts.headers.iter_mut() {
+        if name == AUTHORIZATION || name == "api-key" || name == "x-api-key" {
+            v.set_sensitive(true);
+        }
     }
     let mut s = shared.lock();
     let c = &mut s.counts;
@@ -290,11 +297,14 @@ impl State {
 
         // 1. Scripts win over everything else.
         if let Some(r) = self.scripts.get_mut(&route).and_then(VecDeque::pop_front) {
+            let mut content_type = JSON;
             let body = match r.body {
                 Some(b) => b,
                 None if r.status.is_success() => {
                     let req = parsed.unwrap_or(Value::Null);
-                    Bytes::from(self.success_body(route, &req))
+                    let (body, ct) = self.success_body(route, &req, r.stream_error_after);
+                    content_type = ct;
+                    Bytes::from(body)
                 }
                 None => Bytes::from(default_error_body(r.status, &model)),
             };
@@ -306,6 +316,7 @@ impl State {
                     delay: r.delay,
                     cause: Cause::Scripted,
                     disconnect: r.disconnect,
+                    content_type,
                 },
                 Vec::new(),
             );
@@ -514,18 +525,32 @@ impl State {
         }
 
         // 7. Success.
-        let body = self.success_body(route, &req);
-        (
-            outcome(StatusCode::OK, body, Cause::Ok),
-            self.rate_headers(),
-        )
+        let (body, content_type) = self.success_body(route, &req, None);
+        let mut o = outcome(StatusCode::OK, body, Cause::Ok);
+        o.content_type = content_type;
+        (o, self.rate_headers())
     }
 
-    fn success_body(&mut self, route: Route, req: &Value) -> String {
+    /// The success body and its content type: an event stream for `"stream": true` (chat and
+    /// responses) or a scripted stream error, JSON otherwise.
+    fn success_body(
+        &mut self,
+        route: Route,
+        req: &Value,
+        stream_error_after: Option<usize>,
+    ) -> (String, &'static str) {
         let created = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
-        bodies::success(route, req, &mut self.id_rng, created).to_string()
+        let streamed = req.get("stream") == Some(&Value::Bool(true));
+        if route != Route::Embeddings && (streamed || stream_error_after.is_some()) {
+            let body = sse::stream(route, req, &mut self.id_rng, created, stream_error_after);
+            return (body, sse::EVENT_STREAM);
+        }
+        (
+            bodies::success(route, req, &mut self.id_rng, created).to_string(),
+            JSON,
+        )
     }
 
     fn rate_headers(&self) -> HeaderList {
@@ -605,6 +630,7 @@ fn outcome(status: StatusCode, body: String, cause: Cause) -> Outcome {
         delay: Duration::ZERO,
         cause,
         disconnect: false,
+        content_type: JSON,
     }
 }
 

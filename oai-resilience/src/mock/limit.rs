@@ -326,4 +326,41 @@ mod tests {
             600
         );
     }
+
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            /// Whatever happens, the headers stay within the limit, the reset within one full
+            /// refill, and waiting the advertised `retry-after-ms` is always enough.
+            #[test]
+            fn bucket_invariants(
+                capacity in 1u64..2000,
+                refill in 0.01f64..5000.0,
+                ops in proptest::collection::vec((0u64..5000, 1u64..50), 1..60),
+            ) {
+                let start = Instant::now();
+                let mut now = start;
+                let mut l = Limiter::new(&RateLimit::bucket(capacity, refill), now);
+                for (advance_ms, n) in ops {
+                    now += Duration::from_millis(advance_ms);
+                    l.refill(now);
+                    let n = (n.min(capacity)) as f64;
+                    let wait = l.wait_for(n);
+                    let v = l.view();
+                    prop_assert!(v.remaining <= capacity);
+                    prop_assert!(v.reset.as_secs_f64() <= capacity as f64 / refill + 1e-3);
+                    prop_assert_eq!(l.wait_for(1.0).is_zero(), v.remaining >= 1);
+                    if wait.is_zero() {
+                        l.take(n);
+                    } else {
+                        let mut probe = l.clone();
+                        probe.refill(now + Duration::from_millis(ceil_ms(wait)));
+                        prop_assert!(probe.wait_for(n).is_zero(), "waited {:?}", wait);
+                    }
+                }
+            }
+        }
+    }
 }

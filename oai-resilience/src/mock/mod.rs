@@ -4,7 +4,7 @@
 //! the current tokio runtime, as `tower-test` is for tower: every layer of this crate is tested
 //! against it over loopback, and users can test their own stacks the same way. It answers
 //! `POST /v1/chat/completions`, `/v1/embeddings` and `/v1/responses` (also without the `/v1`
-//! prefix) with OpenAI's JSON and headers (`x-request-id: req_…`, `openai-processing-ms`,
+//! prefix) with OpenAI's JSON (or, for `"stream": true`, its server-sent events) and headers (`x-request-id: req_…`, `openai-processing-ms`,
 //! `openai-version`, `openai-organization`, `x-ratelimit-*`), and fails on demand the way the
 //! API fails:
 //!
@@ -18,6 +18,7 @@
 //! | key check | [`MockBuilder::api_key`]; causes via [`MockResponse::auth_failure`] | 401/403 with OpenAI's messages |
 //! | bad bodies | always on | 400 invalid JSON, 400 `missing_required_parameter`, 413 |
 //! | a dropped connection | [`MockResponse::disconnect`] in a script | the connection closes, no answer |
+//! | a failing stream | [`MockResponse::stream_error_after`] in a script | 200 event stream ending in an `{"error": …}` event |
 //!
 //! [`MockBuilder`] lists the order in which a request meets these steps. All clocks are
 //! tokio's, so buckets refill and latencies pass in virtual time
@@ -75,6 +76,7 @@ mod handler;
 mod limit;
 mod response;
 mod rng;
+mod sse;
 
 use std::fmt;
 use std::net::{Ipv4Addr, SocketAddr};

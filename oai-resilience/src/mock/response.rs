@@ -27,6 +27,7 @@ pub struct MockResponse {
     pub(crate) headers: Vec<(HeaderName, HeaderValue)>,
     pub(crate) delay: Duration,
     pub(crate) disconnect: bool,
+    pub(crate) stream_error_after: Option<usize>,
 }
 
 impl MockResponse {
@@ -41,6 +42,7 @@ impl MockResponse {
             headers: Vec::new(),
             delay: Duration::ZERO,
             disconnect: false,
+            stream_error_after: None,
         }
     }
 
@@ -53,6 +55,16 @@ impl MockResponse {
         MockResponse {
             disconnect: true,
             ..MockResponse::status(500)
+        }
+    }
+
+    /// A 200 event stream (whatever the request's `stream` flag) that sends `deltas` content
+    /// deltas and then an `{"error": {…, "type": "server_error"}}` event instead of finishing:
+    /// the mid-stream failure that a status check cannot see.
+    pub fn stream_error_after(deltas: usize) -> Self {
+        MockResponse {
+            stream_error_after: Some(deltas),
+            ..MockResponse::ok()
         }
     }
 

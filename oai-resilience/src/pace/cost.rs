@@ -1,7 +1,8 @@
 //! A request's cost for the limits: one request, and an estimate of its tokens.
 
 use bytes::Bytes;
-use http_body_util::{Empty, Full};
+use http_body_util::combinators::{BoxBody, UnsyncBoxBody};
+use http_body_util::{Either, Empty, Full};
 use serde_json::Value;
 
 /// What one request costs against the limits: one request and `tokens` tokens.
@@ -126,7 +127,8 @@ pub(crate) fn model_of(body: &[u8]) -> Option<String> {
 /// A request body whose bytes can be seen cheaply, for the key's model and the token estimate.
 ///
 /// Implemented for [`Full<Bytes>`], [`Bytes`], [`String`], `Vec<u8>`, `&'static str` and
-/// `&'static [u8]`; [`Empty<Bytes>`] and `()` have no bytes. A body type that cannot expose its
+/// `&'static [u8]`, and [`Either`] of two such bodies; [`Empty<Bytes>`], `()`, [`BoxBody`] and
+/// [`UnsyncBoxBody`] have no bytes. A body type that cannot expose its
 /// bytes can implement it by returning `f(None)`: the request then costs the
 /// [default cost](CostEstimator::default_cost).
 pub trait PaceBody {
@@ -189,6 +191,27 @@ impl PaceBody for &'static [u8] {
 }
 
 impl PaceBody for Empty<Bytes> {
+    fn with_bytes<R>(&mut self, f: impl FnOnce(Option<&[u8]>) -> R) -> R {
+        f(None)
+    }
+}
+
+impl<L: PaceBody, R: PaceBody> PaceBody for Either<L, R> {
+    fn with_bytes<T>(&mut self, f: impl FnOnce(Option<&[u8]>) -> T) -> T {
+        match self {
+            Either::Left(l) => l.with_bytes(f),
+            Either::Right(r) => r.with_bytes(f),
+        }
+    }
+}
+
+impl<D, E> PaceBody for BoxBody<D, E> {
+    fn with_bytes<R>(&mut self, f: impl FnOnce(Option<&[u8]>) -> R) -> R {
+        f(None)
+    }
+}
+
+impl<D, E> PaceBody for UnsyncBoxBody<D, E> {
     fn with_bytes<R>(&mut self, f: impl FnOnce(Option<&[u8]>) -> R) -> R {
         f(None)
     }

@@ -19,7 +19,10 @@
 //!   limit per second; or there are no headers at all) switches on an adaptive rate:
 //!   multiplicative decrease on a 429, additive increase on success ([`AimdConfig`]).
 //! - **A cold key is probed** with one request; the others wait for its headers, so a cold
-//!   burst does not go out blind. [`StaticLimits`] (RPM, TPM) make a key known from the start.
+//!   burst does not go out blind. Then the requests in flight grow as in TCP's slow start
+//!   (doubling every round trip) until the first 429, so that a limit the headers hide costs
+//!   a few 429s, not a burst of them. [`StaticLimits`] (RPM, TPM) make a key known from the
+//!   start.
 //! - **Waiting is fair** (first come, first served), cancellable (dropping the future gives
 //!   the place back), bounded by [`PacerConfig::max_wait`] and by a [`CallDeadline`] request
 //!   extension, and visible: `tracing` events and [`Pacer::metrics`] (queue length, waits,

@@ -105,6 +105,14 @@ pub struct PacerConfig {
     /// # Default
     /// `true`; static limits make the key known from the start.
     pub probe: bool,
+    /// After the probe, grow the number of requests in flight like TCP's slow start (+1 per
+    /// success, so it doubles every round trip) until the first 429 or 256 in flight, so that a
+    /// limit the headers do not show (a quantized one) costs a handful of 429s, not a whole
+    /// burst of them.
+    ///
+    /// # Default
+    /// `true` (only with [`probe`](Self::probe)).
+    pub slow_start: bool,
     /// How long the key pauses after a 429 that gives no hint and whose headers do not say.
     ///
     /// # Default
@@ -120,6 +128,7 @@ impl Default for PacerConfig {
             max_wait: Some(Duration::from_secs(60)),
             static_limits: StaticLimits::default(),
             probe: true,
+            slow_start: true,
             default_pause: Duration::from_secs(1),
             aimd: AimdConfig::default(),
         }
@@ -156,6 +165,8 @@ pub struct KeySnapshot {
     pub in_flight: u32,
     /// Whether a response (or static limits) has told the pacer about this key.
     pub known: bool,
+    /// The most requests allowed in flight while probing and in slow start; `None` after.
+    pub window: Option<u32>,
     /// The request bucket: `(capacity, level, refill per second)`, if known.
     pub requests: Option<(f64, f64, f64)>,
     /// The token bucket: `(capacity, level, refill per second)`, if known.
@@ -183,6 +194,8 @@ struct Bucket {
 
 const EPS: f64 = 1e-6;
 const MIN_RESET: Duration = Duration::from_millis(10);
+/// Slow start ends at this many requests in flight.
+const SLOW_START_MAX: u32 = 256;
 
 impl Bucket {
     fn full(capacity: f64, refill: f64, now: Instant) -> Self {
@@ -265,6 +278,8 @@ struct KeyState {
     /// that was already punished.
     last_decrease: Option<u64>,
     known: bool,
+    /// Requests allowed in flight while probing / in slow start.
+    window: Option<u32>,
     in_flight: u32,
     in_flight_tokens: u64,
     grants: u64,
@@ -294,10 +309,12 @@ impl KeyState {
             .static_limits
             .tpm
             .map(|tpm| Bucket::full(tpm as f64, tpm as f64 / 60.0, now));
+        let known = requests.is_some() || tokens.is_some() || !config.probe;
         KeyState {
             queue: BTreeMap::new(),
             next_ticket: 0,
-            known: requests.is_some() || tokens.is_some() || !config.probe,
+            known,
+            window: (!known).then_some(1),
             requests,
             tokens,
             paused_until: None,
@@ -352,7 +369,7 @@ impl KeyState {
             return Step::Wait(None);
         }
         // The head: wait for a pause, a probe, or room in every bucket.
-        if !self.known && self.in_flight > 0 {
+        if self.window.is_some_and(|w| self.in_flight >= w) {
             self.queue.insert(ticket, Some(waker.clone()));
             return Step::Wait(None);
         }
@@ -461,7 +478,17 @@ impl KeyState {
         }
     }
 
+    /// An answer came back: the probe is over, and slow start grows by one.
+    fn answered(&mut self, config: &PacerConfig) {
+        self.known = true;
+        self.window = match self.window {
+            Some(w) if config.slow_start && w + 1 < SLOW_START_MAX => Some(w + 1),
+            _ => None,
+        };
+    }
+
     fn success(&mut self, config: &PacerConfig) {
+        self.answered(config);
         if let Some(b) = &mut self.aimd {
             let rate = b.refill.max(EPS);
             let new = rate + config.aimd.increase / rate;
@@ -720,6 +747,7 @@ impl Pacer {
             queue_len: st.queue.len(),
             in_flight: st.in_flight,
             known: st.known,
+            window: st.window,
             requests: st.requests.map(|b| b.view()),
             tokens: st.tokens.map(|b| b.view()),
             paused_until: st.paused_until,
@@ -742,6 +770,8 @@ fn rate_limited(
     let mut st = entry.lock();
     st.advance(now);
     st.known = true;
+    // A 429 ends the probe and slow start: the pause and the adaptive rate take over.
+    st.window = None;
     // Did the headers explain the 429 (a bucket at zero)? Then the buckets already say when.
     let mut explained = None;
     if let Some(s) = snapshot {
@@ -858,7 +888,7 @@ impl Permit {
         let mut st = self.entry.lock();
         st.advance(now);
         st.finish(self.tokens);
-        st.known = true;
+        st.answered(&self.shared.config);
         if let Some(s) = snapshot {
             st.learn(s, now, &self.shared.config);
         }

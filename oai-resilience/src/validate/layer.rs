@@ -413,6 +413,22 @@ impl<B> ValidateBody<B> {
     pub fn is_buffered(&self) -> bool {
         matches!(self.kind, Kind::Buffered { .. })
     }
+
+    /// The passed-through body, if this is one.
+    pub(crate) fn passthrough_ref(&self) -> Option<&B> {
+        match &self.kind {
+            Kind::Passthrough { body } => Some(body),
+            Kind::Buffered { .. } => None,
+        }
+    }
+
+    /// The passed-through body, mutably, if this is one.
+    pub(crate) fn passthrough_mut(&mut self) -> Option<&mut B> {
+        match &mut self.kind {
+            Kind::Passthrough { body } => Some(body),
+            Kind::Buffered { .. } => None,
+        }
+    }
 }
 
 impl<B> Body for ValidateBody<B>
