@@ -1,9 +1,12 @@
-//! The default stack, assembled from the crate's layers, shared by the examples and the demo.
+//! The default stack, built with the crate's one-call builder, shared by the gateway and the
+//! demo.
 //!
-//! Outermost first: `Validate -> Auth -> Retry -> Pace -> Classify -> hyper-util client`.
-//! The order is the one the crate's docs explain: the local checks (parameters, key) run once
-//! per call and cost no round trip, every attempt waits for a pacing slot, and the retry
-//! policy sees typed errors.
+//! [`OpenAiLayer`] stacks, outermost first, `Validate -> Auth -> Retry -> Pace -> Classify`
+//! over a hyper-util client: the local checks (parameters, key) run once per call and cost no
+//! round trip, every attempt waits for a pacing slot, and the retry policy sees typed errors.
+//! [`Layers`] keeps the pieces this crate's examples configure (the key source, the retry
+//! config, the pacer, whose metrics the demo shows) and adds an attempt counter under the
+//! stack, so that the demo reports measured numbers.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
@@ -14,28 +17,33 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
-use oai_resilience::validate::{ValidateBody, ValidateLayer};
-use oai_resilience::{AuthLayer, ClassifyLayer, Error, PaceLayer, RetryConfig, RetryLayer};
+use oai_resilience::validate::ValidateBody;
+use oai_resilience::{
+    AuthLayer, BoxError, ClassifyLayer, Error, OpenAiLayer, PaceLayer, RetryConfig, RetryLayer,
+};
 use tower::util::BoxCloneSyncService;
 use tower::ServiceBuilder;
 
 /// The request body every stack here takes: a buffered body, so retries can replay it.
 pub type Body = Full<Bytes>;
 
-/// The plain hyper-util HTTP/1 client at the bottom of the stack.
-pub type HttpClient = Client<HttpConnector, Body>;
-
 /// The full stack, type-erased so that it can be named, cloned and shared.
 pub type Stack = BoxCloneSyncService<Request<Body>, Response<Incoming>, Error>;
 
-/// A hyper-util client for `http://` upstreams (the mock; a TLS connector is needed for
-/// `https://api.openai.com`).
-pub fn http_client() -> HttpClient {
+/// A hyper-util HTTP/1 client for `http://` upstreams (such as the mock), for any request
+/// body type: under [`OpenAiLayer`] the body is the validation layer's
+/// [`ValidateBody`]`<`[`Body`]`>`.
+pub fn http_client<B>() -> Client<HttpConnector, B>
+where
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
     Client::builder(TokioExecutor::new()).build_http()
 }
 
-/// The layers of one stack. Clones of a layer share its state (the pacer, the retry budget),
-/// so keep the `pace` layer to read its [`metrics`](oai_resilience::Pacer::metrics).
+/// The configurable pieces of one stack. Clones of a layer share its state (the pacer, the
+/// retry budget), so keep `pace` to read its [`metrics`](oai_resilience::Pacer::metrics).
 #[derive(Debug, Clone)]
 pub struct Layers {
     /// Key source and local key checks.
@@ -62,27 +70,29 @@ impl Layers {
         self
     }
 
-    /// Builds the stack over `client` with [`ServiceBuilder`].
+    /// The crate's one-call builder with these pieces.
+    pub fn openai_layer(&self) -> OpenAiLayer {
+        OpenAiLayer::new()
+            .auth(self.auth.clone())
+            .retry(RetryLayer::with_config(self.retry.clone()))
+            .pace(self.pace.clone())
+    }
+
+    /// The full stack over `client`, with an [`AttemptCounter`] under it.
     pub fn build<C>(&self, client: C) -> Stack
     where
-        C: tower::Service<Request<Body>, Response = Response<Incoming>>
+        C: tower::Service<Request<ValidateBody<Body>>, Response = Response<Incoming>>
             + Clone
             + Send
             + Sync
             + 'static,
-        C::Error: Into<oai_resilience::BoxError>,
+        C::Error: Into<BoxError>,
         C::Future: Send + 'static,
     {
-        let svc = ServiceBuilder::new()
-            .layer(ValidateLayer::new())
-            .map_request(unwrap_validated)
-            .layer(self.auth.clone())
-            .layer(RetryLayer::with_config(self.retry.clone()))
-            .layer(self.pace.clone())
-            .layer(ClassifyLayer::new())
-            .map_request(count_attempt)
+        let client = ServiceBuilder::new()
+            .map_request(count_attempt::<ValidateBody<Body>>)
             .service(client);
-        BoxCloneSyncService::new(svc)
+        BoxCloneSyncService::new(tower::Layer::layer(&self.openai_layer(), client))
     }
 
     /// The layers under the retry loop, `Pace -> Classify`, for callers that retry
@@ -94,13 +104,13 @@ impl Layers {
             + Send
             + Sync
             + 'static,
-        C::Error: Into<oai_resilience::BoxError>,
+        C::Error: Into<BoxError>,
         C::Future: Send + 'static,
     {
         let svc = ServiceBuilder::new()
             .layer(self.pace.clone())
             .layer(ClassifyLayer::new())
-            .map_request(count_attempt)
+            .map_request(count_attempt::<Body>)
             .service(client);
         BoxCloneSyncService::new(svc)
     }
@@ -119,41 +129,9 @@ impl AttemptCounter {
 }
 
 /// Counts one attempt on the request's [`AttemptCounter`], if it has one.
-fn count_attempt(req: Request<Body>) -> Request<Body> {
+fn count_attempt<B>(req: Request<B>) -> Request<B> {
     if let Some(counter) = req.extensions().get::<AttemptCounter>() {
         counter.0.fetch_add(1, Ordering::SeqCst);
     }
     req
-}
-
-/// The validation layer hands on a [`ValidateBody`]; the layers below take the buffered
-/// [`Full`] body that they can replay and inspect. (A bridge until the crate's one-call
-/// builder joins the layers itself.)
-fn unwrap_validated(req: Request<ValidateBody<Body>>) -> Request<Body> {
-    req.map(|body| match body.as_bytes() {
-        Some(bytes) => Full::new(bytes.clone()),
-        None => drain_ready(body),
-    })
-}
-
-/// Reads a body whose frames are all ready at once (a passed-through [`Full`] body, or an
-/// empty buffered one) without a runtime.
-fn drain_ready(mut body: ValidateBody<Body>) -> Body {
-    use http_body::Body as _;
-    use std::pin::Pin;
-    use std::task::{Context, Poll, Waker};
-    let mut cx = Context::from_waker(Waker::noop());
-    let mut out = bytes::BytesMut::new();
-    // `Full` yields at most one frame, then the end; the bound keeps the loop finite anyway.
-    for _ in 0..1024 {
-        match Pin::new(&mut body).poll_frame(&mut cx) {
-            Poll::Ready(Some(Ok(frame))) => {
-                if let Ok(data) = frame.into_data() {
-                    out.extend_from_slice(&data);
-                }
-            }
-            Poll::Ready(None) | Poll::Ready(Some(Err(_))) | Poll::Pending => break,
-        }
-    }
-    Full::new(out.freeze())
 }

@@ -121,11 +121,10 @@ impl fmt::Debug for Clients {
 impl Clients {
     pub(crate) fn new(base: &str, billing: &str, retry: RetryConfig) -> Self {
         let layers = Layers::new(AuthLayer::from_key(DEMO_KEY)).retry(retry);
-        let client = http_client();
         Clients {
             pace: layers.pace.clone(),
-            stack: layers.build(client.clone()),
-            single: layers.build_single_attempt(client),
+            stack: layers.build(http_client()),
+            single: layers.build_single_attempt(http_client()),
             base: base.trim_end_matches('/').to_owned(),
             billing: billing.trim_end_matches('/').to_owned(),
         }
