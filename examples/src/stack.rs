@@ -42,6 +42,24 @@ where
     Client::builder(TokioExecutor::new()).build_http()
 }
 
+/// A hyper-util HTTP/1 client for `https://` (rustls, with the webpki roots) and `http://`
+/// upstreams: what `demo --real` uses for `https://api.openai.com`. Needs the `real`
+/// feature.
+#[cfg(feature = "real")]
+pub fn https_client<B>() -> Client<hyper_rustls::HttpsConnector<HttpConnector>, B>
+where
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_webpki_roots()
+        .https_or_http()
+        .enable_http1()
+        .build();
+    Client::builder(TokioExecutor::new()).build(connector)
+}
+
 /// The configurable pieces of one stack. Clones of a layer share its state (the pacer, the
 /// retry budget), so keep `pace` to read its [`metrics`](oai_resilience::Pacer::metrics).
 #[derive(Debug, Clone)]

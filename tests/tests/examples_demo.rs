@@ -93,17 +93,18 @@ async fn small_workload_adds_up() {
     );
 
     // What the client counted is what the servers received and answered.
-    assert_eq!(summary.attempts(), summary.server_requests());
-    assert_eq!(summary.server.ok as usize, summary.succeeded());
-    assert_eq!(summary.billing_server.total, 1);
-    assert_eq!(summary.billing_server.quota_exceeded, 1);
-    let server_errors = summary.server.server_errors();
-    let rate_limited = summary.server.rate_limited;
+    assert_eq!(Some(summary.attempts()), summary.server_requests());
+    let server = summary.server.as_ref().unwrap();
+    let billing = summary.billing_server.as_ref().unwrap();
+    assert_eq!(server.ok as usize, summary.succeeded());
+    assert_eq!(billing.total, 1);
+    assert_eq!(billing.quota_exceeded, 1);
+    let server_errors = server.server_errors();
+    let rate_limited = server.rate_limited;
     assert_eq!(
-        summary.server.total,
-        summary.server.ok + server_errors + rate_limited,
-        "{:?}",
-        summary.server
+        server.total,
+        server.ok + server_errors + rate_limited,
+        "{server:?}"
     );
     // Every failed attempt of a successful call was retried.
     assert_eq!(summary.retries(), server_errors + rate_limited);
@@ -146,4 +147,27 @@ async fn too_small_a_workload_is_an_error_not_a_panic() {
     .await
     .unwrap_err();
     assert!(err.to_string().contains("at least 4 calls"));
+}
+
+/// `demo --real`'s code path (the TLS-capable client, the real workload), pointed at the
+/// mock over plain HTTP: five requests, two local rejections.
+#[cfg(feature = "real")]
+#[tokio::test(start_paused = true)]
+async fn real_workload_runs_against_a_compatible_server() {
+    use oai_resilience::mock::MockServer;
+    let key = "sk-proj-ReAlPaThTeStKeY0123456789abcdefgh";
+    let server = MockServer::builder().api_key(key).start().await;
+    let summary = demo::run_real(&server.url(), key, small()).await.unwrap();
+    assert_eq!(summary.outcomes.len(), demo::plan_real().len());
+    assert_eq!(summary.succeeded(), 5);
+    assert_eq!(summary.rejected_locally(), 2);
+    assert_eq!(summary.attempts(), 5);
+    assert_eq!(server.counts().ok, 5);
+    assert!(summary.server.is_none());
+    let report = demo::render(&summary);
+    assert!(report.contains("(the real API)"), "{report}");
+    assert!(
+        !report.contains(&key[8..]),
+        "the key never appears: {report}"
+    );
 }

@@ -30,10 +30,12 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use oai_resilience::mock::{MockCounts, MockServer, RateLimit};
 use oai_resilience::pace::{is_paced_locally, PaceMetrics};
 use oai_resilience::retry::TokenBudget;
-use oai_resilience::{BoxError, Error, RetryConfig};
+use oai_resilience::{AuthLayer, BoxError, Error, RetryConfig};
 
 pub use report::render;
 pub use workload::{plan, CallKind, Via};
+
+use crate::stack::{http_client, Layers};
 
 /// The key of the demo's mock projects: a made-up key of OpenAI's shape. Never put a real
 /// key in source.
@@ -115,10 +117,13 @@ pub struct Summary {
     pub pacing: PaceMetrics,
     /// The longest pacing queue seen while the workload ran.
     pub max_queue: usize,
-    /// What the main project's mock server received and answered.
-    pub server: MockCounts,
-    /// What the exhausted project's mock server received and answered.
-    pub billing_server: MockCounts,
+    /// Where the calls went: the embedded mock, or the real API's base URL.
+    pub target: String,
+    /// What the main project's mock server received and answered (`None` for the real API).
+    pub server: Option<MockCounts>,
+    /// What the exhausted project's mock server received and answered (`None` for the real
+    /// API).
+    pub billing_server: Option<MockCounts>,
     /// Wall-clock time of the workload.
     pub elapsed: Duration,
 }
@@ -174,9 +179,9 @@ impl Summary {
         self.outcomes.iter().filter(|o| o.attempts == 0).count()
     }
 
-    /// Requests that reached the two mock servers.
-    pub fn server_requests(&self) -> u64 {
-        self.server.total + self.billing_server.total
+    /// Requests that reached the two mock servers (`None` for the real API).
+    pub fn server_requests(&self) -> Option<u64> {
+        Some(self.server.as_ref()?.total + self.billing_server.as_ref()?.total)
     }
 }
 
@@ -223,9 +228,96 @@ pub async fn run(config: DemoConfig) -> Result<Summary, BoxError> {
         .seed(config.seed)
         .budget(TokenBudget::new(RETRY_RATIO, RETRY_RESERVE))
         .deadline(Duration::from_secs(60));
-    let clients = workload::Clients::new(&server.url(), &billing.url(), retry);
+    let layers = Layers::new(AuthLayer::from_key(DEMO_KEY)).retry(retry);
+    let clients = workload::Clients::new(
+        &layers,
+        layers.build(http_client()),
+        layers.build_single_attempt(http_client()),
+        &server.url(),
+        &billing.url(),
+        DEMO_KEY,
+    );
+    let kinds: Vec<CallKind> = (0..config.calls).map(|i| plan(i, config.calls)).collect();
+    let (outcomes, elapsed, max_queue) = drive(&clients, &kinds, &config).await;
+    Ok(Summary {
+        target: "the embedded mock OpenAI server".to_owned(),
+        config,
+        outcomes,
+        pacing: layers.pace.pacer().metrics(),
+        max_queue,
+        server: Some(server.counts()),
+        billing_server: Some(billing.counts()),
+        elapsed,
+    })
+}
 
-    let bar = progress_bar(&config);
+/// The real API's workload: five cheap chat completions (`gpt-4o-mini`, at most 5 completion
+/// tokens each) through the stack and the `#[openai_call]` function, then the two local
+/// faults, which send nothing.
+pub fn plan_real() -> Vec<CallKind> {
+    vec![
+        CallKind::Chat,
+        CallKind::MacroChat,
+        CallKind::Chat,
+        CallKind::MacroChat,
+        CallKind::Chat,
+        CallKind::MissingParameter,
+        CallKind::QuotedKey,
+    ]
+}
+
+/// Runs [`plan_real`] against the real API at `base_url` (`https://api.openai.com`) with
+/// `api_key`. Needs the `real` feature (TLS).
+///
+/// # Errors
+///
+/// None so far: every failure of a call is in the summary.
+#[cfg(feature = "real")]
+pub async fn run_real(
+    base_url: &str,
+    api_key: &str,
+    mut config: DemoConfig,
+) -> Result<Summary, BoxError> {
+    use oai_resilience::auth::EnvSource;
+    let key = api_key.to_owned();
+    let env = EnvSource::with_lookup(move |name| (name == "OPENAI_API_KEY").then(|| key.clone()));
+    let layers = Layers::new(AuthLayer::new(env)).retry(
+        RetryConfig::new()
+            .seed(config.seed)
+            .max_attempts(3)
+            .deadline(Duration::from_secs(60)),
+    );
+    let clients = workload::Clients::new(
+        &layers,
+        layers.build(crate::stack::https_client()),
+        layers.build_single_attempt(crate::stack::https_client()),
+        base_url,
+        base_url,
+        api_key,
+    );
+    let kinds = plan_real();
+    config.calls = kinds.len();
+    config.concurrency = config.concurrency.min(2);
+    let (outcomes, elapsed, max_queue) = drive(&clients, &kinds, &config).await;
+    Ok(Summary {
+        target: format!("{} (the real API)", base_url.trim_end_matches('/')),
+        config,
+        outcomes,
+        pacing: layers.pace.pacer().metrics(),
+        max_queue,
+        server: None,
+        billing_server: None,
+        elapsed,
+    })
+}
+
+/// Runs `kinds` through `clients`, `config.concurrency` at a time, with the progress bar.
+async fn drive(
+    clients: &workload::Clients,
+    kinds: &[CallKind],
+    config: &DemoConfig,
+) -> (Vec<CallOutcome>, Duration, usize) {
+    let bar = progress_bar(config, kinds.len());
     let live = Arc::new(Live::default());
     let started = tokio::time::Instant::now();
     let ticker = tokio::spawn(tick(
@@ -233,12 +325,9 @@ pub async fn run(config: DemoConfig) -> Result<Summary, BoxError> {
         live.clone(),
         clients.pace.pacer().clone(),
     ));
-
     // The calls run as one stream, `concurrency` at a time, on this task (the connections
     // run on their own tasks). Not spawned: an `#[openai_call]` future is not `Send` yet.
-    let calls = futures_util::stream::iter(0..config.calls).map(|i| {
-        let kind = plan(i, config.calls);
-        let clients = &clients;
+    let calls = futures_util::stream::iter(kinds.iter().copied().enumerate()).map(|(i, kind)| {
         let live = &live;
         let bar = &bar;
         async move {
@@ -272,24 +361,14 @@ pub async fn run(config: DemoConfig) -> Result<Summary, BoxError> {
     let _ = ticker.await;
     bar.finish_and_clear();
     outcomes.sort_by_key(|o| o.call);
-    let pacing = clients.pace.pacer().metrics();
-    Ok(Summary {
-        max_queue: live.max_queue.load(Ordering::Relaxed),
-        config,
-        outcomes,
-        pacing,
-        server: server.counts(),
-        billing_server: billing.counts(),
-        elapsed,
-    })
+    (outcomes, elapsed, live.max_queue.load(Ordering::Relaxed))
 }
 
-fn progress_bar(config: &DemoConfig) -> ProgressBar {
+fn progress_bar(config: &DemoConfig, calls: usize) -> ProgressBar {
     if !config.progress {
         return ProgressBar::hidden();
     }
-    let bar =
-        ProgressBar::with_draw_target(Some(config.calls as u64), ProgressDrawTarget::stderr());
+    let bar = ProgressBar::with_draw_target(Some(calls as u64), ProgressDrawTarget::stderr());
     let style = ProgressStyle::with_template(
         "{spinner:.green} [{elapsed_precise}] [{bar:32.cyan/blue}] {pos:>3}/{len} calls  {msg}",
     )

@@ -79,19 +79,27 @@ pub fn render(s: &Summary) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "oai-resilience demo: {calls} calls against the embedded mock OpenAI server in {}",
+        "oai-resilience demo: {calls} calls against {} in {}",
+        s.target,
         secs(s.elapsed)
     );
-    let _ = writeln!(
-        out,
-        "faults: a burst of {} calls in flight against {} requests/s enforced (the headers say {}/min), \
-         {} random 5xx, {} ms latency, one project with its quota exhausted",
-        c.concurrency.min(calls),
-        c.rate_per_sec,
-        c.rate_per_sec * 60,
-        percent(c.flaky),
-        c.latency.as_millis(),
-    );
+    if s.server.is_some() {
+        let _ = writeln!(
+            out,
+            "faults: a burst of {} calls in flight against {} requests/s enforced (the headers say {}/min), \
+             {} random 5xx, {} ms latency, one project with its quota exhausted",
+            c.concurrency.min(calls),
+            c.rate_per_sec,
+            c.rate_per_sec * 60,
+            percent(c.flaky),
+            c.latency.as_millis(),
+        );
+    } else {
+        let _ = writeln!(
+            out,
+            "planted faults: a missing parameter and a key pasted with quotes (both refused locally)"
+        );
+    }
     out.push('\n');
 
     let mut t = Table::default();
@@ -147,40 +155,42 @@ pub fn render(s: &Summary) -> String {
     t.render(&mut out);
     out.push('\n');
 
-    let mut by_status: BTreeMap<u16, u64> = BTreeMap::new();
-    for counts in [&s.server, &s.billing_server] {
-        for (status, n) in &counts.by_status {
-            *by_status.entry(*status).or_default() += n;
-        }
-    }
-    let answered: u64 = by_status.values().sum();
-    let mut t = Table::default();
-    t.row(
-        "the servers answered",
-        answered,
-        format!("(of {} requests received)", s.server_requests()),
-    );
-    // Whether any call ended on a transient error: if none did, every one was retried.
-    let gave_up_transient = failures.iter().any(|f| f.error.is_retryable());
-    let retried = if gave_up_transient {
-        ""
-    } else {
-        ", every one retried"
-    };
-    for (status, n) in &by_status {
-        let note = match status {
-            429 => {
-                let quota = s.server.quota_exceeded + s.billing_server.quota_exceeded;
-                let rate = s.server.rate_limited + s.billing_server.rate_limited;
-                format!("({rate} rate limit{retried}; {quota} insufficient quota)")
+    if let (Some(server), Some(billing)) = (&s.server, &s.billing_server) {
+        let mut by_status: BTreeMap<u16, u64> = BTreeMap::new();
+        for counts in [server, billing] {
+            for (status, n) in &counts.by_status {
+                *by_status.entry(*status).or_default() += n;
             }
-            500..=599 => format!("(random server errors{retried})"),
-            _ => String::new(),
+        }
+        let answered: u64 = by_status.values().sum();
+        let mut t = Table::default();
+        t.row(
+            "the servers answered",
+            answered,
+            format!("(of {} requests received)", server.total + billing.total),
+        );
+        // Whether any call ended on a transient error: if none did, every one was retried.
+        let gave_up_transient = failures.iter().any(|f| f.error.is_retryable());
+        let retried = if gave_up_transient {
+            ""
+        } else {
+            ", every one retried"
         };
-        t.row(format!("  {status} {}", status_label(*status)), n, note);
+        for (status, n) in &by_status {
+            let note = match status {
+                429 => {
+                    let quota = server.quota_exceeded + billing.quota_exceeded;
+                    let rate = server.rate_limited + billing.rate_limited;
+                    format!("({rate} rate limit{retried}; {quota} insufficient quota)")
+                }
+                500..=599 => format!("(random server errors{retried})"),
+                _ => String::new(),
+            };
+            t.row(format!("  {status} {}", status_label(*status)), n, note);
+        }
+        t.render(&mut out);
+        out.push('\n');
     }
-    t.render(&mut out);
-    out.push('\n');
 
     if failures.is_empty() {
         let _ = writeln!(out, "Every call succeeded.");

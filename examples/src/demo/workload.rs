@@ -8,12 +8,11 @@ use bytes::Bytes;
 use http::header::{AUTHORIZATION, CONTENT_TYPE};
 use http::{HeaderValue, Request};
 use http_body_util::{BodyExt, Full};
-use oai_resilience::{openai_call, AuthLayer, Error, ErrorKind, PaceLayer, RetryConfig};
+use oai_resilience::{openai_call, Error, ErrorKind, PaceLayer};
 use serde_json::{json, Value};
 use tower::ServiceExt;
 
-use super::DEMO_KEY;
-use crate::stack::{http_client, AttemptCounter, Layers, Stack};
+use crate::stack::{AttemptCounter, Layers, Stack};
 
 /// How a call is made.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -107,6 +106,8 @@ pub(crate) struct Clients {
     single: Stack,
     base: String,
     billing: String,
+    /// The key the `#[openai_call]` function sends (the stack's auth layer has its own).
+    key: String,
 }
 
 impl fmt::Debug for Clients {
@@ -119,14 +120,21 @@ impl fmt::Debug for Clients {
 }
 
 impl Clients {
-    pub(crate) fn new(base: &str, billing: &str, retry: RetryConfig) -> Self {
-        let layers = Layers::new(AuthLayer::from_key(DEMO_KEY)).retry(retry);
+    pub(crate) fn new(
+        layers: &Layers,
+        stack: Stack,
+        single: Stack,
+        base: &str,
+        billing: &str,
+        key: &str,
+    ) -> Self {
         Clients {
             pace: layers.pace.clone(),
-            stack: layers.build(http_client()),
-            single: layers.build_single_attempt(http_client()),
+            stack,
+            single,
             base: base.trim_end_matches('/').to_owned(),
             billing: billing.trim_end_matches('/').to_owned(),
+            key: key.to_owned(),
         }
     }
 
@@ -150,7 +158,7 @@ impl Clients {
                     .await
             }
             CallKind::MissingParameter => {
-                let body = json!({"model": "gpt-4o-mini", "max_completion_tokens": 20});
+                let body = json!({"model": "gpt-4o-mini", "max_completion_tokens": 5});
                 self.through_stack(&self.base, "/v1/chat/completions", &body, counter)
                     .await
             }
@@ -158,9 +166,9 @@ impl Clients {
                 self.through_stack(&self.billing, "/v1/chat/completions", &chat, counter)
                     .await
             }
-            CallKind::MacroChat => ask(&self.single, &self.base, DEMO_KEY, &chat, &counter).await,
+            CallKind::MacroChat => ask(&self.single, &self.base, &self.key, &chat, &counter).await,
             CallKind::QuotedKey => {
-                let pasted = format!("\"{DEMO_KEY}\"");
+                let pasted = format!("\"{}\"", self.key);
                 ask(&self.single, &self.base, &pasted, &chat, &counter).await
             }
         }
@@ -187,7 +195,7 @@ fn chat_body(i: usize) -> Value {
     json!({
         "model": "gpt-4o-mini",
         "messages": [{"role": "user", "content": format!("Summarize support ticket #{i} in one sentence.")}],
-        "max_completion_tokens": 20,
+        "max_completion_tokens": 5,
     })
 }
 
