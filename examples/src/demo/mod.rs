@@ -370,7 +370,7 @@ fn progress_bar(config: &DemoConfig, calls: usize) -> ProgressBar {
     }
     let bar = ProgressBar::with_draw_target(Some(calls as u64), ProgressDrawTarget::stderr());
     let style = ProgressStyle::with_template(
-        "{spinner:.green} [{elapsed_precise}] [{bar:32.cyan/blue}] {pos:>3}/{len} calls  {msg}",
+        "{spinner:.green} {elapsed:>3} [{bar:24.cyan/blue}] {pos:>3}/{len} calls  {wide_msg}",
     )
     .unwrap_or_else(|_| ProgressStyle::default_bar())
     .progress_chars("=> ");
