@@ -191,6 +191,12 @@ pub enum AuthCause {
     WrongPrefix,
     /// The key has characters that the configured shape does not allow.
     InvalidCharacters,
+    /// The key is shorter than the configured shape allows (often a truncated copy).
+    TooShort,
+    /// An `Authorization` header holds a bare key without the `Bearer ` scheme.
+    MissingBearerScheme,
+    /// The user-supplied key provider failed (its error is the [`Error`]'s source).
+    KeyProvider,
     /// Some other authentication failure.
     Other,
 }
@@ -213,6 +219,9 @@ impl AuthCause {
             AuthCause::Placeholder => "the API key is a documentation placeholder",
             AuthCause::WrongPrefix => "the API key does not have an accepted prefix",
             AuthCause::InvalidCharacters => "the API key contains characters keys never have",
+            AuthCause::TooShort => "the API key is too short",
+            AuthCause::MissingBearerScheme => "the Authorization header lacks the `Bearer ` scheme",
+            AuthCause::KeyProvider => "the key provider failed",
             AuthCause::Other => "authentication failed",
         }
     }
@@ -232,6 +241,9 @@ impl AuthCause {
             AuthCause::DoubledBearer => "pass the bare key; the `Bearer ` prefix is added for you",
             AuthCause::WrongPrefix => "OpenAI keys start with `sk-`; check that the key belongs to this service",
             AuthCause::InvalidCharacters => "re-copy the key: it contains characters that keys never have",
+            AuthCause::TooShort => "the key looks truncated: copy it again in full",
+            AuthCause::MissingBearerScheme => "send `Authorization: Bearer <key>`, or let the auth layer add the header",
+            AuthCause::KeyProvider => "see the key provider's error (the source); nothing was sent",
             AuthCause::Other => "check the API key and its permissions",
         }
     }
@@ -316,6 +328,8 @@ pub enum StopReason {
     HintTooLong,
     /// A custom policy said stop.
     Policy,
+    /// A retry was needed but the request body cannot be replayed.
+    NotReplayable,
 }
 
 impl StopReason {
@@ -327,6 +341,7 @@ impl StopReason {
             StopReason::Budget => "retry budget exhausted",
             StopReason::HintTooLong => "the server's retry hint exceeds the ceiling",
             StopReason::Policy => "the policy stopped",
+            StopReason::NotReplayable => "the request body cannot be replayed",
         }
     }
 }

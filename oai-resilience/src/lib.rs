@@ -8,20 +8,49 @@
 //!
 //! - [`classify`]: responses become typed [`Error`]s with OpenAI's `type`/`code`/`param`,
 //!   the request id, the rate-limit headers and an actionable [`Error::hint`].
+//! - [`auth`]: API keys found, checked locally before anything is sent, injected as a
+//!   sensitive header, and never printed ([`ApiKey`], [`AuthLayer`]).
+//! - [`pace`]: adaptive client-side pacing at the rate limit, learned from the headers.
+//! - [`retry`]: retries of what can succeed, with jitter, server hints, a shared budget and a
+//!   deadline.
+//! - [`stack`]: [`OpenAiLayer`], every layer above in the right order, in one call.
 //! - [`parse`]: the lenient, total parsers behind it, usable without tower.
+//! - [`validate`]: local request validation against rules generated from OpenAI's OpenAPI
+//!   spec, so a missing or invalid parameter costs no round trip.
+//! - [`openai_call`]: an attribute that runs an async function under the same retry policy
+//!   and attaches structured context to its errors ([`call`] holds its runtime).
+//! - `mock` (feature `mock`): an embedded mock OpenAI server for tests and examples.
 //!
 //! The error model is [`Error`] / [`ErrorKind`].
 #![doc(test(attr(deny(warnings))))]
 #![warn(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_auto_cfg))]
 
+pub mod auth;
+pub mod call;
 pub mod classify;
 pub mod error;
+#[cfg(feature = "mock")]
+pub mod mock;
+pub mod pace;
 pub mod parse;
+pub mod retry;
+pub mod stack;
+pub mod validate;
 
+#[doc(hidden)]
+pub mod __private;
+
+pub use oai_resilience_macros::openai_call;
+
+pub use auth::{ApiKey, AuthLayer, KeySource};
 pub use classify::{Classify, ClassifyLayer};
 pub use error::{
     AttemptOutcome, AuthCause, BoxError, CallContext, DelaySource, Error, ErrorKind, RetryContext,
     StopReason, Violation,
 };
+pub use pace::{Pace, PaceLayer, Pacer};
 pub use parse::{ApiError, RateLimitSnapshot};
+pub use retry::{Retry, RetryConfig, RetryLayer};
+pub use stack::{OpenAiLayer, OpenAiService};
+pub use validate::{ValidateLayer, Validator};

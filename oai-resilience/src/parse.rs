@@ -513,6 +513,12 @@ fn parse_count(s: &str) -> Option<u64> {
     (f.is_finite() && f >= 0.0 && f < u64::MAX as f64).then_some(f as u64)
 }
 
+/// Whether `word` occurs in `text` delimited by non-alphanumeric characters.
+fn has_word(text: &str, word: &str) -> bool {
+    text.split(|c: char| !c.is_ascii_alphanumeric())
+        .any(|w| w == word)
+}
+
 /// Reads the specific cause of a 401/403 from OpenAI's message and code.
 pub fn auth_cause(status: StatusCode, api: &ApiError) -> AuthCause {
     let m = api.message.to_ascii_lowercase();
@@ -527,11 +533,12 @@ pub fn auth_cause(status: StatusCode, api: &ApiError) -> AuthCause {
         AuthCause::MissingKey
     } else if m.contains("member of an organization") || code == "no_organization" {
         AuthCause::NotOrgMember
-    } else if m.contains("ip")
-        && (m.contains("not authorized")
-            || m.contains("not allowed")
-            || m.contains("allowlist")
-            || m.contains("allow list"))
+    } else if code == "ip_not_authorized"
+        || (has_word(&m, "ip")
+            && (m.contains("not authorized")
+                || m.contains("not allowed")
+                || m.contains("allowlist")
+                || m.contains("allow list")))
     {
         AuthCause::IpNotAllowed
     } else if m.contains("country")
@@ -807,6 +814,17 @@ mod tests {
             AuthCause::NotOrgMember
         );
         assert_eq!(c(401, "IP not authorized"), AuthCause::IpNotAllowed);
+        // "ip" inside another word is not an IP address.
+        assert_eq!(
+            c(401, "Membership not allowed for this recipient"),
+            AuthCause::Other
+        );
+        let ip = ApiError::new("Your request is not allowed from this network.")
+            .with_code("ip_not_authorized");
+        assert_eq!(
+            auth_cause(StatusCode::UNAUTHORIZED, &ip),
+            AuthCause::IpNotAllowed
+        );
         assert_eq!(
             c(403, "Country, region, or territory not supported"),
             AuthCause::UnsupportedRegion

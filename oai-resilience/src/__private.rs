@@ -1,0 +1,321 @@
+//! Runtime support for the code that `#[openai_call]` generates. Not a public API: the names
+//! and signatures here change without notice.
+
+use std::cell::Cell;
+use std::fmt::{self, Debug, Write as _};
+use std::future::Future;
+
+pub use std::sync::OnceLock;
+pub use std::time::Duration;
+
+use tracing::Instrument;
+
+pub use crate::retry::RetryConfig;
+
+use crate::auth::{self, ApiKey, EnvSource, KeyRules, KeySource};
+use crate::call::CallError;
+use crate::error::{AuthCause, CallContext, Error, ErrorKind, RetryContext, StopReason};
+use crate::parse::redact_secrets;
+use crate::validate::{self, Endpoint};
+
+/// The longest `Debug` text kept for one argument, in characters.
+pub const MAX_ARG_CHARS: usize = 256;
+
+/// `std::any::type_name` of a function item, to learn the annotated function's path.
+pub fn type_name_of<T>(_: T) -> &'static str {
+    std::any::type_name::<T>()
+}
+
+/// Turns the path of the marker item inside the annotated function into the function's path:
+/// `my_crate::api::summarize::__oai_fn_marker` becomes `my_crate::api::summarize`.
+pub fn function_path(marker: &'static str) -> &'static str {
+    let path = marker.strip_suffix("::__oai_fn_marker").unwrap_or(marker);
+    let mut path = path;
+    while let Some(p) = path.strip_suffix("::{{closure}}") {
+        path = p;
+    }
+    path
+}
+
+/// Accepts a `Duration` (or anything that converts into one) for duration options.
+pub fn into_duration(d: impl Into<Duration>) -> Duration {
+    d.into()
+}
+
+/// The base of an annotated function's retry configuration: `retry = <expr>` or the defaults.
+pub fn base_config(config: RetryConfig) -> RetryConfig {
+    config
+}
+
+/// Collects the arguments that are not skipped, as `(name, Debug text)`.
+#[derive(Debug, Default)]
+pub struct Args {
+    list: Vec<(String, String)>,
+}
+
+/// Whether an argument's name says it holds a secret, so its value is never shown.
+fn is_secret_name(name: &str) -> bool {
+    let n = name.to_ascii_lowercase();
+    n.ends_with("key")
+        || n.ends_with("secret")
+        || n.ends_with("password")
+        || n.ends_with("credentials")
+        || n == "token"
+        || n.ends_with("_token")
+        || n.ends_with("authorization")
+}
+
+/// A `fmt::Write` that keeps the first `max` characters and notes that more came.
+struct Truncating {
+    out: String,
+    chars: usize,
+    max: usize,
+    cut: bool,
+}
+
+impl fmt::Write for Truncating {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        for c in s.chars() {
+            if self.chars == self.max {
+                self.cut = true;
+                // Stop formatting: the rest would be thrown away.
+                return Err(fmt::Error);
+            }
+            self.out.push(c);
+            self.chars += 1;
+        }
+        Ok(())
+    }
+}
+
+impl Args {
+    /// Records one argument: its `Debug` text, truncated and redacted.
+    pub fn arg<T: Debug + ?Sized>(&mut self, name: &str, value: &T) {
+        let text = if is_secret_name(name) {
+            "[redacted]".to_owned()
+        } else {
+            let mut w = Truncating {
+                out: String::new(),
+                chars: 0,
+                // One more than kept, so a cut is seen even if the key-like token ends at it.
+                max: MAX_ARG_CHARS,
+                cut: false,
+            };
+            let _ = write!(w, "{value:?}");
+            let mut text = redact_secrets(&w.out).into_owned();
+            if w.cut {
+                text.push('…');
+            }
+            text
+        };
+        self.list.push((name.to_owned(), text));
+    }
+}
+
+/// One call of an annotated function.
+#[derive(Debug)]
+pub struct Call {
+    function: &'static str,
+    config: &'static RetryConfig,
+}
+
+impl Call {
+    /// A call of `function` under `config` (built once per function, so that the calls of one
+    /// function share its retry budget).
+    pub fn new(function: &'static str, config: &'static RetryConfig) -> Self {
+        Call { function, config }
+    }
+
+    fn context<A: Fn(&mut Args)>(&self, args: &A) -> CallContext {
+        let mut sink = Args::default();
+        args(&mut sink);
+        CallContext {
+            function: self.function.to_owned(),
+            args: sink.list,
+        }
+    }
+
+    /// The error for a call that a local check refused before the first attempt: the body ran
+    /// zero times.
+    pub fn rejected<E, A>(&self, err: Error, args: &A) -> E
+    where
+        E: CallError,
+        A: Fn(&mut Args),
+    {
+        let retry = RetryContext {
+            attempts: 0,
+            elapsed: Duration::ZERO,
+            stop: StopReason::NotRetryable,
+            outcomes: Vec::new(),
+            deadline: self.config.get_deadline(),
+            refused_hint: None,
+        };
+        tracing::info!(
+            target: "oai_resilience::call",
+            function = self.function,
+            kind = %err.kind(),
+            "refused before the first attempt"
+        );
+        E::from_error(err)
+            .attach_retry_context(retry)
+            .attach_call_context(self.context(args))
+    }
+
+    /// Runs the attempts through [`retry::call`](crate::retry::call) (the retry layer's loop,
+    /// policy, backoff, budget and deadline) inside an `openai_call` span, and attaches the
+    /// call's context to the final error.
+    pub async fn run<T, E, A, F, Fut>(self, args: &A, mut attempt: F) -> Result<T, E>
+    where
+        E: CallError,
+        A: Fn(&mut Args),
+        F: FnMut(u32) -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        let span = tracing::info_span!(
+            target: "oai_resilience::call",
+            "openai_call",
+            function = self.function,
+            attempts = tracing::field::Empty,
+        );
+        let attempts = Cell::new(0u32);
+        let result = crate::retry::call(self.config, |n| {
+            attempts.set(n);
+            tracing::debug!(target: "oai_resilience::call", attempt = n, "attempt");
+            attempt(n)
+        })
+        .instrument(span.clone())
+        .await;
+        span.record("attempts", attempts.get());
+        let _entered = span.enter();
+        match result {
+            Ok(v) => {
+                tracing::debug!(target: "oai_resilience::call", attempts = attempts.get(), "succeeded");
+                Ok(v)
+            }
+            Err(e) => {
+                tracing::info!(
+                    target: "oai_resilience::call",
+                    attempts = attempts.get(),
+                    kind = %e.classification().map_or(ErrorKind::Internal, |e| e.kind()),
+                    "failed"
+                );
+                Err(e.attach_call_context(self.context(args)))
+            }
+        }
+    }
+}
+
+/// Validates the argument `value` as the JSON body of `method path` with the validation
+/// layer's rules ([`validate::validate_value`]), before the first attempt.
+///
+/// # Errors
+///
+/// [`ErrorKind::InvalidParameter`] with every violation, or when `value` does not serialize;
+/// [`ErrorKind::Internal`] when the crate has no rules for `method path` (a typo in the
+/// attribute must not turn validation off silently).
+pub fn validate<T: serde::Serialize + ?Sized>(
+    value: &T,
+    method: &str,
+    path: &str,
+) -> Result<(), Error> {
+    let endpoint = Endpoint::from_path(path)
+        .filter(|e| e.method().as_str() == method)
+        .ok_or_else(|| {
+            Error::new(ErrorKind::Internal).with_detail(format!(
+                "`validate(..)` names {method} {path}, an endpoint without validation rules"
+            ))
+        })?;
+    let json = serde_json::to_value(value).map_err(|e| {
+        Error::new(ErrorKind::InvalidParameter).with_detail(format!(
+            "the body of {method} {path} does not serialize to JSON: {e}"
+        ))
+    })?;
+    validate::validate_value(endpoint, &json)
+}
+
+/// Checks the API key held by an argument or expression, before the first attempt, with the
+/// auth layer's checks ([`auth::check_key`] with [`KeyRules::openai`]).
+///
+/// # Errors
+///
+/// The auth layer's [`ErrorKind::MissingApiKey`] / [`ErrorKind::MalformedApiKey`].
+pub async fn check_key<K: KeyArg + ?Sized>(key: &K) -> Result<(), Error> {
+    let rules = KeyRules::openai();
+    match key.key() {
+        KeyRef::Missing => Err(Error::new(ErrorKind::MissingApiKey)
+            .with_auth_cause(AuthCause::MissingKey)
+            .with_detail("the `api_key` of this call holds no key")),
+        KeyRef::Key(k) => auth::check_key(k, &rules),
+        KeyRef::Source(source) => source.resolve_checked(&rules).await.map(drop),
+    }
+}
+
+/// Checks the API key in the environment variable `var`, before the first attempt.
+///
+/// # Errors
+///
+/// As [`check_key`].
+pub async fn check_key_env(var: &'static str) -> Result<(), Error> {
+    let source = KeySource::from(EnvSource::new().key_var(var));
+    source.resolve_checked(&KeyRules::openai()).await.map(drop)
+}
+
+/// A key, or where to get one.
+#[derive(Debug)]
+pub enum KeyRef<'a> {
+    /// No key.
+    Missing,
+    /// The key.
+    Key(&'a str),
+    /// A source to resolve.
+    Source(&'a KeySource),
+}
+
+/// What `api_key = <expr>` accepts: a `&str`, `String`, [`ApiKey`], `SecretString`,
+/// [`KeySource`], or an `Option` of one.
+pub trait KeyArg {
+    /// The key, or where to get it.
+    fn key(&self) -> KeyRef<'_>;
+}
+
+impl KeyArg for str {
+    fn key(&self) -> KeyRef<'_> {
+        KeyRef::Key(self)
+    }
+}
+
+impl KeyArg for String {
+    fn key(&self) -> KeyRef<'_> {
+        KeyRef::Key(self)
+    }
+}
+
+impl KeyArg for ApiKey {
+    fn key(&self) -> KeyRef<'_> {
+        KeyRef::Key(self.expose_secret())
+    }
+}
+
+impl KeyArg for secrecy::SecretString {
+    fn key(&self) -> KeyRef<'_> {
+        KeyRef::Key(secrecy::ExposeSecret::expose_secret(self))
+    }
+}
+
+impl KeyArg for KeySource {
+    fn key(&self) -> KeyRef<'_> {
+        KeyRef::Source(self)
+    }
+}
+
+impl<K: KeyArg + ?Sized> KeyArg for &K {
+    fn key(&self) -> KeyRef<'_> {
+        (**self).key()
+    }
+}
+
+impl<K: KeyArg> KeyArg for Option<K> {
+    fn key(&self) -> KeyRef<'_> {
+        self.as_ref().map_or(KeyRef::Missing, KeyArg::key)
+    }
+}

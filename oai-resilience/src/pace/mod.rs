@@ -1,0 +1,114 @@
+//! Adaptive client-side pacing: wait locally for the rate limit instead of collecting 429s.
+//!
+//! OpenAI's advice for a 429 is to add delays between requests. Retrying blindly does not
+//! work: failed requests count against the limit too, and a burst of clients that all back off
+//! and come back together keeps hitting it. [`PaceLayer`] keeps the state of each limit (a
+//! [`PaceKey`]: base URL + a hash of the key + model) in one [`Pacer`] shared by every clone of
+//! the stack, and makes each request wait for a slot before it goes out:
+//!
+//! - **It learns from headers.** `x-ratelimit-limit-*` is the bucket's capacity, `remaining`
+//!   what is left now, `reset` the time until it is full again; the refill rate is
+//!   (limit − remaining) / reset, which holds for a minute bucket (1,000 RPM refills 16.7/s)
+//!   and for a small bucket with a fast refill alike. Requests still in flight are subtracted
+//!   from `remaining`, since the server had not counted them yet.
+//! - **It estimates tokens** from the body (prompt text at ~4 characters per token, plus
+//!   `max_tokens`/`max_completion_tokens` × `n`, see [`CostEstimator`]) and corrects the
+//!   estimate with the headers' `remaining-tokens`.
+//! - **A 429 pauses the whole key** until the server's hint, not only the request that got it.
+//!   A 429 that the headers do not explain (they showed room: OpenAI may enforce a per-minute
+//!   limit per second; or there are no headers at all) switches on an adaptive rate:
+//!   multiplicative decrease on a 429, additive increase on success ([`AimdConfig`]).
+//! - **A cold key is probed** with one request; the others wait for its headers, so a cold
+//!   burst does not go out blind. Then the requests in flight grow as in TCP's slow start
+//!   (doubling every round trip) until the first 429, so that a limit the headers hide costs
+//!   a few 429s, not a burst of them. [`StaticLimits`] (RPM, TPM) make a key known from the
+//!   start.
+//! - **Waiting is fair** (first come, first served), cancellable (dropping the future gives
+//!   the place back), bounded by [`PacerConfig::max_wait`] and by a [`CallDeadline`] request
+//!   extension, and visible: `tracing` events and [`Pacer::metrics`] (queue length, waits,
+//!   total wait time).
+//!
+//! A request that cannot get a slot in time fails with [`ErrorKind::RateLimited`],
+//! no status, and a detail that starts with "paced locally" ([`is_paced_locally`]); nothing
+//! was sent.
+//!
+//! Pace sits under the retry layer (every attempt waits for a slot) and above classify (it
+//! reads the [`RateLimitSnapshot`](crate::RateLimitSnapshot) that classify attaches, and the
+//! typed 429s).
+//!
+//! ```
+//! use bytes::Bytes;
+//! use http_body_util::Full;
+//! use oai_resilience::{classify::ClassifyLayer, pace::PaceLayer};
+//! use tower::{service_fn, Service, ServiceBuilder, ServiceExt};
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() -> Result<(), oai_resilience::Error> {
+//! // A server with a bucket of 2 requests that refills 2 per second: after one call 1 is
+//! // left (full again in 500 ms), after two calls none (full again in 1 s).
+//! let calls = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+//! let upstream = service_fn(move |_req: http::Request<Full<Bytes>>| {
+//!     let n = calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+//!     let (remaining, reset) = if n == 0 { ("1", "500ms") } else { ("0", "1s") };
+//!     async move {
+//!         Ok::<_, std::convert::Infallible>(
+//!             http::Response::builder()
+//!                 .header("x-ratelimit-limit-requests", "2")
+//!                 .header("x-ratelimit-remaining-requests", remaining)
+//!                 .header("x-ratelimit-reset-requests", reset)
+//!                 .body(Full::new(Bytes::from_static(b"{}")))
+//!                 .unwrap(),
+//!         )
+//!     }
+//! });
+//! let pace = PaceLayer::new();
+//! let mut svc = ServiceBuilder::new()
+//!     .layer(pace.clone())
+//!     .layer(ClassifyLayer::new())
+//!     .service(upstream);
+//! let body = r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}"#;
+//! let start = tokio::time::Instant::now();
+//! for _ in 0..3 {
+//!     let req = http::Request::post("https://api.openai.com/v1/chat/completions")
+//!         .body(Full::new(Bytes::from(body)))
+//!         .unwrap();
+//!     svc.ready().await?.call(req).await?;
+//! }
+//! // The headers said the bucket was empty, refilled at (2 − 0) / 1 s = 2/s: the third call
+//! // waited 500 ms for its slot.
+//! assert!(start.elapsed() >= std::time::Duration::from_millis(500));
+//! assert_eq!(pace.pacer().metrics().waits, 1);
+//! # Ok(()) }
+//! ```
+
+mod cost;
+mod key;
+mod layer;
+mod pacer;
+mod service;
+
+pub use cost::{Cost, CostEstimator, PaceBody};
+pub use key::PaceKey;
+pub use layer::{KeyFn, PaceLayer};
+pub use pacer::{
+    Acquire, AimdConfig, KeySnapshot, PaceMetrics, Pacer, PacerConfig, Permit, StaticLimits,
+};
+pub use service::{Pace, ResponseFuture};
+
+use crate::error::{Error, ErrorKind};
+
+/// The call's deadline, as a request extension: the pacer never waits past it.
+///
+/// A layer above (the retry layer, a caller) inserts it; without it only
+/// [`PacerConfig::max_wait`] bounds the wait.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct CallDeadline(pub tokio::time::Instant);
+
+/// Whether `err` was raised by the pacer (no slot in time; nothing was sent), as opposed to a
+/// 429 from the server.
+pub fn is_paced_locally(err: &Error) -> bool {
+    err.kind() == ErrorKind::RateLimited
+        && err.status().is_none()
+        && err
+            .detail()
+            .is_some_and(|d| d.starts_with(pacer::PACED_LOCALLY))
+}

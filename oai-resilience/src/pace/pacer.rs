@@ -1,0 +1,1111 @@
+//! The pacing state machine: per-key buckets, 429 pauses, an AIMD rate and a fair queue.
+//!
+//! This is the in-process store. It knows nothing of tower or HTTP bodies: [`Pacer::acquire`]
+//! waits for a slot, the returned [`Permit`] reports the outcome, and the rest is bookkeeping
+//! under one short-held `Mutex` per key. No task is spawned: each waiter's future sleeps on its
+//! own timer and is woken when the queue or the state moves.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use tokio::time::{Instant, Sleep};
+
+use crate::error::{DelaySource, Error, ErrorKind};
+use crate::parse::RateLimitSnapshot;
+
+use super::cost::Cost;
+use super::key::PaceKey;
+
+/// The detail that marks an error raised by the pacer (nothing was sent).
+pub(crate) const PACED_LOCALLY: &str = "paced locally";
+
+/// Limits known in advance, per key: requests and tokens per minute.
+///
+/// Each becomes a minute bucket: capacity = the limit, refilled at limit/60 per second. When
+/// headers arrive, the smaller of the static and the learned values wins, so static limits can
+/// also keep headroom below the real ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct StaticLimits {
+    /// Requests per minute.
+    pub rpm: Option<u64>,
+    /// Tokens per minute.
+    pub tpm: Option<u64>,
+}
+
+/// The adaptive (AIMD) rate's parameters.
+///
+/// A 429 that the headers do not explain (they showed room, or there were none) switches the
+/// rate on at `beta` times the rate measured over the last second, at most once per round of
+/// requests in flight; every success raises it by `increase` requests per second per second
+/// of successes (`increase / rate` per success).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AimdConfig {
+    /// Multiplicative decrease factor.
+    ///
+    /// # Default
+    /// 0.7 (as AWS's adaptive retry mode).
+    pub beta: f64,
+    /// Additive increase, in requests per second gained per second of successes.
+    ///
+    /// # Default
+    /// 2.0.
+    pub increase: f64,
+    /// The lowest rate, in requests per second.
+    ///
+    /// # Default
+    /// 0.5 (as AWS's adaptive retry mode).
+    pub min_rate: f64,
+    /// The highest rate; above it the adaptive limit switches itself off again.
+    ///
+    /// # Default
+    /// 10,000 requests per second.
+    pub max_rate: f64,
+    /// Burst allowed at the adaptive rate, in seconds of rate (at least one request).
+    ///
+    /// # Default
+    /// 100 ms.
+    pub burst: Duration,
+}
+
+impl Default for AimdConfig {
+    fn default() -> Self {
+        AimdConfig {
+            beta: 0.7,
+            increase: 2.0,
+            min_rate: 0.5,
+            max_rate: 10_000.0,
+            burst: Duration::from_millis(100),
+        }
+    }
+}
+
+/// The pacer's configuration.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct PacerConfig {
+    /// The longest a request waits locally before it fails with a paced-locally error.
+    ///
+    /// # Default
+    /// 60 seconds. `None`: no bound but the call's deadline.
+    pub max_wait: Option<Duration>,
+    /// Limits known in advance.
+    ///
+    /// # Default
+    /// None.
+    pub static_limits: StaticLimits,
+    /// While nothing is known of a key (no response yet), let one request go first and hold
+    /// the others until its headers arrive, so a cold burst does not collect 429s.
+    ///
+    /// # Default
+    /// `true`; static limits make the key known from the start.
+    pub probe: bool,
+    /// After the probe, grow the number of requests in flight like TCP's slow start (+1 per
+    /// success, so it doubles every round trip) until the first 429 or 256 in flight, so that a
+    /// limit the headers do not show (a quantized one) costs a handful of 429s, not a whole
+    /// burst of them.
+    ///
+    /// # Default
+    /// `true` (only with [`probe`](Self::probe)).
+    pub slow_start: bool,
+    /// How long the key pauses after a 429 that gives no hint and whose headers do not say.
+    ///
+    /// # Default
+    /// 1 second.
+    pub default_pause: Duration,
+    /// The adaptive rate.
+    pub aimd: AimdConfig,
+}
+
+impl Default for PacerConfig {
+    fn default() -> Self {
+        PacerConfig {
+            max_wait: Some(Duration::from_secs(60)),
+            static_limits: StaticLimits::default(),
+            probe: true,
+            slow_start: true,
+            default_pause: Duration::from_secs(1),
+            aimd: AimdConfig::default(),
+        }
+    }
+}
+
+/// The pacer's counters, across keys. See [`Pacer::metrics`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct PaceMetrics {
+    /// Requests waiting for a slot now.
+    pub queue_len: usize,
+    /// Requests granted a slot, in total.
+    pub granted: u64,
+    /// Requests that had to wait (were not granted at once), in total.
+    pub waits: u64,
+    /// Time spent waiting, summed over requests.
+    pub wait_time: Duration,
+    /// Requests that failed locally (max wait or deadline), in total.
+    pub paced_errors: u64,
+    /// 429s reported to the pacer, in total.
+    pub rate_limited: u64,
+    /// Keys tracked now.
+    pub keys: usize,
+}
+
+/// What the pacer knows of one key, for tests, demos and diagnostics. See [`Pacer::key_state`].
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct KeySnapshot {
+    /// Requests waiting on this key.
+    pub queue_len: usize,
+    /// Requests granted and not yet answered.
+    pub in_flight: u32,
+    /// Whether a response (or static limits) has told the pacer about this key.
+    pub known: bool,
+    /// The most requests allowed in flight while probing and in slow start; `None` after.
+    pub window: Option<u32>,
+    /// The request bucket: `(capacity, level, refill per second)`, if known.
+    pub requests: Option<(f64, f64, f64)>,
+    /// The token bucket: `(capacity, level, refill per second)`, if known.
+    pub tokens: Option<(f64, f64, f64)>,
+    /// Paused until then after a 429.
+    pub paused_until: Option<Instant>,
+    /// The adaptive rate in requests per second, when on.
+    pub adaptive_rate: Option<f64>,
+    /// The factor that corrects token estimates (1.0 until headers say otherwise).
+    pub token_ratio: f64,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    capacity: f64,
+    level: f64,
+    refill: f64,
+    at: Instant,
+    /// Decayed sums of (limit − remaining) and of reset seconds over the snapshots: their
+    /// ratio is the refill rate, weighted so that an integer `remaining` off by one on a
+    /// nearly full bucket does not swing it.
+    used_sum: f64,
+    reset_sum: f64,
+}
+
+const EPS: f64 = 1e-6;
+const MIN_RESET: Duration = Duration::from_millis(10);
+/// Slow start ends at this many requests in flight.
+const SLOW_START_MAX: u32 = 256;
+
+impl Bucket {
+    fn full(capacity: f64, refill: f64, now: Instant) -> Self {
+        Bucket {
+            capacity,
+            level: capacity,
+            refill,
+            at: now,
+            used_sum: 0.0,
+            reset_sum: 0.0,
+        }
+    }
+
+    fn advance(&mut self, now: Instant) {
+        if now > self.at {
+            let dt = (now - self.at).as_secs_f64();
+            self.level = (self.level + self.refill * dt).min(self.capacity);
+            self.at = now;
+        }
+    }
+
+    /// How long until `cost` is available (a cost above capacity waits for a full bucket).
+    /// `None`: never, with no refill.
+    fn wait_for(&self, cost: f64) -> Option<Duration> {
+        let need = cost.min(self.capacity);
+        if self.level + EPS >= need {
+            return Some(Duration::ZERO);
+        }
+        if self.refill <= 0.0 {
+            return None;
+        }
+        let secs = (need - self.level) / self.refill;
+        Some(Duration::from_secs_f64(secs.min(1e6)))
+    }
+
+    fn view(&self) -> (f64, f64, f64) {
+        (self.capacity, self.level, self.refill)
+    }
+}
+
+/// Requests sent in the last second or so.
+#[derive(Debug, Clone, Copy)]
+struct RateMeter {
+    start: Instant,
+    count: f64,
+    prev: f64,
+}
+
+impl RateMeter {
+    fn roll(&mut self, now: Instant) {
+        let dt = now.saturating_duration_since(self.start).as_secs_f64();
+        if dt >= 1.0 {
+            self.prev = self.count / dt;
+            self.start = now;
+            self.count = 0.0;
+        }
+    }
+
+    fn record(&mut self, now: Instant) {
+        self.roll(now);
+        self.count += 1.0;
+    }
+
+    fn rate(&mut self, now: Instant) -> f64 {
+        self.roll(now);
+        let dt = now.saturating_duration_since(self.start).as_secs_f64();
+        self.prev.max(self.count / dt.max(1.0))
+    }
+}
+
+#[derive(Debug)]
+struct KeyState {
+    queue: BTreeMap<u64, Option<Waker>>,
+    next_ticket: u64,
+    requests: Option<Bucket>,
+    tokens: Option<Bucket>,
+    paused_until: Option<Instant>,
+    aimd: Option<Bucket>,
+    /// The grant count at the last decrease: requests granted before it belong to the round
+    /// that was already punished.
+    last_decrease: Option<u64>,
+    known: bool,
+    /// Requests allowed in flight while probing / in slow start.
+    window: Option<u32>,
+    in_flight: u32,
+    in_flight_tokens: u64,
+    grants: u64,
+    meter: RateMeter,
+    token_ratio: f64,
+}
+
+enum Step {
+    Granted(GrantInfo),
+    /// Wait: until the instant if known (head of the queue), else until woken.
+    Wait(Option<Instant>),
+}
+
+struct GrantInfo {
+    tokens: u64,
+    level_before: Option<f64>,
+    grants: u64,
+}
+
+impl KeyState {
+    fn new(config: &PacerConfig, now: Instant) -> Self {
+        let requests = config
+            .static_limits
+            .rpm
+            .map(|rpm| Bucket::full(rpm as f64, rpm as f64 / 60.0, now));
+        let tokens = config
+            .static_limits
+            .tpm
+            .map(|tpm| Bucket::full(tpm as f64, tpm as f64 / 60.0, now));
+        let known = requests.is_some() || tokens.is_some() || !config.probe;
+        KeyState {
+            queue: BTreeMap::new(),
+            next_ticket: 0,
+            known,
+            window: (!known).then_some(1),
+            requests,
+            tokens,
+            paused_until: None,
+            aimd: None,
+            last_decrease: None,
+            in_flight: 0,
+            in_flight_tokens: 0,
+            grants: 0,
+            meter: RateMeter {
+                start: now,
+                count: 0.0,
+                prev: 0.0,
+            },
+            token_ratio: 1.0,
+        }
+    }
+
+    fn advance(&mut self, now: Instant) {
+        for b in [&mut self.requests, &mut self.tokens, &mut self.aimd]
+            .into_iter()
+            .flatten()
+        {
+            b.advance(now);
+        }
+        if self.paused_until.is_some_and(|p| p <= now) {
+            self.paused_until = None;
+        }
+    }
+
+    fn wake_head(&mut self) {
+        if let Some((_, w)) = self.queue.iter_mut().next() {
+            if let Some(w) = w.take() {
+                w.wake();
+            }
+        }
+    }
+
+    /// The estimate corrected by the learned ratio, with a 2 % margin: an estimate a little
+    /// high costs a little throughput, one a little low costs a 429.
+    fn scaled(&self, tokens: u64) -> u64 {
+        if self.token_ratio == 1.0 {
+            return tokens;
+        }
+        (tokens as f64 * self.token_ratio * 1.02).ceil() as u64
+    }
+
+    fn step(&mut self, ticket: u64, cost: Cost, now: Instant, waker: &Waker) -> Step {
+        self.advance(now);
+        let is_head = self.queue.keys().next() == Some(&ticket);
+        if !is_head {
+            self.queue.insert(ticket, Some(waker.clone()));
+            return Step::Wait(None);
+        }
+        // The head: wait for a pause, a probe, or room in every bucket.
+        if self.window.is_some_and(|w| self.in_flight >= w) {
+            self.queue.insert(ticket, Some(waker.clone()));
+            return Step::Wait(None);
+        }
+        let tokens = self.scaled(cost.tokens);
+        let mut ready = now;
+        if let Some(p) = self.paused_until {
+            ready = ready.max(p);
+        }
+        let waits = [
+            self.requests.map(|b| b.wait_for(1.0)),
+            self.tokens.map(|b| b.wait_for(tokens as f64)),
+            self.aimd.map(|b| b.wait_for(1.0)),
+        ];
+        for w in waits.into_iter().flatten() {
+            match w {
+                Some(d) => ready = ready.max(now + d),
+                None => {
+                    self.queue.insert(ticket, Some(waker.clone()));
+                    return Step::Wait(None);
+                }
+            }
+        }
+        if ready > now {
+            self.queue.insert(ticket, Some(waker.clone()));
+            return Step::Wait(Some(ready));
+        }
+        // Granted: take from every bucket, leave the queue, let the next head look.
+        let level_before = self.tokens.map(|b| b.level);
+        if let Some(b) = &mut self.requests {
+            b.level -= 1.0;
+        }
+        if let Some(b) = &mut self.tokens {
+            b.level -= tokens as f64;
+        }
+        if let Some(b) = &mut self.aimd {
+            b.level -= 1.0;
+        }
+        self.queue.remove(&ticket);
+        self.in_flight += 1;
+        self.in_flight_tokens = self.in_flight_tokens.saturating_add(tokens);
+        self.grants += 1;
+        self.meter.record(now);
+        self.wake_head();
+        Step::Granted(GrantInfo {
+            tokens,
+            level_before,
+            grants: self.grants,
+        })
+    }
+
+    fn leave(&mut self, ticket: u64) {
+        let was_head = self.queue.keys().next() == Some(&ticket);
+        self.queue.remove(&ticket);
+        if was_head {
+            self.wake_head();
+        }
+    }
+
+    fn finish(&mut self, tokens: u64) {
+        self.in_flight = self.in_flight.saturating_sub(1);
+        self.in_flight_tokens = self.in_flight_tokens.saturating_sub(tokens);
+    }
+
+    /// Learns from a snapshot. `others` are the requests and tokens still in flight besides
+    /// the one this snapshot answers: the server had not counted them yet.
+    fn learn(&mut self, snap: &RateLimitSnapshot, now: Instant, config: &PacerConfig) {
+        let (others, others_tokens) = (self.in_flight as f64, self.in_flight_tokens as f64);
+        let static_req = config.static_limits.rpm.map(|v| v as f64);
+        let static_tok = config.static_limits.tpm.map(|v| v as f64);
+        learn_bucket(
+            &mut self.requests,
+            (
+                snap.limit_requests,
+                snap.remaining_requests,
+                snap.reset_requests,
+            ),
+            static_req,
+            others,
+            now,
+        );
+        learn_bucket(
+            &mut self.tokens,
+            (snap.limit_tokens, snap.remaining_tokens, snap.reset_tokens),
+            static_tok,
+            others_tokens,
+            now,
+        );
+        // A bucket reported empty without a limit to model it: pause until its reset.
+        for (limit, remaining, reset) in [
+            (
+                snap.limit_requests,
+                snap.remaining_requests,
+                snap.reset_requests,
+            ),
+            (snap.limit_tokens, snap.remaining_tokens, snap.reset_tokens),
+        ] {
+            if let (None, Some(0), Some(reset)) = (limit, remaining, reset) {
+                self.pause(now + reset);
+            }
+        }
+    }
+
+    fn pause(&mut self, until: Instant) {
+        if self.paused_until.is_none_or(|p| p < until) {
+            self.paused_until = Some(until);
+        }
+    }
+
+    /// An answer came back: the probe is over, and slow start grows by one.
+    fn answered(&mut self, config: &PacerConfig) {
+        self.known = true;
+        self.window = match self.window {
+            Some(w) if config.slow_start && w + 1 < SLOW_START_MAX => Some(w + 1),
+            _ => None,
+        };
+    }
+
+    fn success(&mut self, config: &PacerConfig) {
+        self.answered(config);
+        if let Some(b) = &mut self.aimd {
+            let rate = b.refill.max(EPS);
+            let new = rate + config.aimd.increase / rate;
+            if new >= config.aimd.max_rate {
+                self.aimd = None;
+                tracing::debug!("adaptive pacing rate recovered: off");
+            } else {
+                set_rate(b, new, &config.aimd);
+            }
+        }
+    }
+
+    fn decrease(&mut self, now: Instant, config: &PacerConfig) -> f64 {
+        let measured = self.meter.rate(now);
+        let base = match &self.aimd {
+            Some(b) => b.refill.min(measured.max(config.aimd.min_rate)),
+            None => measured,
+        };
+        let rate = (base * config.aimd.beta).max(config.aimd.min_rate);
+        let b = self.aimd.get_or_insert(Bucket {
+            level: 0.0,
+            ..Bucket::full(1.0, rate, now)
+        });
+        set_rate(b, rate, &config.aimd);
+        b.level = b.level.min(0.0);
+        self.last_decrease = Some(self.grants);
+        rate
+    }
+}
+
+fn set_rate(b: &mut Bucket, rate: f64, aimd: &AimdConfig) {
+    b.refill = rate.clamp(aimd.min_rate, aimd.max_rate);
+    b.capacity = (b.refill * aimd.burst.as_secs_f64()).max(1.0);
+    b.level = b.level.min(b.capacity);
+}
+
+fn learn_bucket(
+    slot: &mut Option<Bucket>,
+    (limit, remaining, reset): (Option<u64>, Option<u64>, Option<Duration>),
+    static_limit: Option<f64>,
+    others: f64,
+    now: Instant,
+) {
+    let (Some(limit), Some(remaining)) = (limit, remaining) else {
+        return;
+    };
+    if limit == 0 {
+        return;
+    }
+    let mut capacity = limit as f64;
+    if let Some(s) = static_limit {
+        capacity = capacity.min(s);
+    }
+    let b = slot.get_or_insert(Bucket::full(capacity, capacity / 60.0, now));
+    b.advance(now);
+    b.capacity = capacity;
+    // Not limit/60: the refill the headers imply, (limit − remaining) / reset, which a
+    // small fast bucket obeys as well as a minute bucket.
+    let used = limit.saturating_sub(remaining) as f64;
+    // A reset under 10 ms is too coarse to divide by (servers round it to the millisecond).
+    if let Some(reset) = reset.filter(|r| *r >= MIN_RESET && used > 0.0) {
+        b.used_sum = 0.8 * b.used_sum + used;
+        b.reset_sum = 0.8 * b.reset_sum + reset.as_secs_f64();
+        let r = b.used_sum / b.reset_sum;
+        b.refill = match static_limit {
+            Some(s) => r.min(s / 60.0),
+            None => r,
+        };
+    }
+    b.level = (remaining as f64).min(capacity) - others;
+}
+
+struct Shared {
+    config: PacerConfig,
+    keys: Mutex<HashMap<PaceKey, Arc<KeyEntry>>>,
+    queue_len: AtomicUsize,
+    granted: AtomicU64,
+    waits: AtomicU64,
+    wait_nanos: AtomicU64,
+    paced_errors: AtomicU64,
+    rate_limited: AtomicU64,
+}
+
+struct KeyEntry {
+    key: PaceKey,
+    state: Mutex<KeyState>,
+}
+
+impl KeyEntry {
+    fn lock(&self) -> MutexGuard<'_, KeyState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The in-process pacing store, shared by every clone. See the [module docs](super).
+///
+/// ```
+/// use oai_resilience::pace::{Cost, PaceKey, Pacer, PacerConfig, StaticLimits};
+///
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() {
+/// let mut config = PacerConfig::default();
+/// config.static_limits = StaticLimits { rpm: Some(60), tpm: None };
+/// let pacer = Pacer::new(config);
+/// let key = PaceKey::new("api.openai.com");
+/// let permit = pacer.acquire(&key, Cost::tokens(10), None).await.unwrap();
+/// permit.on_response(None);
+/// assert_eq!(pacer.metrics().granted, 1);
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct Pacer {
+    shared: Arc<Shared>,
+}
+
+impl fmt::Debug for Pacer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Pacer")
+            .field("config", &self.shared.config)
+            .field("metrics", &self.metrics())
+            .finish()
+    }
+}
+
+impl Default for Pacer {
+    fn default() -> Self {
+        Pacer::new(PacerConfig::default())
+    }
+}
+
+impl Pacer {
+    /// A pacer with `config`.
+    pub fn new(config: PacerConfig) -> Self {
+        Pacer {
+            shared: Arc::new(Shared {
+                config,
+                keys: Mutex::new(HashMap::new()),
+                queue_len: AtomicUsize::new(0),
+                granted: AtomicU64::new(0),
+                waits: AtomicU64::new(0),
+                wait_nanos: AtomicU64::new(0),
+                paced_errors: AtomicU64::new(0),
+                rate_limited: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &PacerConfig {
+        &self.shared.config
+    }
+
+    fn entry(&self, key: &PaceKey) -> Arc<KeyEntry> {
+        let mut keys = self.shared.keys.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(e) = keys.get(key) {
+            return e.clone();
+        }
+        let entry = Arc::new(KeyEntry {
+            key: key.clone(),
+            state: Mutex::new(KeyState::new(&self.shared.config, Instant::now())),
+        });
+        keys.insert(key.clone(), entry.clone());
+        entry
+    }
+
+    fn existing(&self, key: &PaceKey) -> Option<Arc<KeyEntry>> {
+        let keys = self.shared.keys.lock().unwrap_or_else(|e| e.into_inner());
+        keys.get(key).cloned()
+    }
+
+    /// Waits, first come first served, for a slot on `key` for a request of `cost`.
+    ///
+    /// The wait ends at `deadline` (if given) or after the configured max wait; the future
+    /// can be dropped at any time, which gives its place back.
+    ///
+    /// # Errors
+    /// An [`ErrorKind::RateLimited`] error without a status, whose detail says it was paced
+    /// locally (see [`is_paced_locally`](super::is_paced_locally)), when the slot cannot come
+    /// before the deadline or the max wait. Its [`Error::retry_after`] is the expected wait
+    /// when known.
+    pub fn acquire(&self, key: &PaceKey, cost: Cost, deadline: Option<Instant>) -> Acquire {
+        let entry = self.entry(key);
+        let started = Instant::now();
+        let ticket = {
+            let mut st = entry.lock();
+            let t = st.next_ticket;
+            st.next_ticket += 1;
+            st.queue.insert(t, None);
+            t
+        };
+        self.shared.queue_len.fetch_add(1, Ordering::Relaxed);
+        let max_wait = self.shared.config.max_wait.map(|w| started + w);
+        let (limit, by_deadline) = match (deadline, max_wait) {
+            (Some(d), Some(m)) if d <= m => (Some(d), true),
+            (Some(d), None) => (Some(d), true),
+            (_, m) => (m, false),
+        };
+        Acquire {
+            shared: self.shared.clone(),
+            entry,
+            ticket,
+            cost,
+            started,
+            limit,
+            by_deadline,
+            sleep: None,
+            done: false,
+            waited: false,
+        }
+    }
+
+    /// Learns from a response's `x-ratelimit-*` snapshot, outside of any permit (a response
+    /// that arrived through another path). Prefer [`Permit::on_response`].
+    pub fn on_response(&self, key: &PaceKey, snapshot: &RateLimitSnapshot) {
+        let entry = self.entry(key);
+        let mut st = entry.lock();
+        let now = Instant::now();
+        st.advance(now);
+        st.known = true;
+        st.learn(snapshot, now, &self.shared.config);
+        st.success(&self.shared.config);
+        st.wake_head();
+    }
+
+    /// Reports a 429 on `key` outside of any permit: pauses the key until `hint` (or the
+    /// headers' reset, or the default pause). Prefer [`Permit::on_rate_limited`].
+    pub fn on_rate_limited(
+        &self,
+        key: &PaceKey,
+        hint: Option<Duration>,
+        snapshot: Option<&RateLimitSnapshot>,
+    ) {
+        let entry = self.entry(key);
+        rate_limited(&self.shared, &entry, hint, snapshot, None);
+    }
+
+    /// The counters, across keys.
+    pub fn metrics(&self) -> PaceMetrics {
+        let s = &self.shared;
+        PaceMetrics {
+            queue_len: s.queue_len.load(Ordering::Relaxed),
+            granted: s.granted.load(Ordering::Relaxed),
+            waits: s.waits.load(Ordering::Relaxed),
+            wait_time: Duration::from_nanos(s.wait_nanos.load(Ordering::Relaxed)),
+            paced_errors: s.paced_errors.load(Ordering::Relaxed),
+            rate_limited: s.rate_limited.load(Ordering::Relaxed),
+            keys: s.keys.lock().unwrap_or_else(|e| e.into_inner()).len(),
+        }
+    }
+
+    /// What the pacer knows of `key` now, or `None` if it never saw it.
+    pub fn key_state(&self, key: &PaceKey) -> Option<KeySnapshot> {
+        let entry = self.existing(key)?;
+        let mut st = entry.lock();
+        st.advance(Instant::now());
+        Some(KeySnapshot {
+            queue_len: st.queue.len(),
+            in_flight: st.in_flight,
+            known: st.known,
+            window: st.window,
+            requests: st.requests.map(|b| b.view()),
+            tokens: st.tokens.map(|b| b.view()),
+            paused_until: st.paused_until,
+            adaptive_rate: st.aimd.map(|b| b.refill),
+            token_ratio: st.token_ratio,
+        })
+    }
+}
+
+fn rate_limited(
+    shared: &Shared,
+    entry: &KeyEntry,
+    hint: Option<Duration>,
+    snapshot: Option<&RateLimitSnapshot>,
+    grant: Option<(u64, u64)>,
+) {
+    shared.rate_limited.fetch_add(1, Ordering::Relaxed);
+    let config = &shared.config;
+    let now = Instant::now();
+    let mut st = entry.lock();
+    st.advance(now);
+    st.known = true;
+    // A 429 ends the probe and slow start: the pause and the adaptive rate take over.
+    st.window = None;
+    // Did the headers explain the 429 (a bucket at zero)? Then the buckets already say when.
+    let mut explained = None;
+    if let Some(s) = snapshot {
+        st.learn(s, now, config);
+        if s.remaining_requests == Some(0) {
+            explained = Some(s.reset_requests);
+        }
+        // A token bucket with less than this request's cost left explains it too.
+        let cost = grant.map_or(1, |(_, tokens)| tokens.max(1));
+        if s.remaining_tokens.is_some_and(|r| r < cost) {
+            explained = Some(explained.flatten().max(s.reset_tokens));
+        }
+    }
+    // A hint pauses the key; an empty bucket with no hint is left to the bucket's refill; a
+    // 429 that nothing explains pauses for the default.
+    let pause = match (hint, explained) {
+        (Some(h), _) => Some(h),
+        (None, Some(_)) => None,
+        (None, None) => Some(config.default_pause),
+    };
+    if let Some(p) = pause {
+        st.pause(now + p);
+    }
+    // The 429 wins over headers that showed room: lower the rate, once per round.
+    let mut new_rate = None;
+    if explained.is_none() {
+        let fresh = match (grant, st.last_decrease) {
+            (Some((grant, _)), Some(last)) => grant > last,
+            _ => true,
+        };
+        if fresh {
+            new_rate = Some(st.decrease(now, config));
+        }
+    }
+    if let Some(b) = &mut st.requests {
+        if explained.is_none() {
+            // The server has no room now whatever our model said.
+            b.level = b.level.min(0.0);
+        }
+    }
+    st.wake_head();
+    drop(st);
+    tracing::info!(
+        key = %entry.key,
+        pause_ms = pause.map(|p| p.as_millis() as u64),
+        adaptive_rate = new_rate,
+        "rate limited: key paused"
+    );
+}
+
+/// A granted slot. Report the outcome with [`on_response`](Permit::on_response) or
+/// [`on_rate_limited`](Permit::on_rate_limited); dropping it reports nothing and only frees
+/// its place among the requests in flight.
+pub struct Permit {
+    shared: Arc<Shared>,
+    entry: Arc<KeyEntry>,
+    tokens: u64,
+    raw_tokens: u64,
+    sent_at: Instant,
+    waited: Duration,
+    level_before: Option<f64>,
+    grants: u64,
+    open: bool,
+}
+
+impl fmt::Debug for Permit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Permit")
+            .field("key", &self.entry.key)
+            .field("tokens", &self.tokens)
+            .field("waited", &self.waited)
+            .finish()
+    }
+}
+
+impl Permit {
+    /// How long the request waited for this slot.
+    pub fn waited(&self) -> Duration {
+        self.waited
+    }
+
+    /// The tokens this request was counted for (the estimate, corrected).
+    pub fn tokens(&self) -> u64 {
+        self.tokens
+    }
+
+    /// The key.
+    pub fn key(&self) -> &PaceKey {
+        &self.entry.key
+    }
+
+    /// Reports a response (a success, or an error other than a 429) and its snapshot.
+    pub fn on_response(mut self, snapshot: Option<&RateLimitSnapshot>) {
+        self.open = false;
+        let config = &self.shared.config;
+        let now = Instant::now();
+        let mut st = self.entry.lock();
+        st.advance(now);
+        st.finish(self.tokens);
+        st.known = true;
+        if let Some(s) = snapshot {
+            self.correct_ratio(&mut st, s, now);
+            st.learn(s, now, config);
+        }
+        st.success(config);
+        st.wake_head();
+    }
+
+    /// Reports an error response other than a 429 (or a failure before any response): the
+    /// snapshot is learned, but the adaptive rate does not grow.
+    pub fn on_error(mut self, snapshot: Option<&RateLimitSnapshot>) {
+        self.open = false;
+        let now = Instant::now();
+        let mut st = self.entry.lock();
+        st.advance(now);
+        st.finish(self.tokens);
+        st.answered(&self.shared.config);
+        if let Some(s) = snapshot {
+            st.learn(s, now, &self.shared.config);
+        }
+        st.wake_head();
+    }
+
+    /// Reports a 429 with the server's hint and snapshot: the whole key pauses.
+    pub fn on_rate_limited(mut self, hint: Option<Duration>, snapshot: Option<&RateLimitSnapshot>) {
+        self.open = false;
+        self.entry.lock().finish(self.tokens);
+        rate_limited(
+            &self.shared,
+            &self.entry,
+            hint,
+            snapshot,
+            Some((self.grants, self.tokens)),
+        );
+    }
+
+    /// Corrects the token estimate: when this request was alone in flight, the server's
+    /// remaining tokens show what it really counted.
+    fn correct_ratio(&self, st: &mut KeyState, s: &RateLimitSnapshot, now: Instant) {
+        let (Some(before), Some(remaining), Some(b)) =
+            (self.level_before, s.remaining_tokens, st.tokens)
+        else {
+            return;
+        };
+        if st.grants != self.grants || st.in_flight != 0 || self.tokens == 0 {
+            return;
+        }
+        // A full bucket hides how much was used.
+        if remaining as f64 + EPS >= b.capacity {
+            return;
+        }
+        // Only a clean sample: the refill during the flight small next to the cost, and the
+        // bucket never near full (a full bucket wastes refill, which would read as usage).
+        let refilled = (now - self.sent_at).as_secs_f64() * b.refill;
+        if refilled > 0.25 * self.tokens as f64 || before + refilled >= b.capacity {
+            return;
+        }
+        let used = before + refilled - remaining as f64;
+        if used <= 0.0 {
+            return;
+        }
+        // One odd sample moves the ratio a little, a steady bias moves it all the way.
+        let ratio = st.token_ratio;
+        let sample = (used / self.raw_tokens.max(1) as f64).clamp(ratio * 0.8, ratio * 1.25);
+        st.token_ratio = (0.7 * ratio + 0.3 * sample).clamp(0.25, 4.0);
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        if self.open {
+            let mut st = self.entry.lock();
+            st.finish(self.tokens);
+            st.wake_head();
+        }
+    }
+}
+
+/// The future of [`Pacer::acquire`]: resolves to a [`Permit`] when the slot comes.
+///
+/// Dropping it leaves the queue at once and lets the next waiter move up.
+pub struct Acquire {
+    shared: Arc<Shared>,
+    entry: Arc<KeyEntry>,
+    ticket: u64,
+    cost: Cost,
+    started: Instant,
+    limit: Option<Instant>,
+    by_deadline: bool,
+    sleep: Option<Pin<Box<Sleep>>>,
+    done: bool,
+    waited: bool,
+}
+
+impl fmt::Debug for Acquire {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Acquire")
+            .field("key", &self.entry.key)
+            .field("ticket", &self.ticket)
+            .field("cost", &self.cost)
+            .finish()
+    }
+}
+
+impl Acquire {
+    fn fail(&mut self, now: Instant, expected: Option<Instant>) -> Error {
+        self.entry.lock().leave(self.ticket);
+        self.finish_queue();
+        self.shared.paced_errors.fetch_add(1, Ordering::Relaxed);
+        let waited = now - self.started;
+        let why = if self.by_deadline {
+            "the call's deadline"
+        } else {
+            "the max wait"
+        };
+        let detail = match expected {
+            Some(t) => format!(
+                "{PACED_LOCALLY}: no slot on {} before {why} (waited {} ms, next slot in {} ms)",
+                self.entry.key,
+                waited.as_millis(),
+                (t - now).as_millis()
+            ),
+            None => format!(
+                "{PACED_LOCALLY}: no slot on {} before {why} (waited {} ms)",
+                self.entry.key,
+                waited.as_millis()
+            ),
+        };
+        tracing::warn!(key = %self.entry.key, waited_ms = waited.as_millis() as u64, "{detail}");
+        let mut err = Error::new(ErrorKind::RateLimited).with_detail(detail);
+        if let Some(t) = expected {
+            err = err.with_retry_after(t - now, DelaySource::RateLimitReset);
+        }
+        err
+    }
+
+    fn finish_queue(&mut self) {
+        self.done = true;
+        self.shared.queue_len.fetch_sub(1, Ordering::Relaxed);
+        if self.waited {
+            let w = Instant::now() - self.started;
+            self.shared
+                .wait_nanos
+                .fetch_add(w.as_nanos().min(u64::MAX as u128) as u64, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Future for Acquire {
+    type Output = Result<Permit, Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        if this.done {
+            return Poll::Ready(Err(Error::new(ErrorKind::Internal)
+                .with_detail("pacer: acquire polled after completion")));
+        }
+        // Bounded: each round either returns or sleeps on a timer that had not yet fired.
+        for _ in 0..8 {
+            let now = Instant::now();
+            let step = this
+                .entry
+                .lock()
+                .step(this.ticket, this.cost, now, cx.waker());
+            match step {
+                Step::Granted(info) => {
+                    this.finish_queue();
+                    this.shared.granted.fetch_add(1, Ordering::Relaxed);
+                    let waited = now - this.started;
+                    if this.waited {
+                        tracing::debug!(key = %this.entry.key, waited_ms = waited.as_millis() as u64, "pacing slot granted after wait");
+                    }
+                    return Poll::Ready(Ok(Permit {
+                        shared: this.shared.clone(),
+                        entry: this.entry.clone(),
+                        tokens: info.tokens,
+                        raw_tokens: this.cost.tokens,
+                        sent_at: now,
+                        waited,
+                        level_before: info.level_before,
+                        grants: info.grants,
+                        open: true,
+                    }));
+                }
+                Step::Wait(until) => {
+                    if !this.waited {
+                        this.waited = true;
+                        this.shared.waits.fetch_add(1, Ordering::Relaxed);
+                        tracing::debug!(
+                            key = %this.entry.key,
+                            wait_ms = until.map(|t| (t - now).as_millis() as u64),
+                            "pacing: waiting for a slot"
+                        );
+                    }
+                    if let (Some(t), Some(limit)) = (until, this.limit) {
+                        if t > limit {
+                            return Poll::Ready(Err(this.fail(now, Some(t))));
+                        }
+                    }
+                    if this.limit.is_some_and(|l| l <= now) {
+                        return Poll::Ready(Err(this.fail(now, until)));
+                    }
+                    let wake_at = match (until, this.limit) {
+                        (Some(t), Some(l)) => Some(t.min(l)),
+                        (t, l) => t.or(l),
+                    };
+                    let Some(wake_at) = wake_at else {
+                        return Poll::Pending;
+                    };
+                    let sleep = match &mut this.sleep {
+                        Some(s) => {
+                            s.as_mut().reset(wake_at);
+                            s
+                        }
+                        None => this
+                            .sleep
+                            .insert(Box::pin(tokio::time::sleep_until(wake_at))),
+                    };
+                    if sleep.as_mut().poll(cx).is_pending() {
+                        return Poll::Pending;
+                    }
+                }
+            }
+        }
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+}
+
+impl Drop for Acquire {
+    fn drop(&mut self) {
+        if !self.done {
+            self.entry.lock().leave(self.ticket);
+            self.finish_queue();
+        }
+    }
+}

@@ -1,0 +1,250 @@
+//! [`RetryConfig`]: every knob of the retry machinery, shared by the layer, the tower adapter
+//! and [`call`](super::call).
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::HeaderName;
+
+use super::backoff::{Backoff, HintJitter, Jitter, RandomSource, SplitMix};
+use super::budget::{Budget, TokenBudget};
+use super::policy::{OpenAiPolicy, Policy};
+
+/// The default maximum number of attempts, counting the first: 5.
+pub const DEFAULT_MAX_ATTEMPTS: u32 = 5;
+/// The default ceiling on a server hint: 120 s.
+pub const DEFAULT_HINT_CEILING: Duration = Duration::from_secs(120);
+/// The default overall deadline, attempts and delays included: 10 minutes.
+pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(600);
+/// The header that carries the retry count on each attempt, as the official SDKs send it.
+pub const RETRY_COUNT_HEADER: HeaderName = HeaderName::from_static("x-stainless-retry-count");
+
+/// A retry budget shared by the clones of a stack: tower's trait, behind an `Arc`.
+pub type SharedBudget = Arc<dyn Budget + Send + Sync>;
+
+#[derive(Clone)]
+struct Inner {
+    max_attempts: u32,
+    backoff: Backoff,
+    hint_jitter: HintJitter,
+    hint_ceiling: Duration,
+    deadline: Option<Duration>,
+    budget: Option<SharedBudget>,
+    policy: Arc<dyn Policy>,
+    random: Arc<dyn RandomSource>,
+    retry_count_header: Option<HeaderName>,
+}
+
+/// Every knob of the retry machinery. Cheap to clone; clones share the budget, the random
+/// source and the policy.
+///
+/// ```
+/// use std::time::Duration;
+/// use oai_resilience::retry::{Jitter, RetryConfig};
+///
+/// let config = RetryConfig::new()
+///     .max_attempts(6)
+///     .base_delay(Duration::from_secs(1))
+///     .max_delay(Duration::from_secs(60))
+///     .jitter(Jitter::Equal)
+///     .deadline(Duration::from_secs(90))
+///     .seed(42);
+/// assert_eq!(config.get_max_attempts(), 6);
+/// ```
+///
+/// # Default
+///
+/// | knob | default |
+/// |---|---|
+/// | policy | [`OpenAiPolicy::new()`] |
+/// | maximum attempts | 5 ([`DEFAULT_MAX_ATTEMPTS`]) |
+/// | backoff | base 500 ms, cap 20 s, full jitter ([`Backoff::default`]) |
+/// | hint jitter | + up to max(10 %, 50 ms) ([`HintJitter::default`]) |
+/// | hint ceiling | 120 s ([`DEFAULT_HINT_CEILING`]) |
+/// | deadline | 10 min ([`DEFAULT_DEADLINE`]) |
+/// | budget | a new [`TokenBudget::default`] (ratio 0.2, 10 tokens) |
+/// | random source | [`SplitMix::from_entropy`] |
+/// | retry-count header | `x-stainless-retry-count` |
+///
+/// Each `RetryConfig::new()` makes its own budget; clone a config (or a layer) to share one.
+#[derive(Clone)]
+pub struct RetryConfig {
+    inner: Arc<Inner>,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        RetryConfig {
+            inner: Arc::new(Inner {
+                max_attempts: DEFAULT_MAX_ATTEMPTS,
+                backoff: Backoff::default(),
+                hint_jitter: HintJitter::default(),
+                hint_ceiling: DEFAULT_HINT_CEILING,
+                deadline: Some(DEFAULT_DEADLINE),
+                budget: Some(Arc::new(TokenBudget::default())),
+                policy: Arc::new(OpenAiPolicy::new()),
+                random: Arc::new(SplitMix::from_entropy()),
+                retry_count_header: Some(RETRY_COUNT_HEADER),
+            }),
+        }
+    }
+}
+
+impl RetryConfig {
+    /// The defaults (see the table above).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn edit(mut self, f: impl FnOnce(&mut Inner)) -> Self {
+        f(Arc::make_mut(&mut self.inner));
+        self
+    }
+
+    /// Sets the policy that decides per attempt.
+    pub fn policy(self, policy: impl Policy) -> Self {
+        self.edit(|i| i.policy = Arc::new(policy))
+    }
+
+    /// Sets the maximum number of attempts, counting the first (0 is treated as 1).
+    pub fn max_attempts(self, n: u32) -> Self {
+        self.edit(|i| i.max_attempts = n.max(1))
+    }
+
+    /// Sets the whole backoff.
+    pub fn backoff(self, backoff: Backoff) -> Self {
+        self.edit(|i| i.backoff = backoff)
+    }
+
+    /// Sets the backoff's base delay.
+    pub fn base_delay(self, base: Duration) -> Self {
+        self.edit(|i| {
+            i.backoff = Backoff::new(base, i.backoff.cap()).jitter(i.backoff.jitter_mode())
+        })
+    }
+
+    /// Sets the backoff's cap.
+    pub fn max_delay(self, cap: Duration) -> Self {
+        self.edit(|i| {
+            i.backoff = Backoff::new(i.backoff.base(), cap).jitter(i.backoff.jitter_mode())
+        })
+    }
+
+    /// Sets the jitter mode of the backoff.
+    pub fn jitter(self, jitter: Jitter) -> Self {
+        self.edit(|i| i.backoff = i.backoff.jitter(jitter))
+    }
+
+    /// Sets the jitter added on top of server hints.
+    pub fn hint_jitter(self, jitter: HintJitter) -> Self {
+        self.edit(|i| i.hint_jitter = jitter)
+    }
+
+    /// Sets the ceiling on server hints: a longer hint ends the call at once
+    /// ([`StopReason::HintTooLong`](crate::StopReason::HintTooLong)), with the hint in the error.
+    pub fn hint_ceiling(self, ceiling: Duration) -> Self {
+        self.edit(|i| i.hint_ceiling = ceiling)
+    }
+
+    /// Sets the overall deadline: attempts, readiness waits and delays included.
+    pub fn deadline(self, deadline: Duration) -> Self {
+        self.edit(|i| i.deadline = Some(deadline))
+    }
+
+    /// Removes the overall deadline.
+    pub fn no_deadline(self) -> Self {
+        self.edit(|i| i.deadline = None)
+    }
+
+    /// Sets the retry budget (any tower [`Budget`], such as tower's `TpsBudget`).
+    pub fn budget(self, budget: impl Budget + Send + Sync + 'static) -> Self {
+        self.edit(|i| i.budget = Some(Arc::new(budget)))
+    }
+
+    /// Shares an existing budget (say, across several stacks).
+    pub fn shared_budget(self, budget: SharedBudget) -> Self {
+        self.edit(|i| i.budget = Some(budget))
+    }
+
+    /// Removes the retry budget: only the maximum attempts and the deadline limit retries.
+    pub fn no_budget(self) -> Self {
+        self.edit(|i| i.budget = None)
+    }
+
+    /// Sets the random source for jitter.
+    pub fn random(self, random: impl RandomSource) -> Self {
+        self.edit(|i| i.random = Arc::new(random))
+    }
+
+    /// Seeds a [`SplitMix`] random source: the schedule becomes deterministic.
+    pub fn seed(self, seed: u64) -> Self {
+        self.random(SplitMix::new(seed))
+    }
+
+    /// Sets the header that carries the retry count (`0` on the first attempt), or `None` to
+    /// send none.
+    pub fn retry_count_header(self, header: Option<HeaderName>) -> Self {
+        self.edit(|i| i.retry_count_header = header)
+    }
+
+    /// The maximum number of attempts.
+    pub fn get_max_attempts(&self) -> u32 {
+        self.inner.max_attempts
+    }
+
+    /// The backoff.
+    pub fn get_backoff(&self) -> Backoff {
+        self.inner.backoff
+    }
+
+    /// The jitter on server hints.
+    pub fn get_hint_jitter(&self) -> HintJitter {
+        self.inner.hint_jitter
+    }
+
+    /// The ceiling on server hints.
+    pub fn get_hint_ceiling(&self) -> Duration {
+        self.inner.hint_ceiling
+    }
+
+    /// The overall deadline.
+    pub fn get_deadline(&self) -> Option<Duration> {
+        self.inner.deadline
+    }
+
+    /// The retry budget.
+    pub fn get_budget(&self) -> Option<&SharedBudget> {
+        self.inner.budget.as_ref()
+    }
+
+    /// The policy.
+    pub fn get_policy(&self) -> &dyn Policy {
+        &*self.inner.policy
+    }
+
+    /// The random source.
+    pub fn get_random(&self) -> &dyn RandomSource {
+        &*self.inner.random
+    }
+
+    /// The retry-count header.
+    pub fn get_retry_count_header(&self) -> Option<&HeaderName> {
+        self.inner.retry_count_header.as_ref()
+    }
+}
+
+impl fmt::Debug for RetryConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let i = &*self.inner;
+        f.debug_struct("RetryConfig")
+            .field("max_attempts", &i.max_attempts)
+            .field("backoff", &i.backoff)
+            .field("hint_jitter", &i.hint_jitter)
+            .field("hint_ceiling", &i.hint_ceiling)
+            .field("deadline", &i.deadline)
+            .field("budget", &i.budget.is_some())
+            .field("retry_count_header", &i.retry_count_header)
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,992 @@
+//! The checker: one pass over a JSON body, driven by the generated tables.
+//!
+//! [`NodeSeed`] is a serde [`DeserializeSeed`]: it walks the body as the parser produces it and
+//! never builds a `serde_json::Value` for the whole body. Subtrees the tables do not describe
+//! are skipped with [`IgnoredAny`] (no allocation). A value is buffered as a `Value` only where
+//! the schema cannot be chosen while streaming: the keys before a discriminator (`role`
+//! usually comes first, so this is rare) and alternatives of the same JSON type that have no
+//! discriminator (for example the array forms of embeddings `input`).
+//!
+//! The same seed runs over a `&serde_json::Value`, which is how `check_value` works.
+
+use std::borrow::Cow;
+use std::fmt::{self, Write as _};
+
+use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::schema::*;
+use crate::error::Violation;
+
+/// One step of a parameter path.
+#[derive(Debug, Clone)]
+pub(crate) enum Seg {
+    Key(&'static str),
+    Owned(Box<str>),
+    Index(usize),
+}
+
+/// A top-level value, as the cross-field rules need it.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Fact {
+    Null,
+    Bool(bool),
+    Num(f64),
+    Str(Box<str>),
+    LongStr,
+    Array(usize),
+    Object(usize),
+}
+
+/// What the cross-field rules need from one chat message.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct MsgFact {
+    pub(crate) index: usize,
+    pub(crate) role: Option<Box<str>>,
+    pub(crate) tool_calls: usize,
+    pub(crate) tool_call_ids: Vec<Box<str>>,
+    pub(crate) tool_call_id: Option<Box<str>>,
+}
+
+/// Facts gathered during the pass for the cross-field rules.
+#[derive(Debug, Default)]
+pub(crate) struct Facts {
+    pub(crate) top: Vec<(&'static str, Fact)>,
+    pub(crate) modalities_audio: bool,
+    pub(crate) messages: Vec<MsgFact>,
+}
+
+impl Facts {
+    pub(crate) fn get(&self, key: &str) -> Option<&Fact> {
+        self.top.iter().find(|(k, _)| *k == key).map(|(_, f)| f)
+    }
+
+    /// Present and not null.
+    pub(crate) fn is_set(&self, key: &str) -> bool {
+        !matches!(self.get(key), None | Some(Fact::Null))
+    }
+}
+
+/// The state of one validation pass.
+#[derive(Debug, Default)]
+pub(crate) struct Ctx {
+    pub(crate) path: Vec<Seg>,
+    pub(crate) violations: Vec<Violation>,
+    pub(crate) deprecated: Vec<String>,
+    pub(crate) facts: Facts,
+    pub(crate) track_messages: bool,
+    /// > 0 while an alternative is tried: facts and deprecations are not recorded.
+    trial: u32,
+}
+
+/// A scalar as the parser reports it.
+#[derive(Debug, Clone, Copy)]
+enum Scalar<'a> {
+    Null,
+    Bool(bool),
+    I64(i64),
+    U64(u64),
+    F64(f64),
+    Str(&'a str),
+}
+
+impl Scalar<'_> {
+    fn type_bits(&self) -> Types {
+        match *self {
+            Scalar::Null => T_ANY,
+            Scalar::Bool(_) => T_BOOLEAN,
+            Scalar::I64(_) | Scalar::U64(_) => T_INTEGER | T_NUMBER,
+            Scalar::F64(f) if f.is_finite() && f.fract() == 0.0 => T_INTEGER | T_NUMBER,
+            Scalar::F64(_) => T_NUMBER,
+            Scalar::Str(_) => T_STRING,
+        }
+    }
+
+    fn as_f64(&self) -> Option<f64> {
+        match *self {
+            Scalar::I64(v) => Some(v as f64),
+            Scalar::U64(v) => Some(v as f64),
+            Scalar::F64(v) => Some(v),
+            _ => None,
+        }
+    }
+
+    /// "a string", "an integer", … as the API words the type it got.
+    fn got(&self) -> &'static str {
+        match *self {
+            Scalar::Null => "null",
+            Scalar::Bool(_) => "a boolean",
+            Scalar::I64(_) | Scalar::U64(_) => "an integer",
+            Scalar::F64(_) => "a decimal",
+            Scalar::Str(_) => "a string",
+        }
+    }
+}
+
+fn accepts(types: Types, got: Types) -> bool {
+    types == T_ANY || types & got != 0
+}
+
+/// "a string", "one of a string or an array", … for the expected types.
+fn expected(types: Types) -> String {
+    let names: Vec<&str> = [
+        (T_STRING, "a string"),
+        (T_NUMBER, "a decimal"),
+        (T_INTEGER, "an integer"),
+        (T_BOOLEAN, "a boolean"),
+        (T_ARRAY, "an array"),
+        (T_OBJECT, "an object"),
+    ]
+    .iter()
+    .filter(|(bit, _)| types & bit != 0)
+    .filter(|(bit, _)| !(*bit == T_INTEGER && types & T_NUMBER != 0))
+    .map(|(_, name)| *name)
+    .collect();
+    match names.as_slice() {
+        [] => "a value".to_owned(),
+        [one] => (*one).to_owned(),
+        [init @ .., last] => format!("one of {} or {}", init.join(", "), last),
+    }
+}
+
+/// Formats a number the way a person writes it: `2`, `2.5`, `-100`.
+pub(crate) struct Num(pub(crate) f64);
+
+impl fmt::Display for Num {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0.fract() == 0.0 && self.0.abs() < 1e15 {
+            write!(f, "{}", self.0 as i64)
+        } else {
+            write!(f, "{}", self.0)
+        }
+    }
+}
+
+/// "'a', 'b', and 'c'", the API's way of listing supported values.
+pub(crate) fn list_values(values: &[&str]) -> String {
+    let quoted: Vec<String> = values.iter().map(|v| format!("'{v}'")).collect();
+    match quoted.as_slice() {
+        [] => String::new(),
+        [one] => one.clone(),
+        [a, b] => format!("{a} and {b}"),
+        [init @ .., last] => format!("{}, and {}", init.join(", "), last),
+    }
+}
+
+impl Ctx {
+    pub(crate) fn new(track_messages: bool) -> Self {
+        Ctx {
+            track_messages,
+            ..Ctx::default()
+        }
+    }
+
+    /// The OpenAI-style path of the current position: `messages[1].content`.
+    pub(crate) fn path_string(&self) -> String {
+        let mut s = String::new();
+        for seg in &self.path {
+            match seg {
+                Seg::Key(k) => push_key(&mut s, k),
+                Seg::Owned(k) => push_key(&mut s, k),
+                Seg::Index(i) => {
+                    let _ = write!(s, "[{i}]");
+                }
+            }
+        }
+        if s.is_empty() {
+            s.push_str("body");
+        }
+        s
+    }
+
+    fn report(&mut self, message: impl FnOnce(&str) -> String) {
+        let param = self.path_string();
+        let message = message(&param);
+        self.violations.push(Violation::new(param, message));
+    }
+
+    fn report_type(&mut self, types: Types, got: &str) {
+        let want = expected(types);
+        self.report(|p| format!("Invalid type for '{p}': expected {want}, but got {got} instead."));
+    }
+
+    fn recording(&self) -> bool {
+        self.trial == 0
+    }
+
+    // ----- facts -----
+
+    fn capture_scalar(&mut self, s: &Scalar<'_>) {
+        if !self.recording() {
+            return;
+        }
+        match self.path.as_slice() {
+            [Seg::Key(k)] => {
+                let fact = match *s {
+                    Scalar::Null => Fact::Null,
+                    Scalar::Bool(b) => Fact::Bool(b),
+                    Scalar::Str(v) if v.len() <= 256 => Fact::Str(v.into()),
+                    Scalar::Str(_) => Fact::LongStr,
+                    n => Fact::Num(n.as_f64().unwrap_or(f64::NAN)),
+                };
+                self.facts.top.push((k, fact));
+            }
+            [Seg::Key("modalities"), Seg::Index(_)] => {
+                if matches!(s, Scalar::Str("audio")) {
+                    self.facts.modalities_audio = true;
+                }
+            }
+            _ if self.track_messages => self.capture_message_scalar(s),
+            _ => {}
+        }
+    }
+
+    fn capture_message_scalar(&mut self, s: &Scalar<'_>) {
+        let Scalar::Str(v) = *s else { return };
+        let Some(msg) = self.facts.messages.last_mut() else {
+            return;
+        };
+        match self.path.as_slice() {
+            [Seg::Key("messages"), Seg::Index(i), Seg::Key("role")] if *i == msg.index => {
+                msg.role = Some(v.into());
+            }
+            [Seg::Key("messages"), Seg::Index(i), Seg::Key("tool_call_id")] if *i == msg.index => {
+                msg.tool_call_id = Some(v.into());
+            }
+            [Seg::Key("messages"), Seg::Index(i), Seg::Key("tool_calls"), Seg::Index(_), Seg::Key("id")]
+                if *i == msg.index =>
+            {
+                msg.tool_call_ids.push(v.into());
+            }
+            _ => {}
+        }
+    }
+
+    /// Whether `key` is the `id` of a chat tool call (`messages[i].tool_calls[j].id`), which
+    /// the depth-limited tables do not describe but the message-order rule needs.
+    fn is_tool_call_id(&self, key: &str) -> bool {
+        key == "id"
+            && self.track_messages
+            && self.recording()
+            && matches!(
+                self.path.as_slice(),
+                [
+                    Seg::Key("messages"),
+                    Seg::Index(_),
+                    Seg::Key("tool_calls"),
+                    Seg::Index(_)
+                ]
+            )
+    }
+
+    fn capture_tool_call_id(&mut self, value: &Value) {
+        let [_, Seg::Index(i), ..] = self.path.as_slice() else {
+            return;
+        };
+        let i = *i;
+        if let (Some(id), Some(msg)) = (value.as_str(), self.facts.messages.last_mut()) {
+            if msg.index == i {
+                msg.tool_call_ids.push(id.into());
+            }
+        }
+    }
+
+    fn capture_container(&mut self, fact: Fact) {
+        if !self.recording() {
+            return;
+        }
+        match self.path.as_slice() {
+            [Seg::Key(k)] => self.facts.top.push((k, fact)),
+            [Seg::Key("messages"), Seg::Index(i), Seg::Key("tool_calls")]
+                if self.track_messages =>
+            {
+                if let (Some(msg), Fact::Array(n)) = (self.facts.messages.last_mut(), fact) {
+                    if msg.index == *i {
+                        msg.tool_calls = n;
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn capture_object_start(&mut self) {
+        if !self.recording() || !self.track_messages {
+            return;
+        }
+        if let [Seg::Key("messages"), Seg::Index(i)] = self.path.as_slice() {
+            let index = *i;
+            self.facts.messages.push(MsgFact {
+                index,
+                ..MsgFact::default()
+            });
+        }
+    }
+
+    // ----- scalars -----
+
+    fn scalar(&mut self, node: &'static Node, s: Scalar<'_>) {
+        self.capture_scalar(&s);
+        self.scalar_in(node, s);
+    }
+
+    fn scalar_in(&mut self, node: &'static Node, s: Scalar<'_>) {
+        if node.alternatives.is_empty() {
+            return self.check_scalar(node, s);
+        }
+        if let Scalar::Null = s {
+            if !node.nullable && !node.alternatives.iter().any(|a| a.nullable) {
+                self.report_type(node.types, s.got());
+            }
+            return;
+        }
+        let got = s.type_bits();
+        if !accepts(node.types, got) {
+            return self.report_type(node.types, s.got());
+        }
+        let mut first = None;
+        for &alt in node.alternatives {
+            if !accepts(alt.types, got) {
+                continue;
+            }
+            first.get_or_insert(alt);
+            if self.trial_ok(|ctx| ctx.scalar_in(alt, s)) {
+                return;
+            }
+        }
+        if node.lenient {
+            return;
+        }
+        match first {
+            Some(alt) => self.scalar_in(alt, s),
+            None => self.report_type(node.types, s.got()),
+        }
+    }
+
+    fn check_scalar(&mut self, node: &'static Node, s: Scalar<'_>) {
+        if let Scalar::Null = s {
+            if !node.nullable && node.types != T_ANY {
+                self.report_type(node.types, "null");
+            }
+            return;
+        }
+        if !accepts(node.types, s.type_bits()) {
+            let got = if node.types & (T_NUMBER | T_INTEGER) == T_INTEGER
+                && matches!(s, Scalar::F64(_))
+            {
+                "a decimal"
+            } else {
+                s.got()
+            };
+            return self.report_type(node.types, got);
+        }
+        match s {
+            Scalar::Str(v) => self.check_str(node, v),
+            Scalar::Bool(_) | Scalar::Null => {}
+            n => self.check_number(node, n),
+        }
+    }
+
+    fn check_number(&mut self, node: &'static Node, n: Scalar<'_>) {
+        let kind = if node.types & T_NUMBER != 0 {
+            "decimal"
+        } else {
+            "integer"
+        };
+        if node.int64 {
+            let fits = match n {
+                Scalar::U64(v) => v <= i64::MAX as u64,
+                Scalar::F64(v) => {
+                    (-9.223_372_036_854_776e18..9.223_372_036_854_776e18).contains(&v)
+                }
+                _ => true,
+            };
+            if !fits {
+                return self.report(|p| {
+                    format!(
+                        "Invalid '{p}': integer out of range. Expected a 64-bit signed integer."
+                    )
+                });
+            }
+        }
+        let Some(v) = n.as_f64() else { return };
+        if let Some(min) = node.minimum {
+            if v < min {
+                return self.report(|p| {
+                    format!(
+                        "Invalid '{p}': {kind} below minimum value. Expected a value >= {}, but got {} instead.",
+                        Num(min),
+                        Num(v)
+                    )
+                });
+            }
+        }
+        if let Some(max) = node.maximum {
+            if v > max {
+                self.report(|p| {
+                    format!(
+                        "Invalid '{p}': {kind} above maximum value. Expected a value <= {}, but got {} instead.",
+                        Num(max),
+                        Num(v)
+                    )
+                });
+            }
+        }
+    }
+
+    fn check_str(&mut self, node: &'static Node, v: &str) {
+        if !node.enum_values.is_empty() && !node.enum_values.contains(&v) {
+            let supported = list_values(node.enum_values);
+            let shown: String = v.chars().take(64).collect();
+            return self.report(|_| {
+                format!("Invalid value: '{shown}'. Supported values are: {supported}.")
+            });
+        }
+        if node.min_length.is_some() || node.max_length.is_some() {
+            let len = v.chars().count();
+            if let Some(min) = node.min_length {
+                if len < min as usize {
+                    return self.report(|p| {
+                        if len == 0 {
+                            format!("Invalid '{p}': empty string. Expected a string with minimum length {min}, but got an empty string instead.")
+                        } else {
+                            format!("Invalid '{p}': string too short. Expected a string with minimum length {min}, but got a string with length {len} instead.")
+                        }
+                    });
+                }
+            }
+            if let Some(max) = node.max_length {
+                if len > max as usize {
+                    return self.report(|p| {
+                        format!("Invalid '{p}': string too long. Expected a string with maximum length {max}, but got a string with length {len} instead.")
+                    });
+                }
+            }
+        }
+        if node.format == Format::FunctionName
+            && !v
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        {
+            self.report(|p| {
+                format!("Invalid '{p}': string does not match pattern. Expected a string that matches the pattern '^[a-zA-Z0-9_-]+$'.")
+            });
+        }
+    }
+
+    /// Runs `f` as a trial: returns whether it found no violation, and records nothing.
+    fn trial_ok(&mut self, f: impl FnOnce(&mut Ctx)) -> bool {
+        self.trial += 1;
+        let saved = std::mem::take(&mut self.violations);
+        let depth = self.path.len();
+        f(self);
+        self.path.truncate(depth);
+        let ok = self.violations.is_empty();
+        self.violations = saved;
+        self.trial -= 1;
+        ok
+    }
+
+    /// Runs `f` as a trial: returns its violation count and how deep its first violation is.
+    fn trial_score(&mut self, f: impl FnOnce(&mut Ctx)) -> (usize, usize) {
+        self.trial += 1;
+        let saved = std::mem::take(&mut self.violations);
+        let depth = self.path.len();
+        f(self);
+        self.path.truncate(depth);
+        let count = self.violations.len();
+        let first_depth = self
+            .violations
+            .first()
+            .map_or(0, |v| v.param.matches(['.', '[']).count());
+        self.violations = saved;
+        self.trial -= 1;
+        (count, first_depth)
+    }
+
+    /// Checks a buffered value against the alternatives of `node` that accept its type.
+    fn buffered_alternatives(&mut self, node: &'static Node, value: &Value, got: Types) {
+        let cands: Vec<&'static Node> = node
+            .alternatives
+            .iter()
+            .copied()
+            .filter(|a| accepts(a.types, got))
+            .collect();
+        for &alt in &cands {
+            if self.trial_ok(|ctx| ctx.run_value(alt, value)) {
+                // Run it for real, so facts and deprecations are recorded.
+                return self.run_value(alt, value);
+            }
+        }
+        if node.lenient {
+            return;
+        }
+        // The alternative that explains the value best. OpenAI's convention
+        // `{"type": "x", "x": …}` names it when the tables are too shallow to have the
+        // discriminator; else fewest violations, then the deepest first violation (it matched
+        // the most structure). This only chooses which violations to report.
+        let named = value.get("type").and_then(Value::as_str).and_then(|t| {
+            let mut named = cands.iter().copied().filter(|a| a.required.contains(&t));
+            match (named.next(), named.next()) {
+                (Some(only), None) => Some(only),
+                _ => None,
+            }
+        });
+        if let Some(alt) = named {
+            return self.run_value(alt, value);
+        }
+        let best = cands.iter().copied().min_by_key(|&alt| {
+            let (count, depth) = self.trial_score(|ctx| ctx.run_value(alt, value));
+            (count, std::cmp::Reverse(depth))
+        });
+        match best {
+            Some(alt) => self.run_value(alt, value),
+            None => self.report_type(node.types, value_got(value)),
+        }
+    }
+
+    fn run_value(&mut self, node: &'static Node, value: &Value) {
+        // A `&Value` deserializer cannot fail: the result carries no information.
+        let _ = NodeSeed { node, ctx: self }.deserialize(value);
+    }
+
+    fn deprecated_here(&mut self) {
+        if self.recording() {
+            let p = self.path_string();
+            self.deprecated.push(p);
+        }
+    }
+}
+
+fn push_key(s: &mut String, k: &str) {
+    if !s.is_empty() {
+        s.push('.');
+    }
+    s.push_str(k);
+}
+
+fn value_got(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(n) if n.is_f64() => "a decimal",
+        Value::Number(_) => "an integer",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// Validates one value against one node.
+pub(crate) struct NodeSeed<'c> {
+    pub(crate) node: &'static Node,
+    pub(crate) ctx: &'c mut Ctx,
+}
+
+impl<'de> DeserializeSeed<'de> for NodeSeed<'_> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        let node = self.node;
+        if node.types == T_ANY && node.alternatives.is_empty() {
+            d.deserialize_ignored_any(IgnoredAny)?;
+            return Ok(());
+        }
+        d.deserialize_any(NodeVisitor {
+            node,
+            ctx: self.ctx,
+        })
+    }
+}
+
+struct NodeVisitor<'c> {
+    node: &'static Node,
+    ctx: &'c mut Ctx,
+}
+
+/// An object key, borrowed from the input when it has no escapes.
+struct KeySeed;
+
+impl<'de> DeserializeSeed<'de> for KeySeed {
+    type Value = Cow<'de, str>;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_str(KeySeed)
+    }
+}
+
+impl<'de> Visitor<'de> for KeySeed {
+    type Value = Cow<'de, str>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an object key")
+    }
+
+    fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+        Ok(Cow::Borrowed(v))
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(Cow::Owned(v.to_owned()))
+    }
+
+    fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
+        Ok(Cow::Owned(v))
+    }
+}
+
+fn drain_map<'de, A: MapAccess<'de>>(mut map: A) -> Result<(), A::Error> {
+    while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+    Ok(())
+}
+
+fn drain_seq<'de, A: SeqAccess<'de>>(mut seq: A) -> Result<(), A::Error> {
+    while seq.next_element::<IgnoredAny>()?.is_some() {}
+    Ok(())
+}
+
+/// Per-object state: which declared properties were seen, how many keys.
+struct ObjState {
+    seen: u64,
+    count: usize,
+}
+
+enum Entry {
+    Check(&'static Node),
+    Skip,
+}
+
+impl Ctx {
+    /// Decides what to do with the value of `key`; pushes its path segment for `Check`.
+    fn begin_entry(&mut self, node: &'static Node, st: &mut ObjState, key: &str) -> Entry {
+        st.count += 1;
+        if let Some(max) = node.key_max_length {
+            let len = key.chars().count();
+            if len > max as usize {
+                self.path.push(Seg::Owned(key.into()));
+                self.report(|p| format!("Invalid '{p}': key too long. Expected a key with maximum length {max}, but got a key with length {len} instead."));
+                self.path.pop();
+            }
+        }
+        if let Some(j) = node.required.iter().position(|r| *r == key) {
+            // Required names the (depth-limited) tables give no schema for are tracked too.
+            let i = node.properties.len() + j;
+            if i < 64 && !node.properties.iter().any(|p| p.name == key) {
+                st.seen |= 1 << i;
+            }
+        }
+        if let Some(i) = node.properties.iter().position(|p| p.name == key) {
+            if i < 64 {
+                st.seen |= 1 << i;
+            }
+            let prop = &node.properties[i];
+            self.path.push(Seg::Key(prop.name));
+            if prop.node.deprecated {
+                self.deprecated_here();
+            }
+            return Entry::Check(prop.node);
+        }
+        match node.additional {
+            Additional::Allowed => Entry::Skip,
+            Additional::Forbidden => {
+                self.path.push(Seg::Owned(key.into()));
+                let shown: String = key.chars().take(64).collect();
+                self.report(|_| format!("Unrecognized request argument supplied: {shown}"));
+                self.path.pop();
+                Entry::Skip
+            }
+            Additional::Schema(n) => {
+                self.path.push(Seg::Owned(key.into()));
+                Entry::Check(n)
+            }
+        }
+    }
+
+    fn end_object(&mut self, node: &'static Node, st: &ObjState) {
+        for (j, &req) in node.required.iter().enumerate() {
+            let i = node
+                .properties
+                .iter()
+                .position(|p| p.name == req)
+                .unwrap_or(node.properties.len() + j);
+            if i < 64 && st.seen & (1 << i) == 0 {
+                self.path.push(Seg::Key(req));
+                self.report(|p| format!("Missing required parameter: '{p}'."));
+                self.path.pop();
+            }
+        }
+        if let Some(max) = node.max_properties {
+            let n = st.count;
+            if n > max as usize {
+                self.report(|p| format!("Invalid '{p}': too many properties. Expected an object with at most {max} properties, but got an object with {n} properties instead."));
+            }
+        }
+        self.capture_container(Fact::Object(st.count));
+    }
+
+    /// Checks an object against `node` (which has no alternatives left to choose), replaying
+    /// `pre` (entries buffered before a discriminator) first.
+    fn object<'de, A: MapAccess<'de>>(
+        &mut self,
+        node: &'static Node,
+        mut map: A,
+        pre: Vec<(Cow<'de, str>, Value)>,
+    ) -> Result<(), A::Error> {
+        let mut st = ObjState { seen: 0, count: 0 };
+        for (key, value) in &pre {
+            match self.begin_entry(node, &mut st, key) {
+                Entry::Check(n) => {
+                    self.run_value(n, value);
+                    self.path.pop();
+                }
+                Entry::Skip if self.is_tool_call_id(key) => self.capture_tool_call_id(value),
+                Entry::Skip => {}
+            }
+        }
+        while let Some(key) = map.next_key_seed(KeySeed)? {
+            match self.begin_entry(node, &mut st, &key) {
+                Entry::Check(n) => {
+                    let r = map.next_value_seed(NodeSeed { node: n, ctx: self });
+                    self.path.pop();
+                    r?;
+                }
+                Entry::Skip if self.is_tool_call_id(&key) => {
+                    let value: Value = map.next_value()?;
+                    self.capture_tool_call_id(&value);
+                }
+                Entry::Skip => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        self.end_object(node, &st);
+        Ok(())
+    }
+
+    /// Objects whose alternatives a discriminator (`role`, `type`) tells apart.
+    fn discriminated<'de, A: MapAccess<'de>>(
+        &mut self,
+        node: &'static Node,
+        disc: &'static str,
+        mut map: A,
+    ) -> Result<(), A::Error> {
+        let mut pre: Vec<(Cow<'de, str>, Value)> = Vec::new();
+        while let Some(key) = map.next_key_seed(KeySeed)? {
+            let value: Value = map.next_value()?;
+            if key != disc {
+                pre.push((key, value));
+                continue;
+            }
+            let chosen = value.as_str().and_then(|s| {
+                node.alternatives
+                    .iter()
+                    .copied()
+                    .find(|a| a.const_of(disc) == Some(s))
+            });
+            match chosen {
+                Some(alt) => {
+                    pre.push((key, value));
+                    return self.object(alt, map, pre);
+                }
+                None => {
+                    if !node.lenient {
+                        self.path.push(Seg::Key(disc));
+                        match value.as_str() {
+                            Some(s) => {
+                                let supported: Vec<&str> = node
+                                    .alternatives
+                                    .iter()
+                                    .filter_map(|a| a.const_of(disc))
+                                    .collect();
+                                let supported = list_values(&supported);
+                                let shown: String = s.chars().take(64).collect();
+                                self.report(|_| {
+                                    format!("Invalid value: '{shown}'. Supported values are: {supported}.")
+                                });
+                            }
+                            None => self.report_type(T_STRING, value_got(&value)),
+                        }
+                        self.path.pop();
+                    }
+                    return drain_map(map);
+                }
+            }
+        }
+        // No discriminator at all.
+        if node.lenient {
+            return Ok(());
+        }
+        let all_require = node.alternatives.iter().all(|a| a.required.contains(&disc));
+        if all_require {
+            self.path.push(Seg::Key(disc));
+            self.report(|p| format!("Missing required parameter: '{p}'."));
+            self.path.pop();
+            return Ok(());
+        }
+        let object = Value::Object(pre.into_iter().map(|(k, v)| (k.into_owned(), v)).collect());
+        self.buffered_alternatives(node, &object, T_OBJECT);
+        Ok(())
+    }
+
+    fn array<'de, A: SeqAccess<'de>>(
+        &mut self,
+        node: &'static Node,
+        mut seq: A,
+    ) -> Result<(), A::Error> {
+        let mut len = 0usize;
+        match node.items {
+            Some(items) => loop {
+                self.path.push(Seg::Index(len));
+                let r = seq.next_element_seed(NodeSeed {
+                    node: items,
+                    ctx: self,
+                });
+                self.path.pop();
+                match r? {
+                    Some(()) => len += 1,
+                    None => break,
+                }
+            },
+            None => {
+                while seq.next_element::<IgnoredAny>()?.is_some() {
+                    len += 1;
+                }
+            }
+        }
+        if let Some(min) = node.min_items {
+            if len < min as usize {
+                self.report(|p| {
+                    if len == 0 {
+                        format!("Invalid '{p}': empty array. Expected an array with minimum length {min}, but got an empty array instead.")
+                    } else {
+                        format!("Invalid '{p}': array too short. Expected an array with minimum length {min}, but got an array with length {len} instead.")
+                    }
+                });
+            }
+        }
+        if let Some(max) = node.max_items {
+            if len > max as usize {
+                self.report(|p| format!("Invalid '{p}': array too long. Expected an array with maximum length {max}, but got an array with length {len} instead."));
+            }
+        }
+        self.capture_container(Fact::Array(len));
+        Ok(())
+    }
+}
+
+impl<'de> NodeVisitor<'_> {
+    fn map_in<A: MapAccess<'de>>(self, map: A) -> Result<(), A::Error> {
+        let NodeVisitor { node, ctx } = self;
+        if !accepts(node.types, T_OBJECT) {
+            ctx.report_type(node.types, "an object");
+            return drain_map(map);
+        }
+        if node.alternatives.is_empty() {
+            return ctx.object(node, map, Vec::new());
+        }
+        let mut cands = node
+            .alternatives
+            .iter()
+            .copied()
+            .filter(|a| accepts(a.types, T_OBJECT));
+        match (cands.next(), cands.next()) {
+            (None, _) if node.lenient => drain_map(map),
+            (None, _) => {
+                ctx.report_type(node.types, "an object");
+                drain_map(map)
+            }
+            (Some(only), None) => NodeVisitor { node: only, ctx }.map_in(map),
+            (Some(_), Some(_)) => match node.discriminator {
+                Some(disc) => ctx.discriminated(node, disc, map),
+                None => {
+                    let value: Value =
+                        Deserialize::deserialize(de::value::MapAccessDeserializer::new(map))?;
+                    ctx.buffered_alternatives(node, &value, T_OBJECT);
+                    Ok(())
+                }
+            },
+        }
+    }
+
+    fn seq_in<A: SeqAccess<'de>>(self, seq: A) -> Result<(), A::Error> {
+        let NodeVisitor { node, ctx } = self;
+        if !accepts(node.types, T_ARRAY) {
+            ctx.report_type(node.types, "an array");
+            return drain_seq(seq);
+        }
+        if node.alternatives.is_empty() {
+            return ctx.array(node, seq);
+        }
+        let mut cands = node
+            .alternatives
+            .iter()
+            .copied()
+            .filter(|a| accepts(a.types, T_ARRAY));
+        match (cands.next(), cands.next()) {
+            (None, _) if node.lenient => drain_seq(seq),
+            (None, _) => {
+                ctx.report_type(node.types, "an array");
+                drain_seq(seq)
+            }
+            (Some(only), None) => NodeVisitor { node: only, ctx }.seq_in(seq),
+            (Some(_), Some(_)) => {
+                let value: Value =
+                    Deserialize::deserialize(de::value::SeqAccessDeserializer::new(seq))?;
+                ctx.buffered_alternatives(node, &value, T_ARRAY);
+                Ok(())
+            }
+        }
+    }
+}
+
+impl<'de> Visitor<'de> for NodeVisitor<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<(), E> {
+        self.ctx.scalar(self.node, Scalar::Bool(v));
+        Ok(())
+    }
+
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<(), E> {
+        self.ctx.scalar(self.node, Scalar::I64(v));
+        Ok(())
+    }
+
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<(), E> {
+        self.ctx.scalar(self.node, Scalar::U64(v));
+        Ok(())
+    }
+
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<(), E> {
+        self.ctx.scalar(self.node, Scalar::F64(v));
+        Ok(())
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<(), E> {
+        self.ctx.scalar(self.node, Scalar::Str(v));
+        Ok(())
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<(), E> {
+        self.ctx.scalar(self.node, Scalar::Null);
+        Ok(())
+    }
+
+    fn visit_none<E: de::Error>(self) -> Result<(), E> {
+        self.visit_unit()
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<(), A::Error> {
+        self.seq_in(seq)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<(), A::Error> {
+        self.ctx.capture_object_start();
+        self.map_in(map)
+    }
+}

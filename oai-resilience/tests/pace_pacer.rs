@@ -1,0 +1,469 @@
+//! The pacer's state machine in virtual time: learning, pauses, tokens, fairness,
+//! cancellation, deadlines.
+
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use oai_resilience::pace::{is_paced_locally, Cost, PaceKey, Pacer, PacerConfig, StaticLimits};
+use oai_resilience::{ErrorKind, RateLimitSnapshot};
+use tokio::time::Instant;
+
+fn key() -> PaceKey {
+    PaceKey::new("api.test").with_credential(b"Bearer sk-a")
+}
+
+fn snap_requests(limit: u64, remaining: u64, reset: Duration) -> RateLimitSnapshot {
+    let mut s = RateLimitSnapshot::default();
+    s.limit_requests = Some(limit);
+    s.remaining_requests = Some(remaining);
+    s.reset_requests = Some(reset);
+    s
+}
+
+fn snap_tokens(limit: u64, remaining: u64, reset: Duration) -> RateLimitSnapshot {
+    let mut s = RateLimitSnapshot::default();
+    s.limit_tokens = Some(limit);
+    s.remaining_tokens = Some(remaining);
+    s.reset_tokens = Some(reset);
+    s
+}
+
+fn static_limits(rpm: Option<u64>, tpm: Option<u64>) -> PacerConfig {
+    let mut cfg = PacerConfig::default();
+    cfg.static_limits = StaticLimits { rpm, tpm };
+    cfg
+}
+
+/// Without slow start, so that a test can hold many permits after the probe.
+fn no_slow_start() -> PacerConfig {
+    let mut cfg = PacerConfig::default();
+    cfg.slow_start = false;
+    cfg
+}
+
+/// Lets spawned tasks run without moving virtual time.
+async fn settle() {
+    for _ in 0..20 {
+        tokio::task::yield_now().await;
+    }
+}
+
+fn poll_once<F: Future + Unpin>(f: &mut F) -> bool {
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    std::pin::Pin::new(f).poll(&mut cx).is_pending()
+}
+
+#[tokio::test(start_paused = true)]
+async fn cold_key_probes_with_one_request() {
+    let pacer = Pacer::default();
+    let k = key();
+    let first = pacer.acquire(&k, Cost::tokens(1), None).await.unwrap();
+    assert_eq!(first.waited(), Duration::ZERO);
+    // The second waits for the probe's headers, however long that takes.
+    let (p2, k2) = (pacer.clone(), k.clone());
+    let second = tokio::spawn(async move { p2.acquire(&k2, Cost::tokens(1), None).await });
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(!second.is_finished());
+    assert_eq!(pacer.metrics().queue_len, 1);
+    first.on_response(Some(&snap_requests(20, 19, Duration::from_millis(50))));
+    let second = second.await.unwrap().unwrap();
+    assert_eq!(second.waited(), Duration::from_secs(5));
+    let st = pacer.key_state(&k).unwrap();
+    assert!(st.known);
+    assert_eq!(st.in_flight, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_dropped_probe_lets_the_next_request_probe() {
+    let pacer = Pacer::default();
+    let k = key();
+    let first = pacer.acquire(&k, Cost::tokens(1), None).await.unwrap();
+    let (p2, k2) = (pacer.clone(), k.clone());
+    let second = tokio::spawn(async move { p2.acquire(&k2, Cost::tokens(1), None).await });
+    settle().await;
+    assert!(!second.is_finished());
+    drop(first);
+    let second = second.await.unwrap().unwrap();
+    assert_eq!(second.waited(), Duration::ZERO);
+    assert!(!pacer.key_state(&k).unwrap().known);
+}
+
+#[tokio::test(start_paused = true)]
+async fn learns_capacity_and_refill_from_headers() {
+    let pacer = Pacer::new(no_slow_start());
+    let k = key();
+    let p = pacer.acquire(&k, Cost::tokens(1), None).await.unwrap();
+    // A small bucket with a fast refill: 20, of which 19 left, full again in 50 ms → 20/s.
+    p.on_response(Some(&snap_requests(20, 19, Duration::from_millis(50))));
+    let (cap, level, refill) = pacer.key_state(&k).unwrap().requests.unwrap();
+    assert_eq!(cap, 20.0);
+    assert_eq!(level, 19.0);
+    assert!((refill - 20.0).abs() < 1e-9, "{refill}");
+    let start = Instant::now();
+    let mut permits = Vec::new();
+    for _ in 0..19 {
+        permits.push(pacer.acquire(&k, Cost::tokens(1), None).await.unwrap());
+    }
+    assert_eq!(start.elapsed(), Duration::ZERO);
+    // The bucket is empty: the 20th waits one refill interval, 1/20 s.
+    let p = pacer.acquire(&k, Cost::tokens(1), None).await.unwrap();
+    let waited = p.waited();
+    assert!(
+        waited >= Duration::from_millis(50) && waited <= Duration::from_millis(51),
+        "{waited:?}"
+    );
+    let m = pacer.metrics();
+    assert_eq!(m.waits, 1);
+    assert_eq!(m.granted, 21);
+    assert!(m.wait_time >= Duration::from_millis(50));
+}
+
+#[tokio::test(start_paused = true)]
+async fn refill_comes_from_the_headers_for_a_minute_bucket_too() {
+    let pacer = Pacer::default();
+    let k = key();
+    let p = pacer.acquire(&k, Cost::tokens(1), None).await.unwrap();
+    // 600 RPM, 590 left, full again in 1 s: 10/s, read from the headers.
+    p.on_response(Some(&snap_requests(600, 590, Duration::from_secs(1))));
+    let (cap, _, refill) = pacer.key_state(&k).unwrap().requests.unwrap();
+    assert_eq!(cap, 600.0);
+    assert!((refill - 10.0).abs() < 1e-9, "{refill}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn in_flight_requests_are_subtracted_from_remaining() {
+    let pacer = Pacer::new(no_slow_start());
+    let k = key();
+    let probe = pacer.acquire(&k, Cost::tokens(1), None).await.unwrap();
+    probe.on_response(Some(&snap_requests(10, 9, Duration::from_millis(100))));
+    let a = pacer.acquire(&k, Cost::tokens(1), None).await.unwrap();
+    let _b = pacer.acquire(&k, Cost::tokens(1), None).await.unwrap();
+    let _c = pacer.acquire(&k, Cost::tokens(1), None).await.unwrap();
+    // The server answers `a` with 8 left; `b` and `c` are still in flight, uncounted there.
+    a.on_response(Some(&snap_requests(10, 8, Duration::from_millis(200))));
+    let (_, level, _) = pacer.key_state(&k).unwrap().requests.unwrap();
+    assert_eq!(level, 6.0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn rate_limit_pauses_the_whole_key_until_the_hint() {
+    let pacer = Pacer::default();
+    let k = key();
+    let other = PaceKey::new("api.test").with_credential(b"Bearer sk-b");
+    pacer
+        .acquire(&k, Cost::tokens(1), None)
+        .await
+        .unwrap()
+        .on_response(Some(&snap_requests(100, 99, Duration::from_millis(600))));
+    pacer
+        .acquire(&other, Cost::tokens(1), None)
+        .await
+        .unwrap()
+        .on_response(None);
+    let p = pacer.acquire(&k, Cost::tokens(1), None).await.unwrap();
+    // A 429 with a 2 s hint: every request on the key waits, not only a retry of this one.
+    p.on_rate_limited(
+        Some(Duration::from_secs(2)),
+        Some(&snap_requests(100, 0, Duration::from_secs(60))),
+    );
+    let start = Instant::now();
+    let waiters: Vec<_> = (0..3)
+        .map(|_| {
+            let (p, k) = (pacer.clone(), k.clone());
+            tokio::spawn(async move {
+                p.acquire(&k, Cost::tokens(1), None)
+                    .await
+                    .map(|x| x.waited())
+            })
+        })
+        .collect();
+    // Another key is not paused.
+    let free = pacer.acquire(&other, Cost::tokens(1), None).await.unwrap();
+    assert_eq!(free.waited(), Duration::ZERO);
+    for w in waiters {
+        let waited = w.await.unwrap().unwrap();
+        assert!(waited >= Duration::from_secs(2), "{waited:?}");
+    }
+    assert!(start.elapsed() >= Duration::from_secs(2));
+    assert_eq!(pacer.metrics().rate_limited, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn unexplained_rate_limit_switches_on_the_adaptive_rate() {
+    // A service that sends no headers at all: the 429s alone drive the rate.
+    let pacer = Pacer::new(no_slow_start());
+    let k = key();
+    pacer
+        .acquire(&k, Cost::tokens(1), None)
+        .await
+        .unwrap()
+        .on_response(None);
+    let mut permits = Vec::new();
+    for _ in 0..10 {
+        permits.push(pacer.acquire(&k, Cost::tokens(1), None).await.unwrap());
+    }
+    // Eleven requests in the last second; a 429 without a hint.
+    let start = Instant::now();
+    let first = permits.remove(0);
+    first.on_rate_limited(None, None);
+    let st = pacer.key_state(&k).unwrap();
+    let rate = st.adaptive_rate.expect("adaptive rate on");
+    assert!((rate - 11.0 * 0.7).abs() < 1e-6, "{rate}");
+    // Default pause of 1 s.
+    assert_eq!(st.paused_until, Some(start + Duration::from_secs(1)));
+    // The other 429s of the same round do not cut the rate again.
+    for p in permits.drain(..4) {
+        p.on_rate_limited(None, None);
+    }
+    assert_eq!(pacer.key_state(&k).unwrap().adaptive_rate, Some(rate));
+    // After the pause, requests are spaced at the adaptive rate.
+    let a = pacer.acquire(&k, Cost::tokens(1), None).await.unwrap();
+    assert!(start.elapsed() >= Duration::from_secs(1));
+    let t = Instant::now();
+    let _b = pacer.acquire(&k, Cost::tokens(1), None).await.unwrap();
+    let gap = t.elapsed().as_secs_f64();
+    assert!((gap - 1.0 / rate).abs() < 0.002, "{gap}");
+    // Successes raise it additively.
+    a.on_response(None);
+    let after = pacer.key_state(&k).unwrap().adaptive_rate.unwrap();
+    assert!((after - (rate + 2.0 / rate)).abs() < 1e-9, "{after}");
+    // A 429 that the headers explain (the bucket at zero) does not cut the rate.
+    for p in permits.drain(..) {
+        p.on_rate_limited(None, Some(&snap_requests(50, 0, Duration::from_secs(1))));
+    }
+    assert_eq!(pacer.key_state(&k).unwrap().adaptive_rate, Some(after));
+}
+
+#[tokio::test(start_paused = true)]
+async fn token_limit_paces_by_estimated_cost() {
+    let pacer = Pacer::new(static_limits(None, Some(600)));
+    let k = key();
+    // 600 TPM: a minute bucket of 600 tokens refilled 10/s.
+    let a = pacer.acquire(&k, Cost::tokens(300), None).await.unwrap();
+    let b = pacer.acquire(&k, Cost::tokens(300), None).await.unwrap();
+    assert_eq!(a.waited() + b.waited(), Duration::ZERO);
+    let c = pacer.acquire(&k, Cost::tokens(100), None).await.unwrap();
+    let w = c.waited().as_secs_f64();
+    assert!((w - 10.0).abs() < 0.01, "{w}");
+    // A request larger than the whole bucket waits for a full bucket, not forever.
+    let d = pacer.acquire(&k, Cost::tokens(5_000), None).await.unwrap();
+    let w = d.waited().as_secs_f64();
+    assert!((w - 60.0).abs() < 0.01, "{w}");
+    assert_eq!(pacer.key_state(&k).unwrap().in_flight, 4);
+}
+
+#[tokio::test(start_paused = true)]
+async fn token_estimate_is_corrected_from_headers() {
+    let pacer = Pacer::default();
+    let k = key();
+    let probe = pacer.acquire(&k, Cost::tokens(100), None).await.unwrap();
+    probe.on_response(Some(&snap_tokens(10_000, 9_800, Duration::from_secs(1))));
+    // The server counts every request at twice the estimate.
+    for _ in 0..12 {
+        let before = pacer.key_state(&k).unwrap().tokens.unwrap().1;
+        let p = pacer.acquire(&k, Cost::tokens(100), None).await.unwrap();
+        let remaining = (before - 200.0).floor() as u64;
+        p.on_response(Some(&snap_tokens(
+            10_000,
+            remaining,
+            Duration::from_secs(1),
+        )));
+    }
+    let st = pacer.key_state(&k).unwrap();
+    assert!(
+        (st.token_ratio - 2.0).abs() < 0.1,
+        "ratio {}",
+        st.token_ratio
+    );
+    let p = pacer.acquire(&k, Cost::tokens(100), None).await.unwrap();
+    assert!(p.tokens() >= 190 && p.tokens() <= 210, "{}", p.tokens());
+}
+
+#[tokio::test(start_paused = true)]
+async fn waiting_is_first_come_first_served() {
+    let pacer = Pacer::new(static_limits(Some(60), Some(600)));
+    let k = key();
+    // Drain the token bucket; then a big request queues first, small ones behind it.
+    let _drain = pacer.acquire(&k, Cost::tokens(600), None).await.unwrap();
+    let order = Arc::new(Mutex::new(Vec::new()));
+    let mut tasks = Vec::new();
+    for (i, tokens) in [(0u64, 300u64), (1, 10), (2, 10), (3, 10)] {
+        let (p, k, order) = (pacer.clone(), k.clone(), order.clone());
+        tasks.push(tokio::spawn(async move {
+            let permit = p.acquire(&k, Cost::tokens(tokens), None).await.unwrap();
+            order.lock().unwrap().push(i);
+            permit
+        }));
+        settle().await;
+    }
+    assert_eq!(pacer.metrics().queue_len, 4);
+    for t in tasks {
+        t.await.unwrap();
+    }
+    // The small ones did not overtake the big one, though tokens for them came sooner.
+    assert_eq!(*order.lock().unwrap(), vec![0, 1, 2, 3]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_dropped_waiter_gives_its_place_back() {
+    let pacer = Pacer::new(static_limits(Some(60), None));
+    let k = key();
+    let mut held = Vec::new();
+    for _ in 0..60 {
+        held.push(pacer.acquire(&k, Cost::tokens(1), None).await.unwrap());
+    }
+    // The bucket is empty (1 per second). Queue three waiters; drop the head.
+    let mut head = pacer.acquire(&k, Cost::tokens(1), None);
+    assert!(poll_once(&mut head));
+    let (p2, k2) = (pacer.clone(), k.clone());
+    let second = tokio::spawn(async move { p2.acquire(&k2, Cost::tokens(1), None).await });
+    let (p3, k3) = (pacer.clone(), k.clone());
+    let third = tokio::spawn(async move { p3.acquire(&k3, Cost::tokens(1), None).await });
+    settle().await;
+    assert_eq!(pacer.key_state(&k).unwrap().queue_len, 3);
+    assert_eq!(pacer.metrics().queue_len, 3);
+    drop(head);
+    assert_eq!(pacer.key_state(&k).unwrap().queue_len, 2);
+    assert_eq!(pacer.metrics().queue_len, 2);
+    // The second takes the slot the head would have had: 1 s, not 2 s.
+    let second = second.await.unwrap().unwrap();
+    let w = second.waited().as_secs_f64();
+    assert!((w - 1.0).abs() < 0.01, "{w}");
+    let third = third.await.unwrap().unwrap();
+    let w = third.waited().as_secs_f64();
+    assert!((w - 2.0).abs() < 0.01, "{w}");
+    assert_eq!(pacer.key_state(&k).unwrap().queue_len, 0);
+    // Dropped permits free their place among the requests in flight.
+    assert_eq!(pacer.key_state(&k).unwrap().in_flight, 62);
+    drop(held);
+    drop(second);
+    drop(third);
+    assert_eq!(pacer.key_state(&k).unwrap().in_flight, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_slot_past_the_deadline_fails_at_once() {
+    let pacer = Pacer::default();
+    let k = key();
+    pacer
+        .acquire(&k, Cost::tokens(1), None)
+        .await
+        .unwrap()
+        .on_rate_limited(Some(Duration::from_secs(30)), None);
+    let start = Instant::now();
+    let deadline = start + Duration::from_secs(5);
+    let err = pacer
+        .acquire(&k, Cost::tokens(1), Some(deadline))
+        .await
+        .unwrap_err();
+    // No point sleeping until the deadline: the pause is known to outlast it.
+    assert_eq!(start.elapsed(), Duration::ZERO);
+    assert_eq!(err.kind(), ErrorKind::RateLimited);
+    assert!(is_paced_locally(&err), "{err}");
+    assert_eq!(err.status(), None);
+    assert_eq!(err.retry_after(), Some(Duration::from_secs(30)));
+    assert!(err.to_string().contains("deadline"), "{err}");
+    let m = pacer.metrics();
+    assert_eq!(m.paced_errors, 1);
+    assert_eq!(m.queue_len, 0);
+    assert_eq!(pacer.key_state(&k).unwrap().queue_len, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_head_fails_at_once_when_its_slot_is_past_the_max_wait() {
+    let mut cfg = static_limits(Some(1), None);
+    cfg.max_wait = Some(Duration::from_secs(3));
+    let pacer = Pacer::new(cfg);
+    let k = key();
+    let _a = pacer.acquire(&k, Cost::tokens(1), None).await.unwrap();
+    // The next slot is 60 s away: the head fails at once, with the expected wait.
+    let err = pacer.acquire(&k, Cost::tokens(1), None).await.unwrap_err();
+    assert!(is_paced_locally(&err));
+    assert!(err.to_string().contains("max wait"), "{err}");
+    let hint = err.retry_after().unwrap().as_secs_f64();
+    assert!((hint - 60.0).abs() < 0.01, "{hint}");
+    // A server 429 is not "paced locally".
+    let server = oai_resilience::Error::new(ErrorKind::RateLimited)
+        .with_status(http::StatusCode::TOO_MANY_REQUESTS);
+    assert!(!is_paced_locally(&server));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_queued_waiter_fails_when_its_deadline_passes() {
+    let pacer = Pacer::default();
+    let k = key();
+    // A probe in flight holds everyone else, for an unknown time.
+    let _probe = pacer.acquire(&k, Cost::tokens(1), None).await.unwrap();
+    let start = Instant::now();
+    let err = pacer
+        .acquire(
+            &k,
+            Cost::tokens(1),
+            Some(start + Duration::from_millis(750)),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(start.elapsed(), Duration::from_millis(750));
+    assert!(is_paced_locally(&err));
+    assert_eq!(err.retry_after(), None);
+    assert_eq!(pacer.key_state(&k).unwrap().queue_len, 0);
+    assert_eq!(pacer.metrics().queue_len, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn headers_with_room_wake_the_head_early() {
+    let pacer = Pacer::default();
+    let k = key();
+    let probe = pacer.acquire(&k, Cost::tokens(1), None).await.unwrap();
+    probe.on_response(Some(&snap_requests(10, 0, Duration::from_secs(10))));
+    let task = tokio::spawn(pacer.acquire(&k, Cost::tokens(1), None));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!task.is_finished());
+    // Headers from elsewhere say the bucket has room again: the head goes now, not in 1 s.
+    pacer.on_response(&k, &snap_requests(10, 5, Duration::from_secs(5)));
+    let permit = task.await.unwrap().unwrap();
+    assert_eq!(permit.waited(), Duration::from_millis(100));
+}
+
+#[tokio::test(start_paused = true)]
+async fn slow_start_grows_the_requests_in_flight_until_a_429() {
+    let pacer = Pacer::default();
+    let k = key();
+    let probe = pacer.acquire(&k, Cost::tokens(1), None).await.unwrap();
+    assert_eq!(pacer.key_state(&k).unwrap().window, Some(1));
+    // The headers show plenty of room, but only two may go after the probe's answer.
+    probe.on_response(Some(&snap_requests(1000, 999, Duration::from_millis(60))));
+    assert_eq!(pacer.key_state(&k).unwrap().window, Some(2));
+    let a = pacer.acquire(&k, Cost::tokens(1), None).await.unwrap();
+    let b = pacer.acquire(&k, Cost::tokens(1), None).await.unwrap();
+    let mut c = pacer.acquire(&k, Cost::tokens(1), None);
+    assert!(poll_once(&mut c));
+    // One answer: a window of 3 with 1 in flight, so two more go.
+    a.on_response(Some(&snap_requests(1000, 998, Duration::from_millis(120))));
+    let c = c.await.unwrap();
+    let d = pacer.acquire(&k, Cost::tokens(1), None).await.unwrap();
+    let mut e = pacer.acquire(&k, Cost::tokens(1), None);
+    assert!(poll_once(&mut e));
+    assert_eq!(pacer.key_state(&k).unwrap().in_flight, 3);
+    // A 429 ends slow start (after its pause, the adaptive rate spaces requests instead).
+    b.on_rate_limited(Some(Duration::from_millis(100)), None);
+    let st = pacer.key_state(&k).unwrap();
+    assert_eq!(st.window, None);
+    // Five sent in the last second: 0.7 × 5 = 3.5 per second, so the next goes 1/3.5 s after
+    // the 429 (which outlasts its 100 ms pause).
+    let rate = st.adaptive_rate.unwrap();
+    assert!((rate - 3.5).abs() < 1e-9, "{rate}");
+    let e = e.await.unwrap();
+    let w = e.waited().as_secs_f64();
+    assert!((w - 1.0 / 3.5).abs() < 0.002, "{w}");
+    drop((c, d));
+    // A configuration without slow start goes from the probe to the buckets alone.
+    let pacer = Pacer::new(no_slow_start());
+    pacer
+        .acquire(&k, Cost::tokens(1), None)
+        .await
+        .unwrap()
+        .on_response(None);
+    assert_eq!(pacer.key_state(&k).unwrap().window, None);
+}

@@ -1,0 +1,166 @@
+//! The whole default stack (`OpenAiLayer`) over a hyper-util client against the mock server.
+#![cfg(feature = "mock")]
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::rt::TokioExecutor;
+use oai_resilience::mock::{MockResponse, MockServer, RateLimit, Route};
+use oai_resilience::stack::{OpenAiLayer, OpenAiService};
+use oai_resilience::validate::ValidateBody;
+use oai_resilience::{AuthCause, AuthLayer, ErrorKind, RetryConfig, RetryLayer};
+use tower::{Layer, ServiceExt};
+
+const KEY: &str = "sk-proj-StackTestKey0123456789abcdefghijklmnopqrstuv";
+const CHAT: &str = r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Hello"}]}"#;
+
+type Http = Client<HttpConnector, ValidateBody<Full<Bytes>>>;
+
+fn stack(server: &MockServer, key: &str) -> OpenAiService<Http> {
+    let client = Client::builder(TokioExecutor::new()).build_http();
+    OpenAiLayer::new()
+        .base_url(server.url().parse().unwrap())
+        .auth(AuthLayer::from_key(key))
+        .retry(RetryLayer::with_config(RetryConfig::new().seed(7)))
+        .layer(client)
+}
+
+fn post(path: &str, body: &'static str) -> http::Request<Full<Bytes>> {
+    http::Request::post(path)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from_static(body.as_bytes())))
+        .unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn burst_at_the_rate_limit_all_succeed() {
+    let server = MockServer::builder()
+        .api_key(KEY)
+        .request_limit(RateLimit::bucket(10, 10.0))
+        .start()
+        .await;
+    let svc = stack(&server, KEY);
+    let calls = (0..40).map(|_| svc.clone().oneshot(post("/v1/chat/completions", CHAT)));
+    let results = futures_util::future::join_all(calls).await;
+    let failed: Vec<_> = results.iter().filter_map(|r| r.as_ref().err()).collect();
+    assert!(failed.is_empty(), "failed calls: {failed:?}");
+    let counts = server.counts();
+    assert_eq!(counts.ok, 40);
+    // Pacing keeps the 429s rare; retries recover the few that happen.
+    assert!(counts.total <= 46, "requests sent: {}", counts.total);
+}
+
+#[tokio::test(start_paused = true)]
+async fn quota_costs_one_request() {
+    let server = MockServer::builder()
+        .api_key(KEY)
+        .quota_exhausted(true)
+        .start()
+        .await;
+    let err = stack(&server, KEY)
+        .oneshot(post("/v1/chat/completions", CHAT))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::QuotaExceeded);
+    assert!(!err.is_retryable());
+    assert_eq!(server.counts().total, 1);
+    assert!(err.hint().contains("retrying will not help"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn transient_503s_are_retried() {
+    let server = MockServer::builder()
+        .api_key(KEY)
+        .script(
+            Route::ChatCompletions,
+            [MockResponse::status(503), MockResponse::status(502)],
+        )
+        .start()
+        .await;
+    let res = stack(&server, KEY)
+        .oneshot(post("/v1/chat/completions", CHAT))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(server.counts().total, 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn local_failures_send_nothing() {
+    let server = MockServer::builder().api_key(KEY).start().await;
+
+    let err = stack(&server, KEY)
+        .oneshot(post("/v1/chat/completions", r#"{"model":"gpt-4o-mini"}"#))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidParameter);
+    assert_eq!(err.param(), Some("messages"));
+    assert_eq!(err.hint(), "add the missing parameter `messages`");
+
+    let err = stack(&server, "sk-...")
+        .oneshot(post("/v1/chat/completions", CHAT))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::MalformedApiKey);
+    assert_eq!(err.auth_cause(), Some(AuthCause::Placeholder));
+
+    let err = stack(&server, &format!("{KEY}\n"))
+        .oneshot(post("/v1/chat/completions", CHAT))
+        .await
+        .unwrap_err();
+    assert_eq!(err.auth_cause(), Some(AuthCause::Whitespace));
+    assert!(!err.to_string().contains(KEY), "{err}");
+
+    assert_eq!(server.counts().total, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn wrong_key_is_a_typed_401_with_redacted_echo() {
+    let server = MockServer::builder().api_key(KEY).start().await;
+    let other = "sk-proj-WrongKeyWrongKeyWrongKey0123456789abcdefgh";
+    let err = stack(&server, other)
+        .oneshot(post("/v1/chat/completions", CHAT))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Authentication);
+    assert_eq!(err.auth_cause(), Some(AuthCause::IncorrectKey));
+    assert_eq!(server.counts().total, 1, "a 401 is not retried");
+    for text in [err.to_string(), format!("{err:?}")] {
+        assert!(!text.contains("WrongKey"), "{text}");
+        assert!(!text.contains("efgh"), "{text}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_deadline_bounds_an_outage() {
+    let server = MockServer::builder()
+        .api_key(KEY)
+        .script(
+            Route::ChatCompletions,
+            (0..50).map(|_| MockResponse::status(503)),
+        )
+        .start()
+        .await;
+    let client = Client::builder(TokioExecutor::new()).build_http();
+    let svc = OpenAiLayer::new()
+        .base_url(server.url().parse().unwrap())
+        .auth(AuthLayer::from_key(KEY))
+        .retry(RetryLayer::with_config(
+            RetryConfig::new()
+                .seed(3)
+                .max_attempts(50)
+                .deadline(Duration::from_secs(5)),
+        ))
+        .layer(client);
+    let start = tokio::time::Instant::now();
+    let err = svc
+        .oneshot(post("/v1/chat/completions", CHAT))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::ServerError);
+    assert!(start.elapsed() <= Duration::from_secs(5));
+    let ctx = err.retry_context().unwrap();
+    assert!(ctx.attempts >= 2 && ctx.attempts < 50, "{ctx:?}");
+}

@@ -1,0 +1,69 @@
+//! End to end over loopback: `ValidateLayer` → hyper-util client → the mock server. An invalid
+//! request never reaches the server; a valid one does, byte for byte.
+#![cfg(feature = "mock")]
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use oai_resilience::mock::{MockServer, Route};
+use oai_resilience::validate::{ValidateBody, ValidateLayer};
+use oai_resilience::{ClassifyLayer, ErrorKind};
+use tower::{Service, ServiceBuilder, ServiceExt};
+
+fn request(url: String, body: &'static str) -> http::Request<Full<Bytes>> {
+    http::Request::post(url)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from_static(body.as_bytes())))
+        .unwrap()
+}
+
+#[tokio::test]
+async fn an_invalid_request_never_reaches_the_server() {
+    let server = MockServer::builder().start().await;
+    let client = Client::builder(TokioExecutor::new()).build_http::<ValidateBody<Full<Bytes>>>();
+    let mut svc = ServiceBuilder::new()
+        .layer(ValidateLayer::new())
+        .layer(ClassifyLayer::new())
+        .service(client);
+
+    // Missing `messages`, and a temperature out of range.
+    let bad = r#"{"model":"gpt-4o-mini","temperature":9}"#;
+    let err = svc
+        .ready()
+        .await
+        .unwrap()
+        .call(request(server.endpoint(Route::ChatCompletions), bad))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidParameter);
+    assert_eq!(err.violations().len(), 2);
+    assert_eq!(err.param(), Some("messages"));
+    assert_eq!(server.counts().total, 0, "zero requests reached the server");
+
+    let bad = r#"{"model":"text-embedding-3-small","input":"x","dimensions":0,"extra":1}"#;
+    let err = svc
+        .ready()
+        .await
+        .unwrap()
+        .call(request(server.endpoint(Route::Embeddings), bad))
+        .await
+        .unwrap_err();
+    let params: Vec<&str> = err.violations().iter().map(|v| v.param.as_str()).collect();
+    assert_eq!(params, ["dimensions", "extra"]);
+    assert_eq!(server.counts().total, 0);
+
+    // A valid request goes through, with the bytes the caller sent.
+    let good = r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Hi"}]}"#;
+    let res = svc
+        .ready()
+        .await
+        .unwrap()
+        .call(request(server.endpoint(Route::ChatCompletions), good))
+        .await
+        .unwrap();
+    assert!(res.status().is_success());
+    let counts = server.counts();
+    assert_eq!((counts.total, counts.ok), (1, 1));
+    assert_eq!(server.requests()[0].body, good.as_bytes());
+}
