@@ -36,7 +36,7 @@ echo "== fuzz: building targets (cargo ${toolchain[*]:-(default toolchain)})"
 start=$(date +%s)
 # An explicit --target keeps RUSTFLAGS off build scripts and proc macros (as cargo fuzz does).
 host="$(rustc "${toolchain[@]}" -vV | sed -n 's/^host: //p')"
-cargo "${toolchain[@]}" build --locked --release --bins --target "$host"
+cargo "${toolchain[@]}" build --release --bins --target "$host"
 echo "   built in $(( $(date +%s) - start ))s"
 
 mapfile -t targets < <(sed -n 's/^name = "\(.*\)"$/\1/p' Cargo.toml | tail -n +2)
