@@ -229,7 +229,7 @@ impl AuthCause {
     fn hint(self) -> &'static str {
         match self {
             AuthCause::IncorrectKey => "check that OPENAI_API_KEY holds a valid, current key (keys are at https://platform.openai.com/api-keys)",
-            AuthCause::MissingKey => "set OPENAI_API_KEY or configure a key source on the auth layer",
+            AuthCause::MissingKey => "set OPENAI_API_KEY to a key from https://platform.openai.com/api-keys, or configure a key source on the auth layer",
             AuthCause::NotOrgMember => "ask to be added to an organization, or set OPENAI_ORG_ID to one you belong to",
             AuthCause::IpNotAllowed => "add this IP address to the key's project allow-list, or call from an allowed network",
             AuthCause::UnsupportedRegion => "the API is not available from this region; see OpenAI's supported countries",

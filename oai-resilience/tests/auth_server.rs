@@ -171,7 +171,7 @@ async fn key_lost_on_the_way() {
         401,
         ErrorKind::Authentication,
         AuthCause::MissingKey,
-        "set OPENAI_API_KEY or configure a key source on the auth layer",
+        "set OPENAI_API_KEY to a key from https://platform.openai.com/api-keys, or configure a key source on the auth layer",
     );
 }
 

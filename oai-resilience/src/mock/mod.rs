@@ -4,9 +4,9 @@
 //! the current tokio runtime, as `tower-test` is for tower: every layer of this crate is tested
 //! against it over loopback, and users can test their own stacks the same way. It answers
 //! `POST /v1/chat/completions`, `/v1/embeddings` and `/v1/responses` (also without the `/v1`
-//! prefix) with OpenAI's JSON (or, for `"stream": true`, its server-sent events) and headers (`x-request-id: req_…`, `openai-processing-ms`,
-//! `openai-version`, `openai-organization`, `x-ratelimit-*`), and fails on demand the way the
-//! API fails:
+//! prefix) with OpenAI's JSON (or, for `"stream": true`, its server-sent events) and headers
+//! (`x-request-id: req_…`, `openai-processing-ms`, `openai-version`, `openai-organization`,
+//! `x-ratelimit-*`), and fails on demand the way the API fails:
 //!
 //! | fault | configure with | answer |
 //! |---|---|---|
@@ -16,7 +16,7 @@
 //! | random server errors | [`MockBuilder::random_server_errors`] (seeded) | 500/502/503/504 |
 //! | latency | [`MockBuilder::latency`], [`MockBuilder::route_latency`], [`MockResponse::with_delay`] | a `tokio::time::sleep` |
 //! | key check | [`MockBuilder::api_key`]; causes via [`MockResponse::auth_failure`] | 401/403 with OpenAI's messages |
-//! | bad bodies | always on | 400 invalid JSON, 400 `missing_required_parameter`, 413 |
+//! | bad bodies | always on | 400 invalid JSON, `missing_required_parameter`, `invalid_type`, `empty_array`; 413 ([`MockBuilder::max_request_bytes`]) |
 //! | a dropped connection | [`MockResponse::disconnect`] in a script | the connection closes, no answer |
 //! | a failing stream | [`MockResponse::stream_error_after`] in a script | 200 event stream ending in an `{"error": …}` event |
 //!
