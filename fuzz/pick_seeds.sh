@@ -7,8 +7,10 @@ cd "$(dirname "$0")"
 t="$1"
 bin="target/x86_64-unknown-linux-gnu/release/$t"
 tmp="$(mktemp -d)"
-trap 'rm -rf "$tmp"' EXIT
-nice -n 19 "$bin" -merge=1 "$tmp" "corpus/$t" "seeds/$t" >"$tmp.log" 2>&1 || { tail "$tmp.log"; exit 1; }
+log="$(mktemp)"
+trap 'rm -rf "$tmp" "$log"' EXIT
+nice -n 19 "$bin" -merge=1 "$tmp" "corpus/$t" "seeds/$t" >"$log" 2>&1 || { tail "$log"; exit 1; }
 rm -f "seeds/$t"/gen-*
-ls -S "$tmp" | head -n 30 | while read -r f; do cp "$tmp/$f" "seeds/$t/gen-$f"; done
-echo "$t: $(ls "$tmp" | wc -l) inputs in the merged set, $(ls "seeds/$t" | wc -l) seeds now"
+mapfile -t merged < <(ls -S "$tmp")
+for f in "${merged[@]:0:30}"; do cp "$tmp/$f" "seeds/$t/gen-$f"; done
+echo "$t: ${#merged[@]} inputs in the merged set, $(ls "seeds/$t" | wc -l) seeds now"
