@@ -10,7 +10,7 @@ use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::{combinators::BoxBody, Full};
 use oai_resilience::retry::{
-    call, Attempt, Backoff, Decision, HintJitter, Jitter, OpenAiPolicy, RetryConfig,
+    call, call_with, Attempt, Backoff, Decision, HintJitter, Jitter, OpenAiPolicy, RetryConfig,
     RetryableError, TokenBudget, TowerPolicy,
 };
 use oai_resilience::{
@@ -80,6 +80,11 @@ async fn call_treats_closures_as_post_for_timeouts() {
         .policy(OpenAiPolicy::new().retry_post_timeouts(true));
     call(&cfg, op).await.unwrap_err();
     assert_eq!(n.load(Ordering::SeqCst), 4);
+    // An idempotent operation retries timeouts with the default policy.
+    call_with(&config().max_attempts(2), true, op)
+        .await
+        .unwrap_err();
+    assert_eq!(n.load(Ordering::SeqCst), 6);
 }
 
 #[tokio::test(start_paused = true)]

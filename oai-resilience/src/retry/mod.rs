@@ -18,11 +18,74 @@
 //! (a delay that would cross it is not slept), and a [`TokenBudget`] shared by all clones, so
 //! that during an outage the stack sends at most about 1.2× the requests it was asked for.
 //!
-//! The pieces:
+//! # The layer
+//!
+//! [`RetryLayer`] builds [`Retry`] services over a *classified* service (one whose error is
+//! [`Error`](crate::Error), such as [`Classify`](crate::Classify)), so the policy sees typed
+//! errors, not raw responses. It follows the tower contract: the inner service is cloned and
+//! its `poll_ready` is driven before every attempt; clones of the service share the budget and
+//! the random source, never in-flight requests; dropping the response future at any moment
+//! (mid attempt, mid backoff) stops everything, since nothing is spawned.
+//!
+//! A retry re-sends the same request: bodies that clone cheaply ([`ReplayBody`]: `Full<Bytes>`,
+//! `Bytes`, `String`, …) are replayed; a streamed body fails with
+//! [`ErrorKind::NotReplayable`](crate::ErrorKind::NotReplayable) the first time a retry would
+//! be needed. Each attempt carries its retry count in `x-stainless-retry-count` (0, 1, 2, …),
+//! as the official SDKs send it.
+//!
+//! ```
+//! use bytes::Bytes;
+//! use http_body_util::Full;
+//! use oai_resilience::retry::{RetryConfig, RetryLayer};
+//! use oai_resilience::{ClassifyLayer, Error};
+//! use std::sync::atomic::{AtomicU32, Ordering};
+//! use std::sync::Arc;
+//! use tower::{service_fn, Service, ServiceBuilder, ServiceExt};
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() -> Result<(), Error> {
+//! // An upstream that fails twice with 503, then answers.
+//! let calls = Arc::new(AtomicU32::new(0));
+//! let counter = calls.clone();
+//! let upstream = service_fn(move |_req: http::Request<Full<Bytes>>| {
+//!     let status = if counter.fetch_add(1, Ordering::SeqCst) < 2 { 503 } else { 200 };
+//!     async move {
+//!         Ok::<_, std::convert::Infallible>(
+//!             http::Response::builder().status(status).body(Full::new(Bytes::new())).unwrap(),
+//!         )
+//!     }
+//! });
+//! let mut svc = ServiceBuilder::new()
+//!     .layer(RetryLayer::with_config(RetryConfig::new().seed(7)))
+//!     .layer(ClassifyLayer::new())
+//!     .service(upstream);
+//! let req = http::Request::post("/v1/chat/completions").body(Full::new(Bytes::from("{}"))).unwrap();
+//! let res = svc.ready().await?.call(req).await?;
+//! assert_eq!(res.status(), 200);
+//! assert_eq!(calls.load(Ordering::SeqCst), 3);
+//! # Ok(()) }
+//! ```
+//!
+//! # Observability
+//!
+//! Every retry emits an `INFO` event on the `oai_resilience::retry` target with `attempt`,
+//! `status`, `kind`, `request_id`, `delay_ms` and `delay_source` (backoff or which server
+//! hint); a stop emits a `DEBUG` event with its reason. The final error carries a
+//! [`RetryContext`](crate::RetryContext) ([`Error::retry_context`](crate::Error::retry_context)):
+//! the attempts, the elapsed time, the [`StopReason`](crate::StopReason) and each attempt's
+//! [`AttemptOutcome`](crate::AttemptOutcome), and its `Display` ends with, for instance,
+//! "after 3 attempts in 1.2 s (maximum attempts reached)".
+//!
+//! # One retry loop
+//!
 //! - [`RetryConfig`]: every knob, with the defaults in its docs;
-//! - [`Policy`] / [`OpenAiPolicy`]: "retry after D" or "stop" per attempt;
-//! - [`Retrier`]: the decision core that every retry loop of the project drives;
-//! - [`call`]: the loop for closures (used by `#[openai_call]`), with [`RetryableError`].
+//! - [`Policy`] / [`OpenAiPolicy`]: "retry after D" or "stop" per attempt; closures are
+//!   policies too;
+//! - [`Retrier`]: the decision core (policy, then the limits, then the records) that every
+//!   retry loop of the project drives: the [`Retry`] response future, [`TowerPolicy`] (for
+//!   plain `tower::retry::RetryLayer`) and [`call`];
+//! - [`call`]: the loop for closures, used by `#[openai_call]`; user error types take part
+//!   through [`RetryableError`].
 //!
 //! ```
 //! use oai_resilience::retry::{call, RetryConfig};
@@ -59,6 +122,6 @@ pub use config::{
 pub use layer::RetryLayer;
 pub use policy::{is_idempotent, server_hint, Attempt, Decision, OpenAiPolicy, Policy, ServerHint};
 pub use replay::{clone_request, ReplayBody};
-pub use retrier::{call, Retrier, RetryableError};
+pub use retrier::{call, call_with, Retrier, RetryableError};
 pub use service::Retry;
 pub use tower_policy::TowerPolicy;

@@ -36,7 +36,7 @@ impl<'a> Attempt<'a> {
     }
 
     /// Whether the request's method is idempotent (GET, HEAD, OPTIONS, PUT, DELETE, TRACE).
-    /// Closures run by [`call`](super::call) count as not idempotent.
+    /// Closures run by [`call`](super::call) count as not idempotent; [`call_with`](super::call_with) says.
     pub fn is_idempotent(&self) -> bool {
         self.idempotent
     }

@@ -405,13 +405,32 @@ impl RetryableError for BoxError {
 /// assert_eq!((answer, calls.load(Ordering::Relaxed)), (42, 3));
 /// # }
 /// ```
-pub async fn call<T, E, F, Fut>(config: &RetryConfig, mut op: F) -> Result<T, E>
+pub async fn call<T, E, F, Fut>(config: &RetryConfig, op: F) -> Result<T, E>
 where
     F: FnMut(u32) -> Fut,
     Fut: Future<Output = Result<T, E>>,
     E: RetryableError,
 {
-    let mut retrier = Retrier::new(config, false);
+    call_with(config, false, op).await
+}
+
+/// [`call`] for an operation that says whether it is idempotent (safe to repeat after a
+/// timeout, like a GET): `idempotent` is what [`Attempt::is_idempotent`] reports to the policy.
+///
+/// # Errors
+///
+/// As [`call`].
+pub async fn call_with<T, E, F, Fut>(
+    config: &RetryConfig,
+    idempotent: bool,
+    mut op: F,
+) -> Result<T, E>
+where
+    F: FnMut(u32) -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+    E: RetryableError,
+{
+    let mut retrier = Retrier::new(config, idempotent);
     loop {
         let attempt = retrier.start_attempt();
         let fut = op(attempt);
