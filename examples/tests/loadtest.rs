@@ -145,3 +145,37 @@ fn arguments_parse_and_reject() {
         .contains("unknown argument"));
     assert!(HEADER.starts_with("| scenario |"));
 }
+
+#[tokio::test(start_paused = true)]
+async fn base_url_runs_the_stack_alone_and_counts_on_the_client() {
+    // A server of our own stands for "any OpenAI-compatible server": its faults apply, the
+    // baseline does not run, and the requests are counted on the client side.
+    let server = oai_resilience::mock::MockServer::builder()
+        .api_key("sk-proj-RemoteRemoteRemote0000")
+        .quota_exhausted(true)
+        .start()
+        .await;
+    let args = parse_args(
+        [
+            "--scenario",
+            "flaky",
+            "--n",
+            "4",
+            "--base-url",
+            &server.url(),
+            "--api-key",
+            "sk-proj-RemoteRemoteRemote0000",
+        ]
+        .map(String::from),
+    )
+    .unwrap();
+    let r = run(&args.config(Scenario::Flaky)).await.unwrap();
+    assert!(r.baseline.is_none());
+    assert_eq!(
+        r.stack.failed_by_kind,
+        vec![("quota_exceeded".to_string(), 4)]
+    );
+    assert_eq!(r.stack.requests_sent, 4);
+    assert_eq!(server.counts().total, 4);
+    assert!(r.json()["baseline"].is_null());
+}
