@@ -68,8 +68,11 @@ ENDPOINTS = {
     "POST /audio/speech": "AudioSpeech",
 }
 
-# Subtrees whose nested `required` lists are unconfirmed (VALIDATION-NOTES.md 3.6).
-LENIENT = {("POST /responses", "input"), ("POST /responses", "tools")}
+# Subtrees whose nested `required` lists are unconfirmed (VALIDATION-NOTES.md 3.6): the
+# Responses input items and tools, and the prompt variables, which reuse the input content
+# types (`InputImageContent` requires `detail`, which its own description says defaults).
+LENIENT = {("POST /responses", "input"), ("POST /responses", "tools"),
+           ("POST /responses", "prompt.variables")}
 
 # Limits stated only in prose (VALIDATION-NOTES.md 3.3). Path syntax: property names joined
 # by ".", "[]" for array items, "*" for map values, "|N" for the N-th alternative.
@@ -151,8 +154,8 @@ class Gen:
         f["items"] = "Some(&%s)" % self.node(op, path + "[]", items, lenient) if isinstance(items, dict) and not types == [] else "None"
         props = []
         for name, sub in n.get("properties", {}).items():
-            child_lenient = lenient or (top and (op, name) in LENIENT)
             sub_path = name if top else path + "." + name
+            child_lenient = lenient or (op, sub_path) in LENIENT
             props.append("Prop { name: %s, node: &%s }" % (rust_str(name), self.node(op, sub_path, sub, child_lenient)))
         f["properties"] = "&[%s]" % ", ".join(props)
         required = n.get("required_properties", [])
@@ -174,14 +177,16 @@ class Gen:
         f["discriminator"] = "None"
         if alts:
             disc = n.get("discriminator")
+            # Only the object alternatives can be told apart by a property.
+            objects = [a for a in alts if "object" in a.get("types", [])]
             if not disc:
                 common = None
-                for a in alts:
+                for a in objects:
                     consts = {k for k, v in a.get("properties", {}).items() if is_const(v)}
                     common = consts if common is None else common & consts
                 if common:
                     disc = sorted(common)[0]
-            if disc and all(is_const(a.get("properties", {}).get(disc, {})) for a in alts):
+            if disc and len(objects) > 1 and all(is_const(a.get("properties", {}).get(disc, {})) for a in objects):
                 f["discriminator"] = "Some(%s)" % rust_str(disc)
         body = "Node { %s }" % ", ".join("%s: %s" % kv for kv in f.items())
         if body in self.index:

@@ -1,6 +1,7 @@
 //! Parsing of the `#[openai_call(...)]` options.
 
 use proc_macro2::Span;
+use syn::ext::IdentExt;
 use syn::parse::{Parse, ParseStream};
 use syn::punctuated::Punctuated;
 use syn::spanned::Spanned;
@@ -15,6 +16,7 @@ mod kw {
     syn::custom_keyword!(base_delay);
     syn::custom_keyword!(max_delay);
     syn::custom_keyword!(timeout);
+    syn::custom_keyword!(idempotent);
     syn::custom_keyword!(skip);
     syn::custom_keyword!(skip_all);
     syn::custom_keyword!(name);
@@ -24,7 +26,7 @@ mod kw {
 
 /// The option names, in the order the "expected one of" messages list them.
 pub(crate) const ACCEPTED: &str = "`retry`, `policy`, `max_attempts`, `base_delay`, `max_delay`, \
-`timeout`, `skip(..)`, `skip_all`, `name`, `validate(..)`, `api_key`, `crate`";
+`timeout`, `idempotent`, `skip(..)`, `skip_all`, `name`, `validate(..)`, `api_key`, `crate`";
 
 /// A duration option: a literal checked at compile time, or any `Duration` expression.
 #[derive(Debug)]
@@ -62,6 +64,7 @@ pub(crate) struct Options {
     pub(crate) base_delay: Option<DurationOpt>,
     pub(crate) max_delay: Option<DurationOpt>,
     pub(crate) timeout: Option<DurationOpt>,
+    pub(crate) idempotent: Option<Span>,
     pub(crate) skip: Vec<Ident>,
     pub(crate) skip_all: Option<Span>,
     pub(crate) name: Option<LitStr>,
@@ -182,6 +185,11 @@ impl Parse for Options {
                 if o.timeout.replace(d).is_some() {
                     return Err(duplicate(k.span, "timeout"));
                 }
+            } else if lookahead.peek(kw::idempotent) {
+                let k: kw::idempotent = input.parse()?;
+                if o.idempotent.replace(k.span).is_some() {
+                    return Err(duplicate(k.span, "idempotent"));
+                }
             } else if lookahead.peek(kw::skip_all) {
                 let k: kw::skip_all = input.parse()?;
                 if o.skip_all.replace(k.span).is_some() {
@@ -195,7 +203,7 @@ impl Parse for Options {
                 let content;
                 syn::parenthesized!(content in input);
                 let names: Punctuated<Ident, Token![,]> =
-                    content.parse_terminated(Ident::parse, Token![,])?;
+                    content.parse_terminated(Ident::parse_any, Token![,])?;
                 if names.is_empty() {
                     return Err(syn::Error::new(
                         k.span,
@@ -325,11 +333,12 @@ mod tests {
     fn parses_every_option() {
         let o: Options = syn::parse_str(
             r#"retry = cfg(), policy = p, max_attempts = 3, base_delay = "1s", max_delay = d(),
-               timeout = "1m", skip(a, b), name = "n", validate(body = "post /v1/embeddings"),
+               timeout = "1m", idempotent, skip(a, b), name = "n", validate(body = "post /v1/embeddings"),
                api_key = key, crate = "x::y""#,
         )
         .unwrap();
         assert!(o.retry.is_some() && o.policy.is_some() && o.max_attempts.is_some());
+        assert!(o.idempotent.is_some());
         assert!(matches!(
             o.base_delay,
             Some(DurationOpt::Literal(1_000_000_000, _))
@@ -344,6 +353,8 @@ mod tests {
         assert_eq!(o.validate[0].path, "/v1/embeddings");
         assert!(matches!(o.api_key, Some(KeySource::Expr(_))));
         assert_eq!(o.krate.unwrap().segments.len(), 2);
+        let o: Options = syn::parse_str("skip(self, key)").unwrap();
+        assert_eq!(o.skip[0], "self");
         let o: Options = syn::parse_str(r#"skip_all, api_key = "OPENAI_API_KEY","#).unwrap();
         assert!(o.skip_all.is_some());
         assert!(matches!(o.api_key, Some(KeySource::Env(_))));
@@ -353,6 +364,7 @@ mod tests {
     fn rejects_misuse_with_a_message() {
         assert!(err("frobnicate").contains("unknown option `frobnicate`; expected one of: `retry`"));
         assert!(err("name = \"a\", name = \"b\"").contains("`name` is given more than once"));
+        assert!(err("idempotent, idempotent").contains("`idempotent` is given more than once"));
         assert!(err("skip(a), skip(b)").contains("`skip` is given more than once"));
         assert!(err("skip(a, a)").contains("`a` is skipped more than once"));
         assert!(err("skip()").contains("at least one argument"));

@@ -189,6 +189,7 @@ pub(crate) fn expand(item: ItemFn, opts: Options) -> TokenStream {
         config.extend(quote!(.deadline(#d)));
     }
 
+    let idempotent = opts.idempotent.is_some();
     let function = match &opts.name {
         Some(lit) => quote!(#lit),
         None => quote!(#krate::__private::function_path(
@@ -288,6 +289,7 @@ pub(crate) fn expand(item: ItemFn, opts: Options) -> TokenStream {
             let __oai_call = #krate::__private::Call::new(
                 #function,
                 __OAI_CONFIG.get_or_init(__oai_config),
+                #idempotent,
             );
             let __oai_args = |__oai_sink: &mut #krate::__private::Args| {
                 let _ = &__oai_sink;

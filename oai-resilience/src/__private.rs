@@ -1,9 +1,9 @@
 //! Runtime support for the code that `#[openai_call]` generates. Not a public API: the names
 //! and signatures here change without notice.
 
-use std::cell::Cell;
 use std::fmt::{self, Debug, Write as _};
 use std::future::Future;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 pub use std::sync::OnceLock;
 pub use std::time::Duration;
@@ -117,13 +117,19 @@ impl Args {
 pub struct Call {
     function: &'static str,
     config: &'static RetryConfig,
+    idempotent: bool,
 }
 
 impl Call {
     /// A call of `function` under `config` (built once per function, so that the calls of one
-    /// function share its retry budget).
-    pub fn new(function: &'static str, config: &'static RetryConfig) -> Self {
-        Call { function, config }
+    /// function share its retry budget); `idempotent` tells the policy whether a timed-out
+    /// attempt may be repeated.
+    pub fn new(function: &'static str, config: &'static RetryConfig, idempotent: bool) -> Self {
+        Call {
+            function,
+            config,
+            idempotent,
+        }
     }
 
     fn context<A: Fn(&mut Args)>(&self, args: &A) -> CallContext {
@@ -161,7 +167,7 @@ impl Call {
             .attach_call_context(self.context(args))
     }
 
-    /// Runs the attempts through [`retry::call`](crate::retry::call) (the retry layer's loop,
+    /// Runs the attempts through [`retry::call_with`](crate::retry::call_with) (the retry layer's loop,
     /// policy, backoff, budget and deadline) inside an `openai_call` span, and attaches the
     /// call's context to the final error.
     pub async fn run<T, E, A, F, Fut>(self, args: &A, mut attempt: F) -> Result<T, E>
@@ -177,25 +183,26 @@ impl Call {
             function = self.function,
             attempts = tracing::field::Empty,
         );
-        let attempts = Cell::new(0u32);
-        let result = crate::retry::call(self.config, |n| {
-            attempts.set(n);
+        // Atomic, not `Cell`: the future must stay `Send` when the body's is.
+        let attempts = AtomicU32::new(0);
+        let result = crate::retry::call_with(self.config, self.idempotent, |n| {
+            attempts.store(n, Ordering::Relaxed);
             tracing::debug!(target: "oai_resilience::call", attempt = n, "attempt");
             attempt(n)
         })
         .instrument(span.clone())
         .await;
-        span.record("attempts", attempts.get());
+        span.record("attempts", attempts.load(Ordering::Relaxed));
         let _entered = span.enter();
         match result {
             Ok(v) => {
-                tracing::debug!(target: "oai_resilience::call", attempts = attempts.get(), "succeeded");
+                tracing::debug!(target: "oai_resilience::call", attempts = attempts.load(Ordering::Relaxed), "succeeded");
                 Ok(v)
             }
             Err(e) => {
                 tracing::info!(
                     target: "oai_resilience::call",
-                    attempts = attempts.get(),
+                    attempts = attempts.load(Ordering::Relaxed),
                     kind = %e.classification().map_or(ErrorKind::Internal, |e| e.kind()),
                     "failed"
                 );

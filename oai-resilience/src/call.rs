@@ -1,8 +1,135 @@
-//! `#[openai_call]`: an `async fn` that makes one OpenAI call, run under the retry policy, with
-//! errors that say which function failed, with what arguments, after which attempts.
+//! `#[openai_call]`: an `async fn` whose body is **one attempt** of an OpenAI call, run under
+//! the same retry machinery as the retry layer, with errors that say which call failed, with
+//! which arguments, after which attempts.
 //!
-//! The attribute is re-exported as [`crate::openai_call`]; this module holds the error trait
-//! that user error types implement to be retried and to receive the context.
+//! ```
+//! use std::sync::atomic::{AtomicU32, Ordering};
+//! use oai_resilience::{openai_call, Error, ErrorKind, StopReason};
+//!
+//! #[derive(Debug, Default)]
+//! struct Client {
+//!     sent: AtomicU32,
+//! }
+//!
+//! #[openai_call(max_attempts = 3, timeout = "60s", skip(api_key))]
+//! async fn summarize(client: &Client, api_key: &str, text: &str) -> Result<String, Error> {
+//!     // Builds and sends one request; here, a server that is always overloaded.
+//!     let _ = (api_key, text);
+//!     client.sent.fetch_add(1, Ordering::SeqCst);
+//!     Err(Error::new(ErrorKind::ServerError).with_request_id("req_123"))
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() {
+//! let client = Client::default();
+//! let err = summarize(&client, "sk-…", "a long text").await.unwrap_err();
+//! assert_eq!(client.sent.load(Ordering::SeqCst), 3);
+//!
+//! // The facts, by accessor.
+//! let call = err.call_context().unwrap();
+//! assert_eq!(call.function, "rust_out::summarize");
+//! assert_eq!(call.args[0], ("client".to_owned(), "Client { sent: 3 }".to_owned()));
+//! assert_eq!(call.args[1], ("text".to_owned(), "\"a long text\"".to_owned()));
+//! let retry = err.retry_context().unwrap();
+//! assert_eq!((retry.attempts, retry.stop), (3, StopReason::MaxAttempts));
+//! assert_eq!(retry.outcomes.len(), 3);
+//! assert_eq!(err.request_id(), Some("req_123"));
+//!
+//! // One line for people.
+//! assert!(err.to_string().starts_with(
+//!     "server_error [request req_123] in rust_out::summarize after 3 attempts in"
+//! ));
+//! # }
+//! ```
+//!
+//! # What the attribute does
+//!
+//! 1. **Checks, once, before the first attempt** (if asked): the API key with the auth layer's
+//!    [`check_key`](crate::auth::check_key) / [`KeySource::resolve_checked`](crate::auth::KeySource::resolve_checked),
+//!    and a body argument with the validation layer's rules
+//!    ([`validate_value`](crate::validate::validate_value)). A failure returns at once with
+//!    [`ErrorKind::MissingApiKey`](crate::ErrorKind::MissingApiKey),
+//!    [`MalformedApiKey`](crate::ErrorKind::MalformedApiKey) or
+//!    [`InvalidParameter`](crate::ErrorKind::InvalidParameter): the body runs zero times, and
+//!    the error's [`RetryContext`] says 0 attempts.
+//! 2. **Runs the body through [`retry::call_with`](crate::retry::call_with)**, the loop over the same
+//!    [`Retrier`](crate::retry::Retrier) as the retry layer: the same
+//!    [`OpenAiPolicy`](crate::retry::OpenAiPolicy) (rate limits and server errors retried,
+//!    quota, bad requests and bad keys not; `x-should-retry` obeyed), the same backoff, server
+//!    hints and hint ceiling, budget and deadline. The body is re-run on a retryable error.
+//! 3. **Attaches the context** to the error that leaves the function: the retry loop attaches
+//!    the [`RetryContext`] (attempts, elapsed time, each attempt's kind,
+//!    status and chosen delay, why it stopped); the attribute adds the
+//!    [`CallContext`] (the function's full path and its arguments). The
+//!    request id of the last response stays on the error ([`Error::request_id`]).
+//! 4. **Traces**: one `openai_call` span per call (field `function`, and `attempts` at the
+//!    end), a `debug` event per attempt, the retry loop's `info` event per retry.
+//!
+//! # Options
+//!
+//! `#[openai_call(option, option, …)]`, each at most once, in any order:
+//!
+//! | option | meaning |
+//! |---|---|
+//! | `retry = <expr>` | the base [`RetryConfig`](crate::retry::RetryConfig) (default `RetryConfig::new()`) |
+//! | `policy = <expr>` | a [`Policy`](crate::retry::Policy) that replaces the default one |
+//! | `max_attempts = <u32>` | maximum attempts, counting the first (default 5) |
+//! | `base_delay = "500ms"` | the backoff's base delay |
+//! | `max_delay = "20s"` | the backoff's cap |
+//! | `timeout = "60s"` | the overall deadline: attempts and delays included; an attempt in flight is cut (default 10 min) |
+//! | `idempotent` | the call is safe to repeat after a local timeout (like a GET): the policy may retry timeouts ([`call_with`](crate::retry::call_with)); by default it is treated like a POST |
+//! | `skip(a, b)` | arguments left out of the context |
+//! | `skip_all` | no argument in the context |
+//! | `name = "…"` | the name reported instead of the function's path |
+//! | `validate(arg = "POST /v1/chat/completions")` | validate the `Serialize` argument `arg` as that endpoint's body first |
+//! | `api_key = <expr>` | check the key held by `<expr>` first: a `&str`, `String`, [`ApiKey`](crate::ApiKey), `SecretString`, [`KeySource`](crate::KeySource), or an `Option` of one (`None` is a missing key) |
+//! | `api_key = "ENV_VAR"` | check the key in that environment variable first |
+//! | `crate = "path"` | the path of this crate, for a renamed dependency |
+//!
+//! Durations are literals checked at compile time (`h`, `m`, `s`, `ms`, `us`, `ns`, fractions,
+//! combined as in `"1m30s"`) or any `std::time::Duration` expression. The retry configuration
+//! is built **once per function**, at its first call, and kept in a static: the calls of one
+//! function share its retry budget, and the option expressions cannot use the arguments.
+//!
+//! # Arguments
+//!
+//! Every attempt borrows the arguments. An owned argument that the body moves (`send(body)`)
+//! cannot be moved twice: clone it in the body (`send(body.clone())`), as the compiler's
+//! error suggests. `&mut self` is not supported (a `&mut` borrow cannot be shared between
+//! attempts): take `&self` and use interior mutability. Free functions, `&self` and `self`
+//! methods, methods of trait impls, generic functions and `impl Trait` arguments and return
+//! types work.
+//!
+//! The context records each argument that is not skipped and is a plain identifier, as its
+//! `Debug` text, cut at 256 characters and with anything that looks like an API key replaced
+//! by `[redacted]`; an argument whose name ends in `key`, `secret`, `password`, `token` or
+//! `credentials` is recorded as `[redacted]` whatever its value. Arguments are formatted only
+//! when an error leaves the function. Every recorded argument must implement `Debug`.
+//!
+//! # With the tower stack
+//!
+//! The attribute *is* the retry loop of the call, so the body should send its one request
+//! through a stack without a second one: [`ClassifyLayer`](crate::ClassifyLayer) (so that
+//! failures are typed [`Error`]s), plus pacing and auth as wanted, or an
+//! [`OpenAiLayer`](crate::stack::OpenAiLayer) whose retry layer allows one attempt
+//! (`RetryLayer::with_config(RetryConfig::new().max_attempts(1))`). Retries stacked on
+//! retries multiply: 5 attempts over a stack that makes 5 is 25 requests per failure.
+//!
+//! # Error types
+//!
+//! The function returns `Result<T, E>` where `E` implements [`CallError`]: [`Error`] and
+//! [`BoxError`] do, and so can a user's own error type (an application enum, a wrapper of
+//! another client's error) in a few lines: see [`CallError`].
+//!
+//! # Compile-time errors
+//!
+//! A function that is not `async`, takes `&mut self`, or does not return a `Result`; an
+//! unknown option (the message lists the accepted ones); an option given twice (pointing at
+//! the second); `skip` or `validate` of an argument that does not exist; a bad duration or
+//! endpoint literal. Each error points at the offending token, and the function is still
+//! emitted unchanged so that the rest of the crate type-checks.
+
+#[cfg(doc)]
+use crate::error::RetryContext;
 use crate::error::{BoxError, CallContext, Error};
 use crate::retry::RetryableError;
 
@@ -11,7 +138,57 @@ use crate::retry::RetryableError;
 /// also carry the call's [`CallContext`].
 ///
 /// Implemented for [`Error`] and [`BoxError`]. A user error type implements
-/// [`RetryableError`] and this one-method trait.
+/// [`RetryableError`] and this one-method trait:
+///
+/// ```
+/// use oai_resilience::call::CallError;
+/// use oai_resilience::retry::RetryableError;
+/// use oai_resilience::{openai_call, CallContext, Error, ErrorKind, RetryContext};
+///
+/// #[derive(Debug)]
+/// enum AppError {
+///     Api(Error),
+///     Parse(String),
+/// }
+///
+/// impl RetryableError for AppError {
+///     fn classification(&self) -> Option<&Error> {
+///         match self {
+///             AppError::Api(e) => Some(e),
+///             AppError::Parse(_) => None, // never retried
+///         }
+///     }
+///     fn attach_retry_context(self, ctx: RetryContext) -> Self {
+///         match self {
+///             AppError::Api(e) => AppError::Api(e.with_retry_context(ctx)),
+///             other => other,
+///         }
+///     }
+///     fn from_error(err: Error) -> Self {
+///         AppError::Api(err)
+///     }
+/// }
+///
+/// impl CallError for AppError {
+///     fn attach_call_context(self, ctx: CallContext) -> Self {
+///         match self {
+///             AppError::Api(e) => AppError::Api(e.with_call_context(ctx)),
+///             other => other,
+///         }
+///     }
+/// }
+///
+/// #[openai_call(max_attempts = 2)]
+/// async fn parse_reply(reply: &str) -> Result<u32, AppError> {
+///     reply.trim().parse().map_err(|_| AppError::Parse(reply.to_owned()))
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() {
+/// assert_eq!(parse_reply(" 42 ").await.unwrap(), 42);
+/// assert!(matches!(parse_reply("n/a").await, Err(AppError::Parse(r)) if r == "n/a"));
+/// let _ = ErrorKind::ServerError;
+/// # }
+/// ```
 pub trait CallError: RetryableError {
     /// Returns the error with the call's context attached (where it can hold one).
     fn attach_call_context(self, ctx: CallContext) -> Self;

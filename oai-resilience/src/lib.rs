@@ -12,7 +12,7 @@
 //!   sensitive header, and never printed ([`ApiKey`], [`AuthLayer`]).
 //! - [`pace`]: adaptive client-side pacing at the rate limit, learned from the headers.
 //! - [`retry`]: retries of what can succeed, with jitter, server hints, a shared budget and a
-//!   deadline.
+//!   deadline; [`retry::call`] runs the same loop for closures.
 //! - [`stack`]: [`OpenAiLayer`], every layer above in the right order, in one call.
 //! - [`parse`]: the lenient, total parsers behind it, usable without tower.
 //! - [`validate`]: local request validation against rules generated from OpenAI's OpenAPI

@@ -441,23 +441,44 @@ pub struct RateLimitSnapshot {
 impl RateLimitSnapshot {
     /// Reads the headers; each one falls back to its `_usage_based` variant.
     pub fn from_headers(headers: &HeaderMap) -> Self {
-        let int = |name: &str| -> Option<u64> {
-            let v = header_str(headers, name)
-                .or_else(|| header_str(headers, &format!("{name}_usage_based")))?;
-            parse_count(v)
-        };
-        let dur = |name: &str| -> Option<Duration> {
-            let v = header_str(headers, name)
-                .or_else(|| header_str(headers, &format!("{name}_usage_based")))?;
-            parse_go_duration(v)
+        // Static names: this runs on every response, so it must not allocate.
+        const NAMES: [[&str; 2]; 6] = [
+            [
+                "x-ratelimit-limit-requests",
+                "x-ratelimit-limit-requests_usage_based",
+            ],
+            [
+                "x-ratelimit-limit-tokens",
+                "x-ratelimit-limit-tokens_usage_based",
+            ],
+            [
+                "x-ratelimit-remaining-requests",
+                "x-ratelimit-remaining-requests_usage_based",
+            ],
+            [
+                "x-ratelimit-remaining-tokens",
+                "x-ratelimit-remaining-tokens_usage_based",
+            ],
+            [
+                "x-ratelimit-reset-requests",
+                "x-ratelimit-reset-requests_usage_based",
+            ],
+            [
+                "x-ratelimit-reset-tokens",
+                "x-ratelimit-reset-tokens_usage_based",
+            ],
+        ];
+        let value = |i: usize| -> Option<&str> {
+            let [plain, usage] = NAMES[i];
+            header_str(headers, plain).or_else(|| header_str(headers, usage))
         };
         RateLimitSnapshot {
-            limit_requests: int("x-ratelimit-limit-requests"),
-            limit_tokens: int("x-ratelimit-limit-tokens"),
-            remaining_requests: int("x-ratelimit-remaining-requests"),
-            remaining_tokens: int("x-ratelimit-remaining-tokens"),
-            reset_requests: dur("x-ratelimit-reset-requests"),
-            reset_tokens: dur("x-ratelimit-reset-tokens"),
+            limit_requests: value(0).and_then(parse_count),
+            limit_tokens: value(1).and_then(parse_count),
+            remaining_requests: value(2).and_then(parse_count),
+            remaining_tokens: value(3).and_then(parse_count),
+            reset_requests: value(4).and_then(parse_go_duration),
+            reset_tokens: value(5).and_then(parse_go_duration),
         }
     }
 

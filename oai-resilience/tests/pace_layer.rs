@@ -413,3 +413,31 @@ trait LayerOn: Sized {
 
 impl LayerOn for PaceLayer {}
 impl LayerOn for ClassifyLayer {}
+
+#[tokio::test(start_paused = true)]
+async fn under_the_validation_layer_the_buffered_body_is_read() {
+    use oai_resilience::validate::{ValidateBody, ValidateLayer};
+    let upstream = service_fn(|_req: http::Request<ValidateBody<Full<Bytes>>>| async {
+        Ok::<_, Error>(http::Response::new(()))
+    });
+    let mut cfg = PacerConfig::default();
+    cfg.static_limits = StaticLimits {
+        rpm: None,
+        tpm: Some(60_000),
+    };
+    let pace = PaceLayer::with_config(cfg);
+    let svc = ServiceBuilder::new()
+        .layer(ValidateLayer::new())
+        .layer(pace.clone())
+        .service(upstream);
+    let mut req = request("sk-a", chat("gpt-4o-mini", 100));
+    req.headers_mut()
+        .insert("content-type", "application/json".parse().unwrap());
+    svc.oneshot(req).await.unwrap();
+    let key = PaceKey::new("api.test")
+        .with_credential(b"Bearer sk-a")
+        .with_model("gpt-4o-mini");
+    let (_, level, _) = pace.pacer().key_state(&key).unwrap().tokens.unwrap();
+    // "hello": 2 tokens, + 4 for the message, + 3, + 100.
+    assert_eq!(level, 60_000.0 - 109.0);
+}

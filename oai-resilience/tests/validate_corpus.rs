@@ -239,8 +239,15 @@ fn deep_nesting_is_an_error_not_a_crash() {
         deep(r#"{"model":"m","messages":[{"role":"user","content":"x"}],"metadata":{"k":"#) + "}";
     let err = validate::validate(Endpoint::ChatCompletions, body.as_bytes()).unwrap_err();
     assert_eq!(err.violations()[0].param, "metadata.k");
-    // A subtree buffered to choose between alternatives hits the parser's depth limit.
+    // A subtree kept to choose between alternatives hits the parser's depth limit.
     let body = deep(r#"{"model":"m","input":"#);
     let err = validate::validate(Endpoint::Embeddings, body.as_bytes()).unwrap_err();
-    assert_eq!(err.violations()[0].param, "body");
+    assert_eq!(err.violations()[0].param, "input");
+    assert!(
+        err.violations()[0].message.contains("recursion limit"),
+        "{:?}",
+        err.violations()
+    );
+    let by_value = serde_json::from_str::<Value>(&body);
+    assert!(by_value.is_err(), "a Value cannot even hold it");
 }

@@ -62,6 +62,49 @@ fn committed_tables_match_the_generator() {
 }
 
 #[test]
+fn a_changed_rule_changes_the_tables() {
+    // The staleness check above can fail: one bound changed in the data changes the output.
+    let Some(shared) = shared() else {
+        eprintln!("skipped: ../shared/openai-openapi not found");
+        return;
+    };
+    if !python_ok("json") {
+        eprintln!("skipped: python3 not found");
+        return;
+    }
+    let text = std::fs::read_to_string(shared.join("rules.json")).unwrap();
+    let mut rules: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let temperature = rules["operations"]
+        .as_array_mut()
+        .unwrap()
+        .iter_mut()
+        .find(|op| op["operation"] == "POST /chat/completions")
+        .unwrap()["properties"]["temperature"]
+        .as_object_mut()
+        .unwrap();
+    assert_eq!(temperature["maximum"], 2);
+    temperature.insert("maximum".into(), 3.into());
+    let tmp = std::env::temp_dir().join(format!("oai-validate-rules-{}.json", std::process::id()));
+    std::fs::write(&tmp, serde_json::to_vec(&rules).unwrap()).unwrap();
+    let out = Command::new("python3")
+        .arg(repo().join("scripts/gen_validation_rules.py"))
+        .arg("--stdout")
+        .arg("--rules")
+        .arg(&tmp)
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_file(&tmp);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let committed =
+        std::fs::read_to_string(repo().join("oai-resilience/src/validate/rules_gen.rs")).unwrap();
+    assert!(String::from_utf8(out.stdout).unwrap() != committed);
+}
+
+#[test]
 fn committed_spec_examples_match_the_spec() {
     let Some(shared) = shared() else {
         eprintln!("skipped: ../shared/openai-openapi not found");

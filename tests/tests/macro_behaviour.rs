@@ -389,3 +389,38 @@ async fn an_endpoint_without_rules_is_an_error_not_a_silent_pass() {
     );
     assert_eq!(server.calls(), 0);
 }
+
+/// Times out locally on the first attempt, then answers.
+fn time_out_once(server: &Server) -> Result<u32, Error> {
+    let n = server.calls.fetch_add(1, Ordering::SeqCst) + 1;
+    if n == 1 {
+        Err(Error::new(ErrorKind::Timeout))
+    } else {
+        Ok(n)
+    }
+}
+
+#[openai_call(retry = seeded(), skip(server))]
+async fn post_like(server: &Server) -> Result<u32, Error> {
+    time_out_once(server)
+}
+
+#[openai_call(retry = seeded(), idempotent, skip(server))]
+async fn get_like(server: &Server) -> Result<u32, Error> {
+    time_out_once(server)
+}
+
+#[tokio::test(start_paused = true)]
+async fn idempotent_calls_may_retry_a_timeout() {
+    let server = Server::default();
+    assert_eq!(get_like(&server).await.unwrap(), 2);
+
+    let server = Server::default();
+    let err = post_like(&server).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Timeout);
+    assert_eq!(
+        server.calls(),
+        1,
+        "a timed-out POST may have run: not repeated"
+    );
+}

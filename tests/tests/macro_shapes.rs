@@ -137,3 +137,20 @@ async fn crate_override_and_name() {
     assert_eq!(ctx.function, "renamed::call");
     assert_eq!(ctx.args, vec![("n".to_owned(), "4".to_owned())]);
 }
+
+fn assert_send<T: Send>(value: T) -> T {
+    value
+}
+
+#[tokio::test(start_paused = true)]
+async fn futures_are_send_and_spawnable() {
+    let c = Client {
+        base: "http://x".to_owned(),
+    };
+    let fut = assert_send(c.method(7));
+    assert_eq!(fut.await.unwrap(), "http://x/7");
+    let handle = tokio::spawn(async { generic(1u8, 2).await });
+    assert_eq!(handle.await.unwrap().unwrap(), vec![1, 1]);
+    let err = tokio::spawn(fails(503)).await.unwrap().unwrap_err();
+    assert_eq!(err.attempts(), 5);
+}

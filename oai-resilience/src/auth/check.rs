@@ -247,6 +247,15 @@ pub(crate) fn malformed(cause: AuthCause, detail: impl Into<String>) -> Error {
 }
 
 fn find_problem(key: &str, rules: &KeyRules, shape: bool) -> Option<(AuthCause, String)> {
+    // Fast path, one pass: only letters, digits, `-` and `_` (so no whitespace, quotes,
+    // non-ASCII, control characters or brackets). What remains to check is cheap.
+    if !key.is_empty()
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        return find_problem_in_plain(key, rules, shape);
+    }
     let len = key.chars().count();
     if key.is_empty() {
         return Some((AuthCause::Empty, "the key is an empty string".into()));
@@ -299,6 +308,32 @@ fn find_problem(key: &str, rules: &KeyRules, shape: bool) -> Option<(AuthCause, 
     if !shape {
         return None;
     }
+    shape_problem(key, len, rules)
+}
+
+/// The checks left for a key made only of letters, digits, `-` and `_`: a placeholder word
+/// or pattern, the `Bearer` word, then the shape.
+fn find_problem_in_plain(key: &str, rules: &KeyRules, shape: bool) -> Option<(AuthCause, String)> {
+    if rules.placeholders {
+        if let Some(why) = placeholder(key) {
+            return Some((AuthCause::Placeholder, why.into()));
+        }
+    }
+    if has_bearer_prefix(key) {
+        return Some((
+            AuthCause::DoubledBearer,
+            "the key itself begins with the `Bearer` scheme, so the header would carry it twice"
+                .into(),
+        ));
+    }
+    if !shape {
+        return None;
+    }
+    shape_problem(key, key.len(), rules)
+}
+
+/// The shape rules: another vendor's prefix, an accepted prefix, the charset, the length.
+fn shape_problem(key: &str, len: usize, rules: &KeyRules) -> Option<(AuthCause, String)> {
     if rules.foreign {
         if let Some((_, whose)) = FOREIGN_PREFIXES.iter().find(|(p, _)| key.starts_with(p)) {
             return Some((
@@ -400,7 +435,6 @@ fn whitespace(key: &str, len: usize) -> Option<String> {
 /// Why `key` is a placeholder, if it is one.
 fn placeholder(key: &str) -> Option<&'static str> {
     let k = key.trim().trim_matches(QUOTES);
-    let lower = k.to_ascii_lowercase();
     if k.contains("...") || k.contains('…') {
         return Some("the key contains `...` or `…`, as documentation placeholders do");
     }
@@ -427,11 +461,15 @@ fn placeholder(key: &str) -> Option<&'static str> {
         "sk-",
         "sk-proj-",
     ];
-    if WORDS.contains(&lower.as_str()) {
-        return Some("the key is a placeholder word, not a key");
-    }
-    if k.len() <= 64 && lower.contains("your") && lower.contains("key") {
-        return Some("the key is a placeholder such as `your-api-key`");
+    // Words are short: real keys (32+ characters) skip the lower-casing entirely.
+    if k.len() <= 64 {
+        let lower = k.to_ascii_lowercase();
+        if WORDS.contains(&lower.as_str()) {
+            return Some("the key is a placeholder word, not a key");
+        }
+        if lower.contains("your") && lower.contains("key") {
+            return Some("the key is a placeholder such as `your-api-key`");
+        }
     }
     let body = ["sk-proj-", "sk-"]
         .iter()

@@ -127,8 +127,9 @@ pub(crate) fn model_of(body: &[u8]) -> Option<String> {
 /// A request body whose bytes can be seen cheaply, for the key's model and the token estimate.
 ///
 /// Implemented for [`Full<Bytes>`], [`Bytes`], [`String`], `Vec<u8>`, `&'static str` and
-/// `&'static [u8]`, and [`Either`] of two such bodies; [`Empty<Bytes>`], `()`, [`BoxBody`] and
-/// [`UnsyncBoxBody`] have no bytes. A body type that cannot expose its
+/// `&'static [u8]`, [`Either`] of two such bodies, and (in the stack module) the validation
+/// layer's [`ValidateBody`](crate::validate::ValidateBody); [`Empty<Bytes>`], `()`,
+/// [`BoxBody`] and [`UnsyncBoxBody`] have no bytes. A body type that cannot expose its
 /// bytes can implement it by returning `f(None)`: the request then costs the
 /// [default cost](CostEstimator::default_cost).
 pub trait PaceBody {

@@ -27,13 +27,47 @@ pub(crate) enum Seg {
     Index(usize),
 }
 
+/// A short string kept inline (facts must not allocate on the common path).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Short {
+    buf: [u8; 24],
+    len: u8,
+}
+
+const EMPTY: Short = Short {
+    buf: [0; 24],
+    len: 0,
+};
+
+impl Short {
+    pub(crate) fn new(s: &str) -> Option<Short> {
+        let mut buf = [0u8; 24];
+        buf.get_mut(..s.len())?.copy_from_slice(s.as_bytes());
+        Some(Short {
+            buf,
+            len: s.len() as u8,
+        })
+    }
+
+    pub(crate) fn as_str(&self) -> &str {
+        // Built from a whole `&str`, so always valid UTF-8.
+        std::str::from_utf8(&self.buf[..self.len as usize]).unwrap_or("")
+    }
+}
+
+impl fmt::Debug for Short {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
 /// A top-level value, as the cross-field rules need it.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Fact {
     Null,
     Bool(bool),
     Num(f64),
-    Str(Box<str>),
+    Str(Short),
     LongStr,
     Array(usize),
     Object(usize),
@@ -43,7 +77,7 @@ pub(crate) enum Fact {
 #[derive(Debug, Default, Clone)]
 pub(crate) struct MsgFact {
     pub(crate) index: usize,
-    pub(crate) role: Option<Box<str>>,
+    pub(crate) role: Option<Short>,
     pub(crate) tool_calls: usize,
     pub(crate) tool_call_ids: Vec<Box<str>>,
     pub(crate) tool_call_id: Option<Box<str>>,
@@ -76,6 +110,9 @@ pub(crate) struct Ctx {
     pub(crate) deprecated: Vec<String>,
     pub(crate) facts: Facts,
     pub(crate) track_messages: bool,
+    /// The input is a `serde_json` deserializer over bytes, so subtrees can be borrowed as
+    /// `&RawValue` (false while a buffered `Value` is checked).
+    pub(crate) raw: bool,
     /// > 0 while an alternative is tried: facts and deprecations are not recorded.
     trial: u32,
 }
@@ -176,10 +213,16 @@ pub(crate) fn list_values(values: &[&str]) -> String {
 
 impl Ctx {
     pub(crate) fn new(track_messages: bool) -> Self {
-        Ctx {
+        let mut ctx = Ctx {
             track_messages,
             ..Ctx::default()
+        };
+        ctx.path.reserve(16);
+        ctx.facts.top.reserve(16);
+        if track_messages {
+            ctx.facts.messages.reserve(16);
         }
+        ctx
     }
 
     /// The OpenAI-style path of the current position: `messages[1].content`.
@@ -226,8 +269,7 @@ impl Ctx {
                 let fact = match *s {
                     Scalar::Null => Fact::Null,
                     Scalar::Bool(b) => Fact::Bool(b),
-                    Scalar::Str(v) if v.len() <= 256 => Fact::Str(v.into()),
-                    Scalar::Str(_) => Fact::LongStr,
+                    Scalar::Str(v) => Short::new(v).map_or(Fact::LongStr, Fact::Str),
                     n => Fact::Num(n.as_f64().unwrap_or(f64::NAN)),
                 };
                 self.facts.top.push((k, fact));
@@ -249,7 +291,7 @@ impl Ctx {
         };
         match self.path.as_slice() {
             [Seg::Key("messages"), Seg::Index(i), Seg::Key("role")] if *i == msg.index => {
-                msg.role = Some(v.into());
+                msg.role = Some(Short::new(v).unwrap_or(EMPTY));
             }
             [Seg::Key("messages"), Seg::Index(i), Seg::Key("tool_call_id")] if *i == msg.index => {
                 msg.tool_call_id = Some(v.into());
@@ -506,28 +548,41 @@ impl Ctx {
     }
 
     /// Checks a buffered value against the alternatives of `node` that accept its type.
-    fn buffered_alternatives(&mut self, node: &'static Node, value: &Value, got: Types) {
-        let cands: Vec<&'static Node> = node
-            .alternatives
-            .iter()
-            .copied()
-            .filter(|a| accepts(a.types, got))
-            .collect();
-        for &alt in &cands {
-            if self.trial_ok(|ctx| ctx.run_value(alt, value)) {
+    fn buffered_alternatives(&mut self, node: &'static Node, buf: Buf<'_>, got: Types) {
+        let cands = || {
+            node.alternatives
+                .iter()
+                .copied()
+                .filter(move |a| accepts(a.types, got))
+        };
+        for alt in cands() {
+            if self.trial_ok(|ctx| ctx.run_buf(alt, buf)) {
                 // Run it for real, so facts and deprecations are recorded.
-                return self.run_value(alt, value);
+                return self.run_buf(alt, buf);
             }
         }
         if node.lenient {
             return;
         }
+        // From here on the value is invalid: parse the text if it was kept unparsed.
+        let parsed;
+        let value = match buf {
+            Buf::Value(v) => v,
+            Buf::Raw(raw) => {
+                // Valid JSON by construction.
+                parsed = match serde_json::from_str::<Value>(raw) {
+                    Ok(v) => v,
+                    Err(e) => return self.text_error(&e),
+                };
+                &parsed
+            }
+        };
         // The alternative that explains the value best. OpenAI's convention
         // `{"type": "x", "x": …}` names it when the tables are too shallow to have the
         // discriminator; else fewest violations, then the deepest first violation (it matched
         // the most structure). This only chooses which violations to report.
         let named = value.get("type").and_then(Value::as_str).and_then(|t| {
-            let mut named = cands.iter().copied().filter(|a| a.required.contains(&t));
+            let mut named = cands().filter(|a| a.required.contains(&t));
             match (named.next(), named.next()) {
                 (Some(only), None) => Some(only),
                 _ => None,
@@ -536,7 +591,7 @@ impl Ctx {
         if let Some(alt) = named {
             return self.run_value(alt, value);
         }
-        let best = cands.iter().copied().min_by_key(|&alt| {
+        let best = cands().min_by_key(|&alt| {
             let (count, depth) = self.trial_score(|ctx| ctx.run_value(alt, value));
             (count, std::cmp::Reverse(depth))
         });
@@ -546,9 +601,81 @@ impl Ctx {
         }
     }
 
+    /// A value kept as text that cannot be parsed again (it nests deeper than the parser's
+    /// limit, which the first, non-recursive scan did not enforce).
+    fn text_error(&mut self, e: &serde_json::Error) {
+        self.report(|p| format!("Invalid '{p}': {e}."));
+    }
+
+    fn run_buf(&mut self, node: &'static Node, buf: Buf<'_>) {
+        match buf {
+            Buf::Value(v) => self.run_value(node, v),
+            Buf::Raw(raw) => self.run_raw(node, raw),
+        }
+    }
+
+    /// A value of a node whose alternatives cannot be told apart while streaming, borrowed
+    /// unparsed: each alternative is tried on the text, without building a `Value`.
+    fn ambiguous_raw(&mut self, node: &'static Node, raw: &str) {
+        if raw.as_bytes().first() == Some(&b'"') && plain_string(node) {
+            return self.raw_value(node, raw);
+        }
+        let got = match raw.as_bytes().first() {
+            Some(b'{') => T_OBJECT,
+            Some(b'[') => T_ARRAY,
+            _ => T_ANY,
+        };
+        if got != T_ANY && accepts(node.types, got) && ambiguous_for(node, got) {
+            return self.buffered_alternatives(node, Buf::Raw(raw), got);
+        }
+        let mut de = serde_json::Deserializer::from_str(raw);
+        // The text is one valid JSON value: only the nesting limit can fail.
+        if let Err(e) = de.deserialize_any(NodeVisitor { node, ctx: self }) {
+            self.text_error(&e);
+        }
+    }
+
     fn run_value(&mut self, node: &'static Node, value: &Value) {
+        let raw = std::mem::replace(&mut self.raw, false);
         // A `&Value` deserializer cannot fail: the result carries no information.
         let _ = NodeSeed { node, ctx: self }.deserialize(value);
+        self.raw = raw;
+    }
+
+    /// Checks a value from its JSON text (a borrowed `RawValue`).
+    fn run_raw(&mut self, node: &'static Node, raw: &str) {
+        if plain_string(node) {
+            return self.raw_value(node, raw);
+        }
+        let mut de = serde_json::Deserializer::from_str(raw);
+        // The text is one valid JSON value: only the nesting limit can fail.
+        if let Err(e) = (NodeSeed { node, ctx: self }).deserialize(&mut de) {
+            self.text_error(&e);
+        }
+    }
+
+    /// A value of a plain-string node, borrowed unparsed. A long string needs no more than its
+    /// type (no content rule applies), so it is never unescaped or copied; anything else is
+    /// checked normally from its text.
+    fn raw_value(&mut self, node: &'static Node, raw: &str) {
+        let bytes = raw.as_bytes();
+        if bytes.first() == Some(&b'"') && bytes.len() > LONG_STRING {
+            if self.recording() {
+                if let [Seg::Key(k)] = self.path.as_slice() {
+                    let k = *k;
+                    self.facts.top.push((k, Fact::LongStr));
+                }
+            }
+            return;
+        }
+        if bytes.first() == Some(&b'"') && !raw.contains('\\') {
+            return self.scalar(node, Scalar::Str(&raw[1..raw.len() - 1]));
+        }
+        let mut de = serde_json::Deserializer::from_str(raw);
+        // The text is one valid JSON value: only the nesting limit can fail.
+        if let Err(e) = de.deserialize_any(NodeVisitor { node, ctx: self }) {
+            self.text_error(&e);
+        }
     }
 
     fn deprecated_here(&mut self) {
@@ -557,6 +684,12 @@ impl Ctx {
             self.deprecated.push(p);
         }
     }
+}
+
+/// String equality with a cheap length and first-byte test before the comparison.
+#[inline]
+fn same(a: &str, b: &str) -> bool {
+    a.len() == b.len() && a.as_bytes().first() == b.as_bytes().first() && a == b
 }
 
 fn push_key(s: &mut String, k: &str) {
@@ -584,6 +717,47 @@ pub(crate) struct NodeSeed<'c> {
     pub(crate) ctx: &'c mut Ctx,
 }
 
+/// A value kept to try several alternatives on: parsed, or its JSON text.
+#[derive(Clone, Copy)]
+enum Buf<'a> {
+    Value(&'a Value),
+    Raw(&'a str),
+}
+
+/// Whether values of type `got` can match several alternatives of `node` that streaming
+/// cannot tell apart (no discriminator for objects).
+fn ambiguous_for(node: &Node, got: Types) -> bool {
+    if got == T_OBJECT && node.discriminator.is_some() {
+        return false;
+    }
+    node.alternatives
+        .iter()
+        .filter(|a| accepts(a.types, got))
+        .nth(1)
+        .is_some()
+}
+
+/// Strings longer than this (in JSON text, quotes included) are only type-checked when no
+/// content rule applies; shorter ones are also recorded as facts.
+const LONG_STRING: usize = 258;
+
+/// Whether the only thing to check about a string value of `node` is that it is a string.
+fn plain_string(node: &Node) -> bool {
+    let plain = |n: &Node| {
+        n.enum_values.is_empty()
+            && n.min_length.is_none()
+            && n.max_length.is_none()
+            && n.format == Format::None
+    };
+    node.types & T_STRING != 0
+        && plain(node)
+        && node
+            .alternatives
+            .iter()
+            .filter(|a| accepts(a.types, T_STRING))
+            .all(|a| plain(a) && a.alternatives.is_empty())
+}
+
 impl<'de> DeserializeSeed<'de> for NodeSeed<'_> {
     type Value = ();
 
@@ -591,6 +765,16 @@ impl<'de> DeserializeSeed<'de> for NodeSeed<'_> {
         let node = self.node;
         if node.types == T_ANY && node.alternatives.is_empty() {
             d.deserialize_ignored_any(IgnoredAny)?;
+            return Ok(());
+        }
+        if self.ctx.raw && plain_string(node) {
+            let raw: &'de serde_json::value::RawValue = Deserialize::deserialize(d)?;
+            self.ctx.raw_value(node, raw.get());
+            return Ok(());
+        }
+        if self.ctx.raw && (ambiguous_for(node, T_OBJECT) || ambiguous_for(node, T_ARRAY)) {
+            let raw: &'de serde_json::value::RawValue = Deserialize::deserialize(d)?;
+            self.ctx.ambiguous_raw(node, raw.get());
             return Ok(());
         }
         d.deserialize_any(NodeVisitor {
@@ -636,6 +820,98 @@ impl<'de> Visitor<'de> for KeySeed {
     }
 }
 
+/// A value read before the discriminator, kept until the alternative is known.
+enum Pre<'de> {
+    Value(Value),
+    Raw(&'de serde_json::value::RawValue),
+}
+
+/// The entries before a discriminator, in order; the first few without allocating.
+#[derive(Default)]
+struct PreBuf<'de> {
+    inline: [Option<(Cow<'de, str>, Pre<'de>)>; 2],
+    spill: Vec<(Cow<'de, str>, Pre<'de>)>,
+}
+
+impl<'de> PreBuf<'de> {
+    fn push(&mut self, key: Cow<'de, str>, value: Pre<'de>) {
+        match self.inline.iter_mut().find(|slot| slot.is_none()) {
+            Some(slot) => *slot = Some((key, value)),
+            None => self.spill.push((key, value)),
+        }
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &(Cow<'de, str>, Pre<'de>)> {
+        self.inline.iter().flatten().chain(self.spill.iter())
+    }
+
+    fn into_entries(self) -> impl Iterator<Item = (Cow<'de, str>, Pre<'de>)> {
+        self.inline.into_iter().flatten().chain(self.spill)
+    }
+}
+
+/// The value of a discriminator: a string, or the type it has instead.
+enum DiscVal<'de> {
+    Str(Cow<'de, str>),
+    Other(&'static str),
+}
+
+struct DiscSeed;
+
+impl<'de> DeserializeSeed<'de> for DiscSeed {
+    type Value = DiscVal<'de>;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_any(DiscSeed)
+    }
+}
+
+impl<'de> Visitor<'de> for DiscSeed {
+    type Value = DiscVal<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+        Ok(DiscVal::Str(Cow::Borrowed(v)))
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(DiscVal::Str(Cow::Owned(v.to_owned())))
+    }
+
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(DiscVal::Other("a boolean"))
+    }
+
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
+        Ok(DiscVal::Other("an integer"))
+    }
+
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
+        Ok(DiscVal::Other("an integer"))
+    }
+
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
+        Ok(DiscVal::Other("a decimal"))
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(DiscVal::Other("null"))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
+        drain_seq(seq)?;
+        Ok(DiscVal::Other("an array"))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+        drain_map(map)?;
+        Ok(DiscVal::Other("an object"))
+    }
+}
+
 fn drain_map<'de, A: MapAccess<'de>>(mut map: A) -> Result<(), A::Error> {
     while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
     Ok(())
@@ -669,14 +945,14 @@ impl Ctx {
                 self.path.pop();
             }
         }
-        if let Some(j) = node.required.iter().position(|r| *r == key) {
+        if let Some(j) = node.required.iter().position(|r| same(r, key)) {
             // Required names the (depth-limited) tables give no schema for are tracked too.
             let i = node.properties.len() + j;
-            if i < 64 && !node.properties.iter().any(|p| p.name == key) {
+            if i < 64 && !node.properties.iter().any(|p| same(p.name, key)) {
                 st.seen |= 1 << i;
             }
         }
-        if let Some(i) = node.properties.iter().position(|p| p.name == key) {
+        if let Some(i) = node.properties.iter().position(|p| same(p.name, key)) {
             if i < 64 {
                 st.seen |= 1 << i;
             }
@@ -731,17 +1007,34 @@ impl Ctx {
         &mut self,
         node: &'static Node,
         mut map: A,
-        pre: Vec<(Cow<'de, str>, Value)>,
+        pre: PreBuf<'de>,
+        disc: Option<(&'static str, &str)>,
     ) -> Result<(), A::Error> {
         let mut st = ObjState { seen: 0, count: 0 };
-        for (key, value) in &pre {
+        for (key, value) in pre.iter() {
             match self.begin_entry(node, &mut st, key) {
                 Entry::Check(n) => {
-                    self.run_value(n, value);
+                    match value {
+                        Pre::Value(v) => self.run_value(n, v),
+                        Pre::Raw(raw) => self.run_raw(n, raw.get()),
+                    }
                     self.path.pop();
                 }
-                Entry::Skip if self.is_tool_call_id(key) => self.capture_tool_call_id(value),
+                Entry::Skip if self.is_tool_call_id(key) => match value {
+                    Pre::Value(v) => self.capture_tool_call_id(v),
+                    Pre::Raw(raw) => {
+                        if let Ok(v) = serde_json::from_str::<Value>(raw.get()) {
+                            self.capture_tool_call_id(&v);
+                        }
+                    }
+                },
                 Entry::Skip => {}
+            }
+        }
+        if let Some((key, value)) = disc {
+            if let Entry::Check(n) = self.begin_entry(node, &mut st, key) {
+                self.scalar(n, Scalar::Str(value));
+                self.path.pop();
             }
         }
         while let Some(key) = map.next_key_seed(KeySeed)? {
@@ -771,29 +1064,36 @@ impl Ctx {
         disc: &'static str,
         mut map: A,
     ) -> Result<(), A::Error> {
-        let mut pre: Vec<(Cow<'de, str>, Value)> = Vec::new();
+        let mut pre = PreBuf::default();
         while let Some(key) = map.next_key_seed(KeySeed)? {
-            let value: Value = map.next_value()?;
             if key != disc {
-                pre.push((key, value));
+                // Borrowed unparsed when the input allows it: no allocation, no unescaping.
+                let value = if self.raw {
+                    Pre::Raw(map.next_value()?)
+                } else {
+                    Pre::Value(map.next_value()?)
+                };
+                pre.push(key, value);
                 continue;
             }
-            let chosen = value.as_str().and_then(|s| {
-                node.alternatives
+            let value = map.next_value_seed(DiscSeed)?;
+            let chosen = match &value {
+                DiscVal::Str(s) => node
+                    .alternatives
                     .iter()
                     .copied()
-                    .find(|a| a.const_of(disc) == Some(s))
-            });
-            match chosen {
-                Some(alt) => {
-                    pre.push((key, value));
-                    return self.object(alt, map, pre);
+                    .find(|a| a.const_of(disc) == Some(s)),
+                DiscVal::Other(_) => None,
+            };
+            match (chosen, value) {
+                (Some(alt), DiscVal::Str(s)) => {
+                    return self.object(alt, map, pre, Some((disc, &s)));
                 }
-                None => {
+                (_, value) => {
                     if !node.lenient {
                         self.path.push(Seg::Key(disc));
-                        match value.as_str() {
-                            Some(s) => {
+                        match value {
+                            DiscVal::Str(s) => {
                                 let supported: Vec<&str> = node
                                     .alternatives
                                     .iter()
@@ -805,7 +1105,7 @@ impl Ctx {
                                     format!("Invalid value: '{shown}'. Supported values are: {supported}.")
                                 });
                             }
-                            None => self.report_type(T_STRING, value_got(&value)),
+                            DiscVal::Other(got) => self.report_type(T_STRING, got),
                         }
                         self.path.pop();
                     }
@@ -817,15 +1117,30 @@ impl Ctx {
         if node.lenient {
             return Ok(());
         }
-        let all_require = node.alternatives.iter().all(|a| a.required.contains(&disc));
+        let all_require = node
+            .alternatives
+            .iter()
+            .filter(|a| accepts(a.types, T_OBJECT))
+            .all(|a| a.required.contains(&disc));
         if all_require {
             self.path.push(Seg::Key(disc));
             self.report(|p| format!("Missing required parameter: '{p}'."));
             self.path.pop();
             return Ok(());
         }
-        let object = Value::Object(pre.into_iter().map(|(k, v)| (k.into_owned(), v)).collect());
-        self.buffered_alternatives(node, &object, T_OBJECT);
+        let object = Value::Object(
+            pre.into_entries()
+                .map(|(k, v)| {
+                    let v = match v {
+                        Pre::Value(v) => v,
+                        // Valid JSON by construction.
+                        Pre::Raw(raw) => serde_json::from_str(raw.get()).unwrap_or(Value::Null),
+                    };
+                    (k.into_owned(), v)
+                })
+                .collect(),
+        );
+        self.buffered_alternatives(node, Buf::Value(&object), T_OBJECT);
         Ok(())
     }
 
@@ -883,7 +1198,7 @@ impl<'de> NodeVisitor<'_> {
             return drain_map(map);
         }
         if node.alternatives.is_empty() {
-            return ctx.object(node, map, Vec::new());
+            return ctx.object(node, map, PreBuf::default(), None);
         }
         let mut cands = node
             .alternatives
@@ -902,7 +1217,7 @@ impl<'de> NodeVisitor<'_> {
                 None => {
                     let value: Value =
                         Deserialize::deserialize(de::value::MapAccessDeserializer::new(map))?;
-                    ctx.buffered_alternatives(node, &value, T_OBJECT);
+                    ctx.buffered_alternatives(node, Buf::Value(&value), T_OBJECT);
                     Ok(())
                 }
             },
@@ -933,7 +1248,7 @@ impl<'de> NodeVisitor<'_> {
             (Some(_), Some(_)) => {
                 let value: Value =
                     Deserialize::deserialize(de::value::SeqAccessDeserializer::new(seq))?;
-                ctx.buffered_alternatives(node, &value, T_ARRAY);
+                ctx.buffered_alternatives(node, Buf::Value(&value), T_ARRAY);
                 Ok(())
             }
         }
@@ -988,5 +1303,46 @@ impl<'de> Visitor<'de> for NodeVisitor<'_> {
     fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<(), A::Error> {
         self.ctx.capture_object_start();
         self.map_in(map)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_are_listed_the_api_way() {
+        assert_eq!(list_values(&["a"]), "'a'");
+        assert_eq!(list_values(&["a", "b"]), "'a' and 'b'");
+        assert_eq!(list_values(&["a", "b", "c"]), "'a', 'b', and 'c'");
+    }
+
+    #[test]
+    fn numbers_and_types_read_naturally() {
+        assert_eq!(Num(2.0).to_string(), "2");
+        assert_eq!(Num(-100.0).to_string(), "-100");
+        assert_eq!(Num(0.25).to_string(), "0.25");
+        assert_eq!(expected(T_NUMBER), "a decimal");
+        assert_eq!(expected(T_INTEGER | T_NUMBER), "a decimal");
+        assert_eq!(expected(T_STRING | T_ARRAY), "one of a string or an array");
+        assert_eq!(
+            expected(T_STRING | T_BOOLEAN | T_OBJECT),
+            "one of a string, a boolean or an object"
+        );
+    }
+
+    #[test]
+    fn short_strings_stay_inline_and_long_ones_do_not_fit() {
+        assert_eq!(Short::new("transparent").unwrap().as_str(), "transparent");
+        assert_eq!(Short::new("").unwrap().as_str(), "");
+        assert!(Short::new(&"x".repeat(25)).is_none());
+        assert_eq!(Short::new("é").unwrap().as_str(), "é");
+    }
+
+    #[test]
+    fn integral_decimals_count_as_integers() {
+        assert_ne!(Scalar::F64(2.0).type_bits() & T_INTEGER, 0);
+        assert_eq!(Scalar::F64(2.5).type_bits() & T_INTEGER, 0);
+        assert_eq!(Scalar::F64(f64::INFINITY).type_bits() & T_INTEGER, 0);
     }
 }
