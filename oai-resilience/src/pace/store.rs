@@ -696,3 +696,213 @@ where
         })
     }
 }
+
+#[cfg(test)]
+mod layer_tests {
+    use super::*;
+
+    fn limits(cap: f64, refill: f64) -> LearnedLimits {
+        LearnedLimits {
+            requests: Some(BucketLimits {
+                capacity: cap,
+                refill_per_sec: refill,
+            }),
+            ..LearnedLimits::default()
+        }
+    }
+
+    fn upstream(
+        status: u16,
+        headers: &'static [(&'static str, &'static str)],
+        sent: Arc<std::sync::atomic::AtomicU64>,
+    ) -> impl tower_service::Service<
+        http::Request<http_body_util::Full<bytes::Bytes>>,
+        Response = http::Response<http_body_util::Full<bytes::Bytes>>,
+        Error = Error,
+        Future = impl Send,
+    > + Clone
+           + Send
+           + 'static {
+        let inner = tower::service_fn(
+            move |_req: http::Request<http_body_util::Full<bytes::Bytes>>| {
+                sent.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let mut b = http::Response::builder().status(status);
+                for (k, v) in headers {
+                    b = b.header(*k, *v);
+                }
+                let body = if status == 429 {
+                    r#"{"error":{"message":"Rate limit reached","type":"requests","code":"rate_limit_exceeded"}}"#
+                } else {
+                    "{}"
+                };
+                async move {
+                    Ok::<_, std::convert::Infallible>(
+                        b.body(http_body_util::Full::new(bytes::Bytes::from(body)))
+                            .unwrap(),
+                    )
+                }
+            },
+        );
+        tower::ServiceBuilder::new()
+            .layer(crate::ClassifyLayer::new())
+            .service(inner)
+    }
+
+    fn request() -> http::Request<http_body_util::Full<bytes::Bytes>> {
+        http::Request::post("https://api.example.test/v1/chat/completions")
+            .header("authorization", "Bearer sk-test-layer")
+            .body(http_body_util::Full::new(bytes::Bytes::from_static(
+                br#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}],"max_tokens":5}"#,
+            )))
+            .unwrap()
+    }
+
+    fn request_key() -> PaceKey {
+        PaceKey::new("api.example.test")
+            .with_credential(b"Bearer sk-test-layer")
+            .with_model("gpt-4o-mini")
+    }
+
+    #[test]
+    fn learned_from_headers() {
+        let snap = crate::parse::RateLimitSnapshot {
+            limit_requests: Some(20),
+            remaining_requests: Some(15),
+            reset_requests: Some(Duration::from_millis(250)),
+            limit_tokens: Some(1_000),
+            remaining_tokens: Some(1_000),
+            reset_tokens: Some(Duration::ZERO),
+        };
+        let l = learned_from(&snap);
+        assert_eq!(
+            l.requests,
+            Some(BucketLimits {
+                capacity: 20.0,
+                refill_per_sec: 20.0
+            })
+        );
+        assert_eq!(l.remaining_requests, Some(15.0));
+        // Unused bucket: no rate to derive, so the limit per minute.
+        assert_eq!(l.tokens.map(|b| b.refill_per_sec), Some(1_000.0 / 60.0));
+        let empty = learned_from(&crate::parse::RateLimitSnapshot::default());
+        assert_eq!(empty, LearnedLimits::default());
+        let zero = crate::parse::RateLimitSnapshot {
+            limit_requests: Some(0),
+            remaining_requests: Some(0),
+            ..Default::default()
+        };
+        assert_eq!(learned_from(&zero).requests, None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn layer_waits_for_the_store_and_learns_from_headers() {
+        use tower::{Layer, ServiceExt};
+        let store = InProcessStore::new();
+        let sent = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let svc = SharedPaceLayer::new(store.clone()).layer(upstream(
+            200,
+            &[
+                ("x-ratelimit-limit-requests", "2"),
+                ("x-ratelimit-remaining-requests", "1"),
+                ("x-ratelimit-reset-requests", "500ms"),
+            ],
+            sent.clone(),
+        ));
+        let start = Instant::now();
+        for _ in 0..3 {
+            svc.clone().oneshot(request()).await.unwrap();
+        }
+        // Learned: capacity 2, refill 2/s; the first response set the level to 1, the second
+        // emptied it, the third waited 500 ms.
+        assert_eq!(sent.load(std::sync::atomic::Ordering::SeqCst), 3);
+        assert_eq!(start.elapsed(), Duration::from_millis(500));
+        let m = store.key_model(&request_key()).unwrap();
+        assert_eq!(m.requests.map(|b| (b.capacity, b.refill)), Some((2.0, 2.0)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn layer_fails_as_paced_locally_past_max_wait_or_deadline_or_when_blocked() {
+        use tower::{Layer, ServiceExt};
+        let store = InProcessStore::new();
+        let key = request_key();
+        store.learn(&key, limits(1.0, 1.0)).await.unwrap();
+        let sent = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let layer = SharedPaceLayer::new(store.clone()).max_wait(Duration::from_millis(100));
+        let svc = layer.layer(upstream(200, &[], sent.clone()));
+        svc.clone().oneshot(request()).await.unwrap();
+        let err = svc.clone().oneshot(request()).await.unwrap_err();
+        assert!(crate::pace::is_paced_locally(&err), "{err}");
+        assert!(
+            err.detail().is_some_and(|d| d.contains("max_wait")),
+            "{err}"
+        );
+        assert!(!err.to_string().contains("sk-test"), "{err}");
+        // A deadline sooner than max_wait.
+        let svc = SharedPaceLayer::new(store.clone()).layer(upstream(200, &[], sent.clone()));
+        let mut req = request();
+        req.extensions_mut().insert(crate::pace::CallDeadline(
+            Instant::now() + Duration::from_millis(10),
+        ));
+        let err = svc.clone().oneshot(req).await.unwrap_err();
+        assert!(
+            err.detail().is_some_and(|d| d.contains("deadline")),
+            "{err}"
+        );
+        // No refill: blocked at once.
+        store.learn(&key, limits(1.0, 0.0)).await.unwrap();
+        let err = svc.clone().oneshot(request()).await.unwrap_err();
+        assert!(crate::pace::is_paced_locally(&err), "{err}");
+        assert!(err.detail().is_some_and(|d| d.contains("refill")), "{err}");
+        assert_eq!(sent.load(std::sync::atomic::Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn layer_pauses_the_key_on_a_server_429() {
+        use tower::{Layer, ServiceExt};
+        let store = InProcessStore::new();
+        let sent = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let svc = SharedPaceLayer::new(store.clone())
+            .default_pause(Duration::from_secs(3))
+            .layer(upstream(429, &[], sent.clone()));
+        let err = svc.clone().oneshot(request()).await.unwrap_err();
+        assert_eq!(err.kind(), crate::ErrorKind::RateLimited);
+        assert!(!crate::pace::is_paced_locally(&err));
+        let pause = store.key_model(&request_key()).and_then(|m| m.paused_until);
+        let hint_us = u64::try_from(
+            err.retry_after()
+                .unwrap_or(Duration::from_secs(3))
+                .as_micros(),
+        )
+        .unwrap();
+        assert_eq!(pause, Some(hint_us));
+        assert!(matches!(
+            store.admit(&request_key(), Cost::tokens(1)).await.unwrap(),
+            Admission::Wait(_)
+        ));
+    }
+
+    #[derive(Debug)]
+    struct Broken;
+
+    impl PacingStore for Broken {
+        fn admit<'a>(&'a self, _: &'a PaceKey, _: Cost) -> StoreFuture<'a, Admission> {
+            Box::pin(async { Err(Error::new(crate::ErrorKind::Connection).with_detail("down")) })
+        }
+        fn learn<'a>(&'a self, _: &'a PaceKey, _: LearnedLimits) -> StoreFuture<'a, ()> {
+            Box::pin(async { Ok(()) })
+        }
+        fn pause<'a>(&'a self, _: &'a PaceKey, _: Duration) -> StoreFuture<'a, ()> {
+            Box::pin(async { Ok(()) })
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn layer_passes_a_failing_store_error_through_and_sends_nothing() {
+        use tower::{Layer, ServiceExt};
+        let sent = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let svc = SharedPaceLayer::new(Broken).layer(upstream(200, &[], sent.clone()));
+        let err = svc.oneshot(request()).await.unwrap_err();
+        assert_eq!(err.kind(), crate::ErrorKind::Connection);
+        assert_eq!(sent.load(std::sync::atomic::Ordering::SeqCst), 0);
+    }
+}
