@@ -232,6 +232,61 @@ where
     }
 }
 
+/// Classifies one server-sent event payload of a 200 stream: `Some(Error)` when the payload is
+/// OpenAI's `{"error": {…}}` object, `None` for anything else (a delta, `[DONE]`, garbage).
+///
+/// [`ClassifyLayer`] passes a 200 through with its body still streaming, so an error the server
+/// sends *inside* the stream is invisible to the status check and to the retry layer. Feed each
+/// event's `data:` payload (without the `data: ` prefix) to this function. The error's kind
+/// follows the object's `type`/`code` (`server_error` is [`ErrorKind::ServerError`],
+/// `rate_limit_exceeded` is [`ErrorKind::RateLimited`], `insufficient_quota` is
+/// [`ErrorKind::QuotaExceeded`], `invalid_request_error` is [`ErrorKind::InvalidRequest`]);
+/// it carries no status and `should_retry` is `false`: the response was already accepted and
+/// part of it consumed, so the stack never retries it on its own. Retrying is the caller's call.
+///
+/// ```
+/// use oai_resilience::{classify::classify_sse_event, ErrorKind};
+///
+/// let data = br#"{"error":{"message":"The server had an error","type":"server_error","param":null,"code":null}}"#;
+/// let err = classify_sse_event(data).unwrap();
+/// assert_eq!(err.kind(), ErrorKind::ServerError);
+/// assert!(!err.is_retryable());
+/// assert!(classify_sse_event(br#"{"choices":[]}"#).is_none());
+/// assert!(classify_sse_event(b"[DONE]").is_none());
+/// ```
+///
+/// [`ErrorKind::ServerError`]: crate::ErrorKind::ServerError
+/// [`ErrorKind::RateLimited`]: crate::ErrorKind::RateLimited
+/// [`ErrorKind::QuotaExceeded`]: crate::ErrorKind::QuotaExceeded
+/// [`ErrorKind::InvalidRequest`]: crate::ErrorKind::InvalidRequest
+pub fn classify_sse_event(data: &[u8]) -> Option<Error> {
+    use crate::ErrorKind;
+    let data = data.trim_ascii();
+    if !data.starts_with(b"{") {
+        return None;
+    }
+    let value: serde_json::Value = serde_json::from_slice(data).ok()?;
+    value.as_object()?.get("error")?;
+    let api = crate::parse::parse_error_body(data)?;
+    let is = |s: &str| api.error_type.as_deref() == Some(s) || api.code.as_deref() == Some(s);
+    let kind = if api.is_quota() {
+        ErrorKind::QuotaExceeded
+    } else if is("rate_limit_exceeded") || is("requests") || is("tokens") {
+        ErrorKind::RateLimited
+    } else if is("invalid_request_error") {
+        ErrorKind::InvalidRequest
+    } else {
+        ErrorKind::ServerError
+    };
+    tracing::debug!(kind = %kind, "classified an error event inside a 200 stream");
+    Some(
+        Error::new(kind)
+            .with_should_retry(false)
+            .with_detail("error event inside a 200 event stream; not retried automatically")
+            .with_api_error(api),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

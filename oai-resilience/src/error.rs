@@ -446,7 +446,8 @@ impl Error {
         let kind = ErrorKind::from_status(status, api.as_ref());
         let mut err = Error::new(kind).with_status(status);
         let inner = err.inner_mut();
-        inner.request_id = parse::request_id(headers).map(str::to_owned);
+        inner.request_id =
+            parse::request_id(headers).map(|id| parse::redact_secrets(id).into_owned());
         inner.should_retry = parse::should_retry(headers);
         let rl = RateLimitSnapshot::from_headers(headers);
         if !rl.is_empty() {
@@ -701,7 +702,8 @@ impl Error {
                     .map(|m| m.contains("Missing required parameter") || m.contains("required"))
                     .unwrap_or(false)
                     || inner.violations.iter().any(|v| v.message.contains("Missing required"));
-                match param {
+                // The param comes from the body: keep `Display` one line.
+                match param.map(|p| one_line(p, 200)) {
                     Some(p) if missing => Cow::Owned(format!("add the missing parameter `{p}`")),
                     Some(p) => Cow::Owned(format!("fix the parameter `{p}` (see the message)")),
                     None => Cow::Borrowed("check the request's parameters against the API reference"),
@@ -984,6 +986,37 @@ mod tests {
         let s = e.to_string();
         assert!(!s.contains('\n'), "{s}");
         assert!(s.contains("bad gateway"));
+    }
+
+    // Found by `fuzz/fuzz_targets/error_body.rs`: an `x-request-id` that looked like a key
+    // was printed as is by `Display` and `Debug`.
+    #[test]
+    fn request_id_is_redacted() {
+        let mut headers = HeaderMap::new();
+        headers.insert("x-request-id", "sk-proj-AAAA1111".parse().unwrap());
+        let e = Error::from_response_parts(StatusCode::BAD_GATEWAY, &headers, b"");
+        assert_eq!(e.request_id(), Some("[redacted]"));
+        assert!(!e.to_string().contains("AAAA1111"), "{e}");
+        assert!(!format!("{e:?}").contains("AAAA1111"), "{e:?}");
+        headers.insert("x-request-id", "req_123".parse().unwrap());
+        let e = Error::from_response_parts(StatusCode::BAD_GATEWAY, &headers, b"");
+        assert_eq!(e.request_id(), Some("req_123"));
+    }
+
+    // Found by `fuzz/fuzz_targets/error_body.rs`: a `param` with a line break reached
+    // `Display` through the hint.
+    #[test]
+    fn display_is_one_line_with_a_multiline_param() {
+        let body = br#"{"error":{"message":"bad","param":"messages\n[0]\r"}}"#;
+        let e = Error::from_response_parts(StatusCode::BAD_REQUEST, &HeaderMap::new(), body);
+        let s = e.to_string();
+        assert!(!s.contains(['\n', '\r']), "{s:?}");
+        assert!(
+            s.ends_with("fix the parameter `messages [0] ` (see the message)"),
+            "{s}"
+        );
+        // The accessor keeps the server's text.
+        assert_eq!(e.param(), Some("messages\n[0]\r"));
     }
 
     #[test]

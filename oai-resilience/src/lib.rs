@@ -38,12 +38,12 @@ pub mod retry;
 pub mod stack;
 pub mod validate;
 
+pub use auth::{ApiKey, AuthLayer, KeySource};
 #[doc(hidden)]
 pub mod __private;
 
 pub use oai_resilience_macros::openai_call;
 
-pub use auth::{ApiKey, AuthLayer, KeySource};
 pub use classify::{Classify, ClassifyLayer};
 pub use error::{
     AttemptOutcome, AuthCause, BoxError, CallContext, DelaySource, Error, ErrorKind, RetryContext,

@@ -103,17 +103,17 @@ impl ApiError {
 /// Parses an error body leniently: with or without the `error` wrapper (`{"code": 400,
 /// "message": …}` from proxies), numeric `code`, truncated or non-JSON bodies (`None`).
 ///
-/// Looks at the first [`MAX_BODY_PARSE`] bytes only. The message is redacted of anything that
-/// looks like an API key ([`redact_secrets`]).
+/// Looks at the first [`MAX_BODY_PARSE`] bytes only. The message, `type`, `param` and `code`
+/// are redacted of anything that looks like an API key ([`redact_secrets`]).
 pub fn parse_error_body(body: &[u8]) -> Option<ApiError> {
     let body = &body[..body.len().min(MAX_BODY_PARSE)];
     let value: Value = serde_json::from_slice(body).ok()?;
     let obj = value.as_object()?;
     let inner = match obj.get("error") {
         Some(Value::Object(o)) => o,
-        // `{"error": "text"}`
+        // `{"error": "text"}` (an empty text is no error object, as below)
         Some(Value::String(s)) => {
-            return Some(ApiError::new(redact_secrets(s).into_owned()));
+            return (!s.is_empty()).then(|| ApiError::new(redact_secrets(s).into_owned()));
         }
         _ => obj,
     };
@@ -124,7 +124,8 @@ pub fn parse_error_body(body: &[u8]) -> Option<ApiError> {
     };
     let text = |key: &str| -> Option<String> {
         match inner.get(key)? {
-            Value::String(s) => Some(s.clone()),
+            // Redacted too: `Debug` and the hint show them.
+            Value::String(s) => Some(redact_secrets(s).into_owned()),
             Value::Number(n) => Some(n.to_string()),
             Value::Bool(b) => Some(b.to_string()),
             _ => None,
@@ -147,24 +148,26 @@ pub fn parse_error_body(body: &[u8]) -> Option<ApiError> {
 pub fn body_snippet(body: &[u8]) -> String {
     let head = &body[..body.len().min(4096)];
     let text = String::from_utf8_lossy(head);
-    let mut out = String::new();
+    let mut folded = String::with_capacity(text.len());
     let mut last_space = true;
     for c in text.chars() {
-        if out.len() >= 200 {
-            out.push('…');
-            break;
-        }
         if c.is_whitespace() || c.is_control() {
             if !last_space {
-                out.push(' ');
+                folded.push(' ');
                 last_space = true;
             }
         } else {
-            out.push(c);
+            folded.push(c);
             last_space = false;
         }
     }
-    redact_secrets(out.trim_end()).into_owned()
+    // Redact before truncating: `[redacted]` is longer than a short token it replaces.
+    let redacted = redact_secrets(folded.trim_end());
+    let mut out: String = redacted.chars().take(200).collect();
+    if redacted.chars().nth(200).is_some() {
+        out.push('…');
+    }
+    out
 }
 
 /// Replaces anything that looks like an API key, or the masked fragment that OpenAI's 401
@@ -615,6 +618,46 @@ mod tests {
         // Beyond the bound, the JSON is truncated and therefore unparsed: None, no panic.
         assert_eq!(parse_error_body(&big), None);
         assert!(body_snippet(&big).chars().count() <= 201);
+    }
+
+    // Found by `fuzz/fuzz_targets/error_body.rs`: `{"error": ""}` gave an empty error object
+    // (no message, type or code), which hid the body from the error's detail.
+    #[test]
+    fn empty_error_string_is_no_error_object() {
+        assert_eq!(parse_error_body(br#"{"error":""}"#), None);
+        assert_eq!(
+            parse_error_body(br#"{"error":"x"}"#),
+            Some(ApiError::new("x"))
+        );
+    }
+
+    // Found by the error_body fuzz target: `type`, `param` and `code` kept key fragments, and
+    // `Debug` (and the hint, for `param`) printed them.
+    #[test]
+    fn every_text_field_is_redacted() {
+        let body = br#"{"error":{"message":"m","type":"sk-proj-AAAA1111","param":"Bearer sk-BBBB2222","code":"sk-CCCC3333"}}"#;
+        let api = parse_error_body(body).unwrap();
+        let all = format!("{api:?}");
+        for key in ["AAAA1111", "BBBB2222", "CCCC3333"] {
+            assert!(!all.contains(key), "{all}");
+        }
+        assert_eq!(api.param.as_deref(), Some("Bearer [redacted]"));
+        // Codes that classify errors are untouched.
+        let quota = parse_error_body(br#"{"error":{"message":"","code":"insufficient_quota"}}"#);
+        assert!(quota.unwrap().is_quota());
+    }
+
+    // Found by the error_body fuzz target: the snippet was cut at 200 bytes before redaction,
+    // and `[redacted]` is longer than `sk-`, so a body of short keys gave ~500 characters.
+    #[test]
+    fn snippet_stays_short_after_redaction() {
+        let body = "sk- ".repeat(100);
+        let snip = body_snippet(body.as_bytes());
+        assert_eq!(snip.chars().count(), 201, "{snip}");
+        assert!(snip.ends_with('…'), "{snip}");
+        assert!(!snip.contains("sk-"), "{snip}");
+        // Short bodies are whole, without the ellipsis.
+        assert_eq!(body_snippet(b"  bad\n\tgateway  "), "bad gateway");
     }
 
     #[test]

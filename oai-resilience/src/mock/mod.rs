@@ -181,7 +181,12 @@ impl MockServer {
     }
 
     pub(crate) async fn spawn(config: Config) -> std::io::Result<MockServer> {
-        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
+        // A deep accept queue (the kernel caps it at `somaxconn`): a load test's burst of a
+        // thousand connects must not overflow it, or the kernel drops SYNs and retries them in
+        // real time, which paused-time tests see as connections that hang.
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        socket.bind((Ipv4Addr::LOCALHOST, 0).into())?;
+        let listener = socket.listen(4096)?;
         let addr = listener.local_addr()?;
         let seed = config
             .seed

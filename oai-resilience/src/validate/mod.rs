@@ -182,6 +182,20 @@ fn deprecation_advice(param: &str) -> &'static str {
 /// Checks a JSON body for `endpoint` and returns the [`Report`]. A body that is not JSON
 /// gives one violation on the parameter `body`.
 pub fn check(endpoint: Endpoint, body: &[u8]) -> Report {
+    // The checker skips values it need not read without decoding them, so the encoding is
+    // checked up front: a body that is not UTF-8 is not JSON.
+    if let Err(e) = std::str::from_utf8(body) {
+        return Report {
+            violations: vec![Violation::new(
+                "body",
+                format!(
+                    "We could not parse the JSON body of your request: invalid UTF-8 at byte {}.",
+                    e.valid_up_to()
+                ),
+            )],
+            deprecated: Vec::new(),
+        };
+    }
     let mut ctx = check::Ctx::new(endpoint == Endpoint::ChatCompletions);
     ctx.raw = true;
     let mut de = serde_json::Deserializer::from_slice(body);
@@ -479,6 +493,18 @@ mod tests {
             assert_eq!(Endpoint::from_path(&format!("/v1{}/", e.path())), Some(e));
         }
         assert_eq!(Endpoint::from_path("/v1/chat"), None);
+    }
+
+    // Found by `fuzz/fuzz_targets/validate_bytes.rs`: invalid UTF-8 inside a value the checker
+    // skips (an unknown key's) passed, though the body is not JSON.
+    #[test]
+    fn invalid_utf8_is_not_json() {
+        let body = b"{\"model\":\"gpt-4o\",\"input\":\"hi\",\"x\":\"\xff\"}";
+        let report = check(Endpoint::Responses, body);
+        assert_eq!(report.violations().len(), 1, "{:?}", report.violations());
+        assert_eq!(report.violations()[0].param, "body");
+        let fine = br#"{"model":"gpt-4o","input":"hi","x":"\u00ff"}"#;
+        assert!(check(Endpoint::Responses, fine).is_valid());
     }
 
     #[test]

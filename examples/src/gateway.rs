@@ -1,0 +1,432 @@
+//! An OpenAI-compatible proxy that puts the resilience stack in front of any OpenAI client.
+//!
+//! [`Gateway`] is a plain hyper 1 service: it takes an OpenAI-shaped request (`POST
+//! /v1/chat/completions`, …), forwards it to the upstream through the stack (local key
+//! checks, retries, pacing, classification), and answers with the upstream's response,
+//! streamed through unchanged. When the stack fails, the [`Error`] is mapped back to
+//! OpenAI's error JSON, so that an unmodified client (the official Python SDK with
+//! `base_url="http://127.0.0.1:8787/v1"`) raises its usual exception:
+//!
+//! ```text
+//! HTTP/1.1 401 Unauthorized
+//! x-should-retry: false
+//! x-oai-resilience-hint: remove the quotes around the key
+//!
+//! {"error":{"message":"Invalid API key: the API key is wrapped in quotes. Hint: remove the quotes around the key.",
+//!           "type":"invalid_request_error","param":null,"code":"invalid_api_key",
+//!           "hint":"remove the quotes around the key","request_id":null,"attempts":0}}
+//! ```
+//!
+//! - The status is the upstream's when one answered, else the one OpenAI uses for the same
+//!   fault (401 for a bad key, 400 for a bad parameter, 429 when the pacer gave up, 502/504
+//!   for connection failures and timeouts).
+//! - `message`, `type`, `param`, `code` are the upstream's when it sent them; the hint is
+//!   appended to the message (what a user sees in an SDK's exception) and is also in the
+//!   `hint` field and the `x-oai-resilience-hint` header. The upstream's request id is in the
+//!   `request_id` field and the `x-request-id` header; the attempts made in `attempts` and
+//!   `x-oai-resilience-attempts`.
+//! - Every error answer carries `x-should-retry: false`: the gateway has already retried
+//!   whatever could succeed, and the SDKs obey that header, so their own retries do not
+//!   multiply the requests.
+//!
+//! The key comes from the incoming request's `Authorization` header (checked locally: a
+//! placeholder, quotes or a doubled `Bearer ` never leave the gateway) or, when the request
+//! has none, from the auth layer's source (`OPENAI_API_KEY` in the binary).
+//!
+//! Why plain hyper and not axum: the gateway is one catch-all route, and hyper and
+//! hyper-util are already in the dependency tree; axum would add a router and its
+//! dependencies to every build for nothing the proxy uses.
+
+use std::convert::Infallible;
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode, Uri};
+use http_body_util::{BodyExt, Either, Full, Limited};
+use hyper::body::{Body, Incoming};
+use hyper_util::rt::TokioIo;
+use oai_resilience::{AuthCause, Error, ErrorKind};
+use serde_json::json;
+use tokio::net::TcpListener;
+use tower::ServiceExt;
+
+use crate::stack::Stack;
+
+/// The largest request body the gateway accepts: 8 MiB (larger ones get a 413).
+pub const MAX_REQUEST_BYTES: usize = 8 * 1024 * 1024;
+
+/// The header that carries the hint of an error answer.
+pub const HINT_HEADER: HeaderName = HeaderName::from_static("x-oai-resilience-hint");
+/// The header that carries the attempts made for an error answer.
+pub const ATTEMPTS_HEADER: HeaderName = HeaderName::from_static("x-oai-resilience-attempts");
+
+/// The response body: the upstream's body streamed through, or the gateway's own JSON.
+pub type GatewayBody = Either<Incoming, Full<Bytes>>;
+
+/// Headers that belong to one connection and are never forwarded (RFC 9110 §7.6.1), plus
+/// `host` and `content-length` (the client sets them for the new request) and
+/// `accept-encoding` (error bodies must stay readable for classification).
+const REQUEST_SKIP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "host",
+    "content-length",
+    "accept-encoding",
+];
+
+/// Hop-by-hop response headers.
+const RESPONSE_SKIP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// The proxy service. Cheap to clone: clones share the stack's pacer and retry budget.
+#[derive(Clone)]
+pub struct Gateway {
+    inner: Arc<Inner>,
+    stack: Stack,
+}
+
+struct Inner {
+    /// The upstream's base URL, without `/v1` and without a trailing `/`.
+    upstream: String,
+}
+
+impl fmt::Debug for Gateway {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Gateway")
+            .field("upstream", &self.inner.upstream)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Gateway {
+    /// A gateway that forwards to `upstream` (a base URL such as `http://127.0.0.1:9000` or
+    /// `https://api.openai.com`; a trailing `/v1` or `/` is dropped, the request's path is
+    /// kept) through `stack`.
+    ///
+    /// # Errors
+    ///
+    /// If `upstream` is not an absolute `http`/`https` URL.
+    pub fn new(upstream: &str, stack: Stack) -> Result<Self, String> {
+        let trimmed = upstream.trim_end_matches('/');
+        let trimmed = trimmed.strip_suffix("/v1").unwrap_or(trimmed);
+        let uri: Uri = trimmed
+            .parse()
+            .map_err(|e| format!("invalid upstream URL {upstream:?}: {e}"))?;
+        match uri.scheme_str() {
+            Some("http") | Some("https") if uri.authority().is_some() => {}
+            _ => {
+                return Err(format!(
+                    "the upstream URL must be http(s)://host[:port], got {upstream:?}"
+                ))
+            }
+        }
+        Ok(Gateway {
+            inner: Arc::new(Inner {
+                upstream: trimmed.to_owned(),
+            }),
+            stack,
+        })
+    }
+
+    /// The upstream base URL.
+    pub fn upstream(&self) -> &str {
+        &self.inner.upstream
+    }
+
+    /// Proxies one request. Never fails: every failure becomes an OpenAI-shaped error answer.
+    pub async fn handle<B>(&self, req: Request<B>) -> Response<GatewayBody>
+    where
+        B: Body<Data = Bytes>,
+        B::Error: Into<oai_resilience::BoxError>,
+    {
+        let (parts, body) = req.into_parts();
+        let body = match Limited::new(body, MAX_REQUEST_BYTES).collect().await {
+            Ok(collected) => collected.to_bytes(),
+            Err(e) => {
+                let too_big = e.is::<http_body_util::LengthLimitError>();
+                let (status, message) = if too_big {
+                    (
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        format!("The request body exceeds the gateway's limit of {MAX_REQUEST_BYTES} bytes."),
+                    )
+                } else {
+                    (
+                        StatusCode::BAD_REQUEST,
+                        format!("Could not read the request body: {e}"),
+                    )
+                };
+                return openai_error(
+                    status,
+                    &message,
+                    "invalid_request_error",
+                    None,
+                    None,
+                    &HeaderMap::new(),
+                );
+            }
+        };
+        let path = parts
+            .uri
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .to_owned();
+        let uri = format!("{}{}", self.inner.upstream, path);
+        let mut out = Request::builder().method(parts.method.clone()).uri(uri);
+        if let Some(headers) = out.headers_mut() {
+            for (name, value) in &parts.headers {
+                if !REQUEST_SKIP.contains(&name.as_str()) {
+                    headers.append(name.clone(), value.clone());
+                }
+            }
+        }
+        let out = match out.body(Full::new(body)) {
+            Ok(r) => r,
+            Err(e) => {
+                let message = format!("The request cannot be forwarded: {e}");
+                return openai_error(
+                    StatusCode::BAD_REQUEST,
+                    &message,
+                    "invalid_request_error",
+                    None,
+                    None,
+                    &HeaderMap::new(),
+                );
+            }
+        };
+        match self.stack.clone().oneshot(out).await {
+            Ok(res) => {
+                let (mut parts, body) = res.into_parts();
+                for name in RESPONSE_SKIP {
+                    parts.headers.remove(*name);
+                }
+                Response::from_parts(parts, Either::Left(body))
+            }
+            Err(err) => {
+                tracing::info!(error = %err, "gateway: call failed");
+                error_response(&err)
+            }
+        }
+    }
+
+    /// Serves the gateway on `listener` until the task is dropped (HTTP/1.1).
+    ///
+    /// # Errors
+    ///
+    /// The listener's accept error.
+    pub async fn serve(self, listener: TcpListener) -> std::io::Result<()> {
+        loop {
+            let (stream, peer) = listener.accept().await?;
+            let gateway = self.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                    let gateway = gateway.clone();
+                    async move { Ok::<_, Infallible>(gateway.handle(req).await) }
+                });
+                if let Err(e) = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await
+                {
+                    tracing::debug!(%peer, error = %e, "gateway: connection ended with an error");
+                }
+            });
+        }
+    }
+
+    /// Binds `addr` and serves in a background task; returns the bound address (useful with
+    /// port 0) and the task.
+    ///
+    /// # Errors
+    ///
+    /// The bind error.
+    pub async fn spawn(
+        self,
+        addr: SocketAddr,
+    ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<std::io::Result<()>>)> {
+        let listener = TcpListener::bind(addr).await?;
+        let local = listener.local_addr()?;
+        Ok((local, tokio::spawn(self.serve(listener))))
+    }
+}
+
+/// The status OpenAI would answer for an error the stack raised without a response.
+fn local_status(err: &Error) -> StatusCode {
+    match err.kind() {
+        ErrorKind::MissingApiKey | ErrorKind::MalformedApiKey | ErrorKind::Authentication => {
+            StatusCode::UNAUTHORIZED
+        }
+        ErrorKind::InvalidParameter | ErrorKind::InvalidRequest => StatusCode::BAD_REQUEST,
+        ErrorKind::RateLimited | ErrorKind::QuotaExceeded => StatusCode::TOO_MANY_REQUESTS,
+        ErrorKind::RequestTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        ErrorKind::Timeout | ErrorKind::RequestTimeout => StatusCode::GATEWAY_TIMEOUT,
+        ErrorKind::Connection | ErrorKind::ServerError | ErrorKind::NotReplayable => {
+            StatusCode::BAD_GATEWAY
+        }
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+/// OpenAI's `type` for an error the upstream did not describe.
+fn local_type(err: &Error, status: StatusCode) -> &'static str {
+    match err.kind() {
+        ErrorKind::RateLimited => "requests",
+        ErrorKind::QuotaExceeded => "insufficient_quota",
+        _ if status.is_server_error() => "server_error",
+        _ => "invalid_request_error",
+    }
+}
+
+/// OpenAI's `code` for an error the upstream did not describe.
+fn local_code(err: &Error) -> Option<&'static str> {
+    match err.kind() {
+        ErrorKind::MalformedApiKey => Some("invalid_api_key"),
+        ErrorKind::InvalidParameter => {
+            let missing = err
+                .violations()
+                .first()
+                .is_some_and(|v| v.message.starts_with("Missing required"));
+            Some(if missing {
+                "missing_required_parameter"
+            } else {
+                "invalid_value"
+            })
+        }
+        ErrorKind::RateLimited => Some("rate_limit_exceeded"),
+        ErrorKind::Timeout => Some("timeout"),
+        _ => None,
+    }
+}
+
+/// What went wrong, as a sentence, for an error without OpenAI's message.
+fn local_message(err: &Error) -> String {
+    if !err.violations().is_empty() {
+        return err
+            .violations()
+            .iter()
+            .map(|v| v.message.as_str())
+            .collect::<Vec<_>>()
+            .join(" ");
+    }
+    let mut msg = match (err.kind(), err.auth_cause()) {
+        (ErrorKind::MissingApiKey, _) => "No API key: the request has no Authorization header and the gateway has none configured.".to_owned(),
+        (_, Some(cause)) if cause != AuthCause::Other => {
+            format!("Invalid API key: {}.", cause.describe())
+        }
+        _ => format!("The gateway could not complete the call ({}).", err.kind()),
+    };
+    if let Some(detail) = err.detail() {
+        msg.push_str(" Detail: ");
+        msg.push_str(detail);
+        if !detail.ends_with('.') {
+            msg.push('.');
+        }
+    }
+    msg
+}
+
+/// Maps an error of the stack to OpenAI's error JSON, with the hint, request id and attempts.
+pub fn error_response(err: &Error) -> Response<GatewayBody> {
+    let status = err.status().unwrap_or_else(|| local_status(err));
+    let message = match err.message() {
+        Some(m) => m.to_owned(),
+        None => local_message(err),
+    };
+    let error_type = err
+        .error_type()
+        .map_or_else(|| local_type(err, status).to_owned(), str::to_owned);
+    let code = err.code().map(str::to_owned).or_else(|| {
+        // A response without OpenAI's object keeps `code: null`, as the API does.
+        if err.api_error().is_none() {
+            local_code(err).map(str::to_owned)
+        } else {
+            None
+        }
+    });
+    let hint = err.hint();
+    let attempts = err
+        .retry_context()
+        .map_or(if err.kind().is_local() { 0 } else { 1 }, |r| r.attempts);
+    let mut full_message = message.trim_end().to_owned();
+    full_message.push_str(" Hint: ");
+    full_message.push_str(&hint);
+    if !hint.ends_with('.') {
+        full_message.push('.');
+    }
+    if let Some(id) = err.request_id() {
+        full_message.push_str(&format!(" (upstream request {id})"));
+    }
+    let body = json!({
+        "error": {
+            "message": full_message,
+            "type": error_type,
+            "param": err.param(),
+            "code": code,
+            "hint": hint,
+            "request_id": err.request_id(),
+            "attempts": attempts,
+        }
+    });
+    let mut headers = HeaderMap::new();
+    headers.insert("x-should-retry", HeaderValue::from_static("false"));
+    if let Ok(v) = HeaderValue::from_str(&hint) {
+        headers.insert(HINT_HEADER, v);
+    }
+    headers.insert(ATTEMPTS_HEADER, HeaderValue::from(attempts));
+    if let Some(Ok(v)) = err.request_id().map(HeaderValue::from_str) {
+        headers.insert("x-request-id", v);
+    }
+    if let Some(after) = err.retry_after() {
+        let ms = after.as_millis().max(1);
+        headers.insert("retry-after-ms", HeaderValue::from(ms as u64));
+        headers.insert(
+            header::RETRY_AFTER,
+            HeaderValue::from(ms.div_ceil(1000) as u64),
+        );
+    }
+    json_response(status, &body, headers)
+}
+
+fn openai_error(
+    status: StatusCode,
+    message: &str,
+    error_type: &str,
+    param: Option<&str>,
+    code: Option<&str>,
+    extra: &HeaderMap,
+) -> Response<GatewayBody> {
+    let body =
+        json!({"error": {"message": message, "type": error_type, "param": param, "code": code}});
+    let mut headers = extra.clone();
+    headers.insert("x-should-retry", HeaderValue::from_static("false"));
+    json_response(status, &body, headers)
+}
+
+fn json_response(
+    status: StatusCode,
+    body: &serde_json::Value,
+    headers: HeaderMap,
+) -> Response<GatewayBody> {
+    let mut res = Response::new(Either::Right(Full::new(Bytes::from(body.to_string()))));
+    *res.status_mut() = status;
+    *res.headers_mut() = headers;
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    res
+}

@@ -1,0 +1,405 @@
+//! The full stack (`OpenAiLayer` over a hyper-util client) against hostile servers: a raw TCP
+//! server in this file for connection-level faults, the mock for protocol-level ones.
+//!
+//! For each fault: the typed error the stack returns, bounded memory (bytes the server managed
+//! to push, against the classify limit) and bounded time (the retry deadline, in virtual time).
+#![cfg(feature = "mock")]
+
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::rt::TokioExecutor;
+use oai_resilience::classify::{classify_sse_event, DEFAULT_BODY_LIMIT};
+use oai_resilience::mock::{MockResponse, MockServer, Route};
+use oai_resilience::stack::{OpenAiLayer, OpenAiService};
+use oai_resilience::validate::ValidateBody;
+use oai_resilience::{AuthLayer, ErrorKind, RetryConfig, RetryLayer, StopReason};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::Instant;
+use tower::{Layer, ServiceExt};
+
+const KEY: &str = "sk-proj-HostileTestKey0123456789abcdefghijklmnopqr";
+const CHAT: &str = r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Hello"}]}"#;
+
+type Http = Client<HttpConnector, ValidateBody<Full<Bytes>>>;
+
+fn stack(url: &str, retry: RetryConfig) -> OpenAiService<Http> {
+    let client = Client::builder(TokioExecutor::new()).build_http();
+    OpenAiLayer::new()
+        .base_url(url.parse().unwrap())
+        .auth(AuthLayer::from_key(KEY))
+        .retry(RetryLayer::with_config(retry.seed(3)))
+        .layer(client)
+}
+
+fn chat() -> http::Request<Full<Bytes>> {
+    http::Request::post("/v1/chat/completions")
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from_static(CHAT.as_bytes())))
+        .unwrap()
+}
+
+/// What the raw server saw: connections accepted and bytes it managed to write.
+#[derive(Default)]
+struct Seen {
+    connections: AtomicU64,
+    bytes_written: AtomicU64,
+}
+
+/// A raw HTTP/1.1 server on 127.0.0.1:0: reads each request (head and `content-length` body),
+/// then hands the socket to `answer`. Serves at most `max_conns` connections, then stops.
+async fn raw_server<F, Fut>(
+    max_conns: u64,
+    answer: F,
+) -> (String, Arc<Seen>, tokio::task::JoinHandle<()>)
+where
+    F: Fn(TcpStream, Arc<Seen>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let seen = Arc::new(Seen::default());
+    let seen2 = seen.clone();
+    let task = tokio::spawn(async move {
+        let mut conns = tokio::task::JoinSet::new();
+        for _ in 0..max_conns {
+            let Ok((mut sock, _)) = listener.accept().await else {
+                break;
+            };
+            seen2.connections.fetch_add(1, Ordering::SeqCst);
+            if read_request(&mut sock).await.is_none() {
+                continue;
+            }
+            conns.spawn(answer(sock, seen2.clone()));
+        }
+        while conns.join_next().await.is_some() {}
+    });
+    (url, seen, task)
+}
+
+/// Reads one request head and its `content-length` body (at most 1 MiB in all).
+async fn read_request(sock: &mut TcpStream) -> Option<()> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while buf.len() < 1 << 20 {
+        let n = sock.read(&mut chunk).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0);
+            if buf.len() >= end + 4 + len {
+                return Some(());
+            }
+        }
+    }
+    None
+}
+
+/// Writes `bytes`, counting what the socket accepted; false once the peer is gone.
+async fn send(sock: &mut TcpStream, seen: &Seen, bytes: &[u8]) -> bool {
+    match sock.write_all(bytes).await {
+        Ok(()) => {
+            seen.bytes_written
+                .fetch_add(bytes.len() as u64, Ordering::SeqCst);
+            true
+        }
+        Err(_) => false,
+    }
+}
+
+#[tokio::test]
+async fn a_100_mb_error_body_is_read_up_to_the_limit_only() {
+    const BODY: u64 = 100 * 1024 * 1024;
+    let (url, seen, server) = raw_server(1, |mut sock, seen| async move {
+        let head = format!(
+            "HTTP/1.1 500 Internal Server Error\r\ncontent-type: text/plain\r\ncontent-length: {BODY}\r\n\r\n"
+        );
+        if !send(&mut sock, &seen, head.as_bytes()).await {
+            return;
+        }
+        let chunk = vec![b'x'; 64 * 1024];
+        for _ in 0..BODY / chunk.len() as u64 {
+            if !send(&mut sock, &seen, &chunk).await {
+                return;
+            }
+        }
+    })
+    .await;
+    let svc = stack(&url, RetryConfig::new().max_attempts(1));
+    let err = svc.oneshot(chat()).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::ServerError);
+    assert_eq!(err.status().map(|s| s.as_u16()), Some(500));
+    // The detail is a short snippet of what was read, not the body.
+    assert!(err.detail().unwrap().len() <= 1024, "{:?}", err.detail());
+    // Dropping the stack's future dropped the connection: the server's writes fail.
+    tokio::time::timeout(Duration::from_secs(30), server)
+        .await
+        .expect("the server notices the closed connection")
+        .unwrap();
+    let written = seen.bytes_written.load(Ordering::SeqCst);
+    // The client read at most the 64 KiB limit; the rest of what the server managed to write
+    // sits in loopback socket buffers (a few MiB at most), never in the process.
+    assert!(
+        written < 16 * 1024 * 1024,
+        "the server pushed {written} bytes of a {BODY}-byte body"
+    );
+    assert!(written >= DEFAULT_BODY_LIMIT as u64);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_dripping_error_body_ends_at_the_deadline() {
+    let (url, _seen, server) = raw_server(8, |mut sock, seen| async move {
+        let head = "HTTP/1.1 503 Service Unavailable\r\ncontent-length: 100000\r\n\r\n";
+        if !send(&mut sock, &seen, head.as_bytes()).await {
+            return;
+        }
+        for _ in 0..100_000 {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            if !send(&mut sock, &seen, b"x").await {
+                return;
+            }
+        }
+    })
+    .await;
+    let deadline = Duration::from_secs(20);
+    let svc = stack(&url, RetryConfig::new().deadline(deadline));
+    let start = Instant::now();
+    let err = svc.oneshot(chat()).await.unwrap_err();
+    let took = start.elapsed();
+    assert_eq!(err.kind(), ErrorKind::Timeout, "{err:?}");
+    let ctx = err.retry_context().expect("the retry context");
+    assert_eq!(ctx.stop, StopReason::Deadline);
+    assert!(
+        took >= deadline && took < deadline + Duration::from_secs(2),
+        "{took:?}"
+    );
+    server.abort();
+}
+
+#[tokio::test(start_paused = true)]
+async fn dripping_headers_end_at_the_deadline() {
+    let (url, seen, server) = raw_server(8, |mut sock, seen| async move {
+        for b in b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}".repeat(1000) {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            if !send(&mut sock, &seen, &[b]).await {
+                return;
+            }
+        }
+    })
+    .await;
+    let deadline = Duration::from_secs(5);
+    let svc = stack(&url, RetryConfig::new().deadline(deadline));
+    let start = Instant::now();
+    let err = svc.oneshot(chat()).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Timeout, "{err:?}");
+    assert!(start.elapsed() < deadline + Duration::from_secs(2));
+    // The drip got nowhere near a full head.
+    assert!(seen.bytes_written.load(Ordering::SeqCst) < 10);
+    server.abort();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_connection_closed_mid_headers_is_a_connection_error() {
+    let (url, seen, server) = raw_server(8, |mut sock, seen| async move {
+        send(&mut sock, &seen, b"HTTP/1.1 200 OK\r\ncontent-ty").await;
+    })
+    .await;
+    let svc = stack(&url, RetryConfig::new().max_attempts(3));
+    let err = svc.oneshot(chat()).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Connection, "{err:?}");
+    // A connection error on a POST is retried (the default policy): one connection per attempt.
+    assert_eq!(err.attempts(), 3);
+    assert_eq!(seen.connections.load(Ordering::SeqCst), 3);
+    server.abort();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_connection_closed_mid_error_body_keeps_what_arrived() {
+    let (url, _seen, server) = raw_server(8, |mut sock, seen| async move {
+        send(
+            &mut sock,
+            &seen,
+            b"HTTP/1.1 502 Bad Gateway\r\ncontent-length: 5000\r\n\r\n<html>bad gat",
+        )
+        .await;
+    })
+    .await;
+    let svc = stack(&url, RetryConfig::new().max_attempts(2));
+    let err = svc.oneshot(chat()).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::ServerError, "{err:?}");
+    assert_eq!(err.status().map(|s| s.as_u16()), Some(502));
+    assert!(err.detail().unwrap().contains("bad gat"), "{err:?}");
+    assert_eq!(err.retry_context().unwrap().stop, StopReason::MaxAttempts);
+    server.abort();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_connection_closed_mid_success_body_fails_the_body_not_the_call() {
+    let (url, _seen, server) = raw_server(1, |mut sock, seen| async move {
+        send(
+            &mut sock,
+            &seen,
+            b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 500\r\n\r\n{\"id\":",
+        )
+        .await;
+    })
+    .await;
+    let svc = stack(&url, RetryConfig::new());
+    let res = svc.oneshot(chat()).await.unwrap();
+    assert_eq!(res.status(), 200);
+    // The 200 is the stack's answer; the body's failure reaches whoever reads it.
+    assert!(res.into_body().collect().await.is_err());
+    server.abort();
+}
+
+#[tokio::test(start_paused = true)]
+async fn invalid_utf8_body_and_headers_give_a_typed_error() {
+    let (url, _seen, server) = raw_server(1, |mut sock, seen| async move {
+        let mut bytes = b"HTTP/1.1 500 Internal Server Error\r\nx-request-id: req_\xff\xfe\r\nretry-after: \xc3\x28\r\ncontent-length: 6\r\n\r\n".to_vec();
+        bytes.extend_from_slice(b"\xff\xfe\xfd{\x80}");
+        send(&mut sock, &seen, &bytes).await;
+    })
+    .await;
+    let svc = stack(&url, RetryConfig::new().max_attempts(1));
+    let err = svc.oneshot(chat()).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::ServerError, "{err:?}");
+    // A request id that is not text is dropped; an unreadable retry-after is no hint.
+    assert_eq!(err.request_id(), None);
+    assert_eq!(err.retry_after(), None);
+    assert!(err.api_error().is_none());
+    // Display never panics and prints only text.
+    assert!(!err.to_string().is_empty());
+    server.abort();
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_oversized_header_value_is_a_connection_error() {
+    let (url, seen, server) = raw_server(4, |mut sock, seen| async move {
+        let mut head = b"HTTP/1.1 200 OK\r\nx-huge: ".to_vec();
+        head.extend(std::iter::repeat_n(b'a', 2 * 1024 * 1024));
+        head.extend_from_slice(b"\r\ncontent-length: 2\r\n\r\n{}");
+        send(&mut sock, &seen, &head).await;
+    })
+    .await;
+    let svc = stack(&url, RetryConfig::new().max_attempts(2));
+    let err = svc.oneshot(chat()).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Connection, "{err:?}");
+    assert_eq!(seen.connections.load(Ordering::SeqCst), 2);
+    server.abort();
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_absurd_retry_after_is_refused_without_sleeping() {
+    let server = MockServer::builder()
+        .api_key(KEY)
+        .script(
+            Route::ChatCompletions,
+            [MockResponse::status(503).with_header("retry-after", "99999999999")],
+        )
+        .start()
+        .await;
+    let svc = stack(&server.url(), RetryConfig::new());
+    let start = Instant::now();
+    let err = svc.oneshot(chat()).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::ServerError);
+    let ctx = err.retry_context().unwrap();
+    assert_eq!(ctx.stop, StopReason::HintTooLong);
+    // Saturated at the parsers' ceiling rather than overflowing.
+    assert_eq!(ctx.refused_hint, Some(oai_resilience::parse::MAX_DURATION));
+    assert!(start.elapsed() < Duration::from_secs(1));
+    assert_eq!(server.counts().total, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_truncated_json_success_passes_through_for_the_caller_to_decode() {
+    let server = MockServer::builder()
+        .api_key(KEY)
+        .script(
+            Route::ChatCompletions,
+            [MockResponse::ok().with_body(r#"{"id":"chatcmpl-1","choices":[{"mess"#)],
+        )
+        .start()
+        .await;
+    let svc = stack(&server.url(), RetryConfig::new());
+    let res = svc.oneshot(chat()).await.unwrap();
+    assert_eq!(res.status(), 200);
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    let decoded = serde_json::from_slice::<serde_json::Value>(&body);
+    assert!(decoded.unwrap_err().is_eof());
+    // Not retried: a 200 is a success as far as the stack can tell.
+    assert_eq!(server.counts().total, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_error_event_mid_stream_is_classified_and_not_retried() {
+    let server = MockServer::builder()
+        .api_key(KEY)
+        .script(
+            Route::ChatCompletions,
+            [MockResponse::stream_error_after(2)],
+        )
+        .start()
+        .await;
+    let svc = stack(&server.url(), RetryConfig::new());
+    let res = svc.oneshot(chat()).await.unwrap();
+    assert_eq!(res.status(), 200);
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    let text = String::from_utf8(body.to_vec()).unwrap();
+    let events: Vec<_> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("data:"))
+        .map(|data| classify_sse_event(data.as_bytes()))
+        .collect();
+    // The role chunk and two content deltas pass as `None`; the error event is the last.
+    assert_eq!(events.len(), 4, "{text}");
+    assert!(events[..3].iter().all(Option::is_none), "{text}");
+    let err = events[3].as_ref().expect("the error event");
+    assert_eq!(err.kind(), ErrorKind::ServerError);
+    assert_eq!(err.error_type(), Some("server_error"));
+    assert!(!err.is_retryable());
+    assert_eq!(err.status(), None);
+    // The stack made exactly one request.
+    assert_eq!(server.counts().total, 1);
+}
+
+#[test]
+fn sse_event_kinds_follow_the_error_object() {
+    let kind = |data: &str| classify_sse_event(data.as_bytes()).map(|e| e.kind());
+    assert_eq!(
+        kind(
+            r#" {"error":{"message":"x","type":"insufficient_quota","code":"insufficient_quota"}}"#
+        ),
+        Some(ErrorKind::QuotaExceeded)
+    );
+    assert_eq!(
+        kind(r#"{"error":{"message":"x","type":"requests","code":"rate_limit_exceeded"}}"#),
+        Some(ErrorKind::RateLimited)
+    );
+    assert_eq!(
+        kind(r#"{"error":{"message":"x","type":"invalid_request_error"}}"#),
+        Some(ErrorKind::InvalidRequest)
+    );
+    assert_eq!(
+        kind(r#"{"error":{"message":"x"}}"#),
+        Some(ErrorKind::ServerError)
+    );
+    // Not errors: deltas, the terminator, a bare object that merely has a message, garbage.
+    assert_eq!(kind(r#"{"choices":[{"delta":{"content":"hi"}}]}"#), None);
+    assert_eq!(kind(" [DONE]"), None);
+    assert_eq!(kind(r#"{"message":"hello","code":1}"#), None);
+    assert_eq!(kind("{\"error\":{\"mess\u{fffd}"), None);
+    assert!(classify_sse_event(b"\xff\xfe{").is_none());
+}

@@ -1,0 +1,103 @@
+//! The retry layer's `tracing` events, in a test binary of its own.
+//!
+//! This test used to live in `retry_service.rs` with a thread-local subscriber
+//! (`set_default`), and failed about one run in thirty: another test thread registering the
+//! same callsite while no subscriber cared cached a "never" interest, so no event reached
+//! the subscriber. Alone in its binary with a global subscriber, it cannot race.
+
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::Full;
+use oai_resilience::retry::{Backoff, HintJitter, Jitter, RetryConfig, RetryLayer};
+use oai_resilience::{ClassifyLayer, Error};
+use tower::{service_fn, Layer, Service, ServiceExt};
+
+type Body = Full<Bytes>;
+
+fn config() -> RetryConfig {
+    RetryConfig::new()
+        .backoff(
+            Backoff::new(Duration::from_millis(100), Duration::from_secs(1)).jitter(Jitter::None),
+        )
+        .hint_jitter(HintJitter::NONE)
+        .no_budget()
+        .no_deadline()
+}
+
+fn post(body: &'static str) -> Request<Body> {
+    Request::builder()
+        .method("POST")
+        .uri("/v1/chat/completions")
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from_static(body.as_bytes())))
+        .unwrap()
+}
+
+/// An upstream that answers from `codes` (the last repeats), with a request id.
+fn logging(
+    codes: &'static [u16],
+) -> impl Service<Request<Body>, Response = Response<Body>, Error = Error> + Clone {
+    let n = Arc::new(AtomicUsize::new(0));
+    ClassifyLayer::new().layer(service_fn(move |_req: Request<Body>| {
+        let i = n.fetch_add(1, Ordering::SeqCst);
+        async move {
+            Ok::<_, Infallible>(
+                Response::builder()
+                    .status(codes[i.min(codes.len() - 1)])
+                    .header("x-request-id", "req_abc")
+                    .body(Full::new(Bytes::new()))
+                    .unwrap(),
+            )
+        }
+    }))
+}
+
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn every_retry_emits_an_event() {
+    let out = Captured::default();
+    let writer = out.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .with_max_level(tracing::Level::INFO)
+        .finish();
+    // Global, in a binary with no other test: a thread-local default raced with other test
+    // threads registering the same callsites (a cached "never" interest, no event captured).
+    tracing::subscriber::set_global_default(subscriber).unwrap();
+
+    let svc = RetryLayer::with_config(config()).layer(logging(&[503, 503, 200]));
+    svc.oneshot(post("{}")).await.unwrap();
+    let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+    let lines: Vec<&str> = text.lines().filter(|l| l.contains("retrying")).collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    for (i, line) in lines.iter().enumerate() {
+        for field in [
+            format!("attempt={}", i + 1),
+            "status=503".to_string(),
+            "kind=server_error".to_string(),
+            "req_abc".to_string(),
+            format!("delay_ms={}", 100 << i),
+            "delay_source=Backoff".to_string(),
+        ] {
+            assert!(line.contains(&field), "{field} missing in {line}");
+        }
+    }
+}

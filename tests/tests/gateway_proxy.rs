@@ -1,0 +1,311 @@
+//! The gateway example end to end: an OpenAI-shaped request over loopback, through the
+//! gateway's stack, to the mock server; errors come back as OpenAI's error JSON.
+
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use examples::gateway::{Gateway, ATTEMPTS_HEADER, HINT_HEADER};
+use examples::stack::{http_client, Layers};
+use http_body_util::{BodyExt, Full};
+use hyper_util::{client::legacy::Client, rt::TokioExecutor};
+use oai_resilience::auth::EnvSource;
+use oai_resilience::mock::{MockResponse, MockServer, Route};
+use oai_resilience::{AuthLayer, RetryConfig};
+use serde_json::Value;
+
+const KEY: &str = "sk-proj-AbCdEfGhIjKlMnOpQrStUvWxYz0123456789";
+const CHAT: &str = r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Hi"}]}"#;
+
+/// Starts a gateway in front of `upstream`; `env_key` plays `OPENAI_API_KEY`.
+async fn gateway(upstream: &MockServer, env_key: Option<&'static str>) -> SocketAddr {
+    let env = EnvSource::with_lookup(move |name| match name {
+        "OPENAI_API_KEY" => env_key.map(str::to_owned),
+        _ => None,
+    });
+    let layers = Layers::new(AuthLayer::new(env)).retry(RetryConfig::new().seed(7));
+    let gw = Gateway::new(&upstream.url(), layers.build(http_client())).unwrap();
+    let (addr, _task) = gw.spawn(([127, 0, 0, 1], 0).into()).await.unwrap();
+    addr
+}
+
+struct Answer {
+    status: u16,
+    headers: http::HeaderMap,
+    json: Value,
+}
+
+async fn post(addr: SocketAddr, path: &str, auth: Option<&str>, body: &str) -> Answer {
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let mut req = http::Request::post(format!("http://{addr}{path}"))
+        .header("content-type", "application/json");
+    if let Some(auth) = auth {
+        req = req.header("authorization", auth);
+    }
+    let res = client
+        .request(req.body(Full::new(Bytes::from(body.to_owned()))).unwrap())
+        .await
+        .unwrap();
+    let status = res.status().as_u16();
+    let headers = res.headers().clone();
+    let bytes = res.into_body().collect().await.unwrap().to_bytes();
+    let json = serde_json::from_slice(&bytes)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&bytes)));
+    Answer {
+        status,
+        headers,
+        json,
+    }
+}
+
+fn bearer(key: &str) -> String {
+    format!("Bearer {key}")
+}
+
+/// The four fields of OpenAI's error object are all there, with the right JSON types.
+fn assert_openai_error_shape(a: &Answer) {
+    let e = &a.json["error"];
+    assert!(e["message"].is_string(), "{}", a.json);
+    assert!(e["type"].is_string(), "{}", a.json);
+    assert!(
+        e.get("param").is_some() && e.get("code").is_some(),
+        "{}",
+        a.json
+    );
+    assert_eq!(a.headers["content-type"], "application/json");
+    assert_eq!(a.headers["x-should-retry"], "false");
+    let hint = e["hint"].as_str().unwrap();
+    assert!(!hint.is_empty());
+    assert!(e["message"].as_str().unwrap().contains(hint), "{}", a.json);
+    assert_eq!(a.headers[HINT_HEADER], hint);
+}
+
+#[tokio::test]
+async fn success_streams_through_with_upstream_headers() {
+    let server = MockServer::start().await;
+    let addr = gateway(&server, None).await;
+    let a = post(addr, "/v1/chat/completions", Some(&bearer(KEY)), CHAT).await;
+    assert_eq!(a.status, 200, "{}", a.json);
+    assert_eq!(a.json["object"], "chat.completion");
+    let id = a.headers["x-request-id"].to_str().unwrap();
+    assert_eq!(server.requests()[0].request_id, id);
+    assert!(a.headers.contains_key("x-ratelimit-remaining-requests"));
+    let counts = server.counts();
+    assert_eq!((counts.total, counts.ok), (1, 1));
+    // The key reached the upstream unchanged, and the retry count header was added.
+    let sent = &server.requests()[0].headers;
+    assert_eq!(sent["authorization"], bearer(KEY).as_str());
+    assert_eq!(sent["x-stainless-retry-count"], "0");
+}
+
+#[tokio::test(start_paused = true)]
+async fn transient_503_is_retried_inside_the_gateway() {
+    let server = MockServer::builder()
+        .script(
+            Route::ChatCompletions,
+            [MockResponse::status(503), MockResponse::status(503)],
+        )
+        .start()
+        .await;
+    let addr = gateway(&server, None).await;
+    let a = post(addr, "/v1/chat/completions", Some(&bearer(KEY)), CHAT).await;
+    assert_eq!(a.status, 200, "{}", a.json);
+    assert_eq!(a.json["object"], "chat.completion");
+    let counts = server.counts();
+    assert_eq!((counts.total, counts.status(503), counts.ok), (3, 2, 1));
+    let retry_counts: Vec<String> = server
+        .requests()
+        .iter()
+        .map(|r| {
+            r.headers["x-stainless-retry-count"]
+                .to_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(retry_counts, ["0", "1", "2"]);
+}
+
+#[tokio::test]
+async fn quota_error_is_openai_json_429_and_not_retried() {
+    let server = MockServer::builder().quota_exhausted(true).start().await;
+    let addr = gateway(&server, None).await;
+    let a = post(addr, "/v1/chat/completions", Some(&bearer(KEY)), CHAT).await;
+    assert_eq!(a.status, 429, "{}", a.json);
+    assert_openai_error_shape(&a);
+    let e = &a.json["error"];
+    assert_eq!(e["type"], "insufficient_quota");
+    assert_eq!(e["code"], "insufficient_quota");
+    assert!(e["message"]
+        .as_str()
+        .unwrap()
+        .starts_with("You exceeded your current quota"));
+    assert!(e["hint"]
+        .as_str()
+        .unwrap()
+        .contains("retrying will not help"));
+    assert_eq!(e["attempts"], 1);
+    assert_eq!(a.headers[ATTEMPTS_HEADER], "1");
+    // The upstream's request id is handed on.
+    let id = server.requests()[0].request_id.clone();
+    assert_eq!(e["request_id"], id.as_str());
+    assert_eq!(a.headers["x-request-id"], id.as_str());
+    assert_eq!(server.counts().total, 1, "a quota error is never retried");
+}
+
+#[tokio::test]
+async fn malformed_keys_get_401_and_nothing_reaches_the_upstream() {
+    let server = MockServer::start().await;
+    let addr = gateway(&server, Some(KEY)).await;
+    let cases = [
+        (bearer("your-api-key"), "documentation placeholder"),
+        (bearer("sk-..."), "documentation placeholder"),
+        (bearer(&format!("\"{KEY}\"")), "wrapped in quotes"),
+        (format!("Bearer Bearer {KEY}"), "second `Bearer `"),
+    ];
+    for (auth, what) in &cases {
+        let a = post(addr, "/v1/chat/completions", Some(auth), CHAT).await;
+        assert_eq!(a.status, 401, "{auth}: {}", a.json);
+        assert_openai_error_shape(&a);
+        let e = &a.json["error"];
+        assert_eq!(e["type"], "invalid_request_error");
+        assert_eq!(e["code"], "invalid_api_key");
+        assert_eq!(e["attempts"], 0);
+        let message = e["message"].as_str().unwrap();
+        assert!(message.contains(what), "{auth}: {message}");
+        // The key never appears in the answer.
+        assert!(!a.json.to_string().contains(&KEY[8..]), "{}", a.json);
+    }
+    assert_eq!(server.counts().total, 0);
+}
+
+#[tokio::test]
+async fn key_comes_from_the_environment_when_the_request_has_none() {
+    let server = MockServer::builder().api_key(KEY).start().await;
+    let with_env = gateway(&server, Some(KEY)).await;
+    let a = post(with_env, "/v1/chat/completions", None, CHAT).await;
+    assert_eq!(a.status, 200, "{}", a.json);
+    assert_eq!(server.counts().ok, 1);
+
+    // Neither the request nor the environment has a key: 401 locally.
+    let without = gateway(&server, None).await;
+    let a = post(without, "/v1/chat/completions", None, CHAT).await;
+    assert_eq!(a.status, 401, "{}", a.json);
+    assert_openai_error_shape(&a);
+    assert!(a.json["error"]["hint"]
+        .as_str()
+        .unwrap()
+        .contains("OPENAI_API_KEY"));
+    assert_eq!(server.counts().total, 1);
+}
+
+#[tokio::test]
+async fn upstream_401_is_passed_on_with_its_message_and_not_retried() {
+    let server = MockServer::builder().api_key(KEY).start().await;
+    let addr = gateway(&server, None).await;
+    let other = "sk-proj-ZyXwVuTsRqPoNmLkJiHgFeDcBa9876543210";
+    let a = post(addr, "/v1/chat/completions", Some(&bearer(other)), CHAT).await;
+    assert_eq!(a.status, 401, "{}", a.json);
+    assert_openai_error_shape(&a);
+    let e = &a.json["error"];
+    assert_eq!(e["code"], "invalid_api_key");
+    assert!(e["message"]
+        .as_str()
+        .unwrap()
+        .starts_with("Incorrect API key provided"));
+    assert!(!a.json.to_string().contains(&other[8..]), "{}", a.json);
+    assert_eq!(server.counts().total, 1);
+}
+
+#[tokio::test]
+async fn bad_parameters_get_400_naming_the_parameter_and_nothing_is_sent() {
+    let server = MockServer::start().await;
+    let addr = gateway(&server, None).await;
+    let cases = [
+        (
+            r#"{"model":"gpt-4o-mini"}"#,
+            "messages",
+            "missing_required_parameter",
+        ),
+        (
+            r#"{"model":"gpt-4o-mini","temperature":3,"messages":[{"role":"user","content":"Hi"}]}"#,
+            "temperature",
+            "invalid_value",
+        ),
+        (
+            r#"{"model":"gpt-4o-mini","messages":[{"role":"user"}]}"#,
+            "messages[0].content",
+            "missing_required_parameter",
+        ),
+    ];
+    for (body, param, code) in cases {
+        let a = post(addr, "/v1/chat/completions", Some(&bearer(KEY)), body).await;
+        assert_eq!(a.status, 400, "{body}: {}", a.json);
+        assert_openai_error_shape(&a);
+        let e = &a.json["error"];
+        assert_eq!(e["type"], "invalid_request_error");
+        assert_eq!(e["param"], param, "{}", a.json);
+        assert_eq!(e["code"], code, "{}", a.json);
+        assert!(e["message"].as_str().unwrap().contains(param), "{}", a.json);
+        assert!(e["hint"].as_str().unwrap().contains(param), "{}", a.json);
+        assert_eq!(e["attempts"], 0);
+    }
+    assert_eq!(server.counts().total, 0);
+}
+
+#[tokio::test]
+async fn validation_runs_before_the_key_check_and_a_good_call_still_passes() {
+    // The bad parameter and the bad key: the parameter is reported (validation is outermost).
+    let server = MockServer::start().await;
+    let addr = gateway(&server, None).await;
+    let a = post(
+        addr,
+        "/v1/chat/completions",
+        Some(&bearer("your-api-key")),
+        r#"{"model":"gpt-4o-mini"}"#,
+    )
+    .await;
+    assert_eq!(a.status, 400, "{}", a.json);
+    assert_eq!(server.counts().total, 0);
+    // Unknown routes pass through to the upstream untouched (here: its 404).
+    let a = post(addr, "/v1/unknown", Some(&bearer(KEY)), "{}").await;
+    assert_eq!(a.status, 404, "{}", a.json);
+    assert_openai_error_shape(&a);
+    assert_eq!(server.counts().total, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn unreachable_upstream_is_502_after_retries() {
+    // A port that was bound and released: connections are refused.
+    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead = format!("http://{}", free.local_addr().unwrap());
+    drop(free);
+    let layers =
+        Layers::new(AuthLayer::check_only()).retry(RetryConfig::new().max_attempts(3).seed(1));
+    let gw = Gateway::new(&dead, layers.build(http_client())).unwrap();
+    let (addr, _task) = gw.spawn(([127, 0, 0, 1], 0).into()).await.unwrap();
+    let a = post(addr, "/v1/chat/completions", Some(&bearer(KEY)), CHAT).await;
+    assert_eq!(a.status, 502, "{}", a.json);
+    assert_openai_error_shape(&a);
+    assert_eq!(a.json["error"]["type"], "server_error");
+    assert_eq!(a.json["error"]["attempts"], 3);
+    assert!(a.json["error"]["hint"]
+        .as_str()
+        .unwrap()
+        .contains("could not reach the server"));
+}
+
+#[test]
+fn upstream_url_is_checked_and_normalised() {
+    let stack = || Layers::new(AuthLayer::check_only()).build(http_client());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let gw = Gateway::new("http://127.0.0.1:9/v1/", stack()).unwrap();
+        assert_eq!(gw.upstream(), "http://127.0.0.1:9");
+        assert!(Gateway::new("127.0.0.1:9", stack()).is_err());
+        assert!(Gateway::new("ftp://x", stack()).is_err());
+        assert!(Gateway::new("not a url", stack()).is_err());
+    });
+}
