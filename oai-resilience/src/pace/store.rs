@@ -520,6 +520,11 @@ pub fn learned_from(snap: &crate::parse::RateLimitSnapshot) -> LearnedLimits {
 /// [`CallDeadline`](crate::pace::CallDeadline) fails with
 /// [`ErrorKind::RateLimited`](crate::ErrorKind::RateLimited) as "paced locally" (nothing was
 /// sent); a store that fails closed fails the request with its error.
+///
+/// Unlike the in-process [`Pacer`](crate::pace::Pacer), it does not probe a cold key nor run
+/// an adaptive (AIMD) rate: a key the store has never heard of admits everything until the
+/// first response's headers arrive. For a cold burst, configure the limits up front with
+/// [`PacingStore::learn`].
 #[derive(Clone)]
 pub struct SharedPaceLayer {
     store: Arc<dyn PacingStore>,
