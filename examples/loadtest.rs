@@ -1,281 +1,855 @@
-//! # `loadtest`: the default stack against a rate-limited mock, with and without pacing
+//! # `loadtest`: load scenarios through the full stack, with a baseline client in the same run
 //!
-//! Starts the embedded mock OpenAI server with a request limit, then sends `--calls` chat
-//! calls (300) at `--concurrency` (50) through auth → retry → pace → classify → a hyper-util
-//! client, and prints, once a second, the calls done, the pacer's queue length and the 429s,
-//! then a summary against the targets: no failed call, wall time within 5 % of the
-//! theoretical minimum, at most 15 % more requests sent than calls.
+//! Drives N chat calls at concurrency C over real HTTP through
+//! [`OpenAiLayer`] (base URL → validate → auth → retry → pace → classify → hyper-util), and
+//! through a baseline client (a plain `tower::retry` policy, 3 tries with a fixed 100 ms delay,
+//! over classify + hyper-util), against the embedded mock server, or against any
+//! OpenAI-compatible server given with `--base-url URL`.
 //!
-//! - `--limit small` (default): a bucket of 20 refilled 20/s, whose headers tell the truth;
-//! - `--limit quantized`: headers report 1,200/min while 20/s is enforced (as OpenAI may
-//!   enforce a per-minute limit per second);
-//! - `--no-pace`: the same stack without the pace layer (retry alone), as the baseline.
+//! Scenarios (`--scenario NAME`, `all` for every one):
 //!
-//! Run it with `cargo run -p examples --bin loadtest -- [--calls N] [--concurrency N]
-//! [--limit small|quantized] [--no-pace]`.
+//! | name | faults (mock) | N | C |
+//! |------|---------------|---|---|
+//! | `burst` | bucket of 20 refilled 20/s (theoretical minimum 14 s) | 300 | 50 |
+//! | `flaky` | 20 % random 5xx, no limit | 300 | 20 |
+//! | `quota` | every call a quota 429 | 20 | 20 |
+//! | `outage` | 100 % 5xx for 10 s, then healthy; 20 calls/s for 15 s | 300 | 50 |
+//! | `clean` | none, no latency; the baseline is a bare hyper-util client | 2000 | 50 |
+//!
+//! Other options: `--n N`, `--concurrency C`, `--api-key KEY` (else `OPENAI_API_KEY`, else a
+//! test key), `--baseline` (with `--base-url`: run the baseline too; with the mock it always
+//! runs), `--json` (one JSON object per scenario on stdout; the table goes to stderr),
+//! `--svg PATH` (the burst plot; default `docs/burst.svg`, `--svg none` to skip).
+//!
+//! Run it with `cargo run --release -p examples --bin loadtest -- --scenario all`.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::Full;
-use hyper_util::client::legacy::Client;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
-use oai_resilience::mock::{MockServer, RateLimit, Route};
-use oai_resilience::pace::{PaceLayer, PaceMetrics};
-use oai_resilience::{AuthLayer, BoxError, ClassifyLayer, RetryLayer};
+use oai_resilience::mock::{MockServer, RateLimit};
+use oai_resilience::stack::OpenAiLayer;
+use oai_resilience::validate::ValidateBody;
+use oai_resilience::{AuthLayer, BoxError, ClassifyLayer, Error, ErrorKind};
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tower::util::BoxCloneService;
-use tower::{ServiceBuilder, ServiceExt};
+use tower::{Layer, Service, ServiceBuilder, ServiceExt};
 
 /// A test key: never put a real key in source.
-const KEY: &str = "sk-proj-LOADloadLOADloadLOADload0000";
+const TEST_KEY: &str = "sk-proj-LOADloadLOADloadLOADload0000";
 const CHAT: &str =
     r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Hello"}],"max_tokens":5}"#;
+const PATH: &str = "/v1/chat/completions";
 
-/// The limiter the mock enforces.
+/// A load scenario.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Limit {
-    /// A bucket of 20 refilled 20/s, reported truthfully.
-    Small,
-    /// Headers report 1,200/min; a bucket of 20 refilled 20/s is enforced.
-    Quantized,
+pub(crate) enum Scenario {
+    /// 300 calls at 50 against a bucket of 20 refilled 20/s.
+    Burst,
+    /// 20 % random 5xx.
+    Flaky,
+    /// Every call a quota 429.
+    Quota,
+    /// 100 % 5xx for a while, then healthy.
+    Outage,
+    /// No faults: throughput against a bare client.
+    Clean,
 }
 
-/// What to run.
-#[derive(Debug, Clone)]
-pub(crate) struct Options {
-    pub(crate) calls: usize,
-    pub(crate) concurrency: usize,
-    pub(crate) limit: Limit,
-    pub(crate) pace: bool,
-    pub(crate) latency: Duration,
-    pub(crate) progress: bool,
-}
+impl Scenario {
+    pub(crate) const ALL: [Scenario; 5] = [
+        Scenario::Burst,
+        Scenario::Flaky,
+        Scenario::Quota,
+        Scenario::Outage,
+        Scenario::Clean,
+    ];
 
-impl Default for Options {
-    fn default() -> Self {
-        Options {
-            calls: 300,
-            concurrency: 50,
-            limit: Limit::Small,
-            pace: true,
-            latency: Duration::from_millis(20),
-            progress: true,
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Scenario::Burst => "burst",
+            Scenario::Flaky => "flaky",
+            Scenario::Quota => "quota",
+            Scenario::Outage => "outage",
+            Scenario::Clean => "clean",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Vec<Scenario>> {
+        if s == "all" {
+            return Some(Scenario::ALL.to_vec());
+        }
+        Scenario::ALL
+            .into_iter()
+            .find(|sc| sc.name() == s)
+            .map(|sc| vec![sc])
+    }
+
+    /// The issue's defaults: (calls, concurrency).
+    pub(crate) fn defaults(self) -> (usize, usize) {
+        match self {
+            Scenario::Burst => (300, 50),
+            Scenario::Flaky => (300, 20),
+            Scenario::Quota => (20, 20),
+            Scenario::Outage => (300, 50),
+            Scenario::Clean => (2000, 50),
         }
     }
 }
 
-/// What happened.
+/// How one scenario is run.
+#[derive(Debug, Clone)]
+pub(crate) struct Config {
+    pub(crate) scenario: Scenario,
+    pub(crate) calls: usize,
+    pub(crate) concurrency: usize,
+    /// The mock's answer latency (the clean scenario uses none).
+    pub(crate) latency: Duration,
+    /// Outage: how long the 5xx last.
+    pub(crate) outage: Duration,
+    /// Outage: time between call starts (open loop).
+    pub(crate) arrival: Duration,
+    /// `None`: the embedded mock; `Some(url)`: that server, its faults.
+    pub(crate) base_url: Option<String>,
+    pub(crate) api_key: String,
+    pub(crate) baseline: bool,
+    /// Sample the requests sent/answered for a plot.
+    pub(crate) sample: Option<Duration>,
+}
+
+impl Config {
+    pub(crate) fn new(scenario: Scenario) -> Self {
+        let (calls, concurrency) = scenario.defaults();
+        Config {
+            scenario,
+            calls,
+            concurrency,
+            latency: if scenario == Scenario::Clean {
+                Duration::ZERO
+            } else {
+                Duration::from_millis(20)
+            },
+            outage: Duration::from_secs(10),
+            arrival: Duration::from_millis(50),
+            base_url: None,
+            api_key: TEST_KEY.to_string(),
+            baseline: true,
+            sample: (scenario == Scenario::Burst).then_some(Duration::from_millis(250)),
+        }
+    }
+}
+
+/// Which client ran.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Which {
+    Stack,
+    Baseline,
+    Bare,
+}
+
+impl Which {
+    fn name(self) -> &'static str {
+        match self {
+            Which::Stack => "stack",
+            Which::Baseline => "baseline",
+            Which::Bare => "bare",
+        }
+    }
+}
+
+/// One client's run of one scenario.
+#[derive(Debug, Clone)]
+pub(crate) struct Run {
+    pub(crate) which: Which,
+    pub(crate) calls: usize,
+    pub(crate) ok: usize,
+    /// Failed calls by kind, sorted by kind name.
+    pub(crate) failed_by_kind: Vec<(String, usize)>,
+    pub(crate) requests_sent: u64,
+    pub(crate) wall: Duration,
+    pub(crate) p50: Duration,
+    pub(crate) p99: Duration,
+    /// Outage: (requests sent during it, calls started during it, calls started after it,
+    /// of which ok).
+    pub(crate) outage: Option<(u64, usize, usize, usize)>,
+    /// (seconds since start, requests sent so far, answers so far).
+    pub(crate) samples: Vec<(f64, u64, u64)>,
+}
+
+impl Run {
+    pub(crate) fn failed(&self) -> usize {
+        self.failed_by_kind.iter().map(|(_, n)| n).sum()
+    }
+
+    pub(crate) fn per_call(&self) -> f64 {
+        self.requests_sent as f64 / self.calls.max(1) as f64
+    }
+
+    pub(crate) fn rps(&self) -> f64 {
+        self.calls as f64 / self.wall.as_secs_f64().max(1e-9)
+    }
+
+    /// `{"scenario":..,"client":..,"ok":..,...}`.
+    pub(crate) fn json(&self) -> serde_json::Value {
+        let by_kind: serde_json::Map<String, serde_json::Value> = self
+            .failed_by_kind
+            .iter()
+            .map(|(k, n)| (k.clone(), (*n).into()))
+            .collect();
+        serde_json::json!({
+            "client": self.which.name(),
+            "calls": self.calls,
+            "ok": self.ok,
+            "failed": self.failed(),
+            "failed_by_kind": by_kind,
+            "requests_sent": self.requests_sent,
+            "wall_s": self.wall.as_secs_f64(),
+            "p50_ms": self.p50.as_secs_f64() * 1e3,
+            "p99_ms": self.p99.as_secs_f64() * 1e3,
+        })
+    }
+}
+
+/// A scenario's runs: the stack's and, if run, the baseline's.
 #[derive(Debug, Clone)]
 pub(crate) struct Report {
-    pub(crate) calls: usize,
-    pub(crate) failed: usize,
-    pub(crate) sent: u64,
-    pub(crate) rate_limited: u64,
-    pub(crate) wall: Duration,
-    pub(crate) minimum: Duration,
-    pub(crate) pace: Option<PaceMetrics>,
+    pub(crate) scenario: Scenario,
+    pub(crate) concurrency: usize,
+    /// The theoretical minimum wall time, where the mock's limit defines one.
+    pub(crate) minimum: Option<Duration>,
+    pub(crate) stack: Run,
+    pub(crate) baseline: Option<Run>,
 }
 
 impl Report {
-    pub(crate) fn wall_ratio(&self) -> f64 {
-        self.wall.as_secs_f64() / self.minimum.as_secs_f64()
+    /// The stack's figures at the top level, the baseline's under `"baseline"`.
+    pub(crate) fn json(&self) -> serde_json::Value {
+        let mut v = self.stack.json();
+        v["scenario"] = self.scenario.name().into();
+        v["concurrency"] = self.concurrency.into();
+        v["minimum_s"] = self.minimum.map(|m| m.as_secs_f64()).into();
+        v["baseline"] = self.baseline.as_ref().map(Run::json).into();
+        if let Some((sent, during, after, after_ok)) = self.stack.outage {
+            v["outage"] = serde_json::json!({
+                "requests_during": sent, "calls_during": during,
+                "calls_after": after, "ok_after": after_ok,
+            });
+        }
+        v
     }
 
-    pub(crate) fn sent_ratio(&self) -> f64 {
-        self.sent as f64 / self.calls as f64
-    }
-
-    pub(crate) fn meets_targets(&self) -> bool {
-        self.failed == 0 && self.wall_ratio() <= 1.05 && self.sent_ratio() <= 1.15
+    /// Whether the issue's target for this scenario is met (the clean one compares with the
+    /// bare client).
+    pub(crate) fn target(&self) -> (bool, String) {
+        let s = &self.stack;
+        match self.scenario {
+            Scenario::Burst => {
+                let wall = self
+                    .minimum
+                    .map_or(f64::NAN, |m| s.wall.as_secs_f64() / m.as_secs_f64());
+                (
+                    s.failed() == 0 && wall <= 1.05 && s.per_call() <= 1.15,
+                    format!(
+                        "0 failed, wall <= 1.05x min ({wall:.3}x), req/call <= 1.15 ({:.3})",
+                        s.per_call()
+                    ),
+                )
+            }
+            Scenario::Flaky => (
+                s.failed() == 0 && s.per_call() <= 1.30,
+                format!("0 failed, req/call <= 1.30 ({:.3})", s.per_call()),
+            ),
+            Scenario::Quota => (
+                s.requests_sent == s.calls as u64,
+                format!("req/call = 1.00 ({:.3})", s.per_call()),
+            ),
+            Scenario::Outage => match s.outage {
+                Some((sent, during, after, after_ok)) => {
+                    let r = sent as f64 / during.max(1) as f64;
+                    (
+                        r <= 1.2 && after_ok == after,
+                        format!(
+                            "req/call during outage <= 1.2 ({r:.3} = {sent}/{during}), \
+                             calls after all ok ({after_ok}/{after})"
+                        ),
+                    )
+                }
+                None => (false, "no outage measured".into()),
+            },
+            Scenario::Clean => match &self.baseline {
+                Some(b) => {
+                    let r = s.rps() / b.rps();
+                    (r >= 0.9, format!("rps >= 0.9x bare ({r:.3})"))
+                }
+                None => (false, "no bare client run".into()),
+            },
+        }
     }
 }
 
-type Svc = BoxCloneService<
-    http::Request<Full<Bytes>>,
-    http::Response<hyper::body::Incoming>,
-    oai_resilience::Error,
->;
+type Req = http::Request<Full<Bytes>>;
+type Svc = BoxCloneService<Req, http::Response<hyper::body::Incoming>, Error>;
 
-/// Runs the load and returns the report.
-///
-/// # Errors
-///
-/// If the mock cannot start or a request cannot be built.
-pub(crate) async fn run(opts: &Options) -> Result<Report, BoxError> {
-    let limit = match opts.limit {
-        Limit::Small => RateLimit::bucket(20, 20.0),
-        Limit::Quantized => RateLimit::quantized(1200, Duration::from_secs(1)),
-    };
-    let (capacity, refill) = (limit.capacity() as f64, limit.refill_per_sec());
-    let server = Arc::new(
-        MockServer::builder()
-            .request_limit(limit)
-            .latency(opts.latency)
-            .start()
-            .await,
-    );
-    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
-    let pace = PaceLayer::new();
-    let svc: Svc = if opts.pace {
-        BoxCloneService::new(
-            ServiceBuilder::new()
-                .layer(AuthLayer::from_key(KEY))
-                .layer(RetryLayer::new())
-                .layer(pace.clone())
-                .layer(ClassifyLayer::new())
-                .service(client),
-        )
-    } else {
-        BoxCloneService::new(
-            ServiceBuilder::new()
-                .layer(AuthLayer::from_key(KEY))
-                .layer(RetryLayer::new())
-                .layer(ClassifyLayer::new())
-                .service(client),
-        )
-    };
-    let url = server.endpoint(Route::ChatCompletions);
-    let gate = Arc::new(Semaphore::new(opts.concurrency.max(1)));
-    let done = Arc::new(AtomicUsize::new(0));
-    let start = Instant::now();
-    let mut tasks = Vec::with_capacity(opts.calls);
-    for _ in 0..opts.calls {
-        let (svc, gate, done) = (svc.clone(), gate.clone(), done.clone());
-        let req = http::Request::post(&url)
-            .header("content-type", "application/json")
-            .body(Full::new(Bytes::from_static(CHAT.as_bytes())))?;
-        tasks.push(tokio::spawn(async move {
-            let _slot = gate.acquire_owned().await.ok()?;
-            let res = svc.oneshot(req).await;
-            done.fetch_add(1, Ordering::Relaxed);
-            res.err()
-        }));
+/// Counts requests handed to the HTTP client and responses (or errors) it gave back.
+#[derive(Debug, Clone, Default)]
+struct Counter {
+    sent: Arc<AtomicU64>,
+    answered: Arc<AtomicU64>,
+}
+
+#[derive(Debug, Clone)]
+struct Counted<S> {
+    inner: S,
+    counter: Counter,
+}
+
+impl<S, R> Service<R> for Counted<S>
+where
+    S: Service<R>,
+    S::Future: Send + 'static,
+    S::Response: Send + 'static,
+    S::Error: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future =
+        std::pin::Pin<Box<dyn std::future::Future<Output = Result<S::Response, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
     }
-    let ticker = opts.progress.then(|| {
-        let (done, pacer, server) = (done.clone(), pace.pacer().clone(), server.clone());
-        tokio::spawn(async move {
-            let mut tick =
-                tokio::time::interval_at(start + Duration::from_secs(1), Duration::from_secs(1));
-            loop {
-                tick.tick().await;
-                let m = pacer.metrics();
-                println!(
-                    "{:>5.1} s  done {:>4}  queued {:>3}  429s {:>3}  local waits {:>4}",
-                    start.elapsed().as_secs_f64(),
-                    done.load(Ordering::Relaxed),
-                    m.queue_len,
-                    server.counts().rate_limited,
-                    m.waits
-                );
-            }
+
+    fn call(&mut self, req: R) -> Self::Future {
+        self.counter.sent.fetch_add(1, Ordering::Relaxed);
+        let fut = self.inner.call(req);
+        let answered = self.counter.answered.clone();
+        Box::pin(async move {
+            let res = fut.await;
+            answered.fetch_add(1, Ordering::Relaxed);
+            res
         })
-    });
-    let mut failed = 0;
-    let mut first_error = None;
-    for t in tasks {
-        if let Some(err) = t.await? {
-            failed += 1;
-            first_error.get_or_insert(err);
+    }
+}
+
+/// The baseline's retry policy: 3 tries, a fixed 100 ms between them, on retryable errors.
+#[derive(Debug, Clone)]
+pub(crate) struct FixedRetry {
+    left: u32,
+}
+
+impl<Res> tower::retry::Policy<Req, Res, Error> for FixedRetry {
+    type Future = tokio::time::Sleep;
+
+    fn retry(&mut self, _req: &mut Req, result: &mut Result<Res, Error>) -> Option<Self::Future> {
+        match result {
+            Err(e) if e.is_retryable() && self.left > 0 => {
+                self.left -= 1;
+                Some(tokio::time::sleep(Duration::from_millis(100)))
+            }
+            _ => None,
         }
     }
-    let wall = start.elapsed();
-    if let Some(t) = ticker {
-        t.abort();
+
+    fn clone_request(&mut self, req: &Req) -> Option<Req> {
+        let mut r = http::Request::new(req.body().clone());
+        *r.method_mut() = req.method().clone();
+        *r.uri_mut() = req.uri().clone();
+        *r.headers_mut() = req.headers().clone();
+        Some(r)
     }
-    if let Some(err) = first_error {
-        println!("first failure: {err}");
-    }
-    let counts = server.counts();
-    Ok(Report {
-        calls: opts.calls,
-        failed,
-        sent: counts.total,
-        rate_limited: counts.rate_limited,
-        wall,
-        minimum: Duration::from_secs_f64(
-            ((opts.calls as f64 - capacity).max(0.0) / refill).max(1e-3),
-        ),
-        pace: opts.pace.then(|| pace.pacer().metrics()),
+}
+
+fn build(which: Which, base: &str, key: &str, counter: &Counter) -> Result<Svc, BoxError> {
+    Ok(match which {
+        Which::Stack => {
+            let client: Client<HttpConnector, ValidateBody<Full<Bytes>>> =
+                Client::builder(TokioExecutor::new()).build_http();
+            let client = Counted {
+                inner: client,
+                counter: counter.clone(),
+            };
+            BoxCloneService::new(
+                OpenAiLayer::new()
+                    .base_url(base.parse()?)
+                    .auth(AuthLayer::from_key(key))
+                    .layer(client),
+            )
+        }
+        Which::Baseline | Which::Bare => {
+            let client: Client<HttpConnector, Full<Bytes>> =
+                Client::builder(TokioExecutor::new()).build_http();
+            let client = Counted {
+                inner: client,
+                counter: counter.clone(),
+            };
+            let auth = format!("Bearer {key}");
+            let base = base.trim_end_matches('/').to_string();
+            let with_base = move |mut req: Req| {
+                let uri = format!("{base}{}", req.uri());
+                if let Ok(uri) = uri.parse() {
+                    *req.uri_mut() = uri;
+                }
+                if let Ok(v) = http::HeaderValue::from_str(&auth) {
+                    req.headers_mut().insert(http::header::AUTHORIZATION, v);
+                }
+                req
+            };
+            if which == Which::Bare {
+                BoxCloneService::new(
+                    ServiceBuilder::new()
+                        .map_request(with_base)
+                        .layer(ClassifyLayer::new())
+                        .service(client),
+                )
+            } else {
+                BoxCloneService::new(
+                    ServiceBuilder::new()
+                        .map_request(with_base)
+                        .layer(tower::retry::RetryLayer::new(FixedRetry { left: 2 }))
+                        .layer(ClassifyLayer::new())
+                        .service(client),
+                )
+            }
+        }
     })
 }
 
-/// The summary, one fact a line.
-pub(crate) fn summary(r: &Report) -> String {
-    let mut out = format!(
-        "calls {}  failed {}\nrequests sent {} ({:.3}x calls; target <= 1.15x)\n429s {}\n\
-         wall {:.3} s ({:.3}x the minimum of {:.3} s; target <= 1.05x)\n",
-        r.calls,
-        r.failed,
-        r.sent,
-        r.sent_ratio(),
-        r.rate_limited,
-        r.wall.as_secs_f64(),
-        r.wall_ratio(),
-        r.minimum.as_secs_f64()
-    );
-    if let Some(m) = &r.pace {
-        out.push_str(&format!(
-            "local waits {}  total wait {:.1} s  paced errors {}\n",
-            m.waits,
-            m.wait_time.as_secs_f64(),
-            m.paced_errors
-        ));
+async fn start_mock(cfg: &Config) -> MockServer {
+    let b = MockServer::builder()
+        .api_key(&cfg.api_key)
+        .latency(cfg.latency)
+        .no_rate_limits();
+    match cfg.scenario {
+        Scenario::Burst => b.request_limit(RateLimit::bucket(20, 20.0)),
+        Scenario::Flaky => b.random_server_errors(0.2, 7),
+        Scenario::Quota => b.quota_exhausted(true),
+        Scenario::Outage => b.random_server_errors(0.0, 7),
+        Scenario::Clean => b,
     }
-    out.push_str(if r.meets_targets() {
-        "targets: met"
-    } else {
-        "targets: NOT met"
+    .start()
+    .await
+}
+
+fn quantile(sorted: &[Duration], q: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let i = ((sorted.len() as f64 * q).ceil() as usize).clamp(1, sorted.len()) - 1;
+    sorted[i]
+}
+
+async fn run_one(cfg: &Config, which: Which) -> Result<Run, BoxError> {
+    let (mock, base) = match &cfg.base_url {
+        None => {
+            let mock = Arc::new(start_mock(cfg).await);
+            let url = mock.url();
+            (Some(mock), url)
+        }
+        Some(url) => (None, url.clone()),
+    };
+    let counter = Counter::default();
+    let svc = build(which, &base, &cfg.api_key, &counter)?;
+    let gate = Arc::new(Semaphore::new(cfg.concurrency.max(1)));
+    let start = Instant::now();
+    let outage = (cfg.scenario == Scenario::Outage && mock.is_some()).then_some(cfg.outage);
+    let outage_end = outage.map(|d| start + d);
+    let during = Arc::new(AtomicU64::new(0));
+    let switch = match (&mock, outage) {
+        (Some(m), Some(d)) => {
+            m.set_random_server_errors(1.0);
+            let (m, during, c) = (m.clone(), during.clone(), counter.clone());
+            Some(tokio::spawn(async move {
+                tokio::time::sleep(d).await;
+                m.set_random_server_errors(0.0);
+                during.store(c.sent.load(Ordering::Relaxed), Ordering::Relaxed);
+            }))
+        }
+        _ => None,
+    };
+    let samples = Arc::new(Mutex::new(Vec::new()));
+    let sampler = cfg.sample.map(|every| {
+        let (c, samples) = (counter.clone(), samples.clone());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tick.tick().await;
+                let s = (
+                    start.elapsed().as_secs_f64(),
+                    c.sent.load(Ordering::Relaxed),
+                    c.answered.load(Ordering::Relaxed),
+                );
+                if let Ok(mut v) = samples.lock() {
+                    v.push(s);
+                }
+            }
+        })
     });
+    let mut tasks = Vec::with_capacity(cfg.calls);
+    for i in 0..cfg.calls {
+        let (svc, gate) = (svc.clone(), gate.clone());
+        let req = http::Request::post(PATH)
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from_static(CHAT.as_bytes())))?;
+        let at = outage.map(|_| start + cfg.arrival * i as u32);
+        tasks.push(tokio::spawn(async move {
+            if let Some(at) = at {
+                tokio::time::sleep_until(at).await;
+            }
+            let _slot = gate.acquire_owned().await.ok();
+            let began = Instant::now();
+            let res = match svc.oneshot(req).await {
+                Ok(resp) => resp
+                    .into_body()
+                    .collect()
+                    .await
+                    .map(|_| ())
+                    .map_err(|_| ErrorKind::Connection),
+                Err(e) => Err(e.kind()),
+            };
+            (began, began.elapsed(), res)
+        }));
+    }
+    let mut latencies = Vec::with_capacity(cfg.calls);
+    let mut by_kind = std::collections::BTreeMap::<String, usize>::new();
+    let (mut ok, mut after, mut after_ok, mut calls_during) = (0, 0, 0, 0);
+    for t in tasks {
+        let (began, took, res) = t.await?;
+        latencies.push(took);
+        let is_after = outage_end.is_some_and(|end| began >= end);
+        if is_after {
+            after += 1;
+        } else if outage_end.is_some() {
+            calls_during += 1;
+        }
+        match res {
+            Ok(()) => {
+                ok += 1;
+                if is_after {
+                    after_ok += 1;
+                }
+            }
+            Err(kind) => *by_kind.entry(kind.to_string()).or_default() += 1,
+        }
+    }
+    let wall = start.elapsed();
+    if let Some(s) = sampler {
+        s.abort();
+    }
+    if let Some(s) = switch {
+        s.await?;
+    }
+    latencies.sort();
+    let mut samples = samples.lock().map(|v| v.clone()).unwrap_or_default();
+    samples.push((
+        wall.as_secs_f64(),
+        counter.sent.load(Ordering::Relaxed),
+        counter.answered.load(Ordering::Relaxed),
+    ));
+    let requests_sent = match &mock {
+        Some(m) => m.counts().total,
+        None => counter.sent.load(Ordering::Relaxed),
+    };
+    Ok(Run {
+        which,
+        calls: cfg.calls,
+        ok,
+        failed_by_kind: by_kind.into_iter().collect(),
+        requests_sent,
+        wall,
+        p50: quantile(&latencies, 0.5),
+        p99: quantile(&latencies, 0.99),
+        outage: outage.map(|_| {
+            (
+                during.load(Ordering::Relaxed),
+                calls_during,
+                after,
+                after_ok,
+            )
+        }),
+        samples,
+    })
+}
+
+/// Runs one scenario with the stack and, if configured, the baseline (the bare client for
+/// `clean`), each against a fresh mock.
+///
+/// # Errors
+///
+/// If a URL or request cannot be built or a task panics.
+pub(crate) async fn run(cfg: &Config) -> Result<Report, BoxError> {
+    let stack = run_one(cfg, Which::Stack).await?;
+    let baseline = if cfg.baseline {
+        let which = if cfg.scenario == Scenario::Clean {
+            Which::Bare
+        } else {
+            Which::Baseline
+        };
+        Some(run_one(cfg, which).await?)
+    } else {
+        None
+    };
+    let minimum = (cfg.scenario == Scenario::Burst && cfg.base_url.is_none())
+        .then(|| Duration::from_secs_f64((cfg.calls as f64 - 20.0).max(0.0) / 20.0));
+    Ok(Report {
+        scenario: cfg.scenario,
+        concurrency: cfg.concurrency,
+        minimum,
+        stack,
+        baseline,
+    })
+}
+
+fn row(name: &str, r: &Run, minimum: Option<Duration>) -> String {
+    let failed = if r.failed_by_kind.is_empty() {
+        "0".to_string()
+    } else {
+        r.failed_by_kind
+            .iter()
+            .map(|(k, n)| format!("{n} {k}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let ratio = minimum
+        .filter(|m| !m.is_zero())
+        .map_or("-".to_string(), |m| {
+            format!("{:.3}x", r.wall.as_secs_f64() / m.as_secs_f64())
+        });
+    format!(
+        "| {name} | {} | {} | {} | {failed} | {:.2} | {ratio} | {} | {:.3} | {:.0} | {:.0} | {:.0} |",
+        r.which.name(),
+        r.calls,
+        r.ok,
+        r.wall.as_secs_f64(),
+        r.requests_sent,
+        r.per_call(),
+        r.p50.as_secs_f64() * 1e3,
+        r.p99.as_secs_f64() * 1e3,
+        r.rps()
+    )
+}
+
+/// The table header.
+pub(crate) const HEADER: &str = "| scenario | client | calls | ok | failed by kind | wall s | wall / min | requests | req/call | p50 ms | p99 ms | calls/s |\n|---|---|---|---|---|---|---|---|---|---|---|---|";
+
+/// The report's table rows and its target line.
+pub(crate) fn table(r: &Report) -> String {
+    let mut out = row(r.scenario.name(), &r.stack, r.minimum);
+    if let Some(b) = &r.baseline {
+        out.push('\n');
+        out.push_str(&row(r.scenario.name(), b, r.minimum));
+    }
     out
 }
 
-fn parse_args() -> Result<Options, BoxError> {
-    let mut opts = Options::default();
-    let mut args = std::env::args().skip(1);
+/// `target met|MISSED: ...` for the report.
+pub(crate) fn target_line(r: &Report) -> String {
+    let (met, text) = r.target();
+    format!(
+        "{}: target {}: {text}",
+        r.scenario.name(),
+        if met { "met" } else { "MISSED" }
+    )
+}
+
+/// Writes the burst plot: requests per second sent and answered, stack versus baseline.
+pub(crate) fn plot(r: &Report, path: &str) -> Result<(), BoxError> {
+    use plotters::prelude::*;
+    fn rates(samples: &[(f64, u64, u64)], answered: bool) -> Vec<(f64, f64)> {
+        samples
+            .windows(2)
+            .map(|w| {
+                let dt = (w[1].0 - w[0].0).max(1e-6);
+                let (a, b) = if answered {
+                    (w[0].2, w[1].2)
+                } else {
+                    (w[0].1, w[1].1)
+                };
+                (w[1].0, (b - a) as f64 / dt)
+            })
+            .collect()
+    }
+    let mut series = vec![
+        ("stack sent", rates(&r.stack.samples, false), BLUE),
+        ("stack answered", rates(&r.stack.samples, true), CYAN),
+    ];
+    if let Some(b) = &r.baseline {
+        series.push(("baseline sent", rates(&b.samples, false), RED));
+        series.push(("baseline answered", rates(&b.samples, true), MAGENTA));
+    }
+    let x_max = series
+        .iter()
+        .flat_map(|s| s.1.iter().map(|p| p.0))
+        .fold(1.0, f64::max);
+    let y_max = series
+        .iter()
+        .flat_map(|s| s.1.iter().map(|p| p.1))
+        .fold(1.0, f64::max);
+    let root = SVGBackend::new(path, (900, 500)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(
+            "burst: requests per second (bucket of 20, refilled 20/s)",
+            ("sans-serif", 20),
+        )
+        .margin(10)
+        .x_label_area_size(40)
+        .y_label_area_size(50)
+        .build_cartesian_2d(0.0..x_max * 1.02, 0.0..y_max * 1.1)?;
+    chart
+        .configure_mesh()
+        .x_desc("seconds since start")
+        .y_desc("requests / s")
+        .draw()?;
+    for (name, points, color) in series {
+        chart
+            .draw_series(LineSeries::new(points, color.stroke_width(2)))?
+            .label(name)
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()?;
+    root.present()?;
+    Ok(())
+}
+
+/// Parsed command line.
+#[derive(Debug, Clone)]
+pub(crate) struct Args {
+    pub(crate) scenarios: Vec<Scenario>,
+    pub(crate) calls: Option<usize>,
+    pub(crate) concurrency: Option<usize>,
+    pub(crate) base_url: Option<String>,
+    pub(crate) api_key: Option<String>,
+    pub(crate) baseline: bool,
+    pub(crate) json: bool,
+    pub(crate) svg: Option<String>,
+}
+
+/// Parses the options (hand-rolled: add new ones as match arms).
+pub(crate) fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Args, String> {
+    let mut out = Args {
+        scenarios: Scenario::ALL.to_vec(),
+        calls: None,
+        concurrency: None,
+        base_url: None,
+        api_key: None,
+        baseline: false,
+        json: false,
+        svg: Some(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/burst.svg").to_string()),
+    };
+    let mut args = args.into_iter();
     while let Some(a) = args.next() {
+        let mut value = |name: &str| args.next().ok_or(format!("{name} needs a value"));
         match a.as_str() {
-            "--calls" => opts.calls = args.next().ok_or("--calls needs a number")?.parse()?,
+            "--scenario" => {
+                let v = value("--scenario")?;
+                out.scenarios = Scenario::parse(&v).ok_or(format!(
+                    "unknown scenario {v}; expected burst, flaky, quota, outage, clean or all"
+                ))?;
+            }
+            "--n" => out.calls = Some(value("--n")?.parse().map_err(|e| format!("--n: {e}"))?),
             "--concurrency" => {
-                opts.concurrency = args.next().ok_or("--concurrency needs a number")?.parse()?
+                out.concurrency = Some(
+                    value("--concurrency")?
+                        .parse()
+                        .map_err(|e| format!("--concurrency: {e}"))?,
+                )
             }
-            "--limit" => {
-                opts.limit = match args.next().as_deref() {
-                    Some("small") => Limit::Small,
-                    Some("quantized") => Limit::Quantized,
-                    _ => return Err("--limit takes small or quantized".into()),
-                }
+            "--base-url" => out.base_url = Some(value("--base-url")?),
+            "--api-key" => out.api_key = Some(value("--api-key")?),
+            "--baseline" => out.baseline = true,
+            "--json" => out.json = true,
+            "--svg" => {
+                let v = value("--svg")?;
+                out.svg = (v != "none").then_some(v);
             }
-            "--no-pace" => opts.pace = false,
             other => {
                 return Err(format!(
-                    "unknown argument {other}; expected --calls, --concurrency, --limit, --no-pace"
-                )
-                .into())
+                    "unknown argument {other}; expected --scenario, --n, --concurrency, \
+                     --base-url, --api-key, --baseline, --json, --svg"
+                ))
             }
         }
     }
-    Ok(opts)
+    Ok(out)
+}
+
+impl Args {
+    /// The configuration of one scenario under these options.
+    pub(crate) fn config(&self, scenario: Scenario) -> Config {
+        let mut cfg = Config::new(scenario);
+        if let Some(n) = self.calls {
+            cfg.calls = n;
+        }
+        if let Some(c) = self.concurrency {
+            cfg.concurrency = c;
+        }
+        if let Some(url) = &self.base_url {
+            cfg.base_url = Some(url.clone());
+            cfg.baseline = self.baseline;
+            cfg.api_key = self
+                .api_key
+                .clone()
+                .or_else(|| std::env::var("OPENAI_API_KEY").ok())
+                .unwrap_or_else(|| TEST_KEY.to_string());
+        } else if let Some(key) = &self.api_key {
+            cfg.api_key = key.clone();
+        }
+        cfg
+    }
 }
 
 #[tokio::main]
 async fn main() -> Result<(), BoxError> {
-    let opts = parse_args()?;
-    println!(
-        "{} calls at concurrency {} against the {:?} limit, {}",
-        opts.calls,
-        opts.concurrency,
-        opts.limit,
-        if opts.pace {
-            "paced"
+    let args = parse_args(std::env::args().skip(1))?;
+    let say = |s: &str| {
+        if args.json {
+            eprintln!("{s}");
         } else {
-            "not paced (baseline)"
+            println!("{s}");
         }
-    );
-    let report = run(&opts).await?;
-    println!("{}", summary(&report));
+    };
+    say(HEADER);
+    let mut targets = Vec::new();
+    for &scenario in &args.scenarios {
+        let report = run(&args.config(scenario)).await?;
+        say(&table(&report));
+        if args.json {
+            println!("{}", report.json());
+        }
+        if let Some((sent, during, after, after_ok)) = report.stack.outage {
+            targets.push(format!(
+                "outage (stack): {sent} requests for {during} calls started during the outage; \
+                 {after_ok}/{after} calls started after it ok"
+            ));
+        }
+        if let Some((sent, during, after, after_ok)) =
+            report.baseline.as_ref().and_then(|b| b.outage)
+        {
+            targets.push(format!(
+                "outage (baseline): {sent} requests for {during} calls started during the \
+                 outage; {after_ok}/{after} calls started after it ok"
+            ));
+        }
+        targets.push(target_line(&report));
+        if scenario == Scenario::Burst {
+            if let Some(path) = &args.svg {
+                plot(&report, path)?;
+                targets.push(format!("burst plot written to {path}"));
+            }
+        }
+    }
+    for t in targets {
+        say(&t);
+    }
     Ok(())
 }

@@ -141,6 +141,12 @@ impl Shared {
         self.lock().config.quota_exhausted = exhausted;
     }
 
+    pub(crate) fn set_random_server_errors(&self, probability: f64) {
+        let mut s = self.lock();
+        let seed = s.config.random_failures.map_or(0, |(_, seed)| seed);
+        s.config.random_failures = Some((probability.clamp(0.0, 1.0), seed));
+    }
+
     pub(crate) fn reset_counts(&self) {
         let mut s = self.lock();
         s.counts = MockCounts::default();

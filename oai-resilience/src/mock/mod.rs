@@ -250,6 +250,12 @@ impl MockServer {
         self.shared.set_quota_exhausted(exhausted);
     }
 
+    /// Sets the probability of the random-server-error fault (clamped to `0..=1`; the seed
+    /// stays), e.g. `1.0` for an outage and `0.0` when it ends.
+    pub fn set_random_server_errors(&self, probability: f64) {
+        self.shared.set_random_server_errors(probability);
+    }
+
     /// Stops accepting, aborts every connection, and waits until all of the server's tasks
     /// have ended. Requests in flight fail on the client side.
     pub async fn shutdown(mut self) {
