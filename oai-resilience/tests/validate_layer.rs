@@ -10,7 +10,7 @@ use futures_util::{stream, FutureExt};
 use http::{Method, Request, Response};
 use http_body::Frame;
 use http_body_util::{BodyExt, Full, StreamBody};
-use oai_resilience::validate::{self, Endpoint, ValidateBody, ValidateLayer, Validator};
+use oai_resilience::validate::{ValidateBody, ValidateLayer, Validator};
 use oai_resilience::{BoxError, ErrorKind, Violation};
 use tower::{service_fn, Layer, Service, ServiceExt};
 
@@ -375,45 +375,6 @@ async fn readiness_is_respected_across_calls() {
     assert!(svc.ready().now_or_never().is_none());
     handle.allow(1);
     assert!(svc.ready().now_or_never().is_some());
-}
-
-/// A `MakeWriter` into a shared buffer, to read what `tracing` logged.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl io::Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-#[test]
-fn deprecated_parameters_pass_with_a_tracing_warning() {
-    let captured = Captured::default();
-    let writer = captured.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(move || writer.clone())
-        .with_ansi(false)
-        .finish();
-    let body = br#"{"model":"gpt-4o","messages":[{"role":"user","content":"x"}],"max_tokens":5,"functions":[{"name":"f"}]}"#;
-    let result = tracing::subscriber::with_default(subscriber, || {
-        validate::validate(Endpoint::ChatCompletions, body)
-    });
-    result.unwrap();
-    let log = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
-    assert!(log.contains("WARN"), "{log}");
-    assert!(
-        log.contains("deprecated parameter `max_tokens` (use `max_completion_tokens`"),
-        "{log}"
-    );
-    assert!(
-        log.contains("deprecated parameter `functions` (use `tools`)"),
-        "{log}"
-    );
 }
 
 #[test]

@@ -84,8 +84,13 @@ mod cost;
 mod key;
 mod layer;
 mod pacer;
+#[cfg(feature = "redis")]
+mod redis;
 mod service;
+mod store;
 
+#[cfg(feature = "redis")]
+pub use self::redis::{redis_key, FailMode, RedisStore, RedisStoreConfig, SCRIPT};
 pub use cost::{Cost, CostEstimator, PaceBody};
 pub use key::PaceKey;
 pub use layer::{KeyFn, PaceLayer};
@@ -93,6 +98,10 @@ pub use pacer::{
     Acquire, AimdConfig, KeySnapshot, PaceMetrics, Pacer, PacerConfig, Permit, StaticLimits,
 };
 pub use service::{Pace, ResponseFuture};
+pub use store::{
+    learned_from, Admission, BucketLimits, BucketModel, InProcessStore, KeyModel, LearnedLimits,
+    ModelAdmission, PacingStore, SharedPace, SharedPaceLayer, StoreFuture,
+};
 
 use crate::error::{Error, ErrorKind};
 

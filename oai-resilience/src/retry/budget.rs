@@ -76,6 +76,16 @@ impl TokenBudget {
     pub fn max_tokens(&self) -> f64 {
         self.max as f64 / UNIT as f64
     }
+
+    /// Gives back one token that was withdrawn for a retry that was never sent (its call was
+    /// dropped during the backoff). The balance never exceeds the maximum.
+    pub fn refund(&self) {
+        let _ = self
+            .balance
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |b| {
+                Some(b.saturating_add(UNIT).min(self.max))
+            });
+    }
 }
 
 fn to_fixed(x: f64) -> u64 {
@@ -127,6 +137,17 @@ impl fmt::Debug for TokenBudget {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn refund_returns_one_token_up_to_the_maximum() {
+        let b = TokenBudget::new(0.0, 2.0);
+        assert!(b.withdraw());
+        assert_eq!(b.balance(), 1.0);
+        b.refund();
+        assert_eq!(b.balance(), 2.0);
+        b.refund();
+        assert_eq!(b.balance(), 2.0, "never above the maximum");
+    }
 
     #[test]
     fn outage_allows_reserve_plus_ratio() {

@@ -31,6 +31,8 @@ struct Inner {
     hint_ceiling: Duration,
     deadline: Option<Duration>,
     budget: Option<SharedBudget>,
+    /// The same budget when it is a [`TokenBudget`], which can give back a token.
+    refundable: Option<Arc<TokenBudget>>,
     policy: Arc<dyn Policy>,
     random: Arc<dyn RandomSource>,
     retry_count_header: Option<HeaderName>,
@@ -75,6 +77,7 @@ pub struct RetryConfig {
 
 impl Default for RetryConfig {
     fn default() -> Self {
+        let default_budget = Arc::new(TokenBudget::default());
         RetryConfig {
             inner: Arc::new(Inner {
                 max_attempts: DEFAULT_MAX_ATTEMPTS,
@@ -82,7 +85,8 @@ impl Default for RetryConfig {
                 hint_jitter: HintJitter::default(),
                 hint_ceiling: DEFAULT_HINT_CEILING,
                 deadline: Some(DEFAULT_DEADLINE),
-                budget: Some(Arc::new(TokenBudget::default())),
+                budget: Some(default_budget.clone()),
+                refundable: Some(default_budget),
                 policy: Arc::new(OpenAiPolicy::new()),
                 random: Arc::new(SplitMix::from_entropy()),
                 retry_count_header: Some(RETRY_COUNT_HEADER),
@@ -158,18 +162,61 @@ impl RetryConfig {
     }
 
     /// Sets the retry budget (any tower [`Budget`], such as tower's `TpsBudget`).
+    ///
+    /// A [`TokenBudget`] also gets back the token of a retry that was decided but never sent,
+    /// because its call was dropped during the backoff.
     pub fn budget(self, budget: impl Budget + Send + Sync + 'static) -> Self {
-        self.edit(|i| i.budget = Some(Arc::new(budget)))
+        let mut slot = Some(budget);
+        let token_budget = (&mut slot as &mut dyn std::any::Any)
+            .downcast_mut::<Option<TokenBudget>>()
+            .and_then(Option::take);
+        match (token_budget, slot) {
+            (Some(tb), _) => {
+                let tb = Arc::new(tb);
+                self.edit(|i| {
+                    i.budget = Some(tb.clone());
+                    i.refundable = Some(tb);
+                })
+            }
+            (None, Some(other)) => self.edit(|i| {
+                i.budget = Some(Arc::new(other));
+                i.refundable = None;
+            }),
+            (None, None) => unreachable!("the budget is in exactly one of the two"),
+        }
+    }
+
+    /// Shares an existing [`TokenBudget`] (say, across several stacks), with refunds of
+    /// retries that were never sent.
+    pub fn shared_token_budget(self, budget: Arc<TokenBudget>) -> Self {
+        self.edit(|i| {
+            i.budget = Some(budget.clone());
+            i.refundable = Some(budget);
+        })
     }
 
     /// Shares an existing budget (say, across several stacks).
     pub fn shared_budget(self, budget: SharedBudget) -> Self {
-        self.edit(|i| i.budget = Some(budget))
+        self.edit(|i| {
+            i.budget = Some(budget);
+            i.refundable = None;
+        })
     }
 
     /// Removes the retry budget: only the maximum attempts and the deadline limit retries.
     pub fn no_budget(self) -> Self {
-        self.edit(|i| i.budget = None)
+        self.edit(|i| {
+            i.budget = None;
+            i.refundable = None;
+        })
+    }
+
+    /// Gives back the token of a retry that was withdrawn but never sent (no-op for budgets
+    /// that cannot give tokens back).
+    pub(crate) fn refund_budget(&self) {
+        if let Some(b) = &self.inner.refundable {
+            b.refund();
+        }
     }
 
     /// Sets the random source for jitter.

@@ -41,7 +41,11 @@ use crate::error::{
 /// assert_eq!(err.retry_context().unwrap().stop, StopReason::MaxAttempts);
 /// # }
 /// ```
-#[derive(Debug, Clone)]
+///
+/// A budget token is withdrawn when a retry is decided. If the `Retrier` is dropped before
+/// that retry starts ([`Retrier::start_attempt`]), say because the call was dropped during the
+/// backoff, the token goes back to a [`TokenBudget`](super::TokenBudget).
+#[derive(Debug)]
 pub struct Retrier {
     config: RetryConfig,
     start: Instant,
@@ -50,6 +54,33 @@ pub struct Retrier {
     previous_delay: Option<Duration>,
     refused_hint: Option<Duration>,
     outcomes: Vec<AttemptOutcome>,
+    /// A budget token was withdrawn for a retry that has not started yet.
+    token_pending: bool,
+}
+
+impl Clone for Retrier {
+    /// A clone does not own the original's pending budget token (only one of them may give
+    /// it back).
+    fn clone(&self) -> Self {
+        Retrier {
+            config: self.config.clone(),
+            start: self.start,
+            attempts: self.attempts,
+            idempotent: self.idempotent,
+            previous_delay: self.previous_delay,
+            refused_hint: self.refused_hint,
+            outcomes: self.outcomes.clone(),
+            token_pending: false,
+        }
+    }
+}
+
+impl Drop for Retrier {
+    fn drop(&mut self) {
+        if self.token_pending {
+            self.config.refund_budget();
+        }
+    }
 }
 
 impl Retrier {
@@ -67,11 +98,13 @@ impl Retrier {
             previous_delay: None,
             refused_hint: None,
             outcomes: Vec::new(),
+            token_pending: false,
         }
     }
 
     /// Marks the start of the next attempt and returns its number (1 for the first).
     pub fn start_attempt(&mut self) -> u32 {
+        self.token_pending = false;
         self.attempts += 1;
         self.attempts
     }
@@ -213,6 +246,7 @@ impl Retrier {
             if !b.withdraw() {
                 return Decision::Stop(StopReason::Budget);
             }
+            self.token_pending = true;
         }
         Decision::Retry { delay, source }
     }

@@ -1,0 +1,235 @@
+//! Two full stacks (shared pace through their own `RedisStore` → classify → hyper client), as
+//! two processes would run them, against one mock server and one real `redis-server`.
+#![cfg(all(feature = "redis", feature = "mock"))]
+
+mod support;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use oai_resilience::mock::{MockServer, RateLimit, Route};
+use oai_resilience::pace::{
+    BucketLimits, LearnedLimits, PaceKey, PacingStore, RedisStore, RedisStoreConfig,
+    SharedPaceLayer,
+};
+use oai_resilience::{ClassifyLayer, ErrorKind};
+use support::redis_server::RedisServer;
+use tower::{ServiceBuilder, ServiceExt};
+
+const KEY: &str = "sk-proj-Zq3xV9mN2pL8rT5wY1kB7cD4fG6hJ0aS";
+const CHAT: &str =
+    r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Hello"}],"max_tokens":5}"#;
+
+fn config() -> RedisStoreConfig {
+    RedisStoreConfig {
+        // Generous: a loaded CI machine must not turn a slow answer into a fallback.
+        op_timeout: Duration::from_secs(2),
+        retry_interval: Duration::from_millis(50),
+        ..RedisStoreConfig::default()
+    }
+}
+
+#[derive(Debug, Default)]
+struct Outcome {
+    ok: usize,
+    failed: usize,
+    rate_limited: usize,
+}
+
+/// `calls` calls at concurrency `workers` through one stack; 429s retried (at most 10 tries).
+async fn run(layer: SharedPaceLayer, url: String, calls: usize, workers: usize) -> Outcome {
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let svc = ServiceBuilder::new()
+        .layer(layer)
+        .layer(ClassifyLayer::new())
+        .service(client);
+    let next = Arc::new(AtomicUsize::new(0));
+    let ok = Arc::new(AtomicUsize::new(0));
+    let failed = Arc::new(AtomicUsize::new(0));
+    let limited = Arc::new(AtomicUsize::new(0));
+    let tasks: Vec<_> = (0..workers)
+        .map(|_| {
+            let (svc, next, ok, failed, limited, url) = (
+                svc.clone(),
+                next.clone(),
+                ok.clone(),
+                failed.clone(),
+                limited.clone(),
+                url.clone(),
+            );
+            tokio::spawn(async move {
+                while next.fetch_add(1, Ordering::SeqCst) < calls {
+                    let mut done = false;
+                    for _ in 0..10 {
+                        let req = http::Request::post(&url)
+                            .header("authorization", format!("Bearer {KEY}"))
+                            .header("content-type", "application/json")
+                            .body(Full::new(Bytes::from_static(CHAT.as_bytes())))
+                            .unwrap();
+                        match svc.clone().oneshot(req).await {
+                            Ok(_) => {
+                                done = true;
+                                break;
+                            }
+                            Err(e) if e.kind() == ErrorKind::RateLimited => {
+                                limited.fetch_add(1, Ordering::SeqCst);
+                            }
+                            Err(e) => panic!("unexpected: {e}"),
+                        }
+                    }
+                    if done {
+                        ok.fetch_add(1, Ordering::SeqCst);
+                    } else {
+                        failed.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    Outcome {
+        ok: ok.load(Ordering::SeqCst),
+        failed: failed.load(Ordering::SeqCst),
+        rate_limited: limited.load(Ordering::SeqCst),
+    }
+}
+
+fn pace_key(server: &MockServer) -> PaceKey {
+    PaceKey::new(server.addr().to_string())
+        .with_credential(format!("Bearer {KEY}").as_bytes())
+        .with_model("gpt-4o-mini")
+}
+
+/// The limits configured up front (as `StaticLimits` do for the in-process pacer): the mock's
+/// bucket of 20 refilled at 20/s.
+async fn seed(store: &RedisStore, key: &PaceKey) {
+    store
+        .learn(
+            key,
+            LearnedLimits {
+                requests: Some(BucketLimits {
+                    capacity: 20.0,
+                    refill_per_sec: 20.0,
+                }),
+                ..LearnedLimits::default()
+            },
+        )
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_stacks_share_one_bucket() {
+    let redis = RedisServer::start();
+    let server = MockServer::builder()
+        .request_limit(RateLimit::bucket(20, 20.0))
+        .start()
+        .await;
+    let a = RedisStore::connect(&redis.url(), config()).await.unwrap();
+    let b = RedisStore::connect(&redis.url(), config()).await.unwrap();
+    let key = pace_key(&server);
+    seed(&a, &key).await;
+    let url = server.endpoint(Route::ChatCompletions);
+    let (x, y) = tokio::join!(
+        run(SharedPaceLayer::new(a.clone()), url.clone(), 30, 8),
+        run(SharedPaceLayer::new(b.clone()), url.clone(), 30, 8)
+    );
+    let counts = server.counts();
+    eprintln!("two stacks: {x:?} {y:?}; mock {counts:?}");
+    assert_eq!(x.ok + y.ok, 60);
+    assert_eq!(x.failed + y.failed, 0);
+    assert_eq!(x.rate_limited + y.rate_limited, 0);
+    assert_eq!(counts.rate_limited, 0, "{counts:?}");
+    assert_eq!(counts.total, 60);
+    assert_eq!(a.fallbacks() + b.fallbacks(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_429_seen_by_one_stack_pauses_the_other() {
+    let redis = RedisServer::start();
+    let server = MockServer::builder().no_rate_limits().start().await;
+    let a = RedisStore::connect(&redis.url(), config()).await.unwrap();
+    let b = RedisStore::connect(&redis.url(), config()).await.unwrap();
+    // Stack A gets a 429 with a 30 s hint (the mock's script), so B's next call must wait:
+    // with a 200 ms max_wait it fails as "paced locally" and sends nothing.
+    server.script(
+        Route::ChatCompletions,
+        [oai_resilience::mock::MockResponse::rate_limited(
+            Duration::from_secs(30),
+        )],
+    );
+    let url = server.endpoint(Route::ChatCompletions);
+    let call = |layer: SharedPaceLayer| {
+        let url = url.clone();
+        async move {
+            let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+            let svc = ServiceBuilder::new()
+                .layer(layer)
+                .layer(ClassifyLayer::new())
+                .service(client);
+            let req = http::Request::post(&url)
+                .header("authorization", format!("Bearer {KEY}"))
+                .header("content-type", "application/json")
+                .body(Full::new(Bytes::from_static(CHAT.as_bytes())))
+                .unwrap();
+            svc.oneshot(req).await
+        }
+    };
+    let first = call(SharedPaceLayer::new(a.clone())).await.unwrap_err();
+    assert_eq!(first.kind(), ErrorKind::RateLimited);
+    assert!(first.status().is_some());
+    let sent = server.counts().total;
+    let second = call(SharedPaceLayer::new(b.clone()).max_wait(Duration::from_millis(200)))
+        .await
+        .unwrap_err();
+    assert!(oai_resilience::pace::is_paced_locally(&second), "{second}");
+    assert_eq!(server.counts().total, sent, "B sent while paused");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_killed_mid_run_calls_continue_in_process() {
+    let mut redis = RedisServer::start();
+    let server = MockServer::builder()
+        .request_limit(RateLimit::bucket(20, 20.0))
+        .start()
+        .await;
+    let a = RedisStore::connect(&redis.url(), config()).await.unwrap();
+    let key = pace_key(&server);
+    seed(&a, &key).await;
+    let url = server.endpoint(Route::ChatCompletions);
+    let first = run(SharedPaceLayer::new(a.clone()), url.clone(), 10, 4).await;
+    assert_eq!(first.ok, 10);
+    redis.kill();
+    let during = run(SharedPaceLayer::new(a.clone()), url.clone(), 20, 4).await;
+    eprintln!("during outage: {during:?}, fallbacks {}", a.fallbacks());
+    assert_eq!(during.failed, 0);
+    assert_eq!(during.ok, 20);
+    assert!(a.fallbacks() > 0);
+    assert!(a.is_degraded());
+    redis.restart();
+    // Bounded polling while the connection manager reconnects (I/O readiness).
+    let mut back = false;
+    for _ in 0..200 {
+        let after = run(SharedPaceLayer::new(a.clone()), url.clone(), 1, 1).await;
+        assert_eq!(after.ok, 1);
+        if !a.is_degraded() {
+            back = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(back, "shared pacing never resumed");
+    let name = a.key_name(&key);
+    assert_eq!(
+        redis.command(&["EXISTS", &name]).int(),
+        1,
+        "nothing written after recovery"
+    );
+}
