@@ -119,6 +119,10 @@ fuzz_target!(|data: &[u8]| {
         // `Value` stops at 128 levels of nesting; the checker skips what it need not read, so
         // a deeper but valid JSON body is judged on its content, not rejected as not JSON.
         Err(e) if e.to_string().contains("recursion limit") => {}
+        // `Value` rejects numbers beyond f64 (`8e888`), which are valid JSON syntax; the checker
+        // skips the values of keys it has no rule for, so it may judge such a body on its
+        // content instead of calling it not JSON. Both answers are acceptable.
+        Err(e) if e.to_string().contains("number out of range") => {}
         Err(_) => {
             assert_eq!(report.violations().len(), 1, "{:?}", report.violations());
             assert_eq!(report.violations()[0].param, "body");
