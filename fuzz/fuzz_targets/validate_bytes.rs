@@ -123,6 +123,9 @@ fuzz_target!(|data: &[u8]| {
         // skips the values of keys it has no rule for, so it may judge such a body on its
         // content instead of calling it not JSON. Both answers are acceptable.
         Err(e) if e.to_string().contains("number out of range") => {}
+        // Likewise a lone surrogate escape (`"\ud901"`) inside a skipped value: JSON syntax
+        // allows it (servers such as Python's json accept it); `Value` refuses it.
+        Err(e) if e.to_string().contains("surrogate") => {}
         Err(_) => {
             assert_eq!(report.violations().len(), 1, "{:?}", report.violations());
             assert_eq!(report.violations()[0].param, "body");
