@@ -125,7 +125,7 @@ fuzz_target!(|data: &[u8]| {
         Err(e) if e.to_string().contains("number out of range") => {}
         // Likewise a lone surrogate escape (`"\ud901"`) inside a skipped value: JSON syntax
         // allows it (servers such as Python's json accept it); `Value` refuses it.
-        Err(e) if e.to_string().contains("surrogate") => {}
+        Err(e) if e.to_string().contains("surrogate") || e.to_string().contains("hex escape") => {}
         Err(_) => {
             assert_eq!(report.violations().len(), 1, "{:?}", report.violations());
             assert_eq!(report.violations()[0].param, "body");
