@@ -34,7 +34,7 @@ pub(crate) struct Short {
     len: u8,
 }
 
-const EMPTY: Short = Short {
+pub(crate) const EMPTY: Short = Short {
     buf: [0; 24],
     len: 0,
 };
@@ -119,7 +119,7 @@ pub(crate) struct Ctx {
 
 /// A scalar as the parser reports it.
 #[derive(Debug, Clone, Copy)]
-enum Scalar<'a> {
+pub(crate) enum Scalar<'a> {
     Null,
     Bool(bool),
     I64(i64),
@@ -129,7 +129,7 @@ enum Scalar<'a> {
 }
 
 impl Scalar<'_> {
-    fn type_bits(&self) -> Types {
+    pub(crate) fn type_bits(&self) -> Types {
         match *self {
             Scalar::Null => T_ANY,
             Scalar::Bool(_) => T_BOOLEAN,
@@ -140,7 +140,7 @@ impl Scalar<'_> {
         }
     }
 
-    fn as_f64(&self) -> Option<f64> {
+    pub(crate) fn as_f64(&self) -> Option<f64> {
         match *self {
             Scalar::I64(v) => Some(v as f64),
             Scalar::U64(v) => Some(v as f64),
@@ -161,7 +161,7 @@ impl Scalar<'_> {
     }
 }
 
-fn accepts(types: Types, got: Types) -> bool {
+pub(crate) fn accepts(types: Types, got: Types) -> bool {
     types == T_ANY || types & got != 0
 }
 
@@ -688,8 +688,9 @@ impl Ctx {
 
 /// String equality with a cheap length and first-byte test before the comparison.
 #[inline]
-fn same(a: &str, b: &str) -> bool {
-    a.len() == b.len() && a.as_bytes().first() == b.as_bytes().first() && a == b
+pub(crate) fn same(a: &str, b: &str) -> bool {
+    // Keys are short: a byte loop beats a call to `memcmp`.
+    a.len() == b.len() && a.bytes().zip(b.bytes()).all(|(x, y)| x == y)
 }
 
 fn push_key(s: &mut String, k: &str) {
@@ -726,7 +727,7 @@ enum Buf<'a> {
 
 /// Whether values of type `got` can match several alternatives of `node` that streaming
 /// cannot tell apart (no discriminator for objects).
-fn ambiguous_for(node: &Node, got: Types) -> bool {
+pub(crate) fn ambiguous_for(node: &Node, got: Types) -> bool {
     if got == T_OBJECT && node.discriminator.is_some() {
         return false;
     }
@@ -739,10 +740,10 @@ fn ambiguous_for(node: &Node, got: Types) -> bool {
 
 /// Strings longer than this (in JSON text, quotes included) are only type-checked when no
 /// content rule applies; shorter ones are also recorded as facts.
-const LONG_STRING: usize = 258;
+pub(crate) const LONG_STRING: usize = 258;
 
 /// Whether the only thing to check about a string value of `node` is that it is a string.
-fn plain_string(node: &Node) -> bool {
+pub(crate) fn plain_string(node: &Node) -> bool {
     let plain = |n: &Node| {
         n.enum_values.is_empty()
             && n.min_length.is_none()

@@ -96,6 +96,7 @@
 
 mod check;
 mod cross;
+mod fast;
 mod layer;
 #[rustfmt::skip]
 mod rules_gen;
@@ -181,21 +182,46 @@ fn deprecation_advice(param: &str) -> &'static str {
 
 /// Checks a JSON body for `endpoint` and returns the [`Report`]. A body that is not JSON
 /// gives one violation on the parameter `body`.
+///
+/// A valid body is proven valid by a single hand-written pass over its bytes; a body that
+/// breaks a rule (or uses a construct that pass leaves alone) is then checked again by the
+/// streaming checker, which writes every violation with its path.
 pub fn check(endpoint: Endpoint, body: &[u8]) -> Report {
-    // The checker skips values it need not read without decoding them, so the encoding is
-    // checked up front: a body that is not UTF-8 is not JSON.
-    if let Err(e) = std::str::from_utf8(body) {
-        return Report {
-            violations: vec![Violation::new(
-                "body",
-                format!(
-                    "We could not parse the JSON body of your request: invalid UTF-8 at byte {}.",
-                    e.valid_up_to()
-                ),
-            )],
-            deprecated: Vec::new(),
-        };
+    let text = match utf8(body) {
+        Ok(text) => text,
+        Err(report) => return report,
+    };
+    if let Some(accepted) = fast::accept(endpoint, text) {
+        return finish(endpoint, accepted.facts, Vec::new(), accepted.deprecated);
     }
+    stream(endpoint, body)
+}
+
+/// The streaming checker alone: what [`check`] gives, without its accept path.
+#[cfg(test)]
+pub(crate) fn check_streaming(endpoint: Endpoint, body: &[u8]) -> Report {
+    match utf8(body) {
+        Ok(_) => stream(endpoint, body),
+        Err(report) => report,
+    }
+}
+
+/// The checker skips values it need not read without decoding them, so the encoding is
+/// checked up front: a body that is not UTF-8 is not JSON.
+fn utf8(body: &[u8]) -> Result<&str, Report> {
+    std::str::from_utf8(body).map_err(|e| Report {
+        violations: vec![Violation::new(
+            "body",
+            format!(
+                "We could not parse the JSON body of your request: invalid UTF-8 at byte {}.",
+                e.valid_up_to()
+            ),
+        )],
+        deprecated: Vec::new(),
+    })
+}
+
+fn stream(endpoint: Endpoint, body: &[u8]) -> Report {
     let mut ctx = check::Ctx::new(endpoint == Endpoint::ChatCompletions);
     ctx.raw = true;
     let mut de = serde_json::Deserializer::from_slice(body);
@@ -213,7 +239,7 @@ pub fn check(endpoint: Endpoint, body: &[u8]) -> Report {
             deprecated: Vec::new(),
         };
     }
-    finish(endpoint, ctx)
+    finish(endpoint, ctx.facts, ctx.violations, ctx.deprecated)
 }
 
 /// Checks a parsed body for `endpoint` and returns the [`Report`].
@@ -227,20 +253,24 @@ pub fn check_value(endpoint: Endpoint, body: &Value) -> Report {
         },
         body,
     );
-    finish(endpoint, ctx)
+    finish(endpoint, ctx.facts, ctx.violations, ctx.deprecated)
 }
 
-fn finish(endpoint: Endpoint, mut ctx: check::Ctx) -> Report {
+fn finish(
+    endpoint: Endpoint,
+    facts: check::Facts,
+    mut violations: Vec<Violation>,
+    deprecated: Vec<String>,
+) -> Report {
     // Cross-field rules only judge bodies whose fields are well-formed, so their messages
     // never contradict the first ones.
-    cross::check(endpoint, &ctx.facts, &mut ctx.violations);
+    cross::check(endpoint, &facts, &mut violations);
     // Missing parameters first: they are the usual fix, and `Error::param`/`Error::hint` name
     // the first violation. Otherwise body order.
-    ctx.violations
-        .sort_by_key(|v| !v.message.starts_with("Missing required"));
+    violations.sort_by_key(|v| !v.message.starts_with("Missing required"));
     Report {
-        violations: ctx.violations,
-        deprecated: ctx.deprecated,
+        violations,
+        deprecated,
     }
 }
 

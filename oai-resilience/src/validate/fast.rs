@@ -1,0 +1,1398 @@
+//! The accept path: a hand-written single pass over the bytes that proves a body valid.
+//!
+//! Most bodies a client sends are valid, and for those the report carries no violation, only
+//! the facts the cross-field rules read and the deprecated parameters. This pass computes
+//! exactly that, without serde: a byte tokenizer (whitespace by a byte loop, strings eight
+//! bytes at a time for `"`, `\` and control characters, numbers parsed only where a node
+//! checks them), keys and strings borrowed from the body, the parameter path kept as a chain
+//! of stack frames and turned into text only for a deprecated parameter. It applies the same
+//! tables with the same semantics as the streaming checker (`check.rs`), rule for rule.
+//!
+//! It stops at the first violation, and at anything it does not handle (a syntax error, an
+//! escaped key, a lone surrogate, nesting deeper than [`MAX_DEPTH`], a subtree the streaming
+//! checker would buffer as a `serde_json::Value`). Then the streaming checker runs from the
+//! start and writes the report, with every violation and its exact path. A body is never
+//! accepted here that the streaming checker rejects: the tests compare both on every corpus
+//! body and on mutations of them.
+
+use serde::de::{self, Deserializer as _, Visitor};
+
+use super::check::{
+    accepts, ambiguous_for, plain_string, same, Fact, Facts, MsgFact, Scalar, Short, EMPTY,
+    LONG_STRING,
+};
+use super::schema::*;
+
+/// Deeper values (checked nodes, or nesting inside a skipped value) go to the streaming
+/// checker, which knows the parser's own limit.
+pub(crate) const MAX_DEPTH: u32 = 64;
+
+/// Why the pass stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Stop {
+    /// The value breaks a rule (inside a trial: that alternative does not match).
+    Violation,
+    /// Something this pass leaves to the streaming checker.
+    Unsupported,
+}
+
+type R<T = ()> = Result<T, Stop>;
+
+/// One step of a parameter path.
+#[derive(Debug, Clone, Copy)]
+enum Seg<'a> {
+    /// A property the tables declare.
+    Key(&'static str),
+    /// A key matched by `additionalProperties` (a map entry).
+    Owned(&'a str),
+    Index(usize),
+}
+
+/// The path to the current value, as a chain of frames on the call stack (`None`: the body).
+#[derive(Debug, Clone, Copy)]
+struct Path<'p, 'a> {
+    parent: Option<&'p Path<'p, 'a>>,
+    seg: Seg<'a>,
+    depth: u32,
+}
+
+type P<'p, 'a> = Option<&'p Path<'p, 'a>>;
+
+fn depth(path: P<'_, '_>) -> u32 {
+    path.map_or(0, |p| p.depth)
+}
+
+fn child<'p, 'a>(path: P<'p, 'a>, seg: Seg<'a>) -> Path<'p, 'a> {
+    Path {
+        parent: path,
+        seg,
+        depth: depth(path) + 1,
+    }
+}
+
+/// The segments of a path of depth `N`, body first.
+fn segs<'a, const N: usize>(path: P<'_, 'a>) -> Option<[Seg<'a>; N]> {
+    if depth(path) as usize != N {
+        return None;
+    }
+    let mut out = [Seg::Index(0); N];
+    let mut cur = path;
+    for slot in out.iter_mut().rev() {
+        let p = cur?;
+        *slot = p.seg;
+        cur = p.parent;
+    }
+    Some(out)
+}
+
+/// The OpenAI-style text of a path (`messages[1].content`), as `Ctx::path_string` writes it.
+fn path_string(path: P<'_, '_>) -> String {
+    let mut segs = Vec::new();
+    let mut cur = path;
+    while let Some(p) = cur {
+        segs.push(p.seg);
+        cur = p.parent;
+    }
+    let mut s = String::new();
+    for seg in segs.iter().rev() {
+        match seg {
+            Seg::Key(k) => push_key(&mut s, k),
+            Seg::Owned(k) => push_key(&mut s, k),
+            Seg::Index(i) => {
+                s.push('[');
+                s.push_str(&i.to_string());
+                s.push(']');
+            }
+        }
+    }
+    if s.is_empty() {
+        s.push_str("body");
+    }
+    s
+}
+
+fn push_key(s: &mut String, k: &str) {
+    if !s.is_empty() {
+        s.push('.');
+    }
+    s.push_str(k);
+}
+
+/// What the accept path found in a valid body.
+#[derive(Debug)]
+pub(crate) struct Accepted {
+    pub(crate) facts: Facts,
+    pub(crate) deprecated: Vec<String>,
+}
+
+/// Runs the accept path over `body`: `Some` when the body breaks no rule of the tables,
+/// `None` when the streaming checker must decide.
+pub(crate) fn accept(endpoint: Endpoint, body: &str) -> Option<Accepted> {
+    let track_messages = endpoint == Endpoint::ChatCompletions;
+    let mut f = Fast {
+        s: body,
+        b: body.as_bytes(),
+        pos: 0,
+        record: true,
+        track_messages,
+        facts: Facts {
+            top: Vec::with_capacity(16),
+            modalities_audio: false,
+            messages: if track_messages {
+                Vec::with_capacity(16)
+            } else {
+                Vec::new()
+            },
+        },
+        deprecated: Vec::new(),
+        memo: [(0, 0, false); MEMO],
+        memo_len: 0,
+    };
+    f.ws();
+    f.value(endpoint.root(), None).ok()?;
+    f.ws();
+    if f.pos != f.b.len() {
+        return None;
+    }
+    Some(Accepted {
+        facts: f.facts,
+        deprecated: f.deprecated,
+    })
+}
+
+/// How many string values read before a discriminator are remembered (not scanned twice).
+const MEMO: usize = 8;
+
+struct Fast<'a> {
+    s: &'a str,
+    b: &'a [u8],
+    pos: usize,
+    /// False while an alternative is tried: facts and deprecations are not recorded.
+    record: bool,
+    track_messages: bool,
+    facts: Facts,
+    deprecated: Vec<String>,
+    /// (start, end, has escapes) of string values already scanned.
+    memo: [(usize, usize, bool); MEMO],
+    memo_len: usize,
+}
+
+const ONES: u64 = 0x0101_0101_0101_0101;
+const HIGHS: u64 = 0x8080_8080_8080_8080;
+
+/// The high bit of each byte of `x` that is zero (exact for the lowest such byte).
+#[inline(always)]
+fn zero_bytes(x: u64) -> u64 {
+    x.wrapping_sub(ONES) & !x & HIGHS
+}
+
+/// The high bit of each byte of `x` below 0x20 (exact for the lowest such byte).
+#[inline(always)]
+fn control_bytes(x: u64) -> u64 {
+    x.wrapping_sub(ONES * 0x20) & !x & HIGHS
+}
+
+fn hex4(b: &[u8]) -> Option<u16> {
+    let mut v = 0u16;
+    for &c in b.get(..4)? {
+        let d = (c as char).to_digit(16)?;
+        v = (v << 4) | d as u16;
+    }
+    Some(v)
+}
+
+/// A number exactly as the parser gives it to a visitor.
+struct NumVisitor;
+
+impl Visitor<'_> for NumVisitor {
+    type Value = Scalar<'static>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a number")
+    }
+
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
+        Ok(Scalar::I64(v))
+    }
+
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
+        Ok(Scalar::U64(v))
+    }
+
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
+        Ok(Scalar::F64(v))
+    }
+}
+
+impl<'a> Fast<'a> {
+    // ----- tokenizer -----
+
+    #[inline(always)]
+    fn ws(&mut self) {
+        while let Some(&c) = self.b.get(self.pos) {
+            if matches!(c, b' ' | b'\n' | b'\r' | b'\t') {
+                self.pos += 1;
+            } else {
+                break;
+            }
+        }
+    }
+
+    #[inline(always)]
+    fn peek(&self) -> R<u8> {
+        self.b.get(self.pos).copied().ok_or(Stop::Unsupported)
+    }
+
+    #[inline(always)]
+    fn next(&mut self) -> R<u8> {
+        let c = self.peek()?;
+        self.pos += 1;
+        Ok(c)
+    }
+
+    /// Scans the rest of a string after its opening quote; returns whether it has escapes.
+    fn scan_str(&mut self) -> R<bool> {
+        let mut escaped = false;
+        loop {
+            while let Some(chunk) = self.b.get(self.pos..self.pos + 8) {
+                let Ok(chunk) = <[u8; 8]>::try_from(chunk) else {
+                    break;
+                };
+                let x = u64::from_le_bytes(chunk);
+                let hits = zero_bytes(x ^ (ONES * b'"' as u64))
+                    | zero_bytes(x ^ (ONES * b'\\' as u64))
+                    | control_bytes(x);
+                if hits != 0 {
+                    self.pos += (hits.trailing_zeros() / 8) as usize;
+                    break;
+                }
+                self.pos += 8;
+            }
+            match self.next()? {
+                b'"' => return Ok(escaped),
+                b'\\' => {
+                    escaped = true;
+                    self.escape()?;
+                }
+                c if c < 0x20 => return Err(Stop::Unsupported),
+                _ => {}
+            }
+        }
+    }
+
+    /// One escape after its `\`. Surrogates must come in pairs (the parser rejects a lone
+    /// one when it decodes the string).
+    fn escape(&mut self) -> R {
+        match self.next()? {
+            b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => Ok(()),
+            b'u' => {
+                let rest = self.b.get(self.pos..).unwrap_or_default();
+                let v = hex4(rest).ok_or(Stop::Unsupported)?;
+                self.pos += 4;
+                match v {
+                    0xD800..=0xDBFF => {
+                        let rest = self.b.get(self.pos..).unwrap_or_default();
+                        if rest.get(..2) != Some(b"\\u") {
+                            return Err(Stop::Unsupported);
+                        }
+                        match hex4(&rest[2..]) {
+                            Some(0xDC00..=0xDFFF) => {
+                                self.pos += 6;
+                                Ok(())
+                            }
+                            _ => Err(Stop::Unsupported),
+                        }
+                    }
+                    0xDC00..=0xDFFF => Err(Stop::Unsupported),
+                    _ => Ok(()),
+                }
+            }
+            _ => Err(Stop::Unsupported),
+        }
+    }
+
+    /// A string value at `pos`: (start, end, has escapes), quotes included; remembered
+    /// strings are not scanned again.
+    fn string(&mut self) -> R<(usize, usize, bool)> {
+        let start = self.pos;
+        for &(a, b, esc) in &self.memo[..self.memo_len] {
+            if a == start {
+                self.pos = b;
+                return Ok((a, b, esc));
+            }
+        }
+        self.pos += 1;
+        let esc = self.scan_str()?;
+        Ok((start, self.pos, esc))
+    }
+
+    /// An object key and its `:`; escaped keys are left to the streaming checker.
+    fn key(&mut self) -> R<&'a str> {
+        if self.peek()? != b'"' {
+            return Err(Stop::Unsupported);
+        }
+        self.pos += 1;
+        let start = self.pos;
+        if self.scan_str()? {
+            return Err(Stop::Unsupported);
+        }
+        let key = self.s.get(start..self.pos - 1).ok_or(Stop::Unsupported)?;
+        self.ws();
+        if self.next()? != b':' {
+            return Err(Stop::Unsupported);
+        }
+        self.ws();
+        Ok(key)
+    }
+
+    /// A number's extent, by the JSON grammar.
+    fn number(&mut self) -> R<(usize, usize)> {
+        let start = self.pos;
+        if self.peek()? == b'-' {
+            self.pos += 1;
+        }
+        match self.next()? {
+            b'0' => {}
+            b'1'..=b'9' => self.digits(),
+            _ => return Err(Stop::Unsupported),
+        }
+        if self.b.get(self.pos) == Some(&b'.') {
+            self.pos += 1;
+            self.some_digits()?;
+        }
+        if matches!(self.b.get(self.pos), Some(b'e' | b'E')) {
+            self.pos += 1;
+            if matches!(self.b.get(self.pos), Some(b'+' | b'-')) {
+                self.pos += 1;
+            }
+            self.some_digits()?;
+        }
+        Ok((start, self.pos))
+    }
+
+    fn digits(&mut self) {
+        while self.b.get(self.pos).is_some_and(u8::is_ascii_digit) {
+            self.pos += 1;
+        }
+    }
+
+    fn some_digits(&mut self) -> R {
+        if !self.peek()?.is_ascii_digit() {
+            return Err(Stop::Unsupported);
+        }
+        self.digits();
+        Ok(())
+    }
+
+    fn literal(&mut self, text: &[u8]) -> R {
+        if self.b.get(self.pos..self.pos + text.len()) == Some(text) {
+            self.pos += text.len();
+            Ok(())
+        } else {
+            Err(Stop::Unsupported)
+        }
+    }
+
+    /// Skips one value (syntax only, as the parser skips an ignored value), without
+    /// recursion: the open containers are bits of a stack word.
+    fn skip_value(&mut self) -> R {
+        // Bit i: the container at depth i+1 is an object.
+        let mut stack: u128 = 0;
+        let mut depth = 0u32;
+        loop {
+            // A value.
+            match self.peek()? {
+                b'"' => {
+                    self.string()?;
+                }
+                b'{' => {
+                    self.pos += 1;
+                    self.ws();
+                    if self.peek()? == b'}' {
+                        self.pos += 1;
+                    } else {
+                        if depth >= 127 {
+                            return Err(Stop::Unsupported);
+                        }
+                        stack |= 1 << depth;
+                        depth += 1;
+                        self.key()?;
+                        continue;
+                    }
+                }
+                b'[' => {
+                    self.pos += 1;
+                    self.ws();
+                    if self.peek()? == b']' {
+                        self.pos += 1;
+                    } else {
+                        if depth >= 127 {
+                            return Err(Stop::Unsupported);
+                        }
+                        stack &= !(1 << depth);
+                        depth += 1;
+                        continue;
+                    }
+                }
+                b't' => self.literal(b"true")?,
+                b'f' => self.literal(b"false")?,
+                b'n' => self.literal(b"null")?,
+                b'-' | b'0'..=b'9' => {
+                    self.number()?;
+                }
+                _ => return Err(Stop::Unsupported),
+            }
+            // After a value: close containers until one continues.
+            loop {
+                if depth == 0 {
+                    return Ok(());
+                }
+                let in_object = stack & (1 << (depth - 1)) != 0;
+                self.ws();
+                match self.next()? {
+                    b',' => {
+                        self.ws();
+                        if in_object {
+                            self.key()?;
+                        }
+                        break;
+                    }
+                    b'}' if in_object => depth -= 1,
+                    b']' if !in_object => depth -= 1,
+                    _ => return Err(Stop::Unsupported),
+                }
+            }
+        }
+    }
+
+    // ----- values -----
+
+    /// Checks the value at `pos` against `node` (as `NodeSeed` does in raw mode).
+    fn value(&mut self, node: &'static Node, path: P<'_, 'a>) -> R {
+        if depth(path) > MAX_DEPTH {
+            return Err(Stop::Unsupported);
+        }
+        if node.types == T_ANY && node.alternatives.is_empty() {
+            return self.skip_value();
+        }
+        let c = self.peek()?;
+        if plain_string(node) {
+            if c == b'"' {
+                return self.plain_str(node, path);
+            }
+            return self.any(node, path);
+        }
+        if (ambiguous_for(node, T_OBJECT) || ambiguous_for(node, T_ARRAY))
+            && matches!(c, b'{' | b'[')
+        {
+            let got = if c == b'{' { T_OBJECT } else { T_ARRAY };
+            if accepts(node.types, got) && ambiguous_for(node, got) {
+                return self.alternatives(node, got, path);
+            }
+        }
+        self.any(node, path)
+    }
+
+    /// A string at a node where only the type matters (`Ctx::raw_value`): a long one is not
+    /// even decoded.
+    fn plain_str(&mut self, node: &'static Node, path: P<'_, 'a>) -> R {
+        let (start, end, esc) = self.string()?;
+        if end - start > LONG_STRING {
+            if self.record {
+                if let Some([Seg::Key(k)]) = segs::<1>(path) {
+                    self.facts.top.push((k, Fact::LongStr));
+                }
+            }
+            return Ok(());
+        }
+        self.str_scalar(node, start, end, esc, path)
+    }
+
+    fn str_scalar(
+        &mut self,
+        node: &'static Node,
+        start: usize,
+        end: usize,
+        esc: bool,
+        path: P<'_, 'a>,
+    ) -> R {
+        let s = self.s;
+        if esc && !self.needs_value(path) && plain_string(node) {
+            // Only the type of a plain string matters, and no fact needs its text: no decoding.
+            return self.scalar(node, Scalar::Str(""), path);
+        }
+        if esc {
+            let v: String = serde_json::from_str(&s[start..end]).map_err(|_| Stop::Unsupported)?;
+            self.scalar(node, Scalar::Str(&v), path)
+        } else {
+            self.scalar(node, Scalar::Str(&s[start + 1..end - 1]), path)
+        }
+    }
+
+    /// Any value, dispatched on its type (`NodeVisitor`).
+    fn any(&mut self, node: &'static Node, path: P<'_, 'a>) -> R {
+        match self.peek()? {
+            b'{' => {
+                self.object_start(path);
+                self.map_in(node, path)
+            }
+            b'[' => self.seq_in(node, path),
+            b'"' => {
+                let (start, end, esc) = self.string()?;
+                self.str_scalar(node, start, end, esc, path)
+            }
+            b't' => {
+                self.literal(b"true")?;
+                self.scalar(node, Scalar::Bool(true), path)
+            }
+            b'f' => {
+                self.literal(b"false")?;
+                self.scalar(node, Scalar::Bool(false), path)
+            }
+            b'n' => {
+                self.literal(b"null")?;
+                self.scalar(node, Scalar::Null, path)
+            }
+            b'-' | b'0'..=b'9' => {
+                let (start, end) = self.number()?;
+                let text = &self.b[start..end];
+                let n = if text.len() <= 19 && text.iter().all(u8::is_ascii_digit) {
+                    // A non-negative integer below 10^19 is a `u64` to the parser too.
+                    Scalar::U64(text.iter().fold(0u64, |v, d| v * 10 + u64::from(d - b'0')))
+                } else {
+                    // The parser's own conversion (out of range: an error it reports).
+                    serde_json::Deserializer::from_str(&self.s[start..end])
+                        .deserialize_any(NumVisitor)
+                        .map_err(|_| Stop::Unsupported)?
+                };
+                self.scalar(node, n, path)
+            }
+            _ => Err(Stop::Unsupported),
+        }
+    }
+
+    fn scalar(&mut self, node: &'static Node, s: Scalar<'_>, path: P<'_, 'a>) -> R {
+        if self.record {
+            self.capture_scalar(&s, path);
+        }
+        if scalar_ok(node, &s) {
+            Ok(())
+        } else {
+            Err(Stop::Violation)
+        }
+    }
+
+    /// Tries each alternative of `node` that accepts `got` on the value at `pos`; the first
+    /// that passes is run again for real (`Ctx::buffered_alternatives`).
+    fn alternatives(&mut self, node: &'static Node, got: Types, path: P<'_, 'a>) -> R {
+        let start = self.pos;
+        for &alt in node.alternatives {
+            if !accepts(alt.types, got) {
+                continue;
+            }
+            let record = std::mem::replace(&mut self.record, false);
+            let trial = self.value(alt, path);
+            self.record = record;
+            match trial {
+                Ok(()) if !record => return Ok(()),
+                Ok(()) => {
+                    self.pos = start;
+                    return self.value(alt, path);
+                }
+                Err(Stop::Violation) => self.pos = start,
+                Err(Stop::Unsupported) => return Err(Stop::Unsupported),
+            }
+        }
+        if node.lenient {
+            return self.skip_value();
+        }
+        Err(Stop::Violation)
+    }
+
+    fn map_in(&mut self, node: &'static Node, path: P<'_, 'a>) -> R {
+        if !accepts(node.types, T_OBJECT) {
+            return Err(Stop::Violation);
+        }
+        if node.alternatives.is_empty() {
+            return self.object(node, path);
+        }
+        let mut cands = node
+            .alternatives
+            .iter()
+            .copied()
+            .filter(|a| accepts(a.types, T_OBJECT));
+        match (cands.next(), cands.next()) {
+            (None, _) if node.lenient => self.skip_value(),
+            (None, _) => Err(Stop::Violation),
+            (Some(only), None) => self.map_in(only, path),
+            (Some(_), Some(_)) => match node.discriminator {
+                Some(disc) => self.discriminated(node, disc, path),
+                // The streaming checker buffers a `Value` here.
+                None => Err(Stop::Unsupported),
+            },
+        }
+    }
+
+    fn seq_in(&mut self, node: &'static Node, path: P<'_, 'a>) -> R {
+        if !accepts(node.types, T_ARRAY) {
+            return Err(Stop::Violation);
+        }
+        if node.alternatives.is_empty() {
+            return self.array(node, path);
+        }
+        let mut cands = node
+            .alternatives
+            .iter()
+            .copied()
+            .filter(|a| accepts(a.types, T_ARRAY));
+        match (cands.next(), cands.next()) {
+            (None, _) if node.lenient => self.skip_value(),
+            (None, _) => Err(Stop::Violation),
+            (Some(only), None) => self.seq_in(only, path),
+            // The streaming checker buffers a `Value` here.
+            (Some(_), Some(_)) => Err(Stop::Unsupported),
+        }
+    }
+
+    /// An object whose alternatives the value of `disc` tells apart: finds the first `disc`,
+    /// then checks the whole object against the alternative it names.
+    fn discriminated(&mut self, node: &'static Node, disc: &'static str, path: P<'_, 'a>) -> R {
+        let start = self.pos;
+        let memo_base = self.memo_len;
+        let r = self.find_disc(disc);
+        let result = match r {
+            Ok(Some((vs, ve, esc))) => {
+                let s = self.s;
+                let owned;
+                let value = if esc {
+                    owned = serde_json::from_str::<String>(&s[vs..ve]).ok();
+                    owned.as_deref()
+                } else {
+                    Some(&s[vs + 1..ve - 1])
+                };
+                let chosen = value.map(|value| {
+                    node.alternatives
+                        .iter()
+                        .copied()
+                        .find(|a| a.const_of(disc) == Some(value))
+                });
+                self.pos = start;
+                match chosen {
+                    None => Err(Stop::Unsupported),
+                    Some(Some(alt)) => self.object(alt, path),
+                    Some(None) if node.lenient => self.skip_value(),
+                    Some(None) => Err(Stop::Violation),
+                }
+            }
+            Ok(None) if node.lenient => Ok(()),
+            Ok(None) => {
+                let all_require = node
+                    .alternatives
+                    .iter()
+                    .filter(|a| accepts(a.types, T_OBJECT))
+                    .all(|a| a.required.contains(&disc));
+                if all_require {
+                    Err(Stop::Violation)
+                } else {
+                    // The streaming checker buffers a `Value` here.
+                    Err(Stop::Unsupported)
+                }
+            }
+            Err(e) => Err(e),
+        };
+        self.memo_len = memo_base;
+        result
+    }
+
+    /// Reads an object up to its first `disc` key: the extent of that key's string value,
+    /// or `None` (the whole object read) when there is none. String values on the way are
+    /// remembered.
+    fn find_disc(&mut self, disc: &str) -> R<Option<(usize, usize, bool)>> {
+        self.pos += 1;
+        self.ws();
+        if self.peek()? == b'}' {
+            self.pos += 1;
+            return Ok(None);
+        }
+        loop {
+            let key = self.key()?;
+            if key == disc {
+                if self.peek()? != b'"' {
+                    return Err(Stop::Unsupported);
+                }
+                return self.string().map(Some);
+            }
+            if self.peek()? == b'"' {
+                let found = self.string()?;
+                if self.memo_len < MEMO {
+                    self.memo[self.memo_len] = found;
+                    self.memo_len += 1;
+                }
+            } else {
+                self.skip_value()?;
+            }
+            self.ws();
+            match self.next()? {
+                b',' => self.ws(),
+                b'}' => return Ok(None),
+                _ => return Err(Stop::Unsupported),
+            }
+        }
+    }
+
+    /// An object checked against `node` (`Ctx::object`).
+    fn object(&mut self, node: &'static Node, path: P<'_, 'a>) -> R {
+        self.pos += 1;
+        let mut seen = 0u64;
+        let mut required = 0u64;
+        let mut count = 0usize;
+        self.ws();
+        if self.peek()? == b'}' {
+            self.pos += 1;
+        } else {
+            loop {
+                let key = self.key()?;
+                count += 1;
+                if let Some(j) = node.required.iter().position(|r| same(r, key)) {
+                    required |= 1u64.checked_shl(j as u32).unwrap_or(0);
+                }
+                self.entry(node, &mut seen, key, path)?;
+                self.ws();
+                match self.next()? {
+                    b',' => self.ws(),
+                    b'}' => break,
+                    _ => return Err(Stop::Unsupported),
+                }
+            }
+        }
+        // A required name is present iff a key equals it: with fewer than 64 slots that is
+        // the whole rule; else the streaming checker's slot arithmetic decides.
+        if node.properties.len() + node.required.len() <= 64 {
+            if required.count_ones() as usize != node.required.len() {
+                return Err(Stop::Violation);
+            }
+        } else {
+            for (j, &req) in node.required.iter().enumerate() {
+                let i = node
+                    .properties
+                    .iter()
+                    .position(|p| p.name == req)
+                    .unwrap_or(node.properties.len() + j);
+                if i < 64 && seen & (1 << i) == 0 {
+                    return Err(Stop::Violation);
+                }
+            }
+        }
+        if let Some(max) = node.max_properties {
+            if count > max as usize {
+                return Err(Stop::Violation);
+            }
+        }
+        if self.record {
+            self.capture_container(Fact::Object(count), path);
+        }
+        Ok(())
+    }
+
+    /// One entry of an object (`Ctx::begin_entry`, then its value).
+    fn entry(&mut self, node: &'static Node, seen: &mut u64, key: &'a str, path: P<'_, 'a>) -> R {
+        if let Some(max) = node.key_max_length {
+            if key.len() > max as usize && key.chars().count() > max as usize {
+                return Err(Stop::Violation);
+            }
+        }
+        if let Some(i) = node.properties.iter().position(|p| same(p.name, key)) {
+            if i < 64 {
+                *seen |= 1 << i;
+            }
+            let prop = &node.properties[i];
+            let here = child(path, Seg::Key(prop.name));
+            if prop.node.deprecated && self.record {
+                self.deprecated.push(path_string(Some(&here)));
+            }
+            return self.value(prop.node, Some(&here));
+        }
+        if let Some(j) = node.required.iter().position(|r| same(r, key)) {
+            let i = node.properties.len() + j;
+            if i < 64 {
+                *seen |= 1 << i;
+            }
+        }
+        match node.additional {
+            Additional::Allowed if key == "id" && self.is_tool_call(path) => {
+                self.tool_call_id(path)
+            }
+            Additional::Allowed => self.skip_value(),
+            Additional::Forbidden => Err(Stop::Violation),
+            Additional::Schema(n) => {
+                let here = child(path, Seg::Owned(key));
+                self.value(n, Some(&here))
+            }
+        }
+    }
+
+    fn array(&mut self, node: &'static Node, path: P<'_, 'a>) -> R {
+        self.pos += 1;
+        self.ws();
+        let mut len = 0usize;
+        if self.peek()? == b']' {
+            self.pos += 1;
+        } else {
+            loop {
+                match node.items {
+                    Some(items) => {
+                        let here = child(path, Seg::Index(len));
+                        self.value(items, Some(&here))?;
+                    }
+                    None => self.skip_value()?,
+                }
+                len += 1;
+                self.ws();
+                match self.next()? {
+                    b',' => self.ws(),
+                    b']' => break,
+                    _ => return Err(Stop::Unsupported),
+                }
+            }
+        }
+        if node.min_items.is_some_and(|min| len < min as usize)
+            || node.max_items.is_some_and(|max| len > max as usize)
+        {
+            return Err(Stop::Violation);
+        }
+        if self.record {
+            self.capture_container(Fact::Array(len), path);
+        }
+        Ok(())
+    }
+
+    // ----- facts (as `Ctx::capture_*`) -----
+
+    fn capture_scalar(&mut self, s: &Scalar<'_>, path: P<'_, 'a>) {
+        match depth(path) {
+            1 => {
+                if let Some([Seg::Key(k)]) = segs::<1>(path) {
+                    let fact = match *s {
+                        Scalar::Null => Fact::Null,
+                        Scalar::Bool(b) => Fact::Bool(b),
+                        Scalar::Str(v) => Short::new(v).map_or(Fact::LongStr, Fact::Str),
+                        n => Fact::Num(n.as_f64().unwrap_or(f64::NAN)),
+                    };
+                    self.facts.top.push((k, fact));
+                }
+            }
+            2 => {
+                if let Some([Seg::Key("modalities"), Seg::Index(_)]) = segs::<2>(path) {
+                    if matches!(s, Scalar::Str("audio")) {
+                        self.facts.modalities_audio = true;
+                    }
+                }
+            }
+            3 | 5 if self.track_messages => self.capture_message_scalar(s, path),
+            _ => {}
+        }
+    }
+
+    /// Whether a string at `path` is recorded as a fact (its text is needed).
+    fn needs_value(&self, path: P<'_, 'a>) -> bool {
+        if !self.record {
+            return false;
+        }
+        match (depth(path), path.map(|p| p.seg)) {
+            (1 | 2, _) => true,
+            (3, Some(Seg::Key("role" | "tool_call_id"))) | (5, Some(Seg::Key("id"))) => {
+                self.track_messages
+            }
+            _ => false,
+        }
+    }
+
+    fn capture_message_scalar(&mut self, s: &Scalar<'_>, path: P<'_, 'a>) {
+        let Scalar::Str(v) = *s else { return };
+        let Some(msg) = self.facts.messages.last_mut() else {
+            return;
+        };
+        match segs::<3>(path) {
+            Some([Seg::Key("messages"), Seg::Index(i), Seg::Key("role")]) if i == msg.index => {
+                msg.role = Some(Short::new(v).unwrap_or(EMPTY));
+            }
+            Some([Seg::Key("messages"), Seg::Index(i), Seg::Key("tool_call_id")])
+                if i == msg.index =>
+            {
+                msg.tool_call_id = Some(v.into());
+            }
+            _ => {
+                if let Some(
+                    [Seg::Key("messages"), Seg::Index(i), Seg::Key("tool_calls"), Seg::Index(_), Seg::Key("id")],
+                ) = segs::<5>(path)
+                {
+                    if i == msg.index {
+                        msg.tool_call_ids.push(v.into());
+                    }
+                }
+            }
+        }
+    }
+
+    fn capture_container(&mut self, fact: Fact, path: P<'_, 'a>) {
+        match depth(path) {
+            1 => {
+                if let Some([Seg::Key(k)]) = segs::<1>(path) {
+                    self.facts.top.push((k, fact));
+                }
+            }
+            3 if self.track_messages => {
+                if let (
+                    Some([Seg::Key("messages"), Seg::Index(i), Seg::Key("tool_calls")]),
+                    Some(msg),
+                    Fact::Array(n),
+                ) = (segs::<3>(path), self.facts.messages.last_mut(), fact)
+                {
+                    if msg.index == i {
+                        msg.tool_calls = n;
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn object_start(&mut self, path: P<'_, 'a>) {
+        if !self.record || !self.track_messages {
+            return;
+        }
+        if let Some([Seg::Key("messages"), Seg::Index(index)]) = segs::<2>(path) {
+            self.facts.messages.push(MsgFact {
+                index,
+                ..MsgFact::default()
+            });
+        }
+    }
+
+    /// Whether `path` is a chat tool call (`messages[i].tool_calls[j]`), whose `id` the
+    /// message-order rule needs (`Ctx::is_tool_call_id`).
+    fn is_tool_call(&self, path: P<'_, 'a>) -> bool {
+        self.track_messages
+            && self.record
+            && matches!(
+                segs::<4>(path),
+                Some([
+                    Seg::Key("messages"),
+                    Seg::Index(_),
+                    Seg::Key("tool_calls"),
+                    Seg::Index(_)
+                ])
+            )
+    }
+
+    /// The `id` of a chat tool call: recorded when it is a string.
+    fn tool_call_id(&mut self, path: P<'_, 'a>) -> R {
+        if self.peek()? != b'"' {
+            // The streaming checker parses it as a `Value`, with that parser's limits.
+            return Err(Stop::Unsupported);
+        }
+        let (start, end, esc) = self.string()?;
+        let id: Box<str> = if esc {
+            serde_json::from_str::<String>(&self.s[start..end])
+                .map_err(|_| Stop::Unsupported)?
+                .into()
+        } else {
+            self.s[start + 1..end - 1].into()
+        };
+        let Some([_, Seg::Index(i), ..]) = segs::<4>(path) else {
+            return Ok(());
+        };
+        if let Some(msg) = self.facts.messages.last_mut() {
+            if msg.index == i {
+                msg.tool_call_ids.push(id);
+            }
+        }
+        Ok(())
+    }
+}
+
+// ----- scalar rules (as `Ctx::scalar_in` and `Ctx::check_scalar`, without the messages) -----
+
+fn scalar_ok(node: &Node, s: &Scalar<'_>) -> bool {
+    if node.alternatives.is_empty() {
+        return check_scalar(node, s);
+    }
+    if let Scalar::Null = s {
+        return node.nullable || node.alternatives.iter().any(|a| a.nullable);
+    }
+    let got = s.type_bits();
+    if !accepts(node.types, got) {
+        return false;
+    }
+    node.alternatives
+        .iter()
+        .any(|alt| accepts(alt.types, got) && scalar_ok(alt, s))
+        || node.lenient
+}
+
+fn check_scalar(node: &Node, s: &Scalar<'_>) -> bool {
+    if let Scalar::Null = s {
+        return node.nullable || node.types == T_ANY;
+    }
+    if !accepts(node.types, s.type_bits()) {
+        return false;
+    }
+    match *s {
+        Scalar::Str(v) => check_str(node, v),
+        Scalar::Bool(_) | Scalar::Null => true,
+        n => check_number(node, n),
+    }
+}
+
+fn check_number(node: &Node, n: Scalar<'_>) -> bool {
+    if node.int64 {
+        let fits = match n {
+            Scalar::U64(v) => v <= i64::MAX as u64,
+            Scalar::F64(v) => (-9.223_372_036_854_776e18..9.223_372_036_854_776e18).contains(&v),
+            _ => true,
+        };
+        if !fits {
+            return false;
+        }
+    }
+    let Some(v) = n.as_f64() else { return true };
+    !(node.minimum.is_some_and(|min| v < min) || node.maximum.is_some_and(|max| v > max))
+}
+
+fn check_str(node: &Node, v: &str) -> bool {
+    if !node.enum_values.is_empty() && !node.enum_values.contains(&v) {
+        return false;
+    }
+    if node.min_length.is_some() || node.max_length.is_some() {
+        let len = v.chars().count();
+        if node.min_length.is_some_and(|min| len < min as usize)
+            || node.max_length.is_some_and(|max| len > max as usize)
+        {
+            return false;
+        }
+    }
+    node.format != Format::FunctionName
+        || v.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::{json, Value};
+
+    use super::*;
+    use crate::validate::{check, check_streaming};
+
+    fn data_dir() -> std::path::PathBuf {
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/validate")
+    }
+
+    fn endpoint_named(name: &str) -> Endpoint {
+        Endpoint::ALL
+            .into_iter()
+            .find(|e| format!("{e:?}") == name)
+            .unwrap()
+    }
+
+    /// Every body of the corpora: (endpoint, bytes).
+    fn corpus() -> Vec<(Endpoint, Vec<u8>)> {
+        let mut out = Vec::new();
+        for dir in ["valid", "spec_examples"] {
+            let mut files: Vec<_> = std::fs::read_dir(data_dir().join(dir))
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .collect();
+            files.sort();
+            for p in files {
+                let name = p.file_name().unwrap().to_string_lossy().into_owned();
+                let e = endpoint_named(name.split("__").next().unwrap());
+                out.push((e, std::fs::read(&p).unwrap()));
+            }
+        }
+        let invalid: Value =
+            serde_json::from_slice(&std::fs::read(data_dir().join("invalid.json")).unwrap())
+                .unwrap();
+        for case in invalid.as_array().unwrap() {
+            let e = endpoint_named(case["endpoint"].as_str().unwrap());
+            out.push((e, serde_json::to_vec(&case["body"]).unwrap()));
+        }
+        out
+    }
+
+    /// Both checkers give the same report (order included) for `body`.
+    fn same_report(e: Endpoint, body: &[u8]) {
+        let fast = check(e, body);
+        let slow = check_streaming(e, body);
+        assert_eq!(
+            fast,
+            slow,
+            "{e}: {}",
+            String::from_utf8_lossy(&body[..body.len().min(400)])
+        );
+    }
+
+    /// A tiny deterministic generator (xorshift), so failures reproduce.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n as u64) as usize
+        }
+    }
+
+    /// Values that break (or stress) a rule somewhere: wrong types, bounds, long and escaped
+    /// strings, empty containers, nulls.
+    fn replacements() -> Vec<Value> {
+        vec![
+            Value::Null,
+            json!(true),
+            json!(0),
+            json!(-1),
+            json!(2.5),
+            json!(3.0),
+            json!(1e300),
+            json!(u64::MAX),
+            json!(i64::MIN),
+            json!(""),
+            json!("x"),
+            json!("audio"),
+            json!("user"),
+            json!("tool"),
+            json!("bad name!"),
+            json!("a\"b\\c\n\u{e9}\u{1F600}"),
+            json!("y".repeat(300)),
+            json!([]),
+            json!(["text", "audio"]),
+            json!({}),
+            json!({"type": "text", "text": "hi"}),
+            json!({"role": "user", "content": "hi"}),
+        ]
+    }
+
+    /// Every (pointer) path of `v`, containers included.
+    fn pointers(v: &Value, at: String, out: &mut Vec<String>) {
+        match v {
+            Value::Object(m) => {
+                for (k, x) in m {
+                    let p = format!("{at}/{}", k.replace('~', "~0").replace('/', "~1"));
+                    out.push(p.clone());
+                    pointers(x, p, out);
+                }
+            }
+            Value::Array(a) => {
+                for (i, x) in a.iter().enumerate() {
+                    let p = format!("{at}/{i}");
+                    out.push(p.clone());
+                    pointers(x, p, out);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    #[test]
+    fn the_accept_path_accepts_the_valid_corpora() {
+        let mut declined = Vec::new();
+        for dir in ["valid", "spec_examples"] {
+            for entry in std::fs::read_dir(data_dir().join(dir)).unwrap() {
+                let p = entry.unwrap().path();
+                let name = p.file_name().unwrap().to_string_lossy().into_owned();
+                let e = endpoint_named(name.split("__").next().unwrap());
+                let body = std::fs::read(&p).unwrap();
+                if accept(e, std::str::from_utf8(&body).unwrap()).is_none() {
+                    declined.push(name);
+                }
+            }
+        }
+        declined.sort();
+        // The array forms of embeddings `input`, completions `prompt` and moderations `input`:
+        // the streaming checker buffers them as a `Value` and tries each form, which this
+        // pass leaves to it. Every chat body is accepted here.
+        assert_eq!(
+            declined,
+            [
+                "Completions__prompt_forms_1.json",
+                "Completions__prompt_forms_2.json",
+                "Completions__prompt_forms_3.json",
+                "Moderations__01_image_and_text.json",
+                "Moderations__all_parameters.json",
+                "Moderations__string_array.json"
+            ]
+        );
+    }
+
+    #[test]
+    fn both_checkers_agree_on_the_corpora() {
+        for (e, body) in corpus() {
+            same_report(e, &body);
+            // Pretty-printed, and with the keys in the other order.
+            let v: Value = serde_json::from_slice(&body).unwrap();
+            same_report(e, serde_json::to_string_pretty(&v).unwrap().as_bytes());
+        }
+    }
+
+    #[test]
+    fn both_checkers_agree_on_mutated_bodies() {
+        let reps = replacements();
+        let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+        let mut runs = 0;
+        // Chat bodies only: an invalid value deep in the other endpoints' alternatives makes
+        // the streaming checker score every alternative of every level, minutes in a debug
+        // build (the fuzz targets cover them).
+        for (e, body) in corpus() {
+            if e != Endpoint::ChatCompletions {
+                continue;
+            }
+            let v: Value = serde_json::from_slice(&body).unwrap();
+            let mut ptrs = Vec::new();
+            pointers(&v, String::new(), &mut ptrs);
+            for p in &ptrs {
+                // Remove it, or replace it by a few of the values.
+                let mut removed = v.clone();
+                let (parent, last) = p.rsplit_once('/').unwrap();
+                match removed.pointer_mut(parent) {
+                    Some(Value::Object(m)) => {
+                        m.remove(&last.replace("~1", "/").replace("~0", "~"));
+                    }
+                    Some(Value::Array(a)) => {
+                        a.remove(last.parse::<usize>().unwrap());
+                    }
+                    _ => unreachable!(),
+                }
+                same_report(e, &serde_json::to_vec(&removed).unwrap());
+                for _ in 0..3 {
+                    let mut m = v.clone();
+                    *m.pointer_mut(p).unwrap() = reps[rng.below(reps.len())].clone();
+                    same_report(e, &serde_json::to_vec(&m).unwrap());
+                    runs += 1;
+                }
+            }
+        }
+        assert!(runs > 500, "{runs}");
+    }
+
+    #[test]
+    fn both_checkers_agree_on_broken_and_odd_text() {
+        let texts: &[&str] = &[
+            "",
+            " ",
+            "{",
+            "{}",
+            "[]",
+            "null",
+            r#"{"model":"m","messages":[{"role":"user","content":"hi"}]} x"#,
+            r#"{"model":"m","messages":[{"role":"user","content":"hi"}],}"#,
+            r#"{"model":"m","messages":[{"role":"user","content":"hi"},]}"#,
+            r#"{"model":"m","messages":[{"role":"user","content":"h\i"}]}"#,
+            r#"{"model":"m","messages":[{"role":"user","content":"\ud800"}]}"#,
+            r#"{"model":"m","messages":[{"role":"user","content":"\ud83d\ude00"}]}"#,
+            r#"{"model":"m","messages":[{"role":"user","content":"\udc00"}]}"#,
+            r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"x":"\ud800"}"#,
+            r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"temperature":1e400}"#,
+            r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"x":1e400}"#,
+            r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"temperature":01}"#,
+            r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"temperature":-0}"#,
+            r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"temperature":1.}"#,
+            r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"n":2.0}"#,
+            r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"seed":9223372036854775808}"#,
+            r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"seed":-9223372036854775809}"#,
+            r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"model":"n"}"#,
+            r#"{"model":"m","messages":[{"content":"hi","role":"user","role":"tool"}]}"#,
+            r#"{"model":"m","messages":[{"content":"hi","role":"u\u0073er"}]}"#,
+            r#"{"model":"m","messages":[{"content":"hi","role":5}]}"#,
+            r#"{"model":"m","messages":[{"content":"hi","role":1e400}]}"#,
+            r#"{"model":"m","messages":[{"content":"hi"}]}"#,
+            r#"{"mod\u0065l":"m","messages":[{"role":"user","content":"hi"}]}"#,
+            "{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"a\u{1}b\"}]}",
+            "{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}],\"stream\":tru}",
+            "\t{ \"model\" : \"m\" ,\r\n \"messages\" : [ { \"role\" : \"user\" , \"content\" : \"hi\" } ] }\n",
+            r#"{"model":"m","messages":[{"role":"assistant","tool_calls":[{"id":"c1","type":"function","function":{"name":"f","arguments":"{}"}}]},{"role":"tool","tool_call_id":"c1","content":"x"}]}"#,
+            r#"{"model":"m","messages":[{"role":"assistant","tool_calls":[{"id":"c\u0031","type":"function","function":{"name":"f","arguments":"{}"}}]},{"role":"tool","tool_call_id":"c1","content":"x"}]}"#,
+            r#"{"model":"m","messages":[{"role":"assistant","tool_calls":[{"id":"c1","type":"function","function":{"name":"f","arguments":"{}"}}]},{"role":"tool","tool_call_id":"c2","content":"x"}]}"#,
+            r#"{"model":"m","messages":[{"role":"assistant","tool_calls":[{"id":7,"type":"function","function":{"name":"f","arguments":"{}"}}]}]}"#,
+            r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"stream_options":{"include_usage":true}}"#,
+            r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"modalities":["text","audio"]}"#,
+            r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"max_tokens":5,"functions":[{"name":"f"}]}"#,
+        ];
+        for e in Endpoint::ALL {
+            for t in texts {
+                same_report(e, t.as_bytes());
+            }
+        }
+        // Deep nesting inside a skipped value and inside checked ones.
+        let deep = format!(
+            r#"{{"model":"m","messages":[{{"role":"user","content":"hi"}}],"metadata":{{}},"x":{}1{}}}"#,
+            "[".repeat(200),
+            "]".repeat(200)
+        );
+        same_report(Endpoint::ChatCompletions, deep.as_bytes());
+        // Every prefix of a body (truncated input) and byte-level damage.
+        let body = br#"{"model":"gpt-4o","messages":[{"role":"system","content":"be brief"},{"content":[{"type":"text","text":"hi \"there\""}],"role":"user"}],"temperature":0.5,"n":2,"stop":["a"],"metadata":{"k":"v"},"tools":[{"type":"function","function":{"name":"f","parameters":{"type":"object"}}}]}"#;
+        let mut rng = Rng(7);
+        for e in [Endpoint::ChatCompletions, Endpoint::Responses] {
+            for i in 0..body.len() {
+                same_report(e, &body[..i]);
+                let mut damaged = body.to_vec();
+                let bytes = b"{}[]\",:\\ 0-9eE.tfnu";
+                damaged[i] = bytes[rng.below(bytes.len())];
+                same_report(e, &damaged);
+            }
+        }
+    }
+
+    #[test]
+    fn paths_read_the_openai_way() {
+        let a = Path {
+            parent: None,
+            seg: Seg::Key("messages"),
+            depth: 1,
+        };
+        let b = child(Some(&a), Seg::Index(2));
+        let c = child(Some(&b), Seg::Owned("k"));
+        assert_eq!(path_string(Some(&c)), "messages[2].k");
+        assert_eq!(path_string(None), "body");
+        assert!(segs::<2>(Some(&c)).is_none());
+        assert!(matches!(
+            segs::<3>(Some(&c)),
+            Some([Seg::Key("messages"), Seg::Index(2), Seg::Owned("k")])
+        ));
+    }
+
+    #[test]
+    fn strings_are_scanned_exactly() {
+        let f = |text: &str| {
+            let mut fast = Fast {
+                s: text,
+                b: text.as_bytes(),
+                pos: 0,
+                record: false,
+                track_messages: false,
+                facts: Facts::default(),
+                deprecated: Vec::new(),
+                memo: [(0, 0, false); MEMO],
+                memo_len: 0,
+            };
+            fast.string().map(|(a, b, esc)| (a, b, esc, fast.pos))
+        };
+        assert_eq!(f(r#""abc""#), Ok((0, 5, false, 5)));
+        assert_eq!(f(r#""0123456789abcdef\"x" 1"#), Ok((0, 21, true, 21)));
+        assert_eq!(
+            f(r#""é€😀 long enough to span chunks""#).map(|r| r.2),
+            Ok(false)
+        );
+        assert_eq!(f(r#""\ud83d\ude00""#).map(|r| r.2), Ok(true));
+        assert_eq!(f(r#""\ud83d""#), Err(Stop::Unsupported));
+        assert_eq!(f(r#""\ude00""#), Err(Stop::Unsupported));
+        assert_eq!(f(r#""\x""#), Err(Stop::Unsupported));
+        assert_eq!(f("\"a\u{7}b\""), Err(Stop::Unsupported));
+        assert_eq!(f(r#""open"#), Err(Stop::Unsupported));
+        assert_eq!(f(r#""\u12"#), Err(Stop::Unsupported));
+    }
+}
