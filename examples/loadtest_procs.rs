@@ -11,15 +11,15 @@
 //!
 //! With a Redis store the scenario runs twice in the same run, against a fresh mock each
 //! time: P processes pacing in-process (the baseline: each process learns the limit alone)
-//! and P processes pacing through Redis. For the burst scenario the parent records the mock's
-//! bucket (20, refilled 20/s) in Redis first, since the store has no cold-key probe. `--store
-//! redis` (no URL) starts a throwaway `redis-server` on a free loopback port for the run.
+//! and P processes pacing through Redis (each process probes the cold key once, then all pace
+//! on the limits learned into Redis; nothing is configured up front). `--store redis` (no URL)
+//! starts a throwaway `redis-server` on a free loopback port for the run.
 
 use std::collections::BTreeMap;
 use std::process::Stdio;
 
+use oai_resilience::pace::RedisStore;
 use oai_resilience::pace::RedisStoreConfig;
-use oai_resilience::pace::{BucketLimits, LearnedLimits, PaceKey, PacingStore, RedisStore};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 use super::*;
@@ -284,35 +284,6 @@ async fn run_procs(
         (None, None) => return Err("no server".into()),
     };
     let prefix = fresh_prefix();
-    if let (Some(redis), Some(_), Scenario::Burst) = (redis, &mock, cfg.scenario) {
-        // The mock's bucket, recorded up front: the store has no cold-key probe.
-        let store = RedisStore::connect(
-            redis,
-            RedisStoreConfig {
-                prefix: prefix.clone(),
-                ..RedisStoreConfig::default()
-            },
-        )
-        .await?;
-        let uri: http::Uri = url.parse()?;
-        let authority = uri.authority().ok_or("no authority")?.as_str().to_string();
-        let key = PaceKey::new(authority)
-            .with_credential(format!("Bearer {}", cfg.api_key).as_bytes())
-            .with_model("gpt-4o-mini");
-        let limits = BucketLimits {
-            capacity: 20.0,
-            refill_per_sec: 20.0,
-        };
-        store
-            .learn(
-                &key,
-                LearnedLimits {
-                    requests: Some(limits),
-                    ..LearnedLimits::default()
-                },
-            )
-            .await?;
-    }
     let exe = std::env::current_exe()?;
     let mut workers = Vec::with_capacity(processes);
     for i in 0..processes {

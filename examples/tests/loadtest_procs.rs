@@ -52,12 +52,14 @@ fn burst_over_two_processes_in_process_and_through_redis() {
         assert_eq!(count(run, "ok") + count(run, "failed"), 40, "{run}");
         assert!(run["p50_ms"].as_f64() <= run["p99_ms"].as_f64(), "{run}");
     }
-    // Through Redis, with the bucket known: never over the bucket, so no 429 and one request
-    // per call.
+    // Through Redis, cold: each process probes once, then both pace on the limits learned
+    // into Redis, so only a few 429s (the other process's probe, not yet counted in the first
+    // one's headers; requests in flight), each retried once.
     let redis = &runs[1];
     assert_eq!(count(redis, "failed"), 0, "{redis}");
-    assert_eq!(count(redis, "server_429s"), 0, "{redis}");
-    assert_eq!(count(redis, "requests_sent"), 40, "{redis}");
+    let limited = count(redis, "server_429s");
+    assert!(limited <= 3, "{redis}");
+    assert!(count(redis, "requests_sent") <= 40 + limited, "{redis}");
     assert_eq!(count(redis, "redis_fallbacks"), 0, "{redis}");
 }
 

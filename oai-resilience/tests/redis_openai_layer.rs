@@ -199,3 +199,30 @@ async fn a_stack_whose_store_fails_closed_sends_nothing_while_redis_is_down() {
         "sent while the store was down"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_cold_stacks_probe_once_each_then_share_what_they_learned() {
+    // Nothing configured up front: each stack probes the cold key with one request, the
+    // others wait for its headers, learned into Redis. The second probe is not counted in the
+    // first one's headers, and the store does not subtract requests in flight from the
+    // headers' `remaining`, so a few 429s may come (retried by the stack); the same two stacks
+    // without the store collect 18 to 33 (the control test above).
+    let redis = RedisServer::start();
+    let server = MockServer::builder()
+        .api_key(KEY)
+        .request_limit(RateLimit::bucket(20, 20.0))
+        .start()
+        .await;
+    let a = RedisStore::connect(&redis.url(), config()).await.unwrap();
+    let b = RedisStore::connect(&redis.url(), config()).await.unwrap();
+    let ((ok_a, err_a), (ok_b, err_b)) = tokio::join!(
+        run(stack(&server, a.clone()), 30, 8),
+        run(stack(&server, b.clone()), 30, 8)
+    );
+    let counts = server.counts();
+    eprintln!("cold stacks: {ok_a} {err_a:?} / {ok_b} {err_b:?}; mock {counts:?}");
+    assert_eq!(ok_a + ok_b, 60, "{err_a:?} {err_b:?}");
+    assert!(counts.rate_limited <= 3, "{counts:?}");
+    assert!(counts.total <= 60 + counts.rate_limited, "{counts:?}");
+    assert_eq!(a.fallbacks() + b.fallbacks(), 0);
+}

@@ -9,6 +9,7 @@ use tower_layer::Layer;
 use super::cost::CostEstimator;
 use super::key::PaceKey;
 use super::pacer::{Pacer, PacerConfig};
+use super::probe::StoreBackend;
 use super::service::Pace;
 use super::store::PacingStore;
 
@@ -22,7 +23,7 @@ pub type KeyFn = Arc<dyn Fn(&Uri, &HeaderMap, Option<&[u8]>) -> PaceKey + Send +
 pub struct PaceLayer {
     pub(crate) pacer: Pacer,
     pub(crate) keying: Arc<Keying>,
-    pub(crate) store: Option<Arc<dyn PacingStore>>,
+    pub(crate) store: Option<Arc<StoreBackend>>,
 }
 
 pub(crate) struct Keying {
@@ -118,13 +119,16 @@ impl PaceLayer {
     /// its hint (else [`PacerConfig::default_pause`]). A request that cannot be admitted in
     /// time fails as [paced locally](super::is_paced_locally), as with the pacer.
     ///
-    /// Limits: the store holds token buckets and pauses only. The pacer's cold-key probe,
-    /// slow start, adaptive (AIMD) rate, static limits and FIFO queue do not apply, and
-    /// [`Pacer::metrics`] does not count requests paced through the store. A key the store
-    /// has never heard of admits every request until the first response's headers arrive:
-    /// for a cold burst, record the limits up front with [`PacingStore::learn`]. A store
-    /// error (a Redis store that fails closed) fails the request with that error, before
-    /// anything is sent.
+    /// A cold key is probed as by the pacer ([`PacerConfig::probe`]): until this process has
+    /// seen an answer on a key, one request goes first and the others wait for its headers
+    /// (learned into the store); N processes that start cold send at most N probes.
+    ///
+    /// Limits: the store holds token buckets and pauses only. The pacer's slow start,
+    /// adaptive (AIMD) rate, static limits and FIFO queue do not apply (waiters poll the
+    /// store at the wait it announces), and [`Pacer::metrics`] does not count requests paced
+    /// through the store. To be safe from the very first request, record the limits up front
+    /// with [`PacingStore::learn`]. A store error (a Redis store that fails closed) fails the
+    /// request with that error, before anything is sent.
     ///
     /// ```
     /// use oai_resilience::pace::{InProcessStore, PaceLayer};
@@ -139,14 +143,15 @@ impl PaceLayer {
 
     /// [`pacing_store`](Self::pacing_store) with a store already behind an `Arc`.
     pub fn pacing_store_arc(mut self, store: Arc<dyn PacingStore>) -> Self {
-        self.store = Some(store);
+        let probe = self.pacer.config().probe;
+        self.store = Some(Arc::new(StoreBackend::new(store, probe)));
         self
     }
 
     /// The store this layer paces through, if [`pacing_store`](Self::pacing_store) set one
     /// (`None`: the in-process [`Pacer`]).
     pub fn store(&self) -> Option<&Arc<dyn PacingStore>> {
-        self.store.as_ref()
+        self.store.as_ref().map(|b| &b.store)
     }
 
     /// The shared pacer: its [`metrics`](Pacer::metrics) (queue length, waits, wait time) and

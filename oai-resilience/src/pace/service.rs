@@ -17,7 +17,8 @@ use super::cost::PaceBody;
 use super::key::PaceKey;
 use super::layer::{Keying, PaceLayer};
 use super::pacer::{Acquire, Pacer, Permit};
-use super::store::{admit_until, outcome, report_to_store, PacingStore};
+use super::probe::{ProbeGuard, StoreBackend};
+use super::store::{outcome, report_to_store, PacingStore};
 use super::{is_paced_locally, CallDeadline};
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
@@ -33,7 +34,7 @@ pub struct Pace<S> {
     pub(crate) keying: Arc<Keying>,
     /// `Some`: pace through this store instead of the pacer
     /// ([`PaceLayer::pacing_store`]).
-    pub(crate) store: Option<Arc<dyn PacingStore>>,
+    pub(crate) store: Option<Arc<StoreBackend>>,
 }
 
 impl<S: fmt::Debug> fmt::Debug for Pace<S> {
@@ -106,13 +107,17 @@ where
             Some(store) => {
                 let config = self.pacer.config();
                 let (max_wait, default_pause) = (config.max_wait, config.default_pause);
-                let store = store.clone();
+                let backend = store.clone();
                 Admit::Shared(Box::pin(async move {
-                    admit_until(&*store, &key, cost, max_wait, deadline).await?;
+                    let probe = backend
+                        .clone()
+                        .admit(&key, cost, max_wait, deadline)
+                        .await?;
                     Ok(StoreSlot {
-                        store,
+                        store: backend.store.clone(),
                         key,
                         default_pause,
+                        probe,
                     })
                 }))
             }
@@ -149,6 +154,8 @@ struct StoreSlot {
     store: Arc<dyn PacingStore>,
     key: PaceKey,
     default_pause: std::time::Duration,
+    /// Held when this request probes a cold key.
+    probe: Option<ProbeGuard>,
 }
 
 /// A granted slot.
@@ -246,6 +253,12 @@ where
                         Some(Slot::Local(permit)) => report(permit, &res),
                         Some(Slot::Shared(slot)) => {
                             let (snap, limited) = outcome(&res);
+                            // The server answered (a response, or an error with a status):
+                            // once its headers are in the store, the key is known.
+                            let answered = match &res {
+                                Ok(_) => true,
+                                Err(e) => e.status().is_some(),
+                            };
                             let fut = Box::pin(async move {
                                 report_to_store(
                                     &*slot.store,
@@ -255,6 +268,9 @@ where
                                     slot.default_pause,
                                 )
                                 .await;
+                                if let (true, Some(probe)) = (answered, slot.probe) {
+                                    probe.answered();
+                                }
                             });
                             this.state.set(State::Reporting {
                                 fut,
@@ -549,5 +565,158 @@ mod store_tests {
         assert_eq!(err.kind(), ErrorKind::RateLimited);
         assert!(err.status().is_some());
         assert_eq!(sent.load(Ordering::SeqCst), 2);
+    }
+
+    /// Answers after `latency` with a bucket of 2 (1 left, full in 500 ms), or, for the
+    /// first `fail_first` calls, fails without a response; counts the calls.
+    fn slow_upstream(
+        latency: Duration,
+        fail_first: u64,
+        sent: Arc<AtomicU64>,
+    ) -> impl Service<
+        Request<Full<Bytes>>,
+        Response = Response<Full<Bytes>>,
+        Error = Error,
+        Future = impl Send,
+    > + Clone
+           + Send
+           + 'static {
+        tower::service_fn(move |_req: Request<Full<Bytes>>| {
+            let n = sent.fetch_add(1, Ordering::SeqCst);
+            async move {
+                tokio::time::sleep(latency).await;
+                if n < fail_first {
+                    return Err(Error::new(ErrorKind::Connection).with_detail("refused"));
+                }
+                Ok(Response::builder()
+                    .header("x-ratelimit-limit-requests", "2")
+                    .header("x-ratelimit-remaining-requests", "1")
+                    .header("x-ratelimit-reset-requests", "500ms")
+                    .body(Full::new(Bytes::from_static(b"{}")))
+                    .unwrap())
+            }
+        })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_cold_key_is_probed_by_one_request_while_the_others_wait() {
+        let store = InProcessStore::new();
+        let sent = Arc::new(AtomicU64::new(0));
+        let svc = PaceLayer::new()
+            .pacing_store(store.clone())
+            .layer(slow_upstream(Duration::from_millis(100), 0, sent.clone()));
+        let start = Instant::now();
+        let calls: Vec<_> = (0..3)
+            .map(|_| tokio::spawn(svc.clone().oneshot(request())))
+            .collect();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(sent.load(Ordering::SeqCst), 1, "only the probe is out");
+        for c in calls {
+            c.await.unwrap().unwrap();
+        }
+        // The probe's headers (1 left of 2, refilled 2/s) went to the store: the second call
+        // went at 100 ms, the third waited for a refill.
+        assert_eq!(sent.load(Ordering::SeqCst), 3);
+        assert!(
+            start.elapsed() >= Duration::from_millis(600),
+            "{:?}",
+            start.elapsed()
+        );
+        assert!(store
+            .key_model(&key())
+            .is_some_and(|m| m.requests.is_some()));
+        // Known now, and the bucket full again: two later calls go out together, without a
+        // probe first.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let later: Vec<_> = (0..2)
+            .map(|_| tokio::spawn(svc.clone().oneshot(request())))
+            .collect();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(sent.load(Ordering::SeqCst), 5);
+        for c in later {
+            c.await.unwrap().unwrap();
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_probe_that_gets_no_answer_hands_the_probe_to_the_next_request() {
+        let store = InProcessStore::new();
+        let sent = Arc::new(AtomicU64::new(0));
+        let svc = PaceLayer::new()
+            .pacing_store(store.clone())
+            .layer(slow_upstream(Duration::from_millis(100), 1, sent.clone()));
+        let first = tokio::spawn(svc.clone().oneshot(request()));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let second = tokio::spawn(svc.clone().oneshot(request()));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(
+            sent.load(Ordering::SeqCst),
+            1,
+            "the second waits for the probe"
+        );
+        let err = first.await.unwrap().unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Connection);
+        second.await.unwrap().unwrap();
+        assert_eq!(sent.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_cancelled_probe_hands_the_probe_to_the_next_request() {
+        let store = InProcessStore::new();
+        let sent = Arc::new(AtomicU64::new(0));
+        let svc = PaceLayer::new()
+            .pacing_store(store.clone())
+            .layer(slow_upstream(Duration::from_millis(100), 0, sent.clone()));
+        let first = tokio::spawn(svc.clone().oneshot(request()));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let second = tokio::spawn(svc.clone().oneshot(request()));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        first.abort();
+        second.await.unwrap().unwrap();
+        assert_eq!(sent.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_waiter_gives_up_at_its_max_wait_while_the_probe_is_slow() {
+        let store = InProcessStore::new();
+        let sent = Arc::new(AtomicU64::new(0));
+        let config = PacerConfig {
+            max_wait: Some(Duration::from_millis(50)),
+            ..PacerConfig::default()
+        };
+        let svc = PaceLayer::with_config(config)
+            .pacing_store(store.clone())
+            .layer(slow_upstream(Duration::from_secs(1), 0, sent.clone()));
+        let probe = tokio::spawn(svc.clone().oneshot(request()));
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        let err = svc.clone().oneshot(request()).await.unwrap_err();
+        assert!(is_paced_locally(&err), "{err}");
+        assert!(
+            err.detail().is_some_and(|d| d.contains("first answer")),
+            "{err}"
+        );
+        probe.await.unwrap().unwrap();
+        assert_eq!(sent.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn without_the_probe_a_cold_burst_goes_out_at_once() {
+        let store = InProcessStore::new();
+        let sent = Arc::new(AtomicU64::new(0));
+        let config = PacerConfig {
+            probe: false,
+            ..PacerConfig::default()
+        };
+        let svc = PaceLayer::with_config(config)
+            .pacing_store(store.clone())
+            .layer(slow_upstream(Duration::from_millis(100), 0, sent.clone()));
+        let calls: Vec<_> = (0..3)
+            .map(|_| tokio::spawn(svc.clone().oneshot(request())))
+            .collect();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(sent.load(Ordering::SeqCst), 3);
+        for c in calls {
+            c.await.unwrap().unwrap();
+        }
     }
 }

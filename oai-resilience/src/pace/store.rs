@@ -598,7 +598,7 @@ pub struct SharedPace<S> {
     layer: SharedPaceLayer,
 }
 
-fn paced_locally(key: &PaceKey, why: &str, waited: Duration) -> Error {
+pub(crate) fn paced_locally(key: &PaceKey, why: &str, waited: Duration) -> Error {
     Error::new(crate::ErrorKind::RateLimited).with_detail(format!(
         "{}: no slot on {key} in the shared store before {why} (waited {} ms)",
         crate::pace::pacer::PACED_LOCALLY,
@@ -654,6 +654,24 @@ where
     }
 }
 
+/// When a wait that started at `start` must end, and why: the sooner of `max_wait` and the
+/// call's `deadline`.
+pub(crate) fn deadline_limit(
+    start: Instant,
+    max_wait: Option<Duration>,
+    deadline: Option<Instant>,
+) -> (Option<Instant>, &'static str) {
+    let mut limit = max_wait.map(|w| start + w);
+    let mut why = "max_wait";
+    if let Some(d) = deadline {
+        if limit.is_none_or(|l| d < l) {
+            limit = Some(d);
+            why = "the call's deadline";
+        }
+    }
+    (limit, why)
+}
+
 /// Waits until `store` admits a request of `cost` on `key`, at most `max_wait` and never past
 /// `deadline`; returns how long it waited.
 pub(crate) async fn admit_until(
@@ -664,14 +682,7 @@ pub(crate) async fn admit_until(
     deadline: Option<Instant>,
 ) -> Result<Duration, Error> {
     let start = Instant::now();
-    let mut limit = max_wait.map(|w| start + w);
-    let mut why = "max_wait";
-    if let Some(d) = deadline {
-        if limit.is_none_or(|l| d < l) {
-            limit = Some(d);
-            why = "the call's deadline";
-        }
-    }
+    let (limit, why) = deadline_limit(start, max_wait, deadline);
     // Bounded: every round either admits, fails, or sleeps a positive wait (a zero wait is
     // rounded up to 1 ms), and the total sleep is bounded by `limit` (or, without any limit,
     // by the store's longest wait per round, as the caller asked for no bound).
