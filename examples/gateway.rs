@@ -96,6 +96,18 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let mut layers = Layers::new(AuthLayer::from_env());
+    match examples::gateway::pacing_store(&args.store).await {
+        Ok(Some(store)) => {
+            println!("pacing: shared through Redis");
+            layers = layers.pacing_store(store);
+        }
+        Ok(None) => println!("pacing: in this process"),
+        Err(msg) => {
+            eprintln!("{msg}\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    }
     // Keep the mock alive for as long as the gateway runs.
     let mut _mock = None;
     let upstream = match args.upstream {
@@ -111,18 +123,6 @@ async fn main() -> ExitCode {
             url
         }
     };
-    let mut layers = Layers::new(AuthLayer::from_env());
-    match examples::gateway::pacing_store(&args.store).await {
-        Ok(Some(store)) => {
-            println!("pacing: shared through Redis");
-            layers = layers.pacing_store(store);
-        }
-        Ok(None) => println!("pacing: in this process"),
-        Err(msg) => {
-            eprintln!("{msg}\n{USAGE}");
-            return ExitCode::from(2);
-        }
-    }
     let stack = layers.build(http_client());
     let gateway = match Gateway::new(&upstream, stack) {
         Ok(g) => g,
