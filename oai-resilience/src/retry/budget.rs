@@ -153,6 +153,7 @@ impl TokenBudget {
 
     /// Replaces the balance (clamped to `0..=max_tokens`): how a shared budget adopts the
     /// fleet's balance after a sync.
+    #[cfg(feature = "redis")]
     pub(crate) fn set_balance(&self, tokens: f64) {
         self.balance
             .store(to_fixed(tokens).min(self.max), Ordering::Release);
