@@ -3,14 +3,15 @@
 //! error with `{}` and `{:?}`.
 //!
 //! Invariants checked, beyond "does not panic":
-//! - `redact_secrets` leaves no `sk-` and no key token after `Bearer ` / `provided: `, is
+//! - `redact_secrets` leaves no key-shaped `sk-` (only one inside a word, as in `task-1`) and
+//!   no key token after `Bearer ` / `provided: `, is
 //!   idempotent, and borrows (changes nothing) when the text has none of the markers;
 //! - `body_snippet` is at most 200 characters plus an ellipsis, one line, whitespace folded,
-//!   no control characters, no `sk-`;
+//!   no control characters, no key-shaped `sk-`;
 //! - a parsed `ApiError` has a redacted message;
 //! - the `Error` agrees with the parsers (kind, API error, detail, retryability, auth cause,
 //!   rate-limit snapshot), its retry hint is at most `MAX_DURATION`, and neither `Display`
-//!   nor `Debug` has a line break or an `sk-` key fragment.
+//!   nor `Debug` has a line break or a key-shaped `sk-` fragment.
 #![no_main]
 
 #[path = "common.rs"]
@@ -165,9 +166,23 @@ struct Input<'a> {
     body: Body<'a>,
 }
 
-/// No key fragment: `sk-` never survives redaction.
+/// No key fragment: an `sk-` survives redaction only inside a word (`task-1`), and then
+/// neither opens a typed key (`sk-proj-`, ...) nor is followed by a key-length run.
 fn assert_no_key(what: &str, s: &str) {
-    assert!(!s.contains("sk-"), "{what} leaks a key fragment: {s:?}");
+    let bytes = s.as_bytes();
+    for (i, _) in s.match_indices("sk-") {
+        let in_word = i > 0 && (bytes[i - 1].is_ascii_alphanumeric() || bytes[i - 1] == b'_');
+        assert!(in_word, "{what} leaks a key fragment: {s:?}");
+        let after = &s[i + 3..];
+        for typed in ["proj-", "svcacct-", "admin-", "None-"] {
+            assert!(!after.starts_with(typed), "{what} leaks a typed key: {s:?}");
+        }
+        let run = after
+            .chars()
+            .take_while(|&c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '*'))
+            .count();
+        assert!(run < 20, "{what} leaks a key-length run: {s:?}");
+    }
 }
 
 fn check_redaction(s: &str) {

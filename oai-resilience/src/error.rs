@@ -259,12 +259,28 @@ pub struct Violation {
 }
 
 impl Violation {
-    /// A violation of `param`.
+    /// A violation of `param`. Anything in the path or the message that looks like an API key
+    /// (a key pasted into a body field, or used as an object key) is redacted, because both
+    /// reach `Display`.
+    ///
+    /// ```
+    /// use oai_resilience::Violation;
+    ///
+    /// let v = Violation::new("input", "Invalid value: 'sk-proj-abcdefgh12345678'.");
+    /// assert_eq!(v.to_string(), "input: Invalid value: '[redacted]'.");
+    /// ```
     pub fn new(param: impl Into<String>, message: impl Into<String>) -> Self {
         Violation {
-            param: param.into(),
-            message: message.into(),
+            param: redacted(param.into()),
+            message: redacted(message.into()),
         }
+    }
+}
+
+fn redacted(s: String) -> String {
+    match parse::redact_secrets(&s) {
+        std::borrow::Cow::Borrowed(_) => s,
+        std::borrow::Cow::Owned(r) => r,
     }
 }
 
@@ -1001,6 +1017,23 @@ mod tests {
         headers.insert("x-request-id", "req_123".parse().unwrap());
         let e = Error::from_response_parts(StatusCode::BAD_GATEWAY, &headers, b"");
         assert_eq!(e.request_id(), Some("req_123"));
+    }
+
+    // Regression: the validator echoes offending values and unknown keys, so a key pasted
+    // into a body reached `Display` and `Debug`.
+    #[test]
+    fn violations_redact_keys_in_values_and_paths() {
+        use crate::validate::{validate, Endpoint};
+        let body = br#"{"model":"text-embedding-3-small","input":"hi",
+            "encoding_format":"sk-proj-AAAA1111bbbb2222",
+            "sk-proj-CCCC3333dddd4444":1}"#;
+        let e = validate(Endpoint::Embeddings, body).unwrap_err();
+        let shown = format!("{e} {e:?} {:?}", e.violations());
+        for secret in ["AAAA1111", "CCCC3333"] {
+            assert!(!shown.contains(secret), "{shown}");
+        }
+        assert_eq!(e.violations().len(), 2, "{:?}", e.violations());
+        assert!(shown.contains("[redacted]"), "{shown}");
     }
 
     // Found by `fuzz/fuzz_targets/error_body.rs`: a `param` with a line break reached

@@ -180,7 +180,7 @@ pub fn redact_secrets(s: &str) -> Cow<'_, str> {
     let mut rest = s;
     loop {
         let next = [
-            rest.find("sk-"),
+            find_key(rest),
             find_after(rest, "Bearer "),
             find_after(rest, "provided: "),
         ]
@@ -213,6 +213,28 @@ pub fn redact_secrets(s: &str) -> Cow<'_, str> {
         }
     }
     Cow::Owned(out)
+}
+
+/// The start of the first `sk-` that begins a key. An `sk-` inside a word (`task-1`,
+/// `risk-free`) is not one, unless it opens a project, service-account or admin key
+/// (`sk-proj-`, `sk-svcacct-`, `sk-admin-`, `sk-None-`) or is followed by a run as long as a
+/// key's (20 characters or more): redacting too much is the safe side.
+fn find_key(s: &str) -> Option<usize> {
+    const TYPED: [&str; 4] = ["proj-", "svcacct-", "admin-", "None-"];
+    let bytes = s.as_bytes();
+    let mut from = 0;
+    while let Some(i) = s[from..].find("sk-").map(|i| i + from) {
+        let in_word = i > 0 && (bytes[i - 1].is_ascii_alphanumeric() || bytes[i - 1] == b'_');
+        let after = &s[i + 3..];
+        let run = after
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '*'))
+            .unwrap_or(after.len());
+        if !in_word || run >= 20 || TYPED.iter().any(|t| after.starts_with(t)) {
+            return Some(i);
+        }
+        from = i + 3;
+    }
+    None
 }
 
 fn find_after(s: &str, marker: &str) -> Option<usize> {
@@ -673,6 +695,27 @@ mod tests {
         assert_eq!(redact_secrets("no secrets here"), "no secrets here");
         let r = redact_secrets("Authorization: Bearer sk-proj-AAAA1234");
         assert!(!r.contains("AAAA1234"), "{r}");
+    }
+
+    // Regression: `sk-` inside a word was taken for a key (`task-1` → `ta[redacted]`).
+    #[test]
+    fn sk_inside_a_word_is_not_a_key() {
+        for s in [
+            "task-1 failed",
+            "a risk-free retry",
+            "desk-top",
+            "tasks: task-queue",
+        ] {
+            assert_eq!(redact_secrets(s), s);
+        }
+        // ...but a key glued to a word is still redacted.
+        let glued = "keysk-proj-abcdefgh12345678 end";
+        assert_eq!(redact_secrets(glued), "key[redacted] end");
+        let long = "xsk-abcdefghijklmnopqrstuvwxyz0123 end";
+        assert_eq!(redact_secrets(long), "x[redacted] end");
+        // And a key after a task id in the same message.
+        let both = "task-7: key sk-abc12***wxyz refused";
+        assert_eq!(redact_secrets(both), "task-7: key [redacted] refused");
     }
 
     #[test]

@@ -8,7 +8,6 @@
 mod auth_common;
 
 use std::io;
-use std::sync::{Arc, Mutex};
 
 use auth_common::*;
 use bytes::Bytes;
@@ -17,36 +16,11 @@ use oai_resilience::auth::{AuthLayer, Credentials, EnvSource, FetchMode, KeySour
 use oai_resilience::mock::{MockServer, Route};
 use oai_resilience::{ApiKey, ClassifyLayer, Error, PaceLayer, RetryLayer};
 use tower::{ServiceBuilder, ServiceExt};
-use tracing_subscriber::fmt::MakeWriter;
 
-/// A `MakeWriter` that appends to a shared, in-memory buffer.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
+#[path = "support/capture.rs"]
+mod capture;
 
-impl io::Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> MakeWriter<'a> for Captured {
-    type Writer = Captured;
-
-    fn make_writer(&'a self) -> Self::Writer {
-        self.clone()
-    }
-}
-
-impl Captured {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
-    }
-}
+use capture::Captured;
 
 /// Runs one request through auth → trace requests → retry → pace → classify → client, logging the outcome the
 /// way an application would, and returns the error (if any) for formatting later.
@@ -82,12 +56,9 @@ async fn run(
 
 #[tokio::test]
 async fn no_key_material_in_logs_debug_or_display() {
-    let captured = Captured::default();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_writer(captured.clone())
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    // Global, in a binary with one test: a thread-local subscriber can miss events whose
+    // callsite interest another thread cached first.
+    let captured = Captured::install_global(tracing::Level::TRACE);
 
     // The mock accepts only KEY2, so KEY gets OpenAI's 401 (with its echo of the key).
     let server = MockServer::builder().api_key(KEY2).start().await;

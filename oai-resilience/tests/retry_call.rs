@@ -281,7 +281,8 @@ async fn tower_policy_spends_the_shared_budget() {
     let log = Arc::new(Mutex::new(Vec::new()));
     let svc = ServiceBuilder::new()
         .layer(tower::retry::RetryLayer::new(TowerPolicy::new(
-            config().budget(TokenBudget::new(0.0, 2.0)),
+            // 6 tokens, retries while above 3, nothing earned.
+            config().budget(TokenBudget::new(0.0, 6.0)),
         )))
         .service(upstream::<Body>(&[503], log.clone()));
     for _ in 0..3 {
@@ -290,6 +291,7 @@ async fn tower_policy_spends_the_shared_budget() {
             .await
             .unwrap_err();
     }
-    // 3 requests + the 2 retries the budget allowed.
+    // 3 requests + the 2 retries the budget allowed (after the failures that left 5 and 4;
+    // the third failure leaves 3, not above the threshold).
     assert_eq!(log.lock().unwrap().len(), 5);
 }

@@ -7,36 +7,26 @@
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::Full;
-use oai_resilience::retry::{Backoff, HintJitter, Jitter, RetryConfig, RetryLayer};
+use oai_resilience::retry::RetryLayer;
 use oai_resilience::{ClassifyLayer, Error};
 use tower::{service_fn, Layer, Service, ServiceExt};
 
-type Body = Full<Bytes>;
+#[path = "support/capture.rs"]
+mod capture;
 
-fn config() -> RetryConfig {
-    RetryConfig::new()
-        .backoff(
-            Backoff::new(Duration::from_millis(100), Duration::from_secs(1)).jitter(Jitter::None),
-        )
-        .hint_jitter(HintJitter::NONE)
-        .no_budget()
-        .no_deadline()
-}
+use capture::Captured;
 
-fn post(body: &'static str) -> Request<Body> {
-    Request::builder()
-        .method("POST")
-        .uri("/v1/chat/completions")
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from_static(body.as_bytes())))
-        .unwrap()
-}
+// Not every fixture is used here.
+#[allow(dead_code)]
+#[path = "support/retry_fixtures.rs"]
+mod retry_fixtures;
+
+use retry_fixtures::{config, post, Body};
 
 /// An upstream that answers from `codes` (the last repeats), with a request id.
 fn logging(
@@ -57,35 +47,13 @@ fn logging(
     }))
 }
 
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 #[tokio::test(start_paused = true)]
 async fn every_retry_emits_an_event() {
-    let out = Captured::default();
-    let writer = out.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(move || writer.clone())
-        .with_ansi(false)
-        .with_max_level(tracing::Level::INFO)
-        .finish();
-    // Global, in a binary with no other test: a thread-local default raced with other test
-    // threads registering the same callsites (a cached "never" interest, no event captured).
-    tracing::subscriber::set_global_default(subscriber).unwrap();
+    let out = Captured::install_global(tracing::Level::INFO);
 
     let svc = RetryLayer::with_config(config()).layer(logging(&[503, 503, 200]));
     svc.oneshot(post("{}")).await.unwrap();
-    let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+    let text = out.text();
     let lines: Vec<&str> = text.lines().filter(|l| l.contains("retrying")).collect();
     assert_eq!(lines.len(), 2, "{text}");
     for (i, line) in lines.iter().enumerate() {

@@ -382,7 +382,7 @@ async fn the_deadline_cuts_an_attempt_in_flight() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn budget_caps_an_outage_at_about_1_2x() {
+async fn budget_caps_an_outage_then_reopens_after_it() {
     let up = Upstream::new([reply(503)]);
     let config = RetryConfig::new()
         .backoff(
@@ -392,17 +392,50 @@ async fn budget_caps_an_outage_at_about_1_2x() {
         .max_attempts(5)
         .budget(TokenBudget::default());
     let svc = up.service(config);
-    let mut budget_stops = 0;
+    let mut stops = Vec::new();
     for _ in 0..100 {
         let err = svc.clone().oneshot(post()).await.unwrap_err();
-        if err.retry_context().unwrap().stop == StopReason::Budget {
-            budget_stops += 1;
-        }
+        stops.push(err.retry_context().unwrap().stop);
     }
-    // 10 reserve tokens (the first deposit finds the bucket full) + 0.2 × 99 deposits
-    // = 29.8 tokens: 29 retries for 100 requests.
-    assert_eq!(up.count(), 129);
-    assert!(budget_stops > 90, "{budget_stops}");
+    // 20 tokens, retries while above 10: call 1 retries at 19, 18, 17, 16 (its fifth failure
+    // leaves 15), call 2 at 14, 13, 12, 11 (its fifth leaves 10); no call retries after that.
+    assert_eq!(up.count(), 108);
+    assert_eq!(&stops[..2], [StopReason::MaxAttempts; 2]);
+    assert!(stops[2..].iter().all(|s| *s == StopReason::Budget));
+    // The server heals: calls succeed at once and each success earns 0.5 token. After 20
+    // of them the balance is 10, so a failure (down to 9) is not retried yet.
+    *up.script.lock().unwrap() = VecDeque::from([reply(200)]);
+    for _ in 0..20 {
+        svc.clone().oneshot(post()).await.unwrap();
+    }
+    *up.script.lock().unwrap() = VecDeque::from([reply(503), reply(200)]);
+    let err = svc.clone().oneshot(post()).await.unwrap_err();
+    assert_eq!(err.retry_context().unwrap().stop, StopReason::Budget);
+    // 25 more successes (9 + 12.5, capped at 20): the next failure is retried again.
+    for _ in 0..25 {
+        svc.clone().oneshot(post()).await.unwrap();
+    }
+    *up.script.lock().unwrap() = VecDeque::from([reply(503), reply(200)]);
+    let before = up.count();
+    svc.clone().oneshot(post()).await.unwrap();
+    assert_eq!(up.count() - before, 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn budget_lets_twenty_percent_failures_through() {
+    // One request in five fails, in a fixed pattern, for 300 calls one after another.
+    let mut script: Vec<Reply> = (0..2000)
+        .map(|i| if i % 5 == 4 { reply(503) } else { reply(200) })
+        .collect();
+    script.push(reply(200));
+    let up = Upstream::new(script);
+    let config = exact().max_attempts(5).budget(TokenBudget::default());
+    let svc = up.service(config);
+    for _ in 0..300 {
+        svc.clone().oneshot(post()).await.unwrap();
+    }
+    // Every fifth request fails and is retried: 300 calls need 374 requests (1.25 per call).
+    assert_eq!(up.count(), 374);
 }
 
 #[tokio::test(start_paused = true)]
@@ -413,10 +446,10 @@ async fn budget_is_shared_by_concurrent_clones() {
     let calls = (0..50).map(|_| svc.clone().oneshot(post()));
     let results = futures_util::future::join_all(calls).await;
     assert!(results.iter().all(|r| r.is_err()));
-    let sent = up.count();
-    // At most 50 + 10 + 0.2 × 50.
-    assert!(sent <= 70, "{sent}");
-    assert!(sent > 50, "{sent}");
+    // The 50 first attempts fail together: the first nine failures leave 19 … 11 tokens and
+    // are retried, the others are refused; the nine retries fail too and find the bucket
+    // below the threshold.
+    assert_eq!(up.count(), 59);
 }
 
 #[test]

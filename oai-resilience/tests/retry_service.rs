@@ -10,40 +10,16 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, Request, Response};
 use http_body_util::{combinators::BoxBody, BodyExt, Full};
-use oai_resilience::retry::{Backoff, HintJitter, Jitter, RetryConfig, RetryLayer, TokenBudget};
+use oai_resilience::retry::{Backoff, Jitter, RetryBudget, RetryLayer, TokenBudget};
 use oai_resilience::{ClassifyLayer, Error, ErrorKind, StopReason};
 use tokio::time::Instant;
 use tower::{service_fn, Layer, Service, ServiceBuilder, ServiceExt};
 use tower_test::mock;
 
-type Body = Full<Bytes>;
+#[path = "support/retry_fixtures.rs"]
+mod retry_fixtures;
 
-fn config() -> RetryConfig {
-    RetryConfig::new()
-        .backoff(
-            Backoff::new(Duration::from_millis(100), Duration::from_secs(1)).jitter(Jitter::None),
-        )
-        .hint_jitter(HintJitter::NONE)
-        .no_budget()
-        .no_deadline()
-}
-
-fn post(body: &'static str) -> Request<Body> {
-    Request::builder()
-        .method("POST")
-        .uri("/v1/chat/completions")
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from_static(body.as_bytes())))
-        .unwrap()
-}
-
-fn status(code: u16) -> Response<Body> {
-    Response::builder()
-        .status(code)
-        .header("x-request-id", "req_abc")
-        .body(Full::new(Bytes::new()))
-        .unwrap()
-}
+use retry_fixtures::{config, post, status, Body};
 
 #[derive(Clone, Default)]
 struct Seen {
@@ -253,11 +229,94 @@ async fn a_body_that_cannot_be_replayed_fails_loudly() {
     assert_eq!(count.load(Ordering::SeqCst), 1);
 }
 
+/// A budget that records what the retry loop tells it, and allows every retry.
+#[derive(Clone, Default)]
+struct Recording(Arc<Mutex<Vec<&'static str>>>);
+
+impl RetryBudget for Recording {
+    fn on_request(&self) {
+        self.0.lock().unwrap().push("request");
+    }
+    fn on_success(&self) {
+        self.0.lock().unwrap().push("success");
+    }
+    fn on_failure(&self, _err: &Error) {
+        self.0.lock().unwrap().push("failure");
+    }
+    fn try_retry(&self) -> bool {
+        self.0.lock().unwrap().push("retry?");
+        true
+    }
+    fn refund(&self) {
+        self.0.lock().unwrap().push("refund");
+    }
+}
+
+impl Recording {
+    fn take(&self) -> Vec<&'static str> {
+        std::mem::take(&mut *self.0.lock().unwrap())
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_budget_hears_every_outcome() {
+    let budget = Recording::default();
+    let svc = RetryLayer::with_config(config().budget(budget.clone()))
+        .layer(logging(&[503, 500, 200], Seen::default()));
+    svc.clone().oneshot(post("{}")).await.unwrap();
+    assert_eq!(
+        budget.take(),
+        ["request", "failure", "retry?", "failure", "retry?", "success"]
+    );
+    // A permanent error is neither a success nor a failure, and asks for no retry.
+    let svc = RetryLayer::with_config(config().budget(budget.clone()))
+        .layer(logging(&[400], Seen::default()));
+    svc.oneshot(post("{}")).await.unwrap_err();
+    assert_eq!(budget.take(), ["request"]);
+    // The maximum attempts are checked before the budget: the last failure asks nothing.
+    let svc = RetryLayer::with_config(config().max_attempts(2).budget(budget.clone()))
+        .layer(logging(&[503], Seen::default()));
+    let err = svc.oneshot(post("{}")).await.unwrap_err();
+    assert_eq!(err.retry_context().unwrap().stop, StopReason::MaxAttempts);
+    assert_eq!(budget.take(), ["request", "failure", "retry?", "failure"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_retry_dropped_in_its_backoff_is_refunded_once() {
+    let budget = Recording::default();
+    let seen = Seen::default();
+    let svc = RetryLayer::with_config(config().budget(budget.clone()))
+        .layer(logging(&[503, 200], seen.clone()));
+    // The retry waits 100 ms; the caller gives up at 50 ms.
+    let out = tokio::time::timeout(Duration::from_millis(50), svc.oneshot(post("{}"))).await;
+    assert!(out.is_err());
+    assert_eq!(budget.take(), ["request", "failure", "retry?", "refund"]);
+    assert_eq!(seen.requests.lock().unwrap().len(), 1);
+    // A call that ends normally refunds nothing.
+    let svc = RetryLayer::with_config(config().budget(budget.clone()))
+        .layer(logging(&[503, 200], Seen::default()));
+    svc.oneshot(post("{}")).await.unwrap();
+    assert!(!budget.take().contains(&"refund"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_tower_budget_works_as_a_retry_budget() {
+    let seen = Seen::default();
+    // tower's TpsBudget with a reserve of 2 retries per second and no ratio.
+    let tps = tower::retry::budget::TpsBudget::new(Duration::from_secs(1), 2, 0.0);
+    let svc = RetryLayer::with_config(config().budget(tps)).layer(logging(&[503], seen.clone()));
+    let err = svc.oneshot(post("{}")).await.unwrap_err();
+    assert_eq!(err.attempts(), 3);
+    assert_eq!(err.retry_context().unwrap().stop, StopReason::Budget);
+    assert_eq!(seen.requests.lock().unwrap().len(), 3);
+}
+
 #[tokio::test(start_paused = true)]
 async fn clones_share_the_budget_not_the_calls() {
     let seen = Seen::default();
-    // One token, nothing earned: one retry for the whole family of clones.
-    let svc = RetryLayer::with_config(config().budget(TokenBudget::new(0.0, 1.0)))
+    // Four tokens, retries while above 2, nothing earned: one retry for the whole family of
+    // clones (the first failure leaves 3, the second 2).
+    let svc = RetryLayer::with_config(config().budget(TokenBudget::new(0.0, 4.0)))
         .layer(logging(&[503], seen.clone()));
     let a = svc.clone().oneshot(post("{}")).await.unwrap_err();
     let b = svc.clone().oneshot(post("{}")).await.unwrap_err();

@@ -8,9 +8,6 @@
 //! touched with `{:?}`, `{:#?}` and `{}`. No 8 consecutive characters of the secret may appear.
 #![cfg(feature = "mock")]
 
-use std::io;
-use std::sync::{Arc, Mutex};
-
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
@@ -22,7 +19,11 @@ use oai_resilience::stack::{OpenAiLayer, OpenAiService};
 use oai_resilience::validate::ValidateBody;
 use oai_resilience::{openai_call, ApiKey, AuthLayer, Error, RetryConfig, RetryLayer};
 use tower::{Layer, ServiceExt};
-use tracing_subscriber::fmt::MakeWriter;
+
+#[path = "support/capture.rs"]
+mod capture;
+
+use capture::Captured;
 
 const SECRET: &str = "Xq7LmN2pR8sT4vW9yZ3bC6dF1gH5jK0aUeIoPbVnMzQw";
 
@@ -31,26 +32,6 @@ fn key() -> String {
 }
 
 type Http = Client<HttpConnector, ValidateBody<Full<Bytes>>>;
-
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl io::Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> MakeWriter<'a> for Captured {
-    type Writer = Captured;
-    fn make_writer(&'a self) -> Self::Writer {
-        self.clone()
-    }
-}
 
 /// Every printed form of `value`, appended to `out`.
 fn print_all<T: std::fmt::Debug + std::fmt::Display>(out: &mut String, value: &T) {
@@ -105,13 +86,7 @@ fn find_leak(haystack: &str) -> Option<String> {
 
 #[tokio::test(start_paused = true)]
 async fn nothing_the_stack_prints_contains_the_secret() {
-    let captured = Captured::default();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_writer(captured.clone())
-        .with_ansi(false)
-        .finish();
-    tracing::subscriber::set_global_default(subscriber).unwrap();
+    let captured = Captured::install_global(tracing::Level::TRACE);
 
     let key = key();
     let mut out = String::new();
@@ -201,7 +176,7 @@ async fn nothing_the_stack_prints_contains_the_secret() {
     print_error(&mut out, &err);
     print_debug(&mut out, &err.call_context());
 
-    let logs = String::from_utf8_lossy(&captured.0.lock().unwrap()).into_owned();
+    let logs = captured.text();
     assert!(
         logs.contains("TRACE") || logs.contains("DEBUG"),
         "the subscriber captured nothing"

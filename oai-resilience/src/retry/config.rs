@@ -8,7 +8,7 @@ use std::time::Duration;
 use http::HeaderName;
 
 use super::backoff::{Backoff, HintJitter, Jitter, RandomSource, SplitMix};
-use super::budget::{Budget, TokenBudget};
+use super::budget::{RetryBudget, TokenBudget};
 use super::policy::{OpenAiPolicy, Policy};
 
 /// The default maximum number of attempts, counting the first: 5.
@@ -20,8 +20,8 @@ pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(600);
 /// The header that carries the retry count on each attempt, as the official SDKs send it.
 pub const RETRY_COUNT_HEADER: HeaderName = HeaderName::from_static("x-stainless-retry-count");
 
-/// A retry budget shared by the clones of a stack: tower's trait, behind an `Arc`.
-pub type SharedBudget = Arc<dyn Budget + Send + Sync>;
+/// A retry budget shared by the clones of a stack, behind an `Arc`.
+pub type SharedBudget = Arc<dyn RetryBudget>;
 
 #[derive(Clone)]
 struct Inner {
@@ -31,8 +31,6 @@ struct Inner {
     hint_ceiling: Duration,
     deadline: Option<Duration>,
     budget: Option<SharedBudget>,
-    /// The same budget when it is a [`TokenBudget`], which can give back a token.
-    refundable: Option<Arc<TokenBudget>>,
     policy: Arc<dyn Policy>,
     random: Arc<dyn RandomSource>,
     retry_count_header: Option<HeaderName>,
@@ -65,7 +63,7 @@ struct Inner {
 /// | hint jitter | + up to max(10 %, 50 ms) ([`HintJitter::default`]) |
 /// | hint ceiling | 120 s ([`DEFAULT_HINT_CEILING`]) |
 /// | deadline | 10 min ([`DEFAULT_DEADLINE`]) |
-/// | budget | a new [`TokenBudget::default`] (ratio 0.2, 10 tokens) |
+/// | budget | a new [`TokenBudget::default`] (0.5 per success, 20 tokens, retries above 10) |
 /// | random source | [`SplitMix::from_entropy`] |
 /// | retry-count header | `x-stainless-retry-count` |
 ///
@@ -77,7 +75,6 @@ pub struct RetryConfig {
 
 impl Default for RetryConfig {
     fn default() -> Self {
-        let default_budget = Arc::new(TokenBudget::default());
         RetryConfig {
             inner: Arc::new(Inner {
                 max_attempts: DEFAULT_MAX_ATTEMPTS,
@@ -85,8 +82,7 @@ impl Default for RetryConfig {
                 hint_jitter: HintJitter::default(),
                 hint_ceiling: DEFAULT_HINT_CEILING,
                 deadline: Some(DEFAULT_DEADLINE),
-                budget: Some(default_budget.clone()),
-                refundable: Some(default_budget),
+                budget: Some(Arc::new(TokenBudget::default())),
                 policy: Arc::new(OpenAiPolicy::new()),
                 random: Arc::new(SplitMix::from_entropy()),
                 retry_count_header: Some(RETRY_COUNT_HEADER),
@@ -161,62 +157,27 @@ impl RetryConfig {
         self.edit(|i| i.deadline = None)
     }
 
-    /// Sets the retry budget (any tower [`Budget`], such as tower's `TpsBudget`).
-    ///
-    /// A [`TokenBudget`] also gets back the token of a retry that was decided but never sent,
-    /// because its call was dropped during the backoff.
-    pub fn budget(self, budget: impl Budget + Send + Sync + 'static) -> Self {
-        let mut slot = Some(budget);
-        let token_budget = (&mut slot as &mut dyn std::any::Any)
-            .downcast_mut::<Option<TokenBudget>>()
-            .and_then(Option::take);
-        match (token_budget, slot) {
-            (Some(tb), _) => {
-                let tb = Arc::new(tb);
-                self.edit(|i| {
-                    i.budget = Some(tb.clone());
-                    i.refundable = Some(tb);
-                })
-            }
-            (None, Some(other)) => self.edit(|i| {
-                i.budget = Some(Arc::new(other));
-                i.refundable = None;
-            }),
-            (None, None) => unreachable!("the budget is in exactly one of the two"),
-        }
+    /// Sets the retry budget: a [`TokenBudget`], any tower
+    /// [`Budget`](tower::retry::budget::Budget) (such as tower's `TpsBudget`), or any other
+    /// [`RetryBudget`].
+    pub fn budget(self, budget: impl RetryBudget) -> Self {
+        self.shared_budget(Arc::new(budget))
     }
 
-    /// Shares an existing [`TokenBudget`] (say, across several stacks), with refunds of
-    /// retries that were never sent.
+    /// Shares an existing [`TokenBudget`] (say, across several stacks), keeping a handle to
+    /// read its balance.
     pub fn shared_token_budget(self, budget: Arc<TokenBudget>) -> Self {
-        self.edit(|i| {
-            i.budget = Some(budget.clone());
-            i.refundable = Some(budget);
-        })
+        self.shared_budget(budget)
     }
 
     /// Shares an existing budget (say, across several stacks).
     pub fn shared_budget(self, budget: SharedBudget) -> Self {
-        self.edit(|i| {
-            i.budget = Some(budget);
-            i.refundable = None;
-        })
+        self.edit(|i| i.budget = Some(budget))
     }
 
     /// Removes the retry budget: only the maximum attempts and the deadline limit retries.
     pub fn no_budget(self) -> Self {
-        self.edit(|i| {
-            i.budget = None;
-            i.refundable = None;
-        })
-    }
-
-    /// Gives back the token of a retry that was withdrawn but never sent (no-op for budgets
-    /// that cannot give tokens back).
-    pub(crate) fn refund_budget(&self) {
-        if let Some(b) = &self.inner.refundable {
-            b.refund();
-        }
+        self.edit(|i| i.budget = None)
     }
 
     /// Sets the random source for jitter.

@@ -91,6 +91,7 @@ where
             match this.state.as_mut().project() {
                 StateProj::Called { fut } => match fut.poll(cx) {
                     Poll::Ready(Ok(res)) => {
+                        this.retrier.on_success();
                         this.state.set(State::Done);
                         return Poll::Ready(Ok(res));
                     }

@@ -42,9 +42,12 @@ use crate::error::{
 /// # }
 /// ```
 ///
-/// A budget token is withdrawn when a retry is decided. If the `Retrier` is dropped before
-/// that retry starts ([`Retrier::start_attempt`]), say because the call was dropped during the
-/// backoff, the token goes back to a [`TokenBudget`](super::TokenBudget).
+/// The `Retrier` reports to the config's [`RetryBudget`](super::RetryBudget): the call on [`Retrier::new`], each
+/// retryable failure in [`Retrier::on_error`] (before it asks the budget whether to retry),
+/// and each success in [`Retrier::on_success`], which a loop must call when an attempt
+/// succeeds. If the `Retrier` is dropped after the budget allowed a retry but before that retry
+/// starts ([`Retrier::start_attempt`]), say because the call was dropped during the backoff,
+/// the budget's [`RetryBudget::refund`](super::RetryBudget::refund) is called.
 #[derive(Debug)]
 pub struct Retrier {
     config: RetryConfig,
@@ -54,13 +57,12 @@ pub struct Retrier {
     previous_delay: Option<Duration>,
     refused_hint: Option<Duration>,
     outcomes: Vec<AttemptOutcome>,
-    /// A budget token was withdrawn for a retry that has not started yet.
+    /// The budget allowed a retry that has not started yet.
     token_pending: bool,
 }
 
 impl Clone for Retrier {
-    /// A clone does not own the original's pending budget token (only one of them may give
-    /// it back).
+    /// A clone does not own the original's pending retry (only one of them may refund it).
     fn clone(&self) -> Self {
         Retrier {
             config: self.config.clone(),
@@ -78,17 +80,20 @@ impl Clone for Retrier {
 impl Drop for Retrier {
     fn drop(&mut self) {
         if self.token_pending {
-            self.config.refund_budget();
+            if let Some(b) = self.config.get_budget() {
+                b.refund();
+            }
         }
     }
 }
 
 impl Retrier {
-    /// Starts a call now: the clock starts and the budget receives this request's deposit.
+    /// Starts a call now: the clock starts and the budget learns of the call
+    /// ([`RetryBudget::on_request`](super::RetryBudget::on_request)).
     /// `idempotent` says whether the operation may be repeated safely after a timeout.
     pub fn new(config: &RetryConfig, idempotent: bool) -> Self {
         if let Some(b) = config.get_budget() {
-            b.deposit();
+            b.on_request();
         }
         Retrier {
             config: config.clone(),
@@ -141,9 +146,20 @@ impl Retrier {
         }
     }
 
-    /// Decides after a failed attempt: asks the policy, then enforces, in order, the maximum
-    /// attempts, the hint ceiling, the deadline, replayability (`can_replay` says whether the
-    /// request can be sent again) and the budget (withdrawn only for a retry that happens).
+    /// Records a successful attempt: the budget's [`RetryBudget::on_success`](super::RetryBudget::on_success). Every retry
+    /// loop calls it when an attempt succeeds, so that the budget sees the server recover.
+    pub fn on_success(&mut self) {
+        self.token_pending = false;
+        if let Some(b) = self.config.get_budget() {
+            b.on_success();
+        }
+    }
+
+    /// Decides after a failed attempt: asks the policy; when the policy would retry, reports
+    /// the failure to the budget ([`RetryBudget::on_failure`](super::RetryBudget::on_failure)) and enforces, in order, the
+    /// maximum attempts, the hint ceiling, the deadline, replayability (`can_replay` says
+    /// whether the request can be sent again) and the budget ([`RetryBudget::try_retry`](super::RetryBudget::try_retry), asked
+    /// only when everything else allows the retry).
     ///
     /// Records the attempt's outcome and emits a `tracing` event for each retry.
     pub fn on_error(&mut self, err: &Error, can_replay: bool) -> Decision {
@@ -171,6 +187,9 @@ impl Retrier {
         let decision = match cfg.get_policy().decide(&attempt) {
             Decision::Stop(r) => Decision::Stop(r),
             Decision::Retry { delay, source } => {
+                if let Some(b) = cfg.get_budget() {
+                    b.on_failure(err);
+                }
                 self.limit(number, elapsed, delay, source, hint, can_replay)
             }
         };
@@ -243,7 +262,7 @@ impl Retrier {
             return Decision::Stop(StopReason::NotReplayable);
         }
         if let Some(b) = cfg.get_budget() {
-            if !b.withdraw() {
+            if !b.try_retry() {
                 return Decision::Stop(StopReason::Budget);
             }
             self.token_pending = true;
@@ -476,7 +495,10 @@ where
             None => fut.await,
         };
         let err = match result {
-            Ok(v) => return Ok(v),
+            Ok(v) => {
+                retrier.on_success();
+                return Ok(v);
+            }
             Err(e) => e,
         };
         let decision = match err.classification() {

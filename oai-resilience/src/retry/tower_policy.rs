@@ -79,11 +79,14 @@ where
         result: &mut Result<Res, Error>,
     ) -> Option<Self::Future> {
         let state = self.state.as_mut()?;
+        let retrier = &mut state.retrier;
         let err = match result {
-            Ok(_) => return None,
+            Ok(_) => {
+                retrier.on_success();
+                return None;
+            }
             Err(e) => e,
         };
-        let retrier = &mut state.retrier;
         match retrier.on_error(err, state.replayable) {
             Decision::Retry { delay, .. } => {
                 retrier.start_attempt();
