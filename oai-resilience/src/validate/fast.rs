@@ -229,13 +229,16 @@ impl<'a> Fast<'a> {
 
     #[inline(always)]
     fn ws(&mut self) {
-        while let Some(&c) = self.b.get(self.pos) {
+        let b = self.b;
+        let mut pos = self.pos;
+        while let Some(&c) = b.get(pos) {
             if matches!(c, b' ' | b'\n' | b'\r' | b'\t') {
-                self.pos += 1;
+                pos += 1;
             } else {
                 break;
             }
         }
+        self.pos = pos;
     }
 
     #[inline(always)]
@@ -252,9 +255,11 @@ impl<'a> Fast<'a> {
 
     /// Scans the rest of a string after its opening quote; returns whether it has escapes.
     fn scan_str(&mut self) -> R<bool> {
+        let b = self.b;
+        let mut pos = self.pos;
         let mut escaped = false;
         loop {
-            while let Some(chunk) = self.b.get(self.pos..self.pos + 8) {
+            while let Some(chunk) = b.get(pos..pos + 8) {
                 let Ok(chunk) = <[u8; 8]>::try_from(chunk) else {
                     break;
                 };
@@ -263,18 +268,31 @@ impl<'a> Fast<'a> {
                     | zero_bytes(x ^ (ONES * b'\\' as u64))
                     | control_bytes(x);
                 if hits != 0 {
-                    self.pos += (hits.trailing_zeros() / 8) as usize;
+                    pos += (hits.trailing_zeros() / 8) as usize;
                     break;
                 }
-                self.pos += 8;
+                pos += 8;
             }
-            match self.next()? {
-                b'"' => return Ok(escaped),
+            let Some(&c) = b.get(pos) else {
+                self.pos = pos;
+                return Err(Stop::Unsupported);
+            };
+            pos += 1;
+            match c {
+                b'"' => {
+                    self.pos = pos;
+                    return Ok(escaped);
+                }
                 b'\\' => {
                     escaped = true;
+                    self.pos = pos;
                     self.escape()?;
+                    pos = self.pos;
                 }
-                c if c < 0x20 => return Err(Stop::Unsupported),
+                c if c < 0x20 => {
+                    self.pos = pos;
+                    return Err(Stop::Unsupported);
+                }
                 _ => {}
             }
         }

@@ -76,7 +76,10 @@ pub(crate) enum Format {
 impl Node {
     /// The constant value of `key` in this (object) node, when it is a one-value enum.
     pub(crate) fn const_of(&self, key: &str) -> Option<&'static str> {
-        let prop = self.properties.iter().find(|p| p.name == key)?;
+        let prop = self
+            .properties
+            .iter()
+            .find(|p| super::check::same(p.name, key))?;
         match prop.node.enum_values {
             [only] => Some(only),
             _ => None,
