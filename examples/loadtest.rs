@@ -23,6 +23,12 @@
 //!
 //! Run it with `cargo run --release -p examples --bin loadtest -- --scenario all`.
 //!
+//! Measurement: each client runs against a fresh mock, and the embedded mock runs on a tokio
+//! runtime of its own (one worker thread), so that the server's work does not wait behind the
+//! client's tasks on shared workers; this applies to the stack and the baseline alike. `clean`
+//! runs 5 rounds of (stack, bare client) in alternating order and reports each client's
+//! median round by calls/s (every round's figures are printed after the table).
+//!
 //! Several processes (see `loadtest_procs.rs`): `--processes P` splits the calls and the
 //! concurrency over P worker processes (this binary, re-executed) against one server, and
 //! `--store redis://HOST:PORT` (or `--store redis`: a throwaway `redis-server` started for the
@@ -131,6 +137,12 @@ pub(crate) struct Config {
     pub(crate) baseline: bool,
     /// Sample the requests sent/answered for a plot.
     pub(crate) sample: Option<Duration>,
+    /// Run the embedded mock on a runtime of its own (one worker thread) rather than on the
+    /// clients' runtime. Real time only: a paused clock does not reach another runtime.
+    pub(crate) mock_runtime: bool,
+    /// Rounds of (stack, baseline), in alternating order; the table shows each client's
+    /// median round by calls/s.
+    pub(crate) rounds: usize,
 }
 
 impl Config {
@@ -151,6 +163,8 @@ impl Config {
             api_key: TEST_KEY.to_string(),
             baseline: true,
             sample: (scenario == Scenario::Burst).then_some(Duration::from_millis(250)),
+            mock_runtime: false,
+            rounds: 1,
         }
     }
 }
@@ -190,6 +204,9 @@ pub(crate) struct Run {
     pub(crate) outage: Option<(u64, usize, usize, usize)>,
     /// (seconds since start, requests sent so far, answers so far).
     pub(crate) samples: Vec<(f64, u64, u64)>,
+    /// CPU time the whole process (client, embedded mock, runtime) spent during the run, where
+    /// the OS tells it (Linux).
+    pub(crate) cpu: Option<Duration>,
 }
 
 impl Run {
@@ -235,6 +252,10 @@ pub(crate) struct Report {
     pub(crate) minimum: Option<Duration>,
     pub(crate) stack: Run,
     pub(crate) baseline: Option<Run>,
+    /// Calls/s of every round: (stack, baseline).
+    pub(crate) rounds: Vec<(f64, Option<f64>)>,
+    /// Process CPU seconds per call over all rounds: (stack, baseline), when known.
+    pub(crate) cpu_per_call: Option<(f64, f64)>,
 }
 
 impl Report {
@@ -446,6 +467,45 @@ async fn start_mock(cfg: &Config) -> MockServer {
     .await
 }
 
+/// The embedded mock, on the clients' runtime or on one of its own.
+struct MockHost {
+    mock: Arc<MockServer>,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl MockHost {
+    async fn start(cfg: &Config) -> Result<Self, BoxError> {
+        if !cfg.mock_runtime {
+            return Ok(MockHost {
+                mock: Arc::new(start_mock(cfg).await),
+                runtime: None,
+            });
+        }
+        // One worker thread of its own: the server's work does not queue behind the client's
+        // tasks on the same workers, for the stack and the baseline alike (the OS still
+        // shares the cores between all threads).
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("loadtest-mock")
+            .enable_all()
+            .build()?;
+        let cfg = cfg.clone();
+        let mock = runtime.spawn(async move { start_mock(&cfg).await }).await?;
+        Ok(MockHost {
+            mock: Arc::new(mock),
+            runtime: Some(runtime),
+        })
+    }
+}
+
+impl Drop for MockHost {
+    fn drop(&mut self) {
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
 fn quantile(sorted: &[Duration], q: f64) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;
@@ -455,15 +515,17 @@ fn quantile(sorted: &[Duration], q: f64) -> Duration {
 }
 
 async fn run_one(cfg: &Config, which: Which) -> Result<Run, BoxError> {
-    let (mock, base) = match &cfg.base_url {
+    let (host, base) = match &cfg.base_url {
         None => {
-            let mock = Arc::new(start_mock(cfg).await);
-            let url = mock.url();
-            (Some(mock), url)
+            let host = MockHost::start(cfg).await?;
+            let url = host.mock.url();
+            (Some(host), url)
         }
         Some(url) => (None, url.clone()),
     };
+    let mock = host.as_ref().map(|h| h.mock.clone());
     let counter = Counter::default();
+    let cpu_before = process_cpu();
     let svc = build(which, &base, &cfg.api_key, &counter)?;
     let gate = Arc::new(Semaphore::new(cfg.concurrency.max(1)));
     let start = Instant::now();
@@ -583,7 +645,23 @@ async fn run_one(cfg: &Config, which: Which) -> Result<Run, BoxError> {
             )
         }),
         samples,
+        cpu: process_cpu()
+            .zip(cpu_before)
+            .map(|(after, before)| after.saturating_sub(before)),
     })
+}
+
+/// CPU time (user + system) of this process so far, from `/proc/self/stat` (Linux; 10 ms
+/// resolution). A figure that the machine's other load disturbs much less than wall time.
+fn process_cpu() -> Option<Duration> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name (which may hold spaces) start after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the line: 12 and 13 after the name.
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    // USER_HZ is 100 on every Linux configuration in common use.
+    Some(Duration::from_millis(ticks * 10))
 }
 
 /// Runs one scenario with the stack and, if configured, the baseline (the bare client for
@@ -593,17 +671,40 @@ async fn run_one(cfg: &Config, which: Which) -> Result<Run, BoxError> {
 ///
 /// If a URL or request cannot be built or a task panics.
 pub(crate) async fn run(cfg: &Config) -> Result<Report, BoxError> {
-    let stack = run_one(cfg, Which::Stack).await?;
-    let baseline = if cfg.baseline {
-        let which = if cfg.scenario == Scenario::Clean {
-            Which::Bare
-        } else {
-            Which::Baseline
-        };
-        Some(run_one(cfg, which).await?)
+    let other = if cfg.scenario == Scenario::Clean {
+        Which::Bare
     } else {
-        None
+        Which::Baseline
     };
+    let mut stacks = Vec::new();
+    let mut baselines = Vec::new();
+    for round in 0..cfg.rounds.max(1) {
+        // Alternate the order, so that a drift in the machine's load favours neither.
+        if cfg.baseline && round % 2 == 1 {
+            baselines.push(run_one(cfg, other).await?);
+        }
+        stacks.push(run_one(cfg, Which::Stack).await?);
+        if cfg.baseline && round % 2 == 0 {
+            baselines.push(run_one(cfg, other).await?);
+        }
+    }
+    let rounds = stacks
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (s.rps(), baselines.get(i).map(Run::rps)))
+        .collect();
+    let per_call = |runs: &[Run]| -> Option<f64> {
+        let cpu: Option<Duration> = runs.iter().map(|r| r.cpu).sum();
+        let calls: usize = runs.iter().map(|r| r.calls).sum();
+        Some(cpu?.as_secs_f64() / calls.max(1) as f64)
+    };
+    let cpu_per_call = if baselines.is_empty() {
+        None
+    } else {
+        per_call(&stacks).zip(per_call(&baselines))
+    };
+    let stack = median_by_rps(stacks).ok_or("no stack run")?;
+    let baseline = median_by_rps(baselines);
     let minimum = (cfg.scenario == Scenario::Burst && cfg.base_url.is_none())
         .then(|| Duration::from_secs_f64((cfg.calls as f64 - 20.0).max(0.0) / 20.0));
     Ok(Report {
@@ -612,7 +713,16 @@ pub(crate) async fn run(cfg: &Config) -> Result<Report, BoxError> {
         minimum,
         stack,
         baseline,
+        rounds,
+        cpu_per_call,
     })
+}
+
+/// The run with the median calls/s (the lower middle one for an even count).
+fn median_by_rps(mut runs: Vec<Run>) -> Option<Run> {
+    runs.sort_by(|a, b| a.rps().total_cmp(&b.rps()));
+    let mid = runs.len().checked_sub(1)? / 2;
+    Some(runs.swap_remove(mid))
 }
 
 fn row(name: &str, r: &Run, minimum: Option<Duration>) -> String {
@@ -665,6 +775,42 @@ pub(crate) fn target_line(r: &Report) -> String {
         r.scenario.name(),
         if met { "met" } else { "MISSED" }
     )
+}
+
+/// `clean CPU per call: ...`: the process's CPU time per call over all rounds, for each
+/// client, when the OS reports it.
+pub(crate) fn cpu_line(r: &Report) -> Option<String> {
+    let (s, b) = r.cpu_per_call?;
+    Some(format!(
+        "{} CPU per call (whole process: client and mock), all rounds: stack {:.0} us, {} {:.0} us; \
+         {}/stack = {:.3} (the calls/s ratio where the run is CPU-bound)",
+        r.scenario.name(),
+        s * 1e6,
+        r.baseline.as_ref().map_or("baseline", |b| b.which.name()),
+        b * 1e6,
+        r.baseline.as_ref().map_or("baseline", |b| b.which.name()),
+        b / s.max(1e-12)
+    ))
+}
+
+/// `clean rounds: ...`: every round's calls/s when there were several.
+pub(crate) fn rounds_line(r: &Report) -> Option<String> {
+    if r.rounds.len() < 2 {
+        return None;
+    }
+    let each: Vec<String> = r
+        .rounds
+        .iter()
+        .map(|(s, b)| match b {
+            Some(b) => format!("{s:.0}/{b:.0} ({:.3})", s / b),
+            None => format!("{s:.0}"),
+        })
+        .collect();
+    Some(format!(
+        "{} rounds, calls/s stack/baseline (ratio), medians in the table: {}",
+        r.scenario.name(),
+        each.join(", ")
+    ))
 }
 
 /// Writes the burst plot: requests per second sent and answered, stack versus baseline.
@@ -797,6 +943,10 @@ impl Args {
     /// The configuration of one scenario under these options.
     pub(crate) fn config(&self, scenario: Scenario) -> Config {
         let mut cfg = Config::new(scenario);
+        cfg.mock_runtime = true;
+        if scenario == Scenario::Clean {
+            cfg.rounds = 5;
+        }
         if let Some(n) = self.calls {
             cfg.calls = n;
         }
@@ -859,6 +1009,8 @@ async fn main() -> Result<(), BoxError> {
             ));
         }
         targets.push(target_line(&report));
+        targets.extend(rounds_line(&report));
+        targets.extend(cpu_line(&report).filter(|_| scenario == Scenario::Clean));
         if scenario == Scenario::Burst {
             if let Some(path) = &args.svg {
                 plot(&report, path)?;

@@ -386,6 +386,8 @@ async fn run_procs(
             p99: quantile(&latencies, 0.99),
             outage: None,
             samples: Vec::new(),
+            // The workers' CPU is not collected.
+            cpu: None,
         },
         server_429s: counts.map(|c| c.rate_limited),
         fallbacks,

@@ -8,7 +8,9 @@ mod loadtest_example;
 
 use std::time::Duration;
 
-use loadtest_example::{parse_args, run, table, target_line, Config, Report, Scenario, HEADER};
+use loadtest_example::{
+    cpu_line, parse_args, rounds_line, run, table, target_line, Config, Report, Scenario, HEADER,
+};
 
 fn tiny(scenario: Scenario, calls: usize, concurrency: usize) -> Config {
     let mut cfg = Config::new(scenario);
@@ -116,6 +118,35 @@ async fn clean_compares_with_the_bare_client() {
     assert_eq!(r.baseline.as_ref().unwrap().requests_sent, 50);
 }
 
+#[tokio::test(start_paused = true)]
+async fn clean_rounds_report_each_clients_median() {
+    let mut cfg = tiny(Scenario::Clean, 20, 5);
+    cfg.rounds = 3;
+    let r = run(&cfg).await.unwrap();
+    check_accounting(&r);
+    assert_eq!(r.rounds.len(), 3);
+    assert!(r.rounds.iter().all(|(s, b)| *s > 0.0 && b.is_some()));
+    // The table's runs are the medians of the rounds.
+    let mut stack: Vec<f64> = r.rounds.iter().map(|(s, _)| *s).collect();
+    let mut bare: Vec<f64> = r.rounds.iter().filter_map(|(_, b)| *b).collect();
+    stack.sort_by(f64::total_cmp);
+    bare.sort_by(f64::total_cmp);
+    assert_eq!(r.stack.rps(), stack[1]);
+    assert_eq!(r.baseline.as_ref().unwrap().rps(), bare[1]);
+    let line = rounds_line(&r).unwrap();
+    assert!(line.starts_with("clean rounds"), "{line}");
+    assert_eq!(line.matches('(').count(), 4, "{line}");
+    // Linux reports the process's CPU time: one figure per client over all rounds.
+    if cfg!(target_os = "linux") {
+        let (s, b) = r.cpu_per_call.unwrap();
+        assert!(s >= 0.0 && b >= 0.0);
+        assert!(cpu_line(&r).unwrap().contains("stack"));
+    }
+    // One round: no rounds line.
+    let one = run(&tiny(Scenario::Clean, 20, 5)).await.unwrap();
+    assert!(rounds_line(&one).is_none());
+}
+
 #[test]
 fn arguments_parse_and_reject() {
     let args = |s: &str| parse_args(s.split_whitespace().map(String::from));
@@ -123,6 +154,9 @@ fn arguments_parse_and_reject() {
     assert_eq!(a.scenarios, vec![Scenario::Burst]);
     let cfg = a.config(Scenario::Burst);
     assert_eq!((cfg.calls, cfg.concurrency, cfg.baseline), (10, 3, true));
+    assert!(cfg.mock_runtime);
+    assert_eq!(cfg.rounds, 1);
+    assert_eq!(a.config(Scenario::Clean).rounds, 5);
     assert!(a.json && a.svg.is_none());
     assert_eq!(args("").unwrap().scenarios.len(), 5);
     assert_eq!(args("--scenario all").unwrap().scenarios.len(), 5);
@@ -171,6 +205,7 @@ async fn base_url_runs_the_stack_alone_and_counts_on_the_client() {
     .unwrap();
     let r = run(&args.config(Scenario::Flaky)).await.unwrap();
     assert!(r.baseline.is_none());
+    assert!(r.cpu_per_call.is_none(), "no baseline, no comparison");
     assert_eq!(
         r.stack.failed_by_kind,
         vec![("quota_exceeded".to_string(), 4)]

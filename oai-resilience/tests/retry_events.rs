@@ -8,12 +8,11 @@
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::Full;
-use oai_resilience::retry::{Backoff, HintJitter, Jitter, RetryConfig, RetryLayer};
+use oai_resilience::retry::RetryLayer;
 use oai_resilience::{ClassifyLayer, Error};
 use tower::{service_fn, Layer, Service, ServiceExt};
 
@@ -22,26 +21,12 @@ mod capture;
 
 use capture::Captured;
 
-type Body = Full<Bytes>;
+// Not every fixture is used here.
+#[allow(dead_code)]
+#[path = "support/retry_fixtures.rs"]
+mod retry_fixtures;
 
-fn config() -> RetryConfig {
-    RetryConfig::new()
-        .backoff(
-            Backoff::new(Duration::from_millis(100), Duration::from_secs(1)).jitter(Jitter::None),
-        )
-        .hint_jitter(HintJitter::NONE)
-        .no_budget()
-        .no_deadline()
-}
-
-fn post(body: &'static str) -> Request<Body> {
-    Request::builder()
-        .method("POST")
-        .uri("/v1/chat/completions")
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from_static(body.as_bytes())))
-        .unwrap()
-}
+use retry_fixtures::{config, post, Body};
 
 /// An upstream that answers from `codes` (the last repeats), with a request id.
 fn logging(

@@ -10,42 +10,16 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, Request, Response};
 use http_body_util::{combinators::BoxBody, BodyExt, Full};
-use oai_resilience::retry::{
-    Backoff, HintJitter, Jitter, RetryBudget, RetryConfig, RetryLayer, TokenBudget,
-};
+use oai_resilience::retry::{Backoff, Jitter, RetryBudget, RetryLayer, TokenBudget};
 use oai_resilience::{ClassifyLayer, Error, ErrorKind, StopReason};
 use tokio::time::Instant;
 use tower::{service_fn, Layer, Service, ServiceBuilder, ServiceExt};
 use tower_test::mock;
 
-type Body = Full<Bytes>;
+#[path = "support/retry_fixtures.rs"]
+mod retry_fixtures;
 
-fn config() -> RetryConfig {
-    RetryConfig::new()
-        .backoff(
-            Backoff::new(Duration::from_millis(100), Duration::from_secs(1)).jitter(Jitter::None),
-        )
-        .hint_jitter(HintJitter::NONE)
-        .no_budget()
-        .no_deadline()
-}
-
-fn post(body: &'static str) -> Request<Body> {
-    Request::builder()
-        .method("POST")
-        .uri("/v1/chat/completions")
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from_static(body.as_bytes())))
-        .unwrap()
-}
-
-fn status(code: u16) -> Response<Body> {
-    Response::builder()
-        .status(code)
-        .header("x-request-id", "req_abc")
-        .body(Full::new(Bytes::new()))
-        .unwrap()
-}
+use retry_fixtures::{config, post, status, Body};
 
 #[derive(Clone, Default)]
 struct Seen {

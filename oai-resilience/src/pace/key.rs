@@ -73,15 +73,27 @@ impl PaceKey {
         body: Option<&[u8]>,
         per_model: bool,
     ) -> Self {
+        let model = if per_model {
+            body.and_then(crate::pace::cost::model_of)
+        } else {
+            None
+        };
+        Self::from_parts_with_model(uri, headers, model)
+    }
+
+    /// [`PaceKey::from_request_parts`] with the model already read from the body.
+    pub(crate) fn from_parts_with_model(
+        uri: &Uri,
+        headers: &HeaderMap,
+        model: Option<String>,
+    ) -> Self {
         let base = uri.authority().map(|a| a.as_str()).unwrap_or("");
         let mut key = PaceKey::new(base);
         if let Some(auth) = headers.get(http::header::AUTHORIZATION) {
             key = key.with_credential(auth.as_bytes());
         }
-        if per_model {
-            if let Some(model) = body.and_then(crate::pace::cost::model_of) {
-                key = key.with_model(model);
-            }
+        if let Some(model) = model {
+            key.model = Some(Arc::from(model));
         }
         key
     }

@@ -13,7 +13,7 @@ use tower_service::Service;
 use crate::error::{Error, ErrorKind};
 use crate::parse::RateLimitSnapshot;
 
-use super::cost::PaceBody;
+use super::cost::{scan, PaceBody};
 use super::key::PaceKey;
 use super::layer::{Keying, PaceLayer};
 use super::pacer::{Acquire, Pacer, Permit};
@@ -91,14 +91,27 @@ where
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let (parts, mut body) = req.into_parts();
         let keying = &*self.keying;
-        let (key, cost) = body.with_bytes(|bytes| {
-            let key = match &keying.key_fn {
-                Some(f) => f(&parts.uri, &parts.headers, bytes),
-                None => {
-                    PaceKey::from_request_parts(&parts.uri, &parts.headers, bytes, keying.per_model)
-                }
-            };
-            (key, keying.estimator.estimate(bytes))
+        let (key, cost) = body.with_bytes(|bytes| match (&keying.key_fn, bytes) {
+            (Some(f), _) => (
+                f(&parts.uri, &parts.headers, bytes),
+                keying.estimator.estimate(bytes),
+            ),
+            // One pass over the body for both the model and the token estimate.
+            (None, Some(b)) => {
+                let (model, cost) = match scan(b) {
+                    Some(scan) => {
+                        let cost = keying.estimator.estimate_scan(&scan);
+                        (scan.model().filter(|_| keying.per_model), cost)
+                    }
+                    None => (None, keying.estimator.by_size(b.len())),
+                };
+                let key = PaceKey::from_parts_with_model(&parts.uri, &parts.headers, model);
+                (key, cost)
+            }
+            (None, None) => (
+                PaceKey::from_parts_with_model(&parts.uri, &parts.headers, None),
+                keying.estimator.estimate(None),
+            ),
         });
         let req = Request::from_parts(parts, body);
         let deadline = req.extensions().get::<CallDeadline>().map(|d| d.0);
