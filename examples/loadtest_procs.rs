@@ -165,6 +165,7 @@ pub(crate) async fn worker_main() -> Result<(), BoxError> {
     if go.as_deref() != Some("go") {
         return Err(format!("worker: expected go, got {go:?}").into());
     }
+    let cpu_before = process_cpu();
     let gate = Arc::new(Semaphore::new(concurrency.max(1)));
     let mut tasks = Vec::with_capacity(calls);
     for _ in 0..calls {
@@ -196,7 +197,11 @@ pub(crate) async fn worker_main() -> Result<(), BoxError> {
             Err(kind) => *by_kind.entry(kind.to_string()).or_default() += 1,
         }
     }
+    let cpu = process_cpu()
+        .zip(cpu_before)
+        .map(|(after, before)| after.saturating_sub(before));
     let result = serde_json::json!({
+        "cpu_us": cpu.map(|c| u64::try_from(c.as_micros()).unwrap_or(u64::MAX)),
         "ok": ok,
         "failed_by_kind": by_kind,
         "latencies_us": latencies,
@@ -348,12 +353,18 @@ async fn run_procs(
     }
     let wall = start.elapsed();
     let (mut ok, mut sent, mut fallbacks) = (0usize, 0u64, 0u64);
+    // The workers' CPU (client side: stack, HTTP client, Redis client), where every worker
+    // could tell; not the mock's nor the Redis server's.
+    let mut cpu = Some(Duration::ZERO);
     let mut by_kind = BTreeMap::<String, usize>::new();
     let mut latencies = Vec::with_capacity(cfg.calls);
     for o in &outputs {
         ok += o["ok"].as_u64().unwrap_or(0) as usize;
         sent += o["sent"].as_u64().unwrap_or(0);
         fallbacks += o["fallbacks"].as_u64().unwrap_or(0);
+        cpu = cpu
+            .zip(o["cpu_us"].as_u64())
+            .map(|(c, us)| c + Duration::from_micros(us));
         if let Some(m) = o["failed_by_kind"].as_object() {
             for (k, n) in m {
                 *by_kind.entry(k.clone()).or_default() += n.as_u64().unwrap_or(0) as usize;
@@ -386,8 +397,7 @@ async fn run_procs(
             p99: quantile(&latencies, 0.99),
             outage: None,
             samples: Vec::new(),
-            // The workers' CPU is not collected.
-            cpu: None,
+            cpu,
         },
         server_429s: counts.map(|c| c.rate_limited),
         fallbacks,
@@ -449,8 +459,13 @@ impl ProcReport {
         // The overhead of the store where both rows do the same work (no limit to wait for).
         if self.scenario == Scenario::Clean {
             for (local, redis) in self.pairs() {
+                let cpu = match (redis.run.cpu, local.run.cpu) {
+                    (Some(r), Some(l)) => format!("{:.3}", ratio(r, l)),
+                    _ => "-".into(),
+                };
                 out.push(format!(
-                    "{} x{}: redis / in-process: calls/s {:.3}, p50 {:.3}, p99 {:.3}",
+                    "{} x{}: redis / in-process: calls/s {:.3}, p50 {:.3}, p99 {:.3}, \
+                     client CPU {cpu}",
                     self.scenario.name(),
                     self.processes,
                     redis.run.rps() / local.run.rps().max(1e-9),
@@ -459,8 +474,12 @@ impl ProcReport {
                 ));
             }
             if let Some(m) = self.median_rps_ratio().filter(|_| self.pairs().count() > 1) {
+                let cpu = self
+                    .median_cpu_ratio()
+                    .map_or("-".into(), |c| format!("{c:.3}"));
                 out.push(format!(
-                    "{} x{}: redis / in-process calls/s, median of {} rounds: {m:.3}",
+                    "{} x{}: redis / in-process, median of {} rounds: calls/s {m:.3}, \
+                     client CPU {cpu}",
                     self.scenario.name(),
                     self.processes,
                     self.pairs().count()
@@ -480,16 +499,20 @@ impl ProcReport {
 
     /// The median over rounds of Redis calls/s / in-process calls/s.
     pub(crate) fn median_rps_ratio(&self) -> Option<f64> {
-        let mut r: Vec<f64> = self
+        median(
+            self.pairs()
+                .map(|(l, r)| r.run.rps() / l.run.rps().max(1e-9))
+                .collect(),
+        )
+    }
+
+    /// The median over rounds of the workers' CPU time through Redis / in-process.
+    pub(crate) fn median_cpu_ratio(&self) -> Option<f64> {
+        let ratios: Option<Vec<f64>> = self
             .pairs()
-            .map(|(l, r)| r.run.rps() / l.run.rps().max(1e-9))
+            .map(|(l, r)| Some(ratio(r.run.cpu?, l.run.cpu?)))
             .collect();
-        r.sort_by(f64::total_cmp);
-        match r.len() {
-            0 => None,
-            n if n % 2 == 1 => Some(r[n / 2]),
-            n => Some((r[n / 2 - 1] + r[n / 2]) / 2.0),
-        }
+        median(ratios?)
     }
 
     /// `{"scenario":..,"processes":..,"minimum_s":..,"runs":[..]}`.
@@ -503,6 +526,7 @@ impl ProcReport {
                 v["store"] = r.label.into();
                 v["server_429s"] = r.server_429s.into();
                 v["redis_fallbacks"] = r.fallbacks.into();
+                v["client_cpu_s"] = r.run.cpu.map(|c| c.as_secs_f64()).into();
                 v
             })
             .collect();
@@ -512,12 +536,22 @@ impl ProcReport {
             "minimum_s": self.minimum.map(|m| m.as_secs_f64()),
             "runs": runs,
             "median_rps_ratio_redis_to_in_process": self.median_rps_ratio(),
+            "median_cpu_ratio_redis_to_in_process": self.median_cpu_ratio(),
         })
     }
 }
 
 fn ratio(a: Duration, b: Duration) -> f64 {
     a.as_secs_f64() / b.as_secs_f64().max(1e-9)
+}
+
+fn median(mut r: Vec<f64>) -> Option<f64> {
+    r.sort_by(f64::total_cmp);
+    match r.len() {
+        0 => None,
+        n if n % 2 == 1 => Some(r[n / 2]),
+        n => Some((r[n / 2 - 1] + r[n / 2]) / 2.0),
+    }
 }
 
 /// Runs one scenario over `multi.processes` workers: in-process pacing, and with a Redis
