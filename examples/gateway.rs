@@ -23,6 +23,9 @@
 //! - `--upstream URL`: the OpenAI-compatible upstream's base URL (default: an embedded mock
 //!   OpenAI server on a free port, with a seeded 10 % of 5xx answers that the gateway retries).
 //!   Plain `http://` only in this example (the hyper-util client here has no TLS connector).
+//! - `--store memory|redis://HOST:PORT`: where the pacing state lives (default `memory`: in
+//!   this process). With Redis, every gateway replica that uses the same Redis and key shares
+//!   the rate limit; if Redis is down the gateway paces in-process until it is back.
 //!
 //! The key is the incoming request's `Authorization: Bearer …`, or else `OPENAI_API_KEY`
 //! (with `OPENAI_ORG_ID` / `OPENAI_PROJECT_ID`).
@@ -36,17 +39,20 @@ use oai_resilience::mock::MockServer;
 use oai_resilience::AuthLayer;
 use tokio::net::TcpListener;
 
-const USAGE: &str = "usage: gateway [--listen ADDR] [--upstream URL]";
+const USAGE: &str =
+    "usage: gateway [--listen ADDR] [--upstream URL] [--store memory|redis://HOST:PORT]";
 
 struct Args {
     listen: SocketAddr,
     upstream: Option<String>,
+    store: String,
 }
 
 fn parse_args() -> Result<Args, String> {
     let mut args = Args {
         listen: SocketAddr::from(([127, 0, 0, 1], 8787)),
         upstream: None,
+        store: "memory".to_owned(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -68,6 +74,7 @@ fn parse_args() -> Result<Args, String> {
                     .map_err(|e| format!("--listen {v:?}: {e}\n{USAGE}"))?;
             }
             "--upstream" => args.upstream = Some(value("a URL")?),
+            "--store" => args.store = value("memory or redis://HOST:PORT")?,
             "-h" | "--help" => return Err(USAGE.to_owned()),
             other => return Err(format!("unknown option {other:?}\n{USAGE}")),
         }
@@ -89,6 +96,18 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let mut layers = Layers::new(AuthLayer::from_env());
+    match examples::gateway::pacing_store(&args.store).await {
+        Ok(Some(store)) => {
+            println!("pacing: shared through Redis");
+            layers = layers.pacing_store(store);
+        }
+        Ok(None) => println!("pacing: in this process"),
+        Err(msg) => {
+            eprintln!("{msg}\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    }
     // Keep the mock alive for as long as the gateway runs.
     let mut _mock = None;
     let upstream = match args.upstream {
@@ -104,7 +123,7 @@ async fn main() -> ExitCode {
             url
         }
     };
-    let stack = Layers::new(AuthLayer::from_env()).build(http_client());
+    let stack = layers.build(http_client());
     let gateway = match Gateway::new(&upstream, stack) {
         Ok(g) => g,
         Err(msg) => {

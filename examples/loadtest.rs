@@ -28,6 +28,15 @@
 //! client's tasks on shared workers; this applies to the stack and the baseline alike. `clean`
 //! runs 5 rounds of (stack, bare client) in alternating order and reports each client's
 //! median round by calls/s (every round's figures are printed after the table).
+//!
+//! Several processes (see `loadtest_procs.rs`): `--processes P` splits the calls and the
+//! concurrency over P worker processes (this binary, re-executed) against one server, and
+//! `--store redis://HOST:PORT` (or `--store redis`: a throwaway `redis-server` started for the
+//! run) runs the scenario twice in the same run, P processes pacing in-process and P pacing
+//! through Redis; `--store memory` is the default. For example
+//! `cargo run --release -p examples --bin loadtest -- --scenario burst --processes 4 --store redis`.
+
+mod loadtest_procs;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -960,7 +969,15 @@ impl Args {
 
 #[tokio::main]
 async fn main() -> Result<(), BoxError> {
-    let args = parse_args(std::env::args().skip(1))?;
+    let raw: Vec<String> = std::env::args().skip(1).collect();
+    if raw.first().map(String::as_str) == Some("--worker") {
+        return loadtest_procs::worker_main().await;
+    }
+    let (multi, raw) = loadtest_procs::split_args(raw)?;
+    let args = parse_args(raw)?;
+    if let Some(multi) = multi {
+        return loadtest_procs::main_multi(&args, &multi).await;
+    }
     let say = |s: &str| {
         if args.json {
             eprintln!("{s}");

@@ -33,6 +33,10 @@
 //! placeholder, quotes or a doubled `Bearer ` never leave the gateway) or, when the request
 //! has none, from the auth layer's source (`OPENAI_API_KEY` in the binary).
 //!
+//! Replicas of the gateway that use one key share its rate limit through Redis with
+//! [`pacing_store`] (`--store redis://HOST:PORT` in the binary); by default each paces in its
+//! own process.
+//!
 //! Why plain hyper and not axum: the gateway is one catch-all route, and hyper and
 //! hyper-util are already in the dependency tree; axum would add a router and its
 //! dependencies to every build for nothing the proxy uses.
@@ -429,4 +433,38 @@ fn json_response(
         HeaderValue::from_static("application/json"),
     );
     res
+}
+
+/// The pacing store for `--store ARG`: `memory` (or `in-process`): `None`, each gateway paces
+/// in its own process (the default); `redis://HOST:PORT[/DB]`: a [`RedisStore`] shared by
+/// every gateway that uses the same Redis.
+///
+/// If Redis does not answer now, the store is returned anyway with a `tracing` warning: it
+/// paces in-process until Redis answers (the store fails open), so a gateway starts while
+/// its Redis is down.
+///
+/// # Errors
+///
+/// An unknown store or a URL the Redis client cannot parse. The message never contains the
+/// URL (it may hold a Redis password).
+///
+/// [`RedisStore`]: oai_resilience::pace::RedisStore
+pub async fn pacing_store(arg: &str) -> Result<Option<oai_resilience::pace::RedisStore>, String> {
+    use oai_resilience::pace::{RedisStore, RedisStoreConfig};
+    match arg {
+        "memory" | "in-process" => Ok(None),
+        url if url.starts_with("redis://") => {
+            let config = RedisStoreConfig::default();
+            let store = RedisStore::open(url, config.clone())
+                .map_err(|e| format!("--store: not a usable Redis URL ({})", e.kind()))?;
+            if let Err(e) = RedisStore::connect(url, config).await {
+                tracing::warn!(
+                    error = %e.kind(),
+                    "Redis does not answer yet: pacing in-process until it does"
+                );
+            }
+            Ok(Some(store))
+        }
+        _ => Err("--store: expected memory or redis://HOST:PORT".to_owned()),
+    }
 }

@@ -88,6 +88,14 @@ impl Layers {
         self
     }
 
+    /// Paces through `store` (a `RedisStore` shared with other processes) instead of the
+    /// pace layer's in-process pacer; see
+    /// [`PaceLayer::pacing_store`](oai_resilience::PaceLayer::pacing_store).
+    pub fn pacing_store(mut self, store: impl oai_resilience::pace::PacingStore) -> Self {
+        self.pace = self.pace.pacing_store(store);
+        self
+    }
+
     /// The crate's one-call builder with these pieces.
     pub fn openai_layer(&self) -> OpenAiLayer {
         OpenAiLayer::new()

@@ -90,8 +90,9 @@ pub type OpenAiService<S> = BaseUrl<Validate<Auth<Retry<Pace<Classify<S>>>>>>;
 /// # Default
 ///
 /// [`ValidateLayer::new`], [`AuthLayer::from_env`] (`OPENAI_API_KEY`, `OPENAI_ORG_ID`,
-/// `OPENAI_PROJECT_ID`), [`RetryLayer::new`], [`PaceLayer::new`], [`ClassifyLayer::new`], and no
-/// base URL (request URIs are used as they are).
+/// `OPENAI_PROJECT_ID`), [`RetryLayer::new`], [`PaceLayer::new`] (pacing state in this
+/// process; [`pacing_store`](Self::pacing_store) shares it between processes),
+/// [`ClassifyLayer::new`], and no base URL (request URIs are used as they are).
 ///
 /// Clones share the retry budget and the pacer: build the layer once and clone the service.
 #[derive(Debug, Clone)]
@@ -151,6 +152,25 @@ impl OpenAiLayer {
     /// Replaces the pacing layer.
     pub fn pace(mut self, layer: PaceLayer) -> Self {
         self.pace = layer;
+        self
+    }
+
+    /// Paces through `store` instead of the pace layer's in-process pacer: several processes
+    /// (a fleet of workers, replicas of a gateway) that use one key share its rate limit
+    /// through the store (a `RedisStore` with the `redis` feature). The pace layer keeps its
+    /// keying and its configuration; see [`PaceLayer::pacing_store`] for what pacing through a
+    /// store does and does not do. Call it after [`pace`](Self::pace), which replaces the
+    /// whole pacing layer.
+    ///
+    /// ```
+    /// use oai_resilience::pace::InProcessStore;
+    /// use oai_resilience::stack::OpenAiLayer;
+    ///
+    /// let layer = OpenAiLayer::new().pacing_store(InProcessStore::new());
+    /// assert!(layer.pace_layer().store().is_some());
+    /// ```
+    pub fn pacing_store(mut self, store: impl crate::pace::PacingStore) -> Self {
+        self.pace = self.pace.pacing_store(store);
         self
     }
 

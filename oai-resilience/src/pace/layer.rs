@@ -9,7 +9,9 @@ use tower_layer::Layer;
 use super::cost::CostEstimator;
 use super::key::PaceKey;
 use super::pacer::{Pacer, PacerConfig};
+use super::probe::StoreBackend;
 use super::service::Pace;
+use super::store::PacingStore;
 
 /// A function from a request's URI, headers and body bytes (if readable) to its [`PaceKey`].
 pub type KeyFn = Arc<dyn Fn(&Uri, &HeaderMap, Option<&[u8]>) -> PaceKey + Send + Sync>;
@@ -21,6 +23,7 @@ pub type KeyFn = Arc<dyn Fn(&Uri, &HeaderMap, Option<&[u8]>) -> PaceKey + Send +
 pub struct PaceLayer {
     pub(crate) pacer: Pacer,
     pub(crate) keying: Arc<Keying>,
+    pub(crate) store: Option<Arc<StoreBackend>>,
 }
 
 pub(crate) struct Keying {
@@ -36,6 +39,7 @@ impl fmt::Debug for PaceLayer {
             .field("custom_key", &self.keying.key_fn.is_some())
             .field("per_model", &self.keying.per_model)
             .field("estimator", &self.keying.estimator)
+            .field("store", &self.store)
             .finish()
     }
 }
@@ -67,6 +71,7 @@ impl PaceLayer {
                 per_model: true,
                 estimator: CostEstimator::default(),
             }),
+            store: None,
         }
     }
 
@@ -103,6 +108,52 @@ impl PaceLayer {
         self
     }
 
+    /// Paces through `store` (shared with other processes, such as a `RedisStore` with the
+    /// `redis` feature) instead of this layer's in-process [`Pacer`].
+    ///
+    /// Requests are keyed and costed as before ([`per_model`](Self::per_model),
+    /// [`key_fn`](Self::key_fn), [`estimator`](Self::estimator)); each one waits until the
+    /// store admits it, at most the pacer's [`PacerConfig::max_wait`] and never past its
+    /// [`CallDeadline`](super::CallDeadline); the response's `x-ratelimit-*` headers are
+    /// reported with [`PacingStore::learn`] and a server 429 pauses the key in the store for
+    /// its hint (else [`PacerConfig::default_pause`]). A request that cannot be admitted in
+    /// time fails as [paced locally](super::is_paced_locally), as with the pacer.
+    ///
+    /// A cold key is probed as by the pacer ([`PacerConfig::probe`]): until this process has
+    /// seen an answer on a key, one request goes first and the others wait for its headers
+    /// (learned into the store); N processes that start cold send at most N probes.
+    ///
+    /// Limits: the store holds token buckets and pauses only. The pacer's slow start,
+    /// adaptive (AIMD) rate, static limits and FIFO queue do not apply (waiters poll the
+    /// store at the wait it announces), and [`Pacer::metrics`] does not count requests paced
+    /// through the store. To be safe from the very first request, record the limits up front
+    /// with [`PacingStore::learn`]. A store error (a Redis store that fails closed) fails the
+    /// request with that error, before anything is sent.
+    ///
+    /// ```
+    /// use oai_resilience::pace::{InProcessStore, PaceLayer};
+    ///
+    /// let layer = PaceLayer::new().pacing_store(InProcessStore::new());
+    /// assert!(layer.store().is_some());
+    /// assert!(PaceLayer::new().store().is_none());
+    /// ```
+    pub fn pacing_store(self, store: impl PacingStore) -> Self {
+        self.pacing_store_arc(Arc::new(store))
+    }
+
+    /// [`pacing_store`](Self::pacing_store) with a store already behind an `Arc`.
+    pub fn pacing_store_arc(mut self, store: Arc<dyn PacingStore>) -> Self {
+        let probe = self.pacer.config().probe;
+        self.store = Some(Arc::new(StoreBackend::new(store, probe)));
+        self
+    }
+
+    /// The store this layer paces through, if [`pacing_store`](Self::pacing_store) set one
+    /// (`None`: the in-process [`Pacer`]).
+    pub fn store(&self) -> Option<&Arc<dyn PacingStore>> {
+        self.store.as_ref().map(|b| &b.store)
+    }
+
     /// The shared pacer: its [`metrics`](Pacer::metrics) (queue length, waits, wait time) and
     /// [`key_state`](Pacer::key_state).
     pub fn pacer(&self) -> &Pacer {
@@ -118,6 +169,7 @@ impl<S> Layer<S> for PaceLayer {
             inner,
             pacer: self.pacer.clone(),
             keying: self.keying.clone(),
+            store: self.store.clone(),
         }
     }
 }

@@ -84,6 +84,7 @@ mod cost;
 mod key;
 mod layer;
 mod pacer;
+mod probe;
 #[cfg(feature = "redis")]
 mod redis;
 mod service;

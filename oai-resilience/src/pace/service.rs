@@ -17,7 +17,11 @@ use super::cost::{scan, PaceBody};
 use super::key::PaceKey;
 use super::layer::{Keying, PaceLayer};
 use super::pacer::{Acquire, Pacer, Permit};
+use super::probe::{ProbeGuard, StoreBackend};
+use super::store::{outcome, report_to_store, PacingStore};
 use super::{is_paced_locally, CallDeadline};
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
 /// The pacing middleware. See the [module docs](super).
 ///
@@ -28,6 +32,9 @@ pub struct Pace<S> {
     pub(crate) inner: S,
     pub(crate) pacer: Pacer,
     pub(crate) keying: Arc<Keying>,
+    /// `Some`: pace through this store instead of the pacer
+    /// ([`PaceLayer::pacing_store`]).
+    pub(crate) store: Option<Arc<StoreBackend>>,
 }
 
 impl<S: fmt::Debug> fmt::Debug for Pace<S> {
@@ -35,6 +42,7 @@ impl<S: fmt::Debug> fmt::Debug for Pace<S> {
         f.debug_struct("Pace")
             .field("inner", &self.inner)
             .field("pacer", &self.pacer)
+            .field("store", &self.store)
             .finish()
     }
 }
@@ -107,7 +115,26 @@ where
         });
         let req = Request::from_parts(parts, body);
         let deadline = req.extensions().get::<CallDeadline>().map(|d| d.0);
-        let acquire = self.pacer.acquire(&key, cost, deadline);
+        let acquire = match &self.store {
+            None => Admit::Local(self.pacer.acquire(&key, cost, deadline)),
+            Some(store) => {
+                let config = self.pacer.config();
+                let (max_wait, default_pause) = (config.max_wait, config.default_pause);
+                let backend = store.clone();
+                Admit::Shared(Box::pin(async move {
+                    let probe = backend
+                        .clone()
+                        .admit(&key, cost, max_wait, deadline)
+                        .await?;
+                    Ok(StoreSlot {
+                        store: backend.store.clone(),
+                        key,
+                        default_pause,
+                        probe,
+                    })
+                }))
+            }
+        };
         ResponseFuture {
             state: State::Waiting {
                 acquire,
@@ -125,8 +152,29 @@ pin_project! {
         S: Service<Request<B>>,
     {
         #[pin]
-        state: State<S, B, S::Future>,
+        state: State<S, B, S::Future, S::Response>,
     }
+}
+
+/// Waiting for a slot: from the in-process pacer or from a store.
+enum Admit {
+    Local(Acquire),
+    Shared(BoxFuture<Result<StoreSlot, Error>>),
+}
+
+/// A slot granted by a store: where to report the outcome.
+struct StoreSlot {
+    store: Arc<dyn PacingStore>,
+    key: PaceKey,
+    default_pause: std::time::Duration,
+    /// Held when this request probes a cold key.
+    probe: Option<ProbeGuard>,
+}
+
+/// A granted slot.
+enum Slot {
+    Local(Permit),
+    Shared(StoreSlot),
 }
 
 impl<S, B> fmt::Debug for ResponseFuture<S, B>
@@ -138,6 +186,7 @@ where
             State::Waiting { .. } => "waiting",
             State::Readying { .. } => "readying",
             State::Calling { .. } => "calling",
+            State::Reporting { .. } => "reporting",
             State::Done => "done",
         };
         f.debug_struct("ResponseFuture")
@@ -148,10 +197,12 @@ where
 
 pin_project! {
     #[project = StateProj]
-    enum State<S, B, F> {
-        Waiting { acquire: Acquire, svc: Option<S>, req: Option<Request<B>> },
-        Readying { svc: S, req: Option<Request<B>>, permit: Option<Permit> },
-        Calling { #[pin] fut: F, permit: Option<Permit> },
+    enum State<S, B, F, R> {
+        Waiting { acquire: Admit, svc: Option<S>, req: Option<Request<B>> },
+        Readying { svc: S, req: Option<Request<B>>, permit: Option<Slot> },
+        Calling { #[pin] fut: F, permit: Option<Slot> },
+        // A store-paced call's outcome on its way to the store; then the result.
+        Reporting { fut: BoxFuture<()>, res: Option<Result<R, Error>> },
         Done,
     }
 }
@@ -171,7 +222,10 @@ where
         loop {
             match this.state.as_mut().project() {
                 StateProj::Waiting { acquire, svc, req } => {
-                    let res = ready!(Pin::new(acquire).poll(cx));
+                    let res = match acquire {
+                        Admit::Local(a) => ready!(Pin::new(a).poll(cx)).map(Slot::Local),
+                        Admit::Shared(f) => ready!(f.as_mut().poll(cx)).map(Slot::Shared),
+                    };
                     let (svc, req) = (svc.take(), req.take());
                     let next = match (res, svc) {
                         (Ok(permit), Some(svc)) => State::Readying {
@@ -192,7 +246,7 @@ where
                 }
                 StateProj::Readying { svc, req, permit } => {
                     if let Err(e) = ready!(svc.poll_ready(cx)) {
-                        if let Some(p) = permit.take() {
+                        if let Some(Slot::Local(p)) = permit.take() {
                             p.on_error(e.rate_limit());
                         }
                         this.state.set(State::Done);
@@ -208,11 +262,45 @@ where
                 }
                 StateProj::Calling { fut, permit } => {
                     let res = ready!(fut.poll(cx));
-                    if let Some(permit) = permit.take() {
-                        report(permit, &res);
+                    match permit.take() {
+                        Some(Slot::Local(permit)) => report(permit, &res),
+                        Some(Slot::Shared(slot)) => {
+                            let (snap, limited) = outcome(&res);
+                            // The server answered (a response, or an error with a status):
+                            // once its headers are in the store, the key is known.
+                            let answered = match &res {
+                                Ok(_) => true,
+                                Err(e) => e.status().is_some(),
+                            };
+                            let fut = Box::pin(async move {
+                                report_to_store(
+                                    &*slot.store,
+                                    &slot.key,
+                                    snap,
+                                    limited,
+                                    slot.default_pause,
+                                )
+                                .await;
+                                if let (true, Some(probe)) = (answered, slot.probe) {
+                                    probe.answered();
+                                }
+                            });
+                            this.state.set(State::Reporting {
+                                fut,
+                                res: Some(res),
+                            });
+                            continue;
+                        }
+                        None => {}
                     }
                     this.state.set(State::Done);
                     return Poll::Ready(res);
+                }
+                StateProj::Reporting { fut, res } => {
+                    ready!(fut.as_mut().poll(cx));
+                    let res = res.take();
+                    this.state.set(State::Done);
+                    return Poll::Ready(res.unwrap_or_else(|| Err(internal("result missing"))));
                 }
                 StateProj::Done => {
                     return Poll::Ready(Err(internal("response future polled after completion")))
@@ -237,5 +325,411 @@ fn report<B>(permit: Permit, res: &Result<Response<B>, Error>) {
             permit.on_rate_limited(e.retry_after(), e.rate_limit());
         }
         Err(e) => permit.on_error(e.rate_limit()),
+    }
+}
+
+#[cfg(test)]
+mod store_tests {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::time::Duration;
+
+    use bytes::Bytes;
+    use http_body_util::Full;
+    use tokio::time::Instant;
+    use tower::{Layer, ServiceExt};
+
+    use super::*;
+    use crate::pace::{
+        Admission, BucketLimits, Cost, InProcessStore, LearnedLimits, PacerConfig, StoreFuture,
+    };
+
+    /// Answers `status` with the given headers (a 429 with OpenAI's body), counting requests.
+    fn upstream(
+        status: u16,
+        headers: &'static [(&'static str, &'static str)],
+        sent: Arc<AtomicU64>,
+    ) -> impl Service<
+        Request<Full<Bytes>>,
+        Response = Response<Full<Bytes>>,
+        Error = Error,
+        Future = impl Send,
+    > + Clone
+           + Send
+           + 'static {
+        let inner = tower::service_fn(move |_req: Request<Full<Bytes>>| {
+            sent.fetch_add(1, Ordering::SeqCst);
+            let mut b = Response::builder().status(status);
+            for (k, v) in headers {
+                b = b.header(*k, *v);
+            }
+            let body = if status == 429 {
+                r#"{"error":{"message":"Rate limit reached","type":"requests","code":"rate_limit_exceeded"}}"#
+            } else {
+                "{}"
+            };
+            async move {
+                Ok::<_, std::convert::Infallible>(b.body(Full::new(Bytes::from(body))).unwrap())
+            }
+        });
+        tower::ServiceBuilder::new()
+            .layer(crate::ClassifyLayer::new())
+            .service(inner)
+    }
+
+    fn request() -> Request<Full<Bytes>> {
+        Request::post("https://api.example.test/v1/chat/completions")
+            .header("authorization", "Bearer sk-test-pace-store")
+            .body(Full::new(Bytes::from_static(
+                br#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}],"max_tokens":5}"#,
+            )))
+            .unwrap()
+    }
+
+    fn key() -> PaceKey {
+        PaceKey::new("api.example.test")
+            .with_credential(b"Bearer sk-test-pace-store")
+            .with_model("gpt-4o-mini")
+    }
+
+    fn one_per_100ms() -> LearnedLimits {
+        LearnedLimits {
+            requests: Some(BucketLimits {
+                capacity: 1.0,
+                refill_per_sec: 10.0,
+            }),
+            ..LearnedLimits::default()
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn two_layers_share_one_store_bucket() {
+        let store = InProcessStore::new();
+        store.learn(&key(), one_per_100ms()).await.unwrap();
+        let sent = Arc::new(AtomicU64::new(0));
+        // Two layers with their own pacers, as two processes would have.
+        let a = PaceLayer::new().pacing_store(store.clone());
+        let b = PaceLayer::new().pacing_store(store.clone());
+        let svc_a = a.layer(upstream(200, &[], sent.clone()));
+        let svc_b = b.layer(upstream(200, &[], sent.clone()));
+        let start = Instant::now();
+        for _ in 0..3 {
+            svc_a.clone().oneshot(request()).await.unwrap();
+            svc_b.clone().oneshot(request()).await.unwrap();
+        }
+        // One bucket of 1 refilled 10/s: six calls take 500 ms whichever layer sends them.
+        assert_eq!(start.elapsed(), Duration::from_millis(500));
+        assert_eq!(sent.load(Ordering::SeqCst), 6);
+        // The pacers were not used.
+        assert_eq!(a.pacer().metrics().granted, 0);
+        assert_eq!(b.pacer().metrics().granted, 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_default_layer_uses_its_pacer() {
+        let sent = Arc::new(AtomicU64::new(0));
+        let layer = PaceLayer::new();
+        assert!(layer.store().is_none());
+        layer
+            .layer(upstream(200, &[], sent.clone()))
+            .oneshot(request())
+            .await
+            .unwrap();
+        assert_eq!(layer.pacer().metrics().granted, 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn headers_are_learned_into_the_store() {
+        let store = InProcessStore::new();
+        let sent = Arc::new(AtomicU64::new(0));
+        let svc = PaceLayer::new().pacing_store(store.clone()).layer(upstream(
+            200,
+            &[
+                ("x-ratelimit-limit-requests", "2"),
+                ("x-ratelimit-remaining-requests", "0"),
+                ("x-ratelimit-reset-requests", "1s"),
+            ],
+            sent.clone(),
+        ));
+        svc.clone().oneshot(request()).await.unwrap();
+        let m = store.key_model(&key()).expect("learned");
+        assert_eq!(m.requests.map(|b| (b.capacity, b.refill)), Some((2.0, 2.0)));
+        // Empty after the headers: the next call waits half a second for its refill.
+        let start = Instant::now();
+        svc.oneshot(request()).await.unwrap();
+        assert_eq!(start.elapsed(), Duration::from_millis(500));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_server_429_pauses_the_key_for_every_layer_of_the_store() {
+        let store = InProcessStore::new();
+        let sent = Arc::new(AtomicU64::new(0));
+        let config = PacerConfig {
+            default_pause: Duration::from_secs(3),
+            max_wait: Some(Duration::from_millis(200)),
+            ..PacerConfig::default()
+        };
+        let limited = PaceLayer::with_config(config.clone())
+            .pacing_store(store.clone())
+            .layer(upstream(429, &[], sent.clone()));
+        let err = limited.oneshot(request()).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::RateLimited);
+        assert!(!is_paced_locally(&err));
+        assert!(matches!(
+            store.admit(&key(), Cost::tokens(1)).await.unwrap(),
+            Admission::Wait(_)
+        ));
+        // Another layer on the same store: paused longer than its max wait, so it fails
+        // locally and sends nothing.
+        let other = PaceLayer::with_config(config)
+            .pacing_store(store.clone())
+            .layer(upstream(200, &[], sent.clone()));
+        let err = other.oneshot(request()).await.unwrap_err();
+        assert!(is_paced_locally(&err), "{err}");
+        assert!(
+            err.detail().is_some_and(|d| d.contains("max_wait")),
+            "{err}"
+        );
+        assert!(!err.to_string().contains("sk-test"), "{err}");
+        assert_eq!(sent.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_deadline_bounds_the_wait_for_the_store() {
+        let store = InProcessStore::new();
+        store.learn(&key(), one_per_100ms()).await.unwrap();
+        let sent = Arc::new(AtomicU64::new(0));
+        let svc =
+            PaceLayer::new()
+                .pacing_store(store.clone())
+                .layer(upstream(200, &[], sent.clone()));
+        svc.clone().oneshot(request()).await.unwrap();
+        let mut req = request();
+        req.extensions_mut()
+            .insert(CallDeadline(Instant::now() + Duration::from_millis(10)));
+        let err = svc.oneshot(req).await.unwrap_err();
+        assert!(is_paced_locally(&err), "{err}");
+        assert!(
+            err.detail().is_some_and(|d| d.contains("deadline")),
+            "{err}"
+        );
+        assert_eq!(sent.load(Ordering::SeqCst), 1);
+    }
+
+    #[derive(Debug)]
+    struct Down;
+
+    impl PacingStore for Down {
+        fn admit<'a>(&'a self, _: &'a PaceKey, _: Cost) -> StoreFuture<'a, Admission> {
+            Box::pin(async { Err(Error::new(ErrorKind::Connection).with_detail("store down")) })
+        }
+        fn learn<'a>(&'a self, _: &'a PaceKey, _: LearnedLimits) -> StoreFuture<'a, ()> {
+            Box::pin(async { Err(Error::new(ErrorKind::Connection).with_detail("store down")) })
+        }
+        fn pause<'a>(&'a self, _: &'a PaceKey, _: Duration) -> StoreFuture<'a, ()> {
+            Box::pin(async { Err(Error::new(ErrorKind::Connection).with_detail("store down")) })
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failing_store_fails_the_call_before_anything_is_sent() {
+        let sent = Arc::new(AtomicU64::new(0));
+        let svc = PaceLayer::new()
+            .pacing_store(Down)
+            .layer(upstream(200, &[], sent.clone()));
+        let err = svc.oneshot(request()).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Connection);
+        assert_eq!(sent.load(Ordering::SeqCst), 0);
+    }
+
+    /// Admits, but fails every report: the call that was made still succeeds.
+    #[derive(Debug)]
+    struct ReportsFail;
+
+    impl PacingStore for ReportsFail {
+        fn admit<'a>(&'a self, _: &'a PaceKey, _: Cost) -> StoreFuture<'a, Admission> {
+            Box::pin(async { Ok(Admission::Admitted) })
+        }
+        fn learn<'a>(&'a self, _: &'a PaceKey, _: LearnedLimits) -> StoreFuture<'a, ()> {
+            Box::pin(async { Err(Error::new(ErrorKind::Connection).with_detail("store down")) })
+        }
+        fn pause<'a>(&'a self, _: &'a PaceKey, _: Duration) -> StoreFuture<'a, ()> {
+            Box::pin(async { Err(Error::new(ErrorKind::Connection).with_detail("store down")) })
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failing_report_does_not_fail_the_call() {
+        let sent = Arc::new(AtomicU64::new(0));
+        let ok = PaceLayer::new().pacing_store(ReportsFail).layer(upstream(
+            200,
+            &[
+                ("x-ratelimit-limit-requests", "2"),
+                ("x-ratelimit-remaining-requests", "1"),
+                ("x-ratelimit-reset-requests", "500ms"),
+            ],
+            sent.clone(),
+        ));
+        ok.oneshot(request()).await.unwrap();
+        let limited =
+            PaceLayer::new()
+                .pacing_store(ReportsFail)
+                .layer(upstream(429, &[], sent.clone()));
+        let err = limited.oneshot(request()).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::RateLimited);
+        assert!(err.status().is_some());
+        assert_eq!(sent.load(Ordering::SeqCst), 2);
+    }
+
+    /// Answers after `latency` with a bucket of 2 (1 left, full in 500 ms), or, for the
+    /// first `fail_first` calls, fails without a response; counts the calls.
+    fn slow_upstream(
+        latency: Duration,
+        fail_first: u64,
+        sent: Arc<AtomicU64>,
+    ) -> impl Service<
+        Request<Full<Bytes>>,
+        Response = Response<Full<Bytes>>,
+        Error = Error,
+        Future = impl Send,
+    > + Clone
+           + Send
+           + 'static {
+        tower::service_fn(move |_req: Request<Full<Bytes>>| {
+            let n = sent.fetch_add(1, Ordering::SeqCst);
+            async move {
+                tokio::time::sleep(latency).await;
+                if n < fail_first {
+                    return Err(Error::new(ErrorKind::Connection).with_detail("refused"));
+                }
+                Ok(Response::builder()
+                    .header("x-ratelimit-limit-requests", "2")
+                    .header("x-ratelimit-remaining-requests", "1")
+                    .header("x-ratelimit-reset-requests", "500ms")
+                    .body(Full::new(Bytes::from_static(b"{}")))
+                    .unwrap())
+            }
+        })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_cold_key_is_probed_by_one_request_while_the_others_wait() {
+        let store = InProcessStore::new();
+        let sent = Arc::new(AtomicU64::new(0));
+        let svc = PaceLayer::new()
+            .pacing_store(store.clone())
+            .layer(slow_upstream(Duration::from_millis(100), 0, sent.clone()));
+        let start = Instant::now();
+        let calls: Vec<_> = (0..3)
+            .map(|_| tokio::spawn(svc.clone().oneshot(request())))
+            .collect();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(sent.load(Ordering::SeqCst), 1, "only the probe is out");
+        for c in calls {
+            c.await.unwrap().unwrap();
+        }
+        // The probe's headers (1 left of 2, refilled 2/s) went to the store: the second call
+        // went at 100 ms, the third waited for a refill.
+        assert_eq!(sent.load(Ordering::SeqCst), 3);
+        assert!(
+            start.elapsed() >= Duration::from_millis(600),
+            "{:?}",
+            start.elapsed()
+        );
+        assert!(store
+            .key_model(&key())
+            .is_some_and(|m| m.requests.is_some()));
+        // Known now, and the bucket full again: two later calls go out together, without a
+        // probe first.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let later: Vec<_> = (0..2)
+            .map(|_| tokio::spawn(svc.clone().oneshot(request())))
+            .collect();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(sent.load(Ordering::SeqCst), 5);
+        for c in later {
+            c.await.unwrap().unwrap();
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_probe_that_gets_no_answer_hands_the_probe_to_the_next_request() {
+        let store = InProcessStore::new();
+        let sent = Arc::new(AtomicU64::new(0));
+        let svc = PaceLayer::new()
+            .pacing_store(store.clone())
+            .layer(slow_upstream(Duration::from_millis(100), 1, sent.clone()));
+        let first = tokio::spawn(svc.clone().oneshot(request()));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let second = tokio::spawn(svc.clone().oneshot(request()));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(
+            sent.load(Ordering::SeqCst),
+            1,
+            "the second waits for the probe"
+        );
+        let err = first.await.unwrap().unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Connection);
+        second.await.unwrap().unwrap();
+        assert_eq!(sent.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_cancelled_probe_hands_the_probe_to_the_next_request() {
+        let store = InProcessStore::new();
+        let sent = Arc::new(AtomicU64::new(0));
+        let svc = PaceLayer::new()
+            .pacing_store(store.clone())
+            .layer(slow_upstream(Duration::from_millis(100), 0, sent.clone()));
+        let first = tokio::spawn(svc.clone().oneshot(request()));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let second = tokio::spawn(svc.clone().oneshot(request()));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        first.abort();
+        second.await.unwrap().unwrap();
+        assert_eq!(sent.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_waiter_gives_up_at_its_max_wait_while_the_probe_is_slow() {
+        let store = InProcessStore::new();
+        let sent = Arc::new(AtomicU64::new(0));
+        let config = PacerConfig {
+            max_wait: Some(Duration::from_millis(50)),
+            ..PacerConfig::default()
+        };
+        let svc = PaceLayer::with_config(config)
+            .pacing_store(store.clone())
+            .layer(slow_upstream(Duration::from_secs(1), 0, sent.clone()));
+        let probe = tokio::spawn(svc.clone().oneshot(request()));
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        let err = svc.clone().oneshot(request()).await.unwrap_err();
+        assert!(is_paced_locally(&err), "{err}");
+        assert!(
+            err.detail().is_some_and(|d| d.contains("first answer")),
+            "{err}"
+        );
+        probe.await.unwrap().unwrap();
+        assert_eq!(sent.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn without_the_probe_a_cold_burst_goes_out_at_once() {
+        let store = InProcessStore::new();
+        let sent = Arc::new(AtomicU64::new(0));
+        let config = PacerConfig {
+            probe: false,
+            ..PacerConfig::default()
+        };
+        let svc = PaceLayer::with_config(config)
+            .pacing_store(store.clone())
+            .layer(slow_upstream(Duration::from_millis(100), 0, sent.clone()));
+        let calls: Vec<_> = (0..3)
+            .map(|_| tokio::spawn(svc.clone().oneshot(request())))
+            .collect();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(sent.load(Ordering::SeqCst), 3);
+        for c in calls {
+            c.await.unwrap().unwrap();
+        }
     }
 }

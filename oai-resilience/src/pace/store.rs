@@ -69,9 +69,13 @@ pub struct LearnedLimits {
 /// store runs the same steps in a server-side Lua script, and a property test checks that the
 /// two admit the same sequences.
 ///
-/// Note: [`Pacer`](crate::pace::Pacer) does not consult a `PacingStore` yet; the store is
-/// usable on its own (acquire a slot with [`PacingStore::admit`], wait as told, report limits
-/// with [`PacingStore::learn`] and 429s with [`PacingStore::pause`]).
+/// The stack paces through a store with
+/// [`OpenAiLayer::pacing_store`](crate::stack::OpenAiLayer::pacing_store) (or
+/// [`PaceLayer::pacing_store`](crate::pace::PaceLayer::pacing_store), or the standalone
+/// [`SharedPaceLayer`]); the in-process [`Pacer`](crate::pace::Pacer), with its probe and
+/// adaptive rate, stays the default and keeps its own state. The store is also usable on its
+/// own (acquire a slot with [`PacingStore::admit`], wait as told, report limits with
+/// [`PacingStore::learn`] and 429s with [`PacingStore::pause`]).
 ///
 /// ```
 /// use std::time::Duration;
@@ -594,7 +598,7 @@ pub struct SharedPace<S> {
     layer: SharedPaceLayer,
 }
 
-fn paced_locally(key: &PaceKey, why: &str, waited: Duration) -> Error {
+pub(crate) fn paced_locally(key: &PaceKey, why: &str, waited: Duration) -> Error {
     Error::new(crate::ErrorKind::RateLimited).with_detail(format!(
         "{}: no slot on {key} in the shared store before {why} (waited {} ms)",
         crate::pace::pacer::PACED_LOCALLY,
@@ -641,64 +645,115 @@ where
         let svc = self.inner.clone();
         Box::pin(async move {
             use tower::ServiceExt;
-            let start = Instant::now();
-            let mut limit = start + layer.max_wait;
-            let mut why = "max_wait";
-            if let Some(d) = deadline {
-                if d < limit {
-                    limit = d;
-                    why = "the call's deadline";
-                }
-            }
-            // Bounded: every round either admits, fails, or sleeps a positive wait (a zero
-            // wait is rounded up to 1 ms), and the total sleep is bounded by `limit`.
-            loop {
-                match layer.store.admit(&key, cost).await? {
-                    Admission::Admitted => break,
-                    Admission::Blocked => {
-                        return Err(paced_locally(
-                            &key,
-                            "a refill (none at this limit)",
-                            start.elapsed(),
-                        ))
-                    }
-                    Admission::Wait(d) => {
-                        let d = d.max(Duration::from_millis(1));
-                        if Instant::now() + d > limit {
-                            return Err(paced_locally(&key, why, start.elapsed()));
-                        }
-                        tokio::time::sleep(d).await;
-                    }
-                }
-            }
+            admit_until(&*layer.store, &key, cost, Some(layer.max_wait), deadline).await?;
             let res = svc.oneshot(req).await;
-            let snap = match &res {
-                Ok(r) => Some(
-                    r.extensions()
-                        .get::<crate::parse::RateLimitSnapshot>()
-                        .copied()
-                        .unwrap_or_else(|| {
-                            crate::parse::RateLimitSnapshot::from_headers(r.headers())
-                        }),
-                ),
-                Err(e) => e.rate_limit().copied(),
-            };
-            if let Some(snap) = snap.filter(|s| !s.is_empty()) {
-                // A store that fails closed fails this report, not the call that was made.
-                if let Err(e) = layer.store.learn(&key, learned_from(&snap)).await {
-                    tracing::debug!(error = %e, "shared pace: could not record limits");
-                }
-            }
-            if let Err(e) = &res {
-                if e.kind() == crate::ErrorKind::RateLimited && e.status().is_some() {
-                    let pause = e.retry_after().unwrap_or(layer.default_pause);
-                    if let Err(e) = layer.store.pause(&key, pause).await {
-                        tracing::debug!(error = %e, "shared pace: could not record a pause");
-                    }
-                }
-            }
+            let (snap, limited) = outcome(&res);
+            report_to_store(&*layer.store, &key, snap, limited, layer.default_pause).await;
             res
         })
+    }
+}
+
+/// When a wait that started at `start` must end, and why: the sooner of `max_wait` and the
+/// call's `deadline`.
+pub(crate) fn deadline_limit(
+    start: Instant,
+    max_wait: Option<Duration>,
+    deadline: Option<Instant>,
+) -> (Option<Instant>, &'static str) {
+    let mut limit = max_wait.map(|w| start + w);
+    let mut why = "max_wait";
+    if let Some(d) = deadline {
+        if limit.is_none_or(|l| d < l) {
+            limit = Some(d);
+            why = "the call's deadline";
+        }
+    }
+    (limit, why)
+}
+
+/// Waits until `store` admits a request of `cost` on `key`, at most `max_wait` and never past
+/// `deadline`; returns how long it waited.
+pub(crate) async fn admit_until(
+    store: &dyn PacingStore,
+    key: &PaceKey,
+    cost: Cost,
+    max_wait: Option<Duration>,
+    deadline: Option<Instant>,
+) -> Result<Duration, Error> {
+    let start = Instant::now();
+    let (limit, why) = deadline_limit(start, max_wait, deadline);
+    // Bounded: every round either admits, fails, or sleeps a positive wait (a zero wait is
+    // rounded up to 1 ms), and the total sleep is bounded by `limit` (or, without any limit,
+    // by the store's longest wait per round, as the caller asked for no bound).
+    loop {
+        match store.admit(key, cost).await? {
+            Admission::Admitted => return Ok(start.elapsed()),
+            Admission::Blocked => {
+                return Err(paced_locally(
+                    key,
+                    "a refill (none at this limit)",
+                    start.elapsed(),
+                ))
+            }
+            Admission::Wait(d) => {
+                let d = d.max(Duration::from_millis(1));
+                if limit.is_some_and(|l| Instant::now() + d > l) {
+                    return Err(paced_locally(key, why, start.elapsed()));
+                }
+                tracing::trace!(key = %key, wait_ms = d.as_millis() as u64, "shared pace: waiting for the store");
+                tokio::time::sleep(d).await;
+            }
+        }
+    }
+}
+
+/// What a call's result tells the store: the rate-limit snapshot, and `Some(hint)` for a
+/// server 429.
+pub(crate) fn outcome<ResB>(
+    res: &Result<http::Response<ResB>, Error>,
+) -> (
+    Option<crate::parse::RateLimitSnapshot>,
+    Option<Option<Duration>>,
+) {
+    match res {
+        Ok(r) => (
+            Some(
+                r.extensions()
+                    .get::<crate::parse::RateLimitSnapshot>()
+                    .copied()
+                    .unwrap_or_else(|| crate::parse::RateLimitSnapshot::from_headers(r.headers())),
+            ),
+            None,
+        ),
+        Err(e) => (
+            e.rate_limit().copied(),
+            (e.kind() == crate::ErrorKind::RateLimited && e.status().is_some())
+                .then(|| e.retry_after()),
+        ),
+    }
+}
+
+/// Reports a call's outcome to the store: limits learned from the snapshot, and a pause for a
+/// server 429 (its hint, else `default_pause`). A store that fails closed fails this report,
+/// not the call that was made: its errors are logged and dropped.
+pub(crate) async fn report_to_store(
+    store: &dyn PacingStore,
+    key: &PaceKey,
+    snap: Option<crate::parse::RateLimitSnapshot>,
+    rate_limited: Option<Option<Duration>>,
+    default_pause: Duration,
+) {
+    if let Some(snap) = snap.filter(|s| !s.is_empty()) {
+        if let Err(e) = store.learn(key, learned_from(&snap)).await {
+            tracing::debug!(error = %e, "shared pace: could not record limits");
+        }
+    }
+    if let Some(hint) = rate_limited {
+        let pause = hint.unwrap_or(default_pause);
+        if let Err(e) = store.pause(key, pause).await {
+            tracing::debug!(error = %e, "shared pace: could not record a pause");
+        }
     }
 }
 

@@ -151,6 +151,14 @@ impl TokenBudget {
         self
     }
 
+    /// Replaces the balance (clamped to `0..=max_tokens`): how a shared budget adopts the
+    /// fleet's balance after a sync.
+    #[cfg(feature = "redis")]
+    pub(crate) fn set_balance(&self, tokens: f64) {
+        self.balance
+            .store(to_fixed(tokens).min(self.max), Ordering::Release);
+    }
+
     /// The current balance, in tokens.
     pub fn balance(&self) -> f64 {
         from_fixed(self.balance.load(Ordering::Relaxed))

@@ -110,6 +110,8 @@ mod config;
 pub mod future;
 mod layer;
 mod policy;
+#[cfg(feature = "redis")]
+pub mod redis;
 mod replay;
 mod retrier;
 mod service;

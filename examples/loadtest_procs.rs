@@ -1,0 +1,574 @@
+//! `--processes P` and `--store memory|redis|redis://HOST:PORT`: a scenario split over P worker
+//! processes that share one server and, with Redis, one pacing store.
+//!
+//! The parent starts the mock (or uses `--base-url`), then re-executes this binary P times with
+//! the hidden `--worker` flag. Each worker reads its share of the calls, the concurrency, the
+//! server URL, the key and the store from one JSON line on stdin (so the key never appears in
+//! a command line), builds the full stack ([`OpenAiLayer`], with
+//! [`OpenAiLayer::pacing_store`] for Redis), says `ready`, waits for `go`, runs its calls and
+//! prints one JSON line of results. The wall time runs from `go` to the last worker's
+//! results, so process start-up and connection set-up are not counted.
+//!
+//! With a Redis store the scenario runs twice in the same run, against a fresh mock each
+//! time: P processes pacing in-process (the baseline: each process learns the limit alone)
+//! and P processes pacing through Redis (each process probes the cold key once, then all pace
+//! on the limits learned into Redis; nothing is configured up front). `--store redis` (no URL)
+//! starts a throwaway `redis-server` on a free loopback port for the run.
+
+use std::collections::BTreeMap;
+use std::process::Stdio;
+
+use oai_resilience::pace::RedisStore;
+use oai_resilience::pace::RedisStoreConfig;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+use super::*;
+
+/// Where the workers keep their pacing state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum StoreArg {
+    /// Each process its own in-process pacer (the default).
+    Memory,
+    /// A Redis server at this URL.
+    Redis(String),
+    /// A `redis-server` that the parent starts for the run.
+    RedisLocal,
+}
+
+/// The multi-process options.
+#[derive(Debug, Clone)]
+pub(crate) struct Multi {
+    pub(crate) store: StoreArg,
+    pub(crate) processes: usize,
+}
+
+/// Takes `--store` and `--processes` (and their values) out of `args`. `None` when neither
+/// is given: the loadtest runs in one process as before.
+pub(crate) fn split_args(args: Vec<String>) -> Result<(Option<Multi>, Vec<String>), String> {
+    let (mut store, mut processes, mut rest) = (None, None, Vec::new());
+    let mut it = args.into_iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--store" => {
+                let v = it.next().ok_or("--store needs a value")?;
+                store = Some(match v.as_str() {
+                    "memory" | "in-process" => StoreArg::Memory,
+                    "redis" => StoreArg::RedisLocal,
+                    url if url.starts_with("redis://") => StoreArg::Redis(url.to_string()),
+                    other => {
+                        return Err(format!(
+                            "unknown store {other}; expected memory, redis or redis://HOST:PORT"
+                        ))
+                    }
+                });
+            }
+            "--processes" => {
+                let v = it.next().ok_or("--processes needs a value")?;
+                let n: usize = v.parse().map_err(|e| format!("--processes: {e}"))?;
+                if n == 0 {
+                    return Err("--processes must be at least 1".into());
+                }
+                processes = Some(n);
+            }
+            _ => rest.push(a),
+        }
+    }
+    if store.is_none() && processes.is_none() {
+        return Ok((None, rest));
+    }
+    Ok((
+        Some(Multi {
+            store: store.unwrap_or(StoreArg::Memory),
+            processes: processes.unwrap_or(1),
+        }),
+        rest,
+    ))
+}
+
+/// What the parent tells a worker (one JSON line on its stdin).
+fn worker_config(
+    url: &str,
+    calls: usize,
+    concurrency: usize,
+    key: &str,
+    redis: Option<(&str, &str)>,
+) -> serde_json::Value {
+    serde_json::json!({
+        "url": url,
+        "calls": calls,
+        "concurrency": concurrency,
+        "key": key,
+        "redis_url": redis.map(|r| r.0),
+        "redis_prefix": redis.map(|r| r.1),
+    })
+}
+
+/// The worker: `loadtest --worker`. Reads its configuration from stdin, answers on stdout.
+pub(crate) async fn worker_main() -> Result<(), BoxError> {
+    let mut lines = BufReader::new(tokio::io::stdin()).lines();
+    let line = lines.next_line().await?.ok_or("worker: no configuration")?;
+    let cfg: serde_json::Value = serde_json::from_str(&line)?;
+    let field = |name: &str| {
+        cfg[name]
+            .as_str()
+            .map(str::to_string)
+            .ok_or(format!("worker: {name} missing"))
+    };
+    let count = |name: &str| {
+        cfg[name]
+            .as_u64()
+            .map(|n| n as usize)
+            .ok_or(format!("worker: {name} missing"))
+    };
+    let (url, key) = (field("url")?, field("key")?);
+    let (calls, concurrency) = (count("calls")?, count("concurrency")?);
+    let counter = Counter::default();
+    let client: Client<HttpConnector, ValidateBody<Full<Bytes>>> =
+        Client::builder(TokioExecutor::new()).build_http();
+    let client = Counted {
+        inner: client,
+        counter: counter.clone(),
+    };
+    let mut layer = OpenAiLayer::new()
+        .base_url(url.parse()?)
+        .auth(AuthLayer::from_key(key));
+    let mut redis = None;
+    if let (Some(u), Some(prefix)) = (cfg["redis_url"].as_str(), cfg["redis_prefix"].as_str()) {
+        let store = RedisStore::connect(
+            u,
+            RedisStoreConfig {
+                prefix: prefix.to_string(),
+                ..RedisStoreConfig::default()
+            },
+        )
+        .await?;
+        layer = layer.pacing_store(store.clone());
+        redis = Some(store);
+    }
+    let svc: Svc = BoxCloneService::new(layer.layer(client));
+    let mut out = tokio::io::stdout();
+    out.write_all(b"ready\n").await?;
+    out.flush().await?;
+    let go = lines.next_line().await?;
+    if go.as_deref() != Some("go") {
+        return Err(format!("worker: expected go, got {go:?}").into());
+    }
+    let gate = Arc::new(Semaphore::new(concurrency.max(1)));
+    let mut tasks = Vec::with_capacity(calls);
+    for _ in 0..calls {
+        let (svc, gate) = (svc.clone(), gate.clone());
+        let req = http::Request::post(PATH)
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from_static(CHAT.as_bytes())))?;
+        tasks.push(tokio::spawn(async move {
+            let _slot = gate.acquire_owned().await.ok();
+            let began = Instant::now();
+            let res = match svc.oneshot(req).await {
+                Ok(resp) => resp
+                    .into_body()
+                    .collect()
+                    .await
+                    .map(|_| ())
+                    .map_err(|_| ErrorKind::Connection),
+                Err(e) => Err(e.kind()),
+            };
+            (began.elapsed(), res)
+        }));
+    }
+    let (mut ok, mut by_kind, mut latencies) = (0usize, BTreeMap::<String, usize>::new(), vec![]);
+    for t in tasks {
+        let (took, res) = t.await?;
+        latencies.push(u64::try_from(took.as_micros()).unwrap_or(u64::MAX));
+        match res {
+            Ok(()) => ok += 1,
+            Err(kind) => *by_kind.entry(kind.to_string()).or_default() += 1,
+        }
+    }
+    let result = serde_json::json!({
+        "ok": ok,
+        "failed_by_kind": by_kind,
+        "latencies_us": latencies,
+        "sent": counter.sent.load(Ordering::Relaxed),
+        "fallbacks": redis.as_ref().map_or(0, RedisStore::fallbacks),
+    });
+    out.write_all(format!("{result}\n").as_bytes()).await?;
+    out.flush().await?;
+    Ok(())
+}
+
+/// A throwaway `redis-server` on a free loopback port, stopped on drop.
+#[derive(Debug)]
+struct LocalRedis {
+    child: std::process::Child,
+    port: u16,
+    dir: std::path::PathBuf,
+}
+
+impl LocalRedis {
+    fn start() -> Result<Self, BoxError> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let dir = std::env::temp_dir().join(format!(
+            "oai-resilience-loadtest-redis-{}-{port}",
+            std::process::id()
+        ));
+        std::fs::create_dir_all(&dir)?;
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(&dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("redis-server (scripts/ensure-redis.sh installs it): {e}"))?;
+        let server = LocalRedis { child, port, dir };
+        // Bounded: 500 tries 10 ms apart.
+        for _ in 0..500 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Ok(server);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Err("redis-server did not listen in time".into())
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+}
+
+impl Drop for LocalRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// One row of a multi-process run.
+#[derive(Debug, Clone)]
+pub(crate) struct ProcRun {
+    /// `in-process` or `redis`.
+    pub(crate) label: &'static str,
+    pub(crate) run: Run,
+    /// 429s the mock answered (`None` with `--base-url`).
+    pub(crate) server_429s: Option<u64>,
+    /// Redis operations that fell back to in-process pacing, over all workers.
+    pub(crate) fallbacks: u64,
+}
+
+/// A unique key prefix per run, so that earlier runs' state in the same Redis is not reused.
+fn fresh_prefix() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!("oai-resilience:loadtest:{}:{nanos}", std::process::id())
+}
+
+/// Runs `cfg` over `processes` workers, pacing in-process (`redis: None`) or through Redis.
+async fn run_procs(
+    cfg: &Config,
+    processes: usize,
+    redis: Option<&str>,
+) -> Result<ProcRun, BoxError> {
+    let mock = match &cfg.base_url {
+        None => Some(start_mock(cfg).await),
+        Some(_) => None,
+    };
+    let url = match (&mock, &cfg.base_url) {
+        (Some(m), _) => m.url(),
+        (None, Some(u)) => u.clone(),
+        (None, None) => return Err("no server".into()),
+    };
+    let prefix = fresh_prefix();
+    let exe = std::env::current_exe()?;
+    let mut workers = Vec::with_capacity(processes);
+    for i in 0..processes {
+        let share = |n: usize| n / processes + usize::from(i < n % processes);
+        let mut child = tokio::process::Command::new(&exe)
+            .arg("--worker")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()?;
+        let mut stdin = child.stdin.take().ok_or("worker stdin")?;
+        let stdout = child.stdout.take().ok_or("worker stdout")?;
+        let config = worker_config(
+            &url,
+            share(cfg.calls),
+            share(cfg.concurrency).max(1),
+            &cfg.api_key,
+            redis.map(|r| (r, prefix.as_str())),
+        );
+        stdin.write_all(format!("{config}\n").as_bytes()).await?;
+        stdin.flush().await?;
+        workers.push((child, stdin, BufReader::new(stdout).lines()));
+    }
+    for (_, _, lines) in &mut workers {
+        let ready = lines.next_line().await?;
+        if ready.as_deref() != Some("ready") {
+            return Err(format!("worker did not start: {ready:?}").into());
+        }
+    }
+    let start = Instant::now();
+    for (_, stdin, _) in &mut workers {
+        stdin.write_all(b"go\n").await?;
+        stdin.flush().await?;
+    }
+    let results: Vec<_> = workers
+        .into_iter()
+        .map(|(mut child, _stdin, mut lines)| {
+            tokio::spawn(async move {
+                let line = lines.next_line().await;
+                let status = child.wait().await;
+                (line, status)
+            })
+        })
+        .collect();
+    let mut outputs = Vec::with_capacity(processes);
+    for r in results {
+        let (line, status) = r.await?;
+        let line = line?.ok_or_else(|| format!("a worker gave no results ({:?})", status))?;
+        outputs.push(serde_json::from_str::<serde_json::Value>(&line)?);
+    }
+    let wall = start.elapsed();
+    let (mut ok, mut sent, mut fallbacks) = (0usize, 0u64, 0u64);
+    let mut by_kind = BTreeMap::<String, usize>::new();
+    let mut latencies = Vec::with_capacity(cfg.calls);
+    for o in &outputs {
+        ok += o["ok"].as_u64().unwrap_or(0) as usize;
+        sent += o["sent"].as_u64().unwrap_or(0);
+        fallbacks += o["fallbacks"].as_u64().unwrap_or(0);
+        if let Some(m) = o["failed_by_kind"].as_object() {
+            for (k, n) in m {
+                *by_kind.entry(k.clone()).or_default() += n.as_u64().unwrap_or(0) as usize;
+            }
+        }
+        if let Some(l) = o["latencies_us"].as_array() {
+            latencies.extend(
+                l.iter()
+                    .filter_map(|v| v.as_u64())
+                    .map(Duration::from_micros),
+            );
+        }
+    }
+    latencies.sort();
+    let counts = mock.as_ref().map(MockServer::counts);
+    Ok(ProcRun {
+        label: if redis.is_some() {
+            "redis"
+        } else {
+            "in-process"
+        },
+        run: Run {
+            which: Which::Stack,
+            calls: cfg.calls,
+            ok,
+            failed_by_kind: by_kind.into_iter().collect(),
+            requests_sent: counts.as_ref().map_or(sent, |c| c.total),
+            wall,
+            p50: quantile(&latencies, 0.5),
+            p99: quantile(&latencies, 0.99),
+            outage: None,
+            samples: Vec::new(),
+            // The workers' CPU is not collected.
+            cpu: None,
+        },
+        server_429s: counts.map(|c| c.rate_limited),
+        fallbacks,
+    })
+}
+
+/// A multi-process scenario's rows: in-process, and Redis when a Redis store was given.
+#[derive(Debug, Clone)]
+pub(crate) struct ProcReport {
+    pub(crate) scenario: Scenario,
+    pub(crate) processes: usize,
+    pub(crate) minimum: Option<Duration>,
+    pub(crate) rows: Vec<ProcRun>,
+}
+
+impl ProcReport {
+    /// The table rows (the loadtest's columns; the client column says the store).
+    pub(crate) fn table(&self) -> String {
+        let name = format!("{} x{}", self.scenario.name(), self.processes);
+        self.rows
+            .iter()
+            .map(|r| {
+                let label = format!("| stack, {} |", r.label);
+                row(&name, &r.run, self.minimum).replacen("| stack |", &label, 1)
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// The issue's targets for the Redis row, the 429s, and the Redis/in-process ratios.
+    pub(crate) fn lines(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for r in &self.rows {
+            out.push(format!(
+                "{} x{} ({}): {} server 429s, {} Redis fallbacks",
+                self.scenario.name(),
+                self.processes,
+                r.label,
+                r.server_429s.map_or("-".into(), |n| n.to_string()),
+                r.fallbacks
+            ));
+        }
+        let redis = self.rows.iter().find(|r| r.label == "redis");
+        let local = self.rows.iter().find(|r| r.label == "in-process");
+        if let (Some(redis), Scenario::Burst, Some(min)) = (redis, self.scenario, self.minimum) {
+            let s = &redis.run;
+            let wall = s.wall.as_secs_f64() / min.as_secs_f64();
+            let met = s.failed() == 0 && s.per_call() <= 1.15 && wall <= 1.10;
+            out.push(format!(
+                "burst x{} (redis): target {}: 0 failed ({}), req/call <= 1.15 ({:.3}), \
+                 wall <= 1.10x min ({wall:.3}x)",
+                self.processes,
+                if met { "met" } else { "MISSED" },
+                s.failed(),
+                s.per_call()
+            ));
+        }
+        // The overhead of the store where both rows do the same work (no limit to wait for).
+        if let (Some(redis), Some(local), Scenario::Clean) = (redis, local, self.scenario) {
+            out.push(format!(
+                "{} x{}: redis / in-process: calls/s {:.3}, p50 {:.3}, p99 {:.3}",
+                self.scenario.name(),
+                self.processes,
+                redis.run.rps() / local.run.rps().max(1e-9),
+                ratio(redis.run.p50, local.run.p50),
+                ratio(redis.run.p99, local.run.p99),
+            ));
+        }
+        out
+    }
+
+    /// `{"scenario":..,"processes":..,"minimum_s":..,"runs":[..]}`.
+    pub(crate) fn json(&self) -> serde_json::Value {
+        let runs: Vec<_> = self
+            .rows
+            .iter()
+            .map(|r| {
+                let mut v = r.run.json();
+                v["client"] = format!("stack, {}", r.label).into();
+                v["store"] = r.label.into();
+                v["server_429s"] = r.server_429s.into();
+                v["redis_fallbacks"] = r.fallbacks.into();
+                v
+            })
+            .collect();
+        serde_json::json!({
+            "scenario": self.scenario.name(),
+            "processes": self.processes,
+            "minimum_s": self.minimum.map(|m| m.as_secs_f64()),
+            "runs": runs,
+        })
+    }
+}
+
+fn ratio(a: Duration, b: Duration) -> f64 {
+    a.as_secs_f64() / b.as_secs_f64().max(1e-9)
+}
+
+/// Runs one scenario over `multi.processes` workers: in-process pacing, and with a Redis
+/// store the same again through Redis.
+pub(crate) async fn run_multi(cfg: &Config, multi: &Multi) -> Result<ProcReport, BoxError> {
+    let local_redis = match multi.store {
+        StoreArg::RedisLocal => Some(LocalRedis::start()?),
+        _ => None,
+    };
+    let redis_url = match (&multi.store, &local_redis) {
+        (StoreArg::Redis(u), _) => Some(u.clone()),
+        (_, Some(l)) => Some(l.url()),
+        _ => None,
+    };
+    let mut rows = vec![run_procs(cfg, multi.processes, None).await?];
+    if let Some(url) = &redis_url {
+        rows.push(run_procs(cfg, multi.processes, Some(url)).await?);
+    }
+    let minimum = (cfg.scenario == Scenario::Burst && cfg.base_url.is_none())
+        .then(|| Duration::from_secs_f64((cfg.calls as f64 - 20.0).max(0.0) / 20.0));
+    Ok(ProcReport {
+        scenario: cfg.scenario,
+        processes: multi.processes,
+        minimum,
+        rows,
+    })
+}
+
+/// `main` with `--processes` or `--store`: every scenario but `outage` (its open-loop arrivals
+/// and timed fault switch run in one process only).
+pub(crate) async fn main_multi(args: &Args, multi: &Multi) -> Result<(), BoxError> {
+    let say = |s: &str| {
+        if args.json {
+            eprintln!("{s}");
+        } else {
+            println!("{s}");
+        }
+    };
+    say(HEADER);
+    let mut notes = Vec::new();
+    for &scenario in &args.scenarios {
+        if scenario == Scenario::Outage {
+            notes.push("outage: skipped with --processes/--store (one process only)".to_string());
+            continue;
+        }
+        let report = run_multi(&args.config(scenario), multi).await?;
+        say(&report.table());
+        if args.json {
+            println!("{}", report.json());
+        }
+        notes.extend(report.lines());
+    }
+    for n in notes {
+        say(&n);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn strings(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn store_and_processes_are_taken_out_of_the_arguments() {
+        let (m, rest) = split_args(strings(&[
+            "--scenario",
+            "burst",
+            "--store",
+            "redis://127.0.0.1:6379",
+            "--processes",
+            "4",
+            "--json",
+        ]))
+        .unwrap();
+        let m = m.unwrap();
+        assert_eq!(m.store, StoreArg::Redis("redis://127.0.0.1:6379".into()));
+        assert_eq!(m.processes, 4);
+        assert_eq!(rest, strings(&["--scenario", "burst", "--json"]));
+        let (m, rest) = split_args(strings(&["--n", "10"])).unwrap();
+        assert!(m.is_none());
+        assert_eq!(rest, strings(&["--n", "10"]));
+        let (m, _) = split_args(strings(&["--store", "redis"])).unwrap();
+        assert_eq!(
+            m.map(|m| (m.store, m.processes)),
+            Some((StoreArg::RedisLocal, 1))
+        );
+    }
+
+    #[test]
+    fn bad_store_or_processes_are_errors() {
+        assert!(split_args(strings(&["--store", "memcached://x"])).is_err());
+        assert!(split_args(strings(&["--store"])).is_err());
+        assert!(split_args(strings(&["--processes", "0"])).is_err());
+        assert!(split_args(strings(&["--processes", "four"])).is_err());
+    }
+}

@@ -1,0 +1,228 @@
+//! The full stack ([`OpenAiLayer`] with [`OpenAiLayer::pacing_store`]) paced through a real
+//! `redis-server`: two stacks, each with its own `RedisStore` and connection (as two processes
+//! would have), against one mock server with a bucket of 20 refilled at 20/s.
+#![cfg(all(feature = "redis", feature = "mock"))]
+
+mod support;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use oai_resilience::mock::{MockServer, RateLimit};
+use oai_resilience::pace::{
+    BucketLimits, FailMode, LearnedLimits, PaceKey, PacingStore, RedisStore, RedisStoreConfig,
+};
+use oai_resilience::stack::OpenAiLayer;
+use oai_resilience::validate::ValidateBody;
+use oai_resilience::{AuthLayer, ErrorKind};
+use support::redis_server::RedisServer;
+use tower::{Layer, ServiceExt};
+
+const KEY: &str = "sk-proj-Zq3xV9mN2pL8rT5wY1kB7cD4fG6hJ0aS";
+const CHAT: &str =
+    r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Hello"}],"max_tokens":5}"#;
+
+fn config() -> RedisStoreConfig {
+    RedisStoreConfig {
+        // Generous: a loaded CI machine must not turn a slow answer into a fallback.
+        op_timeout: Duration::from_secs(2),
+        retry_interval: Duration::from_millis(50),
+        ..RedisStoreConfig::default()
+    }
+}
+
+fn stack(
+    server: &MockServer,
+    store: RedisStore,
+) -> oai_resilience::stack::OpenAiService<Client<HttpConnector, ValidateBody<Full<Bytes>>>> {
+    let client = Client::builder(TokioExecutor::new()).build_http();
+    OpenAiLayer::new()
+        .base_url(server.url().parse().unwrap())
+        .auth(AuthLayer::from_key(KEY))
+        .pacing_store(store)
+        .layer(client)
+}
+
+fn request() -> http::Request<Full<Bytes>> {
+    http::Request::post("/v1/chat/completions")
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from_static(CHAT.as_bytes())))
+        .unwrap()
+}
+
+/// `calls` calls, `workers` at a time, through `svc`; returns (ok, error kinds).
+async fn run<S>(svc: S, calls: usize, workers: usize) -> (usize, Vec<ErrorKind>)
+where
+    S: tower::Service<
+            http::Request<Full<Bytes>>,
+            Response = http::Response<hyper::body::Incoming>,
+            Error = oai_resilience::Error,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send,
+{
+    let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let tasks: Vec<_> = (0..workers)
+        .map(|_| {
+            let (svc, next) = (svc.clone(), next.clone());
+            tokio::spawn(async move {
+                let (mut ok, mut errs) = (0, Vec::new());
+                // Bounded by `calls`.
+                while next.fetch_add(1, std::sync::atomic::Ordering::SeqCst) < calls {
+                    match svc.clone().oneshot(request()).await {
+                        Ok(res) => {
+                            res.into_body().collect().await.unwrap();
+                            ok += 1;
+                        }
+                        Err(e) => errs.push(e.kind()),
+                    }
+                }
+                (ok, errs)
+            })
+        })
+        .collect();
+    let (mut ok, mut errs) = (0, Vec::new());
+    for t in tasks {
+        let (o, e) = t.await.unwrap();
+        ok += o;
+        errs.extend(e);
+    }
+    (ok, errs)
+}
+
+/// The mock's bucket, configured up front (the store has no cold-key probe).
+async fn seed(store: &RedisStore, server: &MockServer) {
+    let key = PaceKey::new(server.addr().to_string())
+        .with_credential(format!("Bearer {KEY}").as_bytes())
+        .with_model("gpt-4o-mini");
+    store
+        .learn(
+            &key,
+            LearnedLimits {
+                requests: Some(BucketLimits {
+                    capacity: 20.0,
+                    refill_per_sec: 20.0,
+                }),
+                ..LearnedLimits::default()
+            },
+        )
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_openai_stacks_share_one_bucket_through_redis() {
+    let redis = RedisServer::start();
+    let server = MockServer::builder()
+        .api_key(KEY)
+        .request_limit(RateLimit::bucket(20, 20.0))
+        .start()
+        .await;
+    let a = RedisStore::connect(&redis.url(), config()).await.unwrap();
+    let b = RedisStore::connect(&redis.url(), config()).await.unwrap();
+    seed(&a, &server).await;
+    let ((ok_a, err_a), (ok_b, err_b)) = tokio::join!(
+        run(stack(&server, a.clone()), 30, 8),
+        run(stack(&server, b.clone()), 30, 8)
+    );
+    let counts = server.counts();
+    eprintln!("openai stacks: {ok_a} {err_a:?} / {ok_b} {err_b:?}; mock {counts:?}");
+    assert_eq!(ok_a + ok_b, 60, "{err_a:?} {err_b:?}");
+    // Never over-admitted: not one 429, so not one retry.
+    assert_eq!(counts.rate_limited, 0, "{counts:?}");
+    assert_eq!(counts.total, 60, "{counts:?}");
+    assert_eq!(a.fallbacks() + b.fallbacks(), 0);
+    // The stacks paced through Redis: the key's hash is there.
+    let key = PaceKey::new(server.addr().to_string())
+        .with_credential(format!("Bearer {KEY}").as_bytes())
+        .with_model("gpt-4o-mini");
+    assert_eq!(
+        redis.command(&["EXISTS", &a.key_name(&key)]).int(),
+        1,
+        "nothing in Redis"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_stacks_without_the_store_each_spend_the_bucket() {
+    // The control for the test above: two default stacks (in-process pacers) against the
+    // same bucket race each other and collect 429s, so the shared store is what made the
+    // difference.
+    let server = MockServer::builder()
+        .api_key(KEY)
+        .request_limit(RateLimit::bucket(20, 20.0))
+        .start()
+        .await;
+    let build = || {
+        OpenAiLayer::new()
+            .base_url(server.url().parse().unwrap())
+            .auth(AuthLayer::from_key(KEY))
+            .layer(Client::builder(TokioExecutor::new()).build_http::<ValidateBody<Full<Bytes>>>())
+    };
+    let a = OpenAiLayer::new();
+    assert!(a.pace_layer().store().is_none(), "in-process by default");
+    let (x, y) = tokio::join!(run(build(), 30, 8), run(build(), 30, 8));
+    let counts = server.counts();
+    eprintln!("default stacks: {x:?} / {y:?}; mock {counts:?}");
+    assert!(counts.rate_limited > 0, "{counts:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stack_whose_store_fails_closed_sends_nothing_while_redis_is_down() {
+    let mut redis = RedisServer::start();
+    let server = MockServer::builder().api_key(KEY).start().await;
+    let store = RedisStore::connect(
+        &redis.url(),
+        RedisStoreConfig {
+            fail_mode: FailMode::Closed,
+            op_timeout: Duration::from_millis(500),
+            ..config()
+        },
+    )
+    .await
+    .unwrap();
+    let (ok, errs) = run(stack(&server, store.clone()), 1, 1).await;
+    assert_eq!((ok, errs.len()), (1, 0), "{errs:?}");
+    redis.kill();
+    let before = server.counts().total;
+    let (ok, errs) = run(stack(&server, store.clone()), 1, 1).await;
+    assert_eq!(ok, 0);
+    assert_eq!(errs, vec![ErrorKind::Connection]);
+    assert_eq!(
+        server.counts().total,
+        before,
+        "sent while the store was down"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_cold_stacks_probe_once_each_then_share_what_they_learned() {
+    // Nothing configured up front: each stack probes the cold key with one request, the
+    // others wait for its headers, learned into Redis. The second probe is not counted in the
+    // first one's headers, and the store does not subtract requests in flight from the
+    // headers' `remaining`, so a few 429s may come (retried by the stack); the same two stacks
+    // without the store collect 18 to 33 (the control test above).
+    let redis = RedisServer::start();
+    let server = MockServer::builder()
+        .api_key(KEY)
+        .request_limit(RateLimit::bucket(20, 20.0))
+        .start()
+        .await;
+    let a = RedisStore::connect(&redis.url(), config()).await.unwrap();
+    let b = RedisStore::connect(&redis.url(), config()).await.unwrap();
+    let ((ok_a, err_a), (ok_b, err_b)) = tokio::join!(
+        run(stack(&server, a.clone()), 30, 8),
+        run(stack(&server, b.clone()), 30, 8)
+    );
+    let counts = server.counts();
+    eprintln!("cold stacks: {ok_a} {err_a:?} / {ok_b} {err_b:?}; mock {counts:?}");
+    assert_eq!(ok_a + ok_b, 60, "{err_a:?} {err_b:?}");
+    assert!(counts.rate_limited <= 3, "{counts:?}");
+    assert!(counts.total <= 60 + counts.rate_limited, "{counts:?}");
+    assert_eq!(a.fallbacks() + b.fallbacks(), 0);
+}

@@ -1,0 +1,142 @@
+//! Gateway replicas that share one rate limit through Redis (`gateway --store redis://...`):
+//! two gateways, each with its own `RedisStore` and connection, in front of one mock with a
+//! bucket of 20 requests refilled at 20/s, against a real `redis-server` started on a free
+//! loopback port (`scripts/ensure-redis.sh` installs it).
+
+#[path = "../../oai-resilience/tests/support/redis_server.rs"]
+mod redis_server;
+
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use examples::gateway::{pacing_store, Gateway};
+use examples::stack::{http_client, Layers};
+use http_body_util::{BodyExt, Full};
+use hyper_util::{client::legacy::Client, rt::TokioExecutor};
+use oai_resilience::mock::{MockServer, RateLimit};
+use oai_resilience::pace::{BucketLimits, LearnedLimits, PaceKey, PacingStore, RedisStore};
+use oai_resilience::{AuthLayer, RetryConfig};
+use redis_server::RedisServer;
+
+const KEY: &str = "sk-proj-AbCdEfGhIjKlMnOpQrStUvWxYz0123456789";
+const CHAT: &str = r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Hi"}]}"#;
+
+async fn gateway(upstream: &MockServer, store: Option<RedisStore>) -> SocketAddr {
+    let mut layers = Layers::new(AuthLayer::check_only()).retry(RetryConfig::new().seed(7));
+    if let Some(store) = store {
+        layers = layers.pacing_store(store);
+    }
+    let gw = Gateway::new(&upstream.url(), layers.build(http_client())).unwrap();
+    let (addr, _task) = gw.spawn(([127, 0, 0, 1], 0).into()).await.unwrap();
+    addr
+}
+
+/// `calls` chat calls through the gateway at `addr`, `workers` at a time; the statuses.
+async fn calls(addr: SocketAddr, calls: usize, workers: usize) -> Vec<u16> {
+    let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let tasks: Vec<_> = (0..workers)
+        .map(|_| {
+            let next = next.clone();
+            tokio::spawn(async move {
+                let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+                let mut statuses = Vec::new();
+                // Bounded by `calls`.
+                while next.fetch_add(1, std::sync::atomic::Ordering::SeqCst) < calls {
+                    let req = http::Request::post(format!("http://{addr}/v1/chat/completions"))
+                        .header("content-type", "application/json")
+                        .header("authorization", format!("Bearer {KEY}"))
+                        .body(Full::new(Bytes::from_static(CHAT.as_bytes())))
+                        .unwrap();
+                    let res = client.request(req).await.unwrap();
+                    statuses.push(res.status().as_u16());
+                    res.into_body().collect().await.unwrap();
+                }
+                statuses
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    all
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_gateways_share_one_bucket_through_redis() {
+    let redis = RedisServer::start();
+    let upstream = MockServer::builder()
+        .api_key(KEY)
+        .request_limit(RateLimit::bucket(20, 20.0))
+        .start()
+        .await;
+    let a = pacing_store(&redis.url())
+        .await
+        .unwrap()
+        .expect("a Redis store");
+    let b = pacing_store(&redis.url())
+        .await
+        .unwrap()
+        .expect("a Redis store");
+    // The bucket, recorded up front (the store has no cold-key probe).
+    let key = PaceKey::new(upstream.addr().to_string())
+        .with_credential(format!("Bearer {KEY}").as_bytes())
+        .with_model("gpt-4o-mini");
+    let limits = LearnedLimits {
+        requests: Some(BucketLimits {
+            capacity: 20.0,
+            refill_per_sec: 20.0,
+        }),
+        ..LearnedLimits::default()
+    };
+    a.learn(&key, limits).await.unwrap();
+    let (ga, gb) = (
+        gateway(&upstream, Some(a.clone())).await,
+        gateway(&upstream, Some(b.clone())).await,
+    );
+    let (x, y) = tokio::join!(calls(ga, 30, 8), calls(gb, 30, 8));
+    let counts = upstream.counts();
+    assert!(x.iter().chain(&y).all(|s| *s == 200), "{x:?} {y:?}");
+    assert_eq!(x.len() + y.len(), 60);
+    assert_eq!(counts.rate_limited, 0, "{counts:?}");
+    assert_eq!(counts.total, 60, "{counts:?}");
+    assert_eq!(a.fallbacks() + b.fallbacks(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_whose_redis_is_down_still_serves() {
+    // A port nobody listens on (bound, then released).
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let store = pacing_store(&format!("redis://127.0.0.1:{port}/"))
+        .await
+        .unwrap()
+        .expect("a Redis store, failing open");
+    let upstream = MockServer::builder().api_key(KEY).start().await;
+    let gw = gateway(&upstream, Some(store.clone())).await;
+    let statuses = calls(gw, 3, 1).await;
+    assert_eq!(statuses, vec![200, 200, 200]);
+    assert!(store.is_degraded());
+    assert!(store.fallbacks() > 0);
+}
+
+#[tokio::test]
+async fn store_argument() {
+    assert!(pacing_store("memory").await.unwrap().is_none());
+    assert!(pacing_store("in-process").await.unwrap().is_none());
+    let err = pacing_store("memcached://127.0.0.1:11211")
+        .await
+        .unwrap_err();
+    assert!(err.contains("expected memory or redis://"), "{err}");
+    // A URL the client refuses; the message does not repeat it (it may hold a password).
+    let err = pacing_store("redis://:hunter2@[bad").await.unwrap_err();
+    assert!(err.contains("not a usable Redis URL"), "{err}");
+    assert!(!err.contains("hunter2"), "{err}");
+    // The default gateway paces in-process.
+    let upstream = MockServer::builder().api_key(KEY).start().await;
+    let gw = gateway(&upstream, None).await;
+    assert_eq!(calls(gw, 2, 1).await, vec![200, 200]);
+}
