@@ -33,7 +33,8 @@
 //! concurrency over P worker processes (this binary, re-executed) against one server, and
 //! `--store redis://HOST:PORT` (or `--store redis`: a throwaway `redis-server` started for the
 //! run) runs the scenario twice in the same run, P processes pacing in-process and P pacing
-//! through Redis; `--store memory` is the default. For example
+//! through Redis; `--store memory` is the default. `--repeat K` runs that pair K times (order
+//! alternating) and reports the median calls/s ratio. For example
 //! `cargo run --release -p examples --bin loadtest -- --scenario burst --processes 4 --store redis`.
 
 mod loadtest_procs;

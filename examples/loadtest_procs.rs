@@ -40,12 +40,16 @@ pub(crate) enum StoreArg {
 pub(crate) struct Multi {
     pub(crate) store: StoreArg,
     pub(crate) processes: usize,
+    /// Rounds of the in-process/Redis pair (their order alternating), for a median ratio on
+    /// a noisy machine.
+    pub(crate) repeat: usize,
 }
 
-/// Takes `--store` and `--processes` (and their values) out of `args`. `None` when neither
+/// Takes `--store`, `--processes` and `--repeat` (and their values) out of `args`. `None` when neither
 /// is given: the loadtest runs in one process as before.
 pub(crate) fn split_args(args: Vec<String>) -> Result<(Option<Multi>, Vec<String>), String> {
     let (mut store, mut processes, mut rest) = (None, None, Vec::new());
+    let mut repeat = 1;
     let mut it = args.into_iter();
     while let Some(a) = it.next() {
         match a.as_str() {
@@ -70,6 +74,13 @@ pub(crate) fn split_args(args: Vec<String>) -> Result<(Option<Multi>, Vec<String
                 }
                 processes = Some(n);
             }
+            "--repeat" => {
+                let v = it.next().ok_or("--repeat needs a value")?;
+                repeat = v.parse().map_err(|e| format!("--repeat: {e}"))?;
+                if repeat == 0 {
+                    return Err("--repeat must be at least 1".into());
+                }
+            }
             _ => rest.push(a),
         }
     }
@@ -80,6 +91,7 @@ pub(crate) fn split_args(args: Vec<String>) -> Result<(Option<Multi>, Vec<String
         Some(Multi {
             store: store.unwrap_or(StoreArg::Memory),
             processes: processes.unwrap_or(1),
+            repeat,
         }),
         rest,
     ))
@@ -153,6 +165,7 @@ pub(crate) async fn worker_main() -> Result<(), BoxError> {
     if go.as_deref() != Some("go") {
         return Err(format!("worker: expected go, got {go:?}").into());
     }
+    let cpu_before = process_cpu();
     let gate = Arc::new(Semaphore::new(concurrency.max(1)));
     let mut tasks = Vec::with_capacity(calls);
     for _ in 0..calls {
@@ -184,7 +197,11 @@ pub(crate) async fn worker_main() -> Result<(), BoxError> {
             Err(kind) => *by_kind.entry(kind.to_string()).or_default() += 1,
         }
     }
+    let cpu = process_cpu()
+        .zip(cpu_before)
+        .map(|(after, before)| after.saturating_sub(before));
     let result = serde_json::json!({
+        "cpu_us": cpu.map(|c| u64::try_from(c.as_micros()).unwrap_or(u64::MAX)),
         "ok": ok,
         "failed_by_kind": by_kind,
         "latencies_us": latencies,
@@ -336,12 +353,18 @@ async fn run_procs(
     }
     let wall = start.elapsed();
     let (mut ok, mut sent, mut fallbacks) = (0usize, 0u64, 0u64);
+    // The workers' CPU (client side: stack, HTTP client, Redis client), where every worker
+    // could tell; not the mock's nor the Redis server's.
+    let mut cpu = Some(Duration::ZERO);
     let mut by_kind = BTreeMap::<String, usize>::new();
     let mut latencies = Vec::with_capacity(cfg.calls);
     for o in &outputs {
         ok += o["ok"].as_u64().unwrap_or(0) as usize;
         sent += o["sent"].as_u64().unwrap_or(0);
         fallbacks += o["fallbacks"].as_u64().unwrap_or(0);
+        cpu = cpu
+            .zip(o["cpu_us"].as_u64())
+            .map(|(c, us)| c + Duration::from_micros(us));
         if let Some(m) = o["failed_by_kind"].as_object() {
             for (k, n) in m {
                 *by_kind.entry(k.clone()).or_default() += n.as_u64().unwrap_or(0) as usize;
@@ -374,8 +397,7 @@ async fn run_procs(
             p99: quantile(&latencies, 0.99),
             outage: None,
             samples: Vec::new(),
-            // The workers' CPU is not collected.
-            cpu: None,
+            cpu,
         },
         server_429s: counts.map(|c| c.rate_limited),
         fallbacks,
@@ -418,9 +440,10 @@ impl ProcReport {
                 r.fallbacks
             ));
         }
-        let redis = self.rows.iter().find(|r| r.label == "redis");
-        let local = self.rows.iter().find(|r| r.label == "in-process");
-        if let (Some(redis), Scenario::Burst, Some(min)) = (redis, self.scenario, self.minimum) {
+        for redis in self.rows.iter().filter(|r| r.label == "redis") {
+            let (Scenario::Burst, Some(min)) = (self.scenario, self.minimum) else {
+                break;
+            };
             let s = &redis.run;
             let wall = s.wall.as_secs_f64() / min.as_secs_f64();
             let met = s.failed() == 0 && s.per_call() <= 1.15 && wall <= 1.10;
@@ -434,17 +457,62 @@ impl ProcReport {
             ));
         }
         // The overhead of the store where both rows do the same work (no limit to wait for).
-        if let (Some(redis), Some(local), Scenario::Clean) = (redis, local, self.scenario) {
-            out.push(format!(
-                "{} x{}: redis / in-process: calls/s {:.3}, p50 {:.3}, p99 {:.3}",
-                self.scenario.name(),
-                self.processes,
-                redis.run.rps() / local.run.rps().max(1e-9),
-                ratio(redis.run.p50, local.run.p50),
-                ratio(redis.run.p99, local.run.p99),
-            ));
+        if self.scenario == Scenario::Clean {
+            for (local, redis) in self.pairs() {
+                let cpu = match (redis.run.cpu, local.run.cpu) {
+                    (Some(r), Some(l)) => format!("{:.3}", ratio(r, l)),
+                    _ => "-".into(),
+                };
+                out.push(format!(
+                    "{} x{}: redis / in-process: calls/s {:.3}, p50 {:.3}, p99 {:.3}, \
+                     client CPU {cpu}",
+                    self.scenario.name(),
+                    self.processes,
+                    redis.run.rps() / local.run.rps().max(1e-9),
+                    ratio(redis.run.p50, local.run.p50),
+                    ratio(redis.run.p99, local.run.p99),
+                ));
+            }
+            if let Some(m) = self.median_rps_ratio().filter(|_| self.pairs().count() > 1) {
+                let cpu = self
+                    .median_cpu_ratio()
+                    .map_or("-".into(), |c| format!("{c:.3}"));
+                out.push(format!(
+                    "{} x{}: redis / in-process, median of {} rounds: calls/s {m:.3}, \
+                     client CPU {cpu}",
+                    self.scenario.name(),
+                    self.processes,
+                    self.pairs().count()
+                ));
+            }
         }
         out
+    }
+
+    /// The (in-process, Redis) rows of each round.
+    fn pairs(&self) -> impl Iterator<Item = (&ProcRun, &ProcRun)> {
+        self.rows.chunks(2).filter_map(|c| match c {
+            [a, b] if a.label == "in-process" && b.label == "redis" => Some((a, b)),
+            _ => None,
+        })
+    }
+
+    /// The median over rounds of Redis calls/s / in-process calls/s.
+    pub(crate) fn median_rps_ratio(&self) -> Option<f64> {
+        median(
+            self.pairs()
+                .map(|(l, r)| r.run.rps() / l.run.rps().max(1e-9))
+                .collect(),
+        )
+    }
+
+    /// The median over rounds of the workers' CPU time through Redis / in-process.
+    pub(crate) fn median_cpu_ratio(&self) -> Option<f64> {
+        let ratios: Option<Vec<f64>> = self
+            .pairs()
+            .map(|(l, r)| Some(ratio(r.run.cpu?, l.run.cpu?)))
+            .collect();
+        median(ratios?)
     }
 
     /// `{"scenario":..,"processes":..,"minimum_s":..,"runs":[..]}`.
@@ -458,6 +526,7 @@ impl ProcReport {
                 v["store"] = r.label.into();
                 v["server_429s"] = r.server_429s.into();
                 v["redis_fallbacks"] = r.fallbacks.into();
+                v["client_cpu_s"] = r.run.cpu.map(|c| c.as_secs_f64()).into();
                 v
             })
             .collect();
@@ -466,12 +535,23 @@ impl ProcReport {
             "processes": self.processes,
             "minimum_s": self.minimum.map(|m| m.as_secs_f64()),
             "runs": runs,
+            "median_rps_ratio_redis_to_in_process": self.median_rps_ratio(),
+            "median_cpu_ratio_redis_to_in_process": self.median_cpu_ratio(),
         })
     }
 }
 
 fn ratio(a: Duration, b: Duration) -> f64 {
     a.as_secs_f64() / b.as_secs_f64().max(1e-9)
+}
+
+fn median(mut r: Vec<f64>) -> Option<f64> {
+    r.sort_by(f64::total_cmp);
+    match r.len() {
+        0 => None,
+        n if n % 2 == 1 => Some(r[n / 2]),
+        n => Some((r[n / 2 - 1] + r[n / 2]) / 2.0),
+    }
 }
 
 /// Runs one scenario over `multi.processes` workers: in-process pacing, and with a Redis
@@ -486,9 +566,24 @@ pub(crate) async fn run_multi(cfg: &Config, multi: &Multi) -> Result<ProcReport,
         (_, Some(l)) => Some(l.url()),
         _ => None,
     };
-    let mut rows = vec![run_procs(cfg, multi.processes, None).await?];
-    if let Some(url) = &redis_url {
-        rows.push(run_procs(cfg, multi.processes, Some(url)).await?);
+    let mut rows = Vec::new();
+    for round in 0..multi.repeat {
+        let p = multi.processes;
+        match &redis_url {
+            None => rows.push(run_procs(cfg, p, None).await?),
+            Some(url) => {
+                // Odd rounds run Redis first, so that neither always runs on a warmer machine.
+                let (local, redis) = if round % 2 == 1 {
+                    let redis = run_procs(cfg, p, Some(url)).await?;
+                    (run_procs(cfg, p, None).await?, redis)
+                } else {
+                    let local = run_procs(cfg, p, None).await?;
+                    (local, run_procs(cfg, p, Some(url)).await?)
+                };
+                rows.push(local);
+                rows.push(redis);
+            }
+        }
     }
     let minimum = (cfg.scenario == Scenario::Burst && cfg.base_url.is_none())
         .then(|| Duration::from_secs_f64((cfg.calls as f64 - 20.0).max(0.0) / 20.0));
@@ -552,7 +647,7 @@ mod tests {
         .unwrap();
         let m = m.unwrap();
         assert_eq!(m.store, StoreArg::Redis("redis://127.0.0.1:6379".into()));
-        assert_eq!(m.processes, 4);
+        assert_eq!((m.processes, m.repeat), (4, 1));
         assert_eq!(rest, strings(&["--scenario", "burst", "--json"]));
         let (m, rest) = split_args(strings(&["--n", "10"])).unwrap();
         assert!(m.is_none());
@@ -570,5 +665,8 @@ mod tests {
         assert!(split_args(strings(&["--store"])).is_err());
         assert!(split_args(strings(&["--processes", "0"])).is_err());
         assert!(split_args(strings(&["--processes", "four"])).is_err());
+        assert!(split_args(strings(&["--repeat", "0"])).is_err());
+        let (m, _) = split_args(strings(&["--store", "redis", "--repeat", "3"])).unwrap();
+        assert_eq!(m.map(|m| m.repeat), Some(3));
     }
 }

@@ -22,11 +22,13 @@ mod kw {
     syn::custom_keyword!(name);
     syn::custom_keyword!(validate);
     syn::custom_keyword!(api_key);
+    syn::custom_keyword!(key_rules);
 }
 
 /// The option names, in the order the "expected one of" messages list them.
 pub(crate) const ACCEPTED: &str = "`retry`, `policy`, `max_attempts`, `base_delay`, `max_delay`, \
-`timeout`, `idempotent`, `skip(..)`, `skip_all`, `name`, `validate(..)`, `api_key`, `crate`";
+`timeout`, `idempotent`, `skip(..)`, `skip_all`, `name`, `validate(..)`, `api_key`, `key_rules`, \
+`crate`";
 
 /// A duration option: a literal checked at compile time, or any `Duration` expression.
 #[derive(Debug)]
@@ -70,6 +72,8 @@ pub(crate) struct Options {
     pub(crate) name: Option<LitStr>,
     pub(crate) validate: Vec<Validate>,
     pub(crate) api_key: Option<KeySource>,
+    /// `key_rules = <expr>`: the `KeyRules` the key is checked with (default: OpenAI's).
+    pub(crate) key_rules: Option<Expr>,
     pub(crate) krate: Option<syn::Path>,
 }
 
@@ -284,6 +288,13 @@ impl Parse for Options {
                 if o.api_key.replace(src).is_some() {
                     return Err(duplicate(k.span, "api_key"));
                 }
+            } else if lookahead.peek(kw::key_rules) {
+                let k: kw::key_rules = input.parse()?;
+                input.parse::<Token![=]>()?;
+                let e: Expr = input.parse()?;
+                if o.key_rules.replace(e).is_some() {
+                    return Err(duplicate(k.span, "key_rules"));
+                }
             } else if lookahead.peek(Token![crate]) {
                 let k: Token![crate] = input.parse()?;
                 input.parse::<Token![=]>()?;
@@ -317,6 +328,12 @@ impl Parse for Options {
                 "`skip_all` and `skip(..)` cannot be combined: `skip_all` already skips every argument",
             ));
         }
+        if let (Some(rules), None) = (&o.key_rules, &o.api_key) {
+            return Err(syn::Error::new_spanned(
+                rules,
+                "`key_rules` sets how the key is checked, and needs `api_key` to say which key",
+            ));
+        }
         Ok(o)
     }
 }
@@ -334,7 +351,7 @@ mod tests {
         let o: Options = syn::parse_str(
             r#"retry = cfg(), policy = p, max_attempts = 3, base_delay = "1s", max_delay = d(),
                timeout = "1m", idempotent, skip(a, b), name = "n", validate(body = "post /v1/embeddings"),
-               api_key = key, crate = "x::y""#,
+               api_key = key, key_rules = KeyRules::lenient(), crate = "x::y""#,
         )
         .unwrap();
         assert!(o.retry.is_some() && o.policy.is_some() && o.max_attempts.is_some());
@@ -352,6 +369,7 @@ mod tests {
         assert_eq!(o.validate[0].method, "POST");
         assert_eq!(o.validate[0].path, "/v1/embeddings");
         assert!(matches!(o.api_key, Some(KeySource::Expr(_))));
+        assert!(o.key_rules.is_some());
         assert_eq!(o.krate.unwrap().segments.len(), 2);
         let o: Options = syn::parse_str("skip(self, key)").unwrap();
         assert_eq!(o.skip[0], "self");
@@ -377,6 +395,9 @@ mod tests {
         assert!(err("validate(body = \"POST v1/x\")").contains("must start with `/`"));
         assert!(err("validate()").contains("needs an argument"));
         assert!(err("api_key = \"\"").contains("names an environment variable"));
+        assert!(err("key_rules = r").contains("needs `api_key`"));
+        assert!(err("api_key = k, key_rules = a, key_rules = b")
+            .contains("`key_rules` is given more than once"));
         assert!(err("crate = \"not a path\"").contains("expects the path"));
         assert!(err("name = \" \"").contains("must not be empty"));
         assert!(err("= 3").contains("expected one of"));

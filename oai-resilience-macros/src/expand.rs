@@ -220,14 +220,18 @@ pub(crate) fn expand(item: ItemFn, opts: Options) -> TokenStream {
             #krate::__private::validate(&#arg, #method, #path)
         ));
     }
+    let rules = match &opts.key_rules {
+        Some(r) => quote_spanned!(r.span()=> #krate::__private::key_rules(#r)),
+        None => quote!(#krate::__private::key_rules(#krate::auth::KeyRules::openai())),
+    };
     match &opts.api_key {
         Some(KeySource::Env(lit)) => pre.push(quote_spanned!(lit.span()=>
-            #krate::__private::check_key_env(#lit).await
+            #krate::__private::check_key_env(#lit, &#rules).await
         )),
         Some(KeySource::Expr(e)) => {
             let span = e.span();
             pre.push(quote_spanned!(span=>
-                #krate::__private::check_key(&#e).await
+                #krate::__private::check_key(&#e, &#rules).await
             ));
         }
         None => {}

@@ -240,20 +240,26 @@ pub fn validate<T: serde::Serialize + ?Sized>(
     validate::validate_value(endpoint, &json)
 }
 
+/// The rules of `key_rules = <expr>` (a type check with a clear error when `<expr>` is not a
+/// [`KeyRules`]).
+pub fn key_rules(rules: KeyRules) -> KeyRules {
+    rules
+}
+
 /// Checks the API key held by an argument or expression, before the first attempt, with the
-/// auth layer's checks ([`auth::check_key`] with [`KeyRules::openai`]).
+/// auth layer's checks ([`auth::check_key`] with `rules`: [`KeyRules::openai`] unless
+/// `key_rules = ..` says otherwise).
 ///
 /// # Errors
 ///
 /// The auth layer's [`ErrorKind::MissingApiKey`] / [`ErrorKind::MalformedApiKey`].
-pub async fn check_key<K: KeyArg + ?Sized>(key: &K) -> Result<(), Error> {
-    let rules = KeyRules::openai();
+pub async fn check_key<K: KeyArg + ?Sized>(key: &K, rules: &KeyRules) -> Result<(), Error> {
     match key.key() {
         KeyRef::Missing => Err(Error::new(ErrorKind::MissingApiKey)
             .with_auth_cause(AuthCause::MissingKey)
             .with_detail("the `api_key` of this call holds no key")),
-        KeyRef::Key(k) => auth::check_key(k, &rules),
-        KeyRef::Source(source) => source.resolve_checked(&rules).await.map(drop),
+        KeyRef::Key(k) => auth::check_key(k, rules),
+        KeyRef::Source(source) => source.resolve_checked(rules).await.map(drop),
     }
 }
 
@@ -262,9 +268,9 @@ pub async fn check_key<K: KeyArg + ?Sized>(key: &K) -> Result<(), Error> {
 /// # Errors
 ///
 /// As [`check_key`].
-pub async fn check_key_env(var: &'static str) -> Result<(), Error> {
+pub async fn check_key_env(var: &'static str, rules: &KeyRules) -> Result<(), Error> {
     let source = KeySource::from(EnvSource::new().key_var(var));
-    source.resolve_checked(&KeyRules::openai()).await.map(drop)
+    source.resolve_checked(rules).await.map(drop)
 }
 
 /// A key, or where to get one.

@@ -83,6 +83,7 @@
 //! | `validate(arg = "POST /v1/chat/completions")` | validate the `Serialize` argument `arg` as that endpoint's body first |
 //! | `api_key = <expr>` | check the key held by `<expr>` first: a `&str`, `String`, [`ApiKey`](crate::ApiKey), `SecretString`, [`KeySource`](crate::KeySource), or an `Option` of one (`None` is a missing key) |
 //! | `api_key = "ENV_VAR"` | check the key in that environment variable first |
+//! | `key_rules = <expr>` | the [`KeyRules`](crate::auth::KeyRules) that `api_key` is checked with (default [`KeyRules::openai`](crate::auth::KeyRules::openai); [`KeyRules::lenient`](crate::auth::KeyRules::lenient) for compatible services with other key shapes) |
 //! | `crate = "path"` | the path of this crate, for a renamed dependency |
 //!
 //! Durations are literals checked at compile time (`h`, `m`, `s`, `ms`, `us`, `ns`, fractions,

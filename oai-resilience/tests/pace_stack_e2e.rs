@@ -30,6 +30,11 @@ struct Run {
 }
 
 async fn load(limit: RateLimit, calls: usize, concurrency: usize) -> Run {
+    load_with(limit, calls, concurrency, true).await
+}
+
+/// `paced: false` leaves the pace layer out: the baseline that shows what pacing saves.
+async fn load_with(limit: RateLimit, calls: usize, concurrency: usize, paced: bool) -> Run {
     let server = MockServer::builder()
         .request_limit(limit)
         .latency(Duration::from_millis(20))
@@ -39,7 +44,7 @@ async fn load(limit: RateLimit, calls: usize, concurrency: usize) -> Run {
     let pace = PaceLayer::new();
     let svc = ServiceBuilder::new()
         .layer(RetryLayer::with_config(RetryConfig::new().seed(7)))
-        .layer(pace.clone())
+        .option_layer(paced.then(|| pace.clone()))
         .layer(ClassifyLayer::new())
         .service(client);
     let url = server.endpoint(Route::ChatCompletions);
@@ -70,7 +75,7 @@ async fn load(limit: RateLimit, calls: usize, concurrency: usize) -> Run {
     let wall = start.elapsed().as_secs_f64();
     let counts = server.counts();
     eprintln!(
-        "{limit:?}: {calls} calls, {} sent, {} 429s, {failed} failed, wall {wall:.3} s; {:?}",
+        "{limit:?} (paced: {paced}): {calls} calls, {} sent, {} 429s, {failed} failed, wall {wall:.3} s; {:?}",
         counts.total,
         counts.rate_limited,
         pace.pacer().metrics()
@@ -109,4 +114,28 @@ async fn quantized_limit_through_the_whole_stack() {
     assert_eq!(run.failed, 0);
     assert!(run.wall <= min * 1.3, "wall {} vs minimum {min}", run.wall);
     assert!(run.sent as f64 <= calls as f64 * 1.35, "sent {}", run.sent);
+}
+
+#[tokio::test(start_paused = true)]
+async fn without_pacing_the_same_stack_meets_a_429_storm() {
+    // The baseline of the two tests above: the same retry layer, same limit, no pace layer.
+    let calls = 300;
+    let paced = load(RateLimit::bucket(20, 20.0), calls, 50).await;
+    let unpaced = load_with(RateLimit::bucket(20, 20.0), calls, 50, false).await;
+    assert!(
+        unpaced.rate_limited >= 10 * paced.rate_limited.max(1),
+        "429s: {} unpaced vs {} paced",
+        unpaced.rate_limited,
+        paced.rate_limited
+    );
+    assert!(
+        unpaced.sent as f64 >= paced.sent as f64 * 1.15,
+        "sent: {} vs {}",
+        unpaced.sent,
+        paced.sent
+    );
+    // Calls whose five attempts all met a 429 (the maximum attempts, not the budget: 429s do
+    // not count against it).
+    assert!(unpaced.failed >= 100, "failed: {}", unpaced.failed);
+    assert_eq!(paced.failed, 0);
 }

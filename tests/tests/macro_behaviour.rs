@@ -224,6 +224,35 @@ async fn key_problems_run_the_body_zero_times() {
     assert_eq!(server.calls(), 1);
 }
 
+#[openai_call(api_key = api_key, key_rules = oai_resilience::auth::KeyRules::lenient(), skip(server))]
+async fn keyed_compatible(server: &Server, api_key: &str) -> Result<String, Error> {
+    server.answer(0)
+}
+
+#[tokio::test(start_paused = true)]
+async fn key_rules_let_other_key_shapes_through() {
+    // An Azure OpenAI key: 32 hex characters, no `sk-`.
+    let azure = "0123456789abcdef0123456789abcdef";
+    let server = Server::default();
+    let err = keyed(&server, Some(azure)).await.unwrap_err();
+    assert_eq!(
+        err.kind(),
+        ErrorKind::MalformedApiKey,
+        "OpenAI's rules by default"
+    );
+    assert_eq!(server.calls(), 0);
+    assert_eq!(
+        keyed_compatible(&server, azure).await.unwrap(),
+        "answer after 1"
+    );
+    // The universal checks still hold under lenient rules.
+    let err = keyed_compatible(&server, "<your-api-key>")
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::MalformedApiKey);
+    assert_eq!(server.calls(), 1);
+}
+
 #[openai_call(api_key = "OAI_RESILIENCE_TEST_SURELY_UNSET_VAR", skip(server))]
 async fn keyed_from_env(server: &Server) -> Result<String, Error> {
     server.answer(0)

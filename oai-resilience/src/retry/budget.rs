@@ -84,8 +84,8 @@ impl<B: Budget + Send + Sync + 'static> RetryBudget for B {
 /// to the threshold and retries stop, which makes retrying a no-op for an outage: a server
 /// that fails everything receives at most `max_tokens / 2` = 10 retries in all (the balance
 /// goes from 20 to 10 after ten failures), whatever the number of calls; 200 calls during an
-/// outage send about 1.05 requests per call. After the outage, 21 successes (10.5 tokens) lift
-/// the balance from 0 back above the threshold.
+/// outage send about 1.05 requests per call. After the outage, 23 successes (11.5 tokens) lift
+/// the balance from 0 far enough that the next failure (down to 10.5) is retried again.
 ///
 /// Why 20 tokens and not gRPC's example of 10: with a threshold of 5 a run of five more
 /// failures than the successes make up for closes retries, and at 20 % failures that happens

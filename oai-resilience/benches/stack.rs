@@ -1,0 +1,141 @@
+//! What each layer of the default stack costs a call that succeeds at once: the stack built
+//! up one layer at a time (classify, + pace, + retry, + auth, + validate, then
+//! `OpenAiLayer` with a base URL) over an in-memory upstream that answers a canned 200 with
+//! OpenAI's rate-limit headers, in the same run.
+//!
+//! Each iteration makes 1000 calls (`ready().await` + `call().await`) of a small chat
+//! completion on a current-thread runtime; criterion reports the time per iteration, so divide
+//! by 1000 for one call. The upstream's own cost (building the canned response) is the
+//! `upstream` line.
+//!
+//! Run: `cargo bench -p oai-resilience --bench stack -- --warm-up-time 1 --measurement-time 3`
+
+use std::convert::Infallible;
+use std::future::{ready, Ready};
+
+use bytes::Bytes;
+use criterion::{black_box, criterion_group, criterion_main, Criterion};
+use http::{Request, Response};
+use http_body_util::Full;
+use oai_resilience::stack::OpenAiLayer;
+use oai_resilience::{AuthLayer, ClassifyLayer, PaceLayer, RetryLayer, ValidateLayer};
+use tower::{service_fn, Layer, Service, ServiceBuilder, ServiceExt};
+
+type Body = Full<Bytes>;
+const CALLS: usize = 1000;
+/// A made-up key of OpenAI's shape.
+const KEY: &str = "sk-proj-BenchBenchBenchBenchBench0000";
+const CHAT: &str =
+    r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Hello"}],"max_tokens":5}"#;
+
+fn canned() -> Response<Body> {
+    Response::builder()
+        .status(200)
+        .header("content-type", "application/json")
+        .header("x-request-id", "req_0123456789abcdef0123456789abcdef")
+        .header("x-ratelimit-limit-requests", "10000")
+        .header("x-ratelimit-remaining-requests", "9999")
+        .header("x-ratelimit-reset-requests", "6ms")
+        .header("x-ratelimit-limit-tokens", "2000000")
+        .header("x-ratelimit-remaining-tokens", "1999990")
+        .header("x-ratelimit-reset-tokens", "0s")
+        .body(Full::new(Bytes::from_static(b"{\"id\":\"chatcmpl-1\"}")))
+        .unwrap()
+}
+
+fn upstream<B>() -> impl Service<
+    Request<B>,
+    Response = Response<Body>,
+    Error = Infallible,
+    Future = Ready<Result<Response<Body>, Infallible>>,
+> + Clone {
+    service_fn(|_req: Request<B>| ready(Ok::<_, Infallible>(canned())))
+}
+
+fn request() -> Request<Body> {
+    Request::post("/v1/chat/completions")
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from_static(CHAT.as_bytes())))
+        .unwrap()
+}
+
+fn run<S, E>(c: &mut Criterion, rt: &tokio::runtime::Runtime, name: &str, svc: S)
+where
+    S: Service<Request<Body>, Response = Response<Body>, Error = E> + Clone,
+    E: std::fmt::Debug,
+{
+    c.bench_function(name, |b| {
+        b.iter(|| {
+            let mut svc = svc.clone();
+            rt.block_on(async {
+                for _ in 0..CALLS {
+                    let res = svc.ready().await.unwrap().call(request()).await.unwrap();
+                    black_box(res);
+                }
+            })
+        })
+    });
+}
+
+fn bench(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    run(c, &rt, "upstream", upstream());
+    run(c, &rt, "classify", ClassifyLayer::new().layer(upstream()));
+    run(
+        c,
+        &rt,
+        "pace+classify",
+        ServiceBuilder::new()
+            .layer(PaceLayer::new())
+            .layer(ClassifyLayer::new())
+            .service(upstream()),
+    );
+    run(
+        c,
+        &rt,
+        "retry+pace+classify",
+        ServiceBuilder::new()
+            .layer(RetryLayer::new())
+            .layer(PaceLayer::new())
+            .layer(ClassifyLayer::new())
+            .service(upstream()),
+    );
+    run(
+        c,
+        &rt,
+        "auth+retry+pace+classify",
+        ServiceBuilder::new()
+            .layer(AuthLayer::from_key(KEY))
+            .layer(RetryLayer::new())
+            .layer(PaceLayer::new())
+            .layer(ClassifyLayer::new())
+            .service(upstream()),
+    );
+    run(
+        c,
+        &rt,
+        "validate+auth+retry+pace+classify",
+        ServiceBuilder::new()
+            .layer(ValidateLayer::new())
+            .layer(AuthLayer::from_key(KEY))
+            .layer(RetryLayer::new())
+            .layer(PaceLayer::new())
+            .layer(ClassifyLayer::new())
+            .service(upstream()),
+    );
+    run(
+        c,
+        &rt,
+        "openai_layer_with_base_url",
+        OpenAiLayer::new()
+            .auth(AuthLayer::from_key(KEY))
+            .base_url("https://api.openai.com".parse().unwrap())
+            .layer(upstream()),
+    );
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
