@@ -10,8 +10,7 @@ use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::{combinators::BoxBody, Full};
 use oai_resilience::retry::{
-    call, call_with, Attempt, Backoff, Decision, HintJitter, Jitter, OpenAiPolicy, RetryConfig,
-    RetryableError, TokenBudget, TowerPolicy,
+    call, call_with, Attempt, Decision, OpenAiPolicy, RetryableError, TokenBudget, TowerPolicy,
 };
 use oai_resilience::{
     BoxError, ClassifyLayer, DelaySource, Error, ErrorKind, RetryContext, StopReason,
@@ -19,15 +18,12 @@ use oai_resilience::{
 use tokio::time::Instant;
 use tower::{service_fn, ServiceBuilder, ServiceExt};
 
-fn config() -> RetryConfig {
-    RetryConfig::new()
-        .backoff(
-            Backoff::new(Duration::from_millis(100), Duration::from_secs(1)).jitter(Jitter::None),
-        )
-        .hint_jitter(HintJitter::NONE)
-        .no_budget()
-        .no_deadline()
-}
+// Only `config` is used here.
+#[allow(dead_code)]
+#[path = "support/retry_fixtures.rs"]
+mod retry_fixtures;
+
+use retry_fixtures::config;
 
 #[tokio::test(start_paused = true)]
 async fn call_retries_transient_errors_with_the_same_schedule() {

@@ -89,6 +89,8 @@ mod probe;
 mod redis;
 mod service;
 mod store;
+#[cfg(test)]
+mod test_upstream;
 
 #[cfg(feature = "redis")]
 pub use self::redis::{redis_key, FailMode, RedisStore, RedisStoreConfig, SCRIPT};

@@ -343,38 +343,7 @@ mod store_tests {
         Admission, BucketLimits, Cost, InProcessStore, LearnedLimits, PacerConfig, StoreFuture,
     };
 
-    /// Answers `status` with the given headers (a 429 with OpenAI's body), counting requests.
-    fn upstream(
-        status: u16,
-        headers: &'static [(&'static str, &'static str)],
-        sent: Arc<AtomicU64>,
-    ) -> impl Service<
-        Request<Full<Bytes>>,
-        Response = Response<Full<Bytes>>,
-        Error = Error,
-        Future = impl Send,
-    > + Clone
-           + Send
-           + 'static {
-        let inner = tower::service_fn(move |_req: Request<Full<Bytes>>| {
-            sent.fetch_add(1, Ordering::SeqCst);
-            let mut b = Response::builder().status(status);
-            for (k, v) in headers {
-                b = b.header(*k, *v);
-            }
-            let body = if status == 429 {
-                r#"{"error":{"message":"Rate limit reached","type":"requests","code":"rate_limit_exceeded"}}"#
-            } else {
-                "{}"
-            };
-            async move {
-                Ok::<_, std::convert::Infallible>(b.body(Full::new(Bytes::from(body))).unwrap())
-            }
-        });
-        tower::ServiceBuilder::new()
-            .layer(crate::ClassifyLayer::new())
-            .service(inner)
-    }
+    use crate::pace::test_upstream::upstream;
 
     fn request() -> Request<Full<Bytes>> {
         Request::post("https://api.example.test/v1/chat/completions")

@@ -771,42 +771,7 @@ mod layer_tests {
         }
     }
 
-    fn upstream(
-        status: u16,
-        headers: &'static [(&'static str, &'static str)],
-        sent: Arc<std::sync::atomic::AtomicU64>,
-    ) -> impl tower_service::Service<
-        http::Request<http_body_util::Full<bytes::Bytes>>,
-        Response = http::Response<http_body_util::Full<bytes::Bytes>>,
-        Error = Error,
-        Future = impl Send,
-    > + Clone
-           + Send
-           + 'static {
-        let inner = tower::service_fn(
-            move |_req: http::Request<http_body_util::Full<bytes::Bytes>>| {
-                sent.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                let mut b = http::Response::builder().status(status);
-                for (k, v) in headers {
-                    b = b.header(*k, *v);
-                }
-                let body = if status == 429 {
-                    r#"{"error":{"message":"Rate limit reached","type":"requests","code":"rate_limit_exceeded"}}"#
-                } else {
-                    "{}"
-                };
-                async move {
-                    Ok::<_, std::convert::Infallible>(
-                        b.body(http_body_util::Full::new(bytes::Bytes::from(body)))
-                            .unwrap(),
-                    )
-                }
-            },
-        );
-        tower::ServiceBuilder::new()
-            .layer(crate::ClassifyLayer::new())
-            .service(inner)
-    }
+    use crate::pace::test_upstream::upstream;
 
     fn request() -> http::Request<http_body_util::Full<bytes::Bytes>> {
         http::Request::post("https://api.example.test/v1/chat/completions")
