@@ -30,6 +30,7 @@ pub mod auth;
 pub mod call;
 pub mod classify;
 pub mod error;
+mod hash;
 #[cfg(feature = "mock")]
 pub mod mock;
 pub mod pace;

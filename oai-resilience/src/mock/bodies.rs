@@ -179,9 +179,7 @@ pub(crate) fn success(route: Route, req: &Value, rng: &mut SplitMix64, created: 
 
 /// A deterministic unit-ish vector derived from the input text.
 fn embedding(text: &str, dims: usize) -> Vec<f64> {
-    let seed = text.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
-    });
+    let seed = crate::hash::fnv1a(text.as_bytes());
     let mut rng = SplitMix64::new(seed);
     let raw: Vec<f64> = (0..dims).map(|_| rng.next_f64() * 2.0 - 1.0).collect();
     let norm = raw.iter().map(|x| x * x).sum::<f64>().sqrt().max(1e-12);

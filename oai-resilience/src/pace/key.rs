@@ -39,7 +39,7 @@ impl PaceKey {
 
     /// Adds a credential, kept only as its 64-bit FNV-1a hash.
     pub fn with_credential(mut self, credential: &[u8]) -> Self {
-        self.credential = Some(fnv1a(credential));
+        self.credential = Some(crate::hash::fnv1a(credential));
         self
     }
 
@@ -118,16 +118,6 @@ impl fmt::Debug for PaceKey {
     }
 }
 
-/// 64-bit FNV-1a: stable across processes and Rust versions (a later shared store needs that).
-fn fnv1a(bytes: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in bytes {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    h
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -158,6 +148,5 @@ mod tests {
         assert_ne!(k, k2);
         let k3 = PaceKey::from_request_parts(&uri, &headers, Some(body), false);
         assert_eq!(k3.model(), None);
-        assert_eq!(fnv1a(b""), 0xcbf2_9ce4_8422_2325);
     }
 }

@@ -213,7 +213,7 @@ impl RetryBudget for TokenBudget {
     }
 
     fn on_failure(&self, err: &Error) {
-        if err.kind() == ErrorKind::RateLimited {
+        if !counts_as_failure(err) {
             return;
         }
         let _ = self
@@ -226,6 +226,12 @@ impl RetryBudget for TokenBudget {
     fn try_retry(&self) -> bool {
         self.balance.load(Ordering::Acquire) > self.max / 2
     }
+}
+
+/// Whether a retryable error lowers a [`TokenBudget`]: every one but a rate-limit 429, which
+/// says the client is too fast, not that the server fails (see [`TokenBudget`]).
+pub(crate) fn counts_as_failure(err: &Error) -> bool {
+    err.kind() != ErrorKind::RateLimited
 }
 
 impl fmt::Debug for TokenBudget {

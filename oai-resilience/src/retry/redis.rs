@@ -51,7 +51,7 @@ use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
-use super::budget::{RetryBudget, TokenBudget};
+use super::budget::{counts_as_failure, RetryBudget, TokenBudget};
 use crate::error::{Error, ErrorKind};
 
 /// The atomic update: KEYS[1] the balance; ARGV delta and max in millionths of a token, the
@@ -167,11 +167,7 @@ fn kind_of(e: &redis::RedisError) -> String {
 
 /// The Redis key for `name`: the prefix and a 64-bit FNV-1a hash of the name, in a hash tag.
 fn key_for(prefix: &str, name: &str) -> String {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in name.as_bytes() {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
+    let h = crate::hash::fnv1a(name.as_bytes());
     format!("{prefix}:{{{h:016x}}}")
 }
 
@@ -268,6 +264,20 @@ impl Inner {
             });
     }
 
+    /// One run of the script: the balance, or what failed and whether the connection dropped
+    /// (then one more try may succeed).
+    async fn invoke(
+        &self,
+        inv: &redis::ScriptInvocation<'_>,
+        conn: &mut ConnectionManager,
+    ) -> Result<i64, (String, bool)> {
+        match tokio::time::timeout(self.config.op_timeout, inv.invoke_async::<i64>(conn)).await {
+            Ok(Ok(b)) => Ok(b),
+            Ok(Err(e)) => Err((kind_of(&e), e.is_io_error() || e.is_connection_dropped())),
+            Err(_) => Err(("timed out".to_owned(), false)),
+        }
+    }
+
     async fn sync(&self) -> Result<f64, Error> {
         let delta = self.pending.swap(0, Ordering::AcqRel);
         let max = (self.config.max_tokens.clamp(0.0, 1e9) * UNIT) as i64;
@@ -277,26 +287,11 @@ impl Inner {
         let mut conn = self.conn.clone();
         let mut inv = self.script.key(&self.key);
         inv.arg(delta).arg(max).arg(ttl);
-        let mut outcome = Err(String::new());
+        let mut outcome = self.invoke(&inv, &mut conn).await;
         // A connection that Redis dropped (a restart) fails the first command and is
         // re-established by the connection manager: one more try, within the same sync.
-        for _ in 0..2 {
-            let call = inv.invoke_async::<i64>(&mut conn);
-            outcome = match tokio::time::timeout(self.config.op_timeout, call).await {
-                Ok(Ok(b)) => Ok(b),
-                Ok(Err(e)) if e.is_io_error() || e.is_connection_dropped() => Err(kind_of(&e)),
-                Ok(Err(e)) => {
-                    outcome = Err(kind_of(&e));
-                    break;
-                }
-                Err(_) => {
-                    outcome = Err("timed out".to_owned());
-                    break;
-                }
-            };
-            if outcome.is_ok() {
-                break;
-            }
+        if matches!(outcome, Err((_, true))) {
+            outcome = self.invoke(&inv, &mut conn).await;
         }
         match outcome {
             Ok(b) => {
@@ -310,7 +305,7 @@ impl Inner {
                 }
                 Ok(b as f64 / UNIT)
             }
-            Err(what) => {
+            Err((what, _)) => {
                 self.add_pending(delta);
                 self.failed_syncs.fetch_add(1, Ordering::Relaxed);
                 if !self.degraded.swap(true, Ordering::AcqRel) {
@@ -348,8 +343,7 @@ impl RetryBudget for RedisRetryBudget {
     }
 
     fn on_failure(&self, err: &Error) {
-        if err.kind() == ErrorKind::RateLimited {
-            // Not a failure of the server (see `TokenBudget`).
+        if !counts_as_failure(err) {
             return;
         }
         let i = &self.inner;

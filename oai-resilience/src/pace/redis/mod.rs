@@ -154,21 +154,16 @@ fn millis(d: Duration) -> u64 {
 /// The Redis key of `key`: the prefix and a 64-bit FNV-1a hash of base, credential hash and
 /// model, in a hash tag so that a cluster keeps it in one slot.
 pub fn redis_key(prefix: &str, key: &PaceKey) -> String {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    let mut eat = |bytes: &[u8]| {
-        for b in bytes {
-            h ^= u64::from(*b);
-            h = h.wrapping_mul(0x0100_0000_01b3);
-        }
-    };
-    eat(key.base().as_bytes());
-    eat(&[0]);
+    let mut h = crate::hash::Fnv1a::new();
+    h.write(key.base().as_bytes());
+    h.write(&[0]);
     match key.credential_hash() {
-        Some(c) => eat(&c.to_le_bytes()),
-        None => eat(b"-"),
+        Some(c) => h.write(&c.to_le_bytes()),
+        None => h.write(b"-"),
     }
-    eat(&[0]);
-    eat(key.model().unwrap_or("").as_bytes());
+    h.write(&[0]);
+    h.write(key.model().unwrap_or("").as_bytes());
+    let h = h.finish();
     format!("{prefix}:{{{h:016x}}}")
 }
 
