@@ -506,6 +506,20 @@ impl Drop for MockHost {
     }
 }
 
+/// One call through `svc`, its answer's body read to the end: `Ok` or the error's kind (a body
+/// that fails mid-read is a connection error). Shared with the worker processes.
+pub(crate) async fn one_call(svc: Svc, req: Req) -> Result<(), ErrorKind> {
+    match svc.oneshot(req).await {
+        Ok(resp) => resp
+            .into_body()
+            .collect()
+            .await
+            .map(|_| ())
+            .map_err(|_| ErrorKind::Connection),
+        Err(e) => Err(e.kind()),
+    }
+}
+
 fn quantile(sorted: &[Duration], q: f64) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;
@@ -575,15 +589,7 @@ async fn run_one(cfg: &Config, which: Which) -> Result<Run, BoxError> {
             }
             let _slot = gate.acquire_owned().await.ok();
             let began = Instant::now();
-            let res = match svc.oneshot(req).await {
-                Ok(resp) => resp
-                    .into_body()
-                    .collect()
-                    .await
-                    .map(|_| ())
-                    .map_err(|_| ErrorKind::Connection),
-                Err(e) => Err(e.kind()),
-            };
+            let res = one_call(svc, req).await;
             (began, began.elapsed(), res)
         }));
     }

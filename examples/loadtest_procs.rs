@@ -176,15 +176,7 @@ pub(crate) async fn worker_main() -> Result<(), BoxError> {
         tasks.push(tokio::spawn(async move {
             let _slot = gate.acquire_owned().await.ok();
             let began = Instant::now();
-            let res = match svc.oneshot(req).await {
-                Ok(resp) => resp
-                    .into_body()
-                    .collect()
-                    .await
-                    .map(|_| ())
-                    .map_err(|_| ErrorKind::Connection),
-                Err(e) => Err(e.kind()),
-            };
+            let res = one_call(svc, req).await;
             (began.elapsed(), res)
         }));
     }
