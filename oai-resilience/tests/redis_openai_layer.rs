@@ -13,9 +13,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use oai_resilience::mock::{MockServer, RateLimit};
-use oai_resilience::pace::{
-    BucketLimits, FailMode, LearnedLimits, PaceKey, PacingStore, RedisStore, RedisStoreConfig,
-};
+use oai_resilience::pace::{FailMode, PaceKey, RedisStore, RedisStoreConfig};
 use oai_resilience::stack::OpenAiLayer;
 use oai_resilience::validate::ValidateBody;
 use oai_resilience::{AuthLayer, ErrorKind};
@@ -95,24 +93,12 @@ where
     (ok, errs)
 }
 
-/// The mock's bucket, configured up front (the store has no cold-key probe).
+/// The mock's bucket for this test's key, configured up front (the store has no cold-key probe).
 async fn seed(store: &RedisStore, server: &MockServer) {
     let key = PaceKey::new(server.addr().to_string())
         .with_credential(format!("Bearer {KEY}").as_bytes())
         .with_model("gpt-4o-mini");
-    store
-        .learn(
-            &key,
-            LearnedLimits {
-                requests: Some(BucketLimits {
-                    capacity: 20.0,
-                    refill_per_sec: 20.0,
-                }),
-                ..LearnedLimits::default()
-            },
-        )
-        .await
-        .unwrap();
+    support::seed_bucket_20(store, &key).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

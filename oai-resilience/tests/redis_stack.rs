@@ -13,10 +13,7 @@ use http_body_util::Full;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use oai_resilience::mock::{MockServer, RateLimit, Route};
-use oai_resilience::pace::{
-    BucketLimits, LearnedLimits, PaceKey, PacingStore, RedisStore, RedisStoreConfig,
-    SharedPaceLayer,
-};
+use oai_resilience::pace::{PaceKey, RedisStore, RedisStoreConfig, SharedPaceLayer};
 use oai_resilience::{ClassifyLayer, ErrorKind};
 use support::redis_server::RedisServer;
 use tower::{ServiceBuilder, ServiceExt};
@@ -107,24 +104,6 @@ fn pace_key(server: &MockServer) -> PaceKey {
         .with_model("gpt-4o-mini")
 }
 
-/// The limits configured up front (as `StaticLimits` do for the in-process pacer): the mock's
-/// bucket of 20 refilled at 20/s.
-async fn seed(store: &RedisStore, key: &PaceKey) {
-    store
-        .learn(
-            key,
-            LearnedLimits {
-                requests: Some(BucketLimits {
-                    capacity: 20.0,
-                    refill_per_sec: 20.0,
-                }),
-                ..LearnedLimits::default()
-            },
-        )
-        .await
-        .unwrap();
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_stacks_share_one_bucket() {
     let redis = RedisServer::start();
@@ -135,7 +114,7 @@ async fn two_stacks_share_one_bucket() {
     let a = RedisStore::connect(&redis.url(), config()).await.unwrap();
     let b = RedisStore::connect(&redis.url(), config()).await.unwrap();
     let key = pace_key(&server);
-    seed(&a, &key).await;
+    support::seed_bucket_20(&a, &key).await;
     let url = server.endpoint(Route::ChatCompletions);
     let (x, y) = tokio::join!(
         run(SharedPaceLayer::new(a.clone()), url.clone(), 30, 8),
@@ -210,7 +189,7 @@ async fn redis_killed_mid_run_calls_continue_in_process() {
         .await;
     let a = RedisStore::connect(&redis.url(), config()).await.unwrap();
     let key = pace_key(&server);
-    seed(&a, &key).await;
+    support::seed_bucket_20(&a, &key).await;
     let url = server.endpoint(Route::ChatCompletions);
     let first = run(SharedPaceLayer::new(a.clone()), url.clone(), 10, 4).await;
     assert_eq!(first.ok, 10);
