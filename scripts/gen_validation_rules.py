@@ -233,7 +233,8 @@ def generate(rules_path):
     out.append("];")
     out.append("")
     for name, body in g.nodes:
-        out.append("static %s: Node = %s;" % (name, body))
+        # The derived fields (key table, required slots, flags) are computed at compile time.
+        out.append("static %s: Node = %s.derive();" % (name, body[:-2] + ", ..DERIVED }"))
     return "\n".join(out) + "\n"
 
 

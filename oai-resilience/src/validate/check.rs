@@ -726,8 +726,19 @@ enum Buf<'a> {
 }
 
 /// Whether values of type `got` can match several alternatives of `node` that streaming
-/// cannot tell apart (no discriminator for objects).
+/// cannot tell apart (no discriminator for objects). Objects and arrays read the flags the
+/// tables derived at compile time.
+#[inline]
 pub(crate) fn ambiguous_for(node: &Node, got: Types) -> bool {
+    match got {
+        T_OBJECT => node.flags & F_AMBIGUOUS_OBJECT != 0,
+        T_ARRAY => node.flags & F_AMBIGUOUS_ARRAY != 0,
+        _ => ambiguous_computed(node, got),
+    }
+}
+
+/// `ambiguous_for` from the node's alternatives.
+fn ambiguous_computed(node: &Node, got: Types) -> bool {
     if got == T_OBJECT && node.discriminator.is_some() {
         return false;
     }
@@ -742,8 +753,16 @@ pub(crate) fn ambiguous_for(node: &Node, got: Types) -> bool {
 /// content rule applies; shorter ones are also recorded as facts.
 pub(crate) const LONG_STRING: usize = 258;
 
-/// Whether the only thing to check about a string value of `node` is that it is a string.
+/// Whether the only thing to check about a string value of `node` is that it is a string
+/// (derived at compile time, `Node::derive`).
+#[inline]
 pub(crate) fn plain_string(node: &Node) -> bool {
+    node.flags & F_PLAIN_STRING != 0
+}
+
+/// `plain_string` from the node's fields, as a reference for the derived flag.
+#[cfg(test)]
+pub(crate) fn plain_string_computed(node: &Node) -> bool {
     let plain = |n: &Node| {
         n.enum_values.is_empty()
             && n.min_length.is_none()
@@ -757,6 +776,114 @@ pub(crate) fn plain_string(node: &Node) -> bool {
             .iter()
             .filter(|a| accepts(a.types, T_STRING))
             .all(|a| plain(a) && a.alternatives.is_empty())
+}
+
+/// The derived fields agree with the fields they come from, on every node of the tables.
+#[cfg(test)]
+mod derived_tests {
+    use super::*;
+
+    fn all_nodes() -> Vec<&'static Node> {
+        let mut out: Vec<&'static Node> = Vec::new();
+        let mut todo: Vec<&'static Node> =
+            super::super::rules_gen::ROOTS.iter().map(|r| r.2).collect();
+        while let Some(n) = todo.pop() {
+            if out.iter().any(|m| std::ptr::eq(*m, n)) {
+                continue;
+            }
+            out.push(n);
+            todo.extend(n.items);
+            todo.extend(n.properties.iter().map(|p| p.node));
+            todo.extend(n.alternatives.iter().copied());
+            if let Additional::Schema(m) = n.additional {
+                todo.push(m);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn derived_flags_match_the_node() {
+        let nodes = all_nodes();
+        assert!(nodes.len() > 400, "{}", nodes.len());
+        let mut plain = 0;
+        for n in nodes {
+            assert_eq!(plain_string(n), plain_string_computed(n), "{n:?}");
+            plain += usize::from(plain_string(n));
+            for got in [T_OBJECT, T_ARRAY] {
+                assert_eq!(ambiguous_for(n, got), ambiguous_computed(n, got), "{n:?}");
+            }
+        }
+        assert!(plain > 10, "{plain}");
+    }
+
+    fn deprecated_inside(n: &Node) -> bool {
+        n.deprecated
+            || n.items.is_some_and(deprecated_inside)
+            || n.properties.iter().any(|p| deprecated_inside(p.node))
+            || n.alternatives.iter().any(|a| deprecated_inside(a))
+            || matches!(n.additional, Additional::Schema(m) if deprecated_inside(m))
+    }
+
+    #[test]
+    fn the_deprecated_inside_flag_marks_every_subtree_with_a_deprecated_node() {
+        let (mut marked, mut total) = (0, 0);
+        for n in all_nodes() {
+            let flag = n.flags & F_DEPRECATED_INSIDE != 0;
+            assert_eq!(flag, deprecated_inside(n), "{n:?}");
+            marked += usize::from(flag);
+            total += 1;
+        }
+        // The chat root (max_tokens, functions, ...) is marked; most nodes are not.
+        assert!(marked > 0 && marked < total / 2, "{marked} of {total}");
+    }
+
+    #[test]
+    fn the_key_table_finds_every_property_and_nothing_else() {
+        let mut tabled = 0;
+        for n in all_nodes() {
+            for (i, p) in n.properties.iter().enumerate() {
+                // Names are unique, so the first match is the only one.
+                assert_eq!(n.properties.iter().position(|q| q.name == p.name), Some(i));
+                assert_eq!(n.find(p.name), Some(i), "{}", p.name);
+                // A longer, a shorter and a reversed name: found iff a property has it.
+                let changed: String = p.name.chars().rev().collect();
+                for probe in [
+                    format!("{}x", p.name),
+                    p.name[..p.name.len() - 1].to_string(),
+                    changed,
+                ] {
+                    let linear = n.properties.iter().position(|q| q.name == probe);
+                    assert_eq!(n.find(&probe), linear, "{probe}");
+                }
+            }
+            assert_eq!(n.find(""), None);
+            tabled += usize::from(n.slots.iter().any(|s| *s != 0));
+            // Required names are unique too (a slot per name).
+            for (j, r) in n.required.iter().enumerate() {
+                assert_eq!(n.required.iter().position(|q| q == r), Some(j));
+            }
+        }
+        assert!(tabled > 10, "{tabled}");
+    }
+
+    #[test]
+    fn required_slots_are_the_slots_of_the_required_names() {
+        for n in all_nodes() {
+            let mut mask = 0u64;
+            for (j, r) in n.required.iter().enumerate() {
+                let slot = n
+                    .properties
+                    .iter()
+                    .position(|p| p.name == *r)
+                    .unwrap_or(n.properties.len() + j);
+                if slot < 64 {
+                    mask |= 1 << slot;
+                }
+            }
+            assert_eq!(n.required_slots, mask, "{n:?}");
+        }
+    }
 }
 
 impl<'de> DeserializeSeed<'de> for NodeSeed<'_> {
@@ -949,11 +1076,11 @@ impl Ctx {
         if let Some(j) = node.required.iter().position(|r| same(r, key)) {
             // Required names the (depth-limited) tables give no schema for are tracked too.
             let i = node.properties.len() + j;
-            if i < 64 && !node.properties.iter().any(|p| same(p.name, key)) {
+            if i < 64 && node.find(key).is_none() {
                 st.seen |= 1 << i;
             }
         }
-        if let Some(i) = node.properties.iter().position(|p| same(p.name, key)) {
+        if let Some(i) = node.find(key) {
             if i < 64 {
                 st.seen |= 1 << i;
             }

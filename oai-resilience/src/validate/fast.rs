@@ -160,6 +160,15 @@ pub(crate) fn accept(endpoint: Endpoint, body: &str) -> Option<Accepted> {
     })
 }
 
+/// The first discriminator key of an object, as `find_disc` read it.
+struct Disc<'a> {
+    key: &'a str,
+    /// (start, end, has escapes) of its string value.
+    value: (usize, usize, bool),
+    /// Whether it is the object's first key.
+    first: bool,
+}
+
 /// How many string values read before a discriminator are remembered (not scanned twice).
 const MEMO: usize = 8;
 
@@ -613,6 +622,10 @@ impl<'a> Fast<'a> {
             self.record = record;
             match trial {
                 Ok(()) if !record => return Ok(()),
+                // Nothing below would be recorded: the trial was the real run.
+                Ok(()) if alt.flags & F_DEPRECATED_INSIDE == 0 && !self.may_record(path) => {
+                    return Ok(())
+                }
                 Ok(()) => {
                     self.pos = start;
                     return self.value(alt, path);
@@ -679,7 +692,11 @@ impl<'a> Fast<'a> {
         let memo_base = self.memo_len;
         let r = self.find_disc(disc);
         let result = match r {
-            Ok(Some((vs, ve, esc))) => {
+            Ok(Some(Disc {
+                key,
+                value: (vs, ve, esc),
+                first,
+            })) => {
                 let s = self.s;
                 let owned;
                 let value = if esc {
@@ -694,9 +711,20 @@ impl<'a> Fast<'a> {
                         .copied()
                         .find(|a| a.const_of(disc) == Some(value))
                 });
+                // The value is read again as the chosen alternative's property: not rescanned.
+                if self.memo_len < MEMO {
+                    self.memo[self.memo_len] = (vs, ve, esc);
+                    self.memo_len += 1;
+                }
                 self.pos = start;
                 match chosen {
                     None => Err(Stop::Unsupported),
+                    // The discriminator came first: the object goes on from its value, as the
+                    // chosen alternative (its key is not read twice).
+                    Some(Some(alt)) if first && accepts(alt.types, T_OBJECT) => {
+                        self.pos = vs;
+                        self.object_from(alt, key, path)
+                    }
                     Some(Some(alt)) => self.object(alt, path),
                     Some(None) if node.lenient => self.skip_value(),
                     Some(None) => Err(Stop::Violation),
@@ -725,21 +753,24 @@ impl<'a> Fast<'a> {
     /// Reads an object up to its first `disc` key: the extent of that key's string value,
     /// or `None` (the whole object read) when there is none. String values on the way are
     /// remembered.
-    fn find_disc(&mut self, disc: &str) -> R<Option<(usize, usize, bool)>> {
+    fn find_disc(&mut self, disc: &str) -> R<Option<Disc<'a>>> {
         self.pos += 1;
         self.ws();
         if self.peek()? == b'}' {
             self.pos += 1;
             return Ok(None);
         }
+        let mut first = true;
         loop {
             let key = self.key()?;
             if key == disc {
                 if self.peek()? != b'"' {
                     return Err(Stop::Unsupported);
                 }
-                return self.string().map(Some);
+                let value = self.string()?;
+                return Ok(Some(Disc { key, value, first }));
             }
+            first = false;
             if self.peek()? == b'"' {
                 let found = self.string()?;
                 if self.memo_len < MEMO {
@@ -761,45 +792,44 @@ impl<'a> Fast<'a> {
     /// An object checked against `node` (`Ctx::object`).
     fn object(&mut self, node: &'static Node, path: P<'_, 'a>) -> R {
         self.pos += 1;
-        let mut seen = 0u64;
-        let mut required = 0u64;
-        let mut count = 0usize;
         self.ws();
         if self.peek()? == b'}' {
             self.pos += 1;
-        } else {
-            loop {
-                let key = self.key()?;
-                count += 1;
-                if let Some(j) = node.required.iter().position(|r| same(r, key)) {
-                    required |= 1u64.checked_shl(j as u32).unwrap_or(0);
+            return self.object_end(node, 0, 0, path);
+        }
+        let key = self.key()?;
+        self.object_from(node, key, path)
+    }
+
+    /// The rest of an object checked against `node`, from the value of its first key.
+    fn object_from(&mut self, node: &'static Node, first: &'a str, path: P<'_, 'a>) -> R {
+        // Bit i: slot i seen (a property's index, or `properties.len() + j` for the `j`th
+        // required name that is not a property), as the streaming checker counts.
+        let mut seen = 0u64;
+        let mut count = 0usize;
+        let mut key = first;
+        loop {
+            count += 1;
+            self.entry(node, &mut seen, key, path)?;
+            self.ws();
+            match self.next()? {
+                b',' => {
+                    self.ws();
+                    key = self.key()?;
                 }
-                self.entry(node, &mut seen, key, path)?;
-                self.ws();
-                match self.next()? {
-                    b',' => self.ws(),
-                    b'}' => break,
-                    _ => return Err(Stop::Unsupported),
-                }
+                b'}' => break,
+                _ => return Err(Stop::Unsupported),
             }
         }
-        // A required name is present iff a key equals it: with fewer than 64 slots that is
-        // the whole rule; else the streaming checker's slot arithmetic decides.
-        if node.properties.len() + node.required.len() <= 64 {
-            if required.count_ones() as usize != node.required.len() {
-                return Err(Stop::Violation);
-            }
-        } else {
-            for (j, &req) in node.required.iter().enumerate() {
-                let i = node
-                    .properties
-                    .iter()
-                    .position(|p| p.name == req)
-                    .unwrap_or(node.properties.len() + j);
-                if i < 64 && seen & (1 << i) == 0 {
-                    return Err(Stop::Violation);
-                }
-            }
+        self.object_end(node, seen, count, path)
+    }
+
+    /// The rules on a whole object, once its `count` entries are read.
+    fn object_end(&mut self, node: &'static Node, seen: u64, count: usize, path: P<'_, 'a>) -> R {
+        // A required name is present iff its slot was seen (slots from 64 on are left to the
+        // streaming checker's arithmetic, which does not track them either).
+        if seen & node.required_slots != node.required_slots {
+            return Err(Stop::Violation);
         }
         if let Some(max) = node.max_properties {
             if count > max as usize {
@@ -813,13 +843,14 @@ impl<'a> Fast<'a> {
     }
 
     /// One entry of an object (`Ctx::begin_entry`, then its value).
+    #[inline]
     fn entry(&mut self, node: &'static Node, seen: &mut u64, key: &'a str, path: P<'_, 'a>) -> R {
         if let Some(max) = node.key_max_length {
             if key.len() > max as usize && key.chars().count() > max as usize {
                 return Err(Stop::Violation);
             }
         }
-        if let Some(i) = node.properties.iter().position(|p| same(p.name, key)) {
+        if let Some(i) = node.find(key) {
             if i < 64 {
                 *seen |= 1 << i;
             }
@@ -987,6 +1018,29 @@ impl<'a> Fast<'a> {
         }
     }
 
+    /// Whether a value at `path` or below it can record a fact (see `capture_scalar`,
+    /// `needs_value`, `capture_container`, `object_start` and `is_tool_call`): at depth 3 or
+    /// less, or below a chat message's `tool_calls`. (Deprecations are the node's business.)
+    fn may_record(&self, path: P<'_, 'a>) -> bool {
+        let mut p = path;
+        while let Some(frame) = p {
+            if frame.depth <= 3 {
+                break;
+            }
+            p = frame.parent;
+        }
+        match depth(p) {
+            d if d < 3 || depth(path) <= 3 => true,
+            _ => {
+                self.track_messages
+                    && matches!(
+                        segs::<3>(p),
+                        Some([Seg::Key("messages"), Seg::Index(_), Seg::Key("tool_calls")])
+                    )
+            }
+        }
+    }
+
     /// Whether `path` is a chat tool call (`messages[i].tool_calls[j]`), whose `id` the
     /// message-order rule needs (`Ctx::is_tool_call_id`).
     fn is_tool_call(&self, path: P<'_, 'a>) -> bool {
@@ -1078,7 +1132,7 @@ fn check_number(node: &Node, n: Scalar<'_>) -> bool {
 }
 
 fn check_str(node: &Node, v: &str) -> bool {
-    if !node.enum_values.is_empty() && !node.enum_values.contains(&v) {
+    if !node.enum_values.is_empty() && !node.enum_values.iter().any(|e| same(e, v)) {
         return false;
     }
     if node.min_length.is_some() || node.max_length.is_some() {
@@ -1294,6 +1348,54 @@ mod tests {
             }
         }
         assert!(runs > 500, "{runs}");
+    }
+
+    /// The accept path's two shortcuts: an object whose discriminator comes first goes on from
+    /// its value (the key is not read twice), and a union trial that passed is not run again
+    /// when nothing below it is recorded. Both must decide as the streaming checker does,
+    /// with the discriminator first, last and absent, and facts below the trials.
+    #[test]
+    fn discriminator_first_and_union_trials_agree() {
+        let texts: &[&str] = &[
+            r#"{"model":"m","messages":[{"role":"user","content":"hi","name":"a"}]}"#,
+            r#"{"model":"m","messages":[{"role":"user"}]}"#,
+            r#"{"model":"m","messages":[{"role":"user","content":5}]}"#,
+            r#"{"model":"m","messages":[{"role":"user","content":"hi","role":"tool"}]}"#,
+            r#"{"model":"m","messages":[{"role":"system","content":[{"type":"image_url","image_url":{"url":"u"}}]}]}"#,
+            r#"{"model":"m","messages":[{"role":"user","content":[{"type":"text","text":"a"},{"type":"image_url","image_url":{"url":"u","detail":"low"}}]}]}"#,
+            r#"{"model":"m","messages":[{"role":"user","content":[{"text":"a","type":"text"},{"image_url":{"url":"u"},"type":"image_url"}]}]}"#,
+            r#"{"model":"m","messages":[{"role":"user","content":[{"type":"text"}]}]}"#,
+            r#"{"model":"m","messages":[{"role":"user","content":[{"type":"image_url","text":"a"}]}]}"#,
+            r#"{"model":"m","messages":[{"role":"user","content":[{"type":"input_audio","input_audio":{"data":"x","format":"wav"}}]}]}"#,
+            r#"{"model":"m","messages":[{"role":"user","content":[{"type":"file","file":{"file_id":"f"}},{}]}]}"#,
+            r#"{"model":"m","messages":[{"role":"user","content":[{"type":"text","text":"a","x":[1,{"y":null}]}]}]}"#,
+            r#"{"model":"m","messages":[{"role":"assistant","content":[{"type":"refusal","refusal":"no"}]}]}"#,
+            r#"{"model":"m","messages":[{"role":"assistant","tool_calls":[{"type":"function","id":"c1","function":{"name":"f","arguments":"{}"}}]},{"role":"tool","content":"x","tool_call_id":"c1"}]}"#,
+            r#"{"model":"m","messages":[{"role":"assistant","tool_calls":[{"type":"function","id":"c1","function":{"name":"f","arguments":"{}"}}]},{"role":"tool","content":"x","tool_call_id":"c9"}]}"#,
+            r#"{"model":"m","messages":[{"role":"assistant","tool_calls":[{"type":"function","id":3,"function":{"name":"f","arguments":"{}"}}]}]}"#,
+            r#"{"model":"m","messages":[{"role":"function","name":"f","content":"x"}]}"#,
+            r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"tools":[{"type":"function","function":{"name":"f","parameters":{}}}]}"#,
+            r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"tools":[{"type":"function","function":{"name":"f g"}}]}"#,
+            r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"tools":[{"type":"nope"}]}"#,
+            r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"tool_choice":{"type":"function","function":{"name":"f"}}}"#,
+            r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"response_format":{"type":"json_schema","json_schema":{"name":"n","schema":{}}}}"#,
+            r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"response_format":{"type":"json_schema"}}"#,
+        ];
+        let mut accepted = 0;
+        for t in texts {
+            same_report(Endpoint::ChatCompletions, t.as_bytes());
+            accepted += usize::from(check(Endpoint::ChatCompletions, t.as_bytes()).is_valid());
+        }
+        // Both kinds are here: bodies the shortcuts accept, and bodies they must not.
+        assert!(accepted >= 8 && accepted <= texts.len() - 8, "{accepted}");
+        let input: &[&str] = &[
+            r#"{"model":"m","input":[{"role":"user","content":[{"type":"input_text","text":"a"}]}]}"#,
+            r#"{"model":"m","input":[{"type":"message","role":"user","content":"a"}]}"#,
+            r#"{"model":"m","input":"a","tools":[{"type":"function","name":"f","parameters":{}}]}"#,
+        ];
+        for t in input {
+            same_report(Endpoint::Responses, t.as_bytes());
+        }
     }
 
     #[test]

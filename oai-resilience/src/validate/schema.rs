@@ -45,6 +45,96 @@ pub(crate) struct Node {
     pub(crate) alternatives: &'static [&'static Node],
     /// The property whose `const` value tells the alternatives apart.
     pub(crate) discriminator: Option<&'static str>,
+    // Derived from the fields above at compile time by `Node::derive` (the generated literals
+    // take them from `DERIVED` and call it), so the checkers read them instead of recomputing.
+    /// Open-addressing table from `key_slot(name)` to property index + 1 (0: empty); used when
+    /// there are more than `LINEAR` properties.
+    pub(crate) slots: [u8; SLOTS],
+    /// The seen-slots of the required names: a property's index, or `properties.len() + j`
+    /// for the `j`th required name that is not a property (slots from 64 on are not tracked).
+    pub(crate) required_slots: u64,
+    /// `F_*` bits.
+    pub(crate) flags: u8,
+}
+
+/// Slots of a node's key table.
+pub(crate) const SLOTS: usize = 64;
+/// Up to this many properties a linear search is as fast as the table.
+const LINEAR: usize = 4;
+/// `plain_string`: the only thing to check about a string value is that it is one.
+pub(crate) const F_PLAIN_STRING: u8 = 1;
+/// `ambiguous_for(T_OBJECT)`: more than one alternative accepts an object, no discriminator.
+pub(crate) const F_AMBIGUOUS_OBJECT: u8 = 2;
+/// `ambiguous_for(T_ARRAY)`: more than one alternative accepts an array.
+pub(crate) const F_AMBIGUOUS_ARRAY: u8 = 4;
+
+/// The node or a node below it is deprecated (a real run records a warning there).
+pub(crate) const F_DEPRECATED_INSIDE: u8 = 8;
+
+/// The derived fields before `Node::derive` fills them in.
+pub(crate) const DERIVED: Node = Node {
+    types: T_ANY,
+    nullable: false,
+    deprecated: false,
+    lenient: false,
+    enum_values: &[],
+    minimum: None,
+    maximum: None,
+    int64: false,
+    min_items: None,
+    max_items: None,
+    min_length: None,
+    max_length: None,
+    max_properties: None,
+    key_max_length: None,
+    format: Format::None,
+    items: None,
+    properties: &[],
+    required: &[],
+    additional: Additional::Allowed,
+    alternatives: &[],
+    discriminator: None,
+    slots: [0; SLOTS],
+    required_slots: 0,
+    flags: 0,
+};
+
+/// A key's first slot in a node's table: a multiplicative hash of its length and its first,
+/// middle and last bytes (1.05 probes per property on the generated tables).
+#[inline]
+pub(crate) const fn key_slot(b: &[u8]) -> usize {
+    let n = b.len();
+    if n == 0 {
+        return 0;
+    }
+    let x = (b[0] as u32) | (b[n - 1] as u32) << 8 | (b[n / 2] as u32) << 16 | (n as u32) << 24;
+    (x.wrapping_mul(0x9E37_79B1) >> 26) as usize
+}
+
+const fn const_same(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    if a.len() != b.len() {
+        return false;
+    }
+    let mut i = 0;
+    while i < a.len() {
+        if a[i] != b[i] {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}
+
+const fn const_accepts(types: Types, got: Types) -> bool {
+    types == T_ANY || types & got != 0
+}
+
+const fn plain(n: &Node) -> bool {
+    n.enum_values.is_empty()
+        && n.min_length.is_none()
+        && n.max_length.is_none()
+        && matches!(n.format, Format::None)
 }
 
 /// A named property of an object node.
@@ -74,12 +164,115 @@ pub(crate) enum Format {
 }
 
 impl Node {
+    /// Fills in the derived fields (`slots`, `required_slots`, `flags`) from the others; the
+    /// generated tables call it on each literal, so it runs at compile time.
+    pub(crate) const fn derive(mut self) -> Node {
+        let props = self.properties;
+        if props.len() > LINEAR {
+            assert!(props.len() < SLOTS, "too many properties for the key table");
+            let mut i = 0;
+            while i < props.len() {
+                let mut slot = key_slot(props[i].name.as_bytes());
+                while self.slots[slot] != 0 {
+                    slot = (slot + 1) % SLOTS;
+                }
+                self.slots[slot] = (i + 1) as u8;
+                i += 1;
+            }
+        }
+        let mut mask = 0u64;
+        let mut j = 0;
+        while j < self.required.len() {
+            let mut slot = props.len() + j;
+            let mut i = 0;
+            while i < props.len() {
+                if const_same(props[i].name, self.required[j]) {
+                    slot = i;
+                    break;
+                }
+                i += 1;
+            }
+            if slot < 64 {
+                mask |= 1 << slot;
+            }
+            j += 1;
+        }
+        self.required_slots = mask;
+        // plain_string: a string type, no string rule here, and every alternative that takes
+        // a string is plain with no alternatives of its own.
+        let mut plain_string = self.types & T_STRING != 0 && plain(&self);
+        let (mut objects, mut arrays) = (0, 0);
+        let mut k = 0;
+        while k < self.alternatives.len() {
+            let a = self.alternatives[k];
+            if const_accepts(a.types, T_STRING) && !(plain(a) && a.alternatives.is_empty()) {
+                plain_string = false;
+            }
+            if const_accepts(a.types, T_OBJECT) {
+                objects += 1;
+            }
+            if const_accepts(a.types, T_ARRAY) {
+                arrays += 1;
+            }
+            k += 1;
+        }
+        let mut flags = 0;
+        if plain_string {
+            flags |= F_PLAIN_STRING;
+        }
+        if objects > 1 && self.discriminator.is_none() {
+            flags |= F_AMBIGUOUS_OBJECT;
+        }
+        if arrays > 1 {
+            flags |= F_AMBIGUOUS_ARRAY;
+        }
+        // Children are derived first (their statics are evaluated when read here).
+        let mut deprecated = self.deprecated;
+        if let Some(items) = self.items {
+            deprecated |= items.flags & F_DEPRECATED_INSIDE != 0;
+        }
+        if let Additional::Schema(n) = self.additional {
+            deprecated |= n.flags & F_DEPRECATED_INSIDE != 0;
+        }
+        let mut i = 0;
+        while i < props.len() {
+            deprecated |= props[i].node.flags & F_DEPRECATED_INSIDE != 0;
+            i += 1;
+        }
+        let mut k = 0;
+        while k < self.alternatives.len() {
+            deprecated |= self.alternatives[k].flags & F_DEPRECATED_INSIDE != 0;
+            k += 1;
+        }
+        if deprecated {
+            flags |= F_DEPRECATED_INSIDE;
+        }
+        self.flags = flags;
+        self
+    }
+
+    /// The index of the property named `key` (property names are unique in a node).
+    #[inline]
+    pub(crate) fn find(&self, key: &str) -> Option<usize> {
+        let props = self.properties;
+        if props.len() <= LINEAR {
+            return props.iter().position(|p| super::check::same(p.name, key));
+        }
+        let mut slot = key_slot(key.as_bytes());
+        // The table has free slots (fewer properties than slots): a probe ends at one.
+        for _ in 0..SLOTS {
+            let i = self.slots[slot].checked_sub(1)? as usize;
+            if super::check::same(props[i].name, key) {
+                return Some(i);
+            }
+            slot = (slot + 1) % SLOTS;
+        }
+        None
+    }
+
     /// The constant value of `key` in this (object) node, when it is a one-value enum.
     pub(crate) fn const_of(&self, key: &str) -> Option<&'static str> {
-        let prop = self
-            .properties
-            .iter()
-            .find(|p| super::check::same(p.name, key))?;
+        let prop = &self.properties[self.find(key)?];
         match prop.node.enum_values {
             [only] => Some(only),
             _ => None,
