@@ -355,15 +355,37 @@ impl<'a> Fast<'a> {
 
     /// An object key and its `:`; escaped keys are left to the streaming checker.
     fn key(&mut self) -> R<&'a str> {
-        if self.peek()? != b'"' {
+        let b = self.b;
+        if b.get(self.pos) != Some(&b'"') {
             return Err(Stop::Unsupported);
         }
-        self.pos += 1;
-        let start = self.pos;
-        if self.scan_str()? {
-            return Err(Stop::Unsupported);
+        let start = self.pos + 1;
+        let mut pos = start;
+        // Eight bytes at a time: the lowest flagged byte ends the key; it must be the quote.
+        while let Some(chunk) = b.get(pos..pos + 8) {
+            let Ok(chunk) = <[u8; 8]>::try_from(chunk) else {
+                break;
+            };
+            let x = u64::from_le_bytes(chunk);
+            let hits = zero_bytes(x ^ (ONES * b'"' as u64))
+                | zero_bytes(x ^ (ONES * b'\\' as u64))
+                | control_bytes(x);
+            if hits != 0 {
+                pos += (hits.trailing_zeros() / 8) as usize;
+                break;
+            }
+            pos += 8;
         }
-        let key = self.s.get(start..self.pos - 1).ok_or(Stop::Unsupported)?;
+        loop {
+            match b.get(pos) {
+                Some(b'"') => break,
+                Some(&c) if c == b'\\' || c < 0x20 => return Err(Stop::Unsupported),
+                Some(_) => pos += 1,
+                None => return Err(Stop::Unsupported),
+            }
+        }
+        let key = self.s.get(start..pos).ok_or(Stop::Unsupported)?;
+        self.pos = pos + 1;
         self.ws();
         if self.next()? != b':' {
             return Err(Stop::Unsupported);
@@ -503,6 +525,14 @@ impl<'a> Fast<'a> {
             return self.skip_value();
         }
         let c = self.peek()?;
+        if c == b'"'
+            && node.flags & F_ANY_STRING_OK != 0
+            && !(self.record && self.may_capture(path))
+        {
+            // Any string is valid and none is recorded here: the scan is the whole check.
+            self.string()?;
+            return Ok(());
+        }
         if plain_string(node) {
             if c == b'"' {
                 return self.plain_str(node, path);
@@ -709,7 +739,7 @@ impl<'a> Fast<'a> {
                     node.alternatives
                         .iter()
                         .copied()
-                        .find(|a| a.const_of(disc) == Some(value))
+                        .find(|a| a.const_of(disc).is_some_and(|c| same(c, value)))
                 });
                 // The value is read again as the chosen alternative's property: not rescanned.
                 if self.memo_len < MEMO {
@@ -763,7 +793,7 @@ impl<'a> Fast<'a> {
         let mut first = true;
         loop {
             let key = self.key()?;
-            if key == disc {
+            if same(key, disc) {
                 if self.peek()? != b'"' {
                     return Err(Stop::Unsupported);
                 }
@@ -1018,6 +1048,23 @@ impl<'a> Fast<'a> {
         }
     }
 
+    /// Whether a scalar at `path` is recorded as a fact (`capture_scalar`, `plain_str`): at
+    /// the top level, an item of `modalities`, a chat message's `role` or `tool_call_id`, and
+    /// a chat tool call's `id`.
+    fn may_capture(&self, path: P<'_, 'a>) -> bool {
+        let Some(p) = path else { return true };
+        match p.depth {
+            1 => true,
+            2 => matches!(p.parent.map(|q| q.seg), Some(Seg::Key(k)) if same(k, "modalities")),
+            3 => {
+                self.track_messages
+                    && matches!(p.seg, Seg::Key(k) if same(k, "role") || same(k, "tool_call_id"))
+            }
+            5 => self.track_messages && matches!(p.seg, Seg::Key(k) if same(k, "id")),
+            _ => false,
+        }
+    }
+
     /// Whether a value at `path` or below it can record a fact (see `capture_scalar`,
     /// `needs_value`, `capture_container`, `object_start` and `is_tool_call`): at depth 3 or
     /// less, or below a chat message's `tool_calls`. (Deprecations are the node's business.)
@@ -1085,7 +1132,7 @@ impl<'a> Fast<'a> {
 
 // ----- scalar rules (as `Ctx::scalar_in` and `Ctx::check_scalar`, without the messages) -----
 
-fn scalar_ok(node: &Node, s: &Scalar<'_>) -> bool {
+pub(crate) fn scalar_ok(node: &Node, s: &Scalar<'_>) -> bool {
     if node.alternatives.is_empty() {
         return check_scalar(node, s);
     }

@@ -17,44 +17,48 @@ pub(crate) const T_OBJECT: Types = 32;
 /// One schema node, summarised from `rules.json`. Every field is a constraint the spec states
 /// (or, for the few prose limits, that the generator's `OVERRIDES` cite).
 #[derive(Debug)]
+// Laid out in this order (`repr(C)`): what every value reads (types, flags, the slices) shares
+// the first cache line; the key table comes last.
+#[repr(C)]
 pub(crate) struct Node {
+    // `flags`, `required_slots` and `slots` are derived from the other fields at compile time
+    // by `Node::derive` (the generated literals take them from `DERIVED` and call it), so the
+    // checkers read them instead of recomputing them.
     pub(crate) types: Types,
+    /// `F_*` bits.
+    pub(crate) flags: u8,
     pub(crate) nullable: bool,
     pub(crate) deprecated: bool,
     /// Inside a subtree whose nested rules are unconfirmed (Responses `input`/`tools`): a value
     /// that no alternative explains passes.
     pub(crate) lenient: bool,
-    /// A closed enum (open `known_values` lists are not in the tables).
-    pub(crate) enum_values: &'static [&'static str],
-    pub(crate) minimum: Option<f64>,
-    pub(crate) maximum: Option<f64>,
     /// The value must fit in an `i64` (the spec's ±9.2e18 bounds).
     pub(crate) int64: bool,
+    pub(crate) format: Format,
+    pub(crate) properties: &'static [Prop],
+    /// `oneOf`/`anyOf` alternatives: the value is valid if any one is.
+    pub(crate) alternatives: &'static [&'static Node],
+    pub(crate) items: Option<&'static Node>,
+    pub(crate) additional: Additional,
+    /// A closed enum (open `known_values` lists are not in the tables).
+    pub(crate) enum_values: &'static [&'static str],
+    pub(crate) required: &'static [&'static str],
+    /// The property whose `const` value tells the alternatives apart.
+    pub(crate) discriminator: Option<&'static str>,
+    pub(crate) minimum: Option<f64>,
+    pub(crate) maximum: Option<f64>,
     pub(crate) min_items: Option<u32>,
     pub(crate) max_items: Option<u32>,
     pub(crate) min_length: Option<u32>,
     pub(crate) max_length: Option<u32>,
     pub(crate) max_properties: Option<u32>,
     pub(crate) key_max_length: Option<u32>,
-    pub(crate) format: Format,
-    pub(crate) items: Option<&'static Node>,
-    pub(crate) properties: &'static [Prop],
-    pub(crate) required: &'static [&'static str],
-    pub(crate) additional: Additional,
-    /// `oneOf`/`anyOf` alternatives: the value is valid if any one is.
-    pub(crate) alternatives: &'static [&'static Node],
-    /// The property whose `const` value tells the alternatives apart.
-    pub(crate) discriminator: Option<&'static str>,
-    // Derived from the fields above at compile time by `Node::derive` (the generated literals
-    // take them from `DERIVED` and call it), so the checkers read them instead of recomputing.
-    /// Open-addressing table from `key_slot(name)` to property index + 1 (0: empty); used when
-    /// there are more than `LINEAR` properties.
-    pub(crate) slots: [u8; SLOTS],
     /// The seen-slots of the required names: a property's index, or `properties.len() + j`
     /// for the `j`th required name that is not a property (slots from 64 on are not tracked).
     pub(crate) required_slots: u64,
-    /// `F_*` bits.
-    pub(crate) flags: u8,
+    /// Open-addressing table from `key_slot(name)` to property index + 1 (0: empty); used when
+    /// there are more than `LINEAR` properties.
+    pub(crate) slots: [u8; SLOTS],
 }
 
 /// Slots of a node's key table.
@@ -70,6 +74,10 @@ pub(crate) const F_AMBIGUOUS_ARRAY: u8 = 4;
 
 /// The node or a node below it is deprecated (a real run records a warning there).
 pub(crate) const F_DEPRECATED_INSIDE: u8 = 8;
+
+/// Every string value is valid here (`scalar_ok` holds for any string): a string needs no
+/// more than its scan, unless a fact records it.
+pub(crate) const F_ANY_STRING_OK: u8 = 16;
 
 /// The derived fields before `Node::derive` fills them in.
 pub(crate) const DERIVED: Node = Node {
@@ -225,6 +233,27 @@ impl Node {
         }
         if arrays > 1 {
             flags |= F_AMBIGUOUS_ARRAY;
+        }
+        // As `scalar_ok` decides for a string: with no alternatives, the node's own rules;
+        // with alternatives, the node must take strings and one plain alternative (or
+        // leniency) must take any string.
+        let mut any_string = const_accepts(self.types, T_STRING);
+        if self.alternatives.is_empty() {
+            any_string = any_string && plain(&self);
+        } else {
+            let mut one = self.lenient;
+            let mut k = 0;
+            while k < self.alternatives.len() {
+                let a = self.alternatives[k];
+                if const_accepts(a.types, T_STRING) && a.alternatives.is_empty() && plain(a) {
+                    one = true;
+                }
+                k += 1;
+            }
+            any_string = any_string && one;
+        }
+        if any_string {
+            flags |= F_ANY_STRING_OK;
         }
         // Children are derived first (their statics are evaluated when read here).
         let mut deprecated = self.deprecated;

@@ -1,0 +1,108 @@
+//! The validation goal as a ratio measured in alternating rounds: each round times a batch of
+//! `IgnoredAny` passes and then a batch of validations of the same body, and the ratio is
+//! taken per round, so that a slower stretch of a shared machine slows both sides of a ratio
+//! instead of one side of a comparison (criterion measures one function after the other; its
+//! absolute figures moved by ±20 % between runs on the 2-core dev machine).
+//!
+//! Prints, per body, the median time per pass of each side and the median and spread of the
+//! per-round ratios. Goal: `validate` at most 2x `ignored_any`. Run:
+//! `cargo bench -p oai-resilience --bench validate_ratio`
+//!
+//! For a profiler (callgrind counts instructions, which the machine's noise does not move):
+//! `PROFILE_SIDE=floor|validate PROFILE_CALLS=20000` runs only that side, that many times, on
+//! the first body the filter selects.
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use oai_resilience::validate::{self, Endpoint};
+use serde::de::IgnoredAny;
+
+mod bodies;
+use bodies::{chat_body, chat_body_role_first};
+
+const ROUNDS: usize = 31;
+
+/// Time per call of `f`, over a batch that lasts about 20 ms.
+fn per_call(batch: usize, mut f: impl FnMut()) -> Duration {
+    let start = Instant::now();
+    for _ in 0..batch {
+        f();
+    }
+    start.elapsed() / batch as u32
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; a filter argument selects bodies by name.
+    let filter: Option<String> = std::env::args().skip(1).find(|a| !a.starts_with('-'));
+    for (name, body) in [
+        ("chat_1KB", chat_body(1, 150)),
+        ("chat_1KB_role_first", chat_body_role_first()),
+        ("chat_100KB", chat_body(32, 1550)),
+    ] {
+        if filter.as_deref().is_some_and(|f| !name.contains(f)) {
+            continue;
+        }
+        assert!(validate::check(Endpoint::ChatCompletions, &body).is_valid());
+        let floor = || {
+            serde_json::from_slice::<IgnoredAny>(black_box(&body)).unwrap();
+        };
+        let check = || {
+            black_box(validate::check(Endpoint::ChatCompletions, black_box(&body)));
+        };
+        if let Ok(side) = std::env::var("PROFILE_SIDE") {
+            let calls: usize = std::env::var("PROFILE_CALLS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(20_000);
+            for _ in 0..calls {
+                if side == "floor" {
+                    floor()
+                } else {
+                    check()
+                }
+            }
+            return;
+        }
+        // A batch of about 20 ms of the floor; warm-up of one batch each.
+        let probe = per_call(1000, floor);
+        let batch =
+            (Duration::from_millis(20).as_nanos() / probe.as_nanos().max(1)).max(10) as usize;
+        per_call(batch, floor);
+        per_call(batch, check);
+        let (mut a, mut b, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+        for round in 0..ROUNDS {
+            // Alternate which side goes first.
+            let (fa, fb) = if round % 2 == 0 {
+                let fa = per_call(batch, floor);
+                (fa, per_call(batch, check))
+            } else {
+                let fb = per_call(batch, check);
+                (per_call(batch, floor), fb)
+            };
+            let (fa, fb) = (fa.as_secs_f64() * 1e6, fb.as_secs_f64() * 1e6);
+            a.push(fa);
+            b.push(fb);
+            ratios.push(fb / fa);
+        }
+        let mut sorted = ratios.clone();
+        sorted.sort_by(f64::total_cmp);
+        println!(
+            "{name} ({} bytes): ignored_any {:.3} µs, validate {:.3} µs; ratio median {:.2}x \
+             (rounds: min {:.2}, p25 {:.2}, p75 {:.2}, max {:.2}; {ROUNDS} rounds of {batch})",
+            body.len(),
+            median(a),
+            median(b),
+            median(ratios),
+            sorted[0],
+            sorted[ROUNDS / 4],
+            sorted[3 * ROUNDS / 4],
+            sorted[ROUNDS - 1],
+        );
+    }
+}
