@@ -893,6 +893,38 @@ mod derived_tests {
     }
 
     #[test]
+    fn the_discriminator_table_chooses_as_const_of_does() {
+        let mut checked = 0;
+        for n in all_nodes() {
+            let Some(disc) = n.discriminator else {
+                assert_eq!(n.disc_props, [0; DISC_ALTS]);
+                continue;
+            };
+            let mut values: Vec<&str> = n
+                .alternatives
+                .iter()
+                .filter_map(|a| a.const_of(disc))
+                .collect();
+            values.extend(["", "nope", "x".repeat(70).leak()]);
+            for v in values {
+                let expected = n
+                    .alternatives
+                    .iter()
+                    .copied()
+                    .find(|a| a.const_of(disc) == Some(v));
+                let got = n.alternative_for(disc, v);
+                assert_eq!(
+                    got.map(|g| g as *const Node),
+                    expected.map(|e| e as *const Node),
+                    "{disc}={v}"
+                );
+                checked += 1;
+            }
+        }
+        assert!(checked > 50, "{checked}");
+    }
+
+    #[test]
     fn the_key_table_finds_every_property_and_nothing_else() {
         let mut tabled = 0;
         for n in all_nodes() {
@@ -1260,11 +1292,7 @@ impl Ctx {
             }
             let value = map.next_value_seed(DiscSeed)?;
             let chosen = match &value {
-                DiscVal::Str(s) => node
-                    .alternatives
-                    .iter()
-                    .copied()
-                    .find(|a| a.const_of(disc) == Some(s)),
+                DiscVal::Str(s) => node.alternative_for(disc, s),
                 DiscVal::Other(_) => None,
             };
             match (chosen, value) {

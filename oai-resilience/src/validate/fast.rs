@@ -735,12 +735,7 @@ impl<'a> Fast<'a> {
                 } else {
                     Some(&s[vs + 1..ve - 1])
                 };
-                let chosen = value.map(|value| {
-                    node.alternatives
-                        .iter()
-                        .copied()
-                        .find(|a| a.const_of(disc).is_some_and(|c| same(c, value)))
-                });
+                let chosen = value.map(|value| node.alternative_for(disc, value));
                 // The value is read again as the chosen alternative's property: not rescanned.
                 if self.memo_len < MEMO {
                     self.memo[self.memo_len] = (vs, ve, esc);

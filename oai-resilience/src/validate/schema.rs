@@ -59,7 +59,13 @@ pub(crate) struct Node {
     /// Open-addressing table from `key_slot(name)` to property index + 1 (0: empty); used when
     /// there are more than `LINEAR` properties.
     pub(crate) slots: [u8; SLOTS],
+    /// For a node with a discriminator: in alternative `k`, the index + 1 of the property it
+    /// names (0: none), for the first `DISC_ALTS` alternatives.
+    pub(crate) disc_props: [u8; DISC_ALTS],
 }
+
+/// Alternatives whose discriminator property `disc_props` records.
+pub(crate) const DISC_ALTS: usize = 32;
 
 /// Slots of a node's key table.
 pub(crate) const SLOTS: usize = 64;
@@ -103,6 +109,7 @@ pub(crate) const DERIVED: Node = Node {
     alternatives: &[],
     discriminator: None,
     slots: [0; SLOTS],
+    disc_props: [0; DISC_ALTS],
     required_slots: 0,
     flags: 0,
 };
@@ -206,6 +213,22 @@ impl Node {
             j += 1;
         }
         self.required_slots = mask;
+        if let Some(disc) = self.discriminator {
+            let mut k = 0;
+            while k < self.alternatives.len() && k < DISC_ALTS {
+                let alt = self.alternatives[k].properties;
+                let mut i = 0;
+                while i < alt.len() {
+                    if const_same(alt[i].name, disc) {
+                        assert!(i < u8::MAX as usize, "too many properties");
+                        self.disc_props[k] = (i + 1) as u8;
+                        break;
+                    }
+                    i += 1;
+                }
+                k += 1;
+            }
+        }
         // plain_string: a string type, no string rule here, and every alternative that takes
         // a string is plain with no alternatives of its own.
         let mut plain_string = self.types & T_STRING != 0 && plain(&self);
@@ -297,6 +320,25 @@ impl Node {
             slot = (slot + 1) % SLOTS;
         }
         None
+    }
+
+    /// The alternative whose discriminator (`disc`, this node's) is the constant `value`: the
+    /// first `k` with `alternatives[k].const_of(disc) == Some(value)`, read through
+    /// `disc_props`.
+    pub(crate) fn alternative_for(&self, disc: &str, value: &str) -> Option<&'static Node> {
+        self.alternatives.iter().enumerate().find_map(|(k, &alt)| {
+            let constant = match self.disc_props.get(k) {
+                Some(0) => None,
+                Some(&i) => match alt.properties[i as usize - 1].node.enum_values {
+                    [only] => Some(*only),
+                    _ => None,
+                },
+                None => alt.const_of(disc),
+            };
+            constant
+                .is_some_and(|c| super::check::same(c, value))
+                .then_some(alt)
+        })
     }
 
     /// The constant value of `key` in this (object) node, when it is a one-value enum.
