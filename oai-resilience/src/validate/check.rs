@@ -925,6 +925,34 @@ mod derived_tests {
     }
 
     #[test]
+    fn shape_unions_are_the_object_unions_of_shape_only_alternatives() {
+        let mut unions = 0;
+        for n in all_nodes() {
+            let objects: Vec<&Node> = n
+                .alternatives
+                .iter()
+                .copied()
+                .filter(|a| accepts(a.types, T_OBJECT))
+                .collect();
+            let shapes = objects.iter().all(|a| {
+                a.types == T_OBJECT
+                    && a.properties.is_empty()
+                    && matches!(a.additional, Additional::Allowed)
+                    && a.max_properties.is_none()
+                    && a.key_max_length.is_none()
+                    && a.alternatives.is_empty()
+                    && a.discriminator.is_none()
+                    && a.required.len() <= 64
+            });
+            let expected = ambiguous_computed(n, T_OBJECT) && shapes && objects.len() <= SHAPE_ALTS;
+            assert_eq!(n.flags & F_SHAPE_UNION != 0, expected, "{n:?}");
+            unions += usize::from(expected);
+        }
+        // Chat content parts (user, system, developer, tool messages) at least.
+        assert!(unions >= 2, "{unions}");
+    }
+
+    #[test]
     fn the_key_table_finds_every_property_and_nothing_else() {
         let mut tabled = 0;
         for n in all_nodes() {

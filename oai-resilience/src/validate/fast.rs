@@ -642,6 +642,12 @@ impl<'a> Fast<'a> {
     /// Tries each alternative of `node` that accepts `got` on the value at `pos`; the first
     /// that passes is run again for real (`Ctx::buffered_alternatives`).
     fn alternatives(&mut self, node: &'static Node, got: Types, path: P<'_, 'a>) -> R {
+        if got == T_OBJECT
+            && node.flags & F_SHAPE_UNION != 0
+            && !(self.record && self.may_record(path))
+        {
+            return self.shape_union(node);
+        }
         let start = self.pos;
         for &alt in node.alternatives {
             if !accepts(alt.types, got) {
@@ -668,6 +674,48 @@ impl<'a> Fast<'a> {
             return self.skip_value();
         }
         Err(Stop::Violation)
+    }
+
+    /// `alternatives` for a shape union (`F_SHAPE_UNION`) where nothing is recorded: one pass
+    /// over the object notes which required names of which alternative it has; the first
+    /// alternative that has all of them passes, as its trial would.
+    fn shape_union(&mut self, node: &'static Node) -> R {
+        let alts = || {
+            node.alternatives
+                .iter()
+                .filter(|a| accepts(a.types, T_OBJECT))
+        };
+        let mut seen = [0u64; SHAPE_ALTS];
+        self.pos += 1;
+        self.ws();
+        if self.peek()? == b'}' {
+            self.pos += 1;
+        } else {
+            loop {
+                let key = self.key()?;
+                for (alt, seen) in alts().zip(&mut seen) {
+                    if let Some(j) = alt.required.iter().position(|r| same(r, key)) {
+                        *seen |= 1 << j;
+                    }
+                }
+                self.skip_value()?;
+                self.ws();
+                match self.next()? {
+                    b',' => self.ws(),
+                    b'}' => break,
+                    _ => return Err(Stop::Unsupported),
+                }
+            }
+        }
+        if alts()
+            .zip(seen)
+            .any(|(alt, seen)| seen == alt.required_slots)
+            || node.lenient
+        {
+            Ok(())
+        } else {
+            Err(Stop::Violation)
+        }
     }
 
     fn map_in(&mut self, node: &'static Node, path: P<'_, 'a>) -> R {

@@ -85,6 +85,24 @@ pub(crate) const F_DEPRECATED_INSIDE: u8 = 8;
 /// more than its scan, unless a fact records it.
 pub(crate) const F_ANY_STRING_OK: u8 = 16;
 
+/// An object union whose object alternatives (at most `SHAPE_ALTS`) are told apart by their
+/// required names alone: each takes any object, has no properties, no alternatives and no
+/// other object rule (the tables' depth limit leaves such nodes, e.g. chat content parts).
+pub(crate) const F_SHAPE_UNION: u8 = 32;
+/// Object alternatives a shape union may have.
+pub(crate) const SHAPE_ALTS: usize = 8;
+
+const fn shape_only(n: &Node) -> bool {
+    n.types == T_OBJECT
+        && n.properties.is_empty()
+        && matches!(n.additional, Additional::Allowed)
+        && n.max_properties.is_none()
+        && n.key_max_length.is_none()
+        && n.alternatives.is_empty()
+        && n.discriminator.is_none()
+        && n.required.len() <= 64
+}
+
 /// The derived fields before `Node::derive` fills them in.
 pub(crate) const DERIVED: Node = Node {
     types: T_ANY,
@@ -277,6 +295,22 @@ impl Node {
         }
         if any_string {
             flags |= F_ANY_STRING_OK;
+        }
+        if flags & F_AMBIGUOUS_OBJECT != 0 {
+            let mut shapes = true;
+            let mut count = 0;
+            let mut k = 0;
+            while k < self.alternatives.len() {
+                let a = self.alternatives[k];
+                if const_accepts(a.types, T_OBJECT) {
+                    shapes = shapes && shape_only(a);
+                    count += 1;
+                }
+                k += 1;
+            }
+            if shapes && count <= SHAPE_ALTS {
+                flags |= F_SHAPE_UNION;
+            }
         }
         // Children are derived first (their statics are evaluated when read here).
         let mut deprecated = self.deprecated;
