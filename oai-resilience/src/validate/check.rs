@@ -49,6 +49,11 @@ impl Short {
         })
     }
 
+    /// The bytes (comparisons need no UTF-8 check).
+    pub(crate) fn as_bytes(&self) -> &[u8] {
+        &self.buf[..self.len as usize]
+    }
+
     pub(crate) fn as_str(&self) -> &str {
         // Built from a whole `&str`, so always valid UTF-8.
         std::str::from_utf8(&self.buf[..self.len as usize]).unwrap_or("")

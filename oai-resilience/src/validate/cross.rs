@@ -94,9 +94,9 @@ fn previous_response_xor_conversation(facts: &Facts, out: &mut Vec<Violation>) {
 /// transparency, so it should be set to either `png` (default value) or `webp`."
 fn transparent_needs_alpha_format(facts: &Facts, out: &mut Vec<Violation>) {
     let transparent =
-        matches!(facts.get("background"), Some(Fact::Str(s)) if s.as_str() == "transparent");
+        matches!(facts.get("background"), Some(Fact::Str(s)) if s.as_bytes() == b"transparent");
     let format_ok = match facts.get("output_format") {
-        Some(Fact::Str(s)) => matches!(s.as_str(), "png" | "webp"),
+        Some(Fact::Str(s)) => matches!(s.as_bytes(), b"png" | b"webp"),
         _ => true,
     };
     if transparent && !format_ok {
@@ -132,12 +132,12 @@ fn tool_message_order(messages: &[MsgFact], out: &mut Vec<Violation>) {
     }
     let mut open: Option<Open<'_>> = None;
     for msg in messages {
-        let Some(role) = msg.role.as_ref().map(|r| r.as_str()) else {
+        let Some(role) = msg.role.as_ref().map(|r| r.as_bytes()) else {
             // No role: already a violation of its own; the order cannot be judged.
             close(&mut open, out);
             continue;
         };
-        if role == "tool" {
+        if role == b"tool" {
             match open.as_mut() {
                 Some(o) => {
                     if let Some(id) = msg.tool_call_id.as_deref() {
@@ -159,7 +159,7 @@ fn tool_message_order(messages: &[MsgFact], out: &mut Vec<Violation>) {
             continue;
         }
         close(&mut open, out);
-        if role == "assistant" && msg.tool_calls > 0 {
+        if role == b"assistant" && msg.tool_calls > 0 {
             open = Some(Open {
                 at: msg.index,
                 ids: &msg.tool_call_ids,

@@ -616,6 +616,8 @@ impl<'a> Fast<'a> {
                 let n = if text.len() <= 19 && text.iter().all(u8::is_ascii_digit) {
                     // A non-negative integer below 10^19 is a `u64` to the parser too.
                     Scalar::U64(text.iter().fold(0u64, |v, d| v * 10 + u64::from(d - b'0')))
+                } else if let Some(v) = short_decimal(text) {
+                    Scalar::F64(v)
                 } else {
                     // The parser's own conversion (out of range: an error it reports).
                     serde_json::Deserializer::from_str(&self.s[start..end])
@@ -1173,6 +1175,37 @@ impl<'a> Fast<'a> {
     }
 }
 
+/// A decimal with a fraction, no exponent and at most 15 digits (`0.7`, `-12.25`), as the
+/// parser reads it: its digits as an integer below 2^53, divided by a power of ten up to
+/// 10^15. Both are exact in an `f64`, so the quotient is the correctly rounded value, which
+/// serde_json's own conversion (`significand as f64 / POW10[k]`) also gives. Anything else
+/// goes to the parser.
+fn short_decimal(text: &[u8]) -> Option<f64> {
+    const POW10: [f64; 16] = [
+        1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15,
+    ];
+    let (negative, digits) = match text.split_first() {
+        Some((b'-', rest)) => (true, rest),
+        _ => (false, text),
+    };
+    let dot = digits.iter().position(|&c| c == b'.')?;
+    if dot == 0 || dot + 1 == digits.len() || digits.len() > 16 {
+        return None;
+    }
+    let mut significand = 0u64;
+    for (i, &c) in digits.iter().enumerate() {
+        if i != dot {
+            if !c.is_ascii_digit() {
+                return None;
+            }
+            significand = significand * 10 + u64::from(c - b'0');
+        }
+    }
+    let fraction = digits.len() - dot - 1;
+    let v = significand as f64 / *POW10.get(fraction)?;
+    Some(if negative { -v } else { v })
+}
+
 // ----- scalar rules (as `Ctx::scalar_in` and `Ctx::check_scalar`, without the messages) -----
 
 pub(crate) fn scalar_ok(node: &Node, s: &Scalar<'_>) -> bool {
@@ -1486,6 +1519,62 @@ mod tests {
         for t in input {
             same_report(Endpoint::Responses, t.as_bytes());
         }
+    }
+
+    /// `short_decimal` gives the parser's `f64`, bit for bit, on the decimals it takes, and
+    /// leaves the others (exponents, integers, more than 15 digits) to the parser.
+    #[test]
+    fn short_decimals_read_as_the_parser_reads_them() {
+        let parse = |t: &str| serde_json::from_str::<f64>(t).unwrap();
+        let fixed = [
+            "0.7",
+            "0.9",
+            "-0.0",
+            "0.0",
+            "2.0",
+            "2.0000000000001",
+            "1.99999999999999",
+            "0.30000000000001",
+            "-12.25",
+            "123456789012.345",
+            "0.00000000000001",
+            "9.99999999999999",
+        ];
+        for t in fixed {
+            let v = short_decimal(t.as_bytes()).expect(t);
+            assert_eq!(v.to_bits(), parse(t).to_bits(), "{t}");
+        }
+        for t in ["1e5", "1.5e2", "12", "-3", "0.1234567890123456", "1.", "-"] {
+            assert_eq!(short_decimal(t.as_bytes()), None, "{t}");
+        }
+        let mut rng = Rng(0x5eed_d15c);
+        let mut taken = 0;
+        for _ in 0..20_000 {
+            let int_digits = 1 + rng.below(8);
+            let frac_digits = 1 + rng.below(9);
+            let mut t = String::new();
+            if rng.below(3) == 0 {
+                t.push('-');
+            }
+            let first = if int_digits == 1 {
+                rng.below(10)
+            } else {
+                1 + rng.below(9)
+            };
+            t.push(char::from(b'0' + first as u8));
+            for _ in 1..int_digits {
+                t.push(char::from(b'0' + rng.below(10) as u8));
+            }
+            t.push('.');
+            for _ in 0..frac_digits {
+                t.push(char::from(b'0' + rng.below(10) as u8));
+            }
+            if let Some(v) = short_decimal(t.as_bytes()) {
+                assert_eq!(v.to_bits(), parse(&t).to_bits(), "{t}");
+                taken += 1;
+            }
+        }
+        assert!(taken > 15_000, "{taken}");
     }
 
     #[test]
