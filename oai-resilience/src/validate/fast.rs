@@ -147,6 +147,8 @@ pub(crate) fn accept(endpoint: Endpoint, body: &str) -> Option<Accepted> {
         deprecated: Vec::new(),
         memo: [(0, 0, false); MEMO],
         memo_len: 0,
+        checked: [(0, 0, &DERIVED); CHECKED],
+        checked_len: 0,
     };
     f.ws();
     f.value(endpoint.root(), None).ok()?;
@@ -184,7 +186,14 @@ struct Fast<'a> {
     /// (start, end, has escapes) of string values already scanned.
     memo: [(usize, usize, bool); MEMO],
     memo_len: usize,
+    /// (start, end, node) of values before a discriminator already checked against `node`,
+    /// the only node their key has in any alternative (see `find_disc`).
+    checked: [(usize, usize, &'static Node); CHECKED],
+    checked_len: usize,
 }
+
+/// How many values read before a discriminator are remembered as checked.
+const CHECKED: usize = 4;
 
 const ONES: u64 = 0x0101_0101_0101_0101;
 const HIGHS: u64 = 0x8080_8080_8080_8080;
@@ -769,8 +778,8 @@ impl<'a> Fast<'a> {
     /// then checks the whole object against the alternative it names.
     fn discriminated(&mut self, node: &'static Node, disc: &'static str, path: P<'_, 'a>) -> R {
         let start = self.pos;
-        let memo_base = self.memo_len;
-        let r = self.find_disc(disc);
+        let (memo_base, checked_base) = (self.memo_len, self.checked_len);
+        let r = self.find_disc(node, disc, path);
         let result = match r {
             Ok(Some(Disc {
                 key,
@@ -822,13 +831,24 @@ impl<'a> Fast<'a> {
             Err(e) => Err(e),
         };
         self.memo_len = memo_base;
+        self.checked_len = checked_base;
         result
     }
 
     /// Reads an object up to its first `disc` key: the extent of that key's string value,
     /// or `None` (the whole object read) when there is none. String values on the way are
     /// remembered.
-    fn find_disc(&mut self, disc: &str) -> R<Option<Disc<'a>>> {
+    ///
+    /// A container value whose key has one and the same node in every alternative that
+    /// declares it (a chat tool's `function`) is checked against that node at once, with
+    /// nothing recorded, and remembered: the chosen alternative does not read it again
+    /// (`entry`). Other containers are skipped and checked once the alternative is known.
+    fn find_disc(
+        &mut self,
+        node: &'static Node,
+        disc: &str,
+        path: P<'_, 'a>,
+    ) -> R<Option<Disc<'a>>> {
         self.pos += 1;
         self.ws();
         if self.peek()? == b'}' {
@@ -852,7 +872,7 @@ impl<'a> Fast<'a> {
                     self.memo[self.memo_len] = found;
                     self.memo_len += 1;
                 }
-            } else {
+            } else if !self.check_ahead(node, key, path)? {
                 self.skip_value()?;
             }
             self.ws();
@@ -860,6 +880,54 @@ impl<'a> Fast<'a> {
                 b',' => self.ws(),
                 b'}' => return Ok(None),
                 _ => return Err(Stop::Unsupported),
+            }
+        }
+    }
+
+    /// Checks the value of `key` (before the discriminator of union `node`) against the only
+    /// node the key has in the alternatives, when there is one, nothing below it would be
+    /// recorded and there is room to remember it. `Ok(true)`: checked and remembered (the
+    /// value read); `Ok(false)`: not checked (the value not read, or read and broken: the
+    /// alternative's own pass will find that again).
+    fn check_ahead(&mut self, node: &'static Node, key: &str, path: P<'_, 'a>) -> R<bool> {
+        if self.checked_len >= CHECKED || !matches!(self.peek()?, b'{' | b'[') {
+            return Ok(false);
+        }
+        let mut only: Option<&'static Prop> = None;
+        for alt in node
+            .alternatives
+            .iter()
+            .filter(|a| accepts(a.types, T_OBJECT))
+        {
+            if let Some(i) = alt.find(key) {
+                let prop = &alt.properties[i];
+                match only {
+                    None => only = Some(prop),
+                    Some(p) if std::ptr::eq(p.node, prop.node) => {}
+                    Some(_) => return Ok(false),
+                }
+            }
+        }
+        let Some(prop) = only else { return Ok(false) };
+        let here = child(path, Seg::Key(prop.name));
+        if prop.node.flags & F_DEPRECATED_INSIDE != 0
+            || (self.record && self.may_record(Some(&here)))
+        {
+            return Ok(false);
+        }
+        let start = self.pos;
+        let record = std::mem::replace(&mut self.record, false);
+        let checked = self.value(prop.node, Some(&here));
+        self.record = record;
+        match checked {
+            Ok(()) => {
+                self.checked[self.checked_len] = (start, self.pos, prop.node);
+                self.checked_len += 1;
+                Ok(true)
+            }
+            Err(_) => {
+                self.pos = start;
+                Ok(false)
             }
         }
     }
@@ -933,6 +1001,19 @@ impl<'a> Fast<'a> {
             let here = child(path, Seg::Key(prop.name));
             if prop.node.deprecated && self.record {
                 self.deprecated.push(path_string(Some(&here)));
+            }
+            if self.checked_len > 0 {
+                let at = self.pos;
+                let done = self.checked[..self.checked_len]
+                    .iter()
+                    .find(|(start, _, n)| *start == at && std::ptr::eq(*n, prop.node));
+                // Checked by `check_ahead` with nothing to record, as this pass would.
+                if let Some(&(_, end, _)) = done {
+                    if !(self.record && self.may_record(Some(&here))) {
+                        self.pos = end;
+                        return Ok(());
+                    }
+                }
             }
             return self.value(prop.node, Some(&here));
         }
@@ -1111,25 +1192,35 @@ impl<'a> Fast<'a> {
     }
 
     /// Whether a value at `path` or below it can record a fact (see `capture_scalar`,
-    /// `needs_value`, `capture_container`, `object_start` and `is_tool_call`): at depth 3 or
-    /// less, or below a chat message's `tool_calls`. (Deprecations are the node's business.)
+    /// `needs_value`, `capture_container`, `object_start`, `plain_str` and `is_tool_call`):
+    /// the body and its top-level values do; below them only `modalities[i]`, chat
+    /// `messages[i]` down to their fields, and a message's `tool_calls`. (Deprecations are the
+    /// node's business: `F_DEPRECATED_INSIDE`.)
     fn may_record(&self, path: P<'_, 'a>) -> bool {
-        let mut p = path;
+        let Some(at) = path else { return true };
+        if at.depth <= 1 {
+            return true;
+        }
+        // The frames at depth 3 (if any) and 1.
+        let (mut third, mut p) = (None, Some(at));
         while let Some(frame) = p {
-            if frame.depth <= 3 {
+            if frame.depth == 3 {
+                third = Some(frame.seg);
+            }
+            if frame.depth == 1 {
                 break;
             }
             p = frame.parent;
         }
-        match depth(p) {
-            d if d < 3 || depth(path) <= 3 => true,
-            _ => {
+        match p.map(|top| top.seg) {
+            Some(Seg::Key(k)) if same(k, "modalities") => true,
+            Some(Seg::Key(k)) if same(k, "messages") => {
                 self.track_messages
-                    && matches!(
-                        segs::<3>(p),
-                        Some([Seg::Key("messages"), Seg::Index(_), Seg::Key("tool_calls")])
-                    )
+                    && (at.depth <= 3
+                        || matches!(third, Some(Seg::Key(t)) if same(t, "tool_calls")))
             }
+            Some(Seg::Key(_)) => false,
+            _ => true,
         }
     }
 
@@ -1503,6 +1594,21 @@ mod tests {
             r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"tool_choice":{"type":"function","function":{"name":"f"}}}"#,
             r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"response_format":{"type":"json_schema","json_schema":{"name":"n","schema":{}}}}"#,
             r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"response_format":{"type":"json_schema"}}"#,
+            // Checked ahead of the discriminator (`check_ahead`): valid, broken, not the
+            // alternative the discriminator names, and twice.
+            r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"tools":[{"function":{"name":"f","parameters":{}},"type":"function"}]}"#,
+            r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"tools":[{"function":{"name":"f g"},"type":"function"}]}"#,
+            r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"tools":[{"function":{"name":"f"},"type":"custom"}]}"#,
+            r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"tools":[{"function":{"name":"f"},"function":{"name":"g h"},"type":"function"}]}"#,
+            r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"tools":[{"function":{"name":"f"}}]}"#,
+            r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"tools":[{"function":[1,{"a":2}],"type":"function"}]}"#,
+            r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"tool_choice":{"function":{"name":"f"},"type":"function"}}"#,
+            r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"response_format":{"json_schema":{"name":"n","strict":true},"type":"json_schema"}}"#,
+            r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"response_format":{"json_schema":{"strict":true},"type":"json_schema"}}"#,
+            r#"{"model":"m","messages":[{"role":"assistant","tool_calls":[{"function":{"name":"f","arguments":"{}"},"id":"c1","type":"function"}]},{"role":"tool","content":"x","tool_call_id":"c1"}]}"#,
+            r#"{"model":"m","messages":[{"role":"assistant","tool_calls":[{"function":{"name":"f","arguments":"{}"},"id":"c1","type":"function"}]},{"role":"tool","content":"x","tool_call_id":"c2"}]}"#,
+            r#"{"model":"m","messages":[{"content":[{"text":"a","type":"text"}],"role":"system"},{"content":[{"image_url":{"url":"u"},"type":"image_url"}],"role":"user"}]}"#,
+            r#"{"model":"m","messages":[{"content":[{"image_url":{"url":"u"},"type":"image_url"}],"role":"system"}]}"#,
         ];
         let mut accepted = 0;
         for t in texts {
@@ -1677,6 +1783,8 @@ mod tests {
                 deprecated: Vec::new(),
                 memo: [(0, 0, false); MEMO],
                 memo_len: 0,
+                checked: [(0, 0, &DERIVED); CHECKED],
+                checked_len: 0,
             };
             fast.string().map(|(a, b, esc)| (a, b, esc, fast.pos))
         };

@@ -338,7 +338,7 @@ impl Node {
     }
 
     /// The index of the property named `key` (property names are unique in a node).
-    #[inline]
+    #[inline(always)]
     pub(crate) fn find(&self, key: &str) -> Option<usize> {
         let props = self.properties;
         if props.len() <= LINEAR {
