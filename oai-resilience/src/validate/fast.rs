@@ -8,6 +8,16 @@
 //! of stack frames and turned into text only for a deprecated parameter. It applies the same
 //! tables with the same semantics as the streaming checker (`check.rs`), rule for rule.
 //!
+//! What it reads from the tables was derived at compile time (`Node::derive`): a key table per
+//! node, the slots of the required names, flags (a string no rule reads, an ambiguous union, a
+//! union of shape-only alternatives, a deprecated node below) and each union's discriminator
+//! positions. So that no part of a body is read twice where it can be helped: a discriminator
+//! that comes first lets the object go on from its value; a container before the
+//! discriminator whose key has one node in every alternative is checked at once and not read
+//! again; string values before it are remembered; a union whose alternatives differ only in
+//! their required names is decided in one pass over the keys; and a union trial that passed
+//! is not run again when nothing below it records a fact (`may_record`).
+//!
 //! It stops at the first violation, and at anything it does not handle (a syntax error, an
 //! escaped key, a lone surrogate, nesting deeper than [`MAX_DEPTH`], a subtree the streaming
 //! checker would buffer as a `serde_json::Value`). Then the streaming checker runs from the

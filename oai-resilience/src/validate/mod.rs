@@ -37,10 +37,15 @@
 //!
 //! # Cost
 //!
-//! The byte path ([`check`], [`validate`], the layer) is one pass of the parser that never
-//! builds a `serde_json::Value` of the body: long strings with no rule on their content are
-//! type-checked without being unescaped or copied. The `validate` criterion bench compares it
-//! with a syntax-only pass (`IgnoredAny`) and with parsing into a `Value`, on the same bytes.
+//! The byte path ([`check`], [`validate`], the layer) never builds a `serde_json::Value` of
+//! the body. A valid body is proven valid by one hand-written pass over its bytes (strings
+//! scanned eight bytes at a time, keys borrowed, numbers parsed only where a rule reads them);
+//! a body that breaks a rule is then read again by the streaming checker, which writes the
+//! report with every violation. The `validate` criterion bench compares it with a syntax-only
+//! pass (`IgnoredAny`) and with parsing into a `Value`, on the same bytes; `validate_ratio`
+//! measures the same ratio in alternating rounds. On a ~1 KB chat body validation costs about
+//! 2–2.7× the syntax-only pass (1.98–2.26× its instructions), on ~100 KB about 1.15×, and it
+//! is several times faster than parsing into a `Value`.
 //!
 //! # Without tower
 //!
