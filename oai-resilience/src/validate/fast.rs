@@ -159,6 +159,8 @@ pub(crate) fn accept(endpoint: Endpoint, body: &str) -> Option<Accepted> {
         memo_len: 0,
         checked: [(0, 0, &DERIVED); CHECKED],
         checked_len: 0,
+        prefix: [("", 0); PREFIX],
+        prefix_len: 0,
     };
     f.ws();
     f.value(endpoint.root(), None).ok()?;
@@ -177,8 +179,8 @@ struct Disc<'a> {
     key: &'a str,
     /// (start, end, has escapes) of its string value.
     value: (usize, usize, bool),
-    /// Whether it is the object's first key.
-    first: bool,
+    /// How many keys came before it (the first `PREFIX` of them are in `Fast::prefix`).
+    before: usize,
 }
 
 /// How many string values read before a discriminator are remembered (not scanned twice).
@@ -200,7 +202,13 @@ struct Fast<'a> {
     /// the only node their key has in any alternative (see `find_disc`).
     checked: [(usize, usize, &'static Node); CHECKED],
     checked_len: usize,
+    /// (key, where its value starts) of the entries before a discriminator, in order.
+    prefix: [(&'a str, usize); PREFIX],
+    prefix_len: usize,
 }
+
+/// How many entries before a discriminator are remembered (their keys are not read twice).
+const PREFIX: usize = 4;
 
 /// How many values read before a discriminator are remembered as checked.
 const CHECKED: usize = 4;
@@ -788,13 +796,14 @@ impl<'a> Fast<'a> {
     /// then checks the whole object against the alternative it names.
     fn discriminated(&mut self, node: &'static Node, disc: &'static str, path: P<'_, 'a>) -> R {
         let start = self.pos;
-        let (memo_base, checked_base) = (self.memo_len, self.checked_len);
+        let (memo_base, checked_base, prefix_base) =
+            (self.memo_len, self.checked_len, self.prefix_len);
         let r = self.find_disc(node, disc, path);
         let result = match r {
             Ok(Some(Disc {
                 key,
                 value: (vs, ve, esc),
-                first,
+                before,
             })) => {
                 let s = self.s;
                 let owned;
@@ -813,11 +822,14 @@ impl<'a> Fast<'a> {
                 self.pos = start;
                 match chosen {
                     None => Err(Stop::Unsupported),
-                    // The discriminator came first: the object goes on from its value, as the
-                    // chosen alternative (its key is not read twice).
-                    Some(Some(alt)) if first && accepts(alt.types, T_OBJECT) => {
-                        self.pos = vs;
-                        self.object_from(alt, key, path)
+                    // The entries before the discriminator are checked from where their
+                    // values start, then the object goes on from the discriminator's value,
+                    // as the chosen alternative (no key is read twice).
+                    Some(Some(alt))
+                        if self.prefix_len - prefix_base == before
+                            && accepts(alt.types, T_OBJECT) =>
+                    {
+                        self.object_resumed(alt, prefix_base, (key, vs), path)
                     }
                     Some(Some(alt)) => self.object(alt, path),
                     Some(None) if node.lenient => self.skip_value(),
@@ -842,6 +854,7 @@ impl<'a> Fast<'a> {
         };
         self.memo_len = memo_base;
         self.checked_len = checked_base;
+        self.prefix_len = prefix_base;
         result
     }
 
@@ -865,7 +878,7 @@ impl<'a> Fast<'a> {
             self.pos += 1;
             return Ok(None);
         }
-        let mut first = true;
+        let mut before = 0;
         loop {
             let key = self.key()?;
             if same(key, disc) {
@@ -873,9 +886,13 @@ impl<'a> Fast<'a> {
                     return Err(Stop::Unsupported);
                 }
                 let value = self.string()?;
-                return Ok(Some(Disc { key, value, first }));
+                return Ok(Some(Disc { key, value, before }));
             }
-            first = false;
+            if self.prefix_len < PREFIX {
+                self.prefix[self.prefix_len] = (key, self.pos);
+                self.prefix_len += 1;
+            }
+            before += 1;
             if self.peek()? == b'"' {
                 let found = self.string()?;
                 if self.memo_len < MEMO {
@@ -954,13 +971,45 @@ impl<'a> Fast<'a> {
         self.object_from(node, key, path)
     }
 
+    /// An object checked against `node` after `find_disc` read up to its discriminator: the
+    /// entries before it (remembered in `prefix` from `base` on), then the discriminator's
+    /// entry and the rest.
+    fn object_resumed(
+        &mut self,
+        node: &'static Node,
+        base: usize,
+        (disc, at): (&'a str, usize),
+        path: P<'_, 'a>,
+    ) -> R {
+        let mut seen = 0u64;
+        let end = self.prefix_len;
+        for i in base..end {
+            let (key, value) = self.prefix[i];
+            self.pos = value;
+            self.entry(node, &mut seen, key, path)?;
+        }
+        self.pos = at;
+        self.object_rest(node, disc, seen, end - base, path)
+    }
+
     /// The rest of an object checked against `node`, from the value of its first key.
     fn object_from(&mut self, node: &'static Node, first: &'a str, path: P<'_, 'a>) -> R {
-        // Bit i: slot i seen (a property's index, or `properties.len() + j` for the `j`th
-        // required name that is not a property), as the streaming checker counts.
-        let mut seen = 0u64;
-        let mut count = 0usize;
-        let mut key = first;
+        self.object_rest(node, first, 0, 0, path)
+    }
+
+    /// The rest of an object checked against `node`, from the value of `key`, after `count`
+    /// entries that set the `seen` bits. Bit i of `seen`: slot i seen (a property's index, or
+    /// `properties.len() + j` for the `j`th required name that is not a property), as the
+    /// streaming checker counts.
+    fn object_rest(
+        &mut self,
+        node: &'static Node,
+        key: &'a str,
+        mut seen: u64,
+        mut count: usize,
+        path: P<'_, 'a>,
+    ) -> R {
+        let mut key = key;
         loop {
             count += 1;
             self.entry(node, &mut seen, key, path)?;
@@ -1619,6 +1668,14 @@ mod tests {
             r#"{"model":"m","messages":[{"role":"assistant","tool_calls":[{"function":{"name":"f","arguments":"{}"},"id":"c1","type":"function"}]},{"role":"tool","content":"x","tool_call_id":"c2"}]}"#,
             r#"{"model":"m","messages":[{"content":[{"text":"a","type":"text"}],"role":"system"},{"content":[{"image_url":{"url":"u"},"type":"image_url"}],"role":"user"}]}"#,
             r#"{"model":"m","messages":[{"content":[{"image_url":{"url":"u"},"type":"image_url"}],"role":"system"}]}"#,
+            // Entries before the discriminator, resumed from `prefix`: within and beyond its
+            // four slots, broken, and a nested union among them.
+            r#"{"model":"m","messages":[{"content":"a","name":"n","role":"user"}]}"#,
+            r#"{"model":"m","messages":[{"content":"a","name":"n","x":1,"y":{"z":[2]},"w":3,"role":"user"}]}"#,
+            r#"{"model":"m","messages":[{"content":"a","name":5,"x":1,"y":2,"w":3,"role":"user"}]}"#,
+            r#"{"model":"m","messages":[{"content":5,"name":"n","role":"user"}]}"#,
+            r#"{"model":"m","messages":[{"content":[{"text":"a","type":"text"},{"type":"nope"}],"name":"n","role":"user"}]}"#,
+            r#"{"model":"m","messages":[{"tool_calls":[{"function":{"name":"f","arguments":"{}"},"id":"c1","type":"function"}],"content":null,"role":"assistant"},{"content":"x","tool_call_id":"c1","role":"tool"}]}"#,
         ];
         let mut accepted = 0;
         for t in texts {
@@ -1795,6 +1852,8 @@ mod tests {
                 memo_len: 0,
                 checked: [(0, 0, &DERIVED); CHECKED],
                 checked_len: 0,
+                prefix: [("", 0); PREFIX],
+                prefix_len: 0,
             };
             fast.string().map(|(a, b, esc)| (a, b, esc, fast.pos))
         };
