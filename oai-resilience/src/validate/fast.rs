@@ -228,6 +228,27 @@ fn control_bytes(x: u64) -> u64 {
     x.wrapping_sub(ONES * 0x20) & !x & HIGHS
 }
 
+/// Skips string bytes from `pos` eight at a time: the position of the first `"`, `\` or
+/// control byte, or where fewer than eight bytes are left (the caller reads on byte by byte).
+#[inline(always)]
+fn plain_run(b: &[u8], mut pos: usize) -> usize {
+    while let Some(chunk) = b.get(pos..pos + 8) {
+        let Ok(chunk) = <[u8; 8]>::try_from(chunk) else {
+            break;
+        };
+        let x = u64::from_le_bytes(chunk);
+        let hits = zero_bytes(x ^ (ONES * b'"' as u64))
+            | zero_bytes(x ^ (ONES * b'\\' as u64))
+            | control_bytes(x);
+        if hits != 0 {
+            // Exact for the lowest flagged byte.
+            return pos + (hits.trailing_zeros() / 8) as usize;
+        }
+        pos += 8;
+    }
+    pos
+}
+
 fn hex4(b: &[u8]) -> Option<u16> {
     let mut v = 0u16;
     for &c in b.get(..4)? {
@@ -295,20 +316,7 @@ impl<'a> Fast<'a> {
         let mut pos = self.pos;
         let mut escaped = false;
         loop {
-            while let Some(chunk) = b.get(pos..pos + 8) {
-                let Ok(chunk) = <[u8; 8]>::try_from(chunk) else {
-                    break;
-                };
-                let x = u64::from_le_bytes(chunk);
-                let hits = zero_bytes(x ^ (ONES * b'"' as u64))
-                    | zero_bytes(x ^ (ONES * b'\\' as u64))
-                    | control_bytes(x);
-                if hits != 0 {
-                    pos += (hits.trailing_zeros() / 8) as usize;
-                    break;
-                }
-                pos += 8;
-            }
+            pos = plain_run(b, pos);
             let Some(&c) = b.get(pos) else {
                 self.pos = pos;
                 return Err(Stop::Unsupported);
@@ -387,22 +395,8 @@ impl<'a> Fast<'a> {
             return Err(Stop::Unsupported);
         }
         let start = self.pos + 1;
-        let mut pos = start;
-        // Eight bytes at a time: the lowest flagged byte ends the key; it must be the quote.
-        while let Some(chunk) = b.get(pos..pos + 8) {
-            let Ok(chunk) = <[u8; 8]>::try_from(chunk) else {
-                break;
-            };
-            let x = u64::from_le_bytes(chunk);
-            let hits = zero_bytes(x ^ (ONES * b'"' as u64))
-                | zero_bytes(x ^ (ONES * b'\\' as u64))
-                | control_bytes(x);
-            if hits != 0 {
-                pos += (hits.trailing_zeros() / 8) as usize;
-                break;
-            }
-            pos += 8;
-        }
+        // The first byte `plain_run` stops at must be the closing quote.
+        let mut pos = plain_run(b, start);
         loop {
             match b.get(pos) {
                 Some(b'"') => break,
