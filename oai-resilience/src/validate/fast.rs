@@ -1039,7 +1039,7 @@ impl<'a> Fast<'a> {
     }
 
     /// One entry of an object (`Ctx::begin_entry`, then its value).
-    #[inline]
+    #[inline(always)]
     fn entry(&mut self, node: &'static Node, seen: &mut u64, key: &'a str, path: P<'_, 'a>) -> R {
         if let Some(max) = node.key_max_length {
             if key.len() > max as usize && key.chars().count() > max as usize {
