@@ -44,8 +44,8 @@
 //! report with every violation. The `validate` criterion bench compares it with a syntax-only
 //! pass (`IgnoredAny`) and with parsing into a `Value`, on the same bytes; `validate_ratio`
 //! measures the same ratio in alternating rounds. On a ~1 KB chat body validation costs about
-//! 2–2.7× the syntax-only pass (1.98–2.26× its instructions), on ~100 KB about 1.15×, and it
-//! is several times faster than parsing into a `Value`.
+//! 2.3–2.8× the syntax-only pass (2.0–2.2× its instructions), on ~100 KB about 1.1–1.4×, and
+//! it is several times faster than parsing into a `Value`.
 //!
 //! # Without tower
 //!
