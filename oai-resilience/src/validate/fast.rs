@@ -748,16 +748,11 @@ impl<'a> Fast<'a> {
         if node.alternatives.is_empty() {
             return self.object(node, path);
         }
-        let mut cands = node
-            .alternatives
-            .iter()
-            .copied()
-            .filter(|a| accepts(a.types, T_OBJECT));
-        match (cands.next(), cands.next()) {
+        match candidates(node, T_OBJECT) {
             (None, _) if node.lenient => self.skip_value(),
             (None, _) => Err(Stop::Violation),
-            (Some(only), None) => self.map_in(only, path),
-            (Some(_), Some(_)) => match node.discriminator {
+            (Some(only), false) => self.map_in(only, path),
+            (Some(_), true) => match node.discriminator {
                 Some(disc) => self.discriminated(node, disc, path),
                 // The streaming checker buffers a `Value` here.
                 None => Err(Stop::Unsupported),
@@ -772,17 +767,12 @@ impl<'a> Fast<'a> {
         if node.alternatives.is_empty() {
             return self.array(node, path);
         }
-        let mut cands = node
-            .alternatives
-            .iter()
-            .copied()
-            .filter(|a| accepts(a.types, T_ARRAY));
-        match (cands.next(), cands.next()) {
+        match candidates(node, T_ARRAY) {
             (None, _) if node.lenient => self.skip_value(),
             (None, _) => Err(Stop::Violation),
-            (Some(only), None) => self.seq_in(only, path),
+            (Some(only), false) => self.seq_in(only, path),
             // The streaming checker buffers a `Value` here.
-            (Some(_), Some(_)) => Err(Stop::Unsupported),
+            (Some(_), true) => Err(Stop::Unsupported),
         }
     }
 
@@ -1317,6 +1307,16 @@ impl<'a> Fast<'a> {
         }
         Ok(())
     }
+}
+
+/// The first alternative of `node` that accepts `got`, and whether another one does too.
+fn candidates(node: &'static Node, got: Types) -> (Option<&'static Node>, bool) {
+    let mut cands = node
+        .alternatives
+        .iter()
+        .copied()
+        .filter(|a| accepts(a.types, got));
+    (cands.next(), cands.next().is_some())
 }
 
 /// A decimal with a fraction, no exponent and at most 15 digits (`0.7`, `-12.25`), as the
