@@ -78,6 +78,18 @@ pub(crate) enum Fact {
     Object(usize),
 }
 
+impl Fact {
+    /// What a top-level scalar is recorded as.
+    pub(crate) fn of(s: &Scalar<'_>) -> Fact {
+        match *s {
+            Scalar::Null => Fact::Null,
+            Scalar::Bool(b) => Fact::Bool(b),
+            Scalar::Str(v) => Short::new(v).map_or(Fact::LongStr, Fact::Str),
+            n => Fact::Num(n.as_f64().unwrap_or(f64::NAN)),
+        }
+    }
+}
+
 /// What the cross-field rules need from one chat message.
 #[derive(Debug, Default, Clone)]
 pub(crate) struct MsgFact {
@@ -270,15 +282,7 @@ impl Ctx {
             return;
         }
         match self.path.as_slice() {
-            [Seg::Key(k)] => {
-                let fact = match *s {
-                    Scalar::Null => Fact::Null,
-                    Scalar::Bool(b) => Fact::Bool(b),
-                    Scalar::Str(v) => Short::new(v).map_or(Fact::LongStr, Fact::Str),
-                    n => Fact::Num(n.as_f64().unwrap_or(f64::NAN)),
-                };
-                self.facts.top.push((k, fact));
-            }
+            [Seg::Key(k)] => self.facts.top.push((k, Fact::of(s))),
             [Seg::Key("modalities"), Seg::Index(_)] => {
                 if matches!(s, Scalar::Str("audio")) {
                     self.facts.modalities_audio = true;

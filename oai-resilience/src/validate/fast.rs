@@ -1120,13 +1120,7 @@ impl<'a> Fast<'a> {
         match depth(path) {
             1 => {
                 if let Some([Seg::Key(k)]) = segs::<1>(path) {
-                    let fact = match *s {
-                        Scalar::Null => Fact::Null,
-                        Scalar::Bool(b) => Fact::Bool(b),
-                        Scalar::Str(v) => Short::new(v).map_or(Fact::LongStr, Fact::Str),
-                        n => Fact::Num(n.as_f64().unwrap_or(f64::NAN)),
-                    };
-                    self.facts.top.push((k, fact));
+                    self.facts.top.push((k, Fact::of(s)));
                 }
             }
             2 => {
