@@ -100,22 +100,113 @@ pub(crate) struct MsgFact {
     pub(crate) tool_call_id: Option<Box<str>>,
 }
 
-/// Facts gathered during the pass for the cross-field rules.
+/// The top-level parameters the cross-field rules read (`cross.rs`): only these are recorded.
+const FACT_KEYS: [&str; 11] = [
+    "top_logprobs",
+    "logprobs",
+    "audio",
+    "stream_options",
+    "stream",
+    "best_of",
+    "n",
+    "previous_response_id",
+    "conversation",
+    "background",
+    "output_format",
+];
+
+impl MsgFact {
+    /// Whether the message-order rule reads more of this message than its place: a `tool`
+    /// message, or an assistant message with tool calls.
+    fn opens_or_answers(&self) -> bool {
+        match self.role.as_ref().map(Short::as_bytes) {
+            Some(b"tool") => true,
+            Some(b"assistant") => self.tool_calls > 0,
+            _ => false,
+        }
+    }
+}
+
+/// Facts gathered during the pass for the cross-field rules. Nothing here allocates for a
+/// body without tool calls: top-level facts sit in a fixed array, and of the chat messages
+/// only those the message-order rule reads are kept (see [`Facts::start_message`]).
 #[derive(Debug, Default)]
 pub(crate) struct Facts {
-    pub(crate) top: Vec<(&'static str, Fact)>,
+    /// The first value of each of `FACT_KEYS`.
+    top: [Option<Fact>; FACT_KEYS.len()],
     pub(crate) modalities_audio: bool,
-    pub(crate) messages: Vec<MsgFact>,
+    /// Finished messages that open or answer tool calls, in order.
+    kept: Vec<MsgFact>,
+    /// The message being read.
+    current: Option<MsgFact>,
 }
 
 impl Facts {
+    /// The index of `key` in `FACT_KEYS`: its length and first byte tell the keys apart (a
+    /// test checks), then one comparison.
+    #[inline]
+    fn slot(key: &str) -> Option<usize> {
+        let b = key.as_bytes();
+        let i = match (b.len(), *b.first()?) {
+            (12, b't') => 0,
+            (8, b'l') => 1,
+            (5, b'a') => 2,
+            (14, b's') => 3,
+            (6, b's') => 4,
+            (7, b'b') => 5,
+            (1, b'n') => 6,
+            (20, b'p') => 7,
+            (12, b'c') => 8,
+            (10, b'b') => 9,
+            (13, b'o') => 10,
+            _ => return None,
+        };
+        same(FACT_KEYS[i], key).then_some(i)
+    }
+
+    /// Records a top-level value (the first of a duplicated key wins, as the rules read it).
+    #[inline]
+    pub(crate) fn record(&mut self, key: &str, fact: impl FnOnce() -> Fact) {
+        if let Some(i) = Self::slot(key) {
+            if self.top[i].is_none() {
+                self.top[i] = Some(fact());
+            }
+        }
+    }
+
     pub(crate) fn get(&self, key: &str) -> Option<&Fact> {
-        self.top.iter().find(|(k, _)| *k == key).map(|(_, f)| f)
+        self.top[Self::slot(key)?].as_ref()
     }
 
     /// Present and not null.
     pub(crate) fn is_set(&self, key: &str) -> bool {
         !matches!(self.get(key), None | Some(Fact::Null))
+    }
+
+    /// A chat message starts at `index`. The previous one is kept only if the message-order
+    /// rule reads more of it than its place: a message that is neither a `tool` message nor
+    /// an assistant message with tool calls only closes what precedes it, which the gap in
+    /// the kept indexes says as well.
+    pub(crate) fn start_message(&mut self, index: usize) {
+        if let Some(done) = self.current.take() {
+            if done.opens_or_answers() {
+                self.kept.push(done);
+            }
+        }
+        self.current = Some(MsgFact {
+            index,
+            ..MsgFact::default()
+        });
+    }
+
+    /// The message being read.
+    pub(crate) fn message(&mut self) -> Option<&mut MsgFact> {
+        self.current.as_mut()
+    }
+
+    /// The messages the order rule reads, in order (the one read last included).
+    pub(crate) fn messages(&self) -> impl Iterator<Item = &MsgFact> {
+        self.kept.iter().chain(&self.current)
     }
 }
 
@@ -235,10 +326,6 @@ impl Ctx {
             ..Ctx::default()
         };
         ctx.path.reserve(16);
-        ctx.facts.top.reserve(16);
-        if track_messages {
-            ctx.facts.messages.reserve(16);
-        }
         ctx
     }
 
@@ -282,7 +369,7 @@ impl Ctx {
             return;
         }
         match self.path.as_slice() {
-            [Seg::Key(k)] => self.facts.top.push((k, Fact::of(s))),
+            [Seg::Key(k)] => self.facts.record(k, || Fact::of(s)),
             [Seg::Key("modalities"), Seg::Index(_)] => {
                 if matches!(s, Scalar::Str("audio")) {
                     self.facts.modalities_audio = true;
@@ -295,7 +382,7 @@ impl Ctx {
 
     fn capture_message_scalar(&mut self, s: &Scalar<'_>) {
         let Scalar::Str(v) = *s else { return };
-        let Some(msg) = self.facts.messages.last_mut() else {
+        let Some(msg) = self.facts.message() else {
             return;
         };
         match self.path.as_slice() {
@@ -336,7 +423,7 @@ impl Ctx {
             return;
         };
         let i = *i;
-        if let (Some(id), Some(msg)) = (value.as_str(), self.facts.messages.last_mut()) {
+        if let (Some(id), Some(msg)) = (value.as_str(), self.facts.message()) {
             if msg.index == i {
                 msg.tool_call_ids.push(id.into());
             }
@@ -348,11 +435,11 @@ impl Ctx {
             return;
         }
         match self.path.as_slice() {
-            [Seg::Key(k)] => self.facts.top.push((k, fact)),
+            [Seg::Key(k)] => self.facts.record(k, || fact),
             [Seg::Key("messages"), Seg::Index(i), Seg::Key("tool_calls")]
                 if self.track_messages =>
             {
-                if let (Some(msg), Fact::Array(n)) = (self.facts.messages.last_mut(), fact) {
+                if let (Some(msg), Fact::Array(n)) = (self.facts.message(), fact) {
                     if msg.index == *i {
                         msg.tool_calls = n;
                     }
@@ -368,10 +455,7 @@ impl Ctx {
         }
         if let [Seg::Key("messages"), Seg::Index(i)] = self.path.as_slice() {
             let index = *i;
-            self.facts.messages.push(MsgFact {
-                index,
-                ..MsgFact::default()
-            });
+            self.facts.start_message(index);
         }
     }
 
@@ -672,7 +756,7 @@ impl Ctx {
             if self.recording() {
                 if let [Seg::Key(k)] = self.path.as_slice() {
                     let k = *k;
-                    self.facts.top.push((k, Fact::LongStr));
+                    self.facts.record(k, || Fact::LongStr);
                 }
             }
             return;
@@ -1556,6 +1640,56 @@ impl<'de> Visitor<'de> for NodeVisitor<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fact_slots_find_exactly_the_fact_keys() {
+        for (i, k) in FACT_KEYS.iter().enumerate() {
+            assert_eq!(Facts::slot(k), Some(i), "{k}");
+        }
+        // Same length and first byte as a fact key, or neither: not recorded.
+        for k in [
+            "",
+            "tools",
+            "apple",
+            "stream_optionz",
+            "top_logprobz",
+            "m",
+            "model",
+            "x".repeat(40).as_str(),
+        ] {
+            assert_eq!(Facts::slot(k), None, "{k}");
+        }
+        let mut facts = Facts::default();
+        facts.record("stream", || Fact::Bool(true));
+        facts.record("stream", || Fact::Bool(false));
+        facts.record("model", || Fact::LongStr);
+        assert_eq!(
+            facts.get("stream"),
+            Some(&Fact::Bool(true)),
+            "the first value wins"
+        );
+        assert_eq!(facts.get("model"), None);
+    }
+
+    #[test]
+    fn facts_keep_the_messages_that_open_or_answer_tool_calls() {
+        let mut facts = Facts::default();
+        for (i, role, calls) in [
+            (0, "user", 0),
+            (1, "assistant", 2),
+            (2, "tool", 0),
+            (3, "assistant", 0),
+            (4, "system", 0),
+        ] {
+            facts.start_message(i);
+            let m = facts.message().unwrap();
+            m.role = Short::new(role);
+            m.tool_calls = calls;
+        }
+        // The last one read is always there; of the others, 1 and 2.
+        let kept: Vec<usize> = facts.messages().map(|m| m.index).collect();
+        assert_eq!(kept, [1, 2, 4]);
+    }
 
     #[test]
     fn values_are_listed_the_api_way() {

@@ -17,7 +17,7 @@ pub(crate) fn check(endpoint: Endpoint, facts: &Facts, out: &mut Vec<Violation>)
             top_logprobs_needs_logprobs(facts, out);
             audio_with_audio_modality(facts, out);
             stream_options_need_stream(facts, out);
-            tool_message_order(&facts.messages, out);
+            tool_message_order(facts.messages(), out);
         }
         Endpoint::Completions => {
             stream_options_need_stream(facts, out);
@@ -110,7 +110,7 @@ fn transparent_needs_alpha_format(facts: &Facts, out: &mut Vec<Violation>) {
 /// Message order (VALIDATION-NOTES.md §3.1, enforced by the API): a `tool` message must
 /// answer a preceding assistant message with `tool_calls`, and such an assistant message must
 /// be followed by a tool message for each `tool_call_id`.
-fn tool_message_order(messages: &[MsgFact], out: &mut Vec<Violation>) {
+fn tool_message_order<'a>(messages: impl Iterator<Item = &'a MsgFact>, out: &mut Vec<Violation>) {
     // The open assistant message: its index, its call ids, and the ids not yet answered.
     struct Open<'a> {
         at: usize,
@@ -131,7 +131,14 @@ fn tool_message_order(messages: &[MsgFact], out: &mut Vec<Violation>) {
         }
     }
     let mut open: Option<Open<'_>> = None;
+    // The facts keep only the messages that open or answer tool calls: a gap in their indexes
+    // is a message that did neither, which closes the open one as it would here.
+    let mut next = 0;
     for msg in messages {
+        if msg.index != next {
+            close(&mut open, out);
+        }
+        next = msg.index + 1;
         let Some(role) = msg.role.as_ref().map(|r| r.as_bytes()) else {
             // No role: already a violation of its own; the order cannot be judged.
             close(&mut open, out);

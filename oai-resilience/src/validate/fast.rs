@@ -28,8 +28,7 @@
 use serde::de::{self, Deserializer as _, Visitor};
 
 use super::check::{
-    accepts, ambiguous_for, plain_string, same, Fact, Facts, MsgFact, Scalar, Short, EMPTY,
-    LONG_STRING,
+    accepts, ambiguous_for, plain_string, same, Fact, Facts, Scalar, Short, EMPTY, LONG_STRING,
 };
 use super::schema::*;
 
@@ -145,15 +144,7 @@ pub(crate) fn accept(endpoint: Endpoint, body: &str) -> Option<Accepted> {
         pos: 0,
         record: true,
         track_messages,
-        facts: Facts {
-            top: Vec::with_capacity(16),
-            modalities_audio: false,
-            messages: if track_messages {
-                Vec::with_capacity(16)
-            } else {
-                Vec::new()
-            },
-        },
+        facts: Facts::default(),
         deprecated: Vec::new(),
         memo: [(0, 0, false); MEMO],
         memo_len: 0,
@@ -578,7 +569,7 @@ impl<'a> Fast<'a> {
         if end - start > LONG_STRING {
             if self.record {
                 if let Some([Seg::Key(k)]) = segs::<1>(path) {
-                    self.facts.top.push((k, Fact::LongStr));
+                    self.facts.record(k, || Fact::LongStr);
                 }
             }
             return Ok(());
@@ -1120,7 +1111,7 @@ impl<'a> Fast<'a> {
         match depth(path) {
             1 => {
                 if let Some([Seg::Key(k)]) = segs::<1>(path) {
-                    self.facts.top.push((k, Fact::of(s)));
+                    self.facts.record(k, || Fact::of(s));
                 }
             }
             2 => {
@@ -1151,7 +1142,7 @@ impl<'a> Fast<'a> {
 
     fn capture_message_scalar(&mut self, s: &Scalar<'_>, path: P<'_, 'a>) {
         let Scalar::Str(v) = *s else { return };
-        let Some(msg) = self.facts.messages.last_mut() else {
+        let Some(msg) = self.facts.message() else {
             return;
         };
         match segs::<3>(path) {
@@ -1180,7 +1171,7 @@ impl<'a> Fast<'a> {
         match depth(path) {
             1 => {
                 if let Some([Seg::Key(k)]) = segs::<1>(path) {
-                    self.facts.top.push((k, fact));
+                    self.facts.record(k, || fact);
                 }
             }
             3 if self.track_messages => {
@@ -1188,7 +1179,7 @@ impl<'a> Fast<'a> {
                     Some([Seg::Key("messages"), Seg::Index(i), Seg::Key("tool_calls")]),
                     Some(msg),
                     Fact::Array(n),
-                ) = (segs::<3>(path), self.facts.messages.last_mut(), fact)
+                ) = (segs::<3>(path), self.facts.message(), fact)
                 {
                     if msg.index == i {
                         msg.tool_calls = n;
@@ -1204,10 +1195,7 @@ impl<'a> Fast<'a> {
             return;
         }
         if let Some([Seg::Key("messages"), Seg::Index(index)]) = segs::<2>(path) {
-            self.facts.messages.push(MsgFact {
-                index,
-                ..MsgFact::default()
-            });
+            self.facts.start_message(index);
         }
     }
 
@@ -1294,7 +1282,7 @@ impl<'a> Fast<'a> {
         let Some([_, Seg::Index(i), ..]) = segs::<4>(path) else {
             return Ok(());
         };
-        if let Some(msg) = self.facts.messages.last_mut() {
+        if let Some(msg) = self.facts.message() {
             if msg.index == i {
                 msg.tool_call_ids.push(id);
             }
