@@ -240,6 +240,19 @@ fn plain_run(b: &[u8], mut pos: usize) -> usize {
     pos
 }
 
+/// The end of a key from where `plain_run` stopped short of its closing quote, byte by byte.
+#[inline(never)]
+fn key_tail(b: &[u8], mut pos: usize) -> R<usize> {
+    loop {
+        match b.get(pos) {
+            Some(b'"') => return Ok(pos),
+            Some(&c) if c == b'\\' || c < 0x20 => return Err(Stop::Unsupported),
+            Some(_) => pos += 1,
+            None => return Err(Stop::Unsupported),
+        }
+    }
+}
+
 fn hex4(b: &[u8]) -> Option<u16> {
     let mut v = 0u16;
     for &c in b.get(..4)? {
@@ -275,8 +288,16 @@ impl Visitor<'_> for NumVisitor {
 impl<'a> Fast<'a> {
     // ----- tokenizer -----
 
+    /// Skips whitespace. Compact JSON has none between tokens: one comparison says so.
     #[inline(always)]
     fn ws(&mut self) {
+        if self.b.get(self.pos).is_some_and(|&c| c <= b' ') {
+            self.ws_run();
+        }
+    }
+
+    #[inline(never)]
+    fn ws_run(&mut self) {
         let b = self.b;
         let mut pos = self.pos;
         while let Some(&c) = b.get(pos) {
@@ -380,6 +401,7 @@ impl<'a> Fast<'a> {
     }
 
     /// An object key and its `:`; escaped keys are left to the streaming checker.
+    #[inline(always)]
     fn key(&mut self) -> R<&'a str> {
         let b = self.b;
         if b.get(self.pos) != Some(&b'"') {
@@ -387,20 +409,22 @@ impl<'a> Fast<'a> {
         }
         let start = self.pos + 1;
         // The first byte `plain_run` stops at must be the closing quote.
-        let mut pos = plain_run(b, start);
-        loop {
-            match b.get(pos) {
-                Some(b'"') => break,
-                Some(&c) if c == b'\\' || c < 0x20 => return Err(Stop::Unsupported),
-                Some(_) => pos += 1,
-                None => return Err(Stop::Unsupported),
+        let end = plain_run(b, start);
+        let end = if b.get(end) == Some(&b'"') {
+            end
+        } else {
+            key_tail(b, end)?
+        };
+        let key = self.s.get(start..end).ok_or(Stop::Unsupported)?;
+        // Compact JSON: the `:` right after the key, and the value right after it.
+        if b.get(end + 1) == Some(&b':') {
+            self.pos = end + 2;
+        } else {
+            self.pos = end + 1;
+            self.ws();
+            if self.next()? != b':' {
+                return Err(Stop::Unsupported);
             }
-        }
-        let key = self.s.get(start..pos).ok_or(Stop::Unsupported)?;
-        self.pos = pos + 1;
-        self.ws();
-        if self.next()? != b':' {
-            return Err(Stop::Unsupported);
         }
         self.ws();
         Ok(key)
