@@ -323,6 +323,7 @@ impl<'a> Fast<'a> {
     }
 
     /// Scans the rest of a string after its opening quote; returns whether it has escapes.
+    #[inline(always)]
     fn scan_str(&mut self) -> R<bool> {
         let b = self.b;
         let mut pos = self.pos;
@@ -387,6 +388,7 @@ impl<'a> Fast<'a> {
 
     /// A string value at `pos`: (start, end, has escapes), quotes included; remembered
     /// strings are not scanned again.
+    #[inline(always)]
     fn string(&mut self) -> R<(usize, usize, bool)> {
         let start = self.pos;
         for &(a, b, esc) in &self.memo[..self.memo_len] {
