@@ -30,18 +30,18 @@ pub(crate) enum Seg {
 /// A short string kept inline (facts must not allocate on the common path).
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Short {
-    buf: [u8; 24],
+    buf: [u8; 15],
     len: u8,
 }
 
 pub(crate) const EMPTY: Short = Short {
-    buf: [0; 24],
+    buf: [0; 15],
     len: 0,
 };
 
 impl Short {
     pub(crate) fn new(s: &str) -> Option<Short> {
-        let mut buf = [0u8; 24];
+        let mut buf = [0u8; 15];
         buf.get_mut(..s.len())?.copy_from_slice(s.as_bytes());
         Some(Short {
             buf,
@@ -144,7 +144,7 @@ pub(crate) struct Facts {
 impl Facts {
     /// The index of `key` in `FACT_KEYS`: its length and first byte tell the keys apart (a
     /// test checks), then one comparison.
-    #[inline]
+    #[inline(always)]
     fn slot(key: &str) -> Option<usize> {
         let b = key.as_bytes();
         let i = match (b.len(), *b.first()?) {
@@ -165,7 +165,7 @@ impl Facts {
     }
 
     /// Records a top-level value (the first of a duplicated key wins, as the rules read it).
-    #[inline]
+    #[inline(always)]
     pub(crate) fn record(&mut self, key: &str, fact: impl FnOnce() -> Fact) {
         if let Some(i) = Self::slot(key) {
             if self.top[i].is_none() {
@@ -174,11 +174,14 @@ impl Facts {
         }
     }
 
+    // Inlined, so that the rules' constant keys are looked up at compile time.
+    #[inline(always)]
     pub(crate) fn get(&self, key: &str) -> Option<&Fact> {
         self.top[Self::slot(key)?].as_ref()
     }
 
     /// Present and not null.
+    #[inline(always)]
     pub(crate) fn is_set(&self, key: &str) -> bool {
         !matches!(self.get(key), None | Some(Fact::Null))
     }
@@ -1716,7 +1719,11 @@ mod tests {
     fn short_strings_stay_inline_and_long_ones_do_not_fit() {
         assert_eq!(Short::new("transparent").unwrap().as_str(), "transparent");
         assert_eq!(Short::new("").unwrap().as_str(), "");
-        assert!(Short::new(&"x".repeat(25)).is_none());
+        assert!(Short::new(&"x".repeat(16)).is_none());
+        assert_eq!(
+            Short::new(&"x".repeat(15)).unwrap().as_str(),
+            "x".repeat(15)
+        );
         assert_eq!(Short::new("é").unwrap().as_str(), "é");
     }
 

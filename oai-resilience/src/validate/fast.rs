@@ -127,16 +127,10 @@ fn push_key(s: &mut String, k: &str) {
     s.push_str(k);
 }
 
-/// What the accept path found in a valid body.
-#[derive(Debug)]
-pub(crate) struct Accepted {
-    pub(crate) facts: Facts,
-    pub(crate) deprecated: Vec<String>,
-}
-
-/// Runs the accept path over `body`: `Some` when the body breaks no rule of the tables,
-/// `None` when the streaming checker must decide.
-pub(crate) fn accept(endpoint: Endpoint, body: &str) -> Option<Accepted> {
+/// Runs the accept path over `body`: `Some` (the deprecated parameters' paths) when the body
+/// breaks no rule of the tables, with the facts in `facts`; `None` when the streaming checker
+/// must decide.
+pub(crate) fn accept(endpoint: Endpoint, body: &str, facts: &mut Facts) -> Option<Vec<String>> {
     let track_messages = endpoint == Endpoint::ChatCompletions;
     let mut f = Fast {
         s: body,
@@ -144,7 +138,7 @@ pub(crate) fn accept(endpoint: Endpoint, body: &str) -> Option<Accepted> {
         pos: 0,
         record: true,
         track_messages,
-        facts: Facts::default(),
+        facts,
         deprecated: Vec::new(),
         memo: [(0, 0, false); MEMO],
         memo_len: 0,
@@ -159,10 +153,7 @@ pub(crate) fn accept(endpoint: Endpoint, body: &str) -> Option<Accepted> {
     if f.pos != f.b.len() {
         return None;
     }
-    Some(Accepted {
-        facts: f.facts,
-        deprecated: f.deprecated,
-    })
+    Some(f.deprecated)
 }
 
 /// The first discriminator key of an object, as `find_disc` read it.
@@ -177,14 +168,14 @@ struct Disc<'a> {
 /// How many string values read before a discriminator are remembered (not scanned twice).
 const MEMO: usize = 8;
 
-struct Fast<'a> {
+struct Fast<'a, 'f> {
     s: &'a str,
     b: &'a [u8],
     pos: usize,
     /// False while an alternative is tried: facts and deprecations are not recorded.
     record: bool,
     track_messages: bool,
-    facts: Facts,
+    facts: &'f mut Facts,
     deprecated: Vec<String>,
     /// (start, end, has escapes) of string values already scanned.
     memo: [(usize, usize, bool); MEMO],
@@ -285,7 +276,7 @@ impl Visitor<'_> for NumVisitor {
     }
 }
 
-impl<'a> Fast<'a> {
+impl<'a> Fast<'a, '_> {
     // ----- tokenizer -----
 
     /// Skips whitespace. Compact JSON has none between tokens: one comparison says so.
@@ -1553,7 +1544,13 @@ mod tests {
                 let name = p.file_name().unwrap().to_string_lossy().into_owned();
                 let e = endpoint_named(name.split("__").next().unwrap());
                 let body = std::fs::read(&p).unwrap();
-                if accept(e, std::str::from_utf8(&body).unwrap()).is_none() {
+                if accept(
+                    e,
+                    std::str::from_utf8(&body).unwrap(),
+                    &mut Facts::default(),
+                )
+                .is_none()
+                {
                     declined.push(name);
                 }
             }
@@ -1848,7 +1845,7 @@ mod tests {
                 pos: 0,
                 record: false,
                 track_messages: false,
-                facts: Facts::default(),
+                facts: &mut Facts::default(),
                 deprecated: Vec::new(),
                 memo: [(0, 0, false); MEMO],
                 memo_len: 0,

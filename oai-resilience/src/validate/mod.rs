@@ -196,8 +196,9 @@ pub fn check(endpoint: Endpoint, body: &[u8]) -> Report {
         Ok(text) => text,
         Err(report) => return report,
     };
-    if let Some(accepted) = fast::accept(endpoint, text) {
-        return finish(endpoint, accepted.facts, Vec::new(), accepted.deprecated);
+    let mut facts = check::Facts::default();
+    if let Some(deprecated) = fast::accept(endpoint, text, &mut facts) {
+        return finish(endpoint, &facts, Vec::new(), deprecated);
     }
     stream(endpoint, body)
 }
@@ -244,7 +245,7 @@ fn stream(endpoint: Endpoint, body: &[u8]) -> Report {
             deprecated: Vec::new(),
         };
     }
-    finish(endpoint, ctx.facts, ctx.violations, ctx.deprecated)
+    finish(endpoint, &ctx.facts, ctx.violations, ctx.deprecated)
 }
 
 /// Checks a parsed body for `endpoint` and returns the [`Report`].
@@ -258,18 +259,18 @@ pub fn check_value(endpoint: Endpoint, body: &Value) -> Report {
         },
         body,
     );
-    finish(endpoint, ctx.facts, ctx.violations, ctx.deprecated)
+    finish(endpoint, &ctx.facts, ctx.violations, ctx.deprecated)
 }
 
 fn finish(
     endpoint: Endpoint,
-    facts: check::Facts,
+    facts: &check::Facts,
     mut violations: Vec<Violation>,
     deprecated: Vec<String>,
 ) -> Report {
     // Cross-field rules only judge bodies whose fields are well-formed, so their messages
     // never contradict the first ones.
-    cross::check(endpoint, &facts, &mut violations);
+    cross::check(endpoint, facts, &mut violations);
     // Missing parameters first: they are the usual fix, and `Error::param`/`Error::hint` name
     // the first violation. Otherwise body order.
     violations.sort_by_key(|v| !v.message.starts_with("Missing required"));
