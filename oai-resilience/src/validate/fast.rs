@@ -314,7 +314,6 @@ impl<'a> Fast<'a, '_> {
     }
 
     /// Scans the rest of a string after its opening quote; returns whether it has escapes.
-    #[inline(always)]
     fn scan_str(&mut self) -> R<bool> {
         let b = self.b;
         let mut pos = self.pos;
