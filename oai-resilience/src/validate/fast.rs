@@ -1400,7 +1400,10 @@ fn check_str(node: &Node, v: &str) -> bool {
     if !node.enum_values.is_empty() && !node.enum_values.iter().any(|e| same(e, v)) {
         return false;
     }
-    if node.min_length.is_some() || node.max_length.is_some() {
+    // A string has no more characters than bytes: within `maxLength` bytes, only a
+    // `minLength` needs them counted.
+    let within = node.max_length.is_none_or(|max| v.len() <= max as usize);
+    if node.min_length.is_some() || !within {
         let len = v.chars().count();
         if node.min_length.is_some_and(|min| len < min as usize)
             || node.max_length.is_some_and(|max| len > max as usize)
@@ -1689,6 +1692,29 @@ mod tests {
         ];
         for t in input {
             same_report(Endpoint::Responses, t.as_bytes());
+        }
+    }
+
+    /// `maxLength` counts characters: a string of more bytes than the limit but no more
+    /// characters passes, one character more does not (metadata values: at most 512).
+    #[test]
+    fn max_length_counts_characters_not_bytes() {
+        for (value, valid) in [
+            ("é".repeat(512), true),
+            ("é".repeat(513), false),
+            ("x".repeat(512), true),
+            ("x".repeat(513), false),
+        ] {
+            let body = json!({"model": "m", "messages": [{"role": "user", "content": "hi"}],
+                "metadata": {"k": value}});
+            let body = serde_json::to_vec(&body).unwrap();
+            same_report(Endpoint::ChatCompletions, &body);
+            assert_eq!(check(Endpoint::ChatCompletions, &body).is_valid(), valid);
+            let text = std::str::from_utf8(&body).unwrap();
+            assert_eq!(
+                accept(Endpoint::ChatCompletions, text, &mut Facts::default()).is_some(),
+                valid
+            );
         }
     }
 
