@@ -794,25 +794,36 @@ impl Ctx {
     }
 }
 
-/// String equality: lengths first, then eight bytes at a time.
+/// String equality: lengths first, then whole words, the last one overlapping the one before
+/// (keys and enum values are short: no byte loop, no call to `memcmp`).
 #[inline]
 pub(crate) fn same(a: &str, b: &str) -> bool {
-    // Keys are short: eight bytes at a time, inline, beats a call to `memcmp`.
     let (a, b) = (a.as_bytes(), b.as_bytes());
-    if a.len() != b.len() {
+    let n = a.len();
+    if n != b.len() {
         return false;
     }
-    let mut i = 0;
-    while let (Some(x), Some(y)) = (a.get(i..i + 8), b.get(i..i + 8)) {
-        let (Ok(x), Ok(y)) = (<[u8; 8]>::try_from(x), <[u8; 8]>::try_from(y)) else {
-            break;
-        };
-        if u64::from_ne_bytes(x) != u64::from_ne_bytes(y) {
-            return false;
-        }
-        i += 8;
+    fn word<const W: usize>(s: &[u8], at: usize) -> [u8; W] {
+        let mut w = [0; W];
+        w.copy_from_slice(&s[at..at + W]);
+        w
     }
-    a[i..].iter().zip(&b[i..]).all(|(x, y)| x == y)
+    match n {
+        0 => true,
+        1 => a[0] == b[0],
+        2..=3 => word::<2>(a, 0) == word::<2>(b, 0) && a[n - 1] == b[n - 1],
+        4..=7 => word::<4>(a, 0) == word::<4>(b, 0) && word::<4>(a, n - 4) == word::<4>(b, n - 4),
+        _ => {
+            let mut i = 0;
+            while i + 8 < n {
+                if word::<8>(a, i) != word::<8>(b, i) {
+                    return false;
+                }
+                i += 8;
+            }
+            word::<8>(a, n - 8) == word::<8>(b, n - 8)
+        }
+    }
 }
 
 fn push_key(s: &mut String, k: &str) {
@@ -1655,6 +1666,23 @@ impl<'de> Visitor<'de> for NodeVisitor<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn same_is_string_equality() {
+        let base: String = (0..40).map(|i| char::from(b'a' + (i % 26) as u8)).collect();
+        for n in 0..=40 {
+            let a = &base[..n];
+            assert!(same(a, a));
+            assert!(!same(a, &base[..n.saturating_sub(1)]) || n == 0);
+            for at in 0..n {
+                let mut b = a.as_bytes().to_vec();
+                b[at] = b'#';
+                let b = String::from_utf8(b).unwrap();
+                assert!(!same(a, &b), "{a} vs {b}");
+            }
+        }
+        assert!(same("é", "é") && !same("é", "è"));
+    }
 
     #[test]
     fn integral_agrees_with_fract() {
