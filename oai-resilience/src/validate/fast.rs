@@ -627,7 +627,21 @@ impl<'a> Fast<'a, '_> {
             let v: String = serde_json::from_str(&s[start..end]).map_err(|_| Stop::Unsupported)?;
             self.scalar(node, Scalar::Str(&v), path)
         } else {
-            self.scalar(node, Scalar::Str(&s[start + 1..end - 1]), path)
+            // `scalar` for a string, without its dispatch on the type.
+            let v = &s[start + 1..end - 1];
+            if self.record {
+                self.capture_scalar(&Scalar::Str(v), path);
+            }
+            let ok = if node.alternatives.is_empty() {
+                accepts(node.types, T_STRING) && check_str(node, v)
+            } else {
+                scalar_ok(node, &Scalar::Str(v))
+            };
+            if ok {
+                Ok(())
+            } else {
+                Err(Stop::Violation)
+            }
         }
     }
 
