@@ -851,7 +851,7 @@ impl<'a> Fast<'a, '_> {
                         if self.prefix_len - prefix_base == before
                             && accepts(alt.types, T_OBJECT) =>
                     {
-                        self.object_resumed(alt, prefix_base, (key, vs), path)
+                        self.object_resumed(alt, prefix_base, key, (vs, ve, esc), path)
                     }
                     Some(Some(alt)) => self.object(alt, path),
                     Some(None) if node.lenient => self.skip_value(),
@@ -1000,7 +1000,8 @@ impl<'a> Fast<'a, '_> {
         &mut self,
         node: &'static Node,
         base: usize,
-        (disc, at): (&'a str, usize),
+        disc: &'a str,
+        (vs, ve, esc): (usize, usize, bool),
         path: P<'_, 'a>,
     ) -> R {
         let mut seen = 0u64;
@@ -1010,8 +1011,45 @@ impl<'a> Fast<'a, '_> {
             self.pos = value;
             self.entry(node, &mut seen, key, path)?;
         }
-        self.pos = at;
-        self.object_rest(node, disc, seen, end - base, path)
+        let count = end - base + 1;
+        // The discriminator's entry, checked from the value already read: what `entry` and
+        // `str_value` do for a string that goes through `str_scalar` (a constant), without
+        // reading it again.
+        if let Some(i) = node.find(disc) {
+            let prop = &node.properties[i];
+            let n = prop.node;
+            if i < 64
+                && !esc
+                && depth(path) < MAX_DEPTH
+                && node.key_max_length.is_none()
+                && n.alternatives.is_empty()
+                && !n.deprecated
+                && n.flags & (F_PLAIN_STRING | F_ANY_STRING_OK) == 0
+            {
+                seen |= 1 << i;
+                let v = &self.s[vs + 1..ve - 1];
+                if self.record {
+                    let here = child(path, Seg::Key(prop.name));
+                    self.capture_scalar(&Scalar::Str(v), Some(&here));
+                }
+                if !(accepts(n.types, T_STRING) && check_str(n, v)) {
+                    return Err(Stop::Violation);
+                }
+                self.pos = ve;
+                self.ws();
+                return match self.next()? {
+                    b',' => {
+                        self.ws();
+                        let key = self.key()?;
+                        self.object_rest(node, key, seen, count, path)
+                    }
+                    b'}' => self.object_end(node, seen, count, path),
+                    _ => Err(Stop::Unsupported),
+                };
+            }
+        }
+        self.pos = vs;
+        self.object_rest(node, disc, seen, count - 1, path)
     }
 
     /// The rest of an object checked against `node`, from the value of its first key.
