@@ -47,6 +47,13 @@ pub(crate) enum Stop {
 
 type R<T = ()> = Result<T, Stop>;
 
+/// `Err(Stop::Unsupported)`, kept out of the hot paths' code (valid bodies never take it).
+#[cold]
+#[inline(never)]
+fn unsupported<T>() -> R<T> {
+    Err(Stop::Unsupported)
+}
+
 /// One step of a parameter path.
 #[derive(Debug, Clone, Copy)]
 enum Seg<'a> {
@@ -237,9 +244,9 @@ fn key_tail(b: &[u8], mut pos: usize) -> R<usize> {
     loop {
         match b.get(pos) {
             Some(b'"') => return Ok(pos),
-            Some(&c) if c == b'\\' || c < 0x20 => return Err(Stop::Unsupported),
+            Some(&c) if c == b'\\' || c < 0x20 => return unsupported(),
             Some(_) => pos += 1,
-            None => return Err(Stop::Unsupported),
+            None => return unsupported(),
         }
     }
 }
@@ -322,7 +329,7 @@ impl<'a> Fast<'a, '_> {
             pos = plain_run(b, pos);
             let Some(&c) = b.get(pos) else {
                 self.pos = pos;
-                return Err(Stop::Unsupported);
+                return unsupported();
             };
             pos += 1;
             match c {
@@ -338,7 +345,7 @@ impl<'a> Fast<'a, '_> {
                 }
                 c if c < 0x20 => {
                     self.pos = pos;
-                    return Err(Stop::Unsupported);
+                    return unsupported();
                 }
                 _ => {}
             }
@@ -358,21 +365,21 @@ impl<'a> Fast<'a, '_> {
                     0xD800..=0xDBFF => {
                         let rest = self.b.get(self.pos..).unwrap_or_default();
                         if rest.get(..2) != Some(b"\\u") {
-                            return Err(Stop::Unsupported);
+                            return unsupported();
                         }
                         match hex4(&rest[2..]) {
                             Some(0xDC00..=0xDFFF) => {
                                 self.pos += 6;
                                 Ok(())
                             }
-                            _ => Err(Stop::Unsupported),
+                            _ => unsupported(),
                         }
                     }
-                    0xDC00..=0xDFFF => Err(Stop::Unsupported),
+                    0xDC00..=0xDFFF => unsupported(),
                     _ => Ok(()),
                 }
             }
-            _ => Err(Stop::Unsupported),
+            _ => unsupported(),
         }
     }
 
@@ -397,7 +404,7 @@ impl<'a> Fast<'a, '_> {
     fn key(&mut self) -> R<&'a str> {
         let b = self.b;
         if b.get(self.pos) != Some(&b'"') {
-            return Err(Stop::Unsupported);
+            return unsupported();
         }
         let start = self.pos + 1;
         // The first byte `plain_run` stops at must be the closing quote.
@@ -407,7 +414,9 @@ impl<'a> Fast<'a, '_> {
         } else {
             key_tail(b, end)?
         };
-        let key = self.s.get(start..end).ok_or(Stop::Unsupported)?;
+        let Some(key) = self.s.get(start..end) else {
+            return unsupported();
+        };
         // Compact JSON: the `:` right after the key, and the value right after it.
         if b.get(end + 1) == Some(&b':') {
             self.pos = end + 2;
@@ -415,7 +424,7 @@ impl<'a> Fast<'a, '_> {
             self.pos = end + 1;
             self.ws();
             if self.next()? != b':' {
-                return Err(Stop::Unsupported);
+                return unsupported();
             }
         }
         self.ws();
@@ -431,7 +440,7 @@ impl<'a> Fast<'a, '_> {
         match self.next()? {
             b'0' => {}
             b'1'..=b'9' => self.digits(),
-            _ => return Err(Stop::Unsupported),
+            _ => return unsupported(),
         }
         if self.b.get(self.pos) == Some(&b'.') {
             self.pos += 1;
@@ -455,7 +464,7 @@ impl<'a> Fast<'a, '_> {
 
     fn some_digits(&mut self) -> R {
         if !self.peek()?.is_ascii_digit() {
-            return Err(Stop::Unsupported);
+            return unsupported();
         }
         self.digits();
         Ok(())
@@ -489,7 +498,7 @@ impl<'a> Fast<'a, '_> {
                         self.pos += 1;
                     } else {
                         if depth >= 127 {
-                            return Err(Stop::Unsupported);
+                            return unsupported();
                         }
                         stack |= 1 << depth;
                         depth += 1;
@@ -504,7 +513,7 @@ impl<'a> Fast<'a, '_> {
                         self.pos += 1;
                     } else {
                         if depth >= 127 {
-                            return Err(Stop::Unsupported);
+                            return unsupported();
                         }
                         stack &= !(1 << depth);
                         depth += 1;
@@ -517,7 +526,7 @@ impl<'a> Fast<'a, '_> {
                 b'-' | b'0'..=b'9' => {
                     self.number()?;
                 }
-                _ => return Err(Stop::Unsupported),
+                _ => return unsupported(),
             }
             // After a value: close containers until one continues.
             loop {
@@ -536,7 +545,7 @@ impl<'a> Fast<'a, '_> {
                     }
                     b'}' if in_object => depth -= 1,
                     b']' if !in_object => depth -= 1,
-                    _ => return Err(Stop::Unsupported),
+                    _ => return unsupported(),
                 }
             }
         }
@@ -547,7 +556,7 @@ impl<'a> Fast<'a, '_> {
     /// Checks the value at `pos` against `node` (as `NodeSeed` does in raw mode).
     fn value(&mut self, node: &'static Node, path: P<'_, 'a>) -> R {
         if depth(path) > MAX_DEPTH {
-            return Err(Stop::Unsupported);
+            return unsupported();
         }
         if node.alternatives.is_empty() {
             // Most nodes: dispatched here on the first byte, without `any`'s second look.
@@ -685,7 +694,7 @@ impl<'a> Fast<'a, '_> {
                 };
                 self.scalar(node, n, path)
             }
-            _ => Err(Stop::Unsupported),
+            _ => unsupported(),
         }
     }
 
@@ -728,7 +737,7 @@ impl<'a> Fast<'a, '_> {
                     return self.value(alt, path);
                 }
                 Err(Stop::Violation) => self.pos = start,
-                Err(Stop::Unsupported) => return Err(Stop::Unsupported),
+                Err(Stop::Unsupported) => return unsupported(),
             }
         }
         if node.lenient {
@@ -764,7 +773,7 @@ impl<'a> Fast<'a, '_> {
                 match self.next()? {
                     b',' => self.ws(),
                     b'}' => break,
-                    _ => return Err(Stop::Unsupported),
+                    _ => return unsupported(),
                 }
             }
         }
@@ -793,7 +802,7 @@ impl<'a> Fast<'a, '_> {
             (Some(_), true) => match node.discriminator {
                 Some(disc) => self.discriminated(node, disc, path),
                 // The streaming checker buffers a `Value` here.
-                None => Err(Stop::Unsupported),
+                None => unsupported(),
             },
         }
     }
@@ -810,7 +819,7 @@ impl<'a> Fast<'a, '_> {
             (None, _) => Err(Stop::Violation),
             (Some(only), false) => self.seq_in(only, path),
             // The streaming checker buffers a `Value` here.
-            (Some(_), true) => Err(Stop::Unsupported),
+            (Some(_), true) => unsupported(),
         }
     }
 
@@ -843,7 +852,7 @@ impl<'a> Fast<'a, '_> {
                 }
                 self.pos = start;
                 match chosen {
-                    None => Err(Stop::Unsupported),
+                    None => unsupported(),
                     // The entries before the discriminator are checked from where their
                     // values start, then the object goes on from the discriminator's value,
                     // as the chosen alternative (no key is read twice).
@@ -905,7 +914,7 @@ impl<'a> Fast<'a, '_> {
             let key = self.key()?;
             if same(key, disc) {
                 if self.peek()? != b'"' {
-                    return Err(Stop::Unsupported);
+                    return unsupported();
                 }
                 let value = self.string()?;
                 return Ok(Some(Disc { key, value, before }));
@@ -928,7 +937,7 @@ impl<'a> Fast<'a, '_> {
             match self.next()? {
                 b',' => self.ws(),
                 b'}' => return Ok(None),
-                _ => return Err(Stop::Unsupported),
+                _ => return unsupported(),
             }
         }
     }
@@ -1044,7 +1053,7 @@ impl<'a> Fast<'a, '_> {
                         self.object_rest(node, key, seen, count, path)
                     }
                     b'}' => self.object_end(node, seen, count, path),
-                    _ => Err(Stop::Unsupported),
+                    _ => unsupported(),
                 };
             }
         }
@@ -1080,7 +1089,7 @@ impl<'a> Fast<'a, '_> {
                     key = self.key()?;
                 }
                 b'}' => break,
-                _ => return Err(Stop::Unsupported),
+                _ => return unsupported(),
             }
         }
         self.object_end(node, seen, count, path)
@@ -1175,7 +1184,7 @@ impl<'a> Fast<'a, '_> {
                 match self.next()? {
                     b',' => self.ws(),
                     b']' => break,
-                    _ => return Err(Stop::Unsupported),
+                    _ => return unsupported(),
                 }
             }
         }
@@ -1354,7 +1363,7 @@ impl<'a> Fast<'a, '_> {
     fn tool_call_id(&mut self, path: P<'_, 'a>) -> R {
         if self.peek()? != b'"' {
             // The streaming checker parses it as a `Value`, with that parser's limits.
-            return Err(Stop::Unsupported);
+            return unsupported();
         }
         let (start, end, esc) = self.string()?;
         let id: Box<str> = if esc {
