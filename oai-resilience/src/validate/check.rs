@@ -808,11 +808,16 @@ pub(crate) fn same(a: &str, b: &str) -> bool {
         w.copy_from_slice(&s[at..at + W]);
         w
     }
+    // Within a length class, one combined comparison (no branch on the first word).
+    let w2 = |s: &[u8], at| u16::from_ne_bytes(word::<2>(s, at));
+    let w4 = |s: &[u8], at| u32::from_ne_bytes(word::<4>(s, at));
+    let w8 = |s: &[u8], at| u64::from_ne_bytes(word::<8>(s, at));
     match n {
         0 => true,
         1 => a[0] == b[0],
-        2..=3 => word::<2>(a, 0) == word::<2>(b, 0) && a[n - 1] == b[n - 1],
-        4..=7 => word::<4>(a, 0) == word::<4>(b, 0) && word::<4>(a, n - 4) == word::<4>(b, n - 4),
+        2..=3 => (w2(a, 0) ^ w2(b, 0)) | (w2(a, n - 2) ^ w2(b, n - 2)) == 0,
+        4..=7 => (w4(a, 0) ^ w4(b, 0)) | (w4(a, n - 4) ^ w4(b, n - 4)) == 0,
+        8..=16 => (w8(a, 0) ^ w8(b, 0)) | (w8(a, n - 8) ^ w8(b, n - 8)) == 0,
         _ => {
             let mut i = 0;
             while i + 8 < n {
