@@ -41,8 +41,13 @@ pub(crate) const EMPTY: Short = Short {
 
 impl Short {
     pub(crate) fn new(s: &str) -> Option<Short> {
+        Short::from_bytes(s.as_bytes())
+    }
+
+    /// From the bytes of a string (the accept path's, UTF-8 once its body passes the check).
+    pub(crate) fn from_bytes(s: &[u8]) -> Option<Short> {
         let mut buf = [0u8; 15];
-        buf.get_mut(..s.len())?.copy_from_slice(s.as_bytes());
+        buf.get_mut(..s.len())?.copy_from_slice(s);
         Some(Short {
             buf,
             len: s.len() as u8,
@@ -796,9 +801,14 @@ impl Ctx {
 
 /// String equality: lengths first, then whole words, the last one overlapping the one before
 /// (keys and enum values are short: no byte loop, no call to `memcmp`).
-#[inline]
+#[inline(always)]
 pub(crate) fn same(a: &str, b: &str) -> bool {
-    let (a, b) = (a.as_bytes(), b.as_bytes());
+    same_bytes(a.as_bytes(), b.as_bytes())
+}
+
+/// `same` on bytes.
+#[inline]
+pub(crate) fn same_bytes(a: &[u8], b: &[u8]) -> bool {
     let n = a.len();
     if n != b.len() {
         return false;
@@ -1036,7 +1046,7 @@ mod derived_tests {
                     .iter()
                     .copied()
                     .find(|a| a.const_of(disc) == Some(v));
-                let got = n.alternative_for(disc, v);
+                let got = n.alternative_for(disc, v.as_bytes());
                 assert_eq!(
                     got.map(|g| g as *const Node),
                     expected.map(|e| e as *const Node),
@@ -1444,7 +1454,7 @@ impl Ctx {
             }
             let value = map.next_value_seed(DiscSeed)?;
             let chosen = match &value {
-                DiscVal::Str(s) => node.alternative_for(disc, s),
+                DiscVal::Str(s) => node.alternative_for(disc, s.as_bytes()),
                 DiscVal::Other(_) => None,
             };
             match (chosen, value) {

@@ -4,9 +4,11 @@
 //! the facts the cross-field rules read and the deprecated parameters. This pass computes
 //! exactly that, without serde: a byte tokenizer (whitespace by a byte loop, strings eight
 //! bytes at a time for `"`, `\` and control characters, numbers parsed only where a node
-//! checks them), keys and strings borrowed from the body, the parameter path kept as a chain
-//! of stack frames and turned into text only for a deprecated parameter. It applies the same
-//! tables with the same semantics as the streaming checker (`check.rs`), rule for rule.
+//! checks them), keys and strings borrowed from the body as bytes, the parameter path kept as
+//! a chain of stack frames and turned into text only for a deprecated parameter. The body's
+//! UTF-8 is checked once at the end, and only if a string or key had a byte from 0x80 on (the
+//! string scan ORs the words it reads). It applies the same tables with the same semantics as
+//! the streaming checker (`check.rs`), rule for rule.
 //!
 //! What it reads from the tables was derived at compile time (`Node::derive`): a key table per
 //! node, the slots of the required names, flags (a string no rule reads, an ambiguous union, a
@@ -28,7 +30,8 @@
 use serde::de::{self, Deserializer as _, Visitor};
 
 use super::check::{
-    accepts, ambiguous_for, plain_string, same, Fact, Facts, Scalar, Short, EMPTY, LONG_STRING,
+    accepts, ambiguous_for, plain_string, same, same_bytes, Fact, Facts, Scalar, Short, EMPTY,
+    LONG_STRING,
 };
 use super::schema::*;
 
@@ -135,13 +138,19 @@ fn push_key(s: &mut String, k: &str) {
 }
 
 /// Runs the accept path over `body`: `Some` (the deprecated parameters' paths) when the body
-/// breaks no rule of the tables, with the facts in `facts`; `None` when the streaming checker
-/// must decide.
-pub(crate) fn accept(endpoint: Endpoint, body: &str, facts: &mut Facts) -> Option<Vec<String>> {
+/// is UTF-8 JSON that breaks no rule of the tables, with the facts in `facts`; `None` when the
+/// streaming checker must decide.
+///
+/// The body is read as bytes. Outside strings the grammar has only ASCII, so a byte from 0x80
+/// on can only be in a string or a key, where the scan notes it; the whole body's UTF-8 is
+/// checked once at the end, and only then. Until that check a key or string is bytes: what
+/// the pass reads of them (equality, character counts, facts) means the same on valid UTF-8,
+/// and nothing is reported from a body that fails it.
+pub(crate) fn accept(endpoint: Endpoint, body: &[u8], facts: &mut Facts) -> Option<Vec<String>> {
     let track_messages = endpoint == Endpoint::ChatCompletions;
     let mut f = Fast {
-        s: body,
-        b: body.as_bytes(),
+        b: body,
+        high: 0,
         pos: 0,
         record: true,
         track_messages,
@@ -151,13 +160,13 @@ pub(crate) fn accept(endpoint: Endpoint, body: &str, facts: &mut Facts) -> Optio
         memo_len: 0,
         checked: [(0, 0, &DERIVED); CHECKED],
         checked_len: 0,
-        prefix: [("", 0); PREFIX],
+        prefix: [(&[], 0); PREFIX],
         prefix_len: 0,
     };
     f.ws();
     f.value(endpoint.root(), None).ok()?;
     f.ws();
-    if f.pos != f.b.len() {
+    if f.pos != f.b.len() || (f.high & HIGHS != 0 && std::str::from_utf8(body).is_err()) {
         return None;
     }
     Some(f.deprecated)
@@ -165,7 +174,7 @@ pub(crate) fn accept(endpoint: Endpoint, body: &str, facts: &mut Facts) -> Optio
 
 /// The first discriminator key of an object, as `find_disc` read it.
 struct Disc<'a> {
-    key: &'a str,
+    key: Text<'a>,
     /// (start, end, has escapes) of its string value.
     value: (usize, usize, bool),
     /// How many keys came before it (the first `PREFIX` of them are in `Fast::prefix`).
@@ -175,9 +184,13 @@ struct Disc<'a> {
 /// How many string values read before a discriminator are remembered (not scanned twice).
 const MEMO: usize = 8;
 
+/// A key or string as it is in the body (UTF-8 once the body passes its check).
+type Text<'a> = &'a [u8];
+
 struct Fast<'a, 'f> {
-    s: &'a str,
     b: &'a [u8],
+    /// The OR of the string and key bytes read: its high bits say whether any was non-ASCII.
+    high: u64,
     pos: usize,
     /// False while an alternative is tried: facts and deprecations are not recorded.
     record: bool,
@@ -192,7 +205,7 @@ struct Fast<'a, 'f> {
     checked: [(usize, usize, &'static Node); CHECKED],
     checked_len: usize,
     /// (key, where its value starts) of the entries before a discriminator, in order.
-    prefix: [(&'a str, usize); PREFIX],
+    prefix: [(Text<'a>, usize); PREFIX],
     prefix_len: usize,
 }
 
@@ -220,12 +233,15 @@ fn control_bytes(x: u64) -> u64 {
 /// Skips string bytes from `pos` eight at a time: the position of the first `"`, `\` or
 /// control byte, or where fewer than eight bytes are left (the caller reads on byte by byte).
 #[inline(always)]
-fn plain_run(b: &[u8], mut pos: usize) -> usize {
+fn plain_run(b: &[u8], mut pos: usize, high: &mut u64) -> usize {
     while let Some(chunk) = b.get(pos..pos + 8) {
         let Ok(chunk) = <[u8; 8]>::try_from(chunk) else {
             break;
         };
         let x = u64::from_le_bytes(chunk);
+        // Bytes from 0x80 on are noted (one OR per word): the body's UTF-8 is checked at the
+        // end only when a string or key had one.
+        *high |= x;
         let hits = zero_bytes(x ^ (ONES * b'"' as u64))
             | zero_bytes(x ^ (ONES * b'\\' as u64))
             | control_bytes(x);
@@ -240,12 +256,15 @@ fn plain_run(b: &[u8], mut pos: usize) -> usize {
 
 /// The end of a key from where `plain_run` stopped short of its closing quote, byte by byte.
 #[inline(never)]
-fn key_tail(b: &[u8], mut pos: usize) -> R<usize> {
+fn key_tail(b: &[u8], mut pos: usize, high: &mut u64) -> R<usize> {
     loop {
         match b.get(pos) {
             Some(b'"') => return Ok(pos),
             Some(&c) if c == b'\\' || c < 0x20 => return unsupported(),
-            Some(_) => pos += 1,
+            Some(&c) => {
+                *high |= u64::from(c);
+                pos += 1;
+            }
             None => return unsupported(),
         }
     }
@@ -325,8 +344,9 @@ impl<'a> Fast<'a, '_> {
         let b = self.b;
         let mut pos = self.pos;
         let mut escaped = false;
+        let mut high = 0;
         loop {
-            pos = plain_run(b, pos);
+            pos = plain_run(b, pos, &mut high);
             let Some(&c) = b.get(pos) else {
                 self.pos = pos;
                 return unsupported();
@@ -335,6 +355,7 @@ impl<'a> Fast<'a, '_> {
             match c {
                 b'"' => {
                     self.pos = pos;
+                    self.high |= high;
                     return Ok(escaped);
                 }
                 b'\\' => {
@@ -347,7 +368,7 @@ impl<'a> Fast<'a, '_> {
                     self.pos = pos;
                     return unsupported();
                 }
-                _ => {}
+                c => high |= u64::from(c),
             }
         }
     }
@@ -401,22 +422,22 @@ impl<'a> Fast<'a, '_> {
 
     /// An object key and its `:`; escaped keys are left to the streaming checker.
     #[inline(always)]
-    fn key(&mut self) -> R<&'a str> {
+    fn key(&mut self) -> R<Text<'a>> {
         let b = self.b;
         if b.get(self.pos) != Some(&b'"') {
             return unsupported();
         }
         let start = self.pos + 1;
         // The first byte `plain_run` stops at must be the closing quote.
-        let end = plain_run(b, start);
+        let mut high = 0;
+        let end = plain_run(b, start, &mut high);
         let end = if b.get(end) == Some(&b'"') {
             end
         } else {
-            key_tail(b, end)?
+            key_tail(b, end, &mut high)?
         };
-        let Some(key) = self.s.get(start..end) else {
-            return unsupported();
-        };
+        self.high |= high;
+        let key = &b[start..end];
         // Compact JSON: the `:` right after the key, and the value right after it.
         if b.get(end + 1) == Some(&b':') {
             self.pos = end + 2;
@@ -627,23 +648,27 @@ impl<'a> Fast<'a, '_> {
         esc: bool,
         path: P<'_, 'a>,
     ) -> R {
-        let s = self.s;
+        let b = self.b;
         if esc && !self.needs_value(path) && plain_string(node) {
             // Only the type of a plain string matters, and no fact needs its text: no decoding.
             return self.scalar(node, Scalar::Str(""), path);
         }
         if esc {
-            let v: String = serde_json::from_str(&s[start..end]).map_err(|_| Stop::Unsupported)?;
+            let v: String =
+                serde_json::from_slice(&b[start..end]).map_err(|_| Stop::Unsupported)?;
             self.scalar(node, Scalar::Str(&v), path)
         } else {
             // `scalar` for a string, without its dispatch on the type.
-            let v = &s[start + 1..end - 1];
+            let v = &b[start + 1..end - 1];
             if self.record {
-                self.capture_scalar(&Scalar::Str(v), path);
+                self.capture_str(v, path);
             }
             let ok = if node.alternatives.is_empty() {
-                accepts(node.types, T_STRING) && check_str(node, v)
+                accepts(node.types, T_STRING) && check_text(node, v)
             } else {
+                let Ok(v) = std::str::from_utf8(v) else {
+                    return unsupported();
+                };
                 scalar_ok(node, &Scalar::Str(v))
             };
             if ok {
@@ -688,7 +713,7 @@ impl<'a> Fast<'a, '_> {
                     Scalar::F64(v)
                 } else {
                     // The parser's own conversion (out of range: an error it reports).
-                    serde_json::Deserializer::from_str(&self.s[start..end])
+                    serde_json::Deserializer::from_slice(&self.b[start..end])
                         .deserialize_any(NumVisitor)
                         .map_err(|_| Stop::Unsupported)?
                 };
@@ -764,7 +789,11 @@ impl<'a> Fast<'a, '_> {
             loop {
                 let key = self.key()?;
                 for (alt, seen) in alts().zip(&mut seen) {
-                    if let Some(j) = alt.required.iter().position(|r| same(r, key)) {
+                    if let Some(j) = alt
+                        .required
+                        .iter()
+                        .position(|r| same_bytes(r.as_bytes(), key))
+                    {
                         *seen |= 1 << j;
                     }
                 }
@@ -836,13 +865,13 @@ impl<'a> Fast<'a, '_> {
                 value: (vs, ve, esc),
                 before,
             })) => {
-                let s = self.s;
+                let b = self.b;
                 let owned;
                 let value = if esc {
-                    owned = serde_json::from_str::<String>(&s[vs..ve]).ok();
-                    owned.as_deref()
+                    owned = serde_json::from_slice::<String>(&b[vs..ve]).ok();
+                    owned.as_ref().map(String::as_bytes)
                 } else {
-                    Some(&s[vs + 1..ve - 1])
+                    Some(&b[vs + 1..ve - 1])
                 };
                 let chosen = value.map(|value| node.alternative_for(disc, value));
                 // The value is read again as the chosen alternative's property: not rescanned.
@@ -900,7 +929,7 @@ impl<'a> Fast<'a, '_> {
     fn find_disc(
         &mut self,
         node: &'static Node,
-        disc: &str,
+        disc: &'static str,
         path: P<'_, 'a>,
     ) -> R<Option<Disc<'a>>> {
         self.pos += 1;
@@ -912,7 +941,7 @@ impl<'a> Fast<'a, '_> {
         let mut before = 0;
         loop {
             let key = self.key()?;
-            if same(key, disc) {
+            if same_bytes(key, disc.as_bytes()) {
                 if self.peek()? != b'"' {
                     return unsupported();
                 }
@@ -947,7 +976,7 @@ impl<'a> Fast<'a, '_> {
     /// recorded and there is room to remember it. `Ok(true)`: checked and remembered (the
     /// value read); `Ok(false)`: not checked (the value not read, or read and broken: the
     /// alternative's own pass will find that again).
-    fn check_ahead(&mut self, node: &'static Node, key: &str, path: P<'_, 'a>) -> R<bool> {
+    fn check_ahead(&mut self, node: &'static Node, key: Text<'_>, path: P<'_, 'a>) -> R<bool> {
         if self.checked_len >= CHECKED || !matches!(self.peek()?, b'{' | b'[') {
             return Ok(false);
         }
@@ -957,7 +986,7 @@ impl<'a> Fast<'a, '_> {
             .iter()
             .filter(|a| accepts(a.types, T_OBJECT))
         {
-            if let Some(i) = alt.find(key) {
+            if let Some(i) = alt.find_bytes(key) {
                 let prop = &alt.properties[i];
                 match only {
                     None => only = Some(prop),
@@ -1009,7 +1038,7 @@ impl<'a> Fast<'a, '_> {
         &mut self,
         node: &'static Node,
         base: usize,
-        disc: &'a str,
+        disc: Text<'a>,
         (vs, ve, esc): (usize, usize, bool),
         path: P<'_, 'a>,
     ) -> R {
@@ -1024,7 +1053,7 @@ impl<'a> Fast<'a, '_> {
         // The discriminator's entry, checked from the value already read: what `entry` and
         // `str_value` do for a string that goes through `str_scalar` (a constant), without
         // reading it again.
-        if let Some(i) = node.find(disc) {
+        if let Some(i) = node.find_bytes(disc) {
             let prop = &node.properties[i];
             let n = prop.node;
             if i < 64
@@ -1036,12 +1065,12 @@ impl<'a> Fast<'a, '_> {
                 && n.flags & (F_PLAIN_STRING | F_ANY_STRING_OK) == 0
             {
                 seen |= 1 << i;
-                let v = &self.s[vs + 1..ve - 1];
+                let v = &self.b[vs + 1..ve - 1];
                 if self.record {
                     let here = child(path, Seg::Key(prop.name));
-                    self.capture_scalar(&Scalar::Str(v), Some(&here));
+                    self.capture_str(v, Some(&here));
                 }
-                if !(accepts(n.types, T_STRING) && check_str(n, v)) {
+                if !(accepts(n.types, T_STRING) && check_text(n, v)) {
                     return Err(Stop::Violation);
                 }
                 self.pos = ve;
@@ -1062,7 +1091,7 @@ impl<'a> Fast<'a, '_> {
     }
 
     /// The rest of an object checked against `node`, from the value of its first key.
-    fn object_from(&mut self, node: &'static Node, first: &'a str, path: P<'_, 'a>) -> R {
+    fn object_from(&mut self, node: &'static Node, first: Text<'a>, path: P<'_, 'a>) -> R {
         self.object_rest(node, first, 0, 0, path)
     }
 
@@ -1073,7 +1102,7 @@ impl<'a> Fast<'a, '_> {
     fn object_rest(
         &mut self,
         node: &'static Node,
-        key: &'a str,
+        key: Text<'a>,
         mut seen: u64,
         mut count: usize,
         path: P<'_, 'a>,
@@ -1115,13 +1144,13 @@ impl<'a> Fast<'a, '_> {
 
     /// One entry of an object (`Ctx::begin_entry`, then its value).
     #[inline(always)]
-    fn entry(&mut self, node: &'static Node, seen: &mut u64, key: &'a str, path: P<'_, 'a>) -> R {
+    fn entry(&mut self, node: &'static Node, seen: &mut u64, key: Text<'a>, path: P<'_, 'a>) -> R {
         if let Some(max) = node.key_max_length {
-            if key.len() > max as usize && key.chars().count() > max as usize {
+            if key.len() > max as usize && chars(key) > max as usize {
                 return Err(Stop::Violation);
             }
         }
-        if let Some(i) = node.find(key) {
+        if let Some(i) = node.find_bytes(key) {
             if i < 64 {
                 *seen |= 1 << i;
             }
@@ -1145,19 +1174,26 @@ impl<'a> Fast<'a, '_> {
             }
             return self.value(prop.node, Some(&here));
         }
-        if let Some(j) = node.required.iter().position(|r| same(r, key)) {
+        if let Some(j) = node
+            .required
+            .iter()
+            .position(|r| same_bytes(r.as_bytes(), key))
+        {
             let i = node.properties.len() + j;
             if i < 64 {
                 *seen |= 1 << i;
             }
         }
         match node.additional {
-            Additional::Allowed if key == "id" && self.is_tool_call(path) => {
+            Additional::Allowed if key == b"id" && self.is_tool_call(path) => {
                 self.tool_call_id(path)
             }
             Additional::Allowed => self.skip_value(),
             Additional::Forbidden => Err(Stop::Violation),
             Additional::Schema(n) => {
+                let Ok(key) = std::str::from_utf8(key) else {
+                    return unsupported();
+                };
                 let here = child(path, Seg::Owned(key));
                 self.value(n, Some(&here))
             }
@@ -1202,20 +1238,31 @@ impl<'a> Fast<'a, '_> {
     // ----- facts (as `Ctx::capture_*`) -----
 
     fn capture_scalar(&mut self, s: &Scalar<'_>, path: P<'_, 'a>) {
+        if let Scalar::Str(v) = *s {
+            return self.capture_str(v.as_bytes(), path);
+        }
+        if let Some([Seg::Key(k)]) = segs::<1>(path) {
+            self.facts.record(k, || Fact::of(s));
+        }
+    }
+
+    /// `capture_scalar` for a string, from its bytes.
+    fn capture_str(&mut self, v: Text<'_>, path: P<'_, 'a>) {
         match depth(path) {
             1 => {
                 if let Some([Seg::Key(k)]) = segs::<1>(path) {
-                    self.facts.record(k, || Fact::of(s));
+                    self.facts
+                        .record(k, || Short::from_bytes(v).map_or(Fact::LongStr, Fact::Str));
                 }
             }
             2 => {
                 if let Some([Seg::Key("modalities"), Seg::Index(_)]) = segs::<2>(path) {
-                    if matches!(s, Scalar::Str("audio")) {
+                    if v == b"audio" {
                         self.facts.modalities_audio = true;
                     }
                 }
             }
-            3 | 5 if self.track_messages => self.capture_message_scalar(s, path),
+            3 | 5 if self.track_messages => self.capture_message_str(v, path),
             _ => {}
         }
     }
@@ -1234,19 +1281,20 @@ impl<'a> Fast<'a, '_> {
         }
     }
 
-    fn capture_message_scalar(&mut self, s: &Scalar<'_>, path: P<'_, 'a>) {
-        let Scalar::Str(v) = *s else { return };
+    fn capture_message_str(&mut self, v: Text<'_>, path: P<'_, 'a>) {
+        // Not UTF-8 only in a body the final check rejects: then the facts are not read.
+        let text = || Box::<str>::from(String::from_utf8_lossy(v));
         let Some(msg) = self.facts.message() else {
             return;
         };
         match segs::<3>(path) {
             Some([Seg::Key("messages"), Seg::Index(i), Seg::Key("role")]) if i == msg.index => {
-                msg.role = Some(Short::new(v).unwrap_or(EMPTY));
+                msg.role = Some(Short::from_bytes(v).unwrap_or(EMPTY));
             }
             Some([Seg::Key("messages"), Seg::Index(i), Seg::Key("tool_call_id")])
                 if i == msg.index =>
             {
-                msg.tool_call_id = Some(v.into());
+                msg.tool_call_id = Some(text());
             }
             _ => {
                 if let Some(
@@ -1254,7 +1302,7 @@ impl<'a> Fast<'a, '_> {
                 ) = segs::<5>(path)
                 {
                     if i == msg.index {
-                        msg.tool_call_ids.push(v.into());
+                        msg.tool_call_ids.push(text());
                     }
                 }
             }
@@ -1367,11 +1415,14 @@ impl<'a> Fast<'a, '_> {
         }
         let (start, end, esc) = self.string()?;
         let id: Box<str> = if esc {
-            serde_json::from_str::<String>(&self.s[start..end])
+            serde_json::from_slice::<String>(&self.b[start..end])
                 .map_err(|_| Stop::Unsupported)?
                 .into()
         } else {
-            self.s[start + 1..end - 1].into()
+            match std::str::from_utf8(&self.b[start + 1..end - 1]) {
+                Ok(id) => id.into(),
+                Err(_) => return unsupported(),
+            }
         };
         let Some([_, Seg::Index(i), ..]) = segs::<4>(path) else {
             return Ok(());
@@ -1475,14 +1526,25 @@ fn check_number(node: &Node, n: Scalar<'_>) -> bool {
 }
 
 fn check_str(node: &Node, v: &str) -> bool {
-    if !node.enum_values.is_empty() && !node.enum_values.iter().any(|e| same(e, v)) {
+    check_text(node, v.as_bytes())
+}
+
+/// The number of characters of UTF-8 `text`: its bytes that do not continue a character.
+fn chars(text: &[u8]) -> usize {
+    text.iter().filter(|&&b| (b as i8) >= -0x40).count()
+}
+
+/// `check_str` on the bytes of a string (UTF-8 once the body passes its check).
+fn check_text(node: &Node, v: &[u8]) -> bool {
+    if !node.enum_values.is_empty() && !node.enum_values.iter().any(|e| same_bytes(e.as_bytes(), v))
+    {
         return false;
     }
     // A string has no more characters than bytes: within `maxLength` bytes, only a
     // `minLength` needs them counted.
     let within = node.max_length.is_none_or(|max| v.len() <= max as usize);
     if node.min_length.is_some() || !within {
-        let len = v.chars().count();
+        let len = chars(v);
         if node.min_length.is_some_and(|min| len < min as usize)
             || node.max_length.is_some_and(|max| len > max as usize)
         {
@@ -1490,8 +1552,8 @@ fn check_str(node: &Node, v: &str) -> bool {
         }
     }
     node.format != Format::FunctionName
-        || v.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        || v.iter()
+            .all(|&b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
 #[cfg(test)]
@@ -1624,13 +1686,7 @@ mod tests {
                 let name = p.file_name().unwrap().to_string_lossy().into_owned();
                 let e = endpoint_named(name.split("__").next().unwrap());
                 let body = std::fs::read(&p).unwrap();
-                if accept(
-                    e,
-                    std::str::from_utf8(&body).unwrap(),
-                    &mut Facts::default(),
-                )
-                .is_none()
-                {
+                if accept(e, &body, &mut Facts::default()).is_none() {
                     declined.push(name);
                 }
             }
@@ -1681,7 +1737,7 @@ mod tests {
             ] {
                 same_report(e, body.as_bytes());
                 let text = body.as_str();
-                if accept(e, text, &mut Facts::default()).is_some() {
+                if accept(e, text.as_bytes(), &mut Facts::default()).is_some() {
                     accepted += 1;
                     assert!(
                         check_streaming(e, body.as_bytes()).is_valid(),
@@ -1818,6 +1874,69 @@ mod tests {
         }
     }
 
+    /// The accept path reads bytes and checks the body's UTF-8 only when a string or key had a
+    /// byte from 0x80 on: every kind of broken UTF-8, in every place a string can be (a value
+    /// it checks, one it skips, a key, the last bytes of a string, a discriminator), must give
+    /// the report the streaming checker gives, and valid non-ASCII text must pass with its facts.
+    #[test]
+    fn utf8_is_checked_wherever_it_is_not_ascii() {
+        let broken: [&[u8]; 7] = [
+            b"\xff",
+            b"\x80",
+            b"\xc3",
+            b"\xc0\xaf",
+            b"\xed\xa0\x80",
+            b"\xf4\x90\x80\x80",
+            b"caf\xc3",
+        ];
+        let places = [
+            r#"{"model":"m","messages":[{"role":"user","content":"<>"}]}"#,
+            r#"{"model":"m","messages":[{"role":"user","content":"a long text before <> and after it"}]}"#,
+            r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"metadata":{"k<>":"v"}}"#,
+            r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"metadata":{"k":"<>"}}"#,
+            r#"{"model":"m","messages":[{"role":"user","content":"hi","name":"<>"}]}"#,
+            r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"x<>":1}"#,
+            r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"x":{"y":["<>"]}}"#,
+            r#"{"model":"m","messages":[{"content":"<>","role":"user"}]}"#,
+            r#"{"model":"m","messages":[{"role":"us<>er","content":"hi"}]}"#,
+            r#"{"model":"m<>","messages":[{"role":"user","content":"hi"}]}"#,
+        ];
+        for place in places {
+            for bad in broken {
+                let (a, b) = place.split_once("<>").unwrap();
+                let body = [a.as_bytes(), bad, b.as_bytes()].concat();
+                let text = String::from_utf8_lossy(&body).into_owned();
+                assert!(
+                    accept(Endpoint::ChatCompletions, &body, &mut Facts::default()).is_none(),
+                    "{text}"
+                );
+                same_report(Endpoint::ChatCompletions, &body);
+                let report = check(Endpoint::ChatCompletions, &body);
+                assert_eq!(report.violations().len(), 1, "{text}");
+                assert!(
+                    report.violations()[0].message.contains("invalid UTF-8"),
+                    "{text}"
+                );
+            }
+            // Valid non-ASCII in the same place: the body is judged on its rules as before.
+            let fine = place.replace("<>", "é😀€");
+            same_report(Endpoint::ChatCompletions, fine.as_bytes());
+        }
+        // Non-ASCII text that passes, recorded as a fact where a rule reads it.
+        let body = r#"{"model":"mödel","messages":[{"role":"assistant","content":"ça va","tool_calls":[{"id":"é1","type":"function","function":{"name":"f","arguments":"{}"}}]},{"role":"tool","tool_call_id":"é1","content":"ok"}],"metadata":{"clé":"välue"}}"#;
+        let mut facts = Facts::default();
+        assert!(accept(Endpoint::ChatCompletions, body.as_bytes(), &mut facts).is_some());
+        assert!(check(Endpoint::ChatCompletions, body.as_bytes()).is_valid());
+        let ids: Vec<&str> = facts
+            .messages()
+            .flat_map(|m| m.tool_call_ids.iter().map(|s| &**s))
+            .collect();
+        assert_eq!(ids, ["é1"]);
+        let wrong = body.replace(r#""tool_call_id":"é1""#, r#""tool_call_id":"è1""#);
+        same_report(Endpoint::ChatCompletions, wrong.as_bytes());
+        assert!(!check(Endpoint::ChatCompletions, wrong.as_bytes()).is_valid());
+    }
+
     /// `maxLength` counts characters: a string of more bytes than the limit but no more
     /// characters passes, one character more does not (metadata values: at most 512).
     #[test]
@@ -1835,7 +1954,12 @@ mod tests {
             assert_eq!(check(Endpoint::ChatCompletions, &body).is_valid(), valid);
             let text = std::str::from_utf8(&body).unwrap();
             assert_eq!(
-                accept(Endpoint::ChatCompletions, text, &mut Facts::default()).is_some(),
+                accept(
+                    Endpoint::ChatCompletions,
+                    text.as_bytes(),
+                    &mut Facts::default()
+                )
+                .is_some(),
                 valid
             );
         }
@@ -1988,8 +2112,8 @@ mod tests {
     fn strings_are_scanned_exactly() {
         let f = |text: &str| {
             let mut fast = Fast {
-                s: text,
                 b: text.as_bytes(),
+                high: 0,
                 pos: 0,
                 record: false,
                 track_messages: false,
@@ -1999,7 +2123,7 @@ mod tests {
                 memo_len: 0,
                 checked: [(0, 0, &DERIVED); CHECKED],
                 checked_len: 0,
-                prefix: [("", 0); PREFIX],
+                prefix: [(&[], 0); PREFIX],
                 prefix_len: 0,
             };
             fast.string().map(|(a, b, esc)| (a, b, esc, fast.pos))

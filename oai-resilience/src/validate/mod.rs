@@ -192,13 +192,13 @@ fn deprecation_advice(param: &str) -> &'static str {
 /// breaks a rule (or uses a construct that pass leaves alone) is then checked again by the
 /// streaming checker, which writes every violation with its path.
 pub fn check(endpoint: Endpoint, body: &[u8]) -> Report {
-    let text = match utf8(body) {
-        Ok(text) => text,
-        Err(report) => return report,
-    };
+    // The accept path checks the UTF-8 itself (only where a byte is not ASCII).
     let mut facts = check::Facts::default();
-    if let Some(deprecated) = fast::accept(endpoint, text, &mut facts) {
+    if let Some(deprecated) = fast::accept(endpoint, body, &mut facts) {
         return finish(endpoint, &facts, Vec::new(), deprecated);
+    }
+    if let Err(report) = utf8(body) {
+        return report;
     }
     stream(endpoint, body)
 }

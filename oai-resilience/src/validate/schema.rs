@@ -340,15 +340,23 @@ impl Node {
     /// The index of the property named `key` (property names are unique in a node).
     #[inline(always)]
     pub(crate) fn find(&self, key: &str) -> Option<usize> {
+        self.find_bytes(key.as_bytes())
+    }
+
+    /// `find` by the key's bytes.
+    #[inline(always)]
+    pub(crate) fn find_bytes(&self, key: &[u8]) -> Option<usize> {
         let props = self.properties;
         if props.len() <= LINEAR {
-            return props.iter().position(|p| super::check::same(p.name, key));
+            return props
+                .iter()
+                .position(|p| super::check::same_bytes(p.name.as_bytes(), key));
         }
-        let mut slot = key_slot(key.as_bytes());
+        let mut slot = key_slot(key);
         // The table has free slots (fewer properties than slots): a probe ends at one.
         for _ in 0..SLOTS {
             let i = self.slots[slot].checked_sub(1)? as usize;
-            if super::check::same(props[i].name, key) {
+            if super::check::same_bytes(props[i].name.as_bytes(), key) {
                 return Some(i);
             }
             slot = (slot + 1) % SLOTS;
@@ -359,7 +367,7 @@ impl Node {
     /// The alternative whose discriminator (`disc`, this node's) is the constant `value`: the
     /// first `k` with `alternatives[k].const_of(disc) == Some(value)`, read through
     /// `disc_props`.
-    pub(crate) fn alternative_for(&self, disc: &str, value: &str) -> Option<&'static Node> {
+    pub(crate) fn alternative_for(&self, disc: &str, value: &[u8]) -> Option<&'static Node> {
         self.alternatives.iter().enumerate().find_map(|(k, &alt)| {
             let constant = match self.disc_props.get(k) {
                 Some(0) => None,
@@ -370,7 +378,7 @@ impl Node {
                 None => alt.const_of(disc),
             };
             constant
-                .is_some_and(|c| super::check::same(c, value))
+                .is_some_and(|c| super::check::same_bytes(c.as_bytes(), value))
                 .then_some(alt)
         })
     }
