@@ -1246,24 +1246,30 @@ impl<'a> Fast<'a, '_> {
         }
     }
 
-    /// `capture_scalar` for a string, from its bytes.
+    /// `capture_scalar` for a string, from its bytes. (Tests of the depth, not a `match`: a
+    /// jump table here was a mispredicted indirect branch per string.)
     fn capture_str(&mut self, v: Text<'_>, path: P<'_, 'a>) {
-        match depth(path) {
-            1 => {
-                if let Some([Seg::Key(k)]) = segs::<1>(path) {
-                    self.facts
-                        .record(k, || Short::from_bytes(v).map_or(Fact::LongStr, Fact::Str));
+        let Some(p) = path else { return };
+        if p.depth == 1 {
+            if let Seg::Key(k) = p.seg {
+                self.facts
+                    .record(k, || Short::from_bytes(v).map_or(Fact::LongStr, Fact::Str));
+            }
+        } else if p.depth == 2 {
+            if let (
+                Seg::Index(_),
+                Some(Path {
+                    seg: Seg::Key("modalities"),
+                    ..
+                }),
+            ) = (p.seg, p.parent)
+            {
+                if v == b"audio" {
+                    self.facts.modalities_audio = true;
                 }
             }
-            2 => {
-                if let Some([Seg::Key("modalities"), Seg::Index(_)]) = segs::<2>(path) {
-                    if v == b"audio" {
-                        self.facts.modalities_audio = true;
-                    }
-                }
-            }
-            3 | 5 if self.track_messages => self.capture_message_str(v, path),
-            _ => {}
+        } else if (p.depth == 3 || p.depth == 5) && self.track_messages {
+            self.capture_message_str(v, path);
         }
     }
 
@@ -1310,25 +1316,22 @@ impl<'a> Fast<'a, '_> {
     }
 
     fn capture_container(&mut self, fact: Fact, path: P<'_, 'a>) {
-        match depth(path) {
-            1 => {
-                if let Some([Seg::Key(k)]) = segs::<1>(path) {
-                    self.facts.record(k, || fact);
+        let d = depth(path);
+        if d == 1 {
+            if let Some([Seg::Key(k)]) = segs::<1>(path) {
+                self.facts.record(k, || fact);
+            }
+        } else if d == 3 && self.track_messages {
+            if let (
+                Some([Seg::Key("messages"), Seg::Index(i), Seg::Key("tool_calls")]),
+                Some(msg),
+                Fact::Array(n),
+            ) = (segs::<3>(path), self.facts.message(), fact)
+            {
+                if msg.index == i {
+                    msg.tool_calls = n;
                 }
             }
-            3 if self.track_messages => {
-                if let (
-                    Some([Seg::Key("messages"), Seg::Index(i), Seg::Key("tool_calls")]),
-                    Some(msg),
-                    Fact::Array(n),
-                ) = (segs::<3>(path), self.facts.message(), fact)
-                {
-                    if msg.index == i {
-                        msg.tool_calls = n;
-                    }
-                }
-            }
-            _ => {}
         }
     }
 
