@@ -1031,7 +1031,10 @@ mod derived_tests {
         let mut checked = 0;
         for n in all_nodes() {
             let Some(disc) = n.discriminator else {
-                assert_eq!(n.disc_props, [0; DISC_ALTS]);
+                // A shape union keeps its name table there instead.
+                if n.flags & F_SHAPE_UNION == 0 {
+                    assert_eq!(n.disc_props, [0; DISC_ALTS]);
+                }
                 continue;
             };
             let mut values: Vec<&str> = n
@@ -1078,9 +1081,63 @@ mod derived_tests {
                     && a.discriminator.is_none()
                     && a.required.len() <= 64
             });
-            let expected = ambiguous_computed(n, T_OBJECT) && shapes && objects.len() <= SHAPE_ALTS;
+            // Names that fit the table: at most `SHAPE_NAMES`, none twice in one alternative,
+            // alternative indexes and positions below 16.
+            let mut names: Vec<&str> = Vec::new();
+            let mut fits = n.alternatives.len() <= 16;
+            for a in &objects {
+                for (j, r) in a.required.iter().enumerate() {
+                    fits &= j < 16 && a.required.iter().position(|q| q == r) == Some(j);
+                    if !names.contains(r) {
+                        names.push(r);
+                    }
+                }
+            }
+            fits &= names.len() <= SHAPE_NAMES;
+            let expected = ambiguous_computed(n, T_OBJECT)
+                && shapes
+                && objects.len() <= SHAPE_ALTS
+                && n.properties.is_empty()
+                && fits;
             assert_eq!(n.flags & F_SHAPE_UNION != 0, expected, "{n:?}");
             unions += usize::from(expected);
+            if !expected {
+                continue;
+            }
+            // The name table: every required name found, its bit in the masks of exactly the
+            // alternatives that require it; nothing else found.
+            let index = |name: &str| n.shape_name(name.as_bytes());
+            for name in &names {
+                let d = index(name).expect(name);
+                for (k, a) in objects.iter().enumerate() {
+                    let need = n.disc_props[k];
+                    assert_eq!(need & (1 << d) != 0, a.required.contains(name), "{name}");
+                    assert_eq!(need.count_ones() as usize, a.required.len());
+                }
+                for probe in [
+                    format!("{name}x"),
+                    name[1..].to_string(),
+                    name.to_uppercase(),
+                ] {
+                    assert_eq!(index(&probe).is_some(), names.contains(&probe.as_str()));
+                }
+            }
+            assert_eq!(index(""), None);
+            // Deciding by masks is deciding by the alternatives' required lists, for every set
+            // of names an object can have.
+            for present in 0u32..(1 << names.len()) {
+                let has =
+                    |r: &&str| present & (1 << names.iter().position(|q| q == r).unwrap()) != 0;
+                let by_lists = objects.iter().any(|a| a.required.iter().all(|r| has(&r)));
+                let seen = (0..names.len())
+                    .filter(|i| present & (1 << i) != 0)
+                    .map(|i| 1u8 << index(names[i]).unwrap())
+                    .fold(0, |m, b| m | b);
+                let by_masks = n.disc_props[..objects.len()]
+                    .iter()
+                    .any(|&need| need & !seen == 0);
+                assert_eq!(by_masks, by_lists);
+            }
         }
         // Chat content parts (user, system, developer, tool messages) at least.
         assert!(unions >= 2, "{unions}");

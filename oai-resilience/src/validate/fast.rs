@@ -772,15 +772,10 @@ impl<'a> Fast<'a, '_> {
     }
 
     /// `alternatives` for a shape union (`F_SHAPE_UNION`) where nothing is recorded: one pass
-    /// over the object notes which required names of which alternative it has; the first
-    /// alternative that has all of them passes, as its trial would.
+    /// over the object notes which of the union's required names it has (its name table);
+    /// an alternative that has all of its names passes, as its trial would.
     fn shape_union(&mut self, node: &'static Node) -> R {
-        let alts = || {
-            node.alternatives
-                .iter()
-                .filter(|a| accepts(a.types, T_OBJECT))
-        };
-        let mut seen = [0u64; SHAPE_ALTS];
+        let mut seen = 0u8;
         self.pos += 1;
         self.ws();
         if self.peek()? == b'}' {
@@ -788,14 +783,8 @@ impl<'a> Fast<'a, '_> {
         } else {
             loop {
                 let key = self.key()?;
-                for (alt, seen) in alts().zip(&mut seen) {
-                    if let Some(j) = alt
-                        .required
-                        .iter()
-                        .position(|r| same_bytes(r.as_bytes(), key))
-                    {
-                        *seen |= 1 << j;
-                    }
+                if let Some(d) = node.shape_name(key) {
+                    seen |= 1 << d;
                 }
                 self.skip_value()?;
                 self.ws();
@@ -806,9 +795,14 @@ impl<'a> Fast<'a, '_> {
                 }
             }
         }
-        if alts()
-            .zip(seen)
-            .any(|(alt, seen)| seen == alt.required_slots)
+        let objects = node
+            .alternatives
+            .iter()
+            .filter(|a| accepts(a.types, T_OBJECT))
+            .count();
+        if node.disc_props[..objects]
+            .iter()
+            .any(|&need| need & !seen == 0)
             || node.lenient
         {
             Ok(())

@@ -87,10 +87,19 @@ pub(crate) const F_ANY_STRING_OK: u8 = 16;
 
 /// An object union whose object alternatives (at most `SHAPE_ALTS`) are told apart by their
 /// required names alone: each takes any object, has no properties, no alternatives and no
-/// other object rule (the tables' depth limit leaves such nodes, e.g. chat content parts).
+/// other object rule (the tables' depth limit leaves such nodes, e.g. chat content parts),
+/// with at most `SHAPE_NAMES` distinct required names, none twice in one alternative.
+///
+/// Such a union has no properties and no discriminator, so its key table and
+/// discriminator slots are free, and hold its names instead (`shape_name`): `slots` maps a
+/// name to its index `d` + 1, `disc_props[SHAPE_ALTS + d]` locates the name (alternative
+/// index << 4 | position in its `required`), and `disc_props[k]` is the mask of the names
+/// the `k`th object alternative requires.
 pub(crate) const F_SHAPE_UNION: u8 = 32;
 /// Object alternatives a shape union may have.
 pub(crate) const SHAPE_ALTS: usize = 8;
+/// Distinct required names a shape union may have (bits of a `u8`).
+pub(crate) const SHAPE_NAMES: usize = 8;
 
 const fn shape_only(n: &Node) -> bool {
     n.types == T_OBJECT
@@ -101,6 +110,58 @@ const fn shape_only(n: &Node) -> bool {
         && n.alternatives.is_empty()
         && n.discriminator.is_none()
         && n.required.len() <= 64
+}
+
+/// The name table of a shape union over `alts` (see `F_SHAPE_UNION`), or `None` when its
+/// names do not fit: more than `SHAPE_NAMES`, a name twice in one alternative, an alternative
+/// index or a position from 16 on.
+const fn shape_names(alts: &[&Node]) -> Option<([u8; SLOTS], [u8; DISC_ALTS])> {
+    let mut slots = [0u8; SLOTS];
+    let mut table = [0u8; DISC_ALTS];
+    let mut names = 0;
+    let (mut a, mut k) = (0, 0);
+    while a < alts.len() {
+        if const_accepts(alts[a].types, T_OBJECT) {
+            let required = alts[a].required;
+            let mut need = 0u8;
+            let mut j = 0;
+            while j < required.len() {
+                if a >= 16 || j >= 16 {
+                    return None;
+                }
+                // The name's index, if an earlier alternative (or position) has it.
+                let mut d = 0;
+                while d < names {
+                    let at = table[SHAPE_ALTS + d] as usize;
+                    if const_same(alts[at >> 4].required[at & 15], required[j]) {
+                        break;
+                    }
+                    d += 1;
+                }
+                if d == names {
+                    if names == SHAPE_NAMES {
+                        return None;
+                    }
+                    table[SHAPE_ALTS + d] = (a << 4 | j) as u8;
+                    let mut slot = key_slot(required[j].as_bytes());
+                    while slots[slot] != 0 {
+                        slot = (slot + 1) % SLOTS;
+                    }
+                    slots[slot] = (d + 1) as u8;
+                    names += 1;
+                }
+                if need & (1 << d) != 0 {
+                    return None;
+                }
+                need |= 1 << d;
+                j += 1;
+            }
+            table[k] = need;
+            k += 1;
+        }
+        a += 1;
+    }
+    Some((slots, table))
 }
 
 /// The derived fields before `Node::derive` fills them in.
@@ -308,8 +369,12 @@ impl Node {
                 }
                 k += 1;
             }
-            if shapes && count <= SHAPE_ALTS {
-                flags |= F_SHAPE_UNION;
+            if shapes && count <= SHAPE_ALTS && self.properties.is_empty() {
+                if let Some((slots, names)) = shape_names(self.alternatives) {
+                    flags |= F_SHAPE_UNION;
+                    self.slots = slots;
+                    self.disc_props = names;
+                }
             }
         }
         // Children are derived first (their statics are evaluated when read here).
@@ -335,6 +400,22 @@ impl Node {
         }
         self.flags = flags;
         self
+    }
+
+    /// In a shape union (`F_SHAPE_UNION`), the index of the required name `key`.
+    #[inline]
+    pub(crate) fn shape_name(&self, key: &[u8]) -> Option<usize> {
+        let mut slot = key_slot(key);
+        for _ in 0..SLOTS {
+            let d = self.slots[slot].checked_sub(1)? as usize;
+            let at = self.disc_props[SHAPE_ALTS + d] as usize;
+            let name = self.alternatives[at >> 4].required[at & 15];
+            if super::check::same_bytes(name.as_bytes(), key) {
+                return Some(d);
+            }
+            slot = (slot + 1) % SLOTS;
+        }
+        None
     }
 
     /// The index of the property named `key` (property names are unique in a node).
