@@ -1128,7 +1128,7 @@ mod derived_tests {
             for present in 0u32..(1 << names.len()) {
                 let has =
                     |r: &&str| present & (1 << names.iter().position(|q| q == r).unwrap()) != 0;
-                let by_lists = objects.iter().any(|a| a.required.iter().all(|r| has(r)));
+                let by_lists = objects.iter().any(|a| a.required.iter().all(&has));
                 let seen = (0..names.len())
                     .filter(|i| present & (1 << i) != 0)
                     .map(|i| 1u8 << index(names[i]).unwrap())
