@@ -848,6 +848,7 @@ impl<'a> Fast<'a, '_> {
 
     /// An object whose alternatives the value of `disc` tells apart: finds the first `disc`,
     /// then checks the whole object against the alternative it names.
+    #[inline(never)]
     fn discriminated(&mut self, node: &'static Node, disc: &'static str, path: P<'_, 'a>) -> R {
         let start = self.pos;
         let (memo_base, checked_base, prefix_base) =
@@ -970,6 +971,7 @@ impl<'a> Fast<'a, '_> {
     /// recorded and there is room to remember it. `Ok(true)`: checked and remembered (the
     /// value read); `Ok(false)`: not checked (the value not read, or read and broken: the
     /// alternative's own pass will find that again).
+    #[inline(never)]
     fn check_ahead(&mut self, node: &'static Node, key: Text<'_>, path: P<'_, 'a>) -> R<bool> {
         if self.checked_len >= CHECKED || !matches!(self.peek()?, b'{' | b'[') {
             return Ok(false);
