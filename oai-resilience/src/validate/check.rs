@@ -196,15 +196,25 @@ impl Facts {
     /// an assistant message with tool calls only closes what precedes it, which the gap in
     /// the kept indexes says as well.
     pub(crate) fn start_message(&mut self, index: usize) {
-        if let Some(done) = self.current.take() {
-            if done.opens_or_answers() {
-                self.kept.push(done);
+        match &mut self.current {
+            // The usual case, a message the rule does not read: reused in place.
+            Some(done) if !done.opens_or_answers() => {
+                done.index = index;
+                done.role = None;
+                done.tool_calls = 0;
+                done.tool_call_ids.clear();
+                done.tool_call_id = None;
+            }
+            current => {
+                let next = MsgFact {
+                    index,
+                    ..MsgFact::default()
+                };
+                if let Some(done) = current.replace(next) {
+                    self.kept.push(done);
+                }
             }
         }
-        self.current = Some(MsgFact {
-            index,
-            ..MsgFact::default()
-        });
     }
 
     /// The message being read.
