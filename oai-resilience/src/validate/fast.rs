@@ -663,15 +663,7 @@ impl<'a> Fast<'a, '_> {
             if self.record {
                 self.capture_str(v, path);
             }
-            let ok = if node.alternatives.is_empty() {
-                accepts(node.types, T_STRING) && check_text(node, v)
-            } else {
-                let Ok(v) = std::str::from_utf8(v) else {
-                    return unsupported();
-                };
-                scalar_ok(node, &Scalar::Str(v))
-            };
-            if ok {
+            if str_ok(node, v) {
                 Ok(())
             } else {
                 Err(Stop::Violation)
@@ -1526,6 +1518,20 @@ fn check_number(node: &Node, n: Scalar<'_>) -> bool {
 
 fn check_str(node: &Node, v: &str) -> bool {
     check_text(node, v.as_bytes())
+}
+
+/// `scalar_ok` for a string, on its bytes (no `&str` needed for a union).
+fn str_ok(node: &Node, v: &[u8]) -> bool {
+    if !accepts(node.types, T_STRING) {
+        return false;
+    }
+    if node.alternatives.is_empty() {
+        return check_text(node, v);
+    }
+    node.alternatives
+        .iter()
+        .any(|alt| accepts(alt.types, T_STRING) && str_ok(alt, v))
+        || node.lenient
 }
 
 /// The number of characters of UTF-8 `text`: its bytes that do not continue a character.
