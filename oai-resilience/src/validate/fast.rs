@@ -1541,8 +1541,9 @@ fn chars(text: &[u8]) -> usize {
 
 /// `check_str` on the bytes of a string (UTF-8 once the body passes its check).
 fn check_text(node: &Node, v: &[u8]) -> bool {
-    if !node.enum_values.is_empty() && !node.enum_values.iter().any(|e| same_bytes(e.as_bytes(), v))
-    {
+    // Lengths first, here: they usually differ.
+    let known = |e: &&str| e.len() == v.len() && same_bytes(e.as_bytes(), v);
+    if !node.enum_values.is_empty() && !node.enum_values.iter().any(known) {
         return false;
     }
     // A string has no more characters than bytes: within `maxLength` bytes, only a

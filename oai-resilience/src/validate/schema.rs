@@ -458,8 +458,11 @@ impl Node {
                 },
                 None => alt.const_of(disc),
             };
+            // Lengths first, here: they usually differ.
             constant
-                .is_some_and(|c| super::check::same_bytes(c.as_bytes(), value))
+                .is_some_and(|c| {
+                    c.len() == value.len() && super::check::same_bytes(c.as_bytes(), value)
+                })
                 .then_some(alt)
         })
     }
