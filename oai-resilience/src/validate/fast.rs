@@ -883,7 +883,12 @@ impl<'a> Fast<'a, '_> {
                     Some(None) => Err(Stop::Violation),
                 }
             }
-            Ok(None) if node.lenient => Ok(()),
+            // Nothing reads this object again: its values are skipped again with their
+            // syntax checked (`find_disc` jumped over its containers).
+            Ok(None) if node.lenient => {
+                self.pos = start;
+                self.skip_value()
+            }
             Ok(None) => {
                 let all_require = node
                     .alternatives
@@ -947,7 +952,8 @@ impl<'a> Fast<'a, '_> {
                     self.memo_len += 1;
                 }
             } else if !self.check_ahead(node, key, path)? {
-                self.skip_value()?;
+                // Read again once the alternative is known (and its syntax checked then).
+                self.jump_over()?;
             }
             self.ws();
             match self.next()? {
@@ -956,6 +962,46 @@ impl<'a> Fast<'a, '_> {
                 _ => return unsupported(),
             }
         }
+    }
+
+    /// Moves past the value at `pos` by its brackets and strings alone, without checking its
+    /// syntax: for a value before a discriminator, which the chosen alternative reads again
+    /// in full (`find_disc`; where nothing reads it again, `discriminated` skips the object
+    /// again with `skip_value`). Scalars are skipped as usual.
+    #[inline(never)]
+    fn jump_over(&mut self) -> R {
+        if !matches!(self.peek()?, b'{' | b'[') {
+            return self.skip_value();
+        }
+        let b = self.b;
+        let mut pos = self.pos + 1;
+        let mut depth = 1u32;
+        let mut unused = 0;
+        while depth > 0 {
+            let Some(&c) = b.get(pos) else {
+                return unsupported();
+            };
+            pos += 1;
+            match c {
+                b'"' => loop {
+                    pos = plain_run(b, pos, &mut unused);
+                    match b.get(pos) {
+                        Some(b'"') => {
+                            pos += 1;
+                            break;
+                        }
+                        Some(b'\\') => pos += 2,
+                        Some(_) => pos += 1,
+                        None => return unsupported(),
+                    }
+                },
+                b'{' | b'[' => depth += 1,
+                b'}' | b']' => depth -= 1,
+                _ => {}
+            }
+        }
+        self.pos = pos;
+        Ok(())
     }
 
     /// Checks the value of `key` (before the discriminator of union `node`) against the only
@@ -1877,6 +1923,79 @@ mod tests {
         ];
         for t in input {
             same_report(Endpoint::Responses, t.as_bytes());
+        }
+    }
+
+    /// Containers before a discriminator are jumped over by their brackets (`jump_over`) and
+    /// checked when the alternative is known; where none is (a lenient union without its
+    /// discriminator), they are skipped again with their syntax checked. Broken syntax inside
+    /// them must give the streaming checker's report either way.
+    #[test]
+    fn containers_before_a_discriminator_keep_their_syntax_checked() {
+        let broken = [
+            "[1 2]",
+            "[1,]",
+            r#"{"a" 1}"#,
+            r#"{"a":1,}"#,
+            r#"["x\u12"]"#,
+            "[tru]",
+            r#"["a\"]"#,
+            r#"[{"b":[}]]"#,
+            "[01]",
+            "[\"a\u{1}\"]",
+        ];
+        let fine = [r#"[1,2]"#, r#"{"a":[{"b":"]"}]}"#, r#"["x\"]"]"#, "[]"];
+        let cases = broken
+            .iter()
+            .map(|v| (v, false))
+            .chain(fine.iter().map(|v| (v, true)));
+        for (value, valid_syntax) in cases {
+            let bodies = [
+                // Chat: before role (the discriminator), and with no role at all.
+                (
+                    Endpoint::ChatCompletions,
+                    format!(r#"{{"model":"m","messages":[{{"content":{value},"role":"user"}}]}}"#),
+                ),
+                (
+                    Endpoint::ChatCompletions,
+                    format!(
+                        r#"{{"model":"m","messages":[{{"x":{value},"role":"user","content":"hi"}}]}}"#
+                    ),
+                ),
+                (
+                    Endpoint::ChatCompletions,
+                    format!(r#"{{"model":"m","messages":[{{"x":{value},"content":"hi"}}]}}"#),
+                ),
+                // Responses items are lenient: an item without its `type` passes unread.
+                (
+                    Endpoint::Responses,
+                    format!(
+                        r#"{{"model":"m","input":[{{"x":{value},"role":"user","content":"hi"}}]}}"#
+                    ),
+                ),
+                (
+                    Endpoint::Responses,
+                    format!(r#"{{"model":"m","input":[{{"x":{value}}}]}}"#),
+                ),
+                // A custom tool's `format`: a lenient union told apart by `type`, here absent.
+                (
+                    Endpoint::Responses,
+                    format!(
+                        r#"{{"model":"m","input":"hi","tools":[{{"type":"custom","name":"t","format":{{"x":{value}}}}}]}}"#
+                    ),
+                ),
+            ];
+            for (e, body) in bodies {
+                same_report(e, body.as_bytes());
+                if !valid_syntax {
+                    let report = check(e, body.as_bytes());
+                    assert!(
+                        report.violations().iter().any(|v| v.param == "body"),
+                        "{e}: {body}: {:?}",
+                        report.violations()
+                    );
+                }
+            }
         }
     }
 
