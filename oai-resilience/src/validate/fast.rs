@@ -778,7 +778,13 @@ impl<'a> Fast<'a, '_> {
                 if let Some(d) = node.shape_name(key) {
                     seen |= 1 << d;
                 }
-                self.skip_value()?;
+                // Most values here are strings: scanned without `skip_value`'s machinery.
+                if self.peek()? == b'"' {
+                    self.pos += 1;
+                    self.scan_str()?;
+                } else {
+                    self.skip_value()?;
+                }
                 self.ws();
                 match self.next()? {
                     b',' => self.ws(),
