@@ -218,16 +218,16 @@ const CHECKED: usize = 4;
 const ONES: u64 = 0x0101_0101_0101_0101;
 const HIGHS: u64 = 0x8080_8080_8080_8080;
 
-/// The high bit of each byte of `x` that is zero (exact for the lowest such byte).
+/// The high bit of each byte of `x` that is `"`, `\` or below 0x20 (exact for the lowest
+/// such byte). Each test is "byte minus k borrows"; `x ^ '"'` and `x ^ '\'` have the high
+/// bits of `x`, so one `& !x` masks out the bytes from 0x80 on for all three.
 #[inline(always)]
-fn zero_bytes(x: u64) -> u64 {
-    x.wrapping_sub(ONES) & !x & HIGHS
-}
-
-/// The high bit of each byte of `x` below 0x20 (exact for the lowest such byte).
-#[inline(always)]
-fn control_bytes(x: u64) -> u64 {
-    x.wrapping_sub(ONES * 0x20) & !x & HIGHS
+fn special_bytes(x: u64) -> u64 {
+    ((x ^ (ONES * b'"' as u64)).wrapping_sub(ONES)
+        | (x ^ (ONES * b'\\' as u64)).wrapping_sub(ONES)
+        | x.wrapping_sub(ONES * 0x20))
+        & !x
+        & HIGHS
 }
 
 /// Skips string bytes from `pos` eight at a time: the position of the first `"`, `\` or
@@ -242,9 +242,7 @@ fn plain_run(b: &[u8], mut pos: usize, high: &mut u64) -> usize {
         // Bytes from 0x80 on are noted (one OR per word): the body's UTF-8 is checked at the
         // end only when a string or key had one.
         *high |= x;
-        let hits = zero_bytes(x ^ (ONES * b'"' as u64))
-            | zero_bytes(x ^ (ONES * b'\\' as u64))
-            | control_bytes(x);
+        let hits = special_bytes(x);
         if hits != 0 {
             // Exact for the lowest flagged byte.
             return pos + (hits.trailing_zeros() / 8) as usize;
@@ -2237,6 +2235,25 @@ mod tests {
             segs::<3>(Some(&c)),
             Some([Seg::Key("messages"), Seg::Index(2), Seg::Owned("k")])
         ));
+    }
+
+    /// Every byte value at every position of a word, among plain bytes and behind another
+    /// special byte: the lowest flagged byte is the first `"`, `\\` or control byte.
+    #[test]
+    fn special_bytes_flags_the_first_special_byte() {
+        let special = |c: u8| c == b'"' || c == b'\\' || c < 0x20;
+        for fill in [b'a', 0xE9, 0x7F, 0x80] {
+            for at in 0..8 {
+                for c in 0..=255u8 {
+                    let mut w = [fill; 8];
+                    w[at] = c;
+                    let hits = special_bytes(u64::from_le_bytes(w));
+                    let first = (hits != 0).then(|| (hits.trailing_zeros() / 8) as usize);
+                    let want = w.iter().position(|&b| special(b));
+                    assert_eq!(first, want, "{w:?}");
+                }
+            }
+        }
     }
 
     #[test]
