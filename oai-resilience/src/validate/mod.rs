@@ -212,8 +212,9 @@ pub(crate) fn check_streaming(endpoint: Endpoint, body: &[u8]) -> Report {
     }
 }
 
-/// The checker skips values it need not read without decoding them, so the encoding is
-/// checked up front: a body that is not UTF-8 is not JSON.
+/// The streaming checker skips values it need not read without decoding them, so the
+/// encoding is checked before it runs: a body that is not UTF-8 is not JSON. (The accept path
+/// checks it itself, and only when a string or key has a byte that is not ASCII.)
 fn utf8(body: &[u8]) -> Result<&str, Report> {
     std::str::from_utf8(body).map_err(|e| Report {
         violations: vec![Violation::new(
