@@ -450,6 +450,20 @@ impl<'a> Fast<'a, '_> {
         Ok(key)
     }
 
+    /// After an object's entry: the next key (after a `,`), or `None` at the closing `}`.
+    #[inline(always)]
+    fn next_key(&mut self) -> R<Option<Text<'a>>> {
+        self.ws();
+        match self.next()? {
+            b',' => {
+                self.ws();
+                Ok(Some(self.key()?))
+            }
+            b'}' => Ok(None),
+            _ => unsupported(),
+        }
+    }
+
     /// A number's extent, by the JSON grammar.
     fn number(&mut self) -> R<(usize, usize)> {
         let start = self.pos;
@@ -771,8 +785,8 @@ impl<'a> Fast<'a, '_> {
         if self.peek()? == b'}' {
             self.pos += 1;
         } else {
+            let mut key = self.key()?;
             loop {
-                let key = self.key()?;
                 if let Some(d) = node.shape_name(key) {
                     seen |= 1 << d;
                 }
@@ -783,11 +797,9 @@ impl<'a> Fast<'a, '_> {
                 } else {
                     self.skip_value()?;
                 }
-                self.ws();
-                match self.next()? {
-                    b',' => self.ws(),
-                    b'}' => break,
-                    _ => return unsupported(),
+                match self.next_key()? {
+                    Some(next) => key = next,
+                    None => break,
                 }
             }
         }
@@ -1066,7 +1078,7 @@ impl<'a> Fast<'a, '_> {
             return self.object_end(node, 0, 0, path);
         }
         let key = self.key()?;
-        self.object_from(node, key, path)
+        self.object_rest(node, key, 0, 0, path)
     }
 
     /// An object checked against `node` after `find_disc` read up to its discriminator: the
@@ -1112,25 +1124,14 @@ impl<'a> Fast<'a, '_> {
                     return Err(Stop::Violation);
                 }
                 self.pos = ve;
-                self.ws();
-                return match self.next()? {
-                    b',' => {
-                        self.ws();
-                        let key = self.key()?;
-                        self.object_rest(node, key, seen, count, path)
-                    }
-                    b'}' => self.object_end(node, seen, count, path),
-                    _ => unsupported(),
+                return match self.next_key()? {
+                    Some(key) => self.object_rest(node, key, seen, count, path),
+                    None => self.object_end(node, seen, count, path),
                 };
             }
         }
         self.pos = vs;
         self.object_rest(node, disc, seen, count - 1, path)
-    }
-
-    /// The rest of an object checked against `node`, from the value of its first key.
-    fn object_from(&mut self, node: &'static Node, first: Text<'a>, path: P<'_, 'a>) -> R {
-        self.object_rest(node, first, 0, 0, path)
     }
 
     /// The rest of an object checked against `node`, from the value of `key`, after `count`
@@ -1149,14 +1150,9 @@ impl<'a> Fast<'a, '_> {
         loop {
             count += 1;
             self.entry(node, &mut seen, key, path)?;
-            self.ws();
-            match self.next()? {
-                b',' => {
-                    self.ws();
-                    key = self.key()?;
-                }
-                b'}' => break,
-                _ => return unsupported(),
+            match self.next_key()? {
+                Some(next) => key = next,
+                None => break,
             }
         }
         self.object_end(node, seen, count, path)
@@ -1545,7 +1541,7 @@ fn check_scalar(node: &Node, s: &Scalar<'_>) -> bool {
         return false;
     }
     match *s {
-        Scalar::Str(v) => check_str(node, v),
+        Scalar::Str(v) => check_text(node, v.as_bytes()),
         Scalar::Bool(_) | Scalar::Null => true,
         n => check_number(node, n),
     }
@@ -1564,10 +1560,6 @@ fn check_number(node: &Node, n: Scalar<'_>) -> bool {
     }
     let Some(v) = n.as_f64() else { return true };
     !(node.minimum.is_some_and(|min| v < min) || node.maximum.is_some_and(|max| v > max))
-}
-
-fn check_str(node: &Node, v: &str) -> bool {
-    check_text(node, v.as_bytes())
 }
 
 /// `scalar_ok` for a string, on its bytes (no `&str` needed for a union).
@@ -1589,7 +1581,8 @@ fn chars(text: &[u8]) -> usize {
     text.iter().filter(|&&b| (b as i8) >= -0x40).count()
 }
 
-/// `check_str` on the bytes of a string (UTF-8 once the body passes its check).
+/// The string rules (`Ctx::check_str`) on the bytes of a string (UTF-8 once the body passes
+/// its check).
 fn check_text(node: &Node, v: &[u8]) -> bool {
     // Lengths first, here: they usually differ.
     let known = |e: &&str| e.len() == v.len() && same_bytes(e.as_bytes(), v);
