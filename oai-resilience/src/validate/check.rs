@@ -105,6 +105,18 @@ pub(crate) struct MsgFact {
     pub(crate) tool_call_id: Option<Box<str>>,
 }
 
+impl MsgFact {
+    /// Whether the message-order rule reads more of this message than its place: a `tool`
+    /// message, or an assistant message with tool calls.
+    fn opens_or_answers(&self) -> bool {
+        match self.role.as_ref().map(Short::as_bytes) {
+            Some(b"tool") => true,
+            Some(b"assistant") => self.tool_calls > 0,
+            _ => false,
+        }
+    }
+}
+
 /// The top-level parameters the cross-field rules read (`cross.rs`): only these are recorded.
 const FACT_KEYS: [&str; 11] = [
     "top_logprobs",
@@ -120,17 +132,16 @@ const FACT_KEYS: [&str; 11] = [
     "output_format",
 ];
 
-impl MsgFact {
-    /// Whether the message-order rule reads more of this message than its place: a `tool`
-    /// message, or an assistant message with tool calls.
-    fn opens_or_answers(&self) -> bool {
-        match self.role.as_ref().map(Short::as_bytes) {
-            Some(b"tool") => true,
-            Some(b"assistant") => self.tool_calls > 0,
-            _ => false,
-        }
+/// For each key length, the indexes in `FACT_KEYS` of the keys that long (bits).
+const FACTS_BY_LEN: [u16; 32] = {
+    let mut table = [0u16; 32];
+    let mut i = 0;
+    while i < FACT_KEYS.len() {
+        table[FACT_KEYS[i].len()] |= 1 << i;
+        i += 1;
     }
-}
+    table
+};
 
 /// Facts gathered during the pass for the cross-field rules. Nothing here allocates for a
 /// body without tool calls: top-level facts sit in a fixed array, and of the chat messages
@@ -147,26 +158,18 @@ pub(crate) struct Facts {
 }
 
 impl Facts {
-    /// The index of `key` in `FACT_KEYS`: its length and first byte tell the keys apart (a
-    /// test checks), then one comparison.
+    /// The index of `key` in `FACT_KEYS`: compared only with the keys of its length.
     #[inline(always)]
     fn slot(key: &str) -> Option<usize> {
-        let b = key.as_bytes();
-        let i = match (b.len(), *b.first()?) {
-            (12, b't') => 0,
-            (8, b'l') => 1,
-            (5, b'a') => 2,
-            (14, b's') => 3,
-            (6, b's') => 4,
-            (7, b'b') => 5,
-            (1, b'n') => 6,
-            (20, b'p') => 7,
-            (12, b'c') => 8,
-            (10, b'b') => 9,
-            (13, b'o') => 10,
-            _ => return None,
-        };
-        same(FACT_KEYS[i], key).then_some(i)
+        let mut candidates = *FACTS_BY_LEN.get(key.len())?;
+        while candidates != 0 {
+            let i = candidates.trailing_zeros() as usize;
+            if same(FACT_KEYS[i], key) {
+                return Some(i);
+            }
+            candidates &= candidates - 1;
+        }
+        None
     }
 
     /// Records a top-level value (the first of a duplicated key wins, as the rules read it).
