@@ -27,17 +27,14 @@ pub(crate) enum Seg {
     Index(usize),
 }
 
-/// A short string kept inline (facts must not allocate on the common path).
+/// A short string kept inline (facts must not allocate on the common path): up to 15 bytes,
+/// zero-padded, and the length in the last byte.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Short {
-    buf: [u8; 15],
-    len: u8,
+    buf: [u8; 16],
 }
 
-pub(crate) const EMPTY: Short = Short {
-    buf: [0; 15],
-    len: 0,
-};
+pub(crate) const EMPTY: Short = Short { buf: [0; 16] };
 
 impl Short {
     pub(crate) fn new(s: &str) -> Option<Short> {
@@ -45,23 +42,49 @@ impl Short {
     }
 
     /// From the bytes of a string (the accept path's, UTF-8 once its body passes the check).
+    ///
+    /// Built as two words read from `s` (overlapping reads, no copy into a buffer written in
+    /// pieces): a copy through such a buffer was read back by wider loads than the stores
+    /// that wrote it, which stalled store-to-load forwarding on every role a chat message
+    /// recorded.
+    #[inline]
     pub(crate) fn from_bytes(s: &[u8]) -> Option<Short> {
-        let mut buf = [0u8; 15];
-        buf.get_mut(..s.len())?.copy_from_slice(s);
-        Some(Short {
-            buf,
-            len: s.len() as u8,
-        })
+        let n = s.len();
+        let word = |at: usize| u64::from_le_bytes(s[at..at + 8].try_into().unwrap_or([0; 8]));
+        let (lo, hi) = match n {
+            0..=3 => (s.iter().rev().fold(0u64, |w, &c| w << 8 | u64::from(c)), 0),
+            4..=7 => {
+                let half = |at: usize| {
+                    u64::from(u32::from_le_bytes(
+                        s[at..at + 4].try_into().unwrap_or([0; 4]),
+                    ))
+                };
+                // The two halves overlap on equal bytes: or-ing them is exact.
+                (half(0) | half(n - 4) << ((n - 4) * 8), 0)
+            }
+            8 => (word(0), 0),
+            9..=15 => (word(0), word(n - 8) >> ((16 - n) * 8)),
+            _ => return None,
+        };
+        let hi = hi | (n as u64) << 56;
+        let mut buf = [0u8; 16];
+        buf[..8].copy_from_slice(&lo.to_le_bytes());
+        buf[8..].copy_from_slice(&hi.to_le_bytes());
+        Some(Short { buf })
+    }
+
+    fn len(&self) -> usize {
+        usize::from(self.buf[15])
     }
 
     /// The bytes (comparisons need no UTF-8 check).
     pub(crate) fn as_bytes(&self) -> &[u8] {
-        &self.buf[..self.len as usize]
+        &self.buf[..self.len()]
     }
 
     pub(crate) fn as_str(&self) -> &str {
         // Built from a whole `&str`, so always valid UTF-8.
-        std::str::from_utf8(&self.buf[..self.len as usize]).unwrap_or("")
+        std::str::from_utf8(self.as_bytes()).unwrap_or("")
     }
 }
 
@@ -1892,6 +1915,34 @@ mod tests {
             "x".repeat(15)
         );
         assert_eq!(Short::new("é").unwrap().as_str(), "é");
+    }
+
+    /// Every length goes through its own word arithmetic in `from_bytes`: each must give back
+    /// its bytes exactly, and equal strings equal `Short`s (the padding is all zeros).
+    #[test]
+    fn short_strings_round_trip_at_every_length() {
+        let text = b"abcdefghijklmnopq";
+        for n in 0..=17 {
+            let s = &text[..n];
+            match Short::from_bytes(s) {
+                Some(short) => {
+                    assert!(n <= 15);
+                    assert_eq!(short.as_bytes(), s, "length {n}");
+                    // Built from a copy at another address, then from the same bytes
+                    // followed by others: equal.
+                    let copy = s.to_vec();
+                    assert_eq!(Short::from_bytes(&copy), Some(short), "length {n}");
+                    let mut longer = s.to_vec();
+                    longer.extend_from_slice(b"zzzzzzzz");
+                    assert_eq!(Short::from_bytes(&longer[..n]), Some(short), "length {n}");
+                    if n > 0 {
+                        assert_ne!(Short::from_bytes(&s[..n - 1]), Some(short), "length {n}");
+                    }
+                }
+                None => assert!(n > 15, "length {n}"),
+            }
+        }
+        assert_eq!(Short::from_bytes(b""), Some(EMPTY));
     }
 
     #[test]
