@@ -141,7 +141,7 @@ impl MsgFact {
 }
 
 /// The top-level parameters the cross-field rules read (`cross.rs`): only these are recorded.
-const FACT_KEYS: [&str; 11] = [
+pub(crate) const FACT_KEYS: [&str; 11] = [
     "top_logprobs",
     "logprobs",
     "audio",

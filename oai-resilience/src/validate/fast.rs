@@ -1206,6 +1206,13 @@ impl<'a> Fast<'a, '_> {
                     }
                 }
             }
+            if self.record && !Self::records_under(node, i, here.depth) {
+                // Nothing in this value is recorded: it is checked as a trial is.
+                self.record = false;
+                let r = self.value(prop.node, Some(&here));
+                self.record = true;
+                return r;
+            }
             return self.value(prop.node, Some(&here));
         }
         if let Some(j) = node
@@ -1424,6 +1431,29 @@ impl<'a> Fast<'a, '_> {
                         || matches!(third, Some(Seg::Key(t)) if same(t, "tool_calls")))
             }
             Some(Seg::Key(_)) => false,
+            _ => true,
+        }
+    }
+
+    /// Whether the value of property `i` of `node`, an object's entry at `depth`, can record
+    /// anything (where `record` is on, so under no trial):
+    /// - at the top level: a fact of its own (`FACT_KEYS`), and the facts under `messages`
+    ///   and `modalities`;
+    /// - at depth 2: nothing (an entry there is in a top-level object; a chat message and a
+    ///   `modalities` item are array items, not entries);
+    /// - at depth 3, in a chat message (the only objects at depth 2 that record): its
+    ///   `role`, `tool_call_id` and `tool_calls`;
+    /// - deeper: under `tool_calls`, the calls' `id`s;
+    ///
+    /// and, anywhere, a deprecated parameter inside it. `record_mask` has these names at
+    /// every depth (a top-level `role` key, say, is kept recording: harmless). Any other value
+    /// is checked with `record` off, as `may_record` says of every path under it: none of
+    /// the capture calls at each of its containers and strings.
+    #[inline(always)]
+    fn records_under(node: &Node, i: usize, depth: u32) -> bool {
+        match depth {
+            2 => node.properties[i].node.flags & F_DEPRECATED_INSIDE != 0,
+            1 | 3 => i >= 64 || node.record_mask >> i & 1 != 0,
             _ => true,
         }
     }
@@ -1810,6 +1840,116 @@ mod tests {
             let v: Value = serde_json::from_slice(&body).unwrap();
             same_report(e, serde_json::to_string_pretty(&v).unwrap().as_bytes());
         }
+    }
+
+    /// `record` is switched off for values that record nothing (`records_under`): every
+    /// value that does record must still do so on the accept path. Each body here breaks a
+    /// cross-field rule only through a fact recorded at one of those places (or carries a
+    /// deprecation), so a fact the accept path failed to record would make it accept the
+    /// body, and its report would differ from the streaming checker's.
+    #[test]
+    fn facts_are_recorded_wherever_they_are_read() {
+        use serde_json::json;
+        let chat = |extra: Value| {
+            let mut body = json!({
+                "model": "gpt-4o",
+                "metadata": {"a": "b"},
+                "tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}],
+                "messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]}],
+            });
+            for (k, v) in extra.as_object().unwrap() {
+                body[k] = v.clone();
+            }
+            body
+        };
+        let cases = [
+            // Top-level scalars and a top-level object.
+            (
+                Endpoint::ChatCompletions,
+                chat(json!({"top_logprobs": 2})),
+                1,
+            ),
+            (
+                Endpoint::ChatCompletions,
+                chat(json!({"top_logprobs": 2, "logprobs": true})),
+                0,
+            ),
+            (
+                Endpoint::ChatCompletions,
+                chat(json!({"stream_options": {"include_usage": true}})),
+                1,
+            ),
+            (
+                Endpoint::ChatCompletions,
+                chat(json!({"stream": true, "stream_options": {"include_usage": true}})),
+                0,
+            ),
+            // An item of `modalities`.
+            (
+                Endpoint::ChatCompletions,
+                chat(json!({"modalities": ["text", "audio"]})),
+                1,
+            ),
+            // A message's role, tool calls and their ids, a tool message's tool_call_id
+            // (content arrays before the role, in both orders).
+            (
+                Endpoint::ChatCompletions,
+                chat(json!({"messages": [
+                    {"content": [{"text": "x", "type": "text"}], "role": "user"},
+                    {"content": null, "role": "assistant", "tool_calls": [
+                        {"function": {"arguments": "{}", "name": "f"}, "id": "c1", "type": "function"}]},
+                    {"content": [{"text": "r", "type": "text"}], "role": "tool", "tool_call_id": "c2"},
+                ]})),
+                // `c1` not answered, `c2` answers nothing.
+                2,
+            ),
+            (
+                Endpoint::ChatCompletions,
+                chat(json!({"messages": [
+                    {"role": "assistant", "tool_calls": [
+                        {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
+                    {"role": "tool", "tool_call_id": "c1", "content": [{"type": "text", "text": "r"}]},
+                ]})),
+                0,
+            ),
+            // Deprecated parameters, at the top level and inside a message.
+            (Endpoint::ChatCompletions, chat(json!({"max_tokens": 5})), 0),
+            (
+                Endpoint::ChatCompletions,
+                chat(json!({"messages": [
+                    {"role": "assistant", "content": "x", "function_call": {"name": "f", "arguments": "{}"}},
+                ]})),
+                0,
+            ),
+            // Other endpoints' facts.
+            (
+                Endpoint::Completions,
+                json!({"model": "m", "prompt": "p", "best_of": 1, "n": 2}),
+                1,
+            ),
+        ];
+        let cases_decided = cases.clone();
+        for (e, body, violations) in cases {
+            let bytes = serde_json::to_vec(&body).unwrap();
+            let report = check(e, &bytes);
+            assert_eq!(report.violations().len(), violations, "{e}: {body}");
+            same_report(e, &bytes);
+            same_report(e, serde_json::to_string_pretty(&body).unwrap().as_bytes());
+        }
+        // The accept path reads every body above to its end (none is left to the streaming
+        // checker), so the cross-field rules judged the facts it recorded.
+        for (e, body, _) in &cases_decided {
+            let bytes = serde_json::to_vec(body).unwrap();
+            assert!(
+                accept(*e, &bytes, &mut Facts::default()).is_some(),
+                "{e}: {body}"
+            );
+        }
+        // The deprecations are reported by the accept path itself.
+        let body = serde_json::to_vec(&chat(json!({"max_tokens": 5}))).unwrap();
+        let mut facts = Facts::default();
+        let deprecated = accept(Endpoint::ChatCompletions, &body, &mut facts);
+        assert_eq!(deprecated, Some(vec!["max_tokens".to_string()]));
     }
 
     #[test]

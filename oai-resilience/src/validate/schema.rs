@@ -56,6 +56,10 @@ pub(crate) struct Node {
     /// The seen-slots of the required names: a property's index, or `properties.len() + j`
     /// for the `j`th required name that is not a property (slots from 64 on are not tracked).
     pub(crate) required_slots: u64,
+    /// Bit i: the value of property i can record a fact or a deprecation (its name is one
+    /// of `RECORDING_NAMES`, or it has a deprecated parameter inside). The accept path reads
+    /// it at the depths where those names record (`Fast::records_under`).
+    pub(crate) record_mask: u64,
     /// Open-addressing table from `key_slot(name)` to property index + 1 (0: empty); used when
     /// there are more than `LINEAR` properties.
     pub(crate) slots: [u8; SLOTS],
@@ -63,6 +67,23 @@ pub(crate) struct Node {
     /// names (0: none), for the first `DISC_ALTS` alternatives.
     pub(crate) disc_props: [u8; DISC_ALTS],
 }
+
+/// The property names whose values record facts: the top-level `FACT_KEYS`, `messages` and
+/// `modalities`, and a chat message's `role`, `tool_call_id` and `tool_calls`.
+pub(crate) const RECORDING_NAMES: [&str; super::check::FACT_KEYS.len() + 5] = {
+    let mut names = [""; super::check::FACT_KEYS.len() + 5];
+    let mut i = 0;
+    while i < super::check::FACT_KEYS.len() {
+        names[i] = super::check::FACT_KEYS[i];
+        i += 1;
+    }
+    names[i] = "messages";
+    names[i + 1] = "modalities";
+    names[i + 2] = "role";
+    names[i + 3] = "tool_call_id";
+    names[i + 4] = "tool_calls";
+    names
+};
 
 /// Alternatives whose discriminator property `disc_props` records.
 pub(crate) const DISC_ALTS: usize = 32;
@@ -190,6 +211,7 @@ pub(crate) const DERIVED: Node = Node {
     slots: [0; SLOTS],
     disc_props: [0; DISC_ALTS],
     required_slots: 0,
+    record_mask: 0,
     flags: 0,
 };
 
@@ -398,6 +420,21 @@ impl Node {
         if deprecated {
             flags |= F_DEPRECATED_INSIDE;
         }
+        let mut record_mask = 0u64;
+        let mut i = 0;
+        while i < props.len() && i < 64 {
+            let mut records = props[i].node.flags & F_DEPRECATED_INSIDE != 0;
+            let mut r = 0;
+            while r < RECORDING_NAMES.len() {
+                records |= const_same(props[i].name, RECORDING_NAMES[r]);
+                r += 1;
+            }
+            if records {
+                record_mask |= 1 << i;
+            }
+            i += 1;
+        }
+        self.record_mask = record_mask;
         self.flags = flags;
         self
     }
