@@ -1170,7 +1170,8 @@ impl<'a> Fast<'a, '_> {
                 return Err(Stop::Violation);
             }
         }
-        if self.record {
+        // Containers record at depths 1 and 3 only (a message's `tool_calls`).
+        if self.record && matches!(depth(path), 1 | 3) {
             self.capture_container(Fact::Object(count), path);
         }
         Ok(())
@@ -1270,7 +1271,8 @@ impl<'a> Fast<'a, '_> {
         {
             return Err(Stop::Violation);
         }
-        if self.record {
+        // Containers record at depths 1 and 3 only (a message's `tool_calls`).
+        if self.record && matches!(depth(path), 1 | 3) {
             self.capture_container(Fact::Array(len), path);
         }
         Ok(())
