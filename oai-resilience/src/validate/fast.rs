@@ -162,6 +162,7 @@ pub(crate) fn accept(endpoint: Endpoint, body: &[u8], facts: &mut Facts) -> Opti
         checked_len: 0,
         prefix: [(&[], 0); PREFIX],
         prefix_len: 0,
+        guess_budget: body.len(),
     };
     f.ws();
     f.value(endpoint.root(), None).ok()?;
@@ -207,6 +208,22 @@ struct Fast<'a, 'f> {
     /// (key, where its value starts) of the entries before a discriminator, in order.
     prefix: [(Text<'a>, usize); PREFIX],
     prefix_len: usize,
+    /// How many more bytes `guess` may search in this body.
+    guess_budget: usize,
+}
+
+/// A searcher for `"disc"` (quotes included), for the discriminators of the tables that
+/// `guess` looks ahead for; built once.
+fn disc_finder(disc: &str) -> Option<&'static memchr::memmem::Finder<'static>> {
+    use memchr::memmem::Finder;
+    use std::sync::OnceLock;
+    static ROLE: OnceLock<Finder<'static>> = OnceLock::new();
+    static TYPE: OnceLock<Finder<'static>> = OnceLock::new();
+    match disc {
+        "role" => Some(ROLE.get_or_init(|| Finder::new(b"\"role\"").into_owned())),
+        "type" => Some(TYPE.get_or_init(|| Finder::new(b"\"type\"").into_owned())),
+        _ => None,
+    }
 }
 
 /// How many entries before a discriminator are remembered (their keys are not read twice).
@@ -967,7 +984,7 @@ impl<'a> Fast<'a, '_> {
                     self.memo[self.memo_len] = found;
                     self.memo_len += 1;
                 }
-            } else if !self.check_ahead(node, key, path)? {
+            } else if !self.check_ahead(node, disc, key, path)? {
                 // Read again once the alternative is known (and its syntax checked then).
                 self.jump_over()?;
             }
@@ -1025,35 +1042,55 @@ impl<'a> Fast<'a, '_> {
         Ok(())
     }
 
-    /// Checks the value of `key` (before the discriminator of union `node`) against the only
-    /// node the key has in the alternatives, when there is one, nothing below it would be
-    /// recorded and there is room to remember it. `Ok(true)`: checked and remembered (the
-    /// value read); `Ok(false)`: not checked (the value not read, or read and broken: the
-    /// alternative's own pass will find that again).
+    /// Checks the value of `key` (before the discriminator `disc` of union `node`) ahead of
+    /// the discriminator, when nothing below it would be recorded and there is room to
+    /// remember it, against the node the key has in the alternatives: the only one, when they
+    /// agree (a chat tool's `function`), or else the one of the alternative that the next
+    /// `"disc"` key in the text names (`guess`: a chat message's `content` before its
+    /// `role`). `Ok(true)`: checked and remembered (the value read); `Ok(false)`: not checked
+    /// (the value not read, or read and broken: the alternative's own pass will find that
+    /// again).
+    ///
+    /// What is remembered is the node the value was checked against: the chosen alternative
+    /// reuses it only when its own property has that very node (`entry`), so a wrong guess
+    /// costs a second reading, never a wrong answer.
     #[inline(never)]
-    fn check_ahead(&mut self, node: &'static Node, key: Text<'_>, path: P<'_, 'a>) -> R<bool> {
+    fn check_ahead(
+        &mut self,
+        node: &'static Node,
+        disc: &'static str,
+        key: Text<'_>,
+        path: P<'_, 'a>,
+    ) -> R<bool> {
         if self.checked_len >= CHECKED || !matches!(self.peek()?, b'{' | b'[') {
             return Ok(false);
         }
-        let mut only: Option<&'static Prop> = None;
-        for alt in node
+        let mut only: Option<(&'static Node, usize)> = None;
+        for &alt in node
             .alternatives
             .iter()
             .filter(|a| accepts(a.types, T_OBJECT))
         {
             if let Some(i) = alt.find_bytes(key) {
-                let prop = &alt.properties[i];
                 match only {
-                    None => only = Some(prop),
-                    Some(p) if std::ptr::eq(p.node, prop.node) => {}
-                    Some(_) => return Ok(false),
+                    None => only = Some((alt, i)),
+                    Some((a, j)) if std::ptr::eq(a.properties[j].node, alt.properties[i].node) => {}
+                    Some(_) => {
+                        only = self
+                            .guess(node, disc)
+                            .and_then(|alt| Some((alt, alt.find_bytes(key)?)));
+                        break;
+                    }
                 }
             }
         }
-        let Some(prop) = only else { return Ok(false) };
+        let Some((alt, i)) = only else {
+            return Ok(false);
+        };
+        let prop = &alt.properties[i];
         let here = child(path, Seg::Key(prop.name));
         if prop.node.flags & F_DEPRECATED_INSIDE != 0
-            || (self.record && self.may_record(Some(&here)))
+            || (self.record && Self::records_under(alt, i, here.depth))
         {
             return Ok(false);
         }
@@ -1072,6 +1109,42 @@ impl<'a> Fast<'a, '_> {
                 Ok(false)
             }
         }
+    }
+
+    /// The alternative of `node` named by the first `"disc"` after `pos` that is followed by
+    /// `:` and a plain string, found as text (not parsed): a guess, which may be a key of a
+    /// nested object or none at all; `check_ahead` uses it only where a wrong guess costs
+    /// time, not correctness. The text searched over a whole body is bounded by its length
+    /// (`guess_budget`), so guessing stays linear however the objects nest.
+    #[inline(never)]
+    fn guess(&mut self, node: &'static Node, disc: &'static str) -> Option<&'static Node> {
+        let finder = disc_finder(disc)?;
+        let b = self.b;
+        let from = self.pos;
+        let limit = b.len().min(from.saturating_add(self.guess_budget));
+        let found = finder.find(&b[from..limit]);
+        let len = finder.needle().len();
+        self.guess_budget -= found.map_or(limit - from, |at| at + len);
+        let mut p = from + found? + len;
+        while b.get(p).is_some_and(|c| c.is_ascii_whitespace()) {
+            p += 1;
+        }
+        if b.get(p) != Some(&b':') {
+            return None;
+        }
+        p += 1;
+        while b.get(p).is_some_and(|c| c.is_ascii_whitespace()) {
+            p += 1;
+        }
+        if b.get(p) != Some(&b'"') {
+            return None;
+        }
+        let rest = &b[p + 1..b.len().min(p + 65)];
+        let n = memchr::memchr2(b'"', b'\\', rest)?;
+        if rest[n] != b'"' {
+            return None;
+        }
+        node.alternative_for(disc, &rest[..n])
     }
 
     /// An object checked against `node` (`Ctx::object`).
@@ -1206,7 +1279,7 @@ impl<'a> Fast<'a, '_> {
                     .find(|(start, _, n)| *start == at && std::ptr::eq(*n, prop.node));
                 // Checked by `check_ahead` with nothing to record, as this pass would.
                 if let Some(&(_, end, _)) = done {
-                    if !(self.record && self.may_record(Some(&here))) {
+                    if !(self.record && Self::records_under(node, i, here.depth)) {
                         self.pos = end;
                         return Ok(());
                     }
@@ -1849,6 +1922,103 @@ mod tests {
         }
     }
 
+    /// A container before its object's discriminator is checked ahead against the
+    /// alternative that the next `"disc"` in the text names (`guess`). The text may name
+    /// the wrong one (a nested key, the next object's, none at all): that costs a second
+    /// reading, and both checkers must still agree.
+    #[test]
+    fn wrong_guesses_change_no_answer() {
+        let content = r#"[{"text":"a","type":"text"}]"#;
+        let image = r#"[{"image_url":{"url":"https://x/y.png"},"type":"image_url"}]"#;
+        let decoy =
+            r#"[{"image_url":{"role":"system","url":"https://x/y.png"},"type":"image_url"}]"#;
+        let bodies = [
+            // Right guesses (valid).
+            (
+                format!(
+                    r#"[{{"content":{content},"role":"system"}},{{"content":{image},"role":"user"}}]"#
+                ),
+                true,
+            ),
+            // Right guesses; the tool message answers no call (the order rule).
+            (
+                format!(
+                    r#"[{{"content":{content},"role":"assistant"}},{{"content":{content},"role":"tool","tool_call_id":"x"}}]"#
+                ),
+                false,
+            ),
+            // A nested `role` key (an image's extra property) before the message's own: the
+            // guess is the system role, the message a user's (valid).
+            (format!(r#"[{{"content":{decoy},"role":"user"}}]"#), true),
+            // The nested key says user, whose content passes the check ahead; the message is
+            // the assistant's, which takes no images: read again, and rejected.
+            (
+                format!(
+                    r#"[{{"content":{},"role":"assistant"}}]"#,
+                    decoy.replace("system", "user")
+                ),
+                false,
+            ),
+            // No role here: the guess is the next message's.
+            (
+                format!(r#"[{{"content":{image}}},{{"content":"b","role":"system"}}]"#),
+                false,
+            ),
+            // An image for the system role (which takes text parts only), guessed as the
+            // next message's user role.
+            (
+                format!(
+                    r#"[{{"content":{image},"name":"n","role":"system"}},{{"content":"b","role":"user"}}]"#
+                ),
+                false,
+            ),
+            // No `role` anywhere after the container.
+            (format!(r#"[{{"content":{content}}}]"#), false),
+            // Spaces around the colon, and a role that is no alternative.
+            (
+                format!(
+                    r#"[{{"content":{content}, "role" : "user"}}, {{"content":{content},"role":"nobody"}}]"#
+                ),
+                false,
+            ),
+        ];
+        for (messages, valid) in &bodies {
+            let body = format!(r#"{{"model":"m","messages":{messages}}}"#);
+            same_report(Endpoint::ChatCompletions, body.as_bytes());
+            let report = check(Endpoint::ChatCompletions, body.as_bytes());
+            assert_eq!(report.is_valid(), *valid, "{body}");
+        }
+        // The search is bounded by the body's length in all: once spent, no more guesses.
+        let body = format!(r#"{{"content":{content}}}"#);
+        let mut f = Fast {
+            b: body.as_bytes(),
+            high: 0,
+            pos: 1,
+            record: false,
+            track_messages: false,
+            facts: &mut Facts::default(),
+            deprecated: Vec::new(),
+            memo: [(0, 0, false); MEMO],
+            memo_len: 0,
+            checked: [(0, 0, &DERIVED); CHECKED],
+            checked_len: 0,
+            prefix: [(&[], 0); PREFIX],
+            prefix_len: 0,
+            guess_budget: body.len(),
+        };
+        let messages = match Endpoint::ChatCompletions
+            .root()
+            .properties
+            .iter()
+            .find(|p| p.name == "messages")
+        {
+            Some(p) => p.node.items.expect("messages are an array"),
+            None => panic!("chat has messages"),
+        };
+        assert!(f.guess(messages, "role").is_none());
+        assert_eq!(f.guess_budget, 1, "the search read from `pos` to the end");
+    }
+
     /// `record` is switched off for values that record nothing (`records_under`): every
     /// value that does record must still do so on the accept path. Each body here breaks a
     /// cross-field rule only through a fact recorded at one of those places (or carries a
@@ -2413,6 +2583,7 @@ mod tests {
                 checked_len: 0,
                 prefix: [(&[], 0); PREFIX],
                 prefix_len: 0,
+                guess_budget: text.len(),
             };
             fast.string().map(|(a, b, esc)| (a, b, esc, fast.pos))
         };
