@@ -163,6 +163,7 @@ pub(crate) fn accept(endpoint: Endpoint, body: &[u8], facts: &mut Facts) -> Opti
         prefix: [(&[], 0); PREFIX],
         prefix_len: 0,
         guess_budget: body.len(),
+        guessed: None,
     };
     f.ws();
     f.value(endpoint.root(), None).ok()?;
@@ -210,6 +211,9 @@ struct Fast<'a, 'f> {
     prefix_len: usize,
     /// How many more bytes `guess` may search in this body.
     guess_budget: usize,
+    /// The last guess: where the discriminator's value starts, the union, and the
+    /// alternative that value names (read again by `discriminated` when it is the one).
+    guessed: Option<(usize, &'static Node, Option<&'static Node>)>,
 }
 
 /// A searcher for `"disc"` (quotes included), for the discriminators of the tables that
@@ -893,7 +897,11 @@ impl<'a> Fast<'a, '_> {
                 } else {
                     Some(&b[vs + 1..ve - 1])
                 };
-                let chosen = value.map(|value| node.alternative_for(disc, value));
+                let chosen = match self.guessed {
+                    // `guess` read this very value for this union.
+                    Some((at, union, alt)) if at == vs && std::ptr::eq(union, node) => Some(alt),
+                    _ => value.map(|value| node.alternative_for(disc, value)),
+                };
                 // The value is read again as the chosen alternative's property: not rescanned.
                 if self.memo_len < MEMO {
                     self.memo[self.memo_len] = (vs, ve, esc);
@@ -1144,7 +1152,9 @@ impl<'a> Fast<'a, '_> {
         if rest[n] != b'"' {
             return None;
         }
-        node.alternative_for(disc, &rest[..n])
+        let alt = node.alternative_for(disc, &rest[..n]);
+        self.guessed = Some((p, node, alt));
+        alt
     }
 
     /// An object checked against `node` (`Ctx::object`).
@@ -2005,6 +2015,7 @@ mod tests {
             prefix: [(&[], 0); PREFIX],
             prefix_len: 0,
             guess_budget: body.len(),
+            guessed: None,
         };
         let messages = match Endpoint::ChatCompletions
             .root()
@@ -2584,6 +2595,7 @@ mod tests {
                 prefix: [(&[], 0); PREFIX],
                 prefix_len: 0,
                 guess_budget: text.len(),
+                guessed: None,
             };
             fast.string().map(|(a, b, esc)| (a, b, esc, fast.pos))
         };
