@@ -15,10 +15,14 @@
 //! union of shape-only alternatives, a deprecated node below) and each union's discriminator
 //! positions. So that no part of a body is read twice where it can be helped: a discriminator
 //! that comes first lets the object go on from its value; a container before the
-//! discriminator whose key has one node in every alternative is checked at once and not read
-//! again; string values before it are remembered; a union whose alternatives differ only in
-//! their required names is decided in one pass over the keys; and a union trial that passed
-//! is not run again when nothing below it records a fact (`may_record`).
+//! discriminator is checked at once against the node its key has in every alternative, or
+//! else against the one of the alternative that the next `"disc"` in the text names (a
+//! guess, reused only if right), and not read again; string values before it are remembered;
+//! a union whose alternatives differ only in their required names is decided in one pass over
+//! the keys; and a union trial that passed is not run again when nothing below it records a
+//! fact (`may_record`). Values that can record nothing (all but a few top-level keys and a
+//! chat message's `role`, `tool_call_id` and `tool_calls`: `Node::record_mask`) are read with
+//! recording off, as a trial is.
 //!
 //! It stops at the first violation, and at anything it does not handle (a syntax error, an
 //! escaped key, a lone surrogate, nesting deeper than [`MAX_DEPTH`], a subtree the streaming

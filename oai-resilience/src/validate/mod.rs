@@ -45,7 +45,7 @@
 //! report with every violation. The `validate` criterion bench compares it with a syntax-only
 //! pass (`IgnoredAny`) and with parsing into a `Value`, on the same bytes; `validate_ratio`
 //! measures the same ratio in alternating rounds. On a ~1 KB chat body validation costs about
-//! 1.9–2.3× the syntax-only pass (1.5–1.6× its instructions), on ~100 KB about 0.8–1.0×, and
+//! 1.8–2.1× the syntax-only pass (1.45–1.5× its instructions), on ~100 KB about 0.9–1.0×, and
 //! it is several times faster than parsing into a `Value`.
 //!
 //! # Without tower
