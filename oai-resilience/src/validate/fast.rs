@@ -152,23 +152,7 @@ fn push_key(s: &mut String, k: &str) {
 /// and nothing is reported from a body that fails it.
 pub(crate) fn accept(endpoint: Endpoint, body: &[u8], facts: &mut Facts) -> Option<Vec<String>> {
     let track_messages = endpoint == Endpoint::ChatCompletions;
-    let mut f = Fast {
-        b: body,
-        high: 0,
-        pos: 0,
-        record: true,
-        track_messages,
-        facts,
-        deprecated: Vec::new(),
-        memo: [(0, 0, false); MEMO],
-        memo_len: 0,
-        checked: [(0, 0, &DERIVED); CHECKED],
-        checked_len: 0,
-        prefix: [(&[], 0); PREFIX],
-        prefix_len: 0,
-        guess_budget: body.len(),
-        guessed: None,
-    };
+    let mut f = Fast::new(body, facts, track_messages);
     f.ws();
     f.value(endpoint.root(), None).ok()?;
     f.ws();
@@ -322,6 +306,29 @@ impl Visitor<'_> for NumVisitor {
 
     fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
         Ok(Scalar::F64(v))
+    }
+}
+
+impl<'a, 'f> Fast<'a, 'f> {
+    /// A pass over `body` from its start, recording into `facts`.
+    fn new(body: &'a [u8], facts: &'f mut Facts, track_messages: bool) -> Self {
+        Fast {
+            b: body,
+            high: 0,
+            pos: 0,
+            record: true,
+            track_messages,
+            facts,
+            deprecated: Vec::new(),
+            memo: [(0, 0, false); MEMO],
+            memo_len: 0,
+            checked: [(0, 0, &DERIVED); CHECKED],
+            checked_len: 0,
+            prefix: [(&[], 0); PREFIX],
+            prefix_len: 0,
+            guess_budget: body.len(),
+            guessed: None,
+        }
     }
 }
 
@@ -2004,23 +2011,9 @@ mod tests {
         }
         // The search is bounded by the body's length in all: once spent, no more guesses.
         let body = format!(r#"{{"content":{content}}}"#);
-        let mut f = Fast {
-            b: body.as_bytes(),
-            high: 0,
-            pos: 1,
-            record: false,
-            track_messages: false,
-            facts: &mut Facts::default(),
-            deprecated: Vec::new(),
-            memo: [(0, 0, false); MEMO],
-            memo_len: 0,
-            checked: [(0, 0, &DERIVED); CHECKED],
-            checked_len: 0,
-            prefix: [(&[], 0); PREFIX],
-            prefix_len: 0,
-            guess_budget: body.len(),
-            guessed: None,
-        };
+        let mut facts = Facts::default();
+        let mut f = Fast::new(body.as_bytes(), &mut facts, false);
+        f.pos = 1;
         let messages = match Endpoint::ChatCompletions
             .root()
             .properties
@@ -2584,23 +2577,9 @@ mod tests {
     #[test]
     fn strings_are_scanned_exactly() {
         let f = |text: &str| {
-            let mut fast = Fast {
-                b: text.as_bytes(),
-                high: 0,
-                pos: 0,
-                record: false,
-                track_messages: false,
-                facts: &mut Facts::default(),
-                deprecated: Vec::new(),
-                memo: [(0, 0, false); MEMO],
-                memo_len: 0,
-                checked: [(0, 0, &DERIVED); CHECKED],
-                checked_len: 0,
-                prefix: [(&[], 0); PREFIX],
-                prefix_len: 0,
-                guess_budget: text.len(),
-                guessed: None,
-            };
+            let mut facts = Facts::default();
+            let mut fast = Fast::new(text.as_bytes(), &mut facts, false);
+            fast.record = false;
             fast.string().map(|(a, b, esc)| (a, b, esc, fast.pos))
         };
         assert_eq!(f(r#""abc""#), Ok((0, 5, false, 5)));
