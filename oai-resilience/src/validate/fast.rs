@@ -631,7 +631,7 @@ impl<'a> Fast<'a, '_> {
             return match self.peek()? {
                 b'"' => self.str_value(node, path),
                 b'{' if accepts(node.types, T_OBJECT) => {
-                    self.object_start(path);
+                    self.object_start(node, path);
                     self.object(node, path)
                 }
                 b'[' if accepts(node.types, T_ARRAY) => self.array(node, path),
@@ -719,7 +719,7 @@ impl<'a> Fast<'a, '_> {
     fn any(&mut self, node: &'static Node, path: P<'_, 'a>) -> R {
         match self.peek()? {
             b'{' => {
-                self.object_start(path);
+                self.object_start(node, path);
                 self.map_in(node, path)
             }
             b'[' => self.seq_in(node, path),
@@ -908,6 +908,9 @@ impl<'a> Fast<'a, '_> {
                 } else {
                     Some(&b[vs + 1..ve - 1])
                 };
+                if self.record && self.track_messages {
+                    self.message_by_role(value, path);
+                }
                 let chosen = match self.guessed {
                     // `guess` read this very value for this union.
                     Some((at, union, alt)) if at == vs && std::ptr::eq(union, node) => Some(alt),
@@ -1477,11 +1480,28 @@ impl<'a> Fast<'a, '_> {
         }
     }
 
-    fn object_start(&mut self, path: P<'_, 'a>) {
-        if !self.record || !self.track_messages {
+    /// A chat message starts (`Facts::start_message`), unless `node` is a union with a
+    /// discriminator: then `discriminated` starts it once it knows the role, and only if
+    /// the message-order rule can read it.
+    fn object_start(&mut self, node: &Node, path: P<'_, 'a>) {
+        if !self.record || !self.track_messages || node.discriminator.is_some() {
             return;
         }
         if let Some([Seg::Key("messages"), Seg::Index(index)]) = segs::<2>(path) {
+            self.facts.start_message(index);
+        }
+    }
+
+    /// A chat message whose role is known: started as a fact only if the message-order rule
+    /// can read it (an assistant's or a tool's message, `MsgFact::opens_or_answers`); any
+    /// other is a gap in the kept indexes, which is all the rule needs of it. (A second `role`
+    /// key that names another role breaks the chosen alternative's own, so the streaming
+    /// checker decides such a body.)
+    #[inline(never)]
+    fn message_by_role(&mut self, role: Option<&[u8]>, path: P<'_, 'a>) {
+        if let (Some(b"assistant" | b"tool"), Some([Seg::Key("messages"), Seg::Index(index)])) =
+            (role, segs::<2>(path))
+        {
             self.facts.start_message(index);
         }
     }
@@ -2096,6 +2116,21 @@ mod tests {
                     {"role": "tool", "tool_call_id": "c1", "content": [{"type": "text", "text": "r"}]},
                 ]})),
                 0,
+            ),
+            // A user's and a system message (not kept as facts: gaps in the kept indexes)
+            // between a call and its answer, and after an unanswered call.
+            (
+                Endpoint::ChatCompletions,
+                chat(json!({"messages": [
+                    {"role": "assistant", "tool_calls": [
+                        {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
+                    {"role": "user", "content": "wait"},
+                    {"role": "tool", "tool_call_id": "c1", "content": "r"},
+                    {"role": "assistant", "tool_calls": [
+                        {"id": "c2", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
+                    {"role": "system", "content": "s"},
+                ]})),
+                3,
             ),
             // Deprecated parameters, at the top level and inside a message.
             (Endpoint::ChatCompletions, chat(json!({"max_tokens": 5})), 0),
