@@ -964,10 +964,11 @@ pub(crate) fn plain_string_computed(node: &Node) -> bool {
 
 /// The derived fields agree with the fields they come from, on every node of the tables.
 #[cfg(test)]
-mod derived_tests {
+pub(crate) mod derived_tests {
     use super::*;
 
-    fn all_nodes() -> Vec<&'static Node> {
+    /// Every node reachable from the tables' roots, once.
+    pub(crate) fn all_nodes() -> Vec<&'static Node> {
         let mut out: Vec<&'static Node> = Vec::new();
         let mut todo: Vec<&'static Node> =
             super::super::rules_gen::ROOTS.iter().map(|r| r.2).collect();

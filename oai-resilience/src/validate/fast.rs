@@ -2047,6 +2047,24 @@ mod tests {
         assert_eq!(f.guess_budget, 1, "the search read from `pos` to the end");
     }
 
+    /// `guess` has a searcher only for the discriminators it was written for: every
+    /// discriminator of the tables must be one of them (another would be jumped over and
+    /// read again, correct but slower, without anyone noticing).
+    #[test]
+    fn every_discriminator_has_a_searcher() {
+        let mut discs: Vec<&str> = crate::validate::check::derived_tests::all_nodes()
+            .iter()
+            .filter_map(|n| n.discriminator)
+            .collect();
+        discs.sort_unstable();
+        discs.dedup();
+        assert!(!discs.is_empty());
+        for disc in discs {
+            let finder = disc_finder(disc).unwrap_or_else(|| panic!("no searcher for {disc}"));
+            assert_eq!(finder.needle(), format!("\"{disc}\"").as_bytes());
+        }
+    }
+
     /// `record` is switched off for values that record nothing (`records_under`): every
     /// value that does record must still do so on the accept path. Each body here breaks a
     /// cross-field rule only through a fact recorded at one of those places (or carries a
