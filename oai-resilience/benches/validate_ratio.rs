@@ -12,7 +12,7 @@
 //!
 //! For a profiler (callgrind counts instructions, which the machine's noise does not move):
 //! `PROFILE_SIDE=floor|validate PROFILE_CALLS=20000` runs only that side, that many times, on
-//! the first body the filter selects.
+//! the first body the filter selects; `RATIO_BODY=FILE` adds a body of your own (named `file`).
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -51,11 +51,19 @@ fn median(mut v: Vec<f64>) -> f64 {
 fn main() {
     // `cargo bench` passes `--bench`; a filter argument selects bodies by name.
     let filter: Option<String> = std::env::args().skip(1).find(|a| !a.starts_with('-'));
-    for (name, body) in [
-        ("chat_1KB", chat_body(1, 150)),
-        ("chat_1KB_role_first", chat_body_role_first()),
-        ("chat_100KB", chat_body(32, 1550)),
-    ] {
+    let mut bodies = vec![
+        ("chat_1KB".to_string(), chat_body(1, 150)),
+        ("chat_1KB_role_first".to_string(), chat_body_role_first()),
+        ("chat_100KB".to_string(), chat_body(32, 1550)),
+    ];
+    // `RATIO_BODY=FILE`: a chat-completions body of your own, named `file`.
+    if let Ok(file) = std::env::var("RATIO_BODY") {
+        bodies.insert(
+            0,
+            ("file".to_string(), std::fs::read(file).expect("RATIO_BODY")),
+        );
+    }
+    for (name, body) in bodies {
         if filter.as_deref().is_some_and(|f| !name.contains(f)) {
             continue;
         }

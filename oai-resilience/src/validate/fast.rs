@@ -553,8 +553,13 @@ impl<'a> Fast<'a, '_> {
         loop {
             // A value.
             match self.peek()? {
-                b'"' => {
+                // Only a value of the object being read can be a remembered string.
+                b'"' if depth == 0 => {
                     self.string()?;
+                }
+                b'"' => {
+                    self.pos += 1;
+                    self.scan_str()?;
                 }
                 b'{' => {
                     self.pos += 1;
@@ -973,6 +978,7 @@ impl<'a> Fast<'a, '_> {
     /// declares it (a chat tool's `function`) is checked against that node at once, with
     /// nothing recorded, and remembered: the chosen alternative does not read it again
     /// (`entry`). Other containers are skipped and checked once the alternative is known.
+    #[inline(never)]
     fn find_disc(
         &mut self,
         node: &'static Node,
@@ -1186,6 +1192,7 @@ impl<'a> Fast<'a, '_> {
     /// An object checked against `node` after `find_disc` read up to its discriminator: the
     /// entries before it (remembered in `prefix` from `base` on), then the discriminator's
     /// entry and the rest.
+    #[inline(never)]
     fn object_resumed(
         &mut self,
         node: &'static Node,
@@ -1222,9 +1229,10 @@ impl<'a> Fast<'a, '_> {
                     let here = child(path, Seg::Key(prop.name));
                     self.capture_str(v, Some(&here));
                 }
-                if !(accepts(n.types, T_STRING) && check_text(n, v)) {
-                    return Err(Stop::Violation);
-                }
+                // `node` was chosen because this value is its constant (`alternative_for`),
+                // and a constant passes its own node's rules (checked for every one of the
+                // tables by `every_discriminator_constant_passes_its_own_rules`).
+                debug_assert!(accepts(n.types, T_STRING) && check_text(n, v));
                 self.pos = ve;
                 return match self.next_key()? {
                     Some(key) => self.object_rest(node, key, seen, count, path),
@@ -1240,6 +1248,7 @@ impl<'a> Fast<'a, '_> {
     /// entries that set the `seen` bits. Bit i of `seen`: slot i seen (a property's index, or
     /// `properties.len() + j` for the `j`th required name that is not a property), as the
     /// streaming checker counts.
+    #[inline(never)]
     fn object_rest(
         &mut self,
         node: &'static Node,
@@ -2063,6 +2072,31 @@ mod tests {
             let finder = disc_finder(disc).unwrap_or_else(|| panic!("no searcher for {disc}"));
             assert_eq!(finder.needle(), format!("\"{disc}\"").as_bytes());
         }
+    }
+
+    /// `object_resumed` does not check a discriminator's value again: the alternative was
+    /// chosen because the value is its constant, which must then pass the rest of its node's
+    /// string rules too.
+    #[test]
+    fn every_discriminator_constant_passes_its_own_rules() {
+        let mut constants = 0;
+        for node in crate::validate::check::derived_tests::all_nodes() {
+            let Some(disc) = node.discriminator else {
+                continue;
+            };
+            for alt in node.alternatives {
+                let Some(i) = alt.find(disc) else { continue };
+                let n = alt.properties[i].node;
+                if let [only] = n.enum_values {
+                    assert!(
+                        accepts(n.types, T_STRING) && check_text(n, only.as_bytes()),
+                        "{disc} = {only:?} fails its own node"
+                    );
+                    constants += 1;
+                }
+            }
+        }
+        assert!(constants > 20, "only {constants} constants");
     }
 
     /// `record` is switched off for values that record nothing (`records_under`): every
