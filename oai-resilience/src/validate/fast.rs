@@ -703,9 +703,7 @@ impl<'a> Fast<'a, '_> {
             return self.scalar(node, Scalar::Str(""), path);
         }
         if esc {
-            let v: String =
-                serde_json::from_slice(&b[start..end]).map_err(|_| Stop::Unsupported)?;
-            self.scalar(node, Scalar::Str(&v), path)
+            self.escaped_scalar(node, start, end, path)
         } else {
             // `scalar` for a string, without its dispatch on the type.
             let v = &b[start + 1..end - 1];
@@ -718,6 +716,21 @@ impl<'a> Fast<'a, '_> {
                 Err(Stop::Violation)
             }
         }
+    }
+
+    /// `str_scalar` for a string with escapes whose text matters: decoded first. Out of
+    /// line: the hot paths stay small.
+    #[inline(never)]
+    fn escaped_scalar(
+        &mut self,
+        node: &'static Node,
+        start: usize,
+        end: usize,
+        path: P<'_, 'a>,
+    ) -> R {
+        let v: String =
+            serde_json::from_slice(&self.b[start..end]).map_err(|_| Stop::Unsupported)?;
+        self.scalar(node, Scalar::Str(&v), path)
     }
 
     /// Any value, dispatched on its type (`NodeVisitor`).
@@ -753,10 +766,7 @@ impl<'a> Fast<'a, '_> {
                 } else if let Some(v) = short_decimal(text) {
                     Scalar::F64(v)
                 } else {
-                    // The parser's own conversion (out of range: an error it reports).
-                    serde_json::Deserializer::from_slice(&self.b[start..end])
-                        .deserialize_any(NumVisitor)
-                        .map_err(|_| Stop::Unsupported)?
+                    parsed_number(text)?
                 };
                 self.scalar(node, n, path)
             }
@@ -1206,7 +1216,7 @@ impl<'a> Fast<'a, '_> {
         for i in base..end {
             let (key, value) = self.prefix[i];
             self.pos = value;
-            self.entry(node, &mut seen, key, path)?;
+            self.entry_out_of_line(node, &mut seen, key, path)?;
         }
         let count = end - base + 1;
         // The discriminator's entry, checked from the value already read: what `entry` and
@@ -1248,6 +1258,7 @@ impl<'a> Fast<'a, '_> {
     /// entries that set the `seen` bits. Bit i of `seen`: slot i seen (a property's index, or
     /// `properties.len() + j` for the `j`th required name that is not a property), as the
     /// streaming checker counts.
+    #[inline(never)]
     #[inline(never)]
     fn object_rest(
         &mut self,
@@ -1327,6 +1338,31 @@ impl<'a> Fast<'a, '_> {
             }
             return self.value(prop.node, Some(&here));
         }
+        self.other_entry(node, seen, key, path)
+    }
+
+    /// `entry`, not inlined (for the few entries before a discriminator).
+    #[inline(never)]
+    fn entry_out_of_line(
+        &mut self,
+        node: &'static Node,
+        seen: &mut u64,
+        key: Text<'a>,
+        path: P<'_, 'a>,
+    ) -> R {
+        self.entry(node, seen, key, path)
+    }
+
+    /// `entry` for a key that is not a property of `node`. Out of line: the hot paths stay
+    /// small.
+    #[inline(never)]
+    fn other_entry(
+        &mut self,
+        node: &'static Node,
+        seen: &mut u64,
+        key: Text<'a>,
+        path: P<'_, 'a>,
+    ) -> R {
         if let Some(j) = node
             .required
             .iter()
@@ -1648,6 +1684,16 @@ fn candidates(node: &'static Node, got: Types) -> (Option<&'static Node>, bool) 
 /// 10^15. Both are exact in an `f64`, so the quotient is the correctly rounded value, which
 /// serde_json's own conversion (`significand as f64 / POW10[k]`) also gives. Anything else
 /// goes to the parser.
+/// A number the short paths do not read, by the parser's own conversion (out of range: an
+/// error it reports). Out of line: the hot paths stay small.
+#[cold]
+#[inline(never)]
+fn parsed_number(text: &[u8]) -> R<Scalar<'static>> {
+    serde_json::Deserializer::from_slice(text)
+        .deserialize_any(NumVisitor)
+        .map_err(|_| Stop::Unsupported)
+}
+
 fn short_decimal(text: &[u8]) -> Option<f64> {
     const POW10: [f64; 16] = [
         1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15,
