@@ -1079,6 +1079,10 @@ pub(crate) mod derived_tests {
                 .iter()
                 .filter_map(|a| a.const_of(disc))
                 .collect();
+            if n.alternatives.len() <= DISC_ALTS {
+                // The probed table, not the walk over the alternatives.
+                assert!(n.flags & F_DISC_TABLE != 0, "{disc}: {n:?}");
+            }
             values.extend(["", "nope", "x".repeat(70).leak()]);
             for v in values {
                 let expected = n
@@ -1096,6 +1100,61 @@ pub(crate) mod derived_tests {
             }
         }
         assert!(checked > 50, "{checked}");
+    }
+
+    /// Two alternatives with one constant: the first is chosen, as `const_of` in order would.
+    #[test]
+    fn a_repeated_discriminator_constant_chooses_the_first_alternative() {
+        static X: Node = Node {
+            types: T_STRING,
+            enum_values: &["x"],
+            ..DERIVED
+        }
+        .derive();
+        static Y: Node = Node {
+            types: T_STRING,
+            enum_values: &["y"],
+            ..DERIVED
+        }
+        .derive();
+        static A: Node = Node {
+            types: T_OBJECT,
+            properties: &[Prop {
+                name: "type",
+                node: &Y,
+            }],
+            ..DERIVED
+        }
+        .derive();
+        static B: Node = Node {
+            types: T_OBJECT,
+            properties: &[Prop {
+                name: "type",
+                node: &X,
+            }],
+            ..DERIVED
+        }
+        .derive();
+        static C: Node = Node {
+            types: T_OBJECT,
+            properties: &[Prop {
+                name: "type",
+                node: &X,
+            }],
+            ..DERIVED
+        }
+        .derive();
+        static U: Node = Node {
+            types: T_OBJECT,
+            alternatives: &[&A, &B, &C],
+            discriminator: Some("type"),
+            ..DERIVED
+        }
+        .derive();
+        assert!(U.flags & F_DISC_TABLE != 0);
+        assert!(std::ptr::eq(U.alternative_for("type", b"x").unwrap(), &B));
+        assert!(std::ptr::eq(U.alternative_for("type", b"y").unwrap(), &A));
+        assert!(U.alternative_for("type", b"z").is_none());
     }
 
     #[test]

@@ -1259,7 +1259,6 @@ impl<'a> Fast<'a, '_> {
     /// `properties.len() + j` for the `j`th required name that is not a property), as the
     /// streaming checker counts.
     #[inline(never)]
-    #[inline(never)]
     fn object_rest(
         &mut self,
         node: &'static Node,

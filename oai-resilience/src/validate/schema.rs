@@ -117,6 +117,11 @@ pub(crate) const F_ANY_STRING_OK: u8 = 16;
 /// index << 4 | position in its `required`), and `disc_props[k]` is the mask of the names
 /// the `k`th object alternative requires.
 pub(crate) const F_SHAPE_UNION: u8 = 32;
+/// A discriminated union whose key table holds its alternatives' constants (`slots`: from
+/// `key_slot(constant)` to the first alternative with that constant, index + 1), so that
+/// `alternative_for` probes instead of walking the alternatives: set when every alternative
+/// is within `DISC_ALTS` and the node has no key table of its own.
+pub(crate) const F_DISC_TABLE: u8 = 64;
 /// Object alternatives a shape union may have.
 pub(crate) const SHAPE_ALTS: usize = 8;
 /// Distinct required names a shape union may have (bits of a `u8`).
@@ -183,6 +188,18 @@ const fn shape_names(alts: &[&Node]) -> Option<([u8; SLOTS], [u8; DISC_ALTS])> {
         a += 1;
     }
     Some((slots, table))
+}
+
+/// The constant of an alternative's discriminator property (`disc_prop`: its index + 1, 0
+/// for none), when it is a one-value enum.
+const fn disc_constant(alt: &Node, disc_prop: u8) -> Option<&'static str> {
+    if disc_prop == 0 {
+        return None;
+    }
+    match alt.properties[disc_prop as usize - 1].node.enum_values {
+        [only] => Some(*only),
+        _ => None,
+    }
 }
 
 /// The derived fields before `Node::derive` fills them in.
@@ -330,6 +347,32 @@ impl Node {
                 k += 1;
             }
         }
+        let disc_table = self.discriminator.is_some()
+            && props.len() <= LINEAR
+            && self.alternatives.len() <= DISC_ALTS;
+        if disc_table {
+            let mut k = 0;
+            while k < self.alternatives.len() {
+                if let Some(c) = disc_constant(self.alternatives[k], self.disc_props[k]) {
+                    // The first alternative with a constant keeps its slot.
+                    let mut slot = key_slot(c.as_bytes());
+                    let mut taken = false;
+                    while self.slots[slot] != 0 {
+                        let other = (self.slots[slot] - 1) as usize;
+                        if let Some(o) =
+                            disc_constant(self.alternatives[other], self.disc_props[other])
+                        {
+                            taken = taken || const_same(o, c);
+                        }
+                        slot = (slot + 1) % SLOTS;
+                    }
+                    if !taken {
+                        self.slots[slot] = (k + 1) as u8;
+                    }
+                }
+                k += 1;
+            }
+        }
         // plain_string: a string type, no string rule here, and every alternative that takes
         // a string is plain with no alternatives of its own.
         let mut plain_string = self.types & T_STRING != 0 && plain(&self);
@@ -378,6 +421,9 @@ impl Node {
         }
         if any_string {
             flags |= F_ANY_STRING_OK;
+        }
+        if disc_table {
+            flags |= F_DISC_TABLE;
         }
         if flags & F_AMBIGUOUS_OBJECT != 0 {
             let mut shapes = true;
@@ -486,6 +532,21 @@ impl Node {
     /// first `k` with `alternatives[k].const_of(disc) == Some(value)`, read through
     /// `disc_props`.
     pub(crate) fn alternative_for(&self, disc: &str, value: &[u8]) -> Option<&'static Node> {
+        if self.flags & F_DISC_TABLE != 0 {
+            // The table has free slots (at most `DISC_ALTS` constants in `SLOTS`): a probe
+            // ends at one.
+            let mut slot = key_slot(value);
+            for _ in 0..SLOTS {
+                let k = self.slots[slot].checked_sub(1)? as usize;
+                let alt = self.alternatives[k];
+                let c = disc_constant(alt, self.disc_props[k]).unwrap_or_default();
+                if c.len() == value.len() && super::check::same_bytes(c.as_bytes(), value) {
+                    return Some(alt);
+                }
+                slot = (slot + 1) % SLOTS;
+            }
+            return None;
+        }
         self.alternatives.iter().enumerate().find_map(|(k, &alt)| {
             let constant = match self.disc_props.get(k) {
                 Some(0) => None,
