@@ -678,6 +678,7 @@ impl<'a> Fast<'a, '_> {
                 }
                 b'[' if accepts(node.types, T_ARRAY) => self.array(node, path),
                 b'{' | b'[' => Err(Stop::Violation),
+                b'-' | b'0'..=b'9' => self.number_value(node, path),
                 _ => self.any(node, path),
             };
         }
@@ -794,21 +795,24 @@ impl<'a> Fast<'a, '_> {
                 self.literal(b"null")?;
                 self.scalar(node, Scalar::Null, path)
             }
-            b'-' | b'0'..=b'9' => {
-                let (start, end) = self.number()?;
-                let text = &self.b[start..end];
-                let n = if text.len() <= 19 && text.iter().all(u8::is_ascii_digit) {
-                    // A non-negative integer below 10^19 is a `u64` to the parser too.
-                    Scalar::U64(text.iter().fold(0u64, |v, d| v * 10 + u64::from(d - b'0')))
-                } else if let Some(v) = short_decimal(text) {
-                    Scalar::F64(v)
-                } else {
-                    parsed_number(text)?
-                };
-                self.scalar(node, n, path)
-            }
+            b'-' | b'0'..=b'9' => self.number_value(node, path),
             _ => unsupported(),
         }
+    }
+
+    /// A number at `node`, read as the parser reads it.
+    fn number_value(&mut self, node: &'static Node, path: P<'_, 'a>) -> R {
+        let (start, end) = self.number()?;
+        let text = &self.b[start..end];
+        let n = if text.len() <= 19 && text.iter().all(u8::is_ascii_digit) {
+            // A non-negative integer below 10^19 is a `u64` to the parser too.
+            Scalar::U64(text.iter().fold(0u64, |v, d| v * 10 + u64::from(d - b'0')))
+        } else if let Some(v) = short_decimal(text) {
+            Scalar::F64(v)
+        } else {
+            parsed_number(text)?
+        };
+        self.scalar(node, n, path)
     }
 
     fn scalar(&mut self, node: &'static Node, s: Scalar<'_>, path: P<'_, 'a>) -> R {
