@@ -1369,7 +1369,18 @@ impl<'a> Fast<'a, '_> {
                     }
                 }
             }
-            if self.record && !Self::records_under(node, i, here.depth) {
+            let records = self.record && Self::records_under(node, i, here.depth);
+            if !records
+                && prop.node.flags & F_ANY_STRING_OK != 0
+                && self.b.get(self.pos) == Some(&b'"')
+                && here.depth <= MAX_DEPTH
+            {
+                // What `value` and `str_value` do with a string that any string satisfies
+                // and that nothing records: its scan, without the call.
+                self.string()?;
+                return Ok(());
+            }
+            if self.record && !records {
                 // Nothing in this value is recorded: it is checked as a trial is.
                 self.record = false;
                 let r = self.value(prop.node, Some(&here));
