@@ -427,9 +427,15 @@ impl<'a> Fast<'a, '_> {
                 }
                 b'\\' => {
                     escaped = true;
-                    self.pos = pos;
-                    self.escape()?;
-                    pos = self.pos;
+                    // The one-letter escapes here; `\u` in `escape`.
+                    if let Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') = b.get(pos)
+                    {
+                        pos += 1;
+                    } else {
+                        self.pos = pos;
+                        self.escape()?;
+                        pos = self.pos;
+                    }
                 }
                 c if c < 0x20 => {
                     self.pos = pos;
