@@ -1736,11 +1736,6 @@ fn candidates(node: &'static Node, got: Types) -> (Option<&'static Node>, bool) 
     (cands.next(), cands.next().is_some())
 }
 
-/// A decimal with a fraction, no exponent and at most 15 digits (`0.7`, `-12.25`), as the
-/// parser reads it: its digits as an integer below 2^53, divided by a power of ten up to
-/// 10^15. Both are exact in an `f64`, so the quotient is the correctly rounded value, which
-/// serde_json's own conversion (`significand as f64 / POW10[k]`) also gives. Anything else
-/// goes to the parser.
 /// A number the short paths do not read, by the parser's own conversion (out of range: an
 /// error it reports). Out of line: the hot paths stay small.
 #[cold]
@@ -1751,6 +1746,11 @@ fn parsed_number(text: &[u8]) -> R<Scalar<'static>> {
         .map_err(|_| Stop::Unsupported)
 }
 
+/// A decimal with a fraction, no exponent and at most 15 digits (`0.7`, `-12.25`), as the
+/// parser reads it: its digits as an integer below 2^53, divided by a power of ten up to
+/// 10^15. Both are exact in an `f64`, so the quotient is the correctly rounded value, which
+/// serde_json's own conversion (`significand as f64 / POW10[k]`) also gives. Anything else
+/// goes to the parser.
 fn short_decimal(text: &[u8]) -> Option<f64> {
     const POW10: [f64; 16] = [
         1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15,
