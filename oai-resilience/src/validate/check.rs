@@ -998,6 +998,16 @@ pub(crate) mod derived_tests {
             for got in [T_OBJECT, T_ARRAY] {
                 assert_eq!(ambiguous_for(n, got), ambiguous_computed(n, got), "{n:?}");
             }
+            let objects = n
+                .alternatives
+                .iter()
+                .filter(|a| accepts(a.types, T_OBJECT))
+                .count();
+            assert_eq!(
+                n.flags & F_DISCRIMINATED_OBJECT != 0,
+                n.discriminator.is_some() && objects > 1,
+                "{n:?}"
+            );
         }
         assert!(plain > 10, "{plain}");
     }

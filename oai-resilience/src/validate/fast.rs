@@ -920,6 +920,9 @@ impl<'a> Fast<'a, '_> {
         if node.alternatives.is_empty() {
             return self.object(node, path);
         }
+        if let (true, Some(disc)) = (node.flags & F_DISCRIMINATED_OBJECT != 0, node.discriminator) {
+            return self.discriminated(node, disc, path);
+        }
         match candidates(node, T_OBJECT) {
             (None, _) if node.lenient => self.skip_value(),
             (None, _) => Err(Stop::Violation),
@@ -1585,10 +1588,16 @@ impl<'a> Fast<'a, '_> {
     /// A chat message starts (`Facts::start_message`), unless `node` is a union with a
     /// discriminator: then `discriminated` starts it once it knows the role, and only if
     /// the message-order rule can read it.
+    #[inline(always)]
     fn object_start(&mut self, node: &Node, path: P<'_, 'a>) {
-        if !self.record || !self.track_messages || node.discriminator.is_some() {
-            return;
+        if self.record && self.track_messages && node.discriminator.is_none() {
+            self.message_start(path);
         }
+    }
+
+    /// `object_start` where it may start a message.
+    #[inline(never)]
+    fn message_start(&mut self, path: P<'_, 'a>) {
         if let Some([Seg::Key("messages"), Seg::Index(index)]) = segs::<2>(path) {
             self.facts.start_message(index);
         }

@@ -122,6 +122,9 @@ pub(crate) const F_SHAPE_UNION: u8 = 32;
 /// `alternative_for` probes instead of walking the alternatives: set when every alternative
 /// is within `DISC_ALTS` and the node has no key table of its own.
 pub(crate) const F_DISC_TABLE: u8 = 64;
+/// A union with a discriminator and more than one alternative that takes an object: an
+/// object here is `Fast::discriminated`'s (what `candidates` would find, without the walk).
+pub(crate) const F_DISCRIMINATED_OBJECT: u8 = 128;
 /// Object alternatives a shape union may have.
 pub(crate) const SHAPE_ALTS: usize = 8;
 /// Distinct required names a shape union may have (bits of a `u8`).
@@ -424,6 +427,9 @@ impl Node {
         }
         if disc_table {
             flags |= F_DISC_TABLE;
+        }
+        if objects > 1 && self.discriminator.is_some() {
+            flags |= F_DISCRIMINATED_OBJECT;
         }
         if flags & F_AMBIGUOUS_OBJECT != 0 {
             let mut shapes = true;
