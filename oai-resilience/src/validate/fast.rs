@@ -818,7 +818,20 @@ impl<'a> Fast<'a, '_> {
         } else {
             parsed_number(text)?
         };
-        self.scalar(node, n, path)
+        if self.record {
+            self.capture_scalar(&n, path);
+        }
+        // `scalar_ok` for a number at a node without alternatives, without its dispatch.
+        let ok = if node.alternatives.is_empty() {
+            accepts(node.types, n.type_bits()) && check_number(node, n)
+        } else {
+            scalar_ok(node, &n)
+        };
+        if ok {
+            Ok(())
+        } else {
+            Err(Stop::Violation)
+        }
     }
 
     fn scalar(&mut self, node: &'static Node, s: Scalar<'_>, path: P<'_, 'a>) -> R {
