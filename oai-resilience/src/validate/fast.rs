@@ -1365,7 +1365,7 @@ impl<'a> Fast<'a, '_> {
     #[inline(always)]
     fn entry(&mut self, node: &'static Node, seen: &mut u64, key: Text<'a>, path: P<'_, 'a>) -> R {
         if let Some(max) = node.key_max_length {
-            if key.len() > max as usize && chars(key) > max as usize {
+            if key.len() > max as usize && longer_than(key, max) {
                 return Err(Stop::Violation);
             }
         }
@@ -1859,6 +1859,14 @@ fn str_ok(node: &Node, v: &[u8]) -> bool {
         .iter()
         .any(|alt| accepts(alt.types, T_STRING) && str_ok(alt, v))
         || node.lenient
+}
+
+/// Whether `text` has more than `max` characters (for a key longer than `max` bytes: rare,
+/// so out of line).
+#[cold]
+#[inline(never)]
+fn longer_than(text: &[u8], max: u32) -> bool {
+    chars(text) > max as usize
 }
 
 /// The number of characters of UTF-8 `text`: its bytes that do not continue a character.
