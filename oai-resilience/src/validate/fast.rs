@@ -791,11 +791,11 @@ impl<'a> Fast<'a, '_> {
             }
             b't' => {
                 self.literal(b"true")?;
-                self.scalar(node, Scalar::Bool(true), path)
+                self.bool_value(node, true, path)
             }
             b'f' => {
                 self.literal(b"false")?;
-                self.scalar(node, Scalar::Bool(false), path)
+                self.bool_value(node, false, path)
             }
             b'n' => {
                 self.literal(b"null")?;
@@ -803,6 +803,24 @@ impl<'a> Fast<'a, '_> {
             }
             b'-' | b'0'..=b'9' => self.number_value(node, path),
             _ => unsupported(),
+        }
+    }
+
+    /// `scalar` for a boolean: at a node without alternatives, only its type is checked.
+    fn bool_value(&mut self, node: &'static Node, v: bool, path: P<'_, 'a>) -> R {
+        let s = Scalar::Bool(v);
+        if self.record {
+            self.capture_scalar(&s, path);
+        }
+        let ok = if node.alternatives.is_empty() {
+            accepts(node.types, T_BOOLEAN)
+        } else {
+            scalar_ok(node, &s)
+        };
+        if ok {
+            Ok(())
+        } else {
+            Err(Stop::Violation)
         }
     }
 
