@@ -1115,45 +1115,32 @@ pub(crate) mod derived_tests {
     /// Two alternatives with one constant: the first is chosen, as `const_of` in order would.
     #[test]
     fn a_repeated_discriminator_constant_chooses_the_first_alternative() {
-        static X: Node = Node {
-            types: T_STRING,
-            enum_values: &["x"],
-            ..DERIVED
+        const fn constant(value: &'static [&'static str]) -> Node {
+            Node {
+                types: T_STRING,
+                enum_values: value,
+                ..DERIVED
+            }
+            .derive()
         }
-        .derive();
-        static Y: Node = Node {
-            types: T_STRING,
-            enum_values: &["y"],
-            ..DERIVED
+        macro_rules! typed {
+            ($constant:expr) => {
+                Node {
+                    types: T_OBJECT,
+                    properties: &[Prop {
+                        name: "type",
+                        node: $constant,
+                    }],
+                    ..DERIVED
+                }
+                .derive()
+            };
         }
-        .derive();
-        static A: Node = Node {
-            types: T_OBJECT,
-            properties: &[Prop {
-                name: "type",
-                node: &Y,
-            }],
-            ..DERIVED
-        }
-        .derive();
-        static B: Node = Node {
-            types: T_OBJECT,
-            properties: &[Prop {
-                name: "type",
-                node: &X,
-            }],
-            ..DERIVED
-        }
-        .derive();
-        static C: Node = Node {
-            types: T_OBJECT,
-            properties: &[Prop {
-                name: "type",
-                node: &X,
-            }],
-            ..DERIVED
-        }
-        .derive();
+        static X: Node = constant(&["x"]);
+        static Y: Node = constant(&["y"]);
+        static A: Node = typed!(&Y);
+        static B: Node = typed!(&X);
+        static C: Node = typed!(&X);
         static U: Node = Node {
             types: T_OBJECT,
             alternatives: &[&A, &B, &C],

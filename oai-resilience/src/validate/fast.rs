@@ -808,12 +808,26 @@ impl<'a> Fast<'a, '_> {
 
     /// `scalar` for a boolean: at a node without alternatives, only its type is checked.
     fn bool_value(&mut self, node: &'static Node, v: bool, path: P<'_, 'a>) -> R {
-        let s = Scalar::Bool(v);
+        self.scalar_known(node, Scalar::Bool(v), path, |_| {
+            accepts(node.types, T_BOOLEAN)
+        })
+    }
+
+    /// `scalar` where the caller knows what `scalar_ok` comes to at a node without
+    /// alternatives (`own`): that dispatch is skipped.
+    #[inline(always)]
+    fn scalar_known(
+        &mut self,
+        node: &'static Node,
+        s: Scalar<'_>,
+        path: P<'_, 'a>,
+        own: impl FnOnce(&Scalar<'_>) -> bool,
+    ) -> R {
         if self.record {
             self.capture_scalar(&s, path);
         }
         let ok = if node.alternatives.is_empty() {
-            accepts(node.types, T_BOOLEAN)
+            own(&s)
         } else {
             scalar_ok(node, &s)
         };
@@ -836,20 +850,9 @@ impl<'a> Fast<'a, '_> {
         } else {
             parsed_number(text)?
         };
-        if self.record {
-            self.capture_scalar(&n, path);
-        }
-        // `scalar_ok` for a number at a node without alternatives, without its dispatch.
-        let ok = if node.alternatives.is_empty() {
-            accepts(node.types, n.type_bits()) && check_number(node, n)
-        } else {
-            scalar_ok(node, &n)
-        };
-        if ok {
-            Ok(())
-        } else {
-            Err(Stop::Violation)
-        }
+        self.scalar_known(node, n, path, |n| {
+            accepts(node.types, n.type_bits()) && check_number(node, *n)
+        })
     }
 
     fn scalar(&mut self, node: &'static Node, s: Scalar<'_>, path: P<'_, 'a>) -> R {
