@@ -45,8 +45,8 @@
 //! report with every violation. The `validate` criterion bench compares it with a syntax-only
 //! pass (`IgnoredAny`) and with parsing into a `Value`, on the same bytes; `validate_ratio`
 //! measures the same ratio in alternating rounds. On a ~1 KB chat body validation costs about
-//! 1.5–1.9× the syntax-only pass on a quiet machine (1.36–1.42× its instructions), on ~100 KB
-//! about 0.75–0.96×, and it is several times faster than parsing into a `Value`.
+//! 1.5–1.9× the syntax-only pass on a quiet machine (1.35–1.42× its instructions), on ~100 KB
+//! about 0.75–1.0×, and it is several times faster than parsing into a `Value`.
 //!
 //! # Without tower
 //!
