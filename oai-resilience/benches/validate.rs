@@ -11,6 +11,10 @@
 //!
 //! Goal: `validate` at most 2x `ignored_any`. Run:
 //! `cargo bench -p oai-resilience --bench validate -- --warm-up-time 1 --measurement-time 3`
+//!
+//! Criterion times one function after the other: on a machine whose speed drifts (a shared
+//! VM) the ratio drifts with it. The `validate_ratio` bench alternates the two sides in short
+//! rounds and reports the median of the per-round ratios.
 
 use std::hint::black_box;
 
