@@ -239,19 +239,23 @@ fn special_bytes(x: u64) -> u64 {
         & HIGHS
 }
 
+/// The special bytes (`special_bytes`) of the eight bytes at `pos`, or `None` where fewer
+/// than eight are left.
+#[inline(always)]
+fn word_hits(b: &[u8], pos: usize, high: &mut u64) -> Option<u64> {
+    let chunk = <[u8; 8]>::try_from(b.get(pos..pos + 8)?).ok()?;
+    let x = u64::from_le_bytes(chunk);
+    // Bytes from 0x80 on are noted (one OR per word): the body's UTF-8 is checked at the end
+    // only when a string or key had one.
+    *high |= x;
+    Some(special_bytes(x))
+}
+
 /// Skips string bytes from `pos` eight at a time: the position of the first `"`, `\` or
 /// control byte, or where fewer than eight bytes are left (the caller reads on byte by byte).
 #[inline(always)]
 fn plain_run(b: &[u8], mut pos: usize, high: &mut u64) -> usize {
-    while let Some(chunk) = b.get(pos..pos + 8) {
-        let Ok(chunk) = <[u8; 8]>::try_from(chunk) else {
-            break;
-        };
-        let x = u64::from_le_bytes(chunk);
-        // Bytes from 0x80 on are noted (one OR per word): the body's UTF-8 is checked at the
-        // end only when a string or key had one.
-        *high |= x;
-        let hits = special_bytes(x);
+    while let Some(hits) = word_hits(b, pos, high) {
         if hits != 0 {
             // Exact for the lowest flagged byte.
             return pos + (hits.trailing_zeros() / 8) as usize;
@@ -265,17 +269,10 @@ fn plain_run(b: &[u8], mut pos: usize, high: &mut u64) -> usize {
 /// many values end in it), sixteen bytes a turn (one branch for two words).
 #[inline(always)]
 fn plain_run_long(b: &[u8], mut pos: usize, high: &mut u64) -> usize {
-    if let Some(chunk) = b.get(pos..pos + 8) {
-        let Ok(chunk) = <[u8; 8]>::try_from(chunk) else {
-            return pos;
-        };
-        let x = u64::from_le_bytes(chunk);
-        *high |= x;
-        let hits = special_bytes(x);
-        if hits != 0 {
-            return pos + (hits.trailing_zeros() / 8) as usize;
-        }
-        pos += 8;
+    match word_hits(b, pos, high) {
+        Some(0) => pos += 8,
+        Some(hits) => return pos + (hits.trailing_zeros() / 8) as usize,
+        None => return pos,
     }
     while let Some(chunk) = b.get(pos..pos + 16) {
         let Ok(chunk) = <[u8; 16]>::try_from(chunk) else {

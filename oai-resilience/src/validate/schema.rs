@@ -357,21 +357,13 @@ impl Node {
             let mut k = 0;
             while k < self.alternatives.len() {
                 if let Some(c) = disc_constant(self.alternatives[k], self.disc_props[k]) {
-                    // The first alternative with a constant keeps its slot.
+                    // Filled in order, so a probe meets the first alternative with a
+                    // constant before any later one with the same.
                     let mut slot = key_slot(c.as_bytes());
-                    let mut taken = false;
                     while self.slots[slot] != 0 {
-                        let other = (self.slots[slot] - 1) as usize;
-                        if let Some(o) =
-                            disc_constant(self.alternatives[other], self.disc_props[other])
-                        {
-                            taken = taken || const_same(o, c);
-                        }
                         slot = (slot + 1) % SLOTS;
                     }
-                    if !taken {
-                        self.slots[slot] = (k + 1) as u8;
-                    }
+                    self.slots[slot] = (k + 1) as u8;
                 }
                 k += 1;
             }
@@ -555,11 +547,7 @@ impl Node {
         }
         self.alternatives.iter().enumerate().find_map(|(k, &alt)| {
             let constant = match self.disc_props.get(k) {
-                Some(0) => None,
-                Some(&i) => match alt.properties[i as usize - 1].node.enum_values {
-                    [only] => Some(*only),
-                    _ => None,
-                },
+                Some(&i) => disc_constant(alt, i),
                 None => alt.const_of(disc),
             };
             // Lengths first, here: they usually differ.
