@@ -75,10 +75,7 @@ fn main() {
             black_box(validate::check(Endpoint::ChatCompletions, black_box(&body)));
         };
         if let Ok(side) = std::env::var("PROFILE_SIDE") {
-            let calls: usize = std::env::var("PROFILE_CALLS")
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(20_000);
+            let calls: usize = env_or("PROFILE_CALLS", 20_000);
             for _ in 0..calls {
                 if side == "floor" {
                     floor()
