@@ -24,7 +24,7 @@
 //! The error model is [`Error`] / [`ErrorKind`].
 #![doc(test(attr(deny(warnings))))]
 #![warn(missing_docs)]
-#![cfg_attr(docsrs, feature(doc_auto_cfg))]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod auth;
 pub mod call;
@@ -32,6 +32,7 @@ pub mod classify;
 pub mod error;
 mod hash;
 #[cfg(feature = "mock")]
+#[cfg_attr(docsrs, doc(cfg(feature = "mock")))]
 pub mod mock;
 pub mod pace;
 pub mod parse;

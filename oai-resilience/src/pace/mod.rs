@@ -93,6 +93,7 @@ mod store;
 mod test_upstream;
 
 #[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use self::redis::{redis_key, FailMode, RedisStore, RedisStoreConfig, SCRIPT};
 pub use cost::{Cost, CostEstimator, PaceBody};
 pub use key::PaceKey;

@@ -111,6 +111,7 @@ pub mod future;
 mod layer;
 mod policy;
 #[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub mod redis;
 mod replay;
 mod retrier;
