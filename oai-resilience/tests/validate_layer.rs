@@ -190,6 +190,54 @@ async fn an_invalid_json_body_is_rejected() {
     assert_eq!(seen.calls(), 0);
 }
 
+/// `seed` is `format: int64`: a seed beyond the range of an `i64` is not sent, also one that
+/// a JSON parser reads as `i64::MIN` (-9223372036854776001 reads as -2^63); the limits are.
+#[tokio::test]
+async fn a_seed_outside_the_int64_range_is_rejected_with_its_path() {
+    let body = |seed: &str| {
+        format!(
+            r#"{{"model":"gpt-4o-mini","messages":[{{"role":"user","content":"Hello"}}],"seed":{seed}}}"#
+        )
+    };
+    for seed in [
+        "-9223372036854776001",
+        "-9223372036854775809",
+        "9223372036854775808",
+    ] {
+        let seen = Seen::default();
+        let svc = ValidateLayer::new().layer(upstream(seen.clone()));
+        let err = svc
+            .oneshot(post(
+                "https://api.openai.com/v1/chat/completions",
+                &body(seed),
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            seen.calls(),
+            0,
+            "{seed}: nothing may reach the inner service"
+        );
+        assert_eq!(err.kind(), ErrorKind::InvalidParameter, "{seed}");
+        assert_eq!(err.param(), Some("seed"), "{seed}");
+        assert_eq!(
+            err.violations()[0].message,
+            "Invalid 'seed': integer out of range. Expected a 64-bit signed integer."
+        );
+    }
+    for seed in ["-9223372036854775808", "9223372036854775807", "1e3"] {
+        let seen = Seen::default();
+        let svc = ValidateLayer::new().layer(upstream(seen.clone()));
+        svc.oneshot(post(
+            "https://api.openai.com/v1/chat/completions",
+            &body(seed),
+        ))
+        .await
+        .unwrap_or_else(|e| panic!("{seed}: {e}"));
+        assert_eq!(seen.calls(), 1, "{seed}");
+    }
+}
+
 #[tokio::test]
 async fn strict_mode_rejects_unknown_routes() {
     let seen = Seen::default();

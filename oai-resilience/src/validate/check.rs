@@ -281,6 +281,36 @@ pub(crate) fn integral(f: f64) -> bool {
     }
 }
 
+/// -2^63 (`i64::MIN`) as an `f64`.
+const I64_MIN_F64: f64 = -9_223_372_036_854_775_808.0;
+
+/// The `f64` just below -2^63 (2048 below it).
+const BELOW_I64_MIN_F64: f64 = -9_223_372_036_854_777_856.0;
+
+/// The number `text` as the range check of an int64 node must see it, given `n`, the
+/// parser's reading of it.
+///
+/// The parser reads an integer literal below `i64::MIN` as the nearest `f64`, and for the
+/// literals from -9223372036854775809 to -9223372036854776832 that is -2^63, `i64::MIN`
+/// itself: the check would pass them. Such a literal (an `f64` of -2^63 from a plain integer,
+/// which the parser would have read as an `i64` had it fit) is read as the `f64` below, so it
+/// fails the check as the literal does. Every other reading is exact or, for decimals and
+/// exponents (`-9.223372036854775808e18`), the rounded value as before. Only a parsed
+/// `f64` of exactly -2^63 looks at the text.
+#[inline]
+pub(crate) fn int64_read<'a>(text: &[u8], n: Scalar<'a>) -> Scalar<'a> {
+    match n {
+        Scalar::F64(v)
+            if v == I64_MIN_F64
+                && text.first() == Some(&b'-')
+                && text[1..].iter().all(u8::is_ascii_digit) =>
+        {
+            Scalar::F64(BELOW_I64_MIN_F64)
+        }
+        n => n,
+    }
+}
+
 /// A scalar as the parser reports it.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Scalar<'a> {
@@ -827,6 +857,31 @@ impl Ctx {
         }
     }
 
+    /// A value of an int64 node, borrowed unparsed: a number is read with its text
+    /// ([`int64_read`]), anything else is checked normally.
+    fn int64_raw(&mut self, node: &'static Node, raw: &str) {
+        if matches!(raw.as_bytes().first(), Some(b'-' | b'0'..=b'9')) {
+            // A number beyond the `f64` range (`1e400`) does not parse: the parser's error is
+            // reported below, as for the other values read from their text.
+            if let Ok(n) = serde_json::from_str::<serde_json::Number>(raw) {
+                // The parser's own reading: `u64` for a non-negative integer, `i64` for a
+                // negative one that fits, `f64` otherwise.
+                let s = match (n.as_u64(), n.as_i64(), n.as_f64()) {
+                    (Some(v), _, _) => Scalar::U64(v),
+                    (None, Some(v), _) => Scalar::I64(v),
+                    (None, None, v) => Scalar::F64(v.unwrap_or(f64::NAN)),
+                };
+                return self.scalar(node, int64_read(raw.as_bytes(), s));
+            }
+        }
+        let mut de = serde_json::Deserializer::from_str(raw);
+        // The text is one valid JSON value: only the nesting limit and the `f64` range can
+        // fail.
+        if let Err(e) = de.deserialize_any(NodeVisitor { node, ctx: self }) {
+            self.text_error(&e);
+        }
+    }
+
     fn deprecated_here(&mut self) {
         if self.recording() {
             let p = self.path_string();
@@ -1301,6 +1356,11 @@ impl<'de> DeserializeSeed<'de> for NodeSeed<'_> {
         if self.ctx.raw && (ambiguous_for(node, T_OBJECT) || ambiguous_for(node, T_ARRAY)) {
             let raw: &'de serde_json::value::RawValue = Deserialize::deserialize(d)?;
             self.ctx.ambiguous_raw(node, raw.get());
+            return Ok(());
+        }
+        if self.ctx.raw && node.int64 {
+            let raw: &'de serde_json::value::RawValue = Deserialize::deserialize(d)?;
+            self.ctx.int64_raw(node, raw.get());
             return Ok(());
         }
         d.deserialize_any(NodeVisitor {
@@ -2000,6 +2060,67 @@ mod tests {
             }
         }
         assert_eq!(Short::from_bytes(b""), Some(EMPTY));
+    }
+
+    #[test]
+    fn int64_reads_integer_literals_below_the_range_outside_it() {
+        assert_eq!(BELOW_I64_MIN_F64, f64::from_bits(I64_MIN_F64.to_bits() + 1));
+        assert_eq!(I64_MIN_F64, i64::MIN as f64);
+        let read = |t: &str| {
+            let n: serde_json::Number = t.parse().unwrap();
+            let s = match (n.as_u64(), n.as_i64(), n.as_f64()) {
+                (Some(v), _, _) => Scalar::U64(v),
+                (None, Some(v), _) => Scalar::I64(v),
+                (None, None, v) => Scalar::F64(v.unwrap()),
+            };
+            match int64_read(t.as_bytes(), s) {
+                Scalar::I64(v) => v as f64,
+                Scalar::U64(v) => v as f64,
+                Scalar::F64(v) => v,
+                other => panic!("{other:?}"),
+            }
+        };
+        // Parsed as an `i64`: exact.
+        assert_eq!(read("-9223372036854775808"), I64_MIN_F64);
+        // Parsed as -2^63 from an integer literal beyond it: read below.
+        for t in [
+            "-9223372036854775809",
+            "-9223372036854776001",
+            "-9223372036854776832",
+        ] {
+            assert_eq!(read(t), BELOW_I64_MIN_F64, "{t}");
+        }
+        // Parsed below -2^63 already: unchanged.
+        assert_eq!(read("-9223372036854776833"), BELOW_I64_MIN_F64);
+        assert_eq!(read("-100000000000000000000"), -1e20);
+        // Decimals and exponents: the rounded value, as the parser gives it.
+        for t in [
+            "-9223372036854775808.0",
+            "-9.223372036854775809e18",
+            "-9223372036854775809e0",
+        ] {
+            assert_eq!(read(t), I64_MIN_F64, "{t}");
+        }
+        assert_eq!(read("1e3"), 1000.0);
+    }
+
+    /// The int64 range is checked on the literal only where an int64 node is read directly
+    /// (`NodeSeed`, `number_value`): an int64 node inside a union would be checked on the
+    /// parser's rounded reading alone.
+    #[test]
+    fn int64_nodes_are_read_directly() {
+        let nodes = derived_tests::all_nodes();
+        let mut int64 = 0;
+        for n in &nodes {
+            if n.int64 {
+                int64 += 1;
+                assert!(n.alternatives.is_empty(), "{n:?}");
+            }
+            for alt in n.alternatives {
+                assert!(!alt.int64, "{alt:?}");
+            }
+        }
+        assert!(int64 >= 2, "{int64}");
     }
 
     #[test]

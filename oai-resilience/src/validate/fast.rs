@@ -34,8 +34,8 @@
 use serde::de::{self, Deserializer as _, Visitor};
 
 use super::check::{
-    accepts, ambiguous_for, plain_string, same, same_bytes, Fact, Facts, Scalar, Short, EMPTY,
-    LONG_STRING,
+    accepts, ambiguous_for, int64_read, plain_string, same, same_bytes, Fact, Facts, Scalar, Short,
+    EMPTY, LONG_STRING,
 };
 use super::schema::*;
 
@@ -844,6 +844,9 @@ impl<'a> Fast<'a, '_> {
             Scalar::U64(text.iter().fold(0u64, |v, d| v * 10 + u64::from(d - b'0')))
         } else if let Some(v) = short_decimal(text) {
             Scalar::F64(v)
+        } else if node.int64 {
+            // An integer literal below `i64::MIN` can read as `i64::MIN` (see `int64_read`).
+            int64_read(text, parsed_number(text)?)
         } else {
             parsed_number(text)?
         };
@@ -2771,6 +2774,80 @@ mod tests {
                 let bytes = b"{}[]\",:\\ 0-9eE.tfnu";
                 damaged[i] = bytes[rng.below(bytes.len())];
                 same_report(e, &damaged);
+            }
+        }
+    }
+
+    /// `seed` (`format: int64`, in chat and legacy completions) at, beyond and around the
+    /// limits of an `i64`: the accept path takes the values in range itself, and both
+    /// checkers reject the others with the same report.
+    #[test]
+    fn int64_limits_hold_in_both_checkers() {
+        let bodies = [
+            (
+                Endpoint::ChatCompletions,
+                r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"seed":SEED}"#,
+            ),
+            (
+                Endpoint::Completions,
+                r#"{"model":"m","prompt":"hi","seed":SEED}"#,
+            ),
+        ];
+        let inside = [
+            "-9223372036854775808",
+            "9223372036854775807",
+            "0",
+            "-1",
+            "1e3",
+            "-1000000000000000000",
+            "9999999999999999999e-1",
+            // Decimals and exponents keep the rounded reading: -2^63 exactly.
+            "-9223372036854775808.0",
+            "-9.223372036854775808e18",
+            "-9.2233720368547758085e18",
+            "null",
+        ];
+        let outside = [
+            "-9223372036854775809",
+            "-9223372036854776001",
+            // The last literal that the parser rounds to -2^63, and the first that it does not.
+            "-9223372036854776832",
+            "-9223372036854776833",
+            "-10000000000000000000",
+            "-92233720368547758080",
+            "9223372036854775808",
+            "18446744073709551615",
+            "18446744073709551616",
+            "9223372036854775807.0",
+            "9.3e18",
+            "-9.3e18",
+        ];
+        for (e, template) in bodies {
+            for v in inside {
+                let body = template.replace("SEED", v);
+                assert!(
+                    accept(e, body.as_bytes(), &mut Facts::default()).is_some(),
+                    "{e}: {v}"
+                );
+                same_report(e, body.as_bytes());
+                assert!(check(e, body.as_bytes()).is_valid(), "{e}: {v}");
+            }
+            for v in outside {
+                let body = template.replace("SEED", v);
+                assert!(
+                    accept(e, body.as_bytes(), &mut Facts::default()).is_none(),
+                    "{e}: {v}"
+                );
+                same_report(e, body.as_bytes());
+                let report = check(e, body.as_bytes());
+                let [violation] = report.violations() else {
+                    panic!("{e}: {v}: {report:?}");
+                };
+                assert_eq!(violation.param, "seed", "{e}: {v}");
+                assert_eq!(
+                    violation.message,
+                    "Invalid 'seed': integer out of range. Expected a 64-bit signed integer."
+                );
             }
         }
     }

@@ -251,6 +251,10 @@ fn stream(endpoint: Endpoint, body: &[u8]) -> Report {
 }
 
 /// Checks a parsed body for `endpoint` and returns the [`Report`].
+///
+/// A `Value` holds numbers as the parser read them, without their text: an integer literal
+/// just below `i64::MIN` that it rounded to `i64::MIN` (`"seed": -9223372036854775809`)
+/// passes the int64 check here, where [`check()`], which reads the text, rejects it.
 pub fn check_value(endpoint: Endpoint, body: &Value) -> Report {
     let mut ctx = check::Ctx::new(endpoint == Endpoint::ChatCompletions);
     // A `&Value` deserializer cannot fail.
