@@ -27,6 +27,7 @@ pub(crate) struct Config {
     pub(crate) random_failures: Option<(f64, u64)>,
     pub(crate) latency: Duration,
     pub(crate) route_latency: HashMap<Route, Duration>,
+    pub(crate) stream_duration: Duration,
     pub(crate) max_request_bytes: usize,
     pub(crate) seed: Option<u64>,
     pub(crate) charge_rejected: bool,
@@ -44,6 +45,7 @@ impl fmt::Debug for Config {
             .field("random_failures", &self.random_failures)
             .field("latency", &self.latency)
             .field("route_latency", &self.route_latency)
+            .field("stream_duration", &self.stream_duration)
             .field("max_request_bytes", &self.max_request_bytes)
             .field("seed", &self.seed)
             .field("charge_rejected", &self.charge_rejected)
@@ -63,6 +65,7 @@ impl Default for Config {
             random_failures: None,
             latency: Duration::ZERO,
             route_latency: HashMap::new(),
+            stream_duration: Duration::ZERO,
             max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
             seed: None,
             charge_rejected: false,
@@ -189,6 +192,15 @@ impl MockBuilder {
     /// Delays the answers of `route` by `latency`, instead of the global latency.
     pub fn route_latency(mut self, route: Route, latency: Duration) -> Self {
         self.config.route_latency.insert(route, latency);
+        self
+    }
+
+    /// Spreads every event stream (`"stream": true` answers) over `duration`: after the
+    /// latency the headers and the first event go out at once, the other events at even
+    /// intervals, the last one `duration` later (with `tokio::time`, so paused time skips it).
+    /// By default the whole stream is sent at once.
+    pub fn stream_duration(mut self, duration: Duration) -> Self {
+        self.config.stream_duration = duration;
         self
     }
 

@@ -1,13 +1,15 @@
 //! The request handler: one decision per request under a lock, then latency, then the answer.
 
 use std::collections::{HashMap, VecDeque};
+use std::convert::Infallible;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue, AUTHORIZATION, CONTENT_TYPE};
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Either, Full, LengthLimitError, Limited};
 use serde_json::Value;
 use tokio::time::Instant;
 
@@ -154,7 +156,8 @@ impl Shared {
     }
 }
 
-type MockBody = Full<Bytes>;
+/// A whole body, or an event stream spread over time ([`super::MockBuilder::stream_duration`]).
+type MockBody = Either<Full<Bytes>, UnsyncBoxBody<Bytes, Infallible>>;
 
 const JSON: &str = "application/json";
 
@@ -169,13 +172,17 @@ where
     let started = Instant::now();
     let (mut parts, body) = req.into_parts();
     let route = Route::from_path(parts.uri.path());
-    let (max_bytes, latency) = {
+    let (max_bytes, latency, stream_duration) = {
         let mut s = shared.lock();
         s.counts.total += 1;
         let latency = route
             .and_then(|r| s.config.route_latency.get(&r).copied())
             .unwrap_or(s.config.latency);
-        (s.config.max_request_bytes, latency)
+        (
+            s.config.max_request_bytes,
+            latency,
+            s.config.stream_duration,
+        )
     };
     let (body, too_large) = match Limited::new(body, max_bytes).collect().await {
         Ok(collected) => (collected.to_bytes(), false),
@@ -208,7 +215,12 @@ where
         return Err(Disconnect);
     }
 
-    let mut res = Response::new(Full::new(outcome.body.clone()));
+    let answer = if outcome.content_type == sse::EVENT_STREAM && !stream_duration.is_zero() {
+        Either::Right(sse::spread(outcome.body.clone(), stream_duration))
+    } else {
+        Either::Left(Full::new(outcome.body.clone()))
+    };
+    let mut res = Response::new(answer);
     *res.status_mut() = outcome.status;
     let processing_ms = started.elapsed().as_millis() as u64;
     {

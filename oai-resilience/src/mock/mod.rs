@@ -14,7 +14,7 @@
 //! | exhausted quota | [`MockBuilder::quota_exhausted`], [`MockServer::set_quota_exhausted`] | 429 `insufficient_quota` |
 //! | scripted sequences | [`MockBuilder::script`], [`MockServer::script`] with [`MockResponse`] | the script, then normal behaviour |
 //! | random server errors | [`MockBuilder::random_server_errors`] (seeded) | 500/502/503/504 |
-//! | latency | [`MockBuilder::latency`], [`MockBuilder::route_latency`], [`MockResponse::with_delay`] | a `tokio::time::sleep` |
+//! | latency | [`MockBuilder::latency`], [`MockBuilder::route_latency`], [`MockResponse::with_delay`]; [`MockBuilder::stream_duration`] for event streams | a `tokio::time::sleep`; a stream's events spread over the duration |
 //! | key check | [`MockBuilder::api_key`]; causes via [`MockResponse::auth_failure`] | 401/403 with OpenAI's messages |
 //! | bad bodies | always on | 400 invalid JSON, `missing_required_parameter`, `invalid_type`, `empty_array`; 413 ([`MockBuilder::max_request_bytes`]) |
 //! | a dropped connection | [`MockResponse::disconnect`] in a script | the connection closes, no answer |

@@ -1,6 +1,15 @@
 //! Server-sent event bodies for `"stream": true`, as the API sends them.
 
+use std::convert::Infallible;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use http_body::Frame;
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, StreamBody};
 use serde_json::{json, Value};
+use tokio::time::Instant;
 
 use super::bodies::success;
 use super::rng::SplitMix64;
@@ -51,6 +60,43 @@ pub(crate) fn stream(
         Route::Responses => responses_stream(full, error_after),
         _ => chat_stream(full, req, error_after),
     }
+}
+
+/// `body`'s events (each ending in a blank line) as one frame each, spread evenly over
+/// `over`: the first at once, the last `over` later.
+pub(crate) fn spread(body: Bytes, over: Duration) -> UnsyncBoxBody<Bytes, Infallible> {
+    let events = events(&body);
+    let gaps = u32::try_from(events.len().saturating_sub(1))
+        .unwrap_or(u32::MAX)
+        .max(1);
+    let start = Instant::now();
+    let frames = futures_util::stream::iter(events.into_iter().zip(0u32..)).then(
+        move |(event, i)| async move {
+            tokio::time::sleep_until(start + over.mul_f64(f64::from(i) / f64::from(gaps))).await;
+            Ok(Frame::data(event))
+        },
+    );
+    StreamBody::new(frames).boxed_unsync()
+}
+
+/// Splits an event stream after each blank line (`\n\n`); a tail without one is kept.
+fn events(body: &Bytes) -> Vec<Bytes> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    let mut i = 0;
+    while i + 1 < body.len() {
+        if body[i] == b'\n' && body[i + 1] == b'\n' {
+            out.push(body.slice(start..i + 2));
+            start = i + 2;
+            i += 2;
+        } else {
+            i += 1;
+        }
+    }
+    if start < body.len() {
+        out.push(body.slice(start..));
+    }
+    out
 }
 
 fn chat_stream(full: Value, req: &Value, error_after: Option<usize>) -> String {
@@ -144,6 +190,70 @@ fn responses_stream(full: Value, error_after: Option<usize>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn events_split_after_blank_lines_and_rejoin() {
+        let body = Bytes::from_static(b"data: a\n\ndata: b\n\ndata: [DONE]\n\n");
+        let parts = events(&body);
+        assert_eq!(parts.len(), 3);
+        assert_eq!(parts[1], Bytes::from_static(b"data: b\n\n"));
+        assert_eq!(parts.concat(), body.to_vec());
+        assert_eq!(events(&Bytes::from_static(b"x\n\ny")).len(), 2);
+        assert!(events(&Bytes::new()).is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn spread_sends_the_first_event_at_once_and_the_last_after_the_duration() {
+        let body = Bytes::from_static(b"data: a\n\ndata: b\n\ndata: c\n\n");
+        let mut spread = spread(body.clone(), Duration::from_secs(10));
+        let start = Instant::now();
+        let mut at = Vec::new();
+        let mut all = Vec::new();
+        while let Some(frame) = spread.frame().await {
+            at.push(start.elapsed());
+            all.extend_from_slice(&frame.unwrap().into_data().unwrap());
+        }
+        assert_eq!(all, body.to_vec());
+        let secs = |s| Duration::from_secs(s);
+        assert_eq!(at, [secs(0), secs(5), secs(10)]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stream_duration_stretches_a_streamed_answer_only() {
+        use hyper_util::client::legacy::Client;
+        use hyper_util::rt::TokioExecutor;
+        let server = crate::mock::MockServer::builder()
+            .latency(Duration::from_secs(1))
+            .stream_duration(Duration::from_secs(10))
+            .start()
+            .await;
+        let client =
+            Client::builder(TokioExecutor::new()).build_http::<http_body_util::Full<Bytes>>();
+        for (stream, took) in [(true, 11), (false, 1)] {
+            let body = format!(
+                r#"{{"model":"gpt-4o-mini","messages":[{{"role":"user","content":"Hi"}}],"stream":{stream}}}"#
+            );
+            let req = http::Request::post(server.endpoint(Route::ChatCompletions))
+                .header("content-type", "application/json")
+                .body(http_body_util::Full::new(Bytes::from(body)))
+                .unwrap();
+            let start = Instant::now();
+            let res = client.request(req).await.unwrap();
+            let headers = start.elapsed();
+            assert!(
+                headers.as_secs() == 1 && headers.subsec_millis() < 50,
+                "{headers:?}"
+            );
+            let text = res.into_body().collect().await.unwrap().to_bytes();
+            let all = start.elapsed();
+            assert!(
+                all.as_secs() == took && all.subsec_millis() < 50,
+                "{stream}: {all:?}"
+            );
+            let done = text.ends_with(b"data: [DONE]\n\n");
+            assert_eq!(done, stream, "{text:?}");
+        }
+    }
 
     #[test]
     fn deltas_rejoin_to_the_text() {
