@@ -6,20 +6,47 @@
 //! over classify + hyper-util), against the embedded mock server, or against any
 //! OpenAI-compatible server given with `--base-url URL`.
 //!
-//! Scenarios (`--scenario NAME`, `all` for every one):
+//! Scenarios (`--scenario NAME`, several as `NAME,NAME`; `all` for the first five):
 //!
-//! | name | faults (mock) | N | C |
-//! |------|---------------|---|---|
-//! | `burst` | bucket of 20 refilled 20/s (theoretical minimum 14 s) | 300 | 50 |
-//! | `flaky` | 20 % random 5xx, no limit | 300 | 20 |
-//! | `quota` | every call a quota 429 | 20 | 20 |
-//! | `outage` | 100 % 5xx for 10 s, then healthy; 20 calls/s for 15 s | 300 | 50 |
-//! | `clean` | none, no latency; the baseline is a bare hyper-util client | 2000 | 50 |
+//! | name | mock | latency | N | C | minimum wall time (`wall / min`) |
+//! |------|------|---------|---|---|----------------------------------|
+//! | `burst` | bucket of 20 refilled 20/s | 20 ms | 300 | 50 | (N − 20) / 20 s + latency (14.02 s) |
+//! | `flaky` | 20 % random 5xx, no limit | 20 ms | 300 | 20 | - |
+//! | `quota` | every call a quota 429 | 20 ms | 20 | 20 | - |
+//! | `outage` | 100 % 5xx for 10 s, then healthy; 20 calls/s for 15 s | 20 ms | 300 | 50 | - |
+//! | `clean` | none; the baseline is a bare hyper-util client | 0 | 2000 | 50 | - |
+//! | `latency` | 1,000,000 requests and 10^9 tokens per minute, with headers | 2 s | 200 | 50 | ⌈N/C⌉ × latency (8 s) |
+//! | `stream-long` | as `latency`; `"stream": true` calls whose event streams last 10 s | 0 + 10 s stream | 100 | 50 | ⌈N/C⌉ × (latency + stream) (20 s) |
 //!
-//! Other options: `--n N`, `--concurrency C`, `--api-key KEY` (else `OPENAI_API_KEY`, else a
-//! test key), `--baseline` (with `--base-url`: run the baseline too; with the mock it always
-//! runs), `--json` (one JSON object per scenario on stdout; the table goes to stderr),
-//! `--svg PATH` (the burst plot; default `docs/burst.svg`, `--svg none` to skip).
+//! The minimum is a lower bound that no client can beat: for `burst` the last call cannot be
+//! admitted before the bucket has refilled N − 20 requests, and its answer takes the latency;
+//! every scenario with a minimum is also bound by ⌈N/C⌉ rounds of the answer time (the larger
+//! bound wins). Each scenario prints a target line (`target met` / `target MISSED`) for the
+//! stack, with the baseline's figure beside it where it has one:
+//!
+//! - `burst`: 0 failed, wall ≤ 1.05× minimum, ≤ 1.15 requests per call;
+//! - `latency`: 0 failed, wall ≤ 1.05× minimum, p99 ≤ 1.10× latency, requests = calls;
+//! - `stream-long`: 0 failed, wall ≤ 1.05× minimum;
+//! - `flaky`, `quota`, `outage`, `clean`: see [`Report::target`].
+//!
+//! `all` leaves out `latency` and `stream-long` (at their default latencies they add about a
+//! minute, twice that before the pacer admits a cold burst at once); run them by name, e.g.
+//! `--scenario latency,stream-long`, or `--scenario burst --latency-ms 2000`.
+//!
+//! Options:
+//!
+//! - `--n N`, `--concurrency C`: override the scenario's defaults;
+//! - `--latency-ms MS`: the mock's answer time for every scenario run (the time before the
+//!   headers; for `stream-long` the stream's duration comes on top);
+//! - `--stream-ms MS`: how long each `stream-long` event stream lasts (default 10,000);
+//! - `--base-url URL`: another server (`http://host:port` or `http://host:port/v1`, as
+//!   OpenAI's SDKs take it; the loadtest appends `/v1/...` itself), its own faults, no minimum;
+//! - `--api-key KEY` (else `OPENAI_API_KEY`, else a test key), `--baseline` (with
+//!   `--base-url`: run the baseline too; with the mock it always runs);
+//! - `--json`: one JSON object per scenario on stdout (the table goes to stderr); every client
+//!   row has `failed`, `wall_s`, `minimum_s`, `wall_over_minimum`, `requests_sent`, `p99_ms`;
+//! - `--svg PATH`: write the burst plot there (nothing is written without it);
+//! - `--help`, `-h`: the usage.
 //!
 //! Run it with `cargo run --release -p examples --bin loadtest -- --scenario all`.
 //!
@@ -33,9 +60,12 @@
 //! concurrency over P worker processes (this binary, re-executed) against one server, and
 //! `--store redis://HOST:PORT` (or `--store redis`: a throwaway `redis-server` started for the
 //! run) runs the scenario twice in the same run, P processes pacing in-process and P pacing
-//! through Redis; `--store memory` is the default. `--repeat K` runs that pair K times (order
-//! alternating) and reports the median calls/s ratio. For example
-//! `cargo run --release -p examples --bin loadtest -- --scenario burst --processes 4 --store redis`.
+//! through Redis; `--store memory` is the default. `latency` and `stream-long` add a third
+//! row, the baseline client over the same P processes. `--repeat K` runs that set K times
+//! (order alternating) and reports the median calls/s ratio. For example
+//! `cargo run --release -p examples --bin loadtest -- --scenario burst --processes 4 --store redis`
+//! or, the cold start at 2 s,
+//! `cargo run --release -p examples --bin loadtest -- --scenario latency --processes 4 --store redis`.
 
 mod loadtest_procs;
 
@@ -61,7 +91,42 @@ use tower::{Layer, Service, ServiceBuilder, ServiceExt};
 const TEST_KEY: &str = "sk-proj-LOADloadLOADloadLOADload0000";
 const CHAT: &str =
     r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Hello"}],"max_tokens":5}"#;
+const CHAT_STREAM: &str = r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Hello"}],"max_tokens":5,"stream":true}"#;
 const PATH: &str = "/v1/chat/completions";
+
+/// The usage, for `--help`.
+pub(crate) const USAGE: &str = "\
+Usage: loadtest [OPTIONS]
+
+Load scenarios through the full stack (OpenAiLayer) and a baseline client in the same run,
+against an embedded mock OpenAI server (or --base-url).
+
+Options:
+  --scenario NAME[,NAME..]  burst, flaky, quota, outage, clean, latency, stream-long, or all
+                            (all: the first five; latency and stream-long run by name)
+  --n N                     calls (default: the scenario's)
+  --concurrency C           calls in flight (default: the scenario's)
+  --latency-ms MS           the mock's answer time (default: 20; latency 2000; clean and
+                            stream-long 0)
+  --stream-ms MS            stream-long: how long each event stream lasts (default 10000)
+  --base-url URL            another server, http://host:port or http://host:port/v1
+  --api-key KEY             the key (else OPENAI_API_KEY, else a test key)
+  --baseline                with --base-url: run the baseline client too
+  --json                    one JSON object per scenario on stdout, the table on stderr
+  --svg PATH                write the burst plot to PATH (no plot without it)
+  --processes P             split the calls over P worker processes
+  --store memory|redis|redis://HOST:PORT
+                            pacing state of the worker processes (redis: start a
+                            throwaway redis-server)
+  --repeat K                with --processes/--store: K rounds, median ratio
+  -h, --help                print this and exit
+
+Examples:
+  loadtest --scenario all
+  loadtest --scenario latency
+  loadtest --scenario burst --latency-ms 2000
+  loadtest --scenario latency --processes 4 --store redis
+";
 
 /// A load scenario.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,15 +141,31 @@ pub(crate) enum Scenario {
     Outage,
     /// No faults: throughput against a bare client.
     Clean,
+    /// Answers after a real model's latency (2 s), limits far above the demand.
+    Latency,
+    /// Streamed answers that last 10 s each, limits far above the demand.
+    StreamLong,
 }
 
 impl Scenario {
+    /// What `all` runs (and no `--scenario`): every scenario but the slow real-latency ones.
     pub(crate) const ALL: [Scenario; 5] = [
         Scenario::Burst,
         Scenario::Flaky,
         Scenario::Quota,
         Scenario::Outage,
         Scenario::Clean,
+    ];
+
+    /// Every scenario, by name.
+    pub(crate) const EVERY: [Scenario; 7] = [
+        Scenario::Burst,
+        Scenario::Flaky,
+        Scenario::Quota,
+        Scenario::Outage,
+        Scenario::Clean,
+        Scenario::Latency,
+        Scenario::StreamLong,
     ];
 
     pub(crate) fn name(self) -> &'static str {
@@ -94,17 +175,36 @@ impl Scenario {
             Scenario::Quota => "quota",
             Scenario::Outage => "outage",
             Scenario::Clean => "clean",
+            Scenario::Latency => "latency",
+            Scenario::StreamLong => "stream-long",
         }
     }
 
+    /// `NAME`, `NAME,NAME,..` or `all`.
     fn parse(s: &str) -> Option<Vec<Scenario>> {
-        if s == "all" {
-            return Some(Scenario::ALL.to_vec());
+        let mut out = Vec::new();
+        for name in s.split(',') {
+            if name == "all" {
+                out.extend(Scenario::ALL);
+            } else {
+                out.push(Scenario::EVERY.into_iter().find(|sc| sc.name() == name)?);
+            }
         }
-        Scenario::ALL
-            .into_iter()
-            .find(|sc| sc.name() == s)
-            .map(|sc| vec![sc])
+        Some(out)
+    }
+
+    /// Whether its calls ask for an event stream.
+    pub(crate) fn streams(self) -> bool {
+        self == Scenario::StreamLong
+    }
+
+    /// The request body of its calls.
+    pub(crate) fn body(self) -> &'static str {
+        if self.streams() {
+            CHAT_STREAM
+        } else {
+            CHAT
+        }
     }
 
     /// The issue's defaults: (calls, concurrency).
@@ -115,8 +215,31 @@ impl Scenario {
             Scenario::Quota => (20, 20),
             Scenario::Outage => (300, 50),
             Scenario::Clean => (2000, 50),
+            Scenario::Latency => (200, 50),
+            Scenario::StreamLong => (100, 50),
         }
     }
+
+    /// The mock's default answer time (before the headers).
+    pub(crate) fn default_latency(self) -> Duration {
+        match self {
+            Scenario::Clean | Scenario::StreamLong => Duration::ZERO,
+            Scenario::Latency => Duration::from_secs(2),
+            _ => Duration::from_millis(20),
+        }
+    }
+}
+
+/// The base URL without a trailing `/v1` (and slashes): `http://host:port/v1/` and
+/// `http://host:port` both give `http://host:port`, to which the loadtest appends
+/// `/v1/chat/completions` itself.
+pub(crate) fn api_base(url: &str) -> String {
+    let url = url.trim_end_matches('/');
+    let url = match url.strip_suffix("/v1") {
+        Some(base) if base.contains("://") => base,
+        _ => url,
+    };
+    url.trim_end_matches('/').to_string()
 }
 
 /// How one scenario is run.
@@ -125,8 +248,10 @@ pub(crate) struct Config {
     pub(crate) scenario: Scenario,
     pub(crate) calls: usize,
     pub(crate) concurrency: usize,
-    /// The mock's answer latency (the clean scenario uses none).
+    /// The mock's answer latency, before the headers (the clean scenario uses none).
     pub(crate) latency: Duration,
+    /// How long the mock spreads an event stream over (`stream-long`; zero: all at once).
+    pub(crate) stream: Duration,
     /// Outage: how long the 5xx last.
     pub(crate) outage: Duration,
     /// Outage: time between call starts (open loop).
@@ -152,10 +277,11 @@ impl Config {
             scenario,
             calls,
             concurrency,
-            latency: if scenario == Scenario::Clean {
-                Duration::ZERO
+            latency: scenario.default_latency(),
+            stream: if scenario == Scenario::StreamLong {
+                Duration::from_secs(10)
             } else {
-                Duration::from_millis(20)
+                Duration::ZERO
             },
             outage: Duration::from_secs(10),
             arrival: Duration::from_millis(50),
@@ -167,7 +293,43 @@ impl Config {
             rounds: 1,
         }
     }
+
+    /// The theoretical minimum wall time of this run against the embedded mock (none with
+    /// `--base-url`: its limits and latency are unknown).
+    pub(crate) fn minimum(&self) -> Option<Duration> {
+        self.minimum_over(&[(self.calls, self.concurrency)])
+    }
+
+    /// The minimum when the calls are split into `shares` of (calls, concurrency), one per
+    /// process: every share needs ⌈calls/concurrency⌉ rounds of the answer time (latency plus
+    /// stream), and for `burst` the last call cannot be admitted before the bucket of 20
+    /// (refilled 20/s) has refilled N − 20 requests, and then takes the latency. The larger
+    /// bound wins.
+    pub(crate) fn minimum_over(&self, shares: &[(usize, usize)]) -> Option<Duration> {
+        if self.base_url.is_some() {
+            return None;
+        }
+        let answer = self.latency + self.stream;
+        let rounds = shares
+            .iter()
+            .map(|&(n, c)| n.div_ceil(c.max(1)))
+            .max()
+            .unwrap_or(0);
+        let by_rounds = answer.mul_f64(rounds as f64);
+        let calls: usize = shares.iter().map(|s| s.0).sum();
+        match self.scenario {
+            Scenario::Burst => {
+                let refill = Duration::from_secs_f64(calls.saturating_sub(BUCKET) as f64 / 20.0);
+                Some((refill + answer).max(by_rounds))
+            }
+            Scenario::Latency | Scenario::StreamLong => Some(by_rounds),
+            _ => None,
+        }
+    }
 }
+
+/// `burst`: the mock's bucket, refilled as many per second.
+const BUCKET: usize = 20;
 
 /// Which client ran.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -222,7 +384,21 @@ impl Run {
         self.calls as f64 / self.wall.as_secs_f64().max(1e-9)
     }
 
-    /// `{"scenario":..,"client":..,"ok":..,...}`.
+    /// The wall time over `minimum`, where there is one.
+    pub(crate) fn over(&self, minimum: Option<Duration>) -> Option<f64> {
+        let m = minimum.filter(|m| !m.is_zero())?;
+        Some(self.wall.as_secs_f64() / m.as_secs_f64())
+    }
+
+    /// [`Run::json`] with the minimum and the wall time over it.
+    pub(crate) fn json_against(&self, minimum: Option<Duration>) -> serde_json::Value {
+        let mut v = self.json();
+        v["minimum_s"] = minimum.map(|m| m.as_secs_f64()).into();
+        v["wall_over_minimum"] = self.over(minimum).into();
+        v
+    }
+
+    /// `{"client":..,"ok":..,"failed":..,...}`.
     pub(crate) fn json(&self) -> serde_json::Value {
         let by_kind: serde_json::Map<String, serde_json::Value> = self
             .failed_by_kind
@@ -248,6 +424,9 @@ impl Run {
 pub(crate) struct Report {
     pub(crate) scenario: Scenario,
     pub(crate) concurrency: usize,
+    /// The mock's answer latency, and how long a stream lasts.
+    pub(crate) latency: Duration,
+    pub(crate) stream: Duration,
     /// The theoretical minimum wall time, where the mock's limit defines one.
     pub(crate) minimum: Option<Duration>,
     pub(crate) stack: Run,
@@ -261,11 +440,16 @@ pub(crate) struct Report {
 impl Report {
     /// The stack's figures at the top level, the baseline's under `"baseline"`.
     pub(crate) fn json(&self) -> serde_json::Value {
-        let mut v = self.stack.json();
+        let mut v = self.stack.json_against(self.minimum);
         v["scenario"] = self.scenario.name().into();
         v["concurrency"] = self.concurrency.into();
-        v["minimum_s"] = self.minimum.map(|m| m.as_secs_f64()).into();
-        v["baseline"] = self.baseline.as_ref().map(Run::json).into();
+        v["latency_ms"] = (self.latency.as_secs_f64() * 1e3).into();
+        v["stream_ms"] = (self.stream.as_secs_f64() * 1e3).into();
+        v["baseline"] = self
+            .baseline
+            .as_ref()
+            .map(|b| b.json_against(self.minimum))
+            .into();
         if let Some((sent, during, after, after_ok)) = self.stack.outage {
             v["outage"] = serde_json::json!({
                 "requests_during": sent, "calls_during": during,
@@ -279,19 +463,61 @@ impl Report {
     /// bare client).
     pub(crate) fn target(&self) -> (bool, String) {
         let s = &self.stack;
+        let wall = s.over(self.minimum).unwrap_or(f64::NAN);
+        // The baseline's figure beside the stack's, where a baseline ran.
+        let beside = |f: &dyn Fn(&Run) -> String| {
+            self.baseline
+                .as_ref()
+                .map_or(String::new(), |b| format!("; baseline {}", f(b)))
+        };
+        let wall_of = |r: &Run| {
+            r.over(self.minimum)
+                .map_or("-".into(), |w| format!("{w:.3}x"))
+        };
         match self.scenario {
-            Scenario::Burst => {
-                let wall = self
-                    .minimum
-                    .map_or(f64::NAN, |m| s.wall.as_secs_f64() / m.as_secs_f64());
-                (
-                    s.failed() == 0 && wall <= 1.05 && s.per_call() <= 1.15,
+            Scenario::Burst => (
+                s.failed() == 0 && wall <= 1.05 && s.per_call() <= 1.15,
+                format!(
+                    "0 failed ({}), wall <= 1.05x min ({wall:.3}x{}), req/call <= 1.15 ({:.3}{})",
+                    s.failed(),
+                    beside(&wall_of),
+                    s.per_call(),
+                    beside(&|b| format!("{:.3}", b.per_call())),
+                ),
+            ),
+            Scenario::Latency => {
+                let p99 = s.p99.as_secs_f64() / self.latency.as_secs_f64().max(1e-9);
+                let p99_of = |r: &Run| {
                     format!(
-                        "0 failed, wall <= 1.05x min ({wall:.3}x), req/call <= 1.15 ({:.3})",
-                        s.per_call()
+                        "{:.3}x",
+                        r.p99.as_secs_f64() / self.latency.as_secs_f64().max(1e-9)
+                    )
+                };
+                (
+                    s.failed() == 0
+                        && wall <= 1.05
+                        && p99 <= 1.10
+                        && s.requests_sent == s.calls as u64,
+                    format!(
+                        "0 failed ({}), wall <= 1.05x ideal ({wall:.3}x{}), p99 <= 1.10x latency \
+                         ({p99:.3}x{}), requests = calls ({}/{}{})",
+                        s.failed(),
+                        beside(&wall_of),
+                        beside(&p99_of),
+                        s.requests_sent,
+                        s.calls,
+                        beside(&|b| format!("{}/{}", b.requests_sent, b.calls)),
                     ),
                 )
             }
+            Scenario::StreamLong => (
+                s.failed() == 0 && wall <= 1.05,
+                format!(
+                    "0 failed ({}), wall <= 1.05x ideal ({wall:.3}x{})",
+                    s.failed(),
+                    beside(&wall_of)
+                ),
+            ),
             Scenario::Flaky => (
                 s.failed() == 0 && s.per_call() <= 1.30,
                 format!("0 failed, req/call <= 1.30 ({:.3})", s.per_call()),
@@ -396,7 +622,10 @@ impl<Res> tower::retry::Policy<Req, Res, Error> for FixedRetry {
     }
 }
 
+/// The client `which` against `base` (with or without `/v1`: see [`api_base`]), counting its
+/// requests in `counter`. Shared with the worker processes.
 fn build(which: Which, base: &str, key: &str, counter: &Counter) -> Result<Svc, BoxError> {
+    let base = api_base(base);
     Ok(match which {
         Which::Stack => {
             let client: Client<HttpConnector, ValidateBody<Full<Bytes>>> =
@@ -420,7 +649,6 @@ fn build(which: Which, base: &str, key: &str, counter: &Counter) -> Result<Svc, 
                 counter: counter.clone(),
             };
             let auth = format!("Bearer {key}");
-            let base = base.trim_end_matches('/').to_string();
             let with_base = move |mut req: Req| {
                 let uri = format!("{base}{}", req.uri());
                 if let Ok(uri) = uri.parse() {
@@ -455,13 +683,19 @@ async fn start_mock(cfg: &Config) -> MockServer {
     let b = MockServer::builder()
         .api_key(&cfg.api_key)
         .latency(cfg.latency)
+        .stream_duration(cfg.stream)
         .no_rate_limits();
     match cfg.scenario {
-        Scenario::Burst => b.request_limit(RateLimit::bucket(20, 20.0)),
+        Scenario::Burst => b.request_limit(RateLimit::bucket(BUCKET as u64, 20.0)),
         Scenario::Flaky => b.random_server_errors(0.2, 7),
         Scenario::Quota => b.quota_exhausted(true),
         Scenario::Outage => b.random_server_errors(0.0, 7),
         Scenario::Clean => b,
+        // Limits far above the demand, reported in the headers as OpenAI does: the pacer sees
+        // ample room and no 429 is possible.
+        Scenario::Latency | Scenario::StreamLong => b
+            .request_limit(RateLimit::per_minute(1_000_000))
+            .token_limit(RateLimit::per_minute(1_000_000_000)),
     }
     .start()
     .await
@@ -581,7 +815,9 @@ async fn run_one(cfg: &Config, which: Which) -> Result<Run, BoxError> {
         let (svc, gate) = (svc.clone(), gate.clone());
         let req = http::Request::post(PATH)
             .header("content-type", "application/json")
-            .body(Full::new(Bytes::from_static(CHAT.as_bytes())))?;
+            .body(Full::new(Bytes::from_static(
+                cfg.scenario.body().as_bytes(),
+            )))?;
         let at = outage.map(|_| start + cfg.arrival * i as u32);
         tasks.push(tokio::spawn(async move {
             if let Some(at) = at {
@@ -711,12 +947,12 @@ pub(crate) async fn run(cfg: &Config) -> Result<Report, BoxError> {
     };
     let stack = median_by_rps(stacks).ok_or("no stack run")?;
     let baseline = median_by_rps(baselines);
-    let minimum = (cfg.scenario == Scenario::Burst && cfg.base_url.is_none())
-        .then(|| Duration::from_secs_f64((cfg.calls as f64 - 20.0).max(0.0) / 20.0));
     Ok(Report {
         scenario: cfg.scenario,
         concurrency: cfg.concurrency,
-        minimum,
+        latency: cfg.latency,
+        stream: cfg.stream,
+        minimum: cfg.minimum(),
         stack,
         baseline,
         rounds,
@@ -741,11 +977,9 @@ fn row(name: &str, r: &Run, minimum: Option<Duration>) -> String {
             .collect::<Vec<_>>()
             .join(", ")
     };
-    let ratio = minimum
-        .filter(|m| !m.is_zero())
-        .map_or("-".to_string(), |m| {
-            format!("{:.3}x", r.wall.as_secs_f64() / m.as_secs_f64())
-        });
+    let ratio = r
+        .over(minimum)
+        .map_or("-".to_string(), |w| format!("{w:.3}x"));
     format!(
         "| {name} | {} | {} | {} | {failed} | {:.2} | {ratio} | {} | {:.3} | {:.0} | {:.0} | {:.0} |",
         r.which.name(),
@@ -856,7 +1090,10 @@ pub(crate) fn plot(r: &Report, path: &str) -> Result<(), BoxError> {
     root.fill(&WHITE)?;
     let mut chart = ChartBuilder::on(&root)
         .caption(
-            "burst: requests per second (bucket of 20, refilled 20/s)",
+            format!(
+                "burst: requests per second (bucket of 20, refilled 20/s; latency {} ms)",
+                r.latency.as_millis()
+            ),
             ("sans-serif", 20),
         )
         .margin(10)
@@ -889,11 +1126,18 @@ pub(crate) struct Args {
     pub(crate) scenarios: Vec<Scenario>,
     pub(crate) calls: Option<usize>,
     pub(crate) concurrency: Option<usize>,
+    /// `--latency-ms`: the mock's answer time for every scenario.
+    pub(crate) latency: Option<Duration>,
+    /// `--stream-ms`: how long a `stream-long` event stream lasts.
+    pub(crate) stream: Option<Duration>,
     pub(crate) base_url: Option<String>,
     pub(crate) api_key: Option<String>,
     pub(crate) baseline: bool,
     pub(crate) json: bool,
+    /// Where to write the burst plot; nothing is written without `--svg PATH`.
     pub(crate) svg: Option<String>,
+    /// `--help` or `-h`: print [`USAGE`] and exit.
+    pub(crate) help: bool,
 }
 
 /// Parses the options (hand-rolled: add new ones as match arms).
@@ -902,20 +1146,30 @@ pub(crate) fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Args,
         scenarios: Scenario::ALL.to_vec(),
         calls: None,
         concurrency: None,
+        latency: None,
+        stream: None,
         base_url: None,
         api_key: None,
         baseline: false,
         json: false,
-        svg: Some(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/burst.svg").to_string()),
+        svg: None,
+        help: false,
     };
     let mut args = args.into_iter();
     while let Some(a) = args.next() {
         let mut value = |name: &str| args.next().ok_or(format!("{name} needs a value"));
+        let millis = |name: &str, v: String| {
+            v.parse::<u64>()
+                .map(Duration::from_millis)
+                .map_err(|e| format!("{name}: {e}"))
+        };
         match a.as_str() {
+            "--help" | "-h" => out.help = true,
             "--scenario" => {
                 let v = value("--scenario")?;
                 out.scenarios = Scenario::parse(&v).ok_or(format!(
-                    "unknown scenario {v}; expected burst, flaky, quota, outage, clean or all"
+                    "unknown scenario {v}; expected burst, flaky, quota, outage, clean, latency, \
+                     stream-long or all (several as NAME,NAME)"
                 ))?;
             }
             "--n" => out.calls = Some(value("--n")?.parse().map_err(|e| format!("--n: {e}"))?),
@@ -926,18 +1180,22 @@ pub(crate) fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Args,
                         .map_err(|e| format!("--concurrency: {e}"))?,
                 )
             }
+            "--latency-ms" => out.latency = Some(millis("--latency-ms", value("--latency-ms")?)?),
+            "--stream-ms" => out.stream = Some(millis("--stream-ms", value("--stream-ms")?)?),
             "--base-url" => out.base_url = Some(value("--base-url")?),
             "--api-key" => out.api_key = Some(value("--api-key")?),
             "--baseline" => out.baseline = true,
             "--json" => out.json = true,
             "--svg" => {
                 let v = value("--svg")?;
+                // `none`: no plot, as without the option.
                 out.svg = (v != "none").then_some(v);
             }
             other => {
                 return Err(format!(
                     "unknown argument {other}; expected --scenario, --n, --concurrency, \
-                     --base-url, --api-key, --baseline, --json, --svg"
+                     --latency-ms, --stream-ms, --base-url, --api-key, --baseline, --json, --svg, \
+                     --processes, --store, --repeat or --help"
                 ))
             }
         }
@@ -958,6 +1216,12 @@ impl Args {
         }
         if let Some(c) = self.concurrency {
             cfg.concurrency = c;
+        }
+        if let Some(l) = self.latency {
+            cfg.latency = l;
+        }
+        if let (Some(d), true) = (self.stream, scenario.streams()) {
+            cfg.stream = d;
         }
         if let Some(url) = &self.base_url {
             cfg.base_url = Some(url.clone());
@@ -980,8 +1244,19 @@ async fn main() -> Result<(), BoxError> {
     if raw.first().map(String::as_str) == Some("--worker") {
         return loadtest_procs::worker_main().await;
     }
-    let (multi, raw) = loadtest_procs::split_args(raw)?;
-    let args = parse_args(raw)?;
+    if raw.iter().any(|a| a == "--help" || a == "-h") {
+        print!("{USAGE}");
+        return Ok(());
+    }
+    let parsed =
+        loadtest_procs::split_args(raw).and_then(|(multi, raw)| Ok((multi, parse_args(raw)?)));
+    let (multi, args) = match parsed {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("loadtest: {e}\n(loadtest --help lists the options)");
+            std::process::exit(2);
+        }
+    };
     if let Some(multi) = multi {
         return loadtest_procs::main_multi(&args, &multi).await;
     }
@@ -1023,6 +1298,9 @@ async fn main() -> Result<(), BoxError> {
                 targets.push(format!("burst plot written to {path}"));
             }
         }
+    }
+    if args.svg.is_some() && !args.scenarios.contains(&Scenario::Burst) {
+        targets.push("no burst run: no plot written".into());
     }
     for t in targets {
         say(&t);

@@ -10,10 +10,16 @@
 //! results, so process start-up and connection set-up are not counted.
 //!
 //! With a Redis store the scenario runs twice in the same run, against a fresh mock each
-//! time: P processes pacing in-process (the baseline: each process learns the limit alone)
-//! and P processes pacing through Redis (each process probes the cold key once, then all pace
-//! on the limits learned into Redis; nothing is configured up front). `--store redis` (no URL)
-//! starts a throwaway `redis-server` on a free loopback port for the run.
+//! time: P processes pacing in-process (each process learns the limit alone) and P processes
+//! pacing through Redis (all pace on the limits learned into Redis; nothing is configured up
+//! front). `latency` and `stream-long` also run the baseline client (no stack) over P
+//! processes, a third row. `--store redis` (no URL) starts a throwaway `redis-server` on a
+//! free loopback port for the run.
+//!
+//! The calls are split in proportion to each process's share of the concurrency (200 calls
+//! at 50 over 4 processes: 52, 52, 48, 48 calls at 13, 13, 12, 12), so that the minimum wall
+//! time is ⌈N/C⌉ rounds where C divides evenly; `--latency-ms` reaches the mock as in one
+//! process, and the minimum is computed from the shares ([`Config::minimum_over`]).
 
 use std::collections::BTreeMap;
 use std::process::Stdio;
@@ -97,12 +103,32 @@ pub(crate) fn split_args(args: Vec<String>) -> Result<(Option<Multi>, Vec<String
     ))
 }
 
+/// Each process's (calls, concurrency): the concurrency split as evenly as it goes (at least
+/// 1 each), the calls in proportion to it.
+pub(crate) fn shares(calls: usize, concurrency: usize, processes: usize) -> Vec<(usize, usize)> {
+    let processes = processes.max(1);
+    let conc: Vec<usize> = (0..processes)
+        .map(|i| (concurrency / processes + usize::from(i < concurrency % processes)).max(1))
+        .collect();
+    let total: usize = conc.iter().sum();
+    let mut out = Vec::with_capacity(processes);
+    let (mut before, mut given) = (0, 0);
+    for c in conc {
+        before += c;
+        let upto = calls * before / total;
+        out.push((upto - given, c));
+        given = upto;
+    }
+    out
+}
+
 /// What the parent tells a worker (one JSON line on its stdin).
 fn worker_config(
     url: &str,
-    calls: usize,
-    concurrency: usize,
+    (calls, concurrency): (usize, usize),
     key: &str,
+    which: Which,
+    scenario: Scenario,
     redis: Option<(&str, &str)>,
 ) -> serde_json::Value {
     serde_json::json!({
@@ -110,6 +136,8 @@ fn worker_config(
         "calls": calls,
         "concurrency": concurrency,
         "key": key,
+        "client": which.name(),
+        "body": scenario.body(),
         "redis_url": redis.map(|r| r.0),
         "redis_prefix": redis.map(|r| r.1),
     })
@@ -132,32 +160,37 @@ pub(crate) async fn worker_main() -> Result<(), BoxError> {
             .map(|n| n as usize)
             .ok_or(format!("worker: {name} missing"))
     };
-    let (url, key) = (field("url")?, field("key")?);
+    let (url, key, body) = (field("url")?, field("key")?, field("body")?);
+    let body = Bytes::from(body);
     let (calls, concurrency) = (count("calls")?, count("concurrency")?);
     let counter = Counter::default();
-    let client: Client<HttpConnector, ValidateBody<Full<Bytes>>> =
-        Client::builder(TokioExecutor::new()).build_http();
-    let client = Counted {
-        inner: client,
-        counter: counter.clone(),
-    };
-    let mut layer = OpenAiLayer::new()
-        .base_url(url.parse()?)
-        .auth(AuthLayer::from_key(key));
     let mut redis = None;
-    if let (Some(u), Some(prefix)) = (cfg["redis_url"].as_str(), cfg["redis_prefix"].as_str()) {
-        let store = RedisStore::connect(
-            u,
-            RedisStoreConfig {
-                prefix: prefix.to_string(),
-                ..RedisStoreConfig::default()
-            },
-        )
-        .await?;
-        layer = layer.pacing_store(store.clone());
-        redis = Some(store);
-    }
-    let svc: Svc = BoxCloneService::new(layer.layer(client));
+    let svc = if cfg["client"] == Which::Baseline.name() {
+        build(Which::Baseline, &url, &key, &counter)?
+    } else {
+        let client: Client<HttpConnector, ValidateBody<Full<Bytes>>> =
+            Client::builder(TokioExecutor::new()).build_http();
+        let client = Counted {
+            inner: client,
+            counter: counter.clone(),
+        };
+        let mut layer = OpenAiLayer::new()
+            .base_url(api_base(&url).parse()?)
+            .auth(AuthLayer::from_key(key));
+        if let (Some(u), Some(prefix)) = (cfg["redis_url"].as_str(), cfg["redis_prefix"].as_str()) {
+            let store = RedisStore::connect(
+                u,
+                RedisStoreConfig {
+                    prefix: prefix.to_string(),
+                    ..RedisStoreConfig::default()
+                },
+            )
+            .await?;
+            layer = layer.pacing_store(store.clone());
+            redis = Some(store);
+        }
+        BoxCloneService::new(layer.layer(client))
+    };
     let mut out = tokio::io::stdout();
     out.write_all(b"ready\n").await?;
     out.flush().await?;
@@ -172,7 +205,7 @@ pub(crate) async fn worker_main() -> Result<(), BoxError> {
         let (svc, gate) = (svc.clone(), gate.clone());
         let req = http::Request::post(PATH)
             .header("content-type", "application/json")
-            .body(Full::new(Bytes::from_static(CHAT.as_bytes())))?;
+            .body(Full::new(body.clone()))?;
         tasks.push(tokio::spawn(async move {
             let _slot = gate.acquire_owned().await.ok();
             let began = Instant::now();
@@ -260,7 +293,7 @@ impl Drop for LocalRedis {
 /// One row of a multi-process run.
 #[derive(Debug, Clone)]
 pub(crate) struct ProcRun {
-    /// `in-process` or `redis`.
+    /// `in-process` or `redis` (the stack), or `baseline` (the plain client).
     pub(crate) label: &'static str,
     pub(crate) run: Run,
     /// 429s the mock answered (`None` with `--base-url`).
@@ -277,12 +310,15 @@ fn fresh_prefix() -> String {
     format!("oai-resilience:loadtest:{}:{nanos}", std::process::id())
 }
 
-/// Runs `cfg` over `processes` workers, pacing in-process (`redis: None`) or through Redis.
+/// Runs `cfg` over `processes` workers: the stack pacing in-process (`redis: None`) or through
+/// Redis, or the baseline client (`Which::Baseline`; `redis` unused).
 async fn run_procs(
     cfg: &Config,
     processes: usize,
+    which: Which,
     redis: Option<&str>,
 ) -> Result<ProcRun, BoxError> {
+    let redis = redis.filter(|_| which == Which::Stack);
     let mock = match &cfg.base_url {
         None => Some(start_mock(cfg).await),
         Some(_) => None,
@@ -295,8 +331,7 @@ async fn run_procs(
     let prefix = fresh_prefix();
     let exe = std::env::current_exe()?;
     let mut workers = Vec::with_capacity(processes);
-    for i in 0..processes {
-        let share = |n: usize| n / processes + usize::from(i < n % processes);
+    for share in shares(cfg.calls, cfg.concurrency, processes) {
         let mut child = tokio::process::Command::new(&exe)
             .arg("--worker")
             .stdin(Stdio::piped())
@@ -307,9 +342,10 @@ async fn run_procs(
         let stdout = child.stdout.take().ok_or("worker stdout")?;
         let config = worker_config(
             &url,
-            share(cfg.calls),
-            share(cfg.concurrency).max(1),
+            share,
             &cfg.api_key,
+            which,
+            cfg.scenario,
             redis.map(|r| (r, prefix.as_str())),
         );
         stdin.write_all(format!("{config}\n").as_bytes()).await?;
@@ -373,13 +409,13 @@ async fn run_procs(
     latencies.sort();
     let counts = mock.as_ref().map(MockServer::counts);
     Ok(ProcRun {
-        label: if redis.is_some() {
-            "redis"
-        } else {
-            "in-process"
+        label: match (which, redis) {
+            (Which::Stack, Some(_)) => "redis",
+            (Which::Stack, None) => "in-process",
+            _ => "baseline",
         },
         run: Run {
-            which: Which::Stack,
+            which,
             calls: cfg.calls,
             ok,
             failed_by_kind: by_kind.into_iter().collect(),
@@ -401,6 +437,8 @@ async fn run_procs(
 pub(crate) struct ProcReport {
     pub(crate) scenario: Scenario,
     pub(crate) processes: usize,
+    /// The mock's answer latency.
+    pub(crate) latency: Duration,
     pub(crate) minimum: Option<Duration>,
     pub(crate) rows: Vec<ProcRun>,
 }
@@ -448,6 +486,40 @@ impl ProcReport {
                 s.per_call()
             ));
         }
+        // The cold start at a real latency: the stack's rows against the ideal, the
+        // baseline's figure beside them.
+        if matches!(self.scenario, Scenario::Latency | Scenario::StreamLong) {
+            let baseline = self
+                .rows
+                .iter()
+                .filter(|r| r.label == "baseline")
+                .filter_map(|r| r.run.over(self.minimum))
+                .map(|w| format!("{w:.3}x"))
+                .collect::<Vec<_>>();
+            let beside = if baseline.is_empty() {
+                String::new()
+            } else {
+                format!("; baseline {}", baseline.join(", "))
+            };
+            for r in self.rows.iter().filter(|r| r.label != "baseline") {
+                let s = &r.run;
+                let wall = s.over(self.minimum).unwrap_or(f64::NAN);
+                let met = s.failed() == 0 && wall <= 1.10;
+                out.push(format!(
+                    "{} x{} ({}): target {}: 0 failed ({}), wall <= 1.10x ideal ({wall:.3}x{beside}), \
+                     p99 {:.0} ms at latency {:.0} ms, requests {} for {} calls",
+                    self.scenario.name(),
+                    self.processes,
+                    r.label,
+                    if met { "met" } else { "MISSED" },
+                    s.failed(),
+                    s.p99.as_secs_f64() * 1e3,
+                    self.latency.as_secs_f64() * 1e3,
+                    s.requests_sent,
+                    s.calls,
+                ));
+            }
+        }
         // The overhead of the store where both rows do the same work (no limit to wait for).
         if self.scenario == Scenario::Clean {
             for (local, redis) in self.pairs() {
@@ -483,10 +555,8 @@ impl ProcReport {
 
     /// The (in-process, Redis) rows of each round.
     fn pairs(&self) -> impl Iterator<Item = (&ProcRun, &ProcRun)> {
-        self.rows.chunks(2).filter_map(|c| match c {
-            [a, b] if a.label == "in-process" && b.label == "redis" => Some((a, b)),
-            _ => None,
-        })
+        let of = |label: &'static str| self.rows.iter().filter(move |r| r.label == label);
+        of("in-process").zip(of("redis"))
     }
 
     /// The median over rounds of Redis calls/s / in-process calls/s.
@@ -513,8 +583,12 @@ impl ProcReport {
             .rows
             .iter()
             .map(|r| {
-                let mut v = r.run.json();
-                v["client"] = format!("stack, {}", r.label).into();
+                let mut v = r.run.json_against(self.minimum);
+                v["client"] = match r.run.which {
+                    Which::Stack => format!("stack, {}", r.label),
+                    other => other.name().to_string(),
+                }
+                .into();
                 v["store"] = r.label.into();
                 v["server_429s"] = r.server_429s.into();
                 v["redis_fallbacks"] = r.fallbacks.into();
@@ -525,6 +599,7 @@ impl ProcReport {
         serde_json::json!({
             "scenario": self.scenario.name(),
             "processes": self.processes,
+            "latency_ms": self.latency.as_secs_f64() * 1e3,
             "minimum_s": self.minimum.map(|m| m.as_secs_f64()),
             "runs": runs,
             "median_rps_ratio_redis_to_in_process": self.median_rps_ratio(),
@@ -558,31 +633,39 @@ pub(crate) async fn run_multi(cfg: &Config, multi: &Multi) -> Result<ProcReport,
         (_, Some(l)) => Some(l.url()),
         _ => None,
     };
+    // The real-latency scenarios compare with the plain client over the same processes.
+    let baseline = matches!(cfg.scenario, Scenario::Latency | Scenario::StreamLong) && cfg.baseline;
     let mut rows = Vec::new();
     for round in 0..multi.repeat {
         let p = multi.processes;
-        match &redis_url {
-            None => rows.push(run_procs(cfg, p, None).await?),
-            Some(url) => {
-                // Odd rounds run Redis first, so that neither always runs on a warmer machine.
-                let (local, redis) = if round % 2 == 1 {
-                    let redis = run_procs(cfg, p, Some(url)).await?;
-                    (run_procs(cfg, p, None).await?, redis)
-                } else {
-                    let local = run_procs(cfg, p, None).await?;
-                    (local, run_procs(cfg, p, Some(url)).await?)
-                };
-                rows.push(local);
-                rows.push(redis);
-            }
+        let mut order: Vec<(Which, Option<&str>)> = vec![(Which::Stack, None)];
+        if let Some(url) = &redis_url {
+            order.push((Which::Stack, Some(url)));
         }
+        if baseline {
+            order.push((Which::Baseline, None));
+        }
+        // Odd rounds run in the reverse order, so that no row always runs on a warmer machine.
+        if round % 2 == 1 {
+            order.reverse();
+        }
+        let mut round_rows = Vec::new();
+        for (which, redis) in order {
+            round_rows.push(run_procs(cfg, p, which, redis).await?);
+        }
+        // The table keeps one order: in-process, redis, baseline.
+        round_rows.sort_by_key(|r| match r.label {
+            "in-process" => 0,
+            "redis" => 1,
+            _ => 2,
+        });
+        rows.extend(round_rows);
     }
-    let minimum = (cfg.scenario == Scenario::Burst && cfg.base_url.is_none())
-        .then(|| Duration::from_secs_f64((cfg.calls as f64 - 20.0).max(0.0) / 20.0));
     Ok(ProcReport {
         scenario: cfg.scenario,
         processes: multi.processes,
-        minimum,
+        latency: cfg.latency,
+        minimum: cfg.minimum_over(&shares(cfg.calls, cfg.concurrency, multi.processes)),
         rows,
     })
 }
@@ -648,6 +731,33 @@ mod tests {
         assert_eq!(
             m.map(|m| (m.store, m.processes)),
             Some((StoreArg::RedisLocal, 1))
+        );
+    }
+
+    #[test]
+    fn calls_are_split_in_proportion_to_the_concurrency() {
+        assert_eq!(
+            shares(200, 50, 4),
+            vec![(52, 13), (52, 13), (48, 12), (48, 12)]
+        );
+        assert_eq!(shares(40, 8, 2), vec![(20, 4), (20, 4)]);
+        assert_eq!(shares(30, 6, 3), vec![(10, 2), (10, 2), (10, 2)]);
+        // Fewer slots than processes: each process still gets one.
+        let s = shares(10, 2, 4);
+        assert!(s.iter().all(|&(_, c)| c == 1), "{s:?}");
+        assert_eq!(s.iter().map(|s| s.0).sum::<usize>(), 10);
+        // The ideal over the shares is the one-process formula where C splits evenly.
+        let mut cfg = Config::new(Scenario::Latency);
+        cfg.latency = Duration::from_millis(2000);
+        assert_eq!(
+            cfg.minimum_over(&shares(200, 50, 4)),
+            Some(Duration::from_secs(8))
+        );
+        assert_eq!(cfg.minimum(), Some(Duration::from_secs(8)));
+        // 50 calls at 12 take 5 rounds.
+        assert_eq!(
+            cfg.minimum_over(&[(50, 12), (50, 13)]),
+            Some(Duration::from_secs(10))
         );
     }
 

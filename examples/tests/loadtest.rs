@@ -1,6 +1,8 @@
 //! Tiny configurations of every `loadtest` scenario in virtual time: the accounting (every
-//! call counted as ok or failed by kind, requests counted by the mock) and the JSON fields.
-//! No timing assertions: the real figures come from the release run.
+//! call counted as ok or failed by kind, requests counted by the mock), the JSON fields and
+//! the theoretical minimum. The only timing assertions are lower bounds (no run beats the
+//! minimum, a stretched stream lasts its duration); the real figures come from the release
+//! run.
 
 #[allow(dead_code)]
 #[path = "../loadtest.rs"]
@@ -9,7 +11,8 @@ mod loadtest_example;
 use std::time::Duration;
 
 use loadtest_example::{
-    cpu_line, parse_args, rounds_line, run, table, target_line, Config, Report, Scenario, HEADER,
+    api_base, cpu_line, parse_args, rounds_line, run, table, target_line, Config, Report, Scenario,
+    HEADER, USAGE,
 };
 
 fn tiny(scenario: Scenario, calls: usize, concurrency: usize) -> Config {
@@ -35,7 +38,12 @@ fn check_accounting(r: &Report) {
         "wall_s",
         "p50_ms",
         "p99_ms",
+        "minimum_s",
     ] {
+        if field == "minimum_s" && r.minimum.is_none() {
+            assert!(json[field].is_null() && json["baseline"][field].is_null());
+            continue;
+        }
         assert!(
             json.get(field).is_some_and(|v| v.is_number()),
             "{field}: {json}"
@@ -58,9 +66,87 @@ async fn burst_paces_and_counts() {
     let r = run(&tiny(Scenario::Burst, 40, 20)).await.unwrap();
     check_accounting(&r);
     assert_eq!(r.stack.failed(), 0, "{}", table(&r));
-    assert_eq!(r.minimum, Some(Duration::from_secs(1)));
+    // 20 more requests than the bucket holds at 20/s, then the last call's 20 ms latency.
+    assert_eq!(r.minimum, Some(Duration::from_millis(1020)));
+    assert!(r.stack.wall >= Duration::from_millis(1020), "{}", table(&r));
     // The mock's count is the sent requests: every ok call is one 200 at least.
     assert!(r.stack.requests_sent >= 40);
+}
+
+#[test]
+fn the_burst_minimum_includes_the_last_calls_latency() {
+    let burst = |calls, concurrency, latency_ms| {
+        let mut cfg = tiny(Scenario::Burst, calls, concurrency);
+        cfg.latency = Duration::from_millis(latency_ms);
+        cfg.minimum().unwrap()
+    };
+    // The burst at 2 s: (300 - 20) / 20 s + 2 s.
+    assert_eq!(burst(300, 50, 2000), Duration::from_secs(16));
+    assert_eq!(burst(300, 50, 20), Duration::from_millis(14_020));
+    assert_eq!(burst(300, 50, 0), Duration::from_secs(14));
+    // Fewer calls than the bucket: one answer time.
+    assert_eq!(burst(10, 10, 500), Duration::from_millis(500));
+    // One slot: 40 calls of 100 ms one after the other outlast the bucket.
+    assert_eq!(burst(40, 1, 100), Duration::from_secs(4));
+    // No minimum against another server.
+    let mut remote = tiny(Scenario::Burst, 300, 50);
+    remote.base_url = Some("http://127.0.0.1:9".into());
+    assert_eq!(remote.minimum(), None);
+    assert_eq!(tiny(Scenario::Flaky, 300, 20).minimum(), None);
+}
+
+#[tokio::test(start_paused = true)]
+async fn latency_reports_the_ideal_and_one_request_per_call() {
+    let mut cfg = tiny(Scenario::Latency, 20, 5);
+    cfg.latency = Duration::from_millis(50);
+    let r = run(&cfg).await.unwrap();
+    check_accounting(&r);
+    // ⌈20/5⌉ rounds of 50 ms.
+    let ideal = Duration::from_millis(200);
+    assert_eq!(r.minimum, Some(ideal));
+    let json = r.json();
+    assert_eq!(json["minimum_s"], 0.2);
+    assert_eq!(json["baseline"]["minimum_s"], 0.2);
+    assert_eq!(json["latency_ms"], 50.0);
+    assert!(json["wall_over_minimum"].as_f64().unwrap() >= 1.0, "{json}");
+    for run in [&r.stack, r.baseline.as_ref().unwrap()] {
+        assert_eq!((run.ok, run.requests_sent), (20, 20), "{}", table(&r));
+        assert!(run.wall >= ideal && run.p50 >= cfg.latency, "{}", table(&r));
+    }
+    let line = target_line(&r);
+    assert!(line.starts_with("latency: target "), "{line}");
+    for part in [
+        "wall <= 1.05x ideal",
+        "p99 <= 1.10x latency",
+        "requests = calls (20/20",
+    ] {
+        assert!(line.contains(part), "{line}");
+    }
+    assert!(
+        table(&r).contains("| latency | stack | 20 | 20 | 0 |"),
+        "{}",
+        table(&r)
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn stream_long_reads_streams_that_last_their_duration() {
+    let mut cfg = tiny(Scenario::StreamLong, 6, 3);
+    cfg.stream = Duration::from_millis(80);
+    cfg.latency = Duration::from_millis(20);
+    let r = run(&cfg).await.unwrap();
+    check_accounting(&r);
+    // ⌈6/3⌉ rounds of 20 ms to the headers and an 80 ms stream.
+    assert_eq!(r.minimum, Some(Duration::from_millis(200)));
+    assert_eq!(r.json()["stream_ms"], 80.0);
+    for run in [&r.stack, r.baseline.as_ref().unwrap()] {
+        assert_eq!((run.ok, run.requests_sent), (6, 6), "{}", table(&r));
+        // Every call read its stream to the end, after the latency.
+        assert!(run.p50 >= Duration::from_millis(100), "{}", table(&r));
+    }
+    let line = target_line(&r);
+    assert!(line.starts_with("stream-long: target "), "{line}");
+    assert!(line.contains("wall <= 1.05x ideal"), "{line}");
 }
 
 #[tokio::test(start_paused = true)]
@@ -160,6 +246,19 @@ fn arguments_parse_and_reject() {
     assert!(a.json && a.svg.is_none());
     assert_eq!(args("").unwrap().scenarios.len(), 5);
     assert_eq!(args("--scenario all").unwrap().scenarios.len(), 5);
+    assert!(!args("--scenario all")
+        .unwrap()
+        .scenarios
+        .contains(&Scenario::Latency));
+    // No plot unless asked.
+    assert!(args("").unwrap().svg.is_none());
+    assert_eq!(
+        args("--svg target/burst.svg").unwrap().svg.as_deref(),
+        Some("target/burst.svg")
+    );
+    assert!(args("--help").unwrap().help && args("-h").unwrap().help);
+    assert!(!args("").unwrap().help);
+    assert!(USAGE.starts_with("Usage: loadtest") && USAGE.contains("--latency-ms"));
     let remote = args("--base-url http://127.0.0.1:9/ --api-key sk-x").unwrap();
     let cfg = remote.config(Scenario::Flaky);
     assert!(!cfg.baseline && cfg.base_url.is_some());
@@ -178,6 +277,117 @@ fn arguments_parse_and_reject() {
         .unwrap_err()
         .contains("unknown argument"));
     assert!(HEADER.starts_with("| scenario |"));
+}
+
+#[test]
+fn latency_and_stream_flags_parse_and_apply() {
+    let args = |s: &str| parse_args(s.split_whitespace().map(String::from));
+    // The defaults: 2 s for latency, 10 s streams for stream-long, 20 ms for burst.
+    let a = args("--scenario latency,stream-long").unwrap();
+    assert_eq!(a.scenarios, vec![Scenario::Latency, Scenario::StreamLong]);
+    let latency = a.config(Scenario::Latency);
+    assert_eq!(
+        (latency.calls, latency.concurrency, latency.latency),
+        (200, 50, Duration::from_secs(2))
+    );
+    assert_eq!(latency.minimum(), Some(Duration::from_secs(8)));
+    let stream = a.config(Scenario::StreamLong);
+    assert_eq!((stream.calls, stream.concurrency), (100, 50));
+    assert_eq!(
+        (stream.latency, stream.stream),
+        (Duration::ZERO, Duration::from_secs(10))
+    );
+    assert_eq!(stream.minimum(), Some(Duration::from_secs(20)));
+    assert_eq!(a.config(Scenario::Burst).latency, Duration::from_millis(20));
+    // --latency-ms reaches every scenario; --stream-ms only the streaming one.
+    let a = args("--scenario burst,latency --latency-ms 2000 --stream-ms 50").unwrap();
+    let burst = a.config(Scenario::Burst);
+    assert_eq!(burst.latency, Duration::from_secs(2));
+    assert_eq!(burst.stream, Duration::ZERO);
+    assert_eq!(burst.minimum(), Some(Duration::from_secs(16)));
+    assert_eq!(a.config(Scenario::Clean).latency, Duration::from_secs(2));
+    let stream = a.config(Scenario::StreamLong);
+    assert_eq!(stream.stream, Duration::from_millis(50));
+    assert_eq!(
+        args("--scenario all,latency").unwrap().scenarios.len(),
+        6,
+        "all and a name"
+    );
+    assert!(args("--latency-ms").unwrap_err().contains("needs a value"));
+    assert!(args("--latency-ms 2s")
+        .unwrap_err()
+        .contains("--latency-ms"));
+    assert!(args("--stream-ms -1").unwrap_err().contains("--stream-ms"));
+    assert!(args("--scenario latency,nope")
+        .unwrap_err()
+        .contains("unknown scenario"));
+}
+
+#[test]
+fn the_base_url_loses_one_trailing_v1() {
+    for url in [
+        "http://127.0.0.1:8000",
+        "http://127.0.0.1:8000/",
+        "http://127.0.0.1:8000/v1",
+        "http://127.0.0.1:8000/v1/",
+    ] {
+        assert_eq!(api_base(url), "http://127.0.0.1:8000", "{url}");
+    }
+    assert_eq!(api_base("https://host/openai/v1"), "https://host/openai");
+    assert_eq!(api_base("https://host/v1/v1"), "https://host/v1");
+    assert_eq!(api_base("https://host/v10"), "https://host/v10");
+    assert_eq!(api_base("http://v1"), "http://v1");
+}
+
+/// `--base-url http://host:port/v1` as OpenAI's SDKs spell it, and without `/v1`: the same
+/// calls reach `/v1/chat/completions`, for the stack and the baseline.
+#[tokio::test(start_paused = true)]
+async fn base_url_with_or_without_v1_gives_the_same_run() {
+    const KEY: &str = "sk-proj-BaseBaseBaseBaseBase00000000";
+    let mut outcomes = Vec::new();
+    for suffix in ["", "/v1", "/v1/", "/"] {
+        let server = oai_resilience::mock::MockServer::builder()
+            .api_key(KEY)
+            .start()
+            .await;
+        let url = format!("{}{suffix}", server.url());
+        let args = parse_args(
+            [
+                "--scenario",
+                "latency",
+                "--n",
+                "6",
+                "--concurrency",
+                "3",
+                "--base-url",
+                &url,
+                "--api-key",
+                KEY,
+                "--baseline",
+            ]
+            .map(String::from),
+        )
+        .unwrap();
+        let r = run(&args.config(Scenario::Latency)).await.unwrap();
+        let b = r.baseline.as_ref().expect("--baseline runs it");
+        assert_eq!((r.stack.ok, b.ok), (6, 6), "{url}: {}", table(&r));
+        let paths: Vec<String> = server.requests().into_iter().map(|q| q.path).collect();
+        assert_eq!(paths.len(), 12, "{url}");
+        assert!(
+            paths.iter().all(|p| p == "/v1/chat/completions"),
+            "{url}: {paths:?}"
+        );
+        assert_eq!(server.counts().not_found, 0);
+        outcomes.push((
+            r.stack.ok,
+            r.stack.failed_by_kind.clone(),
+            r.stack.requests_sent,
+            b.ok,
+            b.failed_by_kind.clone(),
+            b.requests_sent,
+        ));
+    }
+    assert!(outcomes.windows(2).all(|w| w[0] == w[1]), "{outcomes:?}");
 }
 
 #[tokio::test(start_paused = true)]

@@ -83,6 +83,105 @@ fn processes_without_a_store_give_one_in_process_row() {
     assert!(count(&runs[0], "requests_sent") >= 30, "{}", runs[0]);
 }
 
+/// The cold start at a real latency (here 50 ms) over two processes, through Redis: the stack
+/// pacing in-process, through Redis, and the plain client, each against the ideal.
+#[test]
+fn latency_over_two_processes_reports_three_rows_and_the_ideal() {
+    let reports = loadtest(&[
+        "--scenario",
+        "latency",
+        "--latency-ms",
+        "50",
+        "--n",
+        "16",
+        "--concurrency",
+        "8",
+        "--processes",
+        "2",
+        "--store",
+        "redis",
+    ]);
+    let r = &reports[0];
+    assert_eq!(r["scenario"], "latency");
+    assert_eq!(r["latency_ms"], 50.0);
+    // Two rounds of 50 ms: 8 calls at 4 in each process.
+    assert_eq!(r["minimum_s"], 0.1);
+    let runs = r["runs"].as_array().expect("runs");
+    let stores: Vec<&str> = runs.iter().map(|r| r["store"].as_str().unwrap()).collect();
+    assert_eq!(stores, ["in-process", "redis", "baseline"], "{r}");
+    assert_eq!(runs[2]["client"], "baseline");
+    for run in runs {
+        assert_eq!(count(run, "ok"), 16, "{run}");
+        assert_eq!(count(run, "failed"), 0, "{run}");
+        assert_eq!(count(run, "requests_sent"), 16, "{run}");
+        assert_eq!(run["minimum_s"], 0.1);
+        // Nothing beats the ideal.
+        assert!(run["wall_s"].as_f64().unwrap() >= 0.1, "{run}");
+        assert!(run["p99_ms"].as_f64().unwrap() >= 50.0, "{run}");
+    }
+}
+
+#[test]
+fn help_prints_the_usage_and_exits_0() {
+    for flag in ["--help", "-h"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_loadtest"))
+            .args(["--scenario", "burst", flag])
+            .output()
+            .expect("run loadtest");
+        assert!(out.status.success(), "{flag}");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(stdout.starts_with("Usage: loadtest"), "{stdout}");
+        assert!(stdout.contains("--latency-ms") && stdout.contains("--svg PATH"));
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_loadtest"))
+        .arg("--frobnicate")
+        .output()
+        .expect("run loadtest");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown argument --frobnicate"));
+}
+
+/// A run writes no plot unless `--svg PATH` asks, and then only there.
+#[test]
+fn the_plot_is_written_only_where_asked() {
+    let checkout_plot = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/burst.svg");
+    let before = std::fs::metadata(checkout_plot)
+        .and_then(|m| m.modified())
+        .ok();
+    let dir = std::env::temp_dir().join(format!("loadtest-svg-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let run = |extra: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_loadtest"))
+            .args(["--scenario", "burst", "--n", "24", "--concurrency", "8"])
+            .args(extra)
+            .current_dir(&dir)
+            .output()
+            .expect("run loadtest");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let stdout = run(&[]);
+    assert!(!stdout.contains("plot written"), "{stdout}");
+    assert_eq!(
+        std::fs::read_dir(&dir).unwrap().count(),
+        0,
+        "nothing in the cwd"
+    );
+    let svg = dir.join("plot.svg");
+    let stdout = run(&["--svg", svg.to_str().unwrap()]);
+    assert!(stdout.contains("burst plot written to"), "{stdout}");
+    assert!(std::fs::read_to_string(&svg).unwrap().starts_with("<svg"));
+    let after = std::fs::metadata(checkout_plot)
+        .and_then(|m| m.modified())
+        .ok();
+    assert_eq!(before, after, "docs/burst.svg untouched");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 #[test]
 fn a_bad_store_is_refused() {
     let out = Command::new(env!("CARGO_BIN_EXE_loadtest"))
