@@ -2,7 +2,7 @@
 //!
 //! ```sh
 //! cargo run -p examples --bin gateway                        # upstream: an embedded mock
-//! cargo run -p examples --bin gateway -- --listen 127.0.0.1:8787 --upstream http://127.0.0.1:9000
+//! cargo run -p examples --bin gateway -- --listen 127.0.0.1:8787 --upstream http://127.0.0.1:9000/v1
 //! ```
 //!
 //! Then point any OpenAI client at it, for example the official Python SDK:
@@ -20,9 +20,12 @@
 //!
 //! Options:
 //! - `--listen ADDR`: where to listen (default `127.0.0.1:8787`);
-//! - `--upstream URL`: the OpenAI-compatible upstream's base URL (default: an embedded mock
-//!   OpenAI server on a free port, with a seeded 10 % of 5xx answers that the gateway retries).
-//!   Plain `http://` only in this example (the hyper-util client here has no TLS connector).
+//! - `--upstream URL`: the OpenAI-compatible upstream's base URL, written as OpenAI's SDKs
+//!   and `OPENAI_BASE_URL` write it, with or without `/v1` (`http://127.0.0.1:9000/v1` and
+//!   `http://127.0.0.1:9000` both forward `/v1/chat/completions` to `/v1/chat/completions`);
+//!   default: an embedded mock OpenAI server on a free port, with a seeded 10 % of 5xx
+//!   answers that the gateway retries. Plain `http://` only in this example (the hyper-util
+//!   client here has no TLS connector).
 //! - `--store memory|redis://HOST:PORT`: where the pacing state lives (default `memory`: in
 //!   this process). With Redis, every gateway replica that uses the same Redis and key shares
 //!   the rate limit; if Redis is down the gateway paces in-process until it is back.

@@ -48,14 +48,15 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Request, Response, StatusCode, Uri};
+use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Either, Full, Limited};
 use hyper::body::{Body, Incoming};
 use hyper_util::rt::TokioIo;
+use oai_resilience::stack::{BaseUrl, BaseUrlLayer, InvalidBaseUrl};
 use oai_resilience::{AuthCause, Error, ErrorKind};
 use serde_json::json;
 use tokio::net::TcpListener;
-use tower::ServiceExt;
+use tower::{Layer, ServiceExt};
 
 use crate::stack::Stack;
 
@@ -101,56 +102,43 @@ const RESPONSE_SKIP: &[&str] = &[
 /// The proxy service. Cheap to clone: clones share the stack's pacer and retry budget.
 #[derive(Clone)]
 pub struct Gateway {
-    inner: Arc<Inner>,
-    stack: Stack,
-}
-
-struct Inner {
     /// The upstream's base URL, without `/v1` and without a trailing `/`.
-    upstream: String,
+    upstream: Arc<str>,
+    /// The stack under the upstream's base URL, which gives each request's path its base.
+    stack: BaseUrl<Stack>,
 }
 
 impl fmt::Debug for Gateway {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Gateway")
-            .field("upstream", &self.inner.upstream)
+            .field("upstream", &self.upstream)
             .finish_non_exhaustive()
     }
 }
 
 impl Gateway {
-    /// A gateway that forwards to `upstream` (a base URL such as `http://127.0.0.1:9000` or
-    /// `https://api.openai.com`; a trailing `/v1` or `/` is dropped, the request's path is
-    /// kept) through `stack`.
+    /// A gateway that forwards to `upstream` through `stack`. `upstream` is a base URL as
+    /// OpenAI's SDKs write it, with or without `/v1` and a trailing `/`
+    /// (`http://127.0.0.1:9000/v1`, `https://api.openai.com`): the request's path, which
+    /// carries `/v1` itself, is joined to it by [`BaseUrlLayer`], so `/v1/chat/completions`
+    /// goes to `/v1/chat/completions` upstream either way.
     ///
     /// # Errors
     ///
-    /// If `upstream` is not an absolute `http`/`https` URL.
-    pub fn new(upstream: &str, stack: Stack) -> Result<Self, String> {
-        let trimmed = upstream.trim_end_matches('/');
-        let trimmed = trimmed.strip_suffix("/v1").unwrap_or(trimmed);
-        let uri: Uri = trimmed
-            .parse()
-            .map_err(|e| format!("invalid upstream URL {upstream:?}: {e}"))?;
-        match uri.scheme_str() {
-            Some("http") | Some("https") if uri.authority().is_some() => {}
-            _ => {
-                return Err(format!(
-                    "the upstream URL must be http(s)://host[:port], got {upstream:?}"
-                ))
-            }
-        }
+    /// [`InvalidBaseUrl`] if `upstream` is not an absolute `http`/`https` URL with a host (and
+    /// without credentials, a query or a fragment).
+    pub fn new(upstream: &str, stack: Stack) -> Result<Self, InvalidBaseUrl> {
+        let base: BaseUrlLayer = upstream.parse()?;
+        let url = base.url().map_err(Clone::clone)?;
         Ok(Gateway {
-            inner: Arc::new(Inner {
-                upstream: trimmed.to_owned(),
-            }),
-            stack,
+            upstream: Arc::from(url),
+            stack: base.layer(stack),
         })
     }
 
-    /// The upstream base URL.
+    /// The upstream base URL, without `/v1` and without a trailing `/`.
     pub fn upstream(&self) -> &str {
-        &self.inner.upstream
+        &self.upstream
     }
 
     /// Proxies one request. Never fails: every failure becomes an OpenAI-shaped error answer.
@@ -185,13 +173,13 @@ impl Gateway {
                 );
             }
         };
+        // Only the path and query: the stack's base URL gives them the upstream.
         let path = parts
             .uri
             .path_and_query()
             .map_or("/", |p| p.as_str())
             .to_owned();
-        let uri = format!("{}{}", self.inner.upstream, path);
-        let mut out = Request::builder().method(parts.method.clone()).uri(uri);
+        let mut out = Request::builder().method(parts.method.clone()).uri(path);
         if let Some(headers) = out.headers_mut() {
             for (name, value) in &parts.headers {
                 if !REQUEST_SKIP.contains(&name.as_str()) {

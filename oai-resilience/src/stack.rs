@@ -17,6 +17,16 @@
 //! - **BaseUrl** gives relative request URIs (`/v1/chat/completions`) the configured base, so
 //!   the auth layer knows the target host and the pacer keys by it.
 //!
+//! # Base URL
+//!
+//! Request paths are the API's full paths (`/v1/chat/completions`). The base URL is written
+//! as OpenAI's SDKs and `OPENAI_BASE_URL` write it, with `/v1` (`https://api.openai.com/v1`,
+//! `http://localhost:8000/v1` for a compatible server), or without it: both send
+//! `/v1/chat/completions`, never `/v1/v1/…`. A path before `/v1` is kept as a prefix
+//! (`https://example.com/openai/v1` sends `/openai/v1/chat/completions`). Without
+//! [`OpenAiLayer::base_url`], `OPENAI_BASE_URL` is read; see [`BaseUrlLayer`] for what is a
+//! valid base.
+//!
 //! [`OpenAiLayer`] encodes this order; each piece keeps its own configuration. Users who stack
 //! the layers by hand with [`tower::ServiceBuilder`] should keep the same order.
 //!
@@ -31,13 +41,16 @@
 //! // Any `Service<http::Request<_>>` that returns an `http::Response` will do; in production it
 //! // is a hyper-util client, here a stand-in that answers at once.
 //! let upstream = service_fn(|req: http::Request<_>| async move {
-//!     assert_eq!(req.uri().host(), Some("api.openai.com"));
+//!     assert_eq!(
+//!         req.uri().to_string(),
+//!         "https://api.openai.com/v1/chat/completions"
+//!     );
 //!     let body = Full::new(Bytes::from_static(b"{\"object\":\"chat.completion\"}"));
 //!     Ok::<_, std::convert::Infallible>(http::Response::new(body))
 //! });
 //!
 //! let stack = OpenAiLayer::new()
-//!     .base_url("https://api.openai.com".parse().unwrap())
+//!     .base_url("https://api.openai.com/v1".parse().unwrap())
 //!     .auth(AuthLayer::from_key("sk-proj-abcdefghijklmnopqrstuvwxyz0123456789"))
 //!     .retry(RetryLayer::with_config(RetryConfig::new().max_attempts(4)))
 //!     .layer(upstream);
@@ -66,6 +79,9 @@
 //! # }
 //! ```
 
+use std::fmt;
+use std::str::FromStr;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -92,7 +108,9 @@ pub type OpenAiService<S> = BaseUrl<Validate<Auth<Retry<Pace<Classify<S>>>>>>;
 /// [`ValidateLayer::new`], [`AuthLayer::from_env`] (`OPENAI_API_KEY`, `OPENAI_ORG_ID`,
 /// `OPENAI_PROJECT_ID`), [`RetryLayer::new`], [`PaceLayer::new`] (pacing state in this
 /// process; [`pacing_store`](Self::pacing_store) shares it between processes),
-/// [`ClassifyLayer::new`], and no base URL (request URIs are used as they are).
+/// [`ClassifyLayer::new`], and the base URL in `OPENAI_BASE_URL`, with or without `/v1`, read
+/// once by [`new`](Self::new) (unset or blank: none, and request URIs are used as they are; an
+/// invalid value: requests with a relative URI fail, see [`base_url`](Self::base_url)).
 ///
 /// Clones share the retry budget and the pacer: build the layer once and clone the service.
 #[derive(Debug, Clone)]
@@ -112,10 +130,11 @@ impl Default for OpenAiLayer {
 }
 
 impl OpenAiLayer {
-    /// The default stack; see [`OpenAiLayer`].
+    /// The default stack; see [`OpenAiLayer`]. Reads `OPENAI_BASE_URL`.
     pub fn new() -> Self {
+        let env = std::env::var_os("OPENAI_BASE_URL").map(|v| v.to_string_lossy().into_owned());
         OpenAiLayer {
-            base_url: None,
+            base_url: base_url_from_env(env),
             validate: ValidateLayer::new(),
             auth: AuthLayer::from_env(),
             retry: RetryLayer::new(),
@@ -124,11 +143,60 @@ impl OpenAiLayer {
         }
     }
 
-    /// Gives requests whose URI has no scheme and authority this base (scheme, host, port, and
-    /// a path prefix such as `/openai` for a compatible service).
+    /// Gives requests whose URI has no scheme and authority this base: `https://api.openai.com`
+    /// or `https://api.openai.com/v1` (both send `/v1/chat/completions`), or a compatible
+    /// server's (`http://localhost:8000/v1`). Replaces the base read from `OPENAI_BASE_URL`.
+    ///
+    /// A base that is not valid (see [`BaseUrlLayer`]) does not panic: every request it
+    /// would apply to fails with [`ErrorKind::Internal`](crate::ErrorKind::Internal), whose
+    /// [`source`](std::error::Error::source) is the [`InvalidBaseUrl`].
+    /// [`try_base_url`](Self::try_base_url) gives that error at once.
+    ///
+    /// ```
+    /// use oai_resilience::stack::OpenAiLayer;
+    ///
+    /// let with_v1 = OpenAiLayer::new().base_url("http://localhost:8000/v1".parse().unwrap());
+    /// let without = OpenAiLayer::new().base_url("http://localhost:8000".parse().unwrap());
+    /// for layer in [with_v1, without] {
+    ///     let base = layer.base_url_layer().unwrap();
+    ///     assert_eq!(base.url(), Ok("http://localhost:8000"));
+    /// }
+    /// ```
     pub fn base_url(mut self, base: Uri) -> Self {
         self.base_url = Some(BaseUrlLayer::new(base));
         self
+    }
+
+    /// [`base_url`](Self::base_url) from a string, checked now.
+    ///
+    /// # Errors
+    ///
+    /// [`InvalidBaseUrl`] if `base` is not a valid base (see [`BaseUrlLayer`]).
+    ///
+    /// ```
+    /// use oai_resilience::stack::OpenAiLayer;
+    ///
+    /// # fn main() -> Result<(), oai_resilience::stack::InvalidBaseUrl> {
+    /// let layer = OpenAiLayer::new().try_base_url("https://api.openai.com/v1")?;
+    /// assert_eq!(
+    ///     layer.base_url_layer().unwrap().url(),
+    ///     Ok("https://api.openai.com")
+    /// );
+    /// let err = OpenAiLayer::new()
+    ///     .try_base_url("api.openai.com/v1")
+    ///     .unwrap_err();
+    /// assert!(err.to_string().starts_with("invalid base URL"));
+    /// # Ok(()) }
+    /// ```
+    pub fn try_base_url(mut self, base: &str) -> Result<Self, InvalidBaseUrl> {
+        self.base_url = Some(base.parse()?);
+        Ok(self)
+    }
+
+    /// The base URL layer: the one [`base_url`](Self::base_url) set, else the one read from
+    /// `OPENAI_BASE_URL`, if any.
+    pub fn base_url_layer(&self) -> Option<&BaseUrlLayer> {
+        self.base_url.as_ref()
     }
 
     /// Replaces the validation layer.
@@ -232,29 +300,145 @@ impl<B: PaceBody> PaceBody for ValidateBody<B> {
     }
 }
 
-/// Gives relative request URIs a base URL. Built by [`OpenAiLayer::base_url`].
+/// The base URL in `OPENAI_BASE_URL` (its value `value`): none when it is unset or blank.
+fn base_url_from_env(value: Option<String>) -> Option<BaseUrlLayer> {
+    let value = value?;
+    if value.trim().is_empty() {
+        return None;
+    }
+    let base = Base::parse(&value).map_err(|mut e| {
+        e.reason
+            .push_str(" (the base URL was read from OPENAI_BASE_URL)");
+        e
+    });
+    Some(BaseUrlLayer {
+        base: base.map(Arc::new),
+    })
+}
+
+/// Gives relative request URIs (`/v1/chat/completions`) a base URL; absolute ones are left
+/// alone. Built by [`OpenAiLayer::base_url`], or on its own.
+///
+/// A valid base is an absolute `http` or `https` URL with a host and without credentials, a
+/// query or a fragment. Its path, if any, is a prefix for the request paths, after one
+/// trailing `/v1` and trailing slashes are dropped: the API paths carry `/v1` themselves, so
+/// `https://api.openai.com`, `https://api.openai.com/` and `https://api.openai.com/v1/` all
+/// send `/v1/chat/completions`, and `https://example.com/openai/v1` sends
+/// `/openai/v1/chat/completions`.
+///
+/// ```
+/// use oai_resilience::stack::BaseUrlLayer;
+///
+/// # fn main() -> Result<(), oai_resilience::stack::InvalidBaseUrl> {
+/// let base: BaseUrlLayer = "http://localhost:8000/v1".parse()?;
+/// assert_eq!(base.url(), Ok("http://localhost:8000"));
+/// let base: BaseUrlLayer = "https://example.com/openai/v1/".parse()?;
+/// assert_eq!(base.url(), Ok("https://example.com/openai"));
+///
+/// // Not a base: no scheme, another scheme, credentials, a query.
+/// for bad in [
+///     "localhost:8000/v1",
+///     "ftp://example.com",
+///     "https://user:secret@example.com/v1",
+///     "https://example.com/v1?api-version=1",
+/// ] {
+///     let err = bad.parse::<BaseUrlLayer>().unwrap_err();
+///     assert!(!err.to_string().contains("secret"), "{err}");
+/// }
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone)]
 pub struct BaseUrlLayer {
+    base: Result<Arc<Base>, InvalidBaseUrl>,
+}
+
+/// A valid base.
+#[derive(Debug)]
+struct Base {
     scheme: Scheme,
     authority: Authority,
+    /// The path before the API's paths: empty or `/prefix`, without `/v1` and without a
+    /// trailing `/`.
     prefix: String,
+    /// `scheme://authority/prefix`.
+    url: String,
+}
+
+impl Base {
+    fn parse(text: &str) -> Result<Base, InvalidBaseUrl> {
+        let text = text.trim();
+        if text.contains('#') {
+            return Err(InvalidBaseUrl::new(text, "a base URL has no fragment"));
+        }
+        let uri: Uri = text
+            .parse()
+            .map_err(|e: http::uri::InvalidUri| InvalidBaseUrl::new(text, &e.to_string()))?;
+        Base::from_uri(&uri, text)
+    }
+
+    /// `uri`, given as `shown` (the error shows it without credentials).
+    fn from_uri(uri: &Uri, shown: &str) -> Result<Base, InvalidBaseUrl> {
+        let scheme = match uri.scheme() {
+            Some(s) if *s == Scheme::HTTP || *s == Scheme::HTTPS => s.clone(),
+            _ => return Err(InvalidBaseUrl::new(
+                shown,
+                "expected an absolute http:// or https:// URL, such as https://api.openai.com/v1",
+            )),
+        };
+        let authority = match uri.authority() {
+            Some(a) if !a.host().is_empty() => a.clone(),
+            _ => return Err(InvalidBaseUrl::new(shown, "the URL has no host")),
+        };
+        if authority.as_str().contains('@') {
+            return Err(InvalidBaseUrl::new(
+                shown,
+                "credentials in a base URL are never sent: give the API key to the auth layer",
+            ));
+        }
+        if uri.query().is_some() {
+            return Err(InvalidBaseUrl::new(shown, "a base URL has no query"));
+        }
+        let path = uri.path().trim_end_matches('/');
+        let prefix = path
+            .strip_suffix("/v1")
+            .unwrap_or(path)
+            .trim_end_matches('/')
+            .to_owned();
+        let url = format!("{scheme}://{authority}{prefix}");
+        Ok(Base {
+            scheme,
+            authority,
+            prefix,
+            url,
+        })
+    }
 }
 
 impl BaseUrlLayer {
-    /// A layer for `base` (`https://api.openai.com`, `http://127.0.0.1:8080/openai`). A base
-    /// without scheme defaults to `https`; one without authority leaves URIs unchanged.
+    /// A layer for `base` (`https://api.openai.com/v1`, `http://127.0.0.1:8080`), with or
+    /// without `/v1`.
+    ///
+    /// An invalid base is kept as its error: every request with a relative URI then fails
+    /// with [`ErrorKind::Internal`](crate::ErrorKind::Internal), whose
+    /// [`source`](std::error::Error::source) is the [`InvalidBaseUrl`] (see [`url`](Self::url)).
+    /// [`str::parse`] and [`TryFrom<Uri>`] give the error at once.
     pub fn new(base: Uri) -> Self {
-        let parts = base.into_parts();
-        let prefix = parts
-            .path_and_query
-            .map(|p| p.path().trim_end_matches('/').to_owned())
-            .unwrap_or_default();
+        let shown = base.to_string();
         BaseUrlLayer {
-            scheme: parts.scheme.unwrap_or(Scheme::HTTPS),
-            authority: parts
-                .authority
-                .unwrap_or_else(|| Authority::from_static("api.openai.com")),
-            prefix,
+            base: Base::from_uri(&base, &shown).map(Arc::new),
+        }
+    }
+
+    /// The base requests are joined to, without `/v1` and without a trailing `/`
+    /// (`https://api.openai.com`), or why the base is invalid.
+    ///
+    /// # Errors
+    ///
+    /// The [`InvalidBaseUrl`] this layer was built with.
+    pub fn url(&self) -> Result<&str, &InvalidBaseUrl> {
+        match &self.base {
+            Ok(base) => Ok(&base.url),
+            Err(e) => Err(e),
         }
     }
 
@@ -262,11 +446,19 @@ impl BaseUrlLayer {
         if req.uri().authority().is_some() {
             return Ok(());
         }
+        let base = match &self.base {
+            Ok(base) => base,
+            Err(e) => {
+                return Err(Error::new(crate::ErrorKind::Internal)
+                    .with_detail(e.to_string())
+                    .with_source(e.clone()))
+            }
+        };
         let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
-        let joined = format!("{}{}", self.prefix, path);
+        let joined = format!("{}{}", base.prefix, path);
         let uri = Uri::builder()
-            .scheme(self.scheme.clone())
-            .authority(self.authority.clone())
+            .scheme(base.scheme.clone())
+            .authority(base.authority.clone())
             .path_and_query(joined)
             .build()
             .map_err(|e| {
@@ -276,6 +468,79 @@ impl BaseUrlLayer {
             })?;
         *req.uri_mut() = uri;
         Ok(())
+    }
+}
+
+impl FromStr for BaseUrlLayer {
+    type Err = InvalidBaseUrl;
+
+    /// A layer for `base`, checked now.
+    fn from_str(base: &str) -> Result<Self, InvalidBaseUrl> {
+        Ok(BaseUrlLayer {
+            base: Ok(Arc::new(Base::parse(base)?)),
+        })
+    }
+}
+
+impl TryFrom<Uri> for BaseUrlLayer {
+    type Error = InvalidBaseUrl;
+
+    /// A layer for `base`, checked now.
+    fn try_from(base: Uri) -> Result<Self, InvalidBaseUrl> {
+        let layer = BaseUrlLayer::new(base);
+        match layer.base {
+            Ok(_) => Ok(layer),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// A base URL that [`BaseUrlLayer`] cannot use: not an absolute `http` or `https` URL with a
+/// host, or one with credentials, a query or a fragment.
+///
+/// Its message shows the URL with any credentials replaced by `***`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InvalidBaseUrl {
+    url: String,
+    reason: String,
+}
+
+impl InvalidBaseUrl {
+    fn new(url: &str, reason: &str) -> Self {
+        InvalidBaseUrl {
+            url: without_credentials(url),
+            reason: reason.to_owned(),
+        }
+    }
+
+    /// The URL as given, with any credentials replaced by `***`.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Why it is not a base URL.
+    pub fn reason(&self) -> &str {
+        &self.reason
+    }
+}
+
+impl fmt::Display for InvalidBaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid base URL {:?}: {}", self.url, self.reason)
+    }
+}
+
+impl std::error::Error for InvalidBaseUrl {}
+
+/// `url` with the user information of its authority (`user:password@`) replaced by `***`.
+fn without_credentials(url: &str) -> String {
+    let start = url.find("://").map_or(0, |i| i + 3);
+    let end = url[start..]
+        .find(['/', '?', '#'])
+        .map_or(url.len(), |i| start + i);
+    match url[start..end].rfind('@') {
+        Some(at) => format!("{}***{}", &url[..start], &url[start + at..]),
+        None => url.to_owned(),
     }
 }
 
@@ -358,11 +623,133 @@ mod tests {
         assert_eq!(req.uri().host(), Some("example.test"));
     }
 
-    #[test]
-    fn base_url_defaults_to_https_openai() {
-        let layer = BaseUrlLayer::new(Uri::from_static("/"));
-        let mut req = Request::get("/v1/models").body(()).unwrap();
+    fn joined(base: &str, path: &str) -> String {
+        let layer: BaseUrlLayer = base.parse().unwrap();
+        let mut req = Request::post(path).body(()).unwrap();
         layer.apply(&mut req).unwrap();
-        assert_eq!(req.uri().to_string(), "https://api.openai.com/v1/models");
+        req.uri().to_string()
+    }
+
+    #[test]
+    fn base_url_with_or_without_v1_sends_the_same_path() {
+        for base in [
+            "http://127.0.0.1:8080",
+            "http://127.0.0.1:8080/",
+            "http://127.0.0.1:8080/v1",
+            "http://127.0.0.1:8080/v1/",
+            " http://127.0.0.1:8080/v1\n",
+        ] {
+            assert_eq!(
+                joined(base, "/v1/chat/completions?x=1"),
+                "http://127.0.0.1:8080/v1/chat/completions?x=1",
+                "{base:?}"
+            );
+            let layer = BaseUrlLayer::new(base.trim().parse().unwrap());
+            assert_eq!(layer.url(), Ok("http://127.0.0.1:8080"), "{base:?}");
+        }
+        for base in [
+            "https://example.com/openai",
+            "https://example.com/openai/v1/",
+        ] {
+            assert_eq!(
+                joined(base, "/v1/embeddings"),
+                "https://example.com/openai/v1/embeddings"
+            );
+        }
+        // Only one `/v1` is the API's.
+        assert_eq!(
+            joined("https://example.com/v1/v1", "/v1/models"),
+            "https://example.com/v1/v1/models"
+        );
+        assert_eq!(
+            joined("https://api.openai.com/v1", "/v1/models"),
+            "https://api.openai.com/v1/models"
+        );
+    }
+
+    #[test]
+    fn invalid_base_urls_are_typed_errors() {
+        let cases = [
+            ("", "invalid base URL \"\": empty string"),
+            ("/", "expected an absolute http:// or https:// URL"),
+            ("/v1", "expected an absolute http:// or https:// URL"),
+            (
+                "localhost:8000",
+                "expected an absolute http:// or https:// URL",
+            ),
+            ("api.openai.com/v1", "invalid"),
+            (
+                "ftp://example.com/v1",
+                "expected an absolute http:// or https:// URL",
+            ),
+            ("not a url", "invalid"),
+            (
+                "https://example.com/v1?api-version=1",
+                "a base URL has no query",
+            ),
+            ("https://example.com/v1#x", "a base URL has no fragment"),
+            (
+                "https://user:sk-secret@example.com/v1",
+                "invalid base URL \"https://***@example.com/v1\": credentials",
+            ),
+        ];
+        for (base, message) in cases {
+            let err = base.parse::<BaseUrlLayer>().unwrap_err();
+            assert!(err.to_string().contains(message), "{base:?}: {err}");
+            assert!(!err.to_string().contains("secret"), "{err}");
+            assert!(!format!("{err:?}").contains("secret"), "{err:?}");
+            // (`Uri` drops a fragment: there is nothing to reject.)
+            if let (Ok(uri), false) = (base.parse::<Uri>(), base.contains('#')) {
+                assert_eq!(
+                    BaseUrlLayer::try_from(uri).unwrap_err().reason(),
+                    err.reason()
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn an_invalid_base_fails_relative_requests_only() {
+        let layer = BaseUrlLayer::new(Uri::from_static("/"));
+        assert!(layer.url().is_err());
+        let mut req = Request::get("/v1/models").body(()).unwrap();
+        let err = layer.apply(&mut req).unwrap_err();
+        assert_eq!(err.kind(), crate::ErrorKind::Internal);
+        let source = std::error::Error::source(&err).unwrap();
+        let invalid = source.downcast_ref::<InvalidBaseUrl>().unwrap();
+        assert_eq!(invalid.url(), "/");
+        assert_eq!(req.uri(), "/v1/models");
+        let mut req = Request::get("http://example.test/v1/models")
+            .body(())
+            .unwrap();
+        layer.apply(&mut req).unwrap();
+        assert_eq!(req.uri(), "http://example.test/v1/models");
+    }
+
+    #[test]
+    fn openai_base_url_is_read_when_set_and_not_blank() {
+        assert!(base_url_from_env(None).is_none());
+        assert!(base_url_from_env(Some(String::new())).is_none());
+        assert!(base_url_from_env(Some(" \n".to_owned())).is_none());
+        let base = base_url_from_env(Some("http://localhost:8000/v1".to_owned())).unwrap();
+        assert_eq!(base.url(), Ok("http://localhost:8000"));
+        let base = base_url_from_env(Some("https://api.openai.com/v1/".to_owned())).unwrap();
+        assert_eq!(base.url(), Ok("https://api.openai.com"));
+        // An invalid value is kept as its error, for the requests to report.
+        let base = base_url_from_env(Some("localhost:8000/v1".to_owned())).unwrap();
+        let err = base.url().unwrap_err();
+        assert!(err
+            .to_string()
+            .ends_with("(the base URL was read from OPENAI_BASE_URL)"));
+        // `base_url` replaces it.
+        let layer = OpenAiLayer {
+            base_url: base_url_from_env(Some("localhost:8000".to_owned())),
+            ..OpenAiLayer::new()
+        }
+        .base_url(Uri::from_static("https://api.openai.com/v1"));
+        assert_eq!(
+            layer.base_url_layer().unwrap().url(),
+            Ok("https://api.openai.com")
+        );
     }
 }
