@@ -35,10 +35,10 @@ fn static_limits(rpm: Option<u64>, tpm: Option<u64>) -> PacerConfig {
     cfg
 }
 
-/// Without slow start, so that a test can hold many permits after the probe.
-fn no_slow_start() -> PacerConfig {
+/// A cold window of one: a cold key is probed by one request, whose answer ends the window.
+fn probing() -> PacerConfig {
     let mut cfg = PacerConfig::default();
-    cfg.slow_start = false;
+    cfg.cold_window = Some(1);
     cfg
 }
 
@@ -56,7 +56,7 @@ fn poll_once<F: Future + Unpin>(f: &mut F) -> bool {
 
 #[tokio::test(start_paused = true)]
 async fn cold_key_probes_with_one_request() {
-    let pacer = Pacer::default();
+    let pacer = Pacer::new(probing());
     let k = key();
     let first = pacer.acquire(&k, Cost::tokens(1), None).await.unwrap();
     assert_eq!(first.waited(), Duration::ZERO);
@@ -76,7 +76,7 @@ async fn cold_key_probes_with_one_request() {
 
 #[tokio::test(start_paused = true)]
 async fn a_dropped_probe_lets_the_next_request_probe() {
-    let pacer = Pacer::default();
+    let pacer = Pacer::new(probing());
     let k = key();
     let first = pacer.acquire(&k, Cost::tokens(1), None).await.unwrap();
     let (p2, k2) = (pacer.clone(), k.clone());
@@ -91,7 +91,7 @@ async fn a_dropped_probe_lets_the_next_request_probe() {
 
 #[tokio::test(start_paused = true)]
 async fn learns_capacity_and_refill_from_headers() {
-    let pacer = Pacer::new(no_slow_start());
+    let pacer = Pacer::new(probing());
     let k = key();
     let p = pacer.acquire(&k, Cost::tokens(1), None).await.unwrap();
     // A small bucket with a fast refill: 20, of which 19 left, full again in 50 ms → 20/s.
@@ -121,7 +121,7 @@ async fn learns_capacity_and_refill_from_headers() {
 
 #[tokio::test(start_paused = true)]
 async fn refill_comes_from_the_headers_for_a_minute_bucket_too() {
-    let pacer = Pacer::default();
+    let pacer = Pacer::new(probing());
     let k = key();
     let p = pacer.acquire(&k, Cost::tokens(1), None).await.unwrap();
     // 600 RPM, 590 left, full again in 1 s: 10/s, read from the headers.
@@ -133,7 +133,7 @@ async fn refill_comes_from_the_headers_for_a_minute_bucket_too() {
 
 #[tokio::test(start_paused = true)]
 async fn in_flight_requests_are_subtracted_from_remaining() {
-    let pacer = Pacer::new(no_slow_start());
+    let pacer = Pacer::new(probing());
     let k = key();
     let probe = pacer.acquire(&k, Cost::tokens(1), None).await.unwrap();
     probe.on_response(Some(&snap_requests(10, 9, Duration::from_millis(100))));
@@ -148,7 +148,7 @@ async fn in_flight_requests_are_subtracted_from_remaining() {
 
 #[tokio::test(start_paused = true)]
 async fn rate_limit_pauses_the_whole_key_until_the_hint() {
-    let pacer = Pacer::default();
+    let pacer = Pacer::new(probing());
     let k = key();
     let other = PaceKey::new("api.test").with_credential(b"Bearer sk-b");
     pacer
@@ -192,7 +192,7 @@ async fn rate_limit_pauses_the_whole_key_until_the_hint() {
 #[tokio::test(start_paused = true)]
 async fn unexplained_rate_limit_switches_on_the_adaptive_rate() {
     // A service that sends no headers at all: the 429s alone drive the rate.
-    let pacer = Pacer::new(no_slow_start());
+    let pacer = Pacer::new(probing());
     let k = key();
     pacer
         .acquire(&k, Cost::tokens(1), None)
@@ -203,20 +203,22 @@ async fn unexplained_rate_limit_switches_on_the_adaptive_rate() {
     for _ in 0..10 {
         permits.push(pacer.acquire(&k, Cost::tokens(1), None).await.unwrap());
     }
-    // Eleven requests in the last second; a 429 without a hint.
+    // Eleven requests in the last second; a 429 without a hint: ten accepted.
     let start = Instant::now();
     let first = permits.remove(0);
     first.on_rate_limited(None, None);
     let st = pacer.key_state(&k).unwrap();
     let rate = st.adaptive_rate.expect("adaptive rate on");
-    assert!((rate - 11.0 * 0.7).abs() < 1e-6, "{rate}");
+    assert!((rate - 10.0 * 0.7).abs() < 1e-6, "{rate}");
     // Default pause of 1 s.
     assert_eq!(st.paused_until, Some(start + Duration::from_secs(1)));
-    // The other 429s of the same round do not cut the rate again.
+    // The other 429s of the same round do not cut the rate multiplicatively again (0.7⁵ × 10
+    // would be 1.7): they hold it at 0.7 × the accepted rate, 11 sent less 5 refused.
     for p in permits.drain(..4) {
         p.on_rate_limited(None, None);
     }
-    assert_eq!(pacer.key_state(&k).unwrap().adaptive_rate, Some(rate));
+    let rate = pacer.key_state(&k).unwrap().adaptive_rate.unwrap();
+    assert!((rate - 6.0 * 0.7).abs() < 1e-6, "{rate}");
     // After the pause, requests are spaced at the adaptive rate.
     let a = pacer.acquire(&k, Cost::tokens(1), None).await.unwrap();
     assert!(start.elapsed() >= Duration::from_secs(1));
@@ -255,7 +257,7 @@ async fn token_limit_paces_by_estimated_cost() {
 
 #[tokio::test(start_paused = true)]
 async fn token_estimate_is_corrected_from_headers() {
-    let pacer = Pacer::default();
+    let pacer = Pacer::new(probing());
     let k = key();
     let probe = pacer.acquire(&k, Cost::tokens(100), None).await.unwrap();
     probe.on_response(Some(&snap_tokens(10_000, 9_800, Duration::from_secs(1))));
@@ -344,7 +346,7 @@ async fn a_dropped_waiter_gives_its_place_back() {
 
 #[tokio::test(start_paused = true)]
 async fn a_slot_past_the_deadline_fails_at_once() {
-    let pacer = Pacer::default();
+    let pacer = Pacer::new(probing());
     let k = key();
     pacer
         .acquire(&k, Cost::tokens(1), None)
@@ -391,7 +393,7 @@ async fn the_head_fails_at_once_when_its_slot_is_past_the_max_wait() {
 
 #[tokio::test(start_paused = true)]
 async fn a_queued_waiter_fails_when_its_deadline_passes() {
-    let pacer = Pacer::default();
+    let pacer = Pacer::new(probing());
     let k = key();
     // A probe in flight holds everyone else, for an unknown time.
     let _probe = pacer.acquire(&k, Cost::tokens(1), None).await.unwrap();
@@ -413,7 +415,7 @@ async fn a_queued_waiter_fails_when_its_deadline_passes() {
 
 #[tokio::test(start_paused = true)]
 async fn headers_with_room_wake_the_head_early() {
-    let pacer = Pacer::default();
+    let pacer = Pacer::new(probing());
     let k = key();
     let probe = pacer.acquire(&k, Cost::tokens(1), None).await.unwrap();
     probe.on_response(Some(&snap_requests(10, 0, Duration::from_secs(10))));
@@ -427,43 +429,143 @@ async fn headers_with_room_wake_the_head_early() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn slow_start_grows_the_requests_in_flight_until_a_429() {
-    let pacer = Pacer::default();
+async fn the_cold_window_ends_at_the_first_answer_and_a_429_lowers_the_rate() {
+    let pacer = Pacer::new(probing());
     let k = key();
     let probe = pacer.acquire(&k, Cost::tokens(1), None).await.unwrap();
     assert_eq!(pacer.key_state(&k).unwrap().window, Some(1));
-    // The headers show plenty of room, but only two may go after the probe's answer.
+    let mut waiting: Vec<_> = (0..4)
+        .map(|_| pacer.acquire(&k, Cost::tokens(1), None))
+        .collect();
+    for w in &mut waiting {
+        assert!(poll_once(w));
+    }
+    // The headers show plenty of room: every waiting call goes at once.
     probe.on_response(Some(&snap_requests(1000, 999, Duration::from_millis(60))));
-    assert_eq!(pacer.key_state(&k).unwrap().window, Some(2));
-    let a = pacer.acquire(&k, Cost::tokens(1), None).await.unwrap();
-    let b = pacer.acquire(&k, Cost::tokens(1), None).await.unwrap();
-    let mut c = pacer.acquire(&k, Cost::tokens(1), None);
-    assert!(poll_once(&mut c));
-    // One answer: a window of 3 with 1 in flight, so two more go.
-    a.on_response(Some(&snap_requests(1000, 998, Duration::from_millis(120))));
-    let c = c.await.unwrap();
-    let d = pacer.acquire(&k, Cost::tokens(1), None).await.unwrap();
+    assert_eq!(pacer.key_state(&k).unwrap().window, None);
+    let mut permits = Vec::new();
+    for w in waiting {
+        let p = w.await.unwrap();
+        assert_eq!(p.waited(), Duration::ZERO);
+        permits.push(p);
+    }
     let mut e = pacer.acquire(&k, Cost::tokens(1), None);
-    assert!(poll_once(&mut e));
-    assert_eq!(pacer.key_state(&k).unwrap().in_flight, 3);
-    // A 429 ends slow start (after its pause, the adaptive rate spaces requests instead).
+    let b = permits.pop().unwrap();
+    // A 429 the headers do not explain: after its pause, the adaptive rate spaces requests.
     b.on_rate_limited(Some(Duration::from_millis(100)), None);
+    assert!(poll_once(&mut e));
     let st = pacer.key_state(&k).unwrap();
     assert_eq!(st.window, None);
-    // Five sent in the last second: 0.7 × 5 = 3.5 per second, so the next goes 1/3.5 s after
-    // the 429 (which outlasts its 100 ms pause).
+    // Five sent in the last second, one refused: 0.7 × 4 = 2.8 per second, so the next goes
+    // 1/2.8 s after the 429 (which outlasts its 100 ms pause).
     let rate = st.adaptive_rate.unwrap();
-    assert!((rate - 3.5).abs() < 1e-9, "{rate}");
+    assert!((rate - 2.8).abs() < 1e-9, "{rate}");
     let e = e.await.unwrap();
     let w = e.waited().as_secs_f64();
-    assert!((w - 1.0 / 3.5).abs() < 0.002, "{w}");
-    drop((c, d));
-    // A configuration without slow start goes from the probe to the buckets alone.
-    let pacer = Pacer::new(no_slow_start());
-    pacer
-        .acquire(&k, Cost::tokens(1), None)
+    assert!((w - 1.0 / 2.8).abs() < 0.002, "{w}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_cold_burst_goes_out_without_waiting_for_a_first_answer() {
+    let pacer = Pacer::default();
+    let k = key();
+    assert_eq!(pacer.key_state(&k), None);
+    let mut permits = Vec::new();
+    for _ in 0..50 {
+        let p = pacer.acquire(&k, Cost::tokens(1), None).await.unwrap();
+        assert_eq!(p.waited(), Duration::ZERO);
+        permits.push(p);
+    }
+    let st = pacer.key_state(&k).unwrap();
+    assert_eq!(st.in_flight, 50);
+    assert_eq!(st.window, None);
+    assert!(!st.known);
+    assert_eq!(pacer.metrics().waits, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_key_whose_server_sends_no_rate_limit_headers_is_never_held_back() {
+    let pacer = Pacer::default();
+    let k = key();
+    for round in 0..5 {
+        let permits: Vec<_> = futures_util::future::join_all(
+            (0..40).map(|_| pacer.acquire(&k, Cost::tokens(500), None)),
+        )
         .await
-        .unwrap()
-        .on_response(None);
-    assert_eq!(pacer.key_state(&k).unwrap().window, None);
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+        for p in permits {
+            assert_eq!(p.waited(), Duration::ZERO, "round {round}");
+            p.on_response(None);
+        }
+    }
+    let st = pacer.key_state(&k).unwrap();
+    assert!(st.known);
+    assert_eq!(
+        (st.requests, st.tokens, st.adaptive_rate),
+        (None, None, None)
+    );
+    assert_eq!(pacer.metrics().waits, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn headers_reporting_five_remaining_admit_five_and_pace_the_rest() {
+    let pacer = Pacer::default();
+    let k = key();
+    let first = pacer.acquire(&k, Cost::tokens(1), None).await.unwrap();
+    // 5 of 10 left, full again in 1 s: refilled at 5 per second.
+    first.on_response(Some(&snap_requests(10, 5, Duration::from_secs(1))));
+    let start = Instant::now();
+    let mut granted_at = Vec::new();
+    for _ in 0..8 {
+        let _p = pacer.acquire(&k, Cost::tokens(1), None).await.unwrap();
+        granted_at.push((Instant::now() - start).as_secs_f64());
+    }
+    assert_eq!(granted_at[..5], [0.0; 5]);
+    // The rest at 5 per second: 200 ms apart.
+    for (i, at) in granted_at[5..].iter().enumerate() {
+        let expected = 0.2 * (i + 1) as f64;
+        assert!(
+            (at - expected).abs() < 0.002,
+            "call {}: at {at} s, expected {expected} s",
+            i + 6
+        );
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_answer_after_a_model_latency_counts_the_refill_and_the_calls_sent_since() {
+    // The server decided on the first call when it arrived; its answer comes 2 s later.
+    let pacer = Pacer::default();
+    let k = key();
+    let first = pacer.acquire(&k, Cost::tokens(1), None).await.unwrap();
+    let mut since = Vec::new();
+    for _ in 0..30 {
+        since.push(pacer.acquire(&k, Cost::tokens(1), None).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // 0 of 20 left when it arrived, refilled 20 per second: 40 refilled since, 30 taken by
+    // the calls sent after it, so 10 are left now.
+    first.on_response(Some(&snap_requests(20, 0, Duration::from_secs(1))));
+    let (_, level, refill) = pacer.key_state(&k).unwrap().requests.unwrap();
+    assert!((refill - 20.0).abs() < 1e-9, "{refill}");
+    assert!((level - 10.0).abs() < 1e-6, "{level}");
+    for _ in 0..10 {
+        let p = pacer.acquire(&k, Cost::tokens(1), None).await.unwrap();
+        assert_eq!(p.waited(), Duration::ZERO);
+    }
+    let p = pacer.acquire(&k, Cost::tokens(1), None).await.unwrap();
+    assert_eq!(p.waited(), Duration::from_millis(50));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_large_remaining_keeps_a_headroom_for_other_clients() {
+    let pacer = Pacer::default();
+    let k = key();
+    let first = pacer.acquire(&k, Cost::tokens(1), None).await.unwrap();
+    first.on_response(Some(&snap_requests(1000, 500, Duration::from_secs(60))));
+    let (_, level, _) = pacer.key_state(&k).unwrap().requests.unwrap();
+    // 2 % of 500 kept back.
+    assert!((level - 490.0).abs() < 1e-6, "{level}");
 }

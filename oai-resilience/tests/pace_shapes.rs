@@ -136,7 +136,11 @@ async fn drive(pacer: &Pacer, server: Server, calls: usize, concurrency: usize) 
                         let permit = pacer.acquire(&key, Cost::tokens(1), None).await.unwrap();
                         tokio::time::sleep(latency / 2).await;
                         let answer = server.lock().unwrap().take(Instant::now());
-                        tokio::time::sleep(latency / 2).await;
+                        // The limiter answers before the model runs: a 429 comes back at
+                        // once, a success after the model's time.
+                        if answer.is_ok() {
+                            tokio::time::sleep(latency / 2).await;
+                        }
                         outcome.lock().unwrap().sent += 1;
                         match answer {
                             Ok(snap) => {
@@ -186,7 +190,10 @@ async fn small_bucket_with_fast_refill() {
     let min = 280.0 / 20.0;
     eprintln!("small fast bucket: {out:?} (minimum {min} s)");
     assert_eq!(out.failed, 0);
-    assert!(out.sent as f64 <= 300.0 * 1.05, "{out:?}");
+    // The cold key's first wave (50 against a bucket of 20) collects 30 429s; after that,
+    // at most 2 more.
+    assert!(out.rate_limited <= 30 + 2, "{out:?}");
+    assert!(out.sent as f64 <= 300.0 * 1.15, "{out:?}");
     assert!(out.wall.as_secs_f64() <= min * 1.05, "{out:?}");
     let m = pacer.metrics();
     assert!(m.waits > 200, "{m:?}");

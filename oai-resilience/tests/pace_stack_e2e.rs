@@ -96,7 +96,9 @@ async fn loadtest_shape_meets_the_targets() {
     assert_eq!(run.failed, 0);
     assert!(run.wall <= min * 1.05, "wall {} vs minimum {min}", run.wall);
     assert!(run.sent as f64 <= calls as f64 * 1.15, "sent {}", run.sent);
-    assert!(run.rate_limited <= 5, "429s {}", run.rate_limited);
+    // The cold key's first wave (50 against a bucket of 20) collects 30 fast 429s; after
+    // that, at most 5 more.
+    assert!(run.rate_limited <= 30 + 5, "429s {}", run.rate_limited);
 }
 
 #[tokio::test(start_paused = true)]

@@ -13,7 +13,9 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use oai_resilience::mock::{MockServer, RateLimit};
-use oai_resilience::pace::{FailMode, PaceKey, RedisStore, RedisStoreConfig};
+use oai_resilience::pace::{
+    FailMode, PaceKey, PaceLayer, PacerConfig, RedisStore, RedisStoreConfig,
+};
 use oai_resilience::stack::OpenAiLayer;
 use oai_resilience::validate::ValidateBody;
 use oai_resilience::{AuthLayer, ErrorKind};
@@ -33,14 +35,26 @@ fn config() -> RedisStoreConfig {
     }
 }
 
-fn stack(
-    server: &MockServer,
-    store: RedisStore,
-) -> oai_resilience::stack::OpenAiService<Client<HttpConnector, ValidateBody<Full<Bytes>>>> {
+type Service =
+    oai_resilience::stack::OpenAiService<Client<HttpConnector, ValidateBody<Full<Bytes>>>>;
+
+fn stack(server: &MockServer, store: RedisStore) -> Service {
+    stack_with(server, store, PaceLayer::new())
+}
+
+/// A stack whose pacer holds a cold key behind one probe request per process.
+fn probing_stack(server: &MockServer, store: RedisStore) -> Service {
+    let mut config = PacerConfig::default();
+    config.cold_window = Some(1);
+    stack_with(server, store, PaceLayer::with_config(config))
+}
+
+fn stack_with(server: &MockServer, store: RedisStore, pace: PaceLayer) -> Service {
     let client = Client::builder(TokioExecutor::new()).build_http();
     OpenAiLayer::new()
         .base_url(server.url().parse().unwrap())
         .auth(AuthLayer::from_key(KEY))
+        .pace(pace)
         .pacing_store(store)
         .layer(client)
 }
@@ -186,7 +200,8 @@ async fn a_stack_whose_store_fails_closed_sends_nothing_while_redis_is_down() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_cold_stacks_probe_once_each_then_share_what_they_learned() {
-    // Nothing configured up front: each stack probes the cold key with one request, the
+    // Nothing configured up front, and a cold window of one: each stack probes the cold key
+    // with one request, the
     // others wait for its headers, learned into Redis. The second probe is not counted in the
     // first one's headers, and the store does not subtract requests in flight from the
     // headers' `remaining`, so a few 429s may come (retried by the stack); the same two stacks
@@ -200,11 +215,48 @@ async fn two_cold_stacks_probe_once_each_then_share_what_they_learned() {
     let a = RedisStore::connect(&redis.url(), config()).await.unwrap();
     let b = RedisStore::connect(&redis.url(), config()).await.unwrap();
     let ((ok_a, err_a), (ok_b, err_b)) = tokio::join!(
-        run(stack(&server, a.clone()), 30, 8),
-        run(stack(&server, b.clone()), 30, 8)
+        run(probing_stack(&server, a.clone()), 30, 8),
+        run(probing_stack(&server, b.clone()), 30, 8)
     );
     let counts = server.counts();
     eprintln!("cold stacks: {ok_a} {err_a:?} / {ok_b} {err_b:?}; mock {counts:?}");
+    assert_eq!(ok_a + ok_b, 60, "{err_a:?} {err_b:?}");
+    assert!(counts.rate_limited <= 3, "{counts:?}");
+    assert!(counts.total <= 60 + counts.rate_limited, "{counts:?}");
+    assert_eq!(a.fallbacks() + b.fallbacks(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_cold_stacks_send_their_first_wave_at_once_then_pace_on_the_store() {
+    // The default: no probe. Each stack's first wave (8 calls, 16 in all against a bucket of
+    // 20) goes out at once; the first answers' headers go to Redis, and from then on both
+    // stacks pace on them. (Real time: the stacks talk to a real Redis.)
+    let redis = RedisServer::start();
+    let server = MockServer::builder()
+        .api_key(KEY)
+        .request_limit(RateLimit::bucket(20, 20.0))
+        .latency(Duration::from_secs(1))
+        .start()
+        .await;
+    let a = RedisStore::connect(&redis.url(), config()).await.unwrap();
+    let b = RedisStore::connect(&redis.url(), config()).await.unwrap();
+    let started = tokio::time::Instant::now();
+    let ((ok_a, err_a), (ok_b, err_b), first_wave) = tokio::join!(
+        run(stack(&server, a.clone()), 30, 8),
+        run(stack(&server, b.clone()), 30, 8),
+        async {
+            // Both waves are out long before the first answer (1 s): nothing waited for a
+            // probe.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            server.counts().total
+        }
+    );
+    let counts = server.counts();
+    eprintln!(
+        "cold stacks, no probe: {ok_a} {err_a:?} / {ok_b} {err_b:?}; mock {counts:?}; {:?}",
+        started.elapsed()
+    );
+    assert_eq!(first_wave, 16);
     assert_eq!(ok_a + ok_b, 60, "{err_a:?} {err_b:?}");
     assert!(counts.rate_limited <= 3, "{counts:?}");
     assert!(counts.total <= 60 + counts.rate_limited, "{counts:?}");

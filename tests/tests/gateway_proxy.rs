@@ -309,3 +309,35 @@ fn upstream_url_is_checked_and_normalised() {
         assert!(Gateway::new("not a url", stack()).is_err());
     });
 }
+
+#[tokio::test(start_paused = true)]
+async fn five_concurrent_calls_on_a_cold_key_with_a_3_s_upstream_finish_together() {
+    // The mock answers after 3 s and reports a request limit far above five calls: nothing
+    // about the key is known before the first answer, and nothing should hold the calls back.
+    let upstream = MockServer::builder()
+        .latency(std::time::Duration::from_secs(3))
+        .start()
+        .await;
+    let addr = gateway(&upstream, None).await;
+    let start = tokio::time::Instant::now();
+    let auth = bearer(KEY);
+    let calls: Vec<_> = (0..5)
+        .map(|_| {
+            let auth = auth.clone();
+            tokio::spawn(async move {
+                let a = post(addr, "/v1/chat/completions", Some(&auth), CHAT).await;
+                (a.status, start.elapsed())
+            })
+        })
+        .collect();
+    let mut done = Vec::new();
+    for c in calls {
+        done.push(c.await.unwrap());
+    }
+    for (status, elapsed) in &done {
+        assert_eq!(*status, 200);
+        let s = elapsed.as_secs_f64();
+        assert!((3.0..3.5).contains(&s), "finished at {s} s: {done:?}");
+    }
+    assert_eq!(upstream.counts().total, 5);
+}

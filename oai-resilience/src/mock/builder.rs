@@ -96,7 +96,8 @@ impl Default for Config {
 ///    [`MockBuilder::token_limit`]) → 429 `rate_limit_exceeded`;
 /// 8. success.
 ///
-/// The latency ([`MockBuilder::latency`]) applies to every answer.
+/// The latency ([`MockBuilder::latency`]) applies to every answer but the rate limiter's 429s,
+/// which come back at once (the limiter decides before the model runs, as OpenAI's does).
 #[derive(Debug, Clone, Default)]
 pub struct MockBuilder {
     pub(crate) config: Config,
@@ -183,7 +184,8 @@ impl MockBuilder {
         self
     }
 
-    /// Delays every answer by `latency` (with `tokio::time::sleep`, so paused time skips it).
+    /// Delays every answer by `latency` (with `tokio::time::sleep`, so paused time skips it),
+    /// but the rate limiter's 429s, which come back at once.
     pub fn latency(mut self, latency: Duration) -> Self {
         self.config.latency = latency;
         self

@@ -203,6 +203,13 @@ where
         (outcome, request_id, rate)
     };
 
+    // The rate limiter answers before the model runs: its 429s come back without the model's
+    // latency, as OpenAI's do.
+    let latency = if matches!(outcome.cause, Cause::RateLimited) {
+        Duration::ZERO
+    } else {
+        latency
+    };
     let wait = latency + outcome.delay;
     if !wait.is_zero() {
         tokio::time::sleep(wait).await;

@@ -51,8 +51,8 @@ impl Default for PaceLayer {
 }
 
 impl PaceLayer {
-    /// A layer with the default [`PacerConfig`]: learn from headers, probe a cold key with one
-    /// request, wait at most 60 s, key by base URL + credential hash + model.
+    /// A layer with the default [`PacerConfig`]: learn from headers, send a cold key's first
+    /// wave at once, wait at most 60 s, key by base URL + credential hash + model.
     pub fn new() -> Self {
         Self::with_config(PacerConfig::default())
     }
@@ -119,11 +119,14 @@ impl PaceLayer {
     /// its hint (else [`PacerConfig::default_pause`]). A request that cannot be admitted in
     /// time fails as [paced locally](super::is_paced_locally), as with the pacer.
     ///
-    /// A cold key is probed as by the pacer ([`PacerConfig::probe`]): until this process has
-    /// seen an answer on a key, one request goes first and the others wait for its headers
-    /// (learned into the store); N processes that start cold send at most N probes.
+    /// A cold key is treated as by the pacer: by default ([`PacerConfig::cold_window`] `None`)
+    /// its first wave goes out at once, and every process paces on the limits in the store
+    /// as soon as any process's answer has put them there. With a cold window set, until
+    /// this process has seen an answer on a key, one request goes first and the others wait
+    /// for its headers (learned into the store); N processes that start cold then send at
+    /// most N probes.
     ///
-    /// Limits: the store holds token buckets and pauses only. The pacer's slow start,
+    /// Limits: the store holds token buckets and pauses only. The pacer's
     /// adaptive (AIMD) rate, static limits and FIFO queue do not apply (waiters poll the
     /// store at the wait it announces), and [`Pacer::metrics`] does not count requests paced
     /// through the store. To be safe from the very first request, record the limits up front
@@ -143,7 +146,7 @@ impl PaceLayer {
 
     /// [`pacing_store`](Self::pacing_store) with a store already behind an `Arc`.
     pub fn pacing_store_arc(mut self, store: Arc<dyn PacingStore>) -> Self {
-        let probe = self.pacer.config().probe;
+        let probe = self.pacer.config().cold_window.is_some();
         self.store = Some(Arc::new(StoreBackend::new(store, probe)));
         self
     }

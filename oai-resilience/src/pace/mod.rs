@@ -9,8 +9,12 @@
 //! - **It learns from headers.** `x-ratelimit-limit-*` is the bucket's capacity, `remaining`
 //!   what is left now, `reset` the time until it is full again; the refill rate is
 //!   (limit − remaining) / reset, which holds for a minute bucket (1,000 RPM refills 16.7/s)
-//!   and for a small bucket with a fast refill alike. Requests still in flight are subtracted
-//!   from `remaining`, since the server had not counted them yet.
+//!   and for a small bucket with a fast refill alike. A snapshot is as old as the request
+//!   that carried it (the server counts a request when it arrives, and answers a model
+//!   latency later): the bucket has refilled since, and the requests sent since are not in
+//!   it yet. Once answers report room, every waiting call that the remaining budget covers is
+//!   admitted at once, less a small [headroom](PacerConfig::headroom) for other clients of
+//!   the same key.
 //! - **It estimates tokens** from the body (prompt text at ~4 characters per token, plus
 //!   `max_tokens`/`max_completion_tokens` × `n`, see [`CostEstimator`]) and corrects the
 //!   estimate with the headers' `remaining-tokens`.
@@ -18,11 +22,14 @@
 //!   A 429 that the headers do not explain (they showed room: OpenAI may enforce a per-minute
 //!   limit per second; or there are no headers at all) switches on an adaptive rate:
 //!   multiplicative decrease on a 429, additive increase on success ([`AimdConfig`]).
-//! - **A cold key is probed** with one request; the others wait for its headers, so a cold
-//!   burst does not go out blind. Then the requests in flight grow as in TCP's slow start
-//!   (doubling every round trip) until the first 429, so that a limit the headers hide costs
-//!   a few 429s, not a burst of them. [`StaticLimits`] (RPM, TPM) make a key known from the
-//!   start.
+//! - **A cold key is not held back.** Until its first answer nothing is known of a key, and
+//!   the pacer invents no limit: the callers' first wave goes out at once (a model call
+//!   takes seconds; holding a burst behind one probe would cost every cold key that much).
+//!   On a low limit that wave costs a few fast 429s, whose hints and headers the pacer then
+//!   follows. [`PacerConfig::cold_window`] caps a cold key's requests in flight when asked
+//!   (`Some(1)`: one probe first); [`StaticLimits`] (RPM, TPM) make a key known from the
+//!   start. The pacer limits rates, not concurrency: a cap on requests in flight is tower's
+//!   `ConcurrencyLimitLayer`, stacked where wanted.
 //! - **Waiting is fair** (first come, first served), cancellable (dropping the future gives
 //!   the place back), bounded by [`PacerConfig::max_wait`] and by a [`CallDeadline`] request
 //!   extension, and visible: `tracing` events and [`Pacer::metrics`] (queue length, waits,

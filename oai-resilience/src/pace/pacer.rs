@@ -41,7 +41,8 @@ pub struct StaticLimits {
 /// The adaptive (AIMD) rate's parameters.
 ///
 /// A 429 that the headers do not explain (they showed room, or there were none) switches the
-/// rate on at `beta` times the rate measured over the last second, at most once per round of
+/// rate on at `beta` times the rate the server accepted over the last second (requests sent
+/// less those refused with a 429), at most once per round of
 /// requests in flight; every success raises it by `increase` requests per second per second
 /// of successes (`increase / rate` per success).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -99,20 +100,27 @@ pub struct PacerConfig {
     /// # Default
     /// None.
     pub static_limits: StaticLimits,
-    /// While nothing is known of a key (no response yet), let one request go first and hold
-    /// the others until its headers arrive, so a cold burst does not collect 429s.
+    /// The most requests in flight on a key that nothing is known of yet (no answer, no static
+    /// limits). The first answer (or 429) ends the cap: from then on the headers, the 429s
+    /// and the adaptive rate decide.
+    ///
+    /// `None` sends a cold key's first wave at once, however many callers bring it: holding
+    /// it behind a probe costs every cold key a whole model latency (seconds), while on a low
+    /// limit the blind wave costs a few fast 429s whose hints the pacer then follows.
+    /// `Some(1)` holds a cold burst behind one probe request until its headers arrive.
     ///
     /// # Default
-    /// `true`; static limits make the key known from the start.
-    pub probe: bool,
-    /// After the probe, grow the number of requests in flight like TCP's slow start (+1 per
-    /// success, so it doubles every round trip) until the first 429 or 256 in flight, so that a
-    /// limit the headers do not show (a quantized one) costs a handful of 429s, not a whole
-    /// burst of them.
+    /// `None`.
+    pub cold_window: Option<u32>,
+    /// The share of a bucket's reported `remaining` kept back for other clients of the same
+    /// key (other processes, other machines): the pacer admits at once
+    /// `remaining − ⌊remaining × headroom⌋` requests (and tokens) minus those it has sent
+    /// since the server counted. Small values (below `1 / headroom`) are used whole, so a
+    /// bucket that reports 5 remaining admits 5.
     ///
     /// # Default
-    /// `true` (only with [`probe`](Self::probe)).
-    pub slow_start: bool,
+    /// 0.02 (2 %).
+    pub headroom: f64,
     /// How long the key pauses after a 429 that gives no hint and whose headers do not say.
     ///
     /// # Default
@@ -127,8 +135,8 @@ impl Default for PacerConfig {
         PacerConfig {
             max_wait: Some(Duration::from_secs(60)),
             static_limits: StaticLimits::default(),
-            probe: true,
-            slow_start: true,
+            cold_window: None,
+            headroom: 0.02,
             default_pause: Duration::from_secs(1),
             aimd: AimdConfig::default(),
         }
@@ -165,7 +173,8 @@ pub struct KeySnapshot {
     pub in_flight: u32,
     /// Whether a response (or static limits) has told the pacer about this key.
     pub known: bool,
-    /// The most requests allowed in flight while probing and in slow start; `None` after.
+    /// The cap on requests in flight while the key is cold ([`PacerConfig::cold_window`]);
+    /// `None` without one and after the first answer.
     pub window: Option<u32>,
     /// The request bucket: `(capacity, level, refill per second)`, if known.
     pub requests: Option<(f64, f64, f64)>,
@@ -194,8 +203,6 @@ struct Bucket {
 
 const EPS: f64 = 1e-6;
 const MIN_RESET: Duration = Duration::from_millis(10);
-/// Slow start ends at this many requests in flight.
-const SLOW_START_MAX: u32 = 256;
 
 impl Bucket {
     fn full(capacity: f64, refill: f64, now: Instant) -> Self {
@@ -236,21 +243,33 @@ impl Bucket {
     }
 }
 
-/// Requests sent in the last second or so.
+/// Requests sent, and 429s received, in the last second or so.
 #[derive(Debug, Clone, Copy)]
 struct RateMeter {
     start: Instant,
     count: f64,
-    prev: f64,
+    limited: f64,
+    /// The last full window's rates: (sent, rate limited) per second.
+    prev: (f64, f64),
 }
 
 impl RateMeter {
+    fn new(now: Instant) -> Self {
+        RateMeter {
+            start: now,
+            count: 0.0,
+            limited: 0.0,
+            prev: (0.0, 0.0),
+        }
+    }
+
     fn roll(&mut self, now: Instant) {
         let dt = now.saturating_duration_since(self.start).as_secs_f64();
         if dt >= 1.0 {
-            self.prev = self.count / dt;
+            self.prev = (self.count / dt, self.limited / dt);
             self.start = now;
             self.count = 0.0;
+            self.limited = 0.0;
         }
     }
 
@@ -259,10 +278,23 @@ impl RateMeter {
         self.count += 1.0;
     }
 
-    fn rate(&mut self, now: Instant) -> f64 {
+    fn record_limited(&mut self, now: Instant) {
+        self.roll(now);
+        self.limited += 1.0;
+    }
+
+    /// The rate the server accepted: requests sent less those it refused with a 429, over
+    /// the busier of the current and the last window.
+    fn accepted_rate(&mut self, now: Instant) -> f64 {
         self.roll(now);
         let dt = now.saturating_duration_since(self.start).as_secs_f64();
-        self.prev.max(self.count / dt.max(1.0))
+        let current = (self.count / dt.max(1.0), self.limited / dt.max(1.0));
+        let (sent, limited) = if self.prev.0 >= current.0 {
+            self.prev
+        } else {
+            current
+        };
+        (sent - limited).max(0.0)
     }
 }
 
@@ -278,11 +310,13 @@ struct KeyState {
     /// that was already punished.
     last_decrease: Option<u64>,
     known: bool,
-    /// Requests allowed in flight while probing / in slow start.
+    /// Requests allowed in flight while the key is cold.
     window: Option<u32>,
     in_flight: u32,
     in_flight_tokens: u64,
     grants: u64,
+    /// Tokens granted, in total (the token-side twin of `grants`).
+    granted_tokens: u64,
     meter: RateMeter,
     token_ratio: f64,
 }
@@ -297,6 +331,16 @@ struct GrantInfo {
     tokens: u64,
     level_before: Option<f64>,
     grants: u64,
+    granted_tokens: u64,
+}
+
+/// When a request was sent, and the grant counters right after its own grant: what the key
+/// sent after it, which the server had not counted when it decided on this request.
+#[derive(Debug, Clone, Copy)]
+struct Since {
+    sent_at: Instant,
+    grants: u64,
+    granted_tokens: u64,
 }
 
 impl KeyState {
@@ -309,12 +353,12 @@ impl KeyState {
             .static_limits
             .tpm
             .map(|tpm| Bucket::full(tpm as f64, tpm as f64 / 60.0, now));
-        let known = requests.is_some() || tokens.is_some() || !config.probe;
+        let known = requests.is_some() || tokens.is_some();
         KeyState {
             queue: BTreeMap::new(),
             next_ticket: 0,
             known,
-            window: (!known).then_some(1),
+            window: if known { None } else { config.cold_window },
             requests,
             tokens,
             paused_until: None,
@@ -323,11 +367,8 @@ impl KeyState {
             in_flight: 0,
             in_flight_tokens: 0,
             grants: 0,
-            meter: RateMeter {
-                start: now,
-                count: 0.0,
-                prev: 0.0,
-            },
+            granted_tokens: 0,
+            meter: RateMeter::new(now),
             token_ratio: 1.0,
         }
     }
@@ -368,7 +409,7 @@ impl KeyState {
             self.queue.insert(ticket, Some(waker.clone()));
             return Step::Wait(None);
         }
-        // The head: wait for a pause, a probe, or room in every bucket.
+        // The head: wait for a pause, the cold window, or room in every bucket.
         if self.window.is_some_and(|w| self.in_flight >= w) {
             self.queue.insert(ticket, Some(waker.clone()));
             return Step::Wait(None);
@@ -411,12 +452,14 @@ impl KeyState {
         self.in_flight += 1;
         self.in_flight_tokens = self.in_flight_tokens.saturating_add(tokens);
         self.grants += 1;
+        self.granted_tokens = self.granted_tokens.saturating_add(tokens);
         self.meter.record(now);
         self.wake_head();
         Step::Granted(GrantInfo {
             tokens,
             level_before,
             grants: self.grants,
+            granted_tokens: self.granted_tokens,
         })
     }
 
@@ -433,10 +476,36 @@ impl KeyState {
         self.in_flight_tokens = self.in_flight_tokens.saturating_sub(tokens);
     }
 
-    /// Learns from a snapshot. `others` are the requests and tokens still in flight besides
-    /// the one this snapshot answers: the server had not counted them yet.
-    fn learn(&mut self, snap: &RateLimitSnapshot, now: Instant, config: &PacerConfig) {
-        let (others, others_tokens) = (self.in_flight as f64, self.in_flight_tokens as f64);
+    /// Learns from a snapshot.
+    ///
+    /// The server decides on a request, and reports its buckets, when the request arrives;
+    /// the answer comes a model latency later. So the snapshot of a request sent at `since`
+    /// is that old: the bucket has refilled since, and every request granted after this one
+    /// has been taken from it without being in the snapshot. The level is
+    /// `remaining + refill × age − sent since`, at most the capacity. (A server that reports
+    /// at answer time instead has counted both the refill and the requests since, which
+    /// cancel out when the key is busy.) Without `since` (a response outside any permit), the
+    /// requests in flight are taken as the ones not yet counted.
+    fn learn(
+        &mut self,
+        snap: &RateLimitSnapshot,
+        now: Instant,
+        config: &PacerConfig,
+        since: Option<Since>,
+    ) {
+        let (others, others_tokens, age) = match since {
+            Some(s) => (
+                self.grants.saturating_sub(s.grants) as f64,
+                self.granted_tokens.saturating_sub(s.granted_tokens) as f64,
+                now.saturating_duration_since(s.sent_at),
+            ),
+            None => (
+                self.in_flight as f64,
+                self.in_flight_tokens as f64,
+                Duration::ZERO,
+            ),
+        };
+        let headroom = config.headroom.clamp(0.0, 1.0);
         let static_req = config.static_limits.rpm.map(|v| v as f64);
         let static_tok = config.static_limits.tpm.map(|v| v as f64);
         learn_bucket(
@@ -447,14 +516,14 @@ impl KeyState {
                 snap.reset_requests,
             ),
             static_req,
-            others,
+            (others, age, headroom),
             now,
         );
         learn_bucket(
             &mut self.tokens,
             (snap.limit_tokens, snap.remaining_tokens, snap.reset_tokens),
             static_tok,
-            others_tokens,
+            (others_tokens, age, headroom),
             now,
         );
         // A bucket reported empty without a limit to model it: pause until its reset.
@@ -478,17 +547,14 @@ impl KeyState {
         }
     }
 
-    /// An answer came back: the probe is over, and slow start grows by one.
-    fn answered(&mut self, config: &PacerConfig) {
+    /// An answer came back: the key is known and the cold window is over.
+    fn answered(&mut self) {
         self.known = true;
-        self.window = match self.window {
-            Some(w) if config.slow_start && w + 1 < SLOW_START_MAX => Some(w + 1),
-            _ => None,
-        };
+        self.window = None;
     }
 
     fn success(&mut self, config: &PacerConfig) {
-        self.answered(config);
+        self.answered();
         if let Some(b) = &mut self.aimd {
             let rate = b.refill.max(EPS);
             let new = rate + config.aimd.increase / rate;
@@ -502,7 +568,7 @@ impl KeyState {
     }
 
     fn decrease(&mut self, now: Instant, config: &PacerConfig) -> f64 {
-        let measured = self.meter.rate(now);
+        let measured = self.meter.accepted_rate(now);
         let base = match &self.aimd {
             Some(b) => b.refill.min(measured.max(config.aimd.min_rate)),
             None => measured,
@@ -529,7 +595,7 @@ fn learn_bucket(
     slot: &mut Option<Bucket>,
     (limit, remaining, reset): (Option<u64>, Option<u64>, Option<Duration>),
     static_limit: Option<f64>,
-    others: f64,
+    (others, age, headroom): (f64, Duration, f64),
     now: Instant,
 ) {
     let (Some(limit), Some(remaining)) = (limit, remaining) else {
@@ -558,7 +624,9 @@ fn learn_bucket(
             None => r,
         };
     }
-    b.level = (remaining as f64).min(capacity) - others;
+    let remaining = remaining as f64;
+    let kept_back = (remaining * headroom).floor();
+    b.level = (remaining - kept_back + b.refill * age.as_secs_f64() - others).min(capacity);
 }
 
 struct Shared {
@@ -707,7 +775,7 @@ impl Pacer {
         let now = Instant::now();
         st.advance(now);
         st.known = true;
-        st.learn(snapshot, now, &self.shared.config);
+        st.learn(snapshot, now, &self.shared.config, None);
         st.success(&self.shared.config);
         st.wake_head();
     }
@@ -762,20 +830,21 @@ fn rate_limited(
     entry: &KeyEntry,
     hint: Option<Duration>,
     snapshot: Option<&RateLimitSnapshot>,
-    grant: Option<(u64, u64)>,
+    grant: Option<(Since, u64)>,
 ) {
     shared.rate_limited.fetch_add(1, Ordering::Relaxed);
     let config = &shared.config;
     let now = Instant::now();
     let mut st = entry.lock();
     st.advance(now);
+    st.meter.record_limited(now);
     st.known = true;
-    // A 429 ends the probe and slow start: the pause and the adaptive rate take over.
+    // A 429 ends the cold window: the pause and the adaptive rate take over.
     st.window = None;
     // Did the headers explain the 429 (a bucket at zero)? Then the buckets already say when.
     let mut explained = None;
     if let Some(s) = snapshot {
-        st.learn(s, now, config);
+        st.learn(s, now, config, grant.map(|(since, _)| since));
         if s.remaining_requests == Some(0) {
             explained = Some(s.reset_requests);
         }
@@ -795,15 +864,25 @@ fn rate_limited(
     if let Some(p) = pause {
         st.pause(now + p);
     }
-    // The 429 wins over headers that showed room: lower the rate, once per round.
+    // The 429 wins over headers that showed room: lower the rate multiplicatively once per
+    // round; the round's later 429s hold it at `beta` times the rate the server accepted.
     let mut new_rate = None;
     if explained.is_none() {
         let fresh = match (grant, st.last_decrease) {
-            (Some((grant, _)), Some(last)) => grant > last,
+            (Some((since, _)), Some(last)) => since.grants > last,
             _ => true,
         };
         if fresh {
             new_rate = Some(st.decrease(now, config));
+        } else {
+            let accepted = st.meter.accepted_rate(now);
+            if let Some(b) = &mut st.aimd {
+                let cap = (accepted * config.aimd.beta).max(config.aimd.min_rate);
+                if cap < b.refill {
+                    set_rate(b, cap, &config.aimd);
+                    new_rate = Some(b.refill);
+                }
+            }
         }
     }
     if let Some(b) = &mut st.requests {
@@ -834,6 +913,7 @@ pub struct Permit {
     waited: Duration,
     level_before: Option<f64>,
     grants: u64,
+    granted_tokens: u64,
     open: bool,
 }
 
@@ -874,7 +954,7 @@ impl Permit {
         st.known = true;
         if let Some(s) = snapshot {
             self.correct_ratio(&mut st, s, now);
-            st.learn(s, now, config);
+            st.learn(s, now, config, Some(self.since()));
         }
         st.success(config);
         st.wake_head();
@@ -888,9 +968,9 @@ impl Permit {
         let mut st = self.entry.lock();
         st.advance(now);
         st.finish(self.tokens);
-        st.answered(&self.shared.config);
+        st.answered();
         if let Some(s) = snapshot {
-            st.learn(s, now, &self.shared.config);
+            st.learn(s, now, &self.shared.config, Some(self.since()));
         }
         st.wake_head();
     }
@@ -904,8 +984,16 @@ impl Permit {
             &self.entry,
             hint,
             snapshot,
-            Some((self.grants, self.tokens)),
+            Some((self.since(), self.tokens)),
         );
+    }
+
+    fn since(&self) -> Since {
+        Since {
+            sent_at: self.sent_at,
+            grants: self.grants,
+            granted_tokens: self.granted_tokens,
+        }
     }
 
     /// Corrects the token estimate: when this request was alone in flight, the server's
@@ -1053,6 +1141,7 @@ impl Future for Acquire {
                         waited,
                         level_before: info.level_before,
                         grants: info.grants,
+                        granted_tokens: info.granted_tokens,
                         open: true,
                     }));
                 }

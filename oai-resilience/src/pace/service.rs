@@ -580,11 +580,19 @@ mod store_tests {
         })
     }
 
+    /// A cold window of one: a cold key is probed by one request.
+    fn probing() -> PacerConfig {
+        PacerConfig {
+            cold_window: Some(1),
+            ..PacerConfig::default()
+        }
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_cold_key_is_probed_by_one_request_while_the_others_wait() {
         let store = InProcessStore::new();
         let sent = Arc::new(AtomicU64::new(0));
-        let svc = PaceLayer::new()
+        let svc = PaceLayer::with_config(probing())
             .pacing_store(store.clone())
             .layer(slow_upstream(Duration::from_millis(100), 0, sent.clone()));
         let start = Instant::now();
@@ -624,7 +632,7 @@ mod store_tests {
     async fn a_probe_that_gets_no_answer_hands_the_probe_to_the_next_request() {
         let store = InProcessStore::new();
         let sent = Arc::new(AtomicU64::new(0));
-        let svc = PaceLayer::new()
+        let svc = PaceLayer::with_config(probing())
             .pacing_store(store.clone())
             .layer(slow_upstream(Duration::from_millis(100), 1, sent.clone()));
         let first = tokio::spawn(svc.clone().oneshot(request()));
@@ -646,7 +654,7 @@ mod store_tests {
     async fn a_cancelled_probe_hands_the_probe_to_the_next_request() {
         let store = InProcessStore::new();
         let sent = Arc::new(AtomicU64::new(0));
-        let svc = PaceLayer::new()
+        let svc = PaceLayer::with_config(probing())
             .pacing_store(store.clone())
             .layer(slow_upstream(Duration::from_millis(100), 0, sent.clone()));
         let first = tokio::spawn(svc.clone().oneshot(request()));
@@ -664,7 +672,7 @@ mod store_tests {
         let sent = Arc::new(AtomicU64::new(0));
         let config = PacerConfig {
             max_wait: Some(Duration::from_millis(50)),
-            ..PacerConfig::default()
+            ..probing()
         };
         let svc = PaceLayer::with_config(config)
             .pacing_store(store.clone())
@@ -682,14 +690,10 @@ mod store_tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn without_the_probe_a_cold_burst_goes_out_at_once() {
+    async fn by_default_a_cold_burst_goes_out_at_once_through_a_store() {
         let store = InProcessStore::new();
         let sent = Arc::new(AtomicU64::new(0));
-        let config = PacerConfig {
-            probe: false,
-            ..PacerConfig::default()
-        };
-        let svc = PaceLayer::with_config(config)
+        let svc = PaceLayer::new()
             .pacing_store(store.clone())
             .layer(slow_upstream(Duration::from_millis(100), 0, sent.clone()));
         let calls: Vec<_> = (0..3)
