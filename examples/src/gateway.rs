@@ -47,13 +47,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderMap, HeaderValue};
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Either, Full, Limited};
 use hyper::body::{Body, Incoming};
 use hyper_util::rt::TokioIo;
 use oai_resilience::stack::{BaseUrl, BaseUrlLayer, InvalidBaseUrl};
-use oai_resilience::{AuthCause, Error, ErrorKind};
+use oai_resilience::{respond, Error};
 use serde_json::json;
 use tokio::net::TcpListener;
 use tower::{Layer, ServiceExt};
@@ -63,10 +63,7 @@ use crate::stack::Stack;
 /// The largest request body the gateway accepts: 8 MiB (larger ones get a 413).
 pub const MAX_REQUEST_BYTES: usize = 8 * 1024 * 1024;
 
-/// The header that carries the hint of an error answer.
-pub const HINT_HEADER: HeaderName = HeaderName::from_static("x-oai-resilience-hint");
-/// The header that carries the attempts made for an error answer.
-pub const ATTEMPTS_HEADER: HeaderName = HeaderName::from_static("x-oai-resilience-attempts");
+pub use oai_resilience::respond::{ATTEMPTS_HEADER, HINT_HEADER};
 
 /// The response body: the upstream's body streamed through, or the gateway's own JSON.
 pub type GatewayBody = Either<Incoming, Full<Bytes>>;
@@ -256,141 +253,10 @@ impl Gateway {
     }
 }
 
-/// The status OpenAI would answer for an error the stack raised without a response.
-fn local_status(err: &Error) -> StatusCode {
-    match err.kind() {
-        ErrorKind::MissingApiKey | ErrorKind::MalformedApiKey | ErrorKind::Authentication => {
-            StatusCode::UNAUTHORIZED
-        }
-        ErrorKind::InvalidParameter | ErrorKind::InvalidRequest => StatusCode::BAD_REQUEST,
-        ErrorKind::RateLimited | ErrorKind::QuotaExceeded => StatusCode::TOO_MANY_REQUESTS,
-        ErrorKind::RequestTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-        ErrorKind::Timeout | ErrorKind::RequestTimeout => StatusCode::GATEWAY_TIMEOUT,
-        ErrorKind::Connection | ErrorKind::ServerError | ErrorKind::NotReplayable => {
-            StatusCode::BAD_GATEWAY
-        }
-        _ => StatusCode::INTERNAL_SERVER_ERROR,
-    }
-}
-
-/// OpenAI's `type` for an error the upstream did not describe.
-fn local_type(err: &Error, status: StatusCode) -> &'static str {
-    match err.kind() {
-        ErrorKind::RateLimited => "requests",
-        ErrorKind::QuotaExceeded => "insufficient_quota",
-        _ if status.is_server_error() => "server_error",
-        _ => "invalid_request_error",
-    }
-}
-
-/// OpenAI's `code` for an error the upstream did not describe.
-fn local_code(err: &Error) -> Option<&'static str> {
-    match err.kind() {
-        ErrorKind::MalformedApiKey => Some("invalid_api_key"),
-        ErrorKind::InvalidParameter => {
-            let missing = err
-                .violations()
-                .first()
-                .is_some_and(|v| v.message.starts_with("Missing required"));
-            Some(if missing {
-                "missing_required_parameter"
-            } else {
-                "invalid_value"
-            })
-        }
-        ErrorKind::RateLimited => Some("rate_limit_exceeded"),
-        ErrorKind::Timeout => Some("timeout"),
-        _ => None,
-    }
-}
-
-/// What went wrong, as a sentence, for an error without OpenAI's message.
-fn local_message(err: &Error) -> String {
-    if !err.violations().is_empty() {
-        return err
-            .violations()
-            .iter()
-            .map(|v| v.message.as_str())
-            .collect::<Vec<_>>()
-            .join(" ");
-    }
-    let mut msg = match (err.kind(), err.auth_cause()) {
-        (ErrorKind::MissingApiKey, _) => "No API key: the request has no Authorization header and the gateway has none configured.".to_owned(),
-        (_, Some(cause)) if cause != AuthCause::Other => {
-            format!("Invalid API key: {}.", cause.describe())
-        }
-        _ => format!("The gateway could not complete the call ({}).", err.kind()),
-    };
-    if let Some(detail) = err.detail() {
-        msg.push_str(" Detail: ");
-        msg.push_str(detail);
-        if !detail.ends_with('.') {
-            msg.push('.');
-        }
-    }
-    msg
-}
-
-/// Maps an error of the stack to OpenAI's error JSON, with the hint, request id and attempts.
+/// Maps an error of the stack to OpenAI's error JSON, with the hint, request id and attempts
+/// ([`oai_resilience::respond::error_response`]).
 pub fn error_response(err: &Error) -> Response<GatewayBody> {
-    let status = err.status().unwrap_or_else(|| local_status(err));
-    let message = match err.message() {
-        Some(m) => m.to_owned(),
-        None => local_message(err),
-    };
-    let error_type = err
-        .error_type()
-        .map_or_else(|| local_type(err, status).to_owned(), str::to_owned);
-    let code = err.code().map(str::to_owned).or_else(|| {
-        // A response without OpenAI's object keeps `code: null`, as the API does.
-        if err.api_error().is_none() {
-            local_code(err).map(str::to_owned)
-        } else {
-            None
-        }
-    });
-    let hint = err.hint();
-    let attempts = err
-        .retry_context()
-        .map_or(if err.kind().is_local() { 0 } else { 1 }, |r| r.attempts);
-    let mut full_message = message.trim_end().to_owned();
-    full_message.push_str(" Hint: ");
-    full_message.push_str(&hint);
-    if !hint.ends_with('.') {
-        full_message.push('.');
-    }
-    if let Some(id) = err.request_id() {
-        full_message.push_str(&format!(" (upstream request {id})"));
-    }
-    let body = json!({
-        "error": {
-            "message": full_message,
-            "type": error_type,
-            "param": err.param(),
-            "code": code,
-            "hint": hint,
-            "request_id": err.request_id(),
-            "attempts": attempts,
-        }
-    });
-    let mut headers = HeaderMap::new();
-    headers.insert("x-should-retry", HeaderValue::from_static("false"));
-    if let Ok(v) = HeaderValue::from_str(&hint) {
-        headers.insert(HINT_HEADER, v);
-    }
-    headers.insert(ATTEMPTS_HEADER, HeaderValue::from(attempts));
-    if let Some(Ok(v)) = err.request_id().map(HeaderValue::from_str) {
-        headers.insert("x-request-id", v);
-    }
-    if let Some(after) = err.retry_after() {
-        let ms = after.as_millis().max(1);
-        headers.insert("retry-after-ms", HeaderValue::from(ms as u64));
-        headers.insert(
-            header::RETRY_AFTER,
-            HeaderValue::from(ms.div_ceil(1000) as u64),
-        );
-    }
-    json_response(status, &body, headers)
+    respond::error_response(err).map(|body| Either::Right(Full::new(body)))
 }
 
 fn openai_error(

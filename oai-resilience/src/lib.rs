@@ -36,6 +36,7 @@ mod hash;
 pub mod mock;
 pub mod pace;
 pub mod parse;
+pub mod respond;
 pub mod retry;
 pub mod stack;
 pub mod validate;
