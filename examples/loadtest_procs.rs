@@ -461,13 +461,17 @@ impl ProcReport {
     pub(crate) fn lines(&self) -> Vec<String> {
         let mut out = Vec::new();
         for r in &self.rows {
+            // Only the stack's rows have a pacer that could fall back.
+            let fallbacks = match r.run.which {
+                Which::Stack => format!(", {} Redis fallbacks", r.fallbacks),
+                _ => String::new(),
+            };
             out.push(format!(
-                "{} x{} ({}): {} server 429s, {} Redis fallbacks",
+                "{} x{} ({}): {} server 429s{fallbacks}",
                 self.scenario.name(),
                 self.processes,
                 r.label,
                 r.server_429s.map_or("-".into(), |n| n.to_string()),
-                r.fallbacks
             ));
         }
         for redis in self.rows.iter().filter(|r| r.label == "redis") {
