@@ -20,12 +20,17 @@
 //! - [`openai_call`]: an attribute that runs an async function under the same retry policy
 //!   and attaches structured context to its errors ([`call`] holds its runtime).
 //! - `mock` (feature `mock`): an embedded mock OpenAI server for tests and examples.
+//! - `adapter` (features `reqwest`, `async-openai`): the stack as a reqwest-middleware
+//!   middleware and as async-openai's HTTP service.
 //!
 //! The error model is [`Error`] / [`ErrorKind`].
 #![doc(test(attr(deny(warnings))))]
 #![warn(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+#[cfg(any(feature = "reqwest", feature = "async-openai"))]
+#[cfg_attr(docsrs, doc(cfg(any(feature = "reqwest", feature = "async-openai"))))]
+pub mod adapter;
 pub mod auth;
 pub mod call;
 pub mod classify;

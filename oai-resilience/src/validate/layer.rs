@@ -429,6 +429,16 @@ impl<B> ValidateBody<B> {
             Kind::Buffered { .. } => None,
         }
     }
+
+    /// The buffered bytes (`Ok`, `None` once read or when empty), or the passed-through body
+    /// (`Err`). For the adapters, which send the body with another client's body type.
+    #[cfg(any(feature = "reqwest", feature = "async-openai"))]
+    pub(crate) fn into_buffered_or_passthrough(self) -> Result<Option<Bytes>, B> {
+        match self.kind {
+            Kind::Buffered { bytes } => Ok(bytes),
+            Kind::Passthrough { body } => Err(body),
+        }
+    }
 }
 
 impl<B> Body for ValidateBody<B>

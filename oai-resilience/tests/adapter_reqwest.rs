@@ -1,0 +1,292 @@
+//! The reqwest-middleware adapter end to end: a `ClientWithMiddleware` with `OpenAiMiddleware`
+//! against the mock server over loopback.
+#![cfg(all(feature = "reqwest", feature = "mock"))]
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use http_body_util::Full;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use oai_resilience::adapter::reqwest::{ErrorMode, OpenAiMiddleware};
+use oai_resilience::mock::{MockResponse, MockServer, Route};
+use oai_resilience::{
+    AuthCause, AuthLayer, Error, ErrorKind, OpenAiLayer, RetryConfig, RetryLayer,
+};
+use reqwest_middleware::{ClientBuilder, ClientWithMiddleware, Middleware, Next};
+use tower::{Layer, ServiceExt};
+
+const KEY: &str = "sk-proj-AdapterTestKey0123456789abcdefghijklmnopqr";
+const CHAT: &str = r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Hello"}]}"#;
+
+fn layer(key: &str) -> OpenAiLayer {
+    OpenAiLayer::new()
+        .auth(AuthLayer::from_key(key))
+        .retry(RetryLayer::with_config(RetryConfig::new().seed(7)))
+}
+
+fn client(middleware: OpenAiMiddleware) -> ClientWithMiddleware {
+    ClientBuilder::new(reqwest::Client::new())
+        .with(middleware)
+        .build()
+}
+
+async fn post(
+    client: &ClientWithMiddleware,
+    server: &MockServer,
+    body: &'static str,
+) -> reqwest_middleware::Result<reqwest::Response> {
+    client
+        .post(server.endpoint(Route::ChatCompletions))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+}
+
+/// The `oai_resilience::Error` a `reqwest_middleware::Error` carries.
+fn carried(err: &reqwest_middleware::Error) -> &Error {
+    match err {
+        reqwest_middleware::Error::Middleware(e) => {
+            e.downcast_ref::<Error>().expect("an oai_resilience::Error")
+        }
+        other => panic!("not a middleware error: {other:?}"),
+    }
+}
+
+async fn json(res: reqwest::Response) -> serde_json::Value {
+    serde_json::from_slice(&res.bytes().await.unwrap()).unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn quota_is_one_request_and_a_typed_error() {
+    let server = MockServer::builder()
+        .api_key(KEY)
+        .quota_exhausted(true)
+        .start()
+        .await;
+
+    let err = post(&client(OpenAiMiddleware::new(layer(KEY))), &server, CHAT)
+        .await
+        .unwrap_err();
+    let err = carried(&err);
+    assert_eq!(err.kind(), ErrorKind::QuotaExceeded);
+    assert_eq!(err.code(), Some("insufficient_quota"));
+    assert_eq!(server.counts().total, 1);
+
+    // As a response: the upstream's 429 and error object, for code that reads the status.
+    let by_status = client(OpenAiMiddleware::new(layer(KEY)).error_mode(ErrorMode::Response));
+    let res = post(&by_status, &server, CHAT).await.unwrap();
+    assert_eq!(res.status(), 429);
+    assert_eq!(res.headers()["x-should-retry"], "false");
+    assert_eq!(res.url().as_str(), server.endpoint(Route::ChatCompletions));
+    let body = json(res).await;
+    assert_eq!(body["error"]["code"], "insufficient_quota");
+    assert_eq!(server.counts().total, 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn local_rejections_send_nothing() {
+    let server = MockServer::builder().api_key(KEY).start().await;
+    let as_errors = client(OpenAiMiddleware::new(layer(KEY)));
+    let as_responses = client(OpenAiMiddleware::new(layer(KEY)).error_mode(ErrorMode::Response));
+
+    // A missing `messages`.
+    let missing = r#"{"model":"gpt-4o-mini"}"#;
+    let err = post(&as_errors, &server, missing).await.unwrap_err();
+    let err = carried(&err);
+    assert_eq!(err.kind(), ErrorKind::InvalidParameter);
+    assert_eq!(err.param(), Some("messages"));
+    let res = post(&as_responses, &server, missing).await.unwrap();
+    assert_eq!(res.status(), 400);
+    let body = json(res).await;
+    assert_eq!(body["error"]["code"], "missing_required_parameter");
+    assert_eq!(body["error"]["param"], "messages");
+
+    // A placeholder key, in the request's own header as reqwest users set it.
+    let no_key = || OpenAiMiddleware::new(OpenAiLayer::new().auth(AuthLayer::from_env()));
+    for middleware in [no_key(), no_key().error_mode(ErrorMode::Response)] {
+        let mode = client(middleware);
+        let sent = mode
+            .post(server.endpoint(Route::ChatCompletions))
+            .bearer_auth("sk-...")
+            .header("content-type", "application/json")
+            .body(CHAT)
+            .send()
+            .await;
+        match sent {
+            Err(err) => {
+                let err = carried(&err);
+                assert_eq!(err.kind(), ErrorKind::MalformedApiKey);
+                assert_eq!(err.auth_cause(), Some(AuthCause::Placeholder));
+            }
+            Ok(res) => {
+                assert_eq!(res.status(), 401);
+                assert_eq!(json(res).await["error"]["code"], "invalid_api_key");
+            }
+        }
+    }
+
+    assert_eq!(server.counts().total, 0);
+}
+
+/// Counts the requests that pass through it.
+#[derive(Clone, Default)]
+struct Count(Arc<AtomicU32>);
+
+#[async_trait::async_trait]
+impl Middleware for Count {
+    async fn handle(
+        &self,
+        req: reqwest::Request,
+        extensions: &mut http::Extensions,
+        next: Next<'_>,
+    ) -> reqwest_middleware::Result<reqwest::Response> {
+        self.0.fetch_add(1, Ordering::SeqCst);
+        // The caller's extensions reach every attempt.
+        assert_eq!(extensions.get::<&'static str>(), Some(&"caller"));
+        next.run(req, extensions).await
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn transient_503s_are_retried_through_the_rest_of_the_chain() {
+    let server = MockServer::builder()
+        .api_key(KEY)
+        .script(
+            Route::ChatCompletions,
+            [MockResponse::status(503), MockResponse::status(503)],
+        )
+        .start()
+        .await;
+    let (before, after) = (Count::default(), Count::default());
+    let client = ClientBuilder::new(reqwest::Client::new())
+        .with(before.clone())
+        .with(OpenAiMiddleware::new(layer(KEY)))
+        .with(after.clone())
+        .build();
+    let res = client
+        .post(server.endpoint(Route::ChatCompletions))
+        .header("content-type", "application/json")
+        .body(CHAT)
+        .with_extension("caller")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(json(res).await["object"], "chat.completion");
+    assert_eq!(server.counts().total, 3);
+    // Middlewares after it run per attempt, those before it once per call.
+    assert_eq!(after.0.load(Ordering::SeqCst), 3);
+    assert_eq!(before.0.load(Ordering::SeqCst), 1);
+    let retries: Vec<_> = server
+        .requests()
+        .iter()
+        .map(|r| {
+            r.headers["x-stainless-retry-count"]
+                .to_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(retries, ["0", "1", "2"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_streamed_body_is_sent_once_and_said_not_replayable() {
+    let server = MockServer::builder()
+        .api_key(KEY)
+        .script(Route::ChatCompletions, [MockResponse::status(503)])
+        .start()
+        .await;
+    // Not JSON to the validation layer, so it is not buffered: a stream, sent once.
+    let stream = reqwest::Body::wrap(Full::new(Bytes::from_static(CHAT.as_bytes())));
+    let err = client(OpenAiMiddleware::new(layer(KEY)))
+        .post(server.endpoint(Route::ChatCompletions))
+        .header("content-type", "application/octet-stream")
+        .body(stream)
+        .send()
+        .await
+        .unwrap_err();
+    let err = carried(&err);
+    assert_eq!(err.kind(), ErrorKind::NotReplayable);
+    assert_eq!(err.status().map(|s| s.as_u16()), Some(503));
+    assert_eq!(server.counts().total, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_streaming_chat_completion_arrives_whole_as_it_streams() {
+    let server = MockServer::builder()
+        .api_key(KEY)
+        .stream_duration(Duration::from_secs(10))
+        .start()
+        .await;
+    let start = tokio::time::Instant::now();
+    let res = post(
+        &client(OpenAiMiddleware::new(layer(KEY))),
+        &server,
+        r#"{"model":"gpt-4o-mini","stream":true,"messages":[{"role":"user","content":"one two three"}]}"#,
+    )
+    .await
+    .unwrap();
+    assert_eq!(res.status(), 200);
+    assert!(res.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/event-stream"));
+    let mut chunks = res.bytes_stream();
+    let mut text = Vec::new();
+    let mut first = None;
+    while let Some(chunk) = chunks.next().await {
+        first.get_or_insert_with(|| start.elapsed());
+        text.extend_from_slice(&chunk.unwrap());
+    }
+    let (first, all) = (first.unwrap(), start.elapsed());
+    // Not buffered: the first event comes at once, the last after the stream's 10 s.
+    assert!(
+        first < Duration::from_secs(2),
+        "first event after {first:?}"
+    );
+    assert!(all >= Duration::from_secs(9), "whole stream after {all:?}");
+    let text = String::from_utf8(text).unwrap();
+    let data: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .collect();
+    assert_eq!(*data.last().unwrap(), "[DONE]");
+    let content: String = data[..data.len() - 1]
+        .iter()
+        .map(|d| serde_json::from_str::<serde_json::Value>(d).unwrap())
+        .filter_map(|c| {
+            c["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(str::to_owned)
+        })
+        .collect();
+    assert_eq!(content, "Mock reply to: one two three");
+}
+
+#[tokio::test(start_paused = true)]
+async fn clones_share_one_pacer_with_the_tower_stack() {
+    let server = MockServer::builder().api_key(KEY).start().await;
+    let layer = layer(KEY);
+    let middleware = OpenAiMiddleware::new(layer.clone());
+    let (a, b) = (client(middleware.clone()), client(middleware));
+    let c = client(layer.clone().into_reqwest_middleware());
+    for client in [&a, &b, &c] {
+        assert_eq!(post(client, &server, CHAT).await.unwrap().status(), 200);
+    }
+    // A hyper stack from the same layer.
+    let hyper = layer.layer(Client::builder(TokioExecutor::new()).build_http());
+    let req = http::Request::post(server.endpoint(Route::ChatCompletions))
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from_static(CHAT.as_bytes())))
+        .unwrap();
+    assert_eq!(hyper.oneshot(req).await.unwrap().status(), 200);
+
+    assert_eq!(layer.pace_layer().pacer().metrics().granted, 4);
+    assert_eq!(server.counts().total, 4);
+}
