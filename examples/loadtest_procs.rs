@@ -178,14 +178,9 @@ pub(crate) async fn worker_main() -> Result<(), BoxError> {
             .base_url(api_base(&url).parse()?)
             .auth(AuthLayer::from_key(key));
         if let (Some(u), Some(prefix)) = (cfg["redis_url"].as_str(), cfg["redis_prefix"].as_str()) {
-            let store = RedisStore::connect(
-                u,
-                RedisStoreConfig {
-                    prefix: prefix.to_string(),
-                    ..RedisStoreConfig::default()
-                },
-            )
-            .await?;
+            let mut config = RedisStoreConfig::default();
+            config.prefix = prefix.to_string();
+            let store = RedisStore::connect(u, config).await?;
             layer = layer.pacing_store(store.clone());
             redis = Some(store);
         }

@@ -205,10 +205,7 @@ async fn token_cost_is_read_from_the_body_which_arrives_intact() {
         }
     });
     let mut cfg = PacerConfig::default();
-    cfg.static_limits = StaticLimits {
-        rpm: None,
-        tpm: Some(600),
-    };
+    cfg.static_limits = StaticLimits::new(None, Some(600));
     let pace = PaceLayer::with_config(cfg);
     let mut svc = ServiceBuilder::new()
         .layer(pace.clone())
@@ -349,10 +346,7 @@ async fn other_bodies_and_responses_without_classify() {
     assert!((refill - 2.0).abs() < 1e-9);
 
     let mut cfg = PacerConfig::default();
-    cfg.static_limits = StaticLimits {
-        rpm: None,
-        tpm: Some(60_000),
-    };
+    cfg.static_limits = StaticLimits::new(None, Some(60_000));
     let pace = PaceLayer::with_config(cfg);
     let upstream = service_fn(|_req: http::Request<Empty<Bytes>>| async {
         Ok::<_, Error>(http::Response::new(()))
@@ -424,10 +418,7 @@ async fn under_the_validation_layer_the_buffered_body_is_read() {
         Ok::<_, Error>(http::Response::new(()))
     });
     let mut cfg = PacerConfig::default();
-    cfg.static_limits = StaticLimits {
-        rpm: None,
-        tpm: Some(60_000),
-    };
+    cfg.static_limits = StaticLimits::new(None, Some(60_000));
     let pace = PaceLayer::with_config(cfg);
     let svc = ServiceBuilder::new()
         .layer(ValidateLayer::new())

@@ -31,7 +31,7 @@ fn snap_tokens(limit: u64, remaining: u64, reset: Duration) -> RateLimitSnapshot
 
 fn static_limits(rpm: Option<u64>, tpm: Option<u64>) -> PacerConfig {
     let mut cfg = PacerConfig::default();
-    cfg.static_limits = StaticLimits { rpm, tpm };
+    cfg.static_limits = StaticLimits::new(rpm, tpm);
     cfg
 }
 

@@ -27,12 +27,11 @@ const CHAT: &str =
     r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Hello"}],"max_tokens":5}"#;
 
 fn config() -> RedisStoreConfig {
-    RedisStoreConfig {
-        // Generous: a loaded CI machine must not turn a slow answer into a fallback.
-        op_timeout: Duration::from_secs(2),
-        retry_interval: Duration::from_millis(50),
-        ..RedisStoreConfig::default()
-    }
+    let mut config = RedisStoreConfig::default();
+    // Generous: a loaded CI machine must not turn a slow answer into a fallback.
+    config.op_timeout = Duration::from_secs(2);
+    config.retry_interval = Duration::from_millis(50);
+    config
 }
 
 type Service =
@@ -133,7 +132,7 @@ async fn two_openai_stacks_share_one_bucket_through_redis() {
     let counts = server.counts();
     eprintln!("openai stacks: {ok_a} {err_a:?} / {ok_b} {err_b:?}; mock {counts:?}");
     assert_eq!(ok_a + ok_b, 60, "{err_a:?} {err_b:?}");
-    support::redis_server::assert_bucket_held(&counts, 60);
+    support::assert_bucket_held(&counts, 60);
     assert_eq!(a.fallbacks() + b.fallbacks(), 0);
     // The stacks paced through Redis: the key's hash is there.
     let key = PaceKey::new(server.addr().to_string())
@@ -174,16 +173,10 @@ async fn the_same_stacks_without_the_store_each_spend_the_bucket() {
 async fn a_stack_whose_store_fails_closed_sends_nothing_while_redis_is_down() {
     let mut redis = RedisServer::start();
     let server = MockServer::builder().api_key(KEY).start().await;
-    let store = RedisStore::connect(
-        &redis.url(),
-        RedisStoreConfig {
-            fail_mode: FailMode::Closed,
-            op_timeout: Duration::from_millis(500),
-            ..config()
-        },
-    )
-    .await
-    .unwrap();
+    let mut closed = config();
+    closed.fail_mode = FailMode::Closed;
+    closed.op_timeout = Duration::from_millis(500);
+    let store = RedisStore::connect(&redis.url(), closed).await.unwrap();
     let (ok, errs) = run(stack(&server, store.clone()), 1, 1).await;
     assert_eq!((ok, errs.len()), (1, 0), "{errs:?}");
     redis.kill();

@@ -1,5 +1,6 @@
-//! Two full stacks (shared pace through their own `RedisStore` → classify → hyper client), as
-//! two processes would run them, against one mock server and one real `redis-server`.
+//! Two full stacks (pace through their own `RedisStore` with `PaceLayer::pacing_store` →
+//! classify → hyper client), as two processes would run them, against one mock server and one
+//! real `redis-server`.
 #![cfg(all(feature = "redis", feature = "mock"))]
 
 mod support;
@@ -13,7 +14,7 @@ use http_body_util::Full;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use oai_resilience::mock::{MockServer, RateLimit, Route};
-use oai_resilience::pace::{PaceKey, RedisStore, RedisStoreConfig, SharedPaceLayer};
+use oai_resilience::pace::{PaceKey, PaceLayer, PacerConfig, RedisStore, RedisStoreConfig};
 use oai_resilience::{ClassifyLayer, ErrorKind};
 use support::redis_server::RedisServer;
 use tower::{ServiceBuilder, ServiceExt};
@@ -23,12 +24,20 @@ const CHAT: &str =
     r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Hello"}],"max_tokens":5}"#;
 
 fn config() -> RedisStoreConfig {
-    RedisStoreConfig {
-        // Generous: a loaded CI machine must not turn a slow answer into a fallback.
-        op_timeout: Duration::from_secs(2),
-        retry_interval: Duration::from_millis(50),
-        ..RedisStoreConfig::default()
+    let mut config = RedisStoreConfig::default();
+    // Generous: a loaded CI machine must not turn a slow answer into a fallback.
+    config.op_timeout = Duration::from_secs(2);
+    config.retry_interval = Duration::from_millis(50);
+    config
+}
+
+/// A pace layer that paces through `store`, waiting at most `max_wait` (default 60 s).
+fn store_pace(store: RedisStore, max_wait: Option<Duration>) -> PaceLayer {
+    let mut config = PacerConfig::default();
+    if max_wait.is_some() {
+        config.max_wait = max_wait;
     }
+    PaceLayer::with_config(config).pacing_store(store)
 }
 
 #[derive(Debug, Default)]
@@ -39,7 +48,7 @@ struct Outcome {
 }
 
 /// `calls` calls at concurrency `workers` through one stack; 429s retried (at most 10 tries).
-async fn run(layer: SharedPaceLayer, url: String, calls: usize, workers: usize) -> Outcome {
+async fn run(layer: PaceLayer, url: String, calls: usize, workers: usize) -> Outcome {
     let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
     let svc = ServiceBuilder::new()
         .layer(layer)
@@ -117,14 +126,14 @@ async fn two_stacks_share_one_bucket() {
     support::seed_bucket_20(&a, &key).await;
     let url = server.endpoint(Route::ChatCompletions);
     let (x, y) = tokio::join!(
-        run(SharedPaceLayer::new(a.clone()), url.clone(), 30, 8),
-        run(SharedPaceLayer::new(b.clone()), url.clone(), 30, 8)
+        run(store_pace(a.clone(), None), url.clone(), 30, 8),
+        run(store_pace(b.clone(), None), url.clone(), 30, 8)
     );
     let counts = server.counts();
     eprintln!("two stacks: {x:?} {y:?}; mock {counts:?}");
     assert_eq!(x.ok + y.ok, 60);
     assert_eq!(x.failed + y.failed, 0);
-    support::redis_server::assert_bucket_held(&counts, 60);
+    support::assert_bucket_held(&counts, 60);
     assert_eq!(
         x.rate_limited + y.rate_limited,
         counts.rate_limited as usize
@@ -147,7 +156,7 @@ async fn a_429_seen_by_one_stack_pauses_the_other() {
         )],
     );
     let url = server.endpoint(Route::ChatCompletions);
-    let call = |layer: SharedPaceLayer| {
+    let call = |layer: PaceLayer| {
         let url = url.clone();
         async move {
             let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
@@ -163,11 +172,11 @@ async fn a_429_seen_by_one_stack_pauses_the_other() {
             svc.oneshot(req).await
         }
     };
-    let first = call(SharedPaceLayer::new(a.clone())).await.unwrap_err();
+    let first = call(store_pace(a.clone(), None)).await.unwrap_err();
     assert_eq!(first.kind(), ErrorKind::RateLimited);
     assert!(first.status().is_some());
     let sent = server.counts().total;
-    let second = call(SharedPaceLayer::new(b.clone()).max_wait(Duration::from_millis(200)))
+    let second = call(store_pace(b.clone(), Some(Duration::from_millis(200))))
         .await
         .unwrap_err();
     assert!(oai_resilience::pace::is_paced_locally(&second), "{second}");
@@ -185,10 +194,10 @@ async fn redis_killed_mid_run_calls_continue_in_process() {
     let key = pace_key(&server);
     support::seed_bucket_20(&a, &key).await;
     let url = server.endpoint(Route::ChatCompletions);
-    let first = run(SharedPaceLayer::new(a.clone()), url.clone(), 10, 4).await;
+    let first = run(store_pace(a.clone(), None), url.clone(), 10, 4).await;
     assert_eq!(first.ok, 10);
     redis.kill();
-    let during = run(SharedPaceLayer::new(a.clone()), url.clone(), 20, 4).await;
+    let during = run(store_pace(a.clone(), None), url.clone(), 20, 4).await;
     eprintln!("during outage: {during:?}, fallbacks {}", a.fallbacks());
     assert_eq!(during.failed, 0);
     assert_eq!(during.ok, 20);
@@ -198,7 +207,7 @@ async fn redis_killed_mid_run_calls_continue_in_process() {
     // Bounded polling while the connection manager reconnects (I/O readiness).
     let mut back = false;
     for _ in 0..200 {
-        let after = run(SharedPaceLayer::new(a.clone()), url.clone(), 1, 1).await;
+        let after = run(store_pace(a.clone(), None), url.clone(), 1, 1).await;
         assert_eq!(after.ok, 1);
         if !a.is_degraded() {
             back = true;

@@ -82,13 +82,8 @@ async fn two_gateways_share_one_bucket_through_redis() {
     let key = PaceKey::new(upstream.addr().to_string())
         .with_credential(format!("Bearer {KEY}").as_bytes())
         .with_model("gpt-4o-mini");
-    let limits = LearnedLimits {
-        requests: Some(BucketLimits {
-            capacity: 20.0,
-            refill_per_sec: 20.0,
-        }),
-        ..LearnedLimits::default()
-    };
+    let mut limits = LearnedLimits::default();
+    limits.requests = Some(BucketLimits::new(20.0, 20.0));
     a.learn(&key, limits).await.unwrap();
     let (ga, gb) = (
         gateway(&upstream, Some(a.clone())).await,
@@ -98,7 +93,10 @@ async fn two_gateways_share_one_bucket_through_redis() {
     let counts = upstream.counts();
     assert!(x.iter().chain(&y).all(|s| *s == 200), "{x:?} {y:?}");
     assert_eq!(x.len() + y.len(), 60);
-    redis_server::assert_bucket_held(&counts, 60);
+    // The bucket held: every call sent once, plus at most two 429s from delivery jitter under
+    // load (see `assert_bucket_held` in `oai-resilience/tests/support`), each retried.
+    assert!(counts.rate_limited <= 2, "{counts:?}");
+    assert_eq!(counts.total, 60 + counts.rate_limited, "{counts:?}");
     assert_eq!(a.fallbacks() + b.fallbacks(), 0);
 }
 

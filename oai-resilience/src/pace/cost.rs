@@ -7,6 +7,7 @@ use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor
 
 /// What one request costs against the limits: one request and `tokens` tokens.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub struct Cost {
     /// The estimated tokens (prompt plus the completion budget).
     pub tokens: u64,
@@ -24,7 +25,20 @@ impl Cost {
 /// OpenAI counts a request against the tokens-per-minute limit when it arrives, as its prompt
 /// plus `max_tokens` (or `max_completion_tokens`) times `n`. Without a tokenizer the prompt is
 /// estimated at one token per four characters of text plus a few tokens per message.
+///
+/// Start from [`Default`] and set the fields that differ:
+///
+/// ```
+/// use oai_resilience::pace::CostEstimator;
+///
+/// let mut estimator = CostEstimator::default();
+/// estimator.default_completion_tokens = 1_000;
+/// // An empty conversation without `max_tokens`: the assumed completion, plus a few tokens.
+/// let tokens = estimator.estimate(Some(br#"{"messages":[]}"#)).tokens;
+/// assert!((1_000..1_010).contains(&tokens));
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct CostEstimator {
     /// Tokens assumed for the completion when the body sets no maximum.
     ///

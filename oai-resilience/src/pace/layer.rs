@@ -133,6 +133,9 @@ impl PaceLayer {
     /// with [`PacingStore::learn`]. A store error (a Redis store that fails closed) fails the
     /// request with that error, before anything is sent.
     ///
+    /// A store already behind an `Arc` (shared with other stacks) is a store too:
+    /// `pacing_store(Arc::clone(&store))`.
+    ///
     /// ```
     /// use oai_resilience::pace::{InProcessStore, PaceLayer};
     ///
@@ -140,14 +143,9 @@ impl PaceLayer {
     /// assert!(layer.store().is_some());
     /// assert!(PaceLayer::new().store().is_none());
     /// ```
-    pub fn pacing_store(self, store: impl PacingStore) -> Self {
-        self.pacing_store_arc(Arc::new(store))
-    }
-
-    /// [`pacing_store`](Self::pacing_store) with a store already behind an `Arc`.
-    pub fn pacing_store_arc(mut self, store: Arc<dyn PacingStore>) -> Self {
+    pub fn pacing_store(mut self, store: impl PacingStore) -> Self {
         let probe = self.pacer.config().cold_window.is_some();
-        self.store = Some(Arc::new(StoreBackend::new(store, probe)));
+        self.store = Some(Arc::new(StoreBackend::new(Arc::new(store), probe)));
         self
     }
 

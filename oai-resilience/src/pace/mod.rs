@@ -101,18 +101,20 @@ mod test_upstream;
 
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
-pub use self::redis::{redis_key, FailMode, RedisStore, RedisStoreConfig, SCRIPT};
+pub use self::redis::{FailMode, RedisStore, RedisStoreConfig};
 pub use cost::{Cost, CostEstimator, PaceBody};
 pub use key::PaceKey;
 pub use layer::{KeyFn, PaceLayer};
 pub use pacer::{
     Acquire, AimdConfig, KeySnapshot, PaceMetrics, Pacer, PacerConfig, Permit, StaticLimits,
 };
-pub use service::{Pace, ResponseFuture};
-pub use store::{
-    learned_from, Admission, BucketLimits, BucketModel, InProcessStore, KeyModel, LearnedLimits,
-    ModelAdmission, PacingStore, SharedPace, SharedPaceLayer, StoreFuture,
-};
+pub use service::Pace;
+pub use store::{Admission, BucketLimits, InProcessStore, LearnedLimits, PacingStore, StoreFuture};
+
+/// The future of the [`Pace`] service.
+pub mod future {
+    pub use super::service::ResponseFuture;
+}
 
 use crate::error::{Error, ErrorKind};
 

@@ -31,11 +31,19 @@ pub(crate) const PACED_LOCALLY: &str = "paced locally";
 /// headers arrive, the smaller of the static and the learned values wins, so static limits can
 /// also keep headroom below the real ones.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub struct StaticLimits {
     /// Requests per minute.
     pub rpm: Option<u64>,
     /// Tokens per minute.
     pub tpm: Option<u64>,
+}
+
+impl StaticLimits {
+    /// `rpm` requests and `tpm` tokens per minute (`None`: not known in advance).
+    pub fn new(rpm: Option<u64>, tpm: Option<u64>) -> Self {
+        StaticLimits { rpm, tpm }
+    }
 }
 
 /// The adaptive (AIMD) rate's parameters.
@@ -46,6 +54,7 @@ pub struct StaticLimits {
 /// requests in flight; every success raises it by `increase` requests per second per second
 /// of successes (`increase / rate` per success).
 #[derive(Debug, Clone, Copy, PartialEq)]
+#[non_exhaustive]
 pub struct AimdConfig {
     /// Multiplicative decrease factor.
     ///
@@ -658,7 +667,7 @@ impl KeyEntry {
 ///
 /// # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() {
 /// let mut config = PacerConfig::default();
-/// config.static_limits = StaticLimits { rpm: Some(60), tpm: None };
+/// config.static_limits = StaticLimits::new(Some(60), None);
 /// let pacer = Pacer::new(config);
 /// let key = PaceKey::new("api.openai.com");
 /// let permit = pacer.acquire(&key, Cost::tokens(10), None).await.unwrap();

@@ -1,5 +1,6 @@
 //! Where pacing state lives: in this process ([`InProcessStore`]) or shared between processes
-//! (`RedisStore`, feature `redis`), and [`SharedPaceLayer`], which paces through a store.
+//! (`RedisStore`, feature `redis`); [`PaceLayer::pacing_store`](crate::pace::PaceLayer::pacing_store)
+//! paces through one.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -18,6 +19,7 @@ pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, Error>> + Se
 
 /// The answer of [`PacingStore::admit`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Admission {
     /// The request may go now; its cost was taken from the buckets.
     Admitted,
@@ -30,6 +32,7 @@ pub enum Admission {
 /// The capacity and refill rate of one bucket, as learned from `x-ratelimit-*` headers or
 /// configured.
 #[derive(Debug, Clone, Copy, PartialEq)]
+#[non_exhaustive]
 pub struct BucketLimits {
     /// The most the bucket holds (the header's `limit`).
     pub capacity: f64,
@@ -37,8 +40,22 @@ pub struct BucketLimits {
     pub refill_per_sec: f64,
 }
 
+impl BucketLimits {
+    /// A bucket that holds `capacity` and refills `refill_per_sec` per second.
+    pub fn new(capacity: f64, refill_per_sec: f64) -> Self {
+        BucketLimits {
+            capacity,
+            refill_per_sec,
+        }
+    }
+}
+
 /// What a response taught about a key's limits; `None` fields leave the stored value alone.
+///
+/// Built from a response's headers with `LearnedLimits::from(&snapshot)` (see the `From`
+/// implementation), or from [`Default`] and its fields.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
+#[non_exhaustive]
 pub struct LearnedLimits {
     /// The request bucket's limits.
     pub requests: Option<BucketLimits>,
@@ -65,15 +82,15 @@ pub struct LearnedLimits {
 /// The arithmetic is the pacer's token bucket: a bucket refills at `refill` per second up to
 /// its `capacity`; a cost above the capacity waits for a full bucket; a request is admitted
 /// when every bucket that is known has room and the key is not paused, and then takes its cost
-/// from every bucket. [`KeyModel`] is that arithmetic on a plain microsecond clock; the Redis
-/// store runs the same steps in a server-side Lua script, and a property test checks that the
-/// two admit the same sequences.
+/// from every bucket. [`InProcessStore`] runs that arithmetic on a plain microsecond clock; the
+/// Redis store runs the same steps in a server-side Lua script, and a property test checks
+/// that the two admit the same sequences.
 ///
 /// The stack paces through a store with
 /// [`OpenAiLayer::pacing_store`](crate::stack::OpenAiLayer::pacing_store) (or
-/// [`PaceLayer::pacing_store`](crate::pace::PaceLayer::pacing_store), or the standalone
-/// [`SharedPaceLayer`]); the in-process [`Pacer`](crate::pace::Pacer), with its probe and
-/// adaptive rate, stays the default and keeps its own state. The store is also usable on its
+/// [`PaceLayer::pacing_store`](crate::pace::PaceLayer::pacing_store)); the in-process
+/// [`Pacer`](crate::pace::Pacer), with its adaptive rate, stays the default and keeps its own
+/// state. The store is also usable on its
 /// own (acquire a slot with [`PacingStore::admit`], wait as told, report limits with
 /// [`PacingStore::learn`] and 429s with [`PacingStore::pause`]).
 ///
@@ -85,11 +102,9 @@ pub struct LearnedLimits {
 /// let store = InProcessStore::new();
 /// let key = PaceKey::new("api.openai.com").with_credential(b"Bearer sk-test");
 /// // The headers said: 2 requests per bucket, refilled at 2 per second, both left.
-/// let limits = LearnedLimits {
-///     requests: Some(BucketLimits { capacity: 2.0, refill_per_sec: 2.0 }),
-///     remaining_requests: Some(2.0),
-///     ..LearnedLimits::default()
-/// };
+/// let mut limits = LearnedLimits::default();
+/// limits.requests = Some(BucketLimits::new(2.0, 2.0));
+/// limits.remaining_requests = Some(2.0);
 /// store.learn(&key, limits).await?;
 /// assert_eq!(store.admit(&key, Cost::tokens(10)).await?, Admission::Admitted);
 /// assert_eq!(store.admit(&key, Cost::tokens(10)).await?, Admission::Admitted);
@@ -113,22 +128,37 @@ pub trait PacingStore: fmt::Debug + Send + Sync + 'static {
     fn pause<'a>(&'a self, key: &'a PaceKey, duration: Duration) -> StoreFuture<'a, ()>;
 }
 
+/// A shared store is a store: clones of the `Arc` share its state.
+impl<T: PacingStore + ?Sized> PacingStore for Arc<T> {
+    fn admit<'a>(&'a self, key: &'a PaceKey, cost: Cost) -> StoreFuture<'a, Admission> {
+        (**self).admit(key, cost)
+    }
+
+    fn learn<'a>(&'a self, key: &'a PaceKey, limits: LearnedLimits) -> StoreFuture<'a, ()> {
+        (**self).learn(key, limits)
+    }
+
+    fn pause<'a>(&'a self, key: &'a PaceKey, duration: Duration) -> StoreFuture<'a, ()> {
+        (**self).pause(key, duration)
+    }
+}
+
 pub(crate) const EPS: f64 = 1e-6;
 /// The longest wait a bucket reports, in seconds.
 pub(crate) const MAX_WAIT_SECS: f64 = 1e6;
 
 /// One bucket of [`KeyModel`], on a microsecond clock.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct BucketModel {
+pub(crate) struct BucketModel {
     /// The most the bucket holds.
-    pub capacity: f64,
+    pub(crate) capacity: f64,
     /// Refill per second.
-    pub refill: f64,
+    pub(crate) refill: f64,
     /// The level at `at` (negative after a cost above the capacity, which waited for a full
     /// bucket).
-    pub level: f64,
+    pub(crate) level: f64,
     /// When `level` was computed, in microseconds on the caller's clock.
-    pub at: u64,
+    pub(crate) at: u64,
 }
 
 impl BucketModel {
@@ -185,18 +215,18 @@ impl BucketModel {
 /// The pacing state of one key on a plain microsecond clock: the arithmetic that
 /// [`InProcessStore`] and the Redis store's script share.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
-pub struct KeyModel {
+pub(crate) struct KeyModel {
     /// The request bucket, once known.
-    pub requests: Option<BucketModel>,
+    pub(crate) requests: Option<BucketModel>,
     /// The token bucket, once known.
-    pub tokens: Option<BucketModel>,
+    pub(crate) tokens: Option<BucketModel>,
     /// Paused until this time (microseconds), if ever paused.
-    pub paused_until: Option<u64>,
+    pub(crate) paused_until: Option<u64>,
 }
 
 /// A [`KeyModel::admit`] answer with the wait in seconds, before rounding to a [`Duration`].
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub enum ModelAdmission {
+pub(crate) enum ModelAdmission {
     /// Admitted; the costs were taken.
     Admitted,
     /// Wait this many seconds.
@@ -205,10 +235,10 @@ pub enum ModelAdmission {
     Blocked,
 }
 
-impl ModelAdmission {
-    /// As an [`Admission`] (the wait rounded to the nanosecond).
-    pub fn to_admission(self) -> Admission {
-        match self {
+impl From<ModelAdmission> for Admission {
+    /// The wait rounded to the nanosecond.
+    fn from(m: ModelAdmission) -> Self {
+        match m {
             ModelAdmission::Admitted => Admission::Admitted,
             ModelAdmission::Wait(s) => Admission::Wait(Duration::from_secs_f64(s.max(0.0))),
             ModelAdmission::Blocked => Admission::Blocked,
@@ -219,7 +249,7 @@ impl ModelAdmission {
 impl KeyModel {
     /// Admits a request costing `requests` and `tokens` at `now` (microseconds), or says how
     /// long to wait. Every known bucket is brought up to `now` either way.
-    pub fn admit(&mut self, now: u64, requests: f64, tokens: f64) -> ModelAdmission {
+    pub(crate) fn admit(&mut self, now: u64, requests: f64, tokens: f64) -> ModelAdmission {
         let mut wait: f64 = 0.0;
         if let Some(p) = self.paused_until {
             if p > now {
@@ -252,7 +282,7 @@ impl KeyModel {
     }
 
     /// Records learned limits at `now`.
-    pub fn learn(&mut self, now: u64, limits: LearnedLimits) {
+    pub(crate) fn learn(&mut self, now: u64, limits: LearnedLimits) {
         if let Some(l) = limits.requests {
             BucketModel::learn(&mut self.requests, l, limits.remaining_requests, now);
         }
@@ -262,7 +292,7 @@ impl KeyModel {
     }
 
     /// Pauses until `now + duration_us`, never shortening an earlier pause.
-    pub fn pause(&mut self, now: u64, duration_us: u64) {
+    pub(crate) fn pause(&mut self, now: u64, duration_us: u64) {
         let until = now.saturating_add(duration_us);
         self.paused_until = Some(self.paused_until.map_or(until, |p| p.max(until)));
     }
@@ -325,7 +355,8 @@ impl InProcessStore {
     }
 
     /// The state of `key`, if it has any.
-    pub fn key_model(&self, key: &PaceKey) -> Option<KeyModel> {
+    #[cfg(test)]
+    pub(crate) fn key_model(&self, key: &PaceKey) -> Option<KeyModel> {
         let keys = self
             .inner
             .keys
@@ -335,9 +366,7 @@ impl InProcessStore {
     }
 
     pub(crate) fn admit_now(&self, key: &PaceKey, cost: Cost) -> Admission {
-        self.with(key, |m, now| {
-            m.admit(now, 1.0, cost.tokens as f64).to_admission()
-        })
+        self.with(key, |m, now| m.admit(now, 1.0, cost.tokens as f64).into())
     }
 
     pub(crate) fn learn_now(&self, key: &PaceKey, limits: LearnedLimits) {
@@ -471,7 +500,13 @@ mod tests {
 /// What a response's `x-ratelimit-*` headers teach a store: capacity = `limit`, refill =
 /// (`limit` − `remaining`) / `reset` (when the bucket was used and `reset` is at least 10 ms;
 /// otherwise `limit` per minute), level at most `remaining`.
-pub fn learned_from(snap: &crate::parse::RateLimitSnapshot) -> LearnedLimits {
+impl From<&crate::parse::RateLimitSnapshot> for LearnedLimits {
+    fn from(snap: &crate::parse::RateLimitSnapshot) -> Self {
+        learned_from(snap)
+    }
+}
+
+fn learned_from(snap: &crate::parse::RateLimitSnapshot) -> LearnedLimits {
     fn one(
         limit: Option<u64>,
         remaining: Option<u64>,
@@ -512,146 +547,12 @@ pub fn learned_from(snap: &crate::parse::RateLimitSnapshot) -> LearnedLimits {
     }
 }
 
-/// A tower layer that paces requests through a [`PacingStore`] shared with other processes:
-/// each request waits until the store admits it, then goes out; the response's headers are
-/// reported with [`PacingStore::learn`] and a server 429 pauses the key for its hint
-/// ([`PacingStore::pause`]).
-///
-/// It keys and costs requests like [`PaceLayer`](crate::pace::PaceLayer) (authority, hash of
-/// the `Authorization` header, model; tokens from the body). Place it where the pace layer
-/// goes (under retry, above classify), instead of it or above it. A request that cannot be
-/// admitted within [`SharedPaceLayer::max_wait`] or before its
-/// [`CallDeadline`](crate::pace::CallDeadline) fails with
-/// [`ErrorKind::RateLimited`](crate::ErrorKind::RateLimited) as "paced locally" (nothing was
-/// sent); a store that fails closed fails the request with its error.
-///
-/// Unlike the in-process [`Pacer`](crate::pace::Pacer), it does not probe a cold key nor run
-/// an adaptive (AIMD) rate: a key the store has never heard of admits everything until the
-/// first response's headers arrive. For a cold burst, configure the limits up front with
-/// [`PacingStore::learn`].
-#[derive(Clone)]
-pub struct SharedPaceLayer {
-    store: Arc<dyn PacingStore>,
-    estimator: crate::pace::CostEstimator,
-    max_wait: Duration,
-    default_pause: Duration,
-}
-
-impl fmt::Debug for SharedPaceLayer {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SharedPaceLayer")
-            .field("store", &self.store)
-            .field("max_wait", &self.max_wait)
-            .finish()
-    }
-}
-
-impl SharedPaceLayer {
-    /// Paces through `store`, waiting at most 60 s per request.
-    pub fn new(store: impl PacingStore) -> Self {
-        Self::from_arc(Arc::new(store))
-    }
-
-    /// Paces through a store already behind an `Arc`.
-    pub fn from_arc(store: Arc<dyn PacingStore>) -> Self {
-        SharedPaceLayer {
-            store,
-            estimator: crate::pace::CostEstimator::default(),
-            max_wait: Duration::from_secs(60),
-            default_pause: Duration::from_secs(1),
-        }
-    }
-
-    /// The longest a request waits to be admitted.
-    pub fn max_wait(mut self, max_wait: Duration) -> Self {
-        self.max_wait = max_wait;
-        self
-    }
-
-    /// How long a 429 without a hint pauses the key (default 1 s).
-    pub fn default_pause(mut self, pause: Duration) -> Self {
-        self.default_pause = pause;
-        self
-    }
-
-    /// The store.
-    pub fn store(&self) -> &Arc<dyn PacingStore> {
-        &self.store
-    }
-}
-
-impl<S> tower_layer::Layer<S> for SharedPaceLayer {
-    type Service = SharedPace<S>;
-
-    fn layer(&self, inner: S) -> SharedPace<S> {
-        SharedPace {
-            inner,
-            layer: self.clone(),
-        }
-    }
-}
-
-/// The service of [`SharedPaceLayer`].
-#[derive(Clone, Debug)]
-pub struct SharedPace<S> {
-    inner: S,
-    layer: SharedPaceLayer,
-}
-
 pub(crate) fn paced_locally(key: &PaceKey, why: &str, waited: Duration) -> Error {
     Error::new(crate::ErrorKind::RateLimited).with_detail(format!(
         "{}: no slot on {key} in the shared store before {why} (waited {} ms)",
         crate::pace::pacer::PACED_LOCALLY,
         waited.as_millis()
     ))
-}
-
-impl<S, B, ResB> tower_service::Service<http::Request<B>> for SharedPace<S>
-where
-    S: tower_service::Service<http::Request<B>, Response = http::Response<ResB>, Error = Error>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send,
-    B: crate::pace::PaceBody + Send + 'static,
-    ResB: Send + 'static,
-{
-    type Response = http::Response<ResB>;
-    type Error = Error;
-    type Future = Pin<Box<dyn Future<Output = Result<http::Response<ResB>, Error>> + Send>>;
-
-    fn poll_ready(
-        &mut self,
-        _cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), Error>> {
-        std::task::Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, req: http::Request<B>) -> Self::Future {
-        let (parts, mut body) = req.into_parts();
-        let estimator = self.layer.estimator;
-        let (key, cost) = body.with_bytes(|bytes| {
-            (
-                PaceKey::from_request_parts(&parts.uri, &parts.headers, bytes, true),
-                estimator.estimate(bytes),
-            )
-        });
-        let req = http::Request::from_parts(parts, body);
-        let deadline = req
-            .extensions()
-            .get::<crate::pace::CallDeadline>()
-            .map(|d| d.0);
-        let layer = self.layer.clone();
-        let svc = self.inner.clone();
-        Box::pin(async move {
-            use tower::ServiceExt;
-            admit_until(&*layer.store, &key, cost, Some(layer.max_wait), deadline).await?;
-            let res = svc.oneshot(req).await;
-            let (snap, limited) = outcome(&res);
-            report_to_store(&*layer.store, &key, snap, limited, layer.default_pause).await;
-            res
-        })
-    }
 }
 
 /// When a wait that started at `start` must end, and why: the sooner of `max_wait` and the
@@ -745,7 +646,7 @@ pub(crate) async fn report_to_store(
     default_pause: Duration,
 ) {
     if let Some(snap) = snap.filter(|s| !s.is_empty()) {
-        if let Err(e) = store.learn(key, learned_from(&snap)).await {
+        if let Err(e) = store.learn(key, LearnedLimits::from(&snap)).await {
             tracing::debug!(error = %e, "shared pace: could not record limits");
         }
     }
@@ -758,7 +659,7 @@ pub(crate) async fn report_to_store(
 }
 
 #[cfg(test)]
-mod layer_tests {
+mod pacing_store_tests {
     use super::*;
 
     fn limits(cap: f64, refill: f64) -> LearnedLimits {
@@ -772,6 +673,14 @@ mod layer_tests {
     }
 
     use crate::pace::test_upstream::upstream;
+    use crate::pace::{PaceLayer, PacerConfig};
+
+    /// A pace layer that paces through `store`, with `edit` applied to its pacer's config.
+    fn store_layer(store: impl PacingStore, edit: impl FnOnce(&mut PacerConfig)) -> PaceLayer {
+        let mut config = PacerConfig::default();
+        edit(&mut config);
+        PaceLayer::with_config(config).pacing_store(store)
+    }
 
     fn request() -> http::Request<http_body_util::Full<bytes::Bytes>> {
         http::Request::post("https://api.example.test/v1/chat/completions")
@@ -798,7 +707,7 @@ mod layer_tests {
             remaining_tokens: Some(1_000),
             reset_tokens: Some(Duration::ZERO),
         };
-        let l = learned_from(&snap);
+        let l = LearnedLimits::from(&snap);
         assert_eq!(
             l.requests,
             Some(BucketLimits {
@@ -809,14 +718,14 @@ mod layer_tests {
         assert_eq!(l.remaining_requests, Some(15.0));
         // Unused bucket: no rate to derive, so the limit per minute.
         assert_eq!(l.tokens.map(|b| b.refill_per_sec), Some(1_000.0 / 60.0));
-        let empty = learned_from(&crate::parse::RateLimitSnapshot::default());
+        let empty = LearnedLimits::from(&crate::parse::RateLimitSnapshot::default());
         assert_eq!(empty, LearnedLimits::default());
         let zero = crate::parse::RateLimitSnapshot {
             limit_requests: Some(0),
             remaining_requests: Some(0),
             ..Default::default()
         };
-        assert_eq!(learned_from(&zero).requests, None);
+        assert_eq!(LearnedLimits::from(&zero).requests, None);
     }
 
     #[tokio::test(start_paused = true)]
@@ -824,7 +733,7 @@ mod layer_tests {
         use tower::{Layer, ServiceExt};
         let store = InProcessStore::new();
         let sent = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let svc = SharedPaceLayer::new(store.clone()).layer(upstream(
+        let svc = store_layer(store.clone(), |_| {}).layer(upstream(
             200,
             &[
                 ("x-ratelimit-limit-requests", "2"),
@@ -852,7 +761,9 @@ mod layer_tests {
         let key = request_key();
         store.learn(&key, limits(1.0, 1.0)).await.unwrap();
         let sent = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let layer = SharedPaceLayer::new(store.clone()).max_wait(Duration::from_millis(100));
+        let layer = store_layer(store.clone(), |c| {
+            c.max_wait = Some(Duration::from_millis(100))
+        });
         let svc = layer.layer(upstream(200, &[], sent.clone()));
         svc.clone().oneshot(request()).await.unwrap();
         let err = svc.clone().oneshot(request()).await.unwrap_err();
@@ -863,7 +774,7 @@ mod layer_tests {
         );
         assert!(!err.to_string().contains("sk-test"), "{err}");
         // A deadline sooner than max_wait.
-        let svc = SharedPaceLayer::new(store.clone()).layer(upstream(200, &[], sent.clone()));
+        let svc = store_layer(store.clone(), |_| {}).layer(upstream(200, &[], sent.clone()));
         let mut req = request();
         req.extensions_mut().insert(crate::pace::CallDeadline(
             Instant::now() + Duration::from_millis(10),
@@ -886,8 +797,7 @@ mod layer_tests {
         use tower::{Layer, ServiceExt};
         let store = InProcessStore::new();
         let sent = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let svc = SharedPaceLayer::new(store.clone())
-            .default_pause(Duration::from_secs(3))
+        let svc = store_layer(store.clone(), |c| c.default_pause = Duration::from_secs(3))
             .layer(upstream(429, &[], sent.clone()));
         let err = svc.clone().oneshot(request()).await.unwrap_err();
         assert_eq!(err.kind(), crate::ErrorKind::RateLimited);
@@ -925,7 +835,7 @@ mod layer_tests {
     async fn layer_passes_a_failing_store_error_through_and_sends_nothing() {
         use tower::{Layer, ServiceExt};
         let sent = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let svc = SharedPaceLayer::new(Broken).layer(upstream(200, &[], sent.clone()));
+        let svc = store_layer(Broken, |_| {}).layer(upstream(200, &[], sent.clone()));
         let err = svc.oneshot(request()).await.unwrap_err();
         assert_eq!(err.kind(), crate::ErrorKind::Connection);
         assert_eq!(sent.load(std::sync::atomic::Ordering::SeqCst), 0);

@@ -15,10 +15,11 @@ use crate::pace::store::{
 use crate::pace::{Cost, PaceKey};
 
 /// The Lua script behind every [`RedisStore`] operation (`admit`, `learn`, `pause`).
-pub const SCRIPT: &str = include_str!("pacing.lua");
+pub(crate) const SCRIPT: &str = include_str!("pacing.lua");
 
 /// What a [`RedisStore`] does when Redis is unreachable or too slow.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub enum FailMode {
     /// Keep serving with in-process pacing (and a warning).
     #[default]
@@ -27,8 +28,19 @@ pub enum FailMode {
     Closed,
 }
 
-/// Settings of a [`RedisStore`].
+/// Settings of a [`RedisStore`]: start from [`Default`] and set the fields that differ.
+///
+/// ```
+/// use std::time::Duration;
+/// use oai_resilience::pace::{FailMode, RedisStoreConfig};
+///
+/// let mut config = RedisStoreConfig::default();
+/// config.prefix = "my-service:pace".into();
+/// config.fail_mode = FailMode::Closed;
+/// config.op_timeout = Duration::from_millis(50);
+/// ```
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct RedisStoreConfig {
     /// The prefix of every Redis key.
     ///
@@ -71,7 +83,7 @@ impl Default for RedisStoreConfig {
 
 /// A [`PacingStore`] in Redis, shared by every process that uses the same server and prefix.
 ///
-/// Every operation is one call of a server-side Lua script ([`SCRIPT`]), so admitting a
+/// Every operation is one call of a server-side Lua script, so admitting a
 /// request (bring the buckets up to now, check the pause and every bucket, take the cost) is
 /// atomic across all the processes that share a key. The clock is the Redis server's (`TIME`),
 /// so the clients' clocks need not agree. Each key is one hash, named from a hash of the
@@ -94,7 +106,8 @@ impl Default for RedisStoreConfig {
 ///     match store.admit(&key, Cost::tokens(300)).await? {
 ///         Admission::Admitted => break,
 ///         Admission::Wait(d) => tokio::time::sleep(d).await,
-///         Admission::Blocked => return Ok(()),
+///         // `Admission::Blocked`: never at the current limits.
+///         _ => return Ok(()),
 ///     }
 /// }
 /// // ... send the request; report headers with `learn`, a 429's hint with `pause`.
@@ -153,7 +166,7 @@ fn millis(d: Duration) -> u64 {
 
 /// The Redis key of `key`: the prefix and a 64-bit FNV-1a hash of base, credential hash and
 /// model, in a hash tag so that a cluster keeps it in one slot.
-pub fn redis_key(prefix: &str, key: &PaceKey) -> String {
+pub(crate) fn redis_key(prefix: &str, key: &PaceKey) -> String {
     let mut h = crate::hash::Fnv1a::new();
     h.write(key.base().as_bytes());
     h.write(&[0]);
@@ -354,7 +367,8 @@ impl RedisStore {
     /// [`PacingStore::admit`] at an explicit time (microseconds on a clock that every client of
     /// the key shares, e.g. a simulation's), straight to Redis: no fallback, the wait in
     /// seconds as the script computed it.
-    pub async fn admit_at(
+    #[cfg(test)]
+    pub(crate) async fn admit_at(
         &self,
         key: &PaceKey,
         now_us: u64,
@@ -367,7 +381,8 @@ impl RedisStore {
     }
 
     /// [`PacingStore::learn`] at an explicit time (see [`RedisStore::admit_at`]).
-    pub async fn learn_at(
+    #[cfg(test)]
+    pub(crate) async fn learn_at(
         &self,
         key: &PaceKey,
         now_us: u64,
@@ -379,7 +394,8 @@ impl RedisStore {
     }
 
     /// [`PacingStore::pause`] at an explicit time (see [`RedisStore::admit_at`]).
-    pub async fn pause_at(
+    #[cfg(test)]
+    pub(crate) async fn pause_at(
         &self,
         key: &PaceKey,
         now_us: u64,
@@ -396,7 +412,7 @@ impl PacingStore for RedisStore {
         Box::pin(async move {
             let args = Self::admit_args(None, 1.0, cost.tokens as f64, self.inner.config.ttl);
             match self.run(key, args).await? {
-                Some(v) => Ok(Self::parse_admission(v)?.to_admission()),
+                Some(v) => Ok(Self::parse_admission(v)?.into()),
                 None => Ok(self.inner.fallback.admit_now(key, cost)),
             }
         })
@@ -419,6 +435,9 @@ impl PacingStore for RedisStore {
         })
     }
 }
+
+#[cfg(test)]
+mod script_tests;
 
 #[cfg(test)]
 mod tests {
