@@ -153,7 +153,7 @@ impl Call {
             elapsed: Duration::ZERO,
             stop: StopReason::NotRetryable,
             outcomes: Vec::new(),
-            deadline: self.config.get_deadline(),
+            deadline: self.config.settings().deadline,
             refused_hint: None,
         };
         tracing::info!(

@@ -34,14 +34,12 @@ struct Rig {
     server: MockServer,
     layer: OpenAiLayer,
     svc: OpenAiService<Http>,
-    budget: std::sync::Arc<TokenBudget>,
+    budget: TokenBudget,
 }
 
 async fn rig(server: MockServer) -> Rig {
-    let budget = std::sync::Arc::new(TokenBudget::default());
-    let config = RetryConfig::new()
-        .seed(5)
-        .shared_token_budget(budget.clone());
+    let budget = TokenBudget::default();
+    let config = RetryConfig::new().seed(5).budget(budget.clone());
     let layer = OpenAiLayer::new()
         .base_url(server.url().parse().unwrap())
         .auth(AuthLayer::from_key(KEY))

@@ -131,7 +131,8 @@ fn stack(
     let retry = RetryConfig::new()
         .max_attempts(5)
         .backoff(
-            Backoff::new(Duration::from_millis(1), Duration::from_millis(1)).jitter(Jitter::None),
+            Backoff::new(Duration::from_millis(1), Duration::from_millis(1))
+                .with_jitter(Jitter::None),
         )
         .hint_jitter(HintJitter::NONE)
         .no_deadline()

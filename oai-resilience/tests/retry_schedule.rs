@@ -121,7 +121,7 @@ fn exact() -> RetryConfig {
     RetryConfig::new()
         .backoff(
             Backoff::new(Duration::from_millis(100), Duration::from_millis(400))
-                .jitter(Jitter::None),
+                .with_jitter(Jitter::None),
         )
         .hint_jitter(HintJitter::NONE)
         .no_budget()
@@ -352,7 +352,7 @@ async fn a_delay_that_would_cross_the_deadline_is_not_slept() {
     let up = Upstream::new([reply(503)]);
     let start = Instant::now();
     let config = exact().deadline(Duration::from_secs(1)).backoff(
-        Backoff::new(Duration::from_millis(400), Duration::from_secs(10)).jitter(Jitter::None),
+        Backoff::new(Duration::from_millis(400), Duration::from_secs(10)).with_jitter(Jitter::None),
     );
     let err = up.service(config).oneshot(post()).await.unwrap_err();
     // 0, 400; the next delay (800 ms) would end at 1.2 s > 1 s.
@@ -386,7 +386,8 @@ async fn budget_caps_an_outage_then_reopens_after_it() {
     let up = Upstream::new([reply(503)]);
     let config = RetryConfig::new()
         .backoff(
-            Backoff::new(Duration::from_millis(10), Duration::from_millis(10)).jitter(Jitter::None),
+            Backoff::new(Duration::from_millis(10), Duration::from_millis(10))
+                .with_jitter(Jitter::None),
         )
         .no_deadline()
         .max_attempts(5)
@@ -460,17 +461,17 @@ fn config_knobs_round_trip() {
         .max_delay(Duration::from_secs(60))
         .jitter(Jitter::Decorrelated)
         .hint_ceiling(Duration::from_secs(30));
-    assert_eq!(c.get_max_attempts(), 1);
-    assert_eq!(c.get_backoff().base(), Duration::from_secs(1));
-    assert_eq!(c.get_backoff().cap(), Duration::from_secs(60));
-    assert_eq!(c.get_backoff().jitter_mode(), Jitter::Decorrelated);
-    assert_eq!(c.get_hint_ceiling(), Duration::from_secs(30));
+    assert_eq!(c.settings().max_attempts, 1);
+    assert_eq!(c.settings().backoff.base(), Duration::from_secs(1));
+    assert_eq!(c.settings().backoff.cap(), Duration::from_secs(60));
+    assert_eq!(c.settings().backoff.jitter(), Jitter::Decorrelated);
+    assert_eq!(c.settings().hint_ceiling, Duration::from_secs(30));
     let d = RetryConfig::default();
-    assert_eq!(d.get_max_attempts(), 5);
-    assert_eq!(d.get_hint_ceiling(), Duration::from_secs(120));
-    assert!(d.get_budget().is_some());
+    assert_eq!(d.settings().max_attempts, 5);
+    assert_eq!(d.settings().hint_ceiling, Duration::from_secs(120));
+    assert!(d.settings().budget.as_ref().is_some());
     assert_eq!(
-        d.get_retry_count_header().unwrap(),
+        d.settings().retry_count_header.as_ref().unwrap(),
         "x-stainless-retry-count"
     );
 }

@@ -105,7 +105,7 @@ async fn dropping_mid_backoff_stops_everything() {
     handle.allow(10);
     let mut svc = ServiceBuilder::new()
         .layer(RetryLayer::with_config(config().backoff(
-            Backoff::new(Duration::from_secs(1), Duration::from_secs(1)).jitter(Jitter::None),
+            Backoff::new(Duration::from_secs(1), Duration::from_secs(1)).with_jitter(Jitter::None),
         )))
         .layer(ClassifyLayer::new())
         .service(mock);

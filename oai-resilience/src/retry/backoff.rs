@@ -43,12 +43,12 @@ pub enum Jitter {
 /// use std::time::Duration;
 /// use oai_resilience::retry::{Backoff, Jitter};
 ///
-/// let b = Backoff::new(Duration::from_millis(500), Duration::from_secs(8)).jitter(Jitter::None);
+/// let b = Backoff::new(Duration::from_millis(500), Duration::from_secs(8)).with_jitter(Jitter::None);
 /// assert_eq!(b.ceiling(1), Duration::from_millis(500));
 /// assert_eq!(b.ceiling(3), Duration::from_secs(2));
 /// assert_eq!(b.ceiling(10), Duration::from_secs(8));
 /// // Full jitter scales the ceiling by the random draw.
-/// let full = b.jitter(Jitter::Full);
+/// let full = b.with_jitter(Jitter::Full);
 /// assert_eq!(full.delay(3, None, 0.25), Duration::from_millis(500));
 /// ```
 ///
@@ -83,8 +83,8 @@ impl Backoff {
         }
     }
 
-    /// Sets the jitter mode.
-    pub fn jitter(mut self, jitter: Jitter) -> Self {
+    /// The same backoff with the jitter mode `jitter`.
+    pub fn with_jitter(mut self, jitter: Jitter) -> Self {
         self.jitter = jitter;
         self
     }
@@ -100,7 +100,7 @@ impl Backoff {
     }
 
     /// The jitter mode.
-    pub fn jitter_mode(&self) -> Jitter {
+    pub fn jitter(&self) -> Jitter {
         self.jitter
     }
 
@@ -170,6 +170,7 @@ fn clamp_unit(u: f64) -> f64 {
 ///
 /// 10 % of the hint, at least 50 ms.
 #[derive(Debug, Clone, Copy, PartialEq)]
+#[non_exhaustive]
 pub struct HintJitter {
     /// The fraction of the hint that may be added.
     pub ratio: f64,
@@ -187,6 +188,11 @@ impl Default for HintJitter {
 }
 
 impl HintJitter {
+    /// Up to `ratio` of the hint, at least `min`, added on top of it.
+    pub fn new(ratio: f64, min: Duration) -> Self {
+        HintJitter { ratio, min }
+    }
+
     /// No jitter on hints: wait exactly what the server said.
     pub const NONE: HintJitter = HintJitter {
         ratio: 0.0,
@@ -294,15 +300,17 @@ mod tests {
     #[test]
     fn modes_at_fixed_draws() {
         let b = Backoff::new(ms(100), ms(1000));
-        assert_eq!(b.jitter(Jitter::None).delay(3, None, 0.9), ms(400));
-        assert_eq!(b.jitter(Jitter::Full).delay(3, None, 0.5), ms(200));
-        assert_eq!(b.jitter(Jitter::Equal).delay(3, None, 0.5), ms(300));
+        assert_eq!(b.with_jitter(Jitter::None).delay(3, None, 0.9), ms(400));
+        assert_eq!(b.with_jitter(Jitter::Full).delay(3, None, 0.5), ms(200));
+        assert_eq!(b.with_jitter(Jitter::Equal).delay(3, None, 0.5), ms(300));
         assert_eq!(
-            b.jitter(Jitter::Decorrelated).delay(2, Some(ms(200)), 0.5),
+            b.with_jitter(Jitter::Decorrelated)
+                .delay(2, Some(ms(200)), 0.5),
             ms(350)
         );
         assert_eq!(
-            b.jitter(Jitter::Decorrelated).delay(9, Some(ms(900)), 0.99),
+            b.with_jitter(Jitter::Decorrelated)
+                .delay(9, Some(ms(900)), 0.99),
             ms(1000)
         );
     }
@@ -347,7 +355,7 @@ mod tests {
             u in proptest::num::f64::ANY,
             jitter in jitter_strategy(),
         ) {
-            let b = Backoff::new(ms(base_ms), ms(cap_ms)).jitter(jitter);
+            let b = Backoff::new(ms(base_ms), ms(cap_ms)).with_jitter(jitter);
             let prev = prev_ms.map(ms);
             let d = b.delay(retry, prev, u);
             let (lo, hi) = b.bounds(retry, prev);

@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use crate::error::{Error, ErrorKind};
 
@@ -123,9 +124,14 @@ impl<B: Budget + Send + Sync + 'static> RetryBudget for B {
 /// # Default
 ///
 /// Ratio 0.5, at most 20 tokens (threshold 10), starting full.
+///
+/// Cheap to clone: clones share the balance. Give a clone to
+/// [`RetryConfig::budget`](super::RetryConfig::budget) (of one stack or several) and keep one
+/// to read the [`balance`](TokenBudget::balance).
+#[derive(Clone)]
 pub struct TokenBudget {
-    /// Balance in millionths of a token.
-    balance: AtomicU64,
+    /// Balance in millionths of a token, shared by the clones.
+    balance: Arc<AtomicU64>,
     ratio: u64,
     max: u64,
 }
@@ -138,7 +144,7 @@ impl TokenBudget {
     pub fn new(ratio: f64, max_tokens: f64) -> Self {
         let max = to_fixed(max_tokens);
         TokenBudget {
-            balance: AtomicU64::new(max),
+            balance: Arc::new(AtomicU64::new(max)),
             ratio: to_fixed(ratio),
             max,
         }

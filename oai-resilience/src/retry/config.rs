@@ -8,6 +8,8 @@ use std::time::Duration;
 use http::HeaderName;
 
 use super::backoff::{Backoff, HintJitter, Jitter, RandomSource, SplitMix};
+#[cfg(doc)]
+use super::budget::Budget;
 use super::budget::{RetryBudget, TokenBudget};
 use super::policy::{OpenAiPolicy, Policy};
 
@@ -23,17 +25,51 @@ pub const RETRY_COUNT_HEADER: HeaderName = HeaderName::from_static("x-stainless-
 /// A retry budget shared by the clones of a stack, behind an `Arc`.
 pub type SharedBudget = Arc<dyn RetryBudget>;
 
+/// The settings of a [`RetryConfig`], read back with [`RetryConfig::settings`] (they are
+/// set with its builder methods of the same names).
+///
+/// ```
+/// use oai_resilience::retry::RetryConfig;
+///
+/// let config = RetryConfig::new().max_attempts(3).no_deadline();
+/// assert_eq!(config.settings().max_attempts, 3);
+/// assert_eq!(config.settings().deadline, None);
+/// ```
 #[derive(Clone)]
-struct Inner {
-    max_attempts: u32,
-    backoff: Backoff,
-    hint_jitter: HintJitter,
-    hint_ceiling: Duration,
-    deadline: Option<Duration>,
-    budget: Option<SharedBudget>,
-    policy: Arc<dyn Policy>,
-    random: Arc<dyn RandomSource>,
-    retry_count_header: Option<HeaderName>,
+#[non_exhaustive]
+pub struct RetrySettings {
+    /// The maximum number of attempts, counting the first (at least 1).
+    pub max_attempts: u32,
+    /// The backoff between attempts.
+    pub backoff: Backoff,
+    /// The jitter added on top of server hints.
+    pub hint_jitter: HintJitter,
+    /// The ceiling on server hints.
+    pub hint_ceiling: Duration,
+    /// The overall deadline, if any.
+    pub deadline: Option<Duration>,
+    /// The retry budget, if any.
+    pub budget: Option<SharedBudget>,
+    /// The policy that decides per attempt.
+    pub policy: Arc<dyn Policy>,
+    /// The random source for jitter.
+    pub random: Arc<dyn RandomSource>,
+    /// The header that carries the retry count, if any.
+    pub retry_count_header: Option<HeaderName>,
+}
+
+impl fmt::Debug for RetrySettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RetrySettings")
+            .field("max_attempts", &self.max_attempts)
+            .field("backoff", &self.backoff)
+            .field("hint_jitter", &self.hint_jitter)
+            .field("hint_ceiling", &self.hint_ceiling)
+            .field("deadline", &self.deadline)
+            .field("budget", &self.budget.is_some())
+            .field("retry_count_header", &self.retry_count_header)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Every knob of the retry machinery. Cheap to clone; clones share the budget, the random
@@ -50,8 +86,11 @@ struct Inner {
 ///     .jitter(Jitter::Equal)
 ///     .deadline(Duration::from_secs(90))
 ///     .seed(42);
-/// assert_eq!(config.get_max_attempts(), 6);
+/// assert_eq!(config.settings().max_attempts, 6);
 /// ```
+///
+/// Each builder method sets the setting of its name; [`settings`](RetryConfig::settings)
+/// reads them back.
 ///
 /// # Default
 ///
@@ -70,13 +109,13 @@ struct Inner {
 /// Each `RetryConfig::new()` makes its own budget; clone a config (or a layer) to share one.
 #[derive(Clone)]
 pub struct RetryConfig {
-    inner: Arc<Inner>,
+    inner: Arc<RetrySettings>,
 }
 
 impl Default for RetryConfig {
     fn default() -> Self {
         RetryConfig {
-            inner: Arc::new(Inner {
+            inner: Arc::new(RetrySettings {
                 max_attempts: DEFAULT_MAX_ATTEMPTS,
                 backoff: Backoff::default(),
                 hint_jitter: HintJitter::default(),
@@ -97,7 +136,7 @@ impl RetryConfig {
         Self::default()
     }
 
-    fn edit(mut self, f: impl FnOnce(&mut Inner)) -> Self {
+    fn edit(mut self, f: impl FnOnce(&mut RetrySettings)) -> Self {
         f(Arc::make_mut(&mut self.inner));
         self
     }
@@ -120,20 +159,20 @@ impl RetryConfig {
     /// Sets the backoff's base delay.
     pub fn base_delay(self, base: Duration) -> Self {
         self.edit(|i| {
-            i.backoff = Backoff::new(base, i.backoff.cap()).jitter(i.backoff.jitter_mode())
+            i.backoff = Backoff::new(base, i.backoff.cap()).with_jitter(i.backoff.jitter())
         })
     }
 
     /// Sets the backoff's cap.
     pub fn max_delay(self, cap: Duration) -> Self {
         self.edit(|i| {
-            i.backoff = Backoff::new(i.backoff.base(), cap).jitter(i.backoff.jitter_mode())
+            i.backoff = Backoff::new(i.backoff.base(), cap).with_jitter(i.backoff.jitter())
         })
     }
 
     /// Sets the jitter mode of the backoff.
     pub fn jitter(self, jitter: Jitter) -> Self {
-        self.edit(|i| i.backoff = i.backoff.jitter(jitter))
+        self.edit(|i| i.backoff = i.backoff.with_jitter(jitter))
     }
 
     /// Sets the jitter added on top of server hints.
@@ -157,21 +196,24 @@ impl RetryConfig {
         self.edit(|i| i.deadline = None)
     }
 
-    /// Sets the retry budget: a [`TokenBudget`], any tower
-    /// [`Budget`](tower::retry::budget::Budget) (such as tower's `TpsBudget`), or any other
-    /// [`RetryBudget`].
+    /// Sets the retry budget: a [`TokenBudget`], any tower [`Budget`] (such as tower's
+    /// `TpsBudget`), or any other [`RetryBudget`].
+    ///
+    /// Clones of this config share the budget. To share one budget between configs (several
+    /// stacks) and read its balance, pass a clone of a [`TokenBudget`] (clones share the
+    /// balance) or of a `RedisRetryBudget`:
+    ///
+    /// ```
+    /// use oai_resilience::retry::{RetryConfig, TokenBudget};
+    ///
+    /// let budget = TokenBudget::default();
+    /// let a = RetryConfig::new().budget(budget.clone());
+    /// let b = RetryConfig::new().max_attempts(3).budget(budget.clone());
+    /// assert_eq!(budget.balance(), 20.0);
+    /// # let _ = (a, b);
+    /// ```
     pub fn budget(self, budget: impl RetryBudget) -> Self {
-        self.shared_budget(Arc::new(budget))
-    }
-
-    /// Shares an existing [`TokenBudget`] (say, across several stacks), keeping a handle to
-    /// read its balance.
-    pub fn shared_token_budget(self, budget: Arc<TokenBudget>) -> Self {
-        self.shared_budget(budget)
-    }
-
-    /// Shares an existing budget (say, across several stacks).
-    pub fn shared_budget(self, budget: SharedBudget) -> Self {
+        let budget: SharedBudget = Arc::new(budget);
         self.edit(|i| i.budget = Some(budget))
     }
 
@@ -196,49 +238,9 @@ impl RetryConfig {
         self.edit(|i| i.retry_count_header = header)
     }
 
-    /// The maximum number of attempts.
-    pub fn get_max_attempts(&self) -> u32 {
-        self.inner.max_attempts
-    }
-
-    /// The backoff.
-    pub fn get_backoff(&self) -> Backoff {
-        self.inner.backoff
-    }
-
-    /// The jitter on server hints.
-    pub fn get_hint_jitter(&self) -> HintJitter {
-        self.inner.hint_jitter
-    }
-
-    /// The ceiling on server hints.
-    pub fn get_hint_ceiling(&self) -> Duration {
-        self.inner.hint_ceiling
-    }
-
-    /// The overall deadline.
-    pub fn get_deadline(&self) -> Option<Duration> {
-        self.inner.deadline
-    }
-
-    /// The retry budget.
-    pub fn get_budget(&self) -> Option<&SharedBudget> {
-        self.inner.budget.as_ref()
-    }
-
-    /// The policy.
-    pub fn get_policy(&self) -> &dyn Policy {
-        &*self.inner.policy
-    }
-
-    /// The random source.
-    pub fn get_random(&self) -> &dyn RandomSource {
-        &*self.inner.random
-    }
-
-    /// The retry-count header.
-    pub fn get_retry_count_header(&self) -> Option<&HeaderName> {
-        self.inner.retry_count_header.as_ref()
+    /// The settings, as the builder methods left them.
+    pub fn settings(&self) -> &RetrySettings {
+        &self.inner
     }
 }
 

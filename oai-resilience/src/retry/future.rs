@@ -135,10 +135,12 @@ where
                                 .finish(err, StopReason::NotReplayable)));
                         };
                         let attempt = this.retrier.start_attempt();
-                        if attempt < this.retrier.config().get_max_attempts() {
+                        if attempt < this.retrier.config().settings().max_attempts {
                             *this.replay = clone_request(&req);
                         }
-                        if let Some(name) = this.retrier.config().get_retry_count_header() {
+                        if let Some(name) =
+                            this.retrier.config().settings().retry_count_header.as_ref()
+                        {
                             req.headers_mut()
                                 .insert(name.clone(), this.retrier.retry_count_value());
                         }

@@ -121,8 +121,8 @@ mod tower_policy;
 pub use backoff::{Backoff, HintJitter, Jitter, RandomSource, SplitMix, DEFAULT_BASE, DEFAULT_CAP};
 pub use budget::{Budget, RetryBudget, TokenBudget};
 pub use config::{
-    RetryConfig, SharedBudget, DEFAULT_DEADLINE, DEFAULT_HINT_CEILING, DEFAULT_MAX_ATTEMPTS,
-    RETRY_COUNT_HEADER,
+    RetryConfig, RetrySettings, SharedBudget, DEFAULT_DEADLINE, DEFAULT_HINT_CEILING,
+    DEFAULT_MAX_ATTEMPTS, RETRY_COUNT_HEADER,
 };
 pub use layer::RetryLayer;
 pub use policy::{is_idempotent, server_hint, Attempt, Decision, OpenAiPolicy, Policy, ServerHint};

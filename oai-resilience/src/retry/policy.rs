@@ -54,6 +54,7 @@ impl<'a> Attempt<'a> {
 
 /// A delay the server asked for: the raw value, the jittered delay to sleep, and its source.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ServerHint {
     /// What the server said.
     pub raw: Duration,
@@ -65,6 +66,7 @@ pub struct ServerHint {
 
 /// A policy's answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Decision {
     /// Retry after `delay`; `source` says where the delay came from.
     Retry {

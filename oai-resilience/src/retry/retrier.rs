@@ -34,6 +34,8 @@ use crate::error::{
 ///     match retrier.on_error(&err, true) {
 ///         Decision::Retry { delay, .. } => tokio::time::sleep(delay).await,
 ///         Decision::Stop(reason) => break retrier.finish(err, reason),
+///         // `Decision` may grow: a loop that does not know an answer stops.
+///         _ => break retrier.finish(err, StopReason::Policy),
 ///     }
 ///     assert!(attempt < 5);
 /// };
@@ -80,7 +82,7 @@ impl Clone for Retrier {
 impl Drop for Retrier {
     fn drop(&mut self) {
         if self.token_pending {
-            if let Some(b) = self.config.get_budget() {
+            if let Some(b) = self.config.settings().budget.as_ref() {
                 b.refund();
             }
         }
@@ -92,7 +94,7 @@ impl Retrier {
     /// ([`RetryBudget::on_request`](super::RetryBudget::on_request)).
     /// `idempotent` says whether the operation may be repeated safely after a timeout.
     pub fn new(config: &RetryConfig, idempotent: bool) -> Self {
-        if let Some(b) = config.get_budget() {
+        if let Some(b) = config.settings().budget.as_ref() {
             b.on_request();
         }
         Retrier {
@@ -132,7 +134,8 @@ impl Retrier {
     /// The instant at which the overall deadline passes, if there is one.
     pub fn deadline_at(&self) -> Option<Instant> {
         self.config
-            .get_deadline()
+            .settings()
+            .deadline
             .and_then(|d| self.start.checked_add(d))
     }
 
@@ -150,7 +153,7 @@ impl Retrier {
     /// loop calls it when an attempt succeeds, so that the budget sees the server recover.
     pub fn on_success(&mut self) {
         self.token_pending = false;
-        if let Some(b) = self.config.get_budget() {
+        if let Some(b) = self.config.settings().budget.as_ref() {
             b.on_success();
         }
     }
@@ -166,14 +169,17 @@ impl Retrier {
         let number = self.attempts.max(1);
         let elapsed = self.elapsed();
         let cfg = &self.config;
-        let backoff =
-            cfg.get_backoff()
-                .delay(number, self.previous_delay, cfg.get_random().next_unit());
+        let backoff = cfg.settings().backoff.delay(
+            number,
+            self.previous_delay,
+            cfg.settings().random.next_unit(),
+        );
         let hint = server_hint(err).map(|(raw, source)| ServerHint {
             raw,
             delay: cfg
-                .get_hint_jitter()
-                .apply(raw, cfg.get_random().next_unit()),
+                .settings()
+                .hint_jitter
+                .apply(raw, cfg.settings().random.next_unit()),
             source,
         });
         let attempt = Attempt {
@@ -184,10 +190,10 @@ impl Retrier {
             backoff,
             hint,
         };
-        let decision = match cfg.get_policy().decide(&attempt) {
+        let decision = match cfg.settings().policy.decide(&attempt) {
             Decision::Stop(r) => Decision::Stop(r),
             Decision::Retry { delay, source } => {
-                if let Some(b) = cfg.get_budget() {
+                if let Some(b) = cfg.settings().budget.as_ref() {
                     b.on_failure(err);
                 }
                 self.limit(number, elapsed, delay, source, hint, can_replay)
@@ -243,17 +249,17 @@ impl Retrier {
         can_replay: bool,
     ) -> Decision {
         let cfg = &self.config;
-        if number >= cfg.get_max_attempts() {
+        if number >= cfg.settings().max_attempts {
             return Decision::Stop(StopReason::MaxAttempts);
         }
         if source.is_server_hint() {
             let raw = hint.filter(|h| h.source == source).map_or(delay, |h| h.raw);
-            if raw > cfg.get_hint_ceiling() {
+            if raw > cfg.settings().hint_ceiling {
                 self.refused_hint = Some(raw);
                 return Decision::Stop(StopReason::HintTooLong);
             }
         }
-        if let Some(deadline) = cfg.get_deadline() {
+        if let Some(deadline) = cfg.settings().deadline {
             if elapsed.saturating_add(delay) >= deadline {
                 return Decision::Stop(StopReason::Deadline);
             }
@@ -261,7 +267,7 @@ impl Retrier {
         if !can_replay {
             return Decision::Stop(StopReason::NotReplayable);
         }
-        if let Some(b) = cfg.get_budget() {
+        if let Some(b) = cfg.settings().budget.as_ref() {
             if !b.try_retry() {
                 return Decision::Stop(StopReason::Budget);
             }
@@ -286,7 +292,7 @@ impl Retrier {
     /// Records that the overall deadline passed while an attempt (or the wait for readiness)
     /// was in flight, and returns the [`ErrorKind::Timeout`] error to report, context attached.
     pub fn on_deadline(&mut self) -> Error {
-        let deadline = self.config.get_deadline().unwrap_or_default();
+        let deadline = self.config.settings().deadline.unwrap_or_default();
         let err = Error::new(ErrorKind::Timeout).with_detail(format!(
             "the overall deadline of {} passed during attempt {}",
             crate::error::fmt_secs(deadline),
@@ -309,7 +315,7 @@ impl Retrier {
             elapsed: self.elapsed(),
             stop,
             outcomes: self.outcomes.clone(),
-            deadline: self.config.get_deadline(),
+            deadline: self.config.settings().deadline,
             refused_hint: self.refused_hint,
         }
     }
@@ -558,7 +564,7 @@ mod tests {
                         if source.is_server_hint() {
                             prop_assert!(delay >= Duration::from_millis(hint_ms.unwrap()));
                         } else {
-                            prop_assert!(delay <= config.get_backoff().cap());
+                            prop_assert!(delay <= config.settings().backoff.cap());
                         }
                     }
                     Decision::Stop(reason) => {

@@ -76,11 +76,11 @@ where
         let mut service = std::mem::replace(&mut self.inner, clone);
         let mut retrier = Retrier::new(&self.config, is_idempotent(req.method()));
         retrier.start_attempt();
-        if let Some(name) = self.config.get_retry_count_header() {
+        if let Some(name) = self.config.settings().retry_count_header.as_ref() {
             req.headers_mut()
                 .insert(name.clone(), retrier.retry_count_value());
         }
-        let replay = if self.config.get_max_attempts() > 1 {
+        let replay = if self.config.settings().max_attempts > 1 {
             clone_request(&req)
         } else {
             None

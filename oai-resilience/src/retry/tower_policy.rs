@@ -90,7 +90,7 @@ where
         match retrier.on_error(err, state.replayable) {
             Decision::Retry { delay, .. } => {
                 retrier.start_attempt();
-                if let Some(name) = self.config.get_retry_count_header() {
+                if let Some(name) = self.config.settings().retry_count_header.as_ref() {
                     req.headers_mut()
                         .insert(name.clone(), retrier.retry_count_value());
                 }

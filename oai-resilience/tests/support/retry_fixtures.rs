@@ -15,7 +15,8 @@ pub(crate) type Body = Full<Bytes>;
 pub(crate) fn config() -> RetryConfig {
     RetryConfig::new()
         .backoff(
-            Backoff::new(Duration::from_millis(100), Duration::from_secs(1)).jitter(Jitter::None),
+            Backoff::new(Duration::from_millis(100), Duration::from_secs(1))
+                .with_jitter(Jitter::None),
         )
         .hint_jitter(HintJitter::NONE)
         .no_budget()
