@@ -127,105 +127,115 @@ where
 {
     type Response = Response<ResB>;
     type Error = Error;
-    type Future = ResponseFuture<S::Future, ResB>;
+    type Future = future::ResponseFuture<S::Future, ResB>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx).map_err(Error::from_service_error)
     }
 
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
-        ResponseFuture {
-            state: State::Call {
-                fut: self.inner.call(req),
-            },
-            body_limit: self.body_limit,
+        future::ResponseFuture::new(self.inner.call(req), self.body_limit)
+    }
+}
+
+/// The future of the [`Classify`] service.
+pub mod future {
+    use super::*;
+
+    pin_project! {
+        /// The response future of [`Classify`].
+        #[derive(Debug)]
+        pub struct ResponseFuture<F, B> {
+            #[pin]
+            state: State<F, B>,
+            body_limit: usize,
         }
     }
-}
 
-pin_project! {
-    /// The response future of [`Classify`].
-    #[derive(Debug)]
-    pub struct ResponseFuture<F, B> {
-        #[pin]
-        state: State<F, B>,
-        body_limit: usize,
+    pin_project! {
+        #[project = StateProj]
+        #[derive(Debug)]
+        enum State<F, B> {
+            Call { #[pin] fut: F },
+            Collect {
+                parts: Option<http::response::Parts>,
+                #[pin]
+                body: B,
+                buf: BytesMut,
+            },
+        }
     }
-}
 
-pin_project! {
-    #[project = StateProj]
-    #[derive(Debug)]
-    enum State<F, B> {
-        Call { #[pin] fut: F },
-        Collect {
-            parts: Option<http::response::Parts>,
-            #[pin]
-            body: B,
-            buf: BytesMut,
-        },
+    impl<F, B> ResponseFuture<F, B> {
+        pub(super) fn new(fut: F, body_limit: usize) -> Self {
+            ResponseFuture {
+                state: State::Call { fut },
+                body_limit,
+            }
+        }
     }
-}
 
-impl<F, B, E> Future for ResponseFuture<F, B>
-where
-    F: Future<Output = Result<Response<B>, E>>,
-    E: Into<BoxError>,
-    B: Body,
-    B::Error: Into<BoxError>,
-{
-    type Output = Result<Response<B>, Error>;
+    impl<F, B, E> Future for ResponseFuture<F, B>
+    where
+        F: Future<Output = Result<Response<B>, E>>,
+        E: Into<BoxError>,
+        B: Body,
+        B::Error: Into<BoxError>,
+    {
+        type Output = Result<Response<B>, Error>;
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let mut this = self.project();
-        loop {
-            match this.state.as_mut().project() {
-                StateProj::Call { fut } => {
-                    let mut res = ready!(fut.poll(cx)).map_err(Error::from_service_error)?;
-                    if res.status().is_success() {
-                        let snapshot = RateLimitSnapshot::from_headers(res.headers());
-                        res.extensions_mut().insert(snapshot);
-                        return Poll::Ready(Ok(res));
+        fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+            let mut this = self.project();
+            loop {
+                match this.state.as_mut().project() {
+                    StateProj::Call { fut } => {
+                        let mut res = ready!(fut.poll(cx)).map_err(Error::from_service_error)?;
+                        if res.status().is_success() {
+                            let snapshot = RateLimitSnapshot::from_headers(res.headers());
+                            res.extensions_mut().insert(snapshot);
+                            return Poll::Ready(Ok(res));
+                        }
+                        let (parts, body) = res.into_parts();
+                        let hint = body.size_hint().exact().unwrap_or(0) as usize;
+                        this.state.set(State::Collect {
+                            parts: Some(parts),
+                            body,
+                            buf: BytesMut::with_capacity(hint.min(*this.body_limit)),
+                        });
                     }
-                    let (parts, body) = res.into_parts();
-                    let hint = body.size_hint().exact().unwrap_or(0) as usize;
-                    this.state.set(State::Collect {
-                        parts: Some(parts),
-                        body,
-                        buf: BytesMut::with_capacity(hint.min(*this.body_limit)),
-                    });
-                }
-                StateProj::Collect {
-                    parts,
-                    mut body,
-                    buf,
-                } => {
-                    let done = loop {
-                        if buf.len() >= *this.body_limit {
-                            break true;
-                        }
-                        match ready!(body.as_mut().poll_frame(cx)) {
-                            Some(Ok(frame)) => {
-                                if let Ok(mut data) = frame.into_data() {
-                                    let room = *this.body_limit - buf.len();
-                                    let take = data.remaining().min(room);
-                                    buf.extend_from_slice(&data.copy_to_bytes(take));
-                                }
+                    StateProj::Collect {
+                        parts,
+                        mut body,
+                        buf,
+                    } => {
+                        let done = loop {
+                            if buf.len() >= *this.body_limit {
+                                break true;
                             }
-                            // A body that fails mid-way: classify what arrived.
-                            Some(Err(_)) | None => break true,
-                        }
-                    };
-                    debug_assert!(done);
-                    let parts = parts.take().expect("polled after completion");
-                    let err = Error::from_response_parts(parts.status, &parts.headers, &buf[..]);
-                    tracing::debug!(
-                        status = parts.status.as_u16(),
-                        kind = %err.kind(),
-                        request_id = err.request_id().unwrap_or(""),
-                        "classified error response"
-                    );
-                    return Poll::Ready(Err(err));
+                            match ready!(body.as_mut().poll_frame(cx)) {
+                                Some(Ok(frame)) => {
+                                    if let Ok(mut data) = frame.into_data() {
+                                        let room = *this.body_limit - buf.len();
+                                        let take = data.remaining().min(room);
+                                        buf.extend_from_slice(&data.copy_to_bytes(take));
+                                    }
+                                }
+                                // A body that fails mid-way: classify what arrived.
+                                Some(Err(_)) | None => break true,
+                            }
+                        };
+                        debug_assert!(done);
+                        let parts = parts.take().expect("polled after completion");
+                        let err =
+                            Error::from_response_parts(parts.status, &parts.headers, &buf[..]);
+                        tracing::debug!(
+                            status = parts.status.as_u16(),
+                            kind = %err.kind(),
+                            request_id = err.request_id().unwrap_or(""),
+                            "classified error response"
+                        );
+                        return Poll::Ready(Err(err));
+                    }
                 }
             }
         }

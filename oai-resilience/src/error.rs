@@ -251,6 +251,7 @@ impl AuthCause {
 
 /// One local validation failure: the parameter's OpenAI-style path and what is wrong.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Violation {
     /// The parameter's path, as OpenAI writes it: `messages[1].content`, `temperature`.
     pub param: String,
@@ -315,6 +316,7 @@ impl DelaySource {
 
 /// The outcome of one attempt, as recorded by the retry machinery.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct AttemptOutcome {
     /// 1 for the first attempt.
     pub attempt: u32,
@@ -364,6 +366,7 @@ impl StopReason {
 
 /// What the retry machinery did before it returned this error.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct RetryContext {
     /// Attempts made, counting the first.
     pub attempts: u32,
@@ -381,6 +384,7 @@ pub struct RetryContext {
 
 /// Context that `#[openai_call]` attaches: which function failed and with what arguments.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct CallContext {
     /// The function's full path (`my_crate::summarize`).
     pub function: String,

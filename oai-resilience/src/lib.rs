@@ -24,6 +24,23 @@
 //!   middleware and as async-openai's HTTP service.
 //!
 //! The error model is [`Error`] / [`ErrorKind`].
+//!
+//! # Conventions
+//!
+//! - Every middleware is a `FooLayer` and its service `Foo<S>`, both at the crate root and in
+//!   their module; the service's future is `module::future::ResponseFuture`.
+//! - Builder methods take `self`, return `Self` and are named after what they set
+//!   (`RetryConfig::max_attempts(6)`, `OpenAiLayer::pace(layer)`).
+//! - Getters take `&self`, are named after what they return and never start with `get_`
+//!   (`Error::kind`, `Backoff::cap`); `is_`/`has_` name a question about the value
+//!   (`Error::is_retryable`). Where a builder method already has a setting's name, the setting
+//!   is read back from what holds it: [`RetryConfig::settings`], `OpenAiLayer::pace_layer`,
+//!   `ValidateLayer::validator`, `Pacer::config`. On a value type with getters (`Error`,
+//!   `PaceKey`, `Backoff`) the builder methods are `with_*`. A middleware reaches its inner
+//!   service with `get_ref`/`get_mut`/`into_inner`, as in tower.
+//! - Conversions are `From`/`TryFrom` (`LearnedLimits::from(&snapshot)`).
+//! - Public structs with public fields and enums that may grow are `#[non_exhaustive]`: build
+//!   them with their constructors, or from `Default` and field assignment.
 #![doc(test(attr(deny(warnings))))]
 #![warn(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
@@ -46,7 +63,9 @@ pub mod retry;
 pub mod stack;
 pub mod validate;
 
-pub use auth::{ApiKey, AuthLayer, KeySource};
+pub use auth::{
+    ApiKey, Auth, AuthLayer, KeySource, RefreshOnUnauthorized, RefreshOnUnauthorizedLayer,
+};
 #[doc(hidden)]
 pub mod __private;
 
@@ -60,5 +79,5 @@ pub use error::{
 pub use pace::{Pace, PaceLayer, Pacer};
 pub use parse::{ApiError, RateLimitSnapshot};
 pub use retry::{Retry, RetryConfig, RetryLayer};
-pub use stack::{OpenAiLayer, OpenAiService};
-pub use validate::{ValidateLayer, Validator};
+pub use stack::{BaseUrl, BaseUrlLayer, OpenAiLayer, OpenAiService};
+pub use validate::{Validate, ValidateLayer, Validator};

@@ -264,6 +264,7 @@ pub fn should_retry(headers: &HeaderMap) -> Option<bool> {
 
 /// A retry delay that the server asked for, and which header said so.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct RetryHint {
     /// How long to wait.
     pub delay: Duration,

@@ -439,7 +439,8 @@ where
 }
 
 fn completed() -> Error {
-    Error::new(ErrorKind::Internal).with_detail("auth::ResponseFuture polled after completion")
+    Error::new(ErrorKind::Internal)
+        .with_detail("auth::future::ResponseFuture polled after completion")
 }
 
 impl<S, B> Future for ResponseFuture<S, B>

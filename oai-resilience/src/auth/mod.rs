@@ -97,7 +97,12 @@ mod source;
 
 pub use check::{check_key, check_key_for_host, is_openai_host, KeyCharset, KeyRules, ShapeScope};
 pub use key::{ApiKey, Credentials};
-pub use layer::{Auth, AuthLayer, KeyHeader, ResponseFuture, OPENAI_ORGANIZATION, OPENAI_PROJECT};
+pub use layer::{Auth, AuthLayer, KeyHeader, OPENAI_ORGANIZATION, OPENAI_PROJECT};
+
+/// The future of the [`Auth`] service.
+pub mod future {
+    pub use super::layer::ResponseFuture;
+}
 pub use refresh::{RefreshOnUnauthorized, RefreshOnUnauthorizedLayer};
 pub use source::{EnvSource, FetchMode, KeyProvider, KeySource, ProviderFuture};
 

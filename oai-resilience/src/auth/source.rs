@@ -147,11 +147,6 @@ impl EnvSource {
         self
     }
 
-    /// The name of the key variable.
-    pub fn key_var_name(&self) -> &str {
-        &self.key_var
-    }
-
     /// Reads the credentials now.
     ///
     /// # Errors

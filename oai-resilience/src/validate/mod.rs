@@ -116,7 +116,12 @@ use serde_json::Value;
 
 use crate::error::{Error, ErrorKind, Violation};
 
-pub use layer::{ResponseFuture, Validate, ValidateBody, ValidateLayer, DEFAULT_BODY_LIMIT};
+pub use layer::{Validate, ValidateBody, ValidateLayer, DEFAULT_BODY_LIMIT};
+
+/// The future of the [`Validate`] service.
+pub mod future {
+    pub use super::layer::ResponseFuture;
+}
 pub use schema::Endpoint;
 
 /// The spec version (`info.version` of `openapi.yaml`) the rule tables come from.
@@ -389,6 +394,7 @@ impl fmt::Debug for Validator {
 
 /// What a request's route resolves to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Route<'a> {
     /// A spec endpoint (custom rules for it may also apply).
     Endpoint(Endpoint),
@@ -421,7 +427,7 @@ impl Validator {
     }
 
     /// Whether unknown routes are rejected.
-    pub fn is_strict(&self) -> bool {
+    pub(crate) fn is_strict(&self) -> bool {
         self.strict
     }
 
