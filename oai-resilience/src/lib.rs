@@ -79,5 +79,5 @@ pub use error::{
 pub use pace::{Pace, PaceLayer, Pacer};
 pub use parse::{ApiError, RateLimitSnapshot};
 pub use retry::{Retry, RetryConfig, RetryLayer};
-pub use stack::{BaseUrl, BaseUrlLayer, OpenAiLayer, OpenAiService};
-pub use validate::{Validate, ValidateLayer, Validator};
+pub use stack::{BaseUrl, BaseUrlLayer, ClientBody, OpenAiLayer, OpenAiService};
+pub use validate::{Validate, ValidateBody, ValidateLayer, Validator};

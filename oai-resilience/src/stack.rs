@@ -30,6 +30,47 @@
 //! [`OpenAiLayer`] encodes this order; each piece keeps its own configuration. Users who stack
 //! the layers by hand with [`tower::ServiceBuilder`] should keep the same order.
 //!
+//! # The inner client's body type
+//!
+//! The stack takes `http::Request<B>` (usually `B = Full<Bytes>`, which retries can replay)
+//! and hands the inner client `http::Request<`[`ClientBody`]`<B>>`, that is
+//! [`ValidateBody`]`<B>`: the bytes the validation layer buffered, or the untouched `B` for
+//! a route it does not check. So build the client for that body, not for `B`: with
+//! hyper-util, `build_http::<ClientBody>()` (or let inference pick it), not
+//! `build_http::<Full<Bytes>>()`, which `rustc` reports as an `E0599 … trait bounds were not
+//! satisfied` on `oneshot` or `ready`. [`OpenAiLayer::service_for`] checks the client when the
+//! stack is built and names the body the client must take.
+//!
+//! The whole stack is an [`OpenAiService`]`<C>` for a client `C`; with hyper-util over
+//! plain HTTP, the type to store in a struct is
+//! `OpenAiService<Client<HttpConnector, ClientBody>>`:
+//!
+//! ```
+//! use bytes::Bytes;
+//! use http_body_util::Full;
+//! use hyper_util::client::legacy::{connect::HttpConnector, Client};
+//! use hyper_util::rt::TokioExecutor;
+//! use oai_resilience::stack::{ClientBody, OpenAiLayer, OpenAiService};
+//! use oai_resilience::AuthLayer;
+//!
+//! /// The common stack: `OpenAiLayer` over a hyper-util HTTP/1 client, for `Full<Bytes>`
+//! /// request bodies (use an HTTPS connector, such as hyper-rustls', for the real API).
+//! type HyperStack = OpenAiService<Client<HttpConnector, ClientBody<Full<Bytes>>>>;
+//!
+//! struct App {
+//!     openai: HyperStack,
+//! }
+//!
+//! let client = Client::builder(TokioExecutor::new()).build_http::<ClientBody>();
+//! let app = App {
+//!     openai: OpenAiLayer::new()
+//!         .base_url("http://127.0.0.1:8080/v1".parse().unwrap())
+//!         .auth(AuthLayer::from_key("sk-proj-abcdefghijklmnopqrstuvwxyz0123456789"))
+//!         .service_for::<Full<Bytes>, _>(client),
+//! };
+//! # let _ = app.openai;
+//! ```
+//!
 //! ```
 //! use bytes::Bytes;
 //! use http_body_util::Full;
@@ -98,7 +139,42 @@ use crate::retry::{ReplayBody, Retry, RetryLayer};
 use crate::validate::{Validate, ValidateBody, ValidateLayer};
 
 /// The service that [`OpenAiLayer`] builds around `S`.
+///
+/// It takes `http::Request<B>` and calls `S` with `http::Request<`[`ClientBody`]`<B>>`; see
+/// [the inner client's body type](self#the-inner-clients-body-type).
 pub type OpenAiService<S> = BaseUrl<Validate<Auth<Retry<Pace<Classify<S>>>>>>;
+
+/// The request body the inner client of [`OpenAiLayer`] receives when the stack is called
+/// with `http::Request<B>`: the validation layer's [`ValidateBody`]`<B>`. `B` defaults to
+/// `Full<Bytes>`, the body that retries can replay.
+///
+/// ```
+/// use bytes::Bytes;
+/// use http_body_util::Full;
+/// use hyper_util::client::legacy::{connect::HttpConnector, Client};
+/// use hyper_util::rt::TokioExecutor;
+/// use oai_resilience::stack::ClientBody;
+///
+/// let client: Client<HttpConnector, ClientBody<Full<Bytes>>> =
+///     Client::builder(TokioExecutor::new()).build_http::<ClientBody>();
+/// # let _ = client;
+/// ```
+pub type ClientBody<B = http_body_util::Full<Bytes>> = ValidateBody<B>;
+
+/// A client that can be the inner service of [`OpenAiLayer`] for requests with body `B`: a
+/// `Service<http::Request<`[`ClientBody`]`<B>>>`. Implemented for every such service;
+/// [`OpenAiLayer::service_for`] requires it, so a client built for another body type is
+/// reported where the stack is built, with a message that names the body it must take.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be the inner client of `OpenAiLayer` for request bodies `{B}`",
+    label = "this client does not take `http::Request<ValidateBody<{B}>>`",
+    note = "the stack hands its inner client `http::Request<oai_resilience::ValidateBody<{B}>>` (alias `oai_resilience::stack::ClientBody<{B}>`), not `http::Request<{B}>`",
+    note = "with hyper-util, build the client with `build_http::<ClientBody<{B}>>()` (or `build::<_, ClientBody<{B}>>(connector)`)"
+)]
+pub trait InnerClient<B>: Service<Request<ClientBody<B>>> {}
+
+#[diagnostic::do_not_recommend]
+impl<S, B> InnerClient<B> for S where S: Service<Request<ClientBody<B>>> {}
 
 /// Stacks validation, auth, retry, pacing and classification in the order the
 /// [module docs](self) explain.
@@ -256,6 +332,30 @@ impl OpenAiLayer {
     /// The retry layer, for its configuration and shared budget.
     pub fn retry_layer(&self) -> &RetryLayer {
         &self.retry
+    }
+
+    /// [`layer`](Layer::layer) for a client that is checked now: `client` must take
+    /// `http::Request<`[`ClientBody`]`<B>>`, the body the stack hands it when it is called
+    /// with `http::Request<B>`. A client built for `B` itself fails to compile here, with a
+    /// message that names [`ValidateBody`] (through `layer`, the same mistake surfaces later
+    /// as an `E0599` on `oneshot` that names no bound).
+    ///
+    /// ```
+    /// use bytes::Bytes;
+    /// use http_body_util::Full;
+    /// use hyper_util::client::legacy::Client;
+    /// use hyper_util::rt::TokioExecutor;
+    /// use oai_resilience::stack::{ClientBody, OpenAiLayer};
+    ///
+    /// let client = Client::builder(TokioExecutor::new()).build_http::<ClientBody>();
+    /// let stack = OpenAiLayer::new().service_for::<Full<Bytes>, _>(client);
+    /// # let _ = stack;
+    /// ```
+    pub fn service_for<B, C>(&self, client: C) -> OpenAiService<C>
+    where
+        C: InnerClient<B>,
+    {
+        self.layer(client)
     }
 }
 
