@@ -73,6 +73,15 @@ pub enum ErrorKind {
     NotReplayable,
     /// A local component failed in a way that is none of the above (a key provider, a store).
     Internal,
+    /// A response arrived but its body is not what the caller expected: JSON that does not
+    /// decode into the caller's type ([`Error::decode`]). Not retryable: the server answered,
+    /// and the same request gets the same answer.
+    Decode,
+    /// A response arrived but reading its body failed ([`Error::body`]). Not retryable: the
+    /// server received and processed the request (a POST that generated tokens is billed), so
+    /// sending it again is the caller's decision, as it is for the stack, which returns once
+    /// the response's head arrives.
+    ResponseBody,
 }
 
 impl ErrorKind {
@@ -148,6 +157,8 @@ impl ErrorKind {
             ErrorKind::InvalidParameter => "invalid_parameter",
             ErrorKind::NotReplayable => "not_replayable",
             ErrorKind::Internal => "internal",
+            ErrorKind::Decode => "decode",
+            ErrorKind::ResponseBody => "response_body",
         }
     }
 }
@@ -234,7 +245,7 @@ impl AuthCause {
             AuthCause::IpNotAllowed => "add this IP address to the key's project allow-list, or call from an allowed network",
             AuthCause::UnsupportedRegion => "the API is not available from this region; see OpenAI's supported countries",
             AuthCause::MissingScope => "give the key the needed permission (a restricted key lacks this scope) or use another key",
-            AuthCause::Empty | AuthCause::Placeholder => "set OPENAI_API_KEY to a real key from https://platform.openai.com/api-keys",
+            AuthCause::Empty | AuthCause::Placeholder => "use a real key from https://platform.openai.com/api-keys where this one comes from (an argument, a key source, OPENAI_API_KEY)",
             AuthCause::Whitespace => "remove the whitespace or line break around the key (a common copy-paste fault)",
             AuthCause::Quoted => "remove the quotes around the key",
             AuthCause::NonAscii => "re-copy the key: it contains characters that keys never have",
@@ -338,7 +349,9 @@ pub enum StopReason {
     NotRetryable,
     /// The maximum number of attempts was reached.
     MaxAttempts,
-    /// The next delay would cross the overall deadline.
+    /// The overall deadline: it passed while an attempt (or a wait) was in flight, or the
+    /// next delay would cross it. `Display` says which (the [`RetryContext`]'s `elapsed` has
+    /// reached its `deadline` in the first case).
     Deadline,
     /// The retry budget shared by the stack's clones was exhausted.
     Budget,
@@ -355,7 +368,7 @@ impl StopReason {
         match self {
             StopReason::NotRetryable => "not retryable",
             StopReason::MaxAttempts => "maximum attempts reached",
-            StopReason::Deadline => "the next delay would cross the deadline",
+            StopReason::Deadline => "the overall deadline",
             StopReason::Budget => "retry budget exhausted",
             StopReason::HintTooLong => "the server's retry hint exceeds the ceiling",
             StopReason::Policy => "the policy stopped",
@@ -583,8 +596,49 @@ impl Error {
         self
     }
 
+    /// A response body that does not decode, such as a `serde_json::Error` from
+    /// `serde_json::from_slice::<Reply>(&body)`: [`ErrorKind::Decode`], not retryable, with
+    /// `err` as its source. For the body of an `#[openai_call]` function, and for any caller
+    /// that decodes the responses of the stack.
+    ///
+    /// ```
+    /// use oai_resilience::{Error, ErrorKind};
+    ///
+    /// let err = serde_json::from_slice::<Vec<u32>>(b"{\"object\":\"list\"}").unwrap_err();
+    /// let err = Error::decode(err);
+    /// assert_eq!(err.kind(), ErrorKind::Decode);
+    /// assert!(!err.is_retryable());
+    /// ```
+    pub fn decode(err: impl Into<BoxError>) -> Self {
+        Error::new(ErrorKind::Decode).with_source(err)
+    }
+
+    /// A failure while reading a response body that has begun to arrive (the error of
+    /// `res.into_body().collect().await`): [`ErrorKind::ResponseBody`], not retryable, with
+    /// `err` as its source. The server received the request, so neither the stack nor
+    /// `#[openai_call]` sends it again; [`Error::from_service_error`] would make it a
+    /// retryable [`ErrorKind::Connection`] error, which is right only before a response
+    /// arrived.
+    ///
+    /// ```
+    /// use oai_resilience::{Error, ErrorKind};
+    ///
+    /// let io = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset");
+    /// let err = Error::body(io);
+    /// assert_eq!(err.kind(), ErrorKind::ResponseBody);
+    /// assert!(!err.is_retryable());
+    /// ```
+    pub fn body(err: impl Into<BoxError>) -> Self {
+        Error::new(ErrorKind::ResponseBody).with_source(err)
+    }
+
     /// Turns an inner service's error into a connection or timeout error, keeping it as the
     /// source. An [`Error`] passes through unchanged.
+    ///
+    /// It is for errors that come *instead of* a response (the connection was refused,
+    /// reset, timed out): they are retryable. An error that comes *after* a response arrived
+    /// is [`Error::body`] (reading the body failed) or [`Error::decode`] (the body does not
+    /// decode), neither retryable.
     pub fn from_service_error(err: impl Into<BoxError>) -> Self {
         let err: BoxError = err.into();
         let err = match err.downcast::<Error>() {
@@ -775,6 +829,12 @@ impl Error {
             ErrorKind::OtherStatus | ErrorKind::Internal => {
                 Cow::Borrowed("read the message; retrying is unlikely to help")
             }
+            ErrorKind::Decode => Cow::Borrowed(
+                "the response does not decode into the expected type: check the type against the API reference (the source says where it failed); retrying will not help",
+            ),
+            ErrorKind::ResponseBody => Cow::Borrowed(
+                "the connection failed while the response body was read; the server processed the request, so send it again only if repeating it is safe",
+            ),
         }
     }
 }
@@ -846,19 +906,33 @@ impl fmt::Display for Error {
             write!(f, " in {}", call.function)?;
         }
         if let Some(r) = &inner.retry {
-            write!(
-                f,
-                " after {} attempt{} in {} ({})",
-                r.attempts,
-                if r.attempts == 1 { "" } else { "s" },
-                fmt_secs(r.elapsed),
-                r.stop.describe()
-            )?;
-            if let Some(h) = r.refused_hint {
-                write!(f, " (server asked to wait {})", fmt_secs(h))?;
-            }
-            if let (StopReason::Deadline, Some(d)) = (r.stop, r.deadline) {
-                write!(f, " (deadline {})", fmt_secs(d))?;
+            if r.attempts == 0 {
+                // A local check refused the call: there was no attempt to count or time.
+                f.write_str(", refused before the first attempt (nothing was sent)")?;
+            } else {
+                write!(
+                    f,
+                    " after {} attempt{} in {} (",
+                    r.attempts,
+                    if r.attempts == 1 { "" } else { "s" },
+                    fmt_secs(r.elapsed),
+                )?;
+                match (r.stop, r.deadline) {
+                    // The deadline cut an attempt (or a wait) in flight.
+                    (StopReason::Deadline, Some(d)) if r.elapsed >= d => {
+                        f.write_str("stopped at the deadline")?
+                    }
+                    (StopReason::Deadline, Some(d)) => write!(
+                        f,
+                        "the next delay would cross the deadline of {}",
+                        fmt_secs(d)
+                    )?,
+                    (stop, _) => f.write_str(stop.describe())?,
+                }
+                f.write_str(")")?;
+                if let Some(h) = r.refused_hint {
+                    write!(f, " (server asked to wait {})", fmt_secs(h))?;
+                }
             }
         }
         write!(f, " — hint: {}", self.hint())

@@ -151,7 +151,7 @@ async fn empty_env_key_sends_nothing() {
         send(&server, AuthLayer::new(env), OPENAI_CHAT).await,
         ErrorKind::MalformedApiKey,
         AuthCause::Empty,
-        "set OPENAI_API_KEY to a real key",
+        "use a real key",
     );
 }
 
@@ -190,8 +190,8 @@ macro_rules! malformed {
 }
 
 malformed! {
-    malformed_empty: String::new() => Empty, "set OPENAI_API_KEY";
-    malformed_only_whitespace: " \n".to_owned() => Empty, "set OPENAI_API_KEY";
+    malformed_empty: String::new() => Empty, "use a real key";
+    malformed_only_whitespace: " \n".to_owned() => Empty, "use a real key";
     malformed_trailing_newline: format!("{KEY}\n") => Whitespace, "copy-paste";
     malformed_trailing_crlf: format!("{KEY}\r\n") => Whitespace, "copy-paste";
     malformed_leading_space: format!(" {KEY}") => Whitespace, "copy-paste";
@@ -204,11 +204,11 @@ malformed! {
     malformed_non_ascii_letter: format!("{}é{}", &KEY[..20], &KEY[21..]) => NonAscii, "re-copy the key";
     malformed_zero_width_space: format!("{KEY}\u{200B}") => NonAscii, "re-copy the key";
     malformed_doubled_bearer: format!("Bearer {KEY}") => DoubledBearer, "the `Bearer ` prefix is added for you";
-    malformed_placeholder_sk_dots: "sk-...".to_owned() => Placeholder, "set OPENAI_API_KEY to a real key";
-    malformed_placeholder_your_api_key: "your-api-key".to_owned() => Placeholder, "set OPENAI_API_KEY to a real key";
-    malformed_placeholder_angle_brackets: "<OPENAI_API_KEY>".to_owned() => Placeholder, "set OPENAI_API_KEY to a real key";
-    malformed_placeholder_unexpanded_variable: "$OPENAI_API_KEY".to_owned() => Placeholder, "set OPENAI_API_KEY to a real key";
-    malformed_placeholder_undefined: "undefined".to_owned() => Placeholder, "set OPENAI_API_KEY to a real key";
+    malformed_placeholder_sk_dots: "sk-...".to_owned() => Placeholder, "use a real key";
+    malformed_placeholder_your_api_key: "your-api-key".to_owned() => Placeholder, "use a real key";
+    malformed_placeholder_angle_brackets: "<OPENAI_API_KEY>".to_owned() => Placeholder, "use a real key";
+    malformed_placeholder_unexpanded_variable: "$OPENAI_API_KEY".to_owned() => Placeholder, "use a real key";
+    malformed_placeholder_undefined: "undefined".to_owned() => Placeholder, "use a real key";
     malformed_wrong_prefix_for_openai: format!("key-{}", &KEY[8..]) => WrongPrefix, "start with `sk-`";
     malformed_other_vendors_key_for_openai: format!("sk-ant-api03-{}", &KEY[8..]) => WrongPrefix, "start with `sk-`";
     malformed_invalid_character_for_openai: format!("{}+{}", &KEY[..20], &KEY[21..]) => InvalidCharacters, "re-copy the key";

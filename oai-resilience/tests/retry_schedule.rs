@@ -361,7 +361,11 @@ async fn a_delay_that_would_cross_the_deadline_is_not_slept() {
     let ctx = err.retry_context().unwrap();
     assert_eq!(ctx.stop, StopReason::Deadline);
     assert_eq!(ctx.deadline, Some(Duration::from_secs(1)));
-    assert!(err.to_string().contains("(deadline 1 s)"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("after 2 attempts in 0.4 s (the next delay would cross the deadline of 1 s)"),
+        "{err}"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -379,6 +383,17 @@ async fn the_deadline_cuts_an_attempt_in_flight() {
     let ctx = err.retry_context().unwrap();
     assert_eq!(ctx.stop, StopReason::Deadline);
     assert_eq!(ctx.outcomes.len(), 1);
+    // The message says what happened: the deadline passed during the attempt, not that a
+    // delay would have crossed it.
+    let text = err.to_string();
+    assert!(
+        text.starts_with(
+            "timeout: the overall deadline of 2 s passed during attempt 1 after 1 attempt in 2 s \
+             (stopped at the deadline) — hint:"
+        ),
+        "{text}"
+    );
+    assert!(!text.contains("next delay"), "{text}");
 }
 
 #[tokio::test(start_paused = true)]

@@ -199,18 +199,18 @@ fn chat_body(i: usize) -> Value {
     })
 }
 
+/// The JSON of a successful response. A failed body read is `Error::body` and a body that is
+/// not JSON `Error::decode`: neither is retried (the server has answered), where
+/// `Error::from_service_error` would make the read a retryable connection error and re-send
+/// the POST.
 async fn read_json(res: http::Response<hyper::body::Incoming>) -> Result<Value, Error> {
     let bytes = res
         .into_body()
         .collect()
         .await
-        .map_err(Error::from_service_error)?
+        .map_err(Error::body)?
         .to_bytes();
-    serde_json::from_slice(&bytes).map_err(|e| {
-        Error::new(ErrorKind::Internal)
-            .with_detail("the response is not JSON")
-            .with_source(e)
-    })
+    serde_json::from_slice(&bytes).map_err(Error::decode)
 }
 
 /// One chat completion, written as an application would: build the request, send it, read
