@@ -27,7 +27,7 @@ use oai_resilience::{ApiKey, BoxError, ClassifyLayer, Error};
 use tower::{ServiceBuilder, ServiceExt};
 
 /// The key the mock accepts. A test key: never put a real key in source.
-const KEY: &str = "sk-proj-DEMOdemoDEMOdemoDEMOdemoDEMOdemo0000";
+const KEY: &str = oai_resilience::mock::TEST_KEY;
 /// A revoked key, well-formed.
 const OLD_KEY: &str = "sk-proj-OLDoldOLDoldOLDoldOLDoldOLDoldOLD1111";
 

@@ -24,7 +24,7 @@ use oai_resilience::{BoxError, ClassifyLayer, Error};
 use tower::{Service, ServiceBuilder, ServiceExt};
 
 /// The key the mock expects. A test key: never put a real key in source.
-const KEY: &str = "sk-proj-DEMOdemoDEMOdemoDEMOdemo0000";
+const KEY: &str = oai_resilience::mock::TEST_KEY;
 /// A wrong key, as if copied from the wrong project.
 const WRONG_KEY: &str = "sk-proj-WRONGwrongWRONGwrongWRONG1111";
 

@@ -18,7 +18,7 @@ use examples::hyper_client;
 use oai_resilience::mock::{MockResponse, MockServer, Route};
 
 /// A made-up key of OpenAI's shape, which the mock requires. Never put a real key in source.
-const KEY: &str = "sk-proj-HyPeRcLiEnTeXaMpLeKeY0123456789ab";
+const KEY: &str = oai_resilience::mock::TEST_KEY;
 
 #[tokio::main]
 async fn main() -> ExitCode {

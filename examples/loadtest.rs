@@ -88,7 +88,7 @@ use tower::util::BoxCloneService;
 use tower::{Layer, Service, ServiceBuilder, ServiceExt};
 
 /// A test key: never put a real key in source.
-const TEST_KEY: &str = "sk-proj-LOADloadLOADloadLOADload0000";
+const TEST_KEY: &str = oai_resilience::mock::TEST_KEY;
 const CHAT: &str =
     r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Hello"}],"max_tokens":5}"#;
 const CHAT_STREAM: &str = r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Hello"}],"max_tokens":5,"stream":true}"#;

@@ -14,7 +14,7 @@ use oai_resilience::{openai_call, ClassifyLayer, Error, ErrorKind};
 use serde_json::{json, Value};
 use tower::{Service, ServiceBuilder, ServiceExt};
 
-const KEY: &str = "sk-proj-Zq3xV9mN2pL8rT5wY1kB7cD4fG6hJ0aS";
+const KEY: &str = oai_resilience::mock::TEST_KEY;
 
 /// A minimal OpenAI client: hyper under the classify layer, so failures are typed errors.
 #[derive(Clone)]

@@ -39,7 +39,7 @@ async fn errors_example_shows_each_failure() {
     for text in &texts {
         assert!(text.contains("    request id   req_"), "{text}");
         assert!(
-            !text.contains("DEMOdemo") && !text.contains("WRONGwrong"),
+            !text.contains("M0ckTestKey") && !text.contains("WRONGwrong"),
             "{text}"
         );
         assert_eq!(

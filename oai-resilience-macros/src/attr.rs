@@ -23,12 +23,13 @@ mod kw {
     syn::custom_keyword!(validate);
     syn::custom_keyword!(api_key);
     syn::custom_keyword!(key_rules);
+    syn::custom_keyword!(base_url);
 }
 
 /// The option names, in the order the "expected one of" messages list them.
 pub(crate) const ACCEPTED: &str = "`retry`, `policy`, `max_attempts`, `base_delay`, `max_delay`, \
 `timeout`, `idempotent`, `skip(..)`, `skip_all`, `name`, `validate(..)`, `api_key`, `key_rules`, \
-`crate`";
+`base_url`, `crate`";
 
 /// A duration option: a literal checked at compile time, or any `Duration` expression.
 #[derive(Debug)]
@@ -74,6 +75,9 @@ pub(crate) struct Options {
     pub(crate) api_key: Option<KeySource>,
     /// `key_rules = <expr>`: the `KeyRules` the key is checked with (default: OpenAI's).
     pub(crate) key_rules: Option<Expr>,
+    /// `base_url = <expr>`: the base URL the call sends to, whose host the key is checked
+    /// for (default: `OPENAI_BASE_URL`'s, else OpenAI's).
+    pub(crate) base_url: Option<Expr>,
     pub(crate) krate: Option<syn::Path>,
 }
 
@@ -295,6 +299,13 @@ impl Parse for Options {
                 if o.key_rules.replace(e).is_some() {
                     return Err(duplicate(k.span, "key_rules"));
                 }
+            } else if lookahead.peek(kw::base_url) {
+                let k: kw::base_url = input.parse()?;
+                input.parse::<Token![=]>()?;
+                let e: Expr = input.parse()?;
+                if o.base_url.replace(e).is_some() {
+                    return Err(duplicate(k.span, "base_url"));
+                }
             } else if lookahead.peek(Token![crate]) {
                 let k: Token![crate] = input.parse()?;
                 input.parse::<Token![=]>()?;
@@ -334,6 +345,12 @@ impl Parse for Options {
                 "`key_rules` sets how the key is checked, and needs `api_key` to say which key",
             ));
         }
+        if let (Some(base), None) = (&o.base_url, &o.api_key) {
+            return Err(syn::Error::new_spanned(
+                base,
+                "`base_url` names the target the key is checked for, and needs `api_key` to say which key",
+            ));
+        }
         Ok(o)
     }
 }
@@ -351,7 +368,7 @@ mod tests {
         let o: Options = syn::parse_str(
             r#"retry = cfg(), policy = p, max_attempts = 3, base_delay = "1s", max_delay = d(),
                timeout = "1m", idempotent, skip(a, b), name = "n", validate(body = "post /v1/embeddings"),
-               api_key = key, key_rules = KeyRules::lenient(), crate = "x::y""#,
+               api_key = key, key_rules = KeyRules::lenient(), base_url = server.url(), crate = "x::y""#,
         )
         .unwrap();
         assert!(o.retry.is_some() && o.policy.is_some() && o.max_attempts.is_some());
@@ -370,6 +387,7 @@ mod tests {
         assert_eq!(o.validate[0].path, "/v1/embeddings");
         assert!(matches!(o.api_key, Some(KeySource::Expr(_))));
         assert!(o.key_rules.is_some());
+        assert!(o.base_url.is_some());
         assert_eq!(o.krate.unwrap().segments.len(), 2);
         let o: Options = syn::parse_str("skip(self, key)").unwrap();
         assert_eq!(o.skip[0], "self");
@@ -396,6 +414,9 @@ mod tests {
         assert!(err("validate()").contains("needs an argument"));
         assert!(err("api_key = \"\"").contains("names an environment variable"));
         assert!(err("key_rules = r").contains("needs `api_key`"));
+        assert!(err("base_url = b").contains("needs `api_key`"));
+        assert!(err("api_key = k, base_url = a, base_url = b")
+            .contains("`base_url` is given more than once"));
         assert!(err("api_key = k, key_rules = a, key_rules = b")
             .contains("`key_rules` is given more than once"));
         assert!(err("crate = \"not a path\"").contains("expects the path"));

@@ -206,7 +206,12 @@ pub(crate) fn expand(item: ItemFn, opts: Options) -> TokenStream {
             .filter(|id| !opts.skip.iter().any(|s| s == id))
             .map(|id| {
                 let name = id.to_string();
-                quote_spanned!(id.span()=> #krate::__private::Args::arg(__oai_sink, #name, &#id);)
+                // A `serde_json::Value` is recorded as JSON, anything else by `Debug`.
+                quote_spanned!(id.span()=> {
+                    #[allow(unused_imports)]
+                    use #krate::__private::{ArgDebug as _, ArgJson as _};
+                    (&&#krate::__private::ArgRef(&#id)).oai_record(__oai_sink, #name);
+                })
             })
             .collect()
     };
@@ -224,14 +229,19 @@ pub(crate) fn expand(item: ItemFn, opts: Options) -> TokenStream {
         Some(r) => quote_spanned!(r.span()=> #krate::__private::key_rules(#r)),
         None => quote!(#krate::__private::key_rules(#krate::auth::KeyRules::openai())),
     };
+    // The key is checked for the host the call targets, as the auth layer checks it.
+    let host = match &opts.base_url {
+        Some(b) => quote_spanned!(b.span()=> #krate::__private::key_host(&#b)),
+        None => quote!(#krate::__private::key_host_env()),
+    };
     match &opts.api_key {
         Some(KeySource::Env(lit)) => pre.push(quote_spanned!(lit.span()=>
-            #krate::__private::check_key_env(#lit, &#rules).await
+            #krate::__private::check_key_env(#lit, &#rules, #host).await
         )),
         Some(KeySource::Expr(e)) => {
             let span = e.span();
             pre.push(quote_spanned!(span=>
-                #krate::__private::check_key(&#e, &#rules).await
+                #krate::__private::check_key(&#e, &#rules, #host).await
             ));
         }
         None => {}
@@ -337,7 +347,7 @@ mod tests {
             "async fn f(key: &str, text: &str, (a, b): (u8, u8)) -> Result<(), E> { Ok(()) }",
         );
         assert!(
-            out.contains("Args :: arg (__oai_sink , \"text\" , & text)"),
+            out.contains("ArgRef (& text)) . oai_record (__oai_sink , \"text\")"),
             "{out}"
         );
         assert!(!out.contains("\"key\""), "{out}");

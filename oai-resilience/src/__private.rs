@@ -112,6 +112,53 @@ impl Args {
     }
 }
 
+/// An argument on its way into the context: [`ArgJson`] records a `serde_json::Value` as
+/// JSON, [`ArgDebug`] anything else by its `Debug` text. The generated code calls
+/// `(&&ArgRef(&arg)).oai_record(sink, name)`: method lookup tries the receiver
+/// `&&ArgRef<T>` first, which only `ArgJson` implements (for `T` = `Value` or `&Value`),
+/// then `&ArgRef<T>`, which `ArgDebug` implements for every `T: Debug`.
+#[derive(Debug)]
+pub struct ArgRef<'a, T: ?Sized>(pub &'a T);
+
+/// Records a JSON argument as JSON. See [`ArgRef`].
+pub trait ArgJson {
+    /// Records the argument.
+    fn oai_record(self, sink: &mut Args, name: &str);
+}
+
+impl ArgJson for &&ArgRef<'_, serde_json::Value> {
+    fn oai_record(self, sink: &mut Args, name: &str) {
+        sink.arg(name, &JsonText(self.0));
+    }
+}
+
+impl ArgJson for &&ArgRef<'_, &serde_json::Value> {
+    fn oai_record(self, sink: &mut Args, name: &str) {
+        sink.arg(name, &JsonText(self.0));
+    }
+}
+
+/// Records any other argument by its `Debug` text. See [`ArgRef`].
+pub trait ArgDebug {
+    /// Records the argument.
+    fn oai_record(self, sink: &mut Args, name: &str);
+}
+
+impl<T: Debug + ?Sized> ArgDebug for &ArgRef<'_, T> {
+    fn oai_record(self, sink: &mut Args, name: &str) {
+        sink.arg(name, self.0);
+    }
+}
+
+/// A JSON value whose `Debug` text is its compact JSON.
+struct JsonText<'a>(&'a serde_json::Value);
+
+impl Debug for JsonText<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self.0, f)
+    }
+}
+
 /// One call of an annotated function.
 #[derive(Debug)]
 pub struct Call {
@@ -246,31 +293,105 @@ pub fn key_rules(rules: KeyRules) -> KeyRules {
     rules
 }
 
-/// Checks the API key held by an argument or expression, before the first attempt, with the
-/// auth layer's checks ([`auth::check_key`] with `rules`: [`KeyRules::openai`] unless
-/// `key_rules = ..` says otherwise).
+/// The host a call's key is checked for, from `base_url = <expr>`: the host of that base URL
+/// (with or without `/v1`, as [`OpenAiLayer::base_url`](crate::OpenAiLayer::base_url) takes it).
 ///
 /// # Errors
 ///
-/// The auth layer's [`ErrorKind::MissingApiKey`] / [`ErrorKind::MalformedApiKey`].
-pub async fn check_key<K: KeyArg + ?Sized>(key: &K, rules: &KeyRules) -> Result<(), Error> {
+/// [`ErrorKind::Internal`] with the [`InvalidBaseUrl`](crate::stack::InvalidBaseUrl) as its
+/// source when `base` is not a valid base URL (the stack fails such requests the same way).
+pub fn key_host<T: BaseArg + ?Sized>(base: &T) -> Result<Option<String>, Error> {
+    crate::stack::host_of_base(&base.base_text())
+        .map(Some)
+        .map_err(|e| {
+            Error::new(ErrorKind::Internal)
+                .with_detail(e.to_string())
+                .with_source(e)
+        })
+}
+
+/// The host a call's key is checked for without `base_url = ..`: the host of
+/// `OPENAI_BASE_URL` when it is set and valid (the base [`OpenAiLayer::new`](crate::OpenAiLayer::new)
+/// reads), else none, which the key rules treat as OpenAI's API.
+pub fn key_host_env() -> Result<Option<String>, Error> {
+    let value = std::env::var_os("OPENAI_BASE_URL").map(|v| v.to_string_lossy().into_owned());
+    Ok(value
+        .filter(|v| !v.trim().is_empty())
+        .and_then(|v| crate::stack::host_of_base(&v).ok()))
+}
+
+/// What `base_url = <expr>` accepts: a `&str`, `String`, `http::Uri`, or a reference to one.
+pub trait BaseArg {
+    /// The base URL as text.
+    fn base_text(&self) -> std::borrow::Cow<'_, str>;
+}
+
+impl BaseArg for str {
+    fn base_text(&self) -> std::borrow::Cow<'_, str> {
+        std::borrow::Cow::Borrowed(self)
+    }
+}
+
+impl BaseArg for String {
+    fn base_text(&self) -> std::borrow::Cow<'_, str> {
+        std::borrow::Cow::Borrowed(self)
+    }
+}
+
+impl BaseArg for http::Uri {
+    fn base_text(&self) -> std::borrow::Cow<'_, str> {
+        std::borrow::Cow::Owned(self.to_string())
+    }
+}
+
+impl<T: BaseArg + ?Sized> BaseArg for &T {
+    fn base_text(&self) -> std::borrow::Cow<'_, str> {
+        (**self).base_text()
+    }
+}
+
+/// Checks the API key held by an argument or expression, before the first attempt, with the
+/// function the auth layer decides with ([`auth::check_key_for_host`] with `rules`:
+/// [`KeyRules::openai`] unless `key_rules = ..` says otherwise), for the target `host` (see
+/// [`key_host`] and [`key_host_env`]). So a key the macro accepts for a target is a key
+/// [`OpenAiLayer`](crate::OpenAiLayer) accepts for it, and the other way round.
+///
+/// # Errors
+///
+/// The auth layer's [`ErrorKind::MissingApiKey`] / [`ErrorKind::MalformedApiKey`]; the error
+/// of `host`.
+pub async fn check_key<K: KeyArg + ?Sized>(
+    key: &K,
+    rules: &KeyRules,
+    host: Result<Option<String>, Error>,
+) -> Result<(), Error> {
+    let host = host?;
+    let host = host.as_deref();
     match key.key() {
         KeyRef::Missing => Err(Error::new(ErrorKind::MissingApiKey)
             .with_auth_cause(AuthCause::MissingKey)
             .with_detail("the `api_key` of this call holds no key")),
-        KeyRef::Key(k) => auth::check_key(k, rules),
-        KeyRef::Source(source) => source.resolve_checked(rules).await.map(drop),
+        KeyRef::Key(k) => auth::check_key_for_host(k, rules, host),
+        KeyRef::Source(source) => {
+            let creds = source.resolve().await?;
+            auth::check_key_for_host(creds.key().expose_secret(), rules, host)
+        }
     }
 }
 
-/// Checks the API key in the environment variable `var`, before the first attempt.
+/// Checks the API key in the environment variable `var`, before the first attempt, for the
+/// target `host`.
 ///
 /// # Errors
 ///
 /// As [`check_key`].
-pub async fn check_key_env(var: &'static str, rules: &KeyRules) -> Result<(), Error> {
+pub async fn check_key_env(
+    var: &'static str,
+    rules: &KeyRules,
+    host: Result<Option<String>, Error>,
+) -> Result<(), Error> {
     let source = KeySource::from(EnvSource::new().key_var(var));
-    source.resolve_checked(rules).await.map(drop)
+    check_key(&source, rules, host).await
 }
 
 /// A key, or where to get one.

@@ -43,9 +43,12 @@
 //!
 //! # What the attribute does
 //!
-//! 1. **Checks, once, before the first attempt** (if asked): the API key with the auth layer's
-//!    [`check_key`](crate::auth::check_key) / [`KeySource::resolve_checked`](crate::auth::KeySource::resolve_checked),
-//!    and a body argument with the validation layer's rules
+//! 1. **Checks, once, before the first attempt** (if asked): the API key with the function the
+//!    auth layer decides with, [`check_key_for_host`](crate::auth::check_key_for_host), for
+//!    the host the call targets (`base_url`, else `OPENAI_BASE_URL`'s, else OpenAI's), so the
+//!    attribute and [`OpenAiLayer`](crate::stack::OpenAiLayer) accept the same keys for the
+//!    same target (the key shape rules apply to OpenAI's hosts only, by default); and a body
+//!    argument with the validation layer's rules
 //!    ([`validate_value`](crate::validate::validate_value)). A failure returns at once with
 //!    [`ErrorKind::MissingApiKey`](crate::ErrorKind::MissingApiKey),
 //!    [`MalformedApiKey`](crate::ErrorKind::MalformedApiKey) or
@@ -84,6 +87,7 @@
 //! | `api_key = <expr>` | check the key held by `<expr>` first: a `&str`, `String`, [`ApiKey`](crate::ApiKey), `SecretString`, [`KeySource`](crate::KeySource), or an `Option` of one (`None` is a missing key) |
 //! | `api_key = "ENV_VAR"` | check the key in that environment variable first |
 //! | `key_rules = <expr>` | the [`KeyRules`](crate::auth::KeyRules) that `api_key` is checked with (default [`KeyRules::openai`](crate::auth::KeyRules::openai); [`KeyRules::lenient`](crate::auth::KeyRules::lenient) for compatible services with other key shapes) |
+//! | `base_url = <expr>` | the base URL the body sends to (a `&str`, `String` or `http::Uri`, with or without `/v1`; may use the arguments): `api_key` is checked for its host, as the auth layer checks it (default: the host of `OPENAI_BASE_URL` if set, else OpenAI's) |
 //! | `crate = "path"` | the path of this crate, for a renamed dependency |
 //!
 //! Durations are literals checked at compile time (`h`, `m`, `s`, `ms`, `us`, `ns`, fractions,
@@ -105,6 +109,44 @@
 //! by `[redacted]`; an argument whose name ends in `key`, `secret`, `password`, `token` or
 //! `credentials` is recorded as `[redacted]` whatever its value. Arguments are formatted only
 //! when an error leaves the function. Every recorded argument must implement `Debug`.
+//!
+//! # Errors inside the body
+//!
+//! The body returns the error of its one attempt; its kind decides whether the attempt is
+//! run again, as in the retry layer:
+//!
+//! | what failed | turn it into | retried |
+//! |---|---|---|
+//! | a request through [`ClassifyLayer`](crate::ClassifyLayer) or the stack | the [`Error`] it returns, as it is | as the policy says (rate limits, 5xx, connection failures) |
+//! | the connection, before a response (a client's own error) | [`Error::from_service_error`] | yes ([`ErrorKind::Connection`](crate::ErrorKind::Connection)) |
+//! | reading the body of a response that arrived (`collect().await`) | [`Error::body`] | no: the server processed the request ([`ErrorKind::ResponseBody`](crate::ErrorKind::ResponseBody)) |
+//! | decoding the body (`serde_json::from_slice`) | [`Error::decode`] | no: the same request gets the same answer ([`ErrorKind::Decode`](crate::ErrorKind::Decode)) |
+//!
+//! ```
+//! use std::sync::atomic::{AtomicU32, Ordering};
+//! use oai_resilience::{openai_call, Error, ErrorKind};
+//!
+//! #[derive(Debug, serde::Deserialize)]
+//! struct Reply {
+//!     # #[allow(dead_code)]
+//!     id: String,
+//! }
+//!
+//! #[openai_call(max_attempts = 3)]
+//! async fn fetch(sent: &AtomicU32) -> Result<Reply, Error> {
+//!     sent.fetch_add(1, Ordering::SeqCst);
+//!     // The bytes the response carried; `Error::body` maps a failed read.
+//!     let body: &[u8] = br#"{"object":"chat.completion"}"#;
+//!     serde_json::from_slice(body).map_err(Error::decode)
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() {
+//! let sent = AtomicU32::new(0);
+//! let err = fetch(&sent).await.unwrap_err();
+//! assert_eq!(err.kind(), ErrorKind::Decode);
+//! assert_eq!(sent.load(Ordering::SeqCst), 1); // not re-sent
+//! # }
+//! ```
 //!
 //! # With the tower stack
 //!

@@ -400,6 +400,12 @@ impl<B: PaceBody> PaceBody for ValidateBody<B> {
     }
 }
 
+/// The host of the base URL `text` (checked as [`BaseUrlLayer`] checks it), without its port:
+/// the host the auth layer checks a key for when requests go through that base.
+pub(crate) fn host_of_base(text: &str) -> Result<String, InvalidBaseUrl> {
+    Base::parse(text).map(|b| b.authority.host().to_owned())
+}
+
 /// The base URL in `OPENAI_BASE_URL` (its value `value`): none when it is unset or blank.
 fn base_url_from_env(value: Option<String>) -> Option<BaseUrlLayer> {
     let value = value?;

@@ -38,7 +38,7 @@ use crate::stack::{http_client, Layers};
 
 /// The key of the demo's mock projects: a made-up key of OpenAI's shape. Never put a real
 /// key in source.
-pub const DEMO_KEY: &str = "sk-proj-DeMo0KeY1fOr2tHe3MoCk4SeRvEr5oNlY6789";
+pub const DEMO_KEY: &str = oai_resilience::mock::TEST_KEY;
 
 /// What the demo runs. See [`DemoConfig::default`].
 #[derive(Debug, Clone)]

@@ -22,13 +22,24 @@
 //!
 //! [`MockBuilder`] lists the order in which a request meets these steps. All clocks are
 //! tokio's, so buckets refill and latencies pass in virtual time
-//! (`#[tokio::test(start_paused = true)]`). [`MockServer::counts`] tells what the server
+//! (`#[tokio::test(start_paused = true)]`, which needs tokio's `test-util` feature: add
+//! `tokio = { version = "1", features = ["macros", "rt", "test-util"] }` to your
+//! `[dev-dependencies]`). [`MockServer::counts`] tells what the server
 //! received and answered ("zero requests reached the server" is
 //! `assert_eq!(server.counts().total, 0)`), [`MockServer::requests`] the requests themselves.
 //! The server stops when dropped, or with [`MockServer::shutdown`].
 //!
 //! (Other connection-level faults, such as closing mid-headers or dripping a body, are not
 //! built yet; they will be further [`MockResponse`] constructors.)
+//!
+//! [`TEST_KEY`] is a made-up key of OpenAI's shape: give it to [`MockBuilder::api_key`] and to
+//! the client, and every local key check (the auth layer's, `#[openai_call]`'s, for any
+//! target) accepts it.
+//!
+//! Here the client sits under [`ClassifyLayer`](crate::ClassifyLayer) alone, so it is built
+//! for the request body `Full<Bytes>`; under [`OpenAiLayer`](crate::OpenAiLayer) it receives
+//! [`ClientBody`](crate::ClientBody)`<Full<Bytes>>` instead (see
+//! [the stack's body type](crate::stack#the-inner-clients-body-type)).
 //!
 //! ```
 //! use bytes::Bytes;
@@ -98,6 +109,22 @@ pub use response::{AuthFailure, MockResponse, ECHOED_KEY_FRAGMENT};
 
 use builder::Config;
 use handler::Shared;
+
+/// A made-up API key of OpenAI's shape (`sk-proj-` and 36 letters and digits) for tests and
+/// examples against the mock: it passes every local key check ([`KeyRules::openai`] for any
+/// host, `#[openai_call]`'s `api_key`), so copying an example does not trip the placeholder or
+/// length checks. It is no real key: the real API answers it with a 401.
+///
+/// ```
+/// use oai_resilience::auth::{check_key_for_host, KeyRules};
+/// use oai_resilience::mock::TEST_KEY;
+///
+/// assert!(check_key_for_host(TEST_KEY, &KeyRules::openai(), Some("api.openai.com")).is_ok());
+/// assert!(check_key_for_host(TEST_KEY, &KeyRules::openai(), Some("127.0.0.1")).is_ok());
+/// ```
+///
+/// [`KeyRules::openai`]: crate::auth::KeyRules::openai
+pub const TEST_KEY: &str = "sk-proj-M0ckTestKey0penAiShape0123456789abcd";
 
 /// The endpoints the mock serves.
 #[non_exhaustive]
