@@ -20,6 +20,11 @@ use tower::{ServiceBuilder, ServiceExt};
 
 /// Retries server errors only, at most for 10 s of the call, always after the backoff; never
 /// rate limits (say, because a pacing layer elsewhere handles them).
+///
+/// The policy only decides whether to retry: the config it runs under bounds the call too.
+/// Under `RetryConfig::new()` it would stop after 5 attempts or an empty budget, and its last
+/// backoff could end after 10 s; under `RetryConfig::for_duration(10 s)` (below) the deadline
+/// is 10 s, no delay is slept past it, and only the deadline bounds the attempts.
 struct ServerErrorsFor10s;
 
 impl Policy for ServerErrorsFor10s {
@@ -62,8 +67,12 @@ async fn main() {
             MockResponse::rate_limited(Duration::from_millis(50)),
         ],
     );
+    let for_10s = RetryConfig::for_duration(Duration::from_secs(10))
+        .base_delay(Duration::from_millis(20))
+        .max_delay(Duration::from_millis(200))
+        .policy(ServerErrorsFor10s);
     let svc = ServiceBuilder::new()
-        .layer(RetryLayer::with_config(quick().policy(ServerErrorsFor10s)))
+        .layer(RetryLayer::with_config(for_10s))
         .layer(ClassifyLayer::new())
         .service(client.clone());
     let err = svc.oneshot(request(&server)).await.unwrap_err();

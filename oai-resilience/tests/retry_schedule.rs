@@ -490,3 +490,52 @@ fn config_knobs_round_trip() {
         "x-stainless-retry-count"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn for_duration_retries_until_the_duration_and_sleeps_nothing_past_it() {
+    // An outage: every attempt is a 503. The default config stops after 5 attempts; a pure
+    // time bound keeps retrying (no budget, no 5-attempt cap) until the next delay would end
+    // after 10 s, and does not sleep that delay.
+    let up = Upstream::new([reply(503)]);
+    let start = Instant::now();
+    let config = RetryConfig::for_duration(Duration::from_secs(10)).seed(3);
+    let err = up.service(config).oneshot(post()).await.unwrap_err();
+    let took = Instant::now() - start;
+    let ctx = err.retry_context().unwrap();
+    assert_eq!(ctx.stop, StopReason::Deadline, "{err}");
+    assert!(ctx.attempts > 5, "{err}");
+    assert_eq!(ctx.attempts as usize, up.count());
+    assert!(took < Duration::from_secs(10), "{took:?}");
+    // The call returned when its last attempt failed: no sleep after it.
+    let last = *up.times_ms(start).last().unwrap();
+    assert_eq!(took.as_millis(), last);
+    assert!(
+        err.to_string()
+            .contains("(the next delay would cross the deadline of 10 s)"),
+        "{err}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn for_duration_cuts_an_attempt_in_flight_at_the_duration() {
+    // Each attempt takes 3 s and fails: attempts start at 0, ~3, ~6, ~9 s and the one in
+    // flight at 10 s is cut there.
+    let config = RetryConfig::for_duration(Duration::from_secs(10))
+        .seed(5)
+        .base_delay(Duration::from_millis(1));
+    let svc = ServiceBuilder::new()
+        .layer(RetryLayer::with_config(config))
+        .layer(ClassifyLayer::new())
+        .service(service_fn(|_req: Request<Body>| async {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            let mut res = Response::new(Full::new(Bytes::new()));
+            *res.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+            Ok::<_, Infallible>(res)
+        }));
+    let start = Instant::now();
+    let err = svc.oneshot(post()).await.unwrap_err();
+    assert_eq!(Instant::now() - start, Duration::from_secs(10));
+    assert_eq!(err.kind(), ErrorKind::Timeout);
+    assert_eq!(err.attempts(), 4);
+    assert_eq!(err.retry_context().unwrap().stop, StopReason::Deadline);
+}

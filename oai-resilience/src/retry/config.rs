@@ -19,6 +19,10 @@ pub const DEFAULT_MAX_ATTEMPTS: u32 = 5;
 pub const DEFAULT_HINT_CEILING: Duration = Duration::from_secs(120);
 /// The default overall deadline, attempts and delays included: 10 minutes.
 pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(600);
+/// The cap on attempts of [`RetryConfig::for_duration`]: 1000, a bound that a backoff of
+/// any sensible length never reaches within the duration, there only so that a zero delay
+/// cannot loop without end.
+pub const FOR_DURATION_MAX_ATTEMPTS: u32 = 1000;
 /// The header that carries the retry count on each attempt, as the official SDKs send it.
 pub const RETRY_COUNT_HEADER: HeaderName = HeaderName::from_static("x-stainless-retry-count");
 
@@ -134,6 +138,36 @@ impl RetryConfig {
     /// The defaults (see the table above).
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Retries for at most `duration` and no other bound: the defaults (policy, backoff,
+    /// hints, hint ceiling) with `duration` as the overall deadline, no retry budget, and
+    /// [`FOR_DURATION_MAX_ATTEMPTS`] (1000) as the only cap on attempts.
+    ///
+    /// The call ends by `duration`: an attempt still in flight then is cut
+    /// ([`ErrorKind::Timeout`](crate::ErrorKind::Timeout)), and a delay that would end after
+    /// it is not slept (the call stops with the last error at once,
+    /// [`StopReason::Deadline`](crate::StopReason::Deadline)). What still stops it earlier is
+    /// what can never succeed: an error the policy does not retry (a quota 429, a bad
+    /// request, `x-should-retry: false`), a server hint above the ceiling, a body that cannot
+    /// be replayed. Without a budget, every client of a failing server keeps retrying until
+    /// its deadline; add one back with [`budget`](Self::budget) where many clients share a
+    /// server.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use oai_resilience::retry::{RetryConfig, FOR_DURATION_MAX_ATTEMPTS};
+    ///
+    /// let config = RetryConfig::for_duration(Duration::from_secs(10));
+    /// assert_eq!(config.settings().deadline, Some(Duration::from_secs(10)));
+    /// assert_eq!(config.settings().max_attempts, FOR_DURATION_MAX_ATTEMPTS);
+    /// assert!(config.settings().budget.is_none());
+    /// ```
+    pub fn for_duration(duration: Duration) -> Self {
+        RetryConfig::new()
+            .deadline(duration)
+            .max_attempts(FOR_DURATION_MAX_ATTEMPTS)
+            .no_budget()
     }
 
     fn edit(mut self, f: impl FnOnce(&mut RetrySettings)) -> Self {

@@ -122,7 +122,7 @@ pub use backoff::{Backoff, HintJitter, Jitter, RandomSource, SplitMix, DEFAULT_B
 pub use budget::{Budget, RetryBudget, TokenBudget};
 pub use config::{
     RetryConfig, RetrySettings, SharedBudget, DEFAULT_DEADLINE, DEFAULT_HINT_CEILING,
-    DEFAULT_MAX_ATTEMPTS, RETRY_COUNT_HEADER,
+    DEFAULT_MAX_ATTEMPTS, FOR_DURATION_MAX_ATTEMPTS, RETRY_COUNT_HEADER,
 };
 pub use layer::RetryLayer;
 pub use policy::{is_idempotent, server_hint, Attempt, Decision, OpenAiPolicy, Policy, ServerHint};
