@@ -569,3 +569,56 @@ async fn a_large_remaining_keeps_a_headroom_for_other_clients() {
     // 2 % of 500 kept back.
     assert!((level - 490.0).abs() < 1e-6, "{level}");
 }
+
+#[tokio::test(start_paused = true)]
+async fn calls_refused_with_a_429_are_not_counted_as_taken_from_the_bucket() {
+    let pacer = Pacer::default();
+    let k = key();
+    let first = pacer.acquire(&k, Cost::tokens(1), None).await.unwrap();
+    let mut later = Vec::new();
+    for _ in 0..5 {
+        later.push(pacer.acquire(&k, Cost::tokens(1), None).await.unwrap());
+    }
+    // Three of the five sent after the first are refused at once: the server did not take
+    // them from its bucket.
+    for p in later.drain(..3) {
+        p.on_rate_limited(None, Some(&snap_requests(20, 0, Duration::from_secs(1))));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // 0 of 20 left when the first arrived, refilled 20 per second: 10 refilled since, 2
+    // taken by the calls sent after it and not refused.
+    first.on_response(Some(&snap_requests(20, 0, Duration::from_secs(1))));
+    let (_, level, _) = pacer.key_state(&k).unwrap().requests.unwrap();
+    assert!((level - 8.0).abs() < 1e-6, "{level}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_older_snapshot_lowers_the_level_but_never_raises_it() {
+    let pacer = Pacer::default();
+    let k = key();
+    let old = pacer.acquire(&k, Cost::tokens(1), None).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let fresh = pacer.acquire(&k, Cost::tokens(1), None).await.unwrap();
+    // The newer request's answer (a fast 429) says the bucket is empty now.
+    fresh.on_rate_limited(None, Some(&snap_requests(20, 0, Duration::from_secs(1))));
+    let (_, after_fresh, _) = pacer.key_state(&k).unwrap().requests.unwrap();
+    assert!(after_fresh.abs() < 1e-6, "{after_fresh}");
+    // The older request's answer comes 2 s after it was sent, with 5 left then: corrected by
+    // its age it would claim 20 (its refill estimate times 2 s), but the newer snapshot wins.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    old.on_response(Some(&snap_requests(20, 5, Duration::from_millis(750))));
+    let (_, level, refill) = pacer.key_state(&k).unwrap().requests.unwrap();
+    let modelled = after_fresh + refill * 0.5;
+    assert!((level - modelled).abs() < 1e-6, "{level} vs {modelled}");
+    // An older snapshot that reports less than the model may still lower it.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let a = pacer.acquire(&k, Cost::tokens(1), None).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let b = pacer.acquire(&k, Cost::tokens(1), None).await.unwrap();
+    b.on_response(Some(&snap_requests(20, 19, Duration::from_millis(50))));
+    let (_, level, _) = pacer.key_state(&k).unwrap().requests.unwrap();
+    assert!((level - 19.0).abs() < 1e-6, "{level}");
+    a.on_response(Some(&snap_requests(20, 0, Duration::from_secs(1))));
+    let (_, level, _) = pacer.key_state(&k).unwrap().requests.unwrap();
+    assert!(level < 0.0, "{level}");
+}

@@ -35,9 +35,20 @@ async fn load(limit: RateLimit, calls: usize, concurrency: usize) -> Run {
 
 /// `paced: false` leaves the pace layer out: the baseline that shows what pacing saves.
 async fn load_with(limit: RateLimit, calls: usize, concurrency: usize, paced: bool) -> Run {
+    load_at(limit, calls, concurrency, paced, Duration::from_millis(20)).await
+}
+
+/// The mock answers after `latency` (its 429s at once).
+async fn load_at(
+    limit: RateLimit,
+    calls: usize,
+    concurrency: usize,
+    paced: bool,
+    latency: Duration,
+) -> Run {
     let server = MockServer::builder()
         .request_limit(limit)
-        .latency(Duration::from_millis(20))
+        .latency(latency)
         .start()
         .await;
     let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
@@ -140,4 +151,17 @@ async fn without_pacing_the_same_stack_meets_a_429_storm() {
     // not count against it).
     assert!(unpaced.failed >= 100, "failed: {}", unpaced.failed);
     assert_eq!(paced.failed, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn loadtest_shape_at_a_model_latency_of_2_s_meets_the_targets() {
+    // The answers take 2 s (a model's time), the 429s come at once: the minimum is the
+    // refill of the last 280 calls (14 s) plus the last call's latency.
+    let calls = 300;
+    let latency = Duration::from_secs(2);
+    let run = load_at(RateLimit::bucket(20, 20.0), calls, 50, true, latency).await;
+    let min = (calls as f64 - 20.0) / 20.0 + latency.as_secs_f64();
+    assert_eq!(run.failed, 0);
+    assert!(run.wall <= min * 1.05, "wall {} vs minimum {min}", run.wall);
+    assert!(run.sent as f64 <= calls as f64 * 1.15, "sent {}", run.sent);
 }

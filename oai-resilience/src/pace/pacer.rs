@@ -5,7 +5,7 @@
 //! under one short-held `Mutex` per key. No task is spawned: each waiter's future sleeps on its
 //! own timer and is woken when the queue or the state moves.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
@@ -208,6 +208,9 @@ struct Bucket {
     /// nearly full bucket does not swing it.
     used_sum: f64,
     reset_sum: f64,
+    /// When the server decided on the request whose snapshot last set `level`: an older
+    /// snapshot can only lower it.
+    learned_at: Instant,
 }
 
 const EPS: f64 = 1e-6;
@@ -222,6 +225,7 @@ impl Bucket {
             at: now,
             used_sum: 0.0,
             reset_sum: 0.0,
+            learned_at: now,
         }
     }
 
@@ -326,6 +330,10 @@ struct KeyState {
     grants: u64,
     /// Tokens granted, in total (the token-side twin of `grants`).
     granted_tokens: u64,
+    /// The grant numbers and tokens of the latest requests that a 429 refused (the server did
+    /// not take them from its buckets), in the order the 429s came; at most
+    /// [`REFUSALS_KEPT`].
+    refusals: VecDeque<(u64, u64)>,
     meter: RateMeter,
     token_ratio: f64,
 }
@@ -339,8 +347,7 @@ enum Step {
 struct GrantInfo {
     tokens: u64,
     level_before: Option<f64>,
-    grants: u64,
-    granted_tokens: u64,
+    since: Since,
 }
 
 /// When a request was sent, and the grant counters right after its own grant: what the key
@@ -350,6 +357,27 @@ struct Since {
     sent_at: Instant,
     grants: u64,
     granted_tokens: u64,
+}
+
+/// Refusals remembered per key: more than the requests a key has in flight in practice.
+const REFUSALS_KEPT: usize = 4096;
+
+impl Since {
+    /// The requests and tokens taken from the server's buckets since: those granted after
+    /// this request, less those of them that a 429 refused.
+    fn taken(&self, st: &KeyState) -> (f64, f64) {
+        let (mut requests, mut tokens) = (
+            st.grants.saturating_sub(self.grants),
+            st.granted_tokens.saturating_sub(self.granted_tokens),
+        );
+        for &(grant, t) in &st.refusals {
+            if grant > self.grants {
+                requests = requests.saturating_sub(1);
+                tokens = tokens.saturating_sub(t);
+            }
+        }
+        (requests as f64, tokens as f64)
+    }
 }
 
 impl KeyState {
@@ -377,6 +405,7 @@ impl KeyState {
             in_flight_tokens: 0,
             grants: 0,
             granted_tokens: 0,
+            refusals: VecDeque::new(),
             meter: RateMeter::new(now),
             token_ratio: 1.0,
         }
@@ -467,8 +496,11 @@ impl KeyState {
         Step::Granted(GrantInfo {
             tokens,
             level_before,
-            grants: self.grants,
-            granted_tokens: self.granted_tokens,
+            since: Since {
+                sent_at: now,
+                grants: self.grants,
+                granted_tokens: self.granted_tokens,
+            },
         })
     }
 
@@ -503,11 +535,10 @@ impl KeyState {
         since: Option<Since>,
     ) {
         let (others, others_tokens, age) = match since {
-            Some(s) => (
-                self.grants.saturating_sub(s.grants) as f64,
-                self.granted_tokens.saturating_sub(s.granted_tokens) as f64,
-                now.saturating_duration_since(s.sent_at),
-            ),
+            Some(s) => {
+                let (requests, tokens) = s.taken(self);
+                (requests, tokens, now.saturating_duration_since(s.sent_at))
+            }
             None => (
                 self.in_flight as f64,
                 self.in_flight_tokens as f64,
@@ -617,7 +648,11 @@ fn learn_bucket(
     if let Some(s) = static_limit {
         capacity = capacity.min(s);
     }
-    let b = slot.get_or_insert(Bucket::full(capacity, capacity / 60.0, now));
+    let decided_at = now.checked_sub(age).unwrap_or(now);
+    let b = slot.get_or_insert(Bucket {
+        learned_at: decided_at,
+        ..Bucket::full(capacity, capacity / 60.0, now)
+    });
     b.advance(now);
     b.capacity = capacity;
     // Not limit/60: the refill the headers imply, (limit − remaining) / reset, which a
@@ -635,7 +670,15 @@ fn learn_bucket(
     }
     let remaining = remaining as f64;
     let kept_back = (remaining * headroom).floor();
-    b.level = (remaining - kept_back + b.refill * age.as_secs_f64() - others).min(capacity);
+    let level = (remaining - kept_back + b.refill * age.as_secs_f64() - others).min(capacity);
+    // A snapshot older than the one the level came from carries the error of the refill
+    // estimate times its age: it may lower the level, never raise it.
+    if decided_at >= b.learned_at {
+        b.level = level;
+        b.learned_at = decided_at;
+    } else {
+        b.level = b.level.min(level);
+    }
 }
 
 struct Shared {
@@ -863,6 +906,12 @@ fn rate_limited(
             explained = Some(explained.flatten().max(s.reset_tokens));
         }
     }
+    if let Some((since, tokens)) = grant {
+        if st.refusals.len() >= REFUSALS_KEPT {
+            st.refusals.pop_front();
+        }
+        st.refusals.push_back((since.grants, tokens));
+    }
     // A hint pauses the key; an empty bucket with no hint is left to the bucket's refill; a
     // 429 that nothing explains pauses for the default.
     let pause = match (hint, explained) {
@@ -922,7 +971,7 @@ pub struct Permit {
     waited: Duration,
     level_before: Option<f64>,
     grants: u64,
-    granted_tokens: u64,
+    since: Since,
     open: bool,
 }
 
@@ -998,11 +1047,7 @@ impl Permit {
     }
 
     fn since(&self) -> Since {
-        Since {
-            sent_at: self.sent_at,
-            grants: self.grants,
-            granted_tokens: self.granted_tokens,
-        }
+        self.since
     }
 
     /// Corrects the token estimate: when this request was alone in flight, the server's
@@ -1149,8 +1194,8 @@ impl Future for Acquire {
                         sent_at: now,
                         waited,
                         level_before: info.level_before,
-                        grants: info.grants,
-                        granted_tokens: info.granted_tokens,
+                        grants: info.since.grants,
+                        since: info.since,
                         open: true,
                     }));
                 }
