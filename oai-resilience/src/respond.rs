@@ -9,7 +9,8 @@
 //! - **Status**: the upstream's when one answered; otherwise the one OpenAI uses for the same
 //!   fault: 400 for a local validation failure, 401 for a missing or malformed key, 429 when
 //!   the pacer gave up or the quota is gone, 413 for an oversized body, 502 for a connection
-//!   failure or a body that could not be replayed, 504 for a timeout, 500 otherwise.
+//!   failure, a body that could not be replayed or an upstream answer that could not be read
+//!   or decoded, 504 for a timeout, 500 otherwise.
 //! - **Body**: `{"error": {"message", "type", "param", "code"}}`, the upstream's own fields
 //!   when it sent them (for a local failure: `missing_required_parameter` or `invalid_value`
 //!   with the parameter's path in `param`, `invalid_api_key`, `rate_limit_exceeded`, …),
@@ -62,9 +63,11 @@ pub fn status_for(err: &Error) -> StatusCode {
         ErrorKind::RateLimited | ErrorKind::QuotaExceeded => StatusCode::TOO_MANY_REQUESTS,
         ErrorKind::RequestTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         ErrorKind::Timeout | ErrorKind::RequestTimeout => StatusCode::GATEWAY_TIMEOUT,
-        ErrorKind::Connection | ErrorKind::ServerError | ErrorKind::NotReplayable => {
-            StatusCode::BAD_GATEWAY
-        }
+        ErrorKind::Connection
+        | ErrorKind::ServerError
+        | ErrorKind::NotReplayable
+        | ErrorKind::Decode
+        | ErrorKind::ResponseBody => StatusCode::BAD_GATEWAY,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
@@ -325,6 +328,13 @@ mod tests {
                 None,
             ),
             (
+                Error::new(ErrorKind::ResponseBody),
+                502,
+                "server_error",
+                None,
+                None,
+            ),
+            (
                 Error::new(ErrorKind::RequestTooLarge),
                 413,
                 "invalid_request_error",
@@ -341,7 +351,10 @@ mod tests {
             assert_eq!(v["error"]["param"].as_str(), param, "{err}");
             let sent = matches!(
                 err.kind(),
-                ErrorKind::Timeout | ErrorKind::Connection | ErrorKind::RequestTooLarge
+                ErrorKind::Timeout
+                    | ErrorKind::Connection
+                    | ErrorKind::RequestTooLarge
+                    | ErrorKind::ResponseBody
             );
             assert_eq!(v["error"]["attempts"], u32::from(sent), "{err}");
             assert_eq!(res.headers()["x-should-retry"], "false");
