@@ -52,9 +52,10 @@ fn burst_over_two_processes_in_process_and_through_redis() {
         assert_eq!(count(run, "ok") + count(run, "failed"), 40, "{run}");
         assert!(run["p50_ms"].as_f64() <= run["p99_ms"].as_f64(), "{run}");
     }
-    // Through Redis, cold: each process probes once, then both pace on the limits learned
-    // into Redis, so only a few 429s (the other process's probe, not yet counted in the first
-    // one's headers; requests in flight), each retried once.
+    // Through Redis, cold: the first wave (8 calls, within the bucket of 20) goes out at once,
+    // then both processes pace on the limits learned into Redis, so only a few 429s
+    // (requests in flight that another process's headers did not count yet), each retried
+    // once.
     let redis = &runs[1];
     assert_eq!(count(redis, "failed"), 0, "{redis}");
     let limited = count(redis, "server_429s");
