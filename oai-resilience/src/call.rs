@@ -69,31 +69,11 @@
 //!
 //! # Options
 //!
-//! `#[openai_call(option, option, …)]`, each at most once, in any order:
-//!
-//! | option | meaning |
-//! |---|---|
-//! | `retry = <expr>` | the base [`RetryConfig`](crate::retry::RetryConfig) (default `RetryConfig::new()`) |
-//! | `policy = <expr>` | a [`Policy`](crate::retry::Policy) that replaces the default one |
-//! | `max_attempts = <u32>` | maximum attempts, counting the first (default 5) |
-//! | `base_delay = "500ms"` | the backoff's base delay |
-//! | `max_delay = "20s"` | the backoff's cap |
-//! | `timeout = "60s"` | the overall deadline: attempts and delays included; an attempt in flight is cut (default 10 min) |
-//! | `idempotent` | the call is safe to repeat after a local timeout (like a GET): the policy may retry timeouts ([`call_with`](crate::retry::call_with)); by default it is treated like a POST |
-//! | `skip(a, b)` | arguments left out of the context |
-//! | `skip_all` | no argument in the context |
-//! | `name = "…"` | the name reported instead of the function's path |
-//! | `validate(arg = "POST /v1/chat/completions")` | validate the `Serialize` argument `arg` as that endpoint's body first |
-//! | `api_key = <expr>` | check the key held by `<expr>` first: a `&str`, `String`, [`ApiKey`](crate::ApiKey), `SecretString`, [`KeySource`](crate::KeySource), or an `Option` of one (`None` is a missing key) |
-//! | `api_key = "ENV_VAR"` | check the key in that environment variable first |
-//! | `key_rules = <expr>` | the [`KeyRules`](crate::auth::KeyRules) that `api_key` is checked with (default [`KeyRules::openai`](crate::auth::KeyRules::openai); [`KeyRules::lenient`](crate::auth::KeyRules::lenient) for compatible services with other key shapes) |
-//! | `base_url = <expr>` | the base URL the body sends to (a `&str`, `String` or `http::Uri`, with or without `/v1`; may use the arguments): `api_key` is checked for its host, as the auth layer checks it (default: the host of `OPENAI_BASE_URL` if set, else OpenAI's) |
-//! | `crate = "path"` | the path of this crate, for a renamed dependency |
-//!
-//! Durations are literals checked at compile time (`h`, `m`, `s`, `ms`, `us`, `ns`, fractions,
-//! combined as in `"1m30s"`) or any `std::time::Duration` expression. The retry configuration
-//! is built **once per function**, at its first call, and kept in a static: the calls of one
-//! function share its retry budget, and the option expressions cannot use the arguments.
+//! `retry`, `policy`, `max_attempts`, `base_delay`, `max_delay`, `timeout`, `idempotent`,
+//! `skip(..)`, `skip_all`, `name`, `validate(..)`, `api_key`, `key_rules`, `base_url` and
+//! `crate`: each is documented on the attribute, [`openai_call`](crate::openai_call), with an
+//! example. The retry configuration is built **once per function**, at its first call, and
+//! kept in a static: the calls of one function share its retry budget.
 //!
 //! # Arguments
 //!
