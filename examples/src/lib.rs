@@ -2,12 +2,10 @@
 //! them: each binary (`examples/<name>.rs`) is a thin `main` over a module here.
 //!
 //! - [`stack`]: the default stack assembled from the layers;
-//! - [`gateway`]: an OpenAI-compatible proxy that applies the stack (`--bin gateway`);
 //! - [`hyper_client`]: the stack over a hyper-util client, by hand and with the builder
 //!   (`--bin hyper_client`);
 //! - [`demo`]: the demo's workload and report (`--bin demo`).
 
 pub mod demo;
-pub mod gateway;
 pub mod hyper_client;
 pub mod stack;

@@ -1,31 +1,30 @@
-//! The gateway example end to end: an OpenAI-shaped request over loopback, through the
-//! gateway's stack, to the mock server; errors come back as OpenAI's error JSON.
+//! The gateway end to end: an OpenAI-shaped request over loopback, through the gateway's
+//! stack, to the mock server; errors come back as OpenAI's error JSON. (Moved from the
+//! `examples` gateway's tests, `tests/tests/gateway_proxy.rs`.)
+
+mod support;
 
 use std::net::SocketAddr;
 
 use bytes::Bytes;
-use examples::gateway::{Gateway, ATTEMPTS_HEADER, HINT_HEADER};
-use examples::stack::{http_client, Layers};
 use http_body_util::{BodyExt, Full};
 use hyper_util::{client::legacy::Client, rt::TokioExecutor};
-use oai_resilience::auth::EnvSource;
+use oai_gateway::gateway::{ATTEMPTS_HEADER, HINT_HEADER};
 use oai_resilience::mock::{MockResponse, MockServer, Route};
-use oai_resilience::{AuthLayer, RetryConfig};
+use oai_resilience::RetryConfig;
 use serde_json::Value;
 
 const KEY: &str = "sk-proj-AbCdEfGhIjKlMnOpQrStUvWxYz0123456789";
 const CHAT: &str = r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Hi"}]}"#;
 
-/// Starts a gateway in front of `upstream`; `env_key` plays `OPENAI_API_KEY`.
+/// Starts a gateway in front of `upstream`; `env_key` plays `OPENAI_API_KEY` (which a
+/// gateway without access keys never uses).
 async fn gateway(upstream: &MockServer, env_key: Option<&'static str>) -> SocketAddr {
-    let env = EnvSource::with_lookup(move |name| match name {
-        "OPENAI_API_KEY" => env_key.map(str::to_owned),
-        _ => None,
-    });
-    let layers = Layers::new(AuthLayer::new(env)).retry(RetryConfig::new().seed(7));
-    let gw = Gateway::new(&upstream.url(), layers.build(http_client())).unwrap();
-    let (addr, _task) = gw.spawn(([127, 0, 0, 1], 0).into()).await.unwrap();
-    addr
+    let url = upstream.url();
+    let env: Vec<(&str, &str)> = env_key.map(|k| ("OPENAI_API_KEY", k)).into_iter().collect();
+    let mut c = support::config(&["--upstream", &url, "--allow-route", "/v1/unknown"], &env);
+    c.retry = RetryConfig::new().seed(7);
+    support::start(c).await
 }
 
 struct Answer {
@@ -179,22 +178,45 @@ async fn malformed_keys_get_401_and_nothing_reaches_the_upstream() {
 }
 
 #[tokio::test]
-async fn key_comes_from_the_environment_when_the_request_has_none() {
+async fn the_server_key_is_used_only_with_an_access_key() {
+    // Before #20 the gateway sent OPENAI_API_KEY for any request without a key. Now it does
+    // so only for a request that presented an access key.
     let server = MockServer::builder().api_key(KEY).start().await;
-    let with_env = gateway(&server, Some(KEY)).await;
-    let a = post(with_env, "/v1/chat/completions", None, CHAT).await;
+    let url = server.url();
+    let access = "gw-team-0123456789abcdef";
+    let with_access = support::start(support::config(
+        &[
+            "--upstream",
+            &url,
+            "--access-key",
+            &format!("team={access}"),
+        ],
+        &[("OPENAI_API_KEY", KEY)],
+    ))
+    .await;
+    let a = post(
+        with_access,
+        "/v1/chat/completions",
+        Some(&bearer(access)),
+        CHAT,
+    )
+    .await;
     assert_eq!(a.status, 200, "{}", a.json);
     assert_eq!(server.counts().ok, 1);
+    let a = post(with_access, "/v1/chat/completions", None, CHAT).await;
+    assert_eq!(a.status, 401, "{}", a.json);
+    assert_openai_error_shape(&a);
 
-    // Neither the request nor the environment has a key: 401 locally.
-    let without = gateway(&server, None).await;
+    // Without access keys, a request without a key gets 401 locally even with
+    // OPENAI_API_KEY set.
+    let without = gateway(&server, Some(KEY)).await;
     let a = post(without, "/v1/chat/completions", None, CHAT).await;
     assert_eq!(a.status, 401, "{}", a.json);
     assert_openai_error_shape(&a);
     assert!(a.json["error"]["hint"]
         .as_str()
         .unwrap()
-        .contains("OPENAI_API_KEY"));
+        .contains("own OpenAI key"));
     assert_eq!(server.counts().total, 1);
 }
 
@@ -266,7 +288,7 @@ async fn validation_runs_before_the_key_check_and_a_good_call_still_passes() {
     .await;
     assert_eq!(a.status, 400, "{}", a.json);
     assert_eq!(server.counts().total, 0);
-    // Unknown routes pass through to the upstream untouched (here: its 404).
+    // A route allowed with --allow-route that the upstream does not know: its 404.
     let a = post(addr, "/v1/unknown", Some(&bearer(KEY)), "{}").await;
     assert_eq!(a.status, 404, "{}", a.json);
     assert_openai_error_shape(&a);
@@ -279,10 +301,9 @@ async fn unreachable_upstream_is_502_after_retries() {
     let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let dead = format!("http://{}", free.local_addr().unwrap());
     drop(free);
-    let layers =
-        Layers::new(AuthLayer::check_only()).retry(RetryConfig::new().max_attempts(3).seed(1));
-    let gw = Gateway::new(&dead, layers.build(http_client())).unwrap();
-    let (addr, _task) = gw.spawn(([127, 0, 0, 1], 0).into()).await.unwrap();
+    let mut c = support::config(&["--upstream", &dead], &[]);
+    c.retry = RetryConfig::new().max_attempts(3).seed(1);
+    let addr = support::start(c).await;
     let a = post(addr, "/v1/chat/completions", Some(&bearer(KEY)), CHAT).await;
     assert_eq!(a.status, 502, "{}", a.json);
     assert_openai_error_shape(&a);
@@ -292,22 +313,6 @@ async fn unreachable_upstream_is_502_after_retries() {
         .as_str()
         .unwrap()
         .contains("could not reach the server"));
-}
-
-#[test]
-fn upstream_url_is_checked_and_normalised() {
-    let stack = || Layers::new(AuthLayer::check_only()).build(http_client());
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let gw = Gateway::new("http://127.0.0.1:9/v1/", stack()).unwrap();
-        assert_eq!(gw.upstream(), "http://127.0.0.1:9");
-        assert!(Gateway::new("127.0.0.1:9", stack()).is_err());
-        assert!(Gateway::new("ftp://x", stack()).is_err());
-        assert!(Gateway::new("not a url", stack()).is_err());
-    });
 }
 
 #[tokio::test(start_paused = true)]

@@ -1,4 +1,4 @@
-//! Gateway replicas that share one rate limit through Redis (`gateway --store redis://...`):
+//! Gateway replicas that share one rate limit through Redis (`--store redis://...`):
 //! two gateways, each with its own `RedisStore` and connection, in front of one mock with a
 //! bucket of 20 requests refilled at 20/s, against a real `redis-server` started on a free
 //! loopback port (`scripts/ensure-redis.sh` installs it).
@@ -9,26 +9,26 @@ mod redis_server;
 use std::net::SocketAddr;
 
 use bytes::Bytes;
-use examples::gateway::{pacing_store, Gateway};
-use examples::stack::{http_client, Layers};
 use http_body_util::{BodyExt, Full};
 use hyper_util::{client::legacy::Client, rt::TokioExecutor};
+use oai_gateway::upstream::pacing_store;
 use oai_resilience::mock::{MockServer, RateLimit};
 use oai_resilience::pace::{BucketLimits, LearnedLimits, PaceKey, PacingStore, RedisStore};
-use oai_resilience::{AuthLayer, RetryConfig};
+use oai_resilience::RetryConfig;
 use redis_server::RedisServer;
 
 const KEY: &str = "sk-proj-AbCdEfGhIjKlMnOpQrStUvWxYz0123456789";
 const CHAT: &str = r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Hi"}]}"#;
 
+mod support;
+
+/// A gateway in front of `upstream` pacing through `store`, or in-process.
 async fn gateway(upstream: &MockServer, store: Option<RedisStore>) -> SocketAddr {
-    let mut layers = Layers::new(AuthLayer::check_only()).retry(RetryConfig::new().seed(7));
-    if let Some(store) = store {
-        layers = layers.pacing_store(store);
-    }
-    let gw = Gateway::new(&upstream.url(), layers.build(http_client())).unwrap();
-    let (addr, _task) = gw.spawn(([127, 0, 0, 1], 0).into()).await.unwrap();
-    addr
+    let url = upstream.url();
+    let mut c = support::config(&["--upstream", &url], &[]);
+    c.retry = RetryConfig::new().seed(7);
+    let gw = oai_gateway::Gateway::with_store(&c, store).unwrap();
+    support::serve(gw, &c).await
 }
 
 /// `calls` chat calls through the gateway at `addr`, `workers` at a time; the statuses.
@@ -127,11 +127,14 @@ async fn store_argument() {
     let err = pacing_store("memcached://127.0.0.1:11211")
         .await
         .unwrap_err();
-    assert!(err.contains("expected memory or redis://"), "{err}");
+    assert!(
+        err.to_string().contains("expected memory or redis://"),
+        "{err}"
+    );
     // A URL the client refuses; the message does not repeat it (it may hold a password).
     let err = pacing_store("redis://:hunter2@[bad").await.unwrap_err();
-    assert!(err.contains("not a usable Redis URL"), "{err}");
-    assert!(!err.contains("hunter2"), "{err}");
+    assert!(err.to_string().contains("not a usable Redis URL"), "{err}");
+    assert!(!err.to_string().contains("hunter2"), "{err}");
     // The default gateway paces in-process.
     let upstream = MockServer::builder().api_key(KEY).start().await;
     let gw = gateway(&upstream, None).await;

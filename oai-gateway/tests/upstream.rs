@@ -4,22 +4,19 @@
 use std::net::SocketAddr;
 
 use bytes::Bytes;
-use examples::gateway::Gateway;
-use examples::stack::{http_client, Layers};
 use http_body_util::{BodyExt, Full};
 use hyper_util::{client::legacy::Client, rt::TokioExecutor};
+use oai_gateway::config::Command;
+use oai_gateway::Config;
 use oai_resilience::mock::MockServer;
-use oai_resilience::stack::InvalidBaseUrl;
-use oai_resilience::AuthLayer;
 
 const KEY: &str = "sk-proj-AbCdEfGhIjKlMnOpQrStUvWxYz0123456789";
 const CHAT: &str = r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Hi"}]}"#;
 
+mod support;
+
 async fn gateway(upstream: &str) -> SocketAddr {
-    let layers = Layers::new(AuthLayer::check_only());
-    let gw = Gateway::new(upstream, layers.build(http_client())).unwrap();
-    let (addr, _task) = gw.spawn(([127, 0, 0, 1], 0).into()).await.unwrap();
-    addr
+    support::start(support::config(&["--upstream", upstream], &[])).await
 }
 
 async fn chat(addr: SocketAddr) -> (u16, String) {
@@ -54,24 +51,28 @@ async fn upstream_with_or_without_v1_forwards_to_the_same_path() {
     assert_eq!(paths, vec!["/v1/chat/completions"; spellings.len()]);
 }
 
-#[test]
-fn an_invalid_upstream_is_a_typed_error() {
-    let stack = || Layers::new(AuthLayer::check_only()).build(http_client());
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let gw = Gateway::new("http://127.0.0.1:9/v1", stack()).unwrap();
-        assert_eq!(gw.upstream(), "http://127.0.0.1:9");
-        for bad in [
-            "127.0.0.1:9/v1",
-            "http://127.0.0.1:9/v1?x=1",
-            "http://user:pw@127.0.0.1:9/v1",
-        ] {
-            let err: InvalidBaseUrl = Gateway::new(bad, stack()).unwrap_err();
-            assert!(err.to_string().starts_with("invalid base URL"), "{err}");
-            assert!(!err.to_string().contains("pw"), "{err}");
-        }
-    });
+#[tokio::test]
+async fn an_invalid_upstream_is_a_config_error_that_hides_credentials() {
+    let gw = oai_gateway::Gateway::new(&support::config(
+        &["--upstream", "http://127.0.0.1:9/v1/"],
+        &[],
+    ))
+    .await
+    .unwrap();
+    assert_eq!(gw.upstream(), "http://127.0.0.1:9");
+    let none = |_: &str| None;
+    for bad in [
+        "127.0.0.1:9/v1",
+        "http://127.0.0.1:9/v1?x=1",
+        "http://user:pw@127.0.0.1:9/v1",
+        "ftp://x",
+        "not a url",
+    ] {
+        let err = match Config::from_args(["--upstream", bad], &none) {
+            Err(e) => e.to_string(),
+            Ok(Command::Run(_)) | Ok(Command::Help) => panic!("{bad} accepted"),
+        };
+        assert!(err.starts_with("--upstream: invalid base URL"), "{err}");
+        assert!(!err.contains("pw"), "{err}");
+    }
 }

@@ -1,0 +1,455 @@
+//! The gateway's configuration: flags, each with an environment variable, checked before
+//! anything starts. A bad value is a [`ConfigError`] with a message that names the flag (the
+//! binary prints it and exits with status 2); secrets (keys) never appear in a message.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use http::HeaderName;
+use oai_resilience::auth::{ApiKey, Credentials};
+use oai_resilience::RetryConfig;
+
+use crate::gateway::access::AccessKeys;
+use crate::gateway::routes::Routes;
+
+/// The text of `oai-gateway --help`.
+pub const HELP: &str = "\
+oai-gateway: an OpenAI-compatible proxy with retries, pacing and typed errors
+
+USAGE:
+    oai-gateway [OPTIONS]
+
+Each option can also be set by the environment variable named after it; a flag wins over
+its variable. Durations are seconds (`30`) or take a unit (`500ms`, `30s`, `2m`).
+
+UPSTREAM:
+    --upstream URL                  OAI_GATEWAY_UPSTREAM      default https://api.openai.com/v1
+        The OpenAI-compatible API to forward to, with or without /v1 (http:// or https://).
+    --upstream-ca FILE              OAI_GATEWAY_UPSTREAM_CA
+        A PEM file of CA certificates trusted for the upstream, besides the webpki roots.
+    --upstream-auth-header NAME     OAI_GATEWAY_UPSTREAM_AUTH_HEADER   default authorization
+        `authorization` (Authorization: Bearer KEY) or another header that carries the bare
+        key, such as `api-key` for Azure OpenAI.
+
+ACCESS (who may use which key; see the README's security model):
+    --access-key NAME=KEY           (repeatable)
+        An access key that clients send as `Authorization: Bearer KEY`; NAME appears in logs.
+        With access keys, requests that present one are sent with the server's key
+        (OPENAI_API_KEY) and all others get 401 locally. Prefer --access-keys-file: command
+        lines are visible to other users of the machine.
+    --access-keys-file FILE         OAI_GATEWAY_ACCESS_KEYS_FILE
+        One `NAME KEY` per line; blank lines and lines starting with # are ignored.
+    OPENAI_API_KEY, OPENAI_ORG_ID, OPENAI_PROJECT_ID (environment only)
+        The server's key, used only for requests that presented a valid access key. Without
+        access keys it is never used: each request must carry its caller's own key.
+
+ROUTES:
+    --allow-route PREFIX            OAI_GATEWAY_ALLOW_ROUTES (comma-separated)   (repeatable)
+        Forward this path prefix too (e.g. /v1/rerank), besides the OpenAI API's routes.
+    --no-default-routes             OAI_GATEWAY_NO_DEFAULT_ROUTES=1
+        Forward only the --allow-route prefixes.
+    --allow-admin-routes            OAI_GATEWAY_ALLOW_ADMIN_ROUTES=1
+        Also forward /v1/organization/... (admin keys, users, projects, usage, costs).
+
+LIMITS AND OPERATIONS:
+    --listen ADDR                   OAI_GATEWAY_LISTEN        default 127.0.0.1:8787
+    --max-body-bytes N              OAI_GATEWAY_MAX_BODY_BYTES        default 8388608 (8 MiB)
+    --header-read-timeout DURATION  OAI_GATEWAY_HEADER_READ_TIMEOUT   default 10s
+    --body-read-timeout DURATION    OAI_GATEWAY_BODY_READ_TIMEOUT     default 60s
+    --max-connections N             OAI_GATEWAY_MAX_CONNECTIONS       default 1024
+    --drain-timeout DURATION        OAI_GATEWAY_DRAIN_TIMEOUT         default 30s
+        On SIGTERM or SIGINT: stop accepting, let requests in flight finish for up to this
+        long, then exit 0.
+    --store memory|redis://HOST:PORT  OAI_GATEWAY_STORE         default memory
+        Where the pacing state lives; with Redis, replicas that use one key share its limit.
+    -h, --help                      This text.
+
+ENDPOINTS: GET /healthz (the process is up), GET /readyz (not draining, the upstream host
+resolves, Redis answers when --store is Redis); every other path is forwarded if allowed.
+Exit status: 0 after a drain, 2 for a configuration error, 1 if the address cannot be bound.
+";
+
+/// How the gateway sends the key upstream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UpstreamAuth {
+    /// `Authorization: Bearer KEY`, as OpenAI expects.
+    Bearer,
+    /// The bare key in a named header (`api-key` for Azure OpenAI).
+    Header(HeaderName),
+}
+
+/// A configuration error: the message names the flag or variable at fault.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError(pub String);
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+fn err(msg: impl Into<String>) -> ConfigError {
+    ConfigError(msg.into())
+}
+
+/// Everything the gateway needs. Built by [`Config::from_args`]; tests also build it from
+/// [`Config::default`] and field assignment.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where to listen.
+    pub listen: SocketAddr,
+    /// The upstream base URL, as the SDKs write it.
+    pub upstream: String,
+    /// A PEM file of extra CA certificates for the upstream.
+    pub upstream_ca: Option<PathBuf>,
+    /// The header that carries the key upstream.
+    pub upstream_auth: UpstreamAuth,
+    /// The access keys (hashed); empty: callers bring their own OpenAI key.
+    pub access_keys: AccessKeys,
+    /// The server's key (`OPENAI_API_KEY`, with `OPENAI_ORG_ID`/`OPENAI_PROJECT_ID`), used
+    /// only for requests that presented a valid access key.
+    pub server_key: Option<Credentials>,
+    /// The routes forwarded.
+    pub routes: Routes,
+    /// The largest request body accepted.
+    pub max_body_bytes: usize,
+    /// How long a client may take to send a request's headers.
+    pub header_read_timeout: Duration,
+    /// How long a client may take to send a request's body.
+    pub body_read_timeout: Duration,
+    /// Connections served at once; more wait in the listen backlog.
+    pub max_connections: usize,
+    /// How long a drain waits for requests in flight.
+    pub drain_timeout: Duration,
+    /// `memory` or a Redis URL.
+    pub store: String,
+    /// The retry policy (not a flag: the library's defaults; tests seed it).
+    pub retry: RetryConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8787)),
+            upstream: "https://api.openai.com/v1".to_owned(),
+            upstream_ca: None,
+            upstream_auth: UpstreamAuth::Bearer,
+            access_keys: AccessKeys::default(),
+            server_key: None,
+            routes: Routes::default(),
+            max_body_bytes: 8 * 1024 * 1024,
+            header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(60),
+            max_connections: 1024,
+            drain_timeout: Duration::from_secs(30),
+            store: "memory".to_owned(),
+            retry: RetryConfig::new(),
+        }
+    }
+}
+
+/// What the command line asks for.
+#[derive(Debug)]
+pub enum Command {
+    /// `--help`.
+    Help,
+    /// Run with this configuration.
+    Run(Box<Config>),
+}
+
+const FLAGS_WITH_VALUE: &[(&str, &str)] = &[
+    ("--listen", "OAI_GATEWAY_LISTEN"),
+    ("--upstream", "OAI_GATEWAY_UPSTREAM"),
+    ("--upstream-ca", "OAI_GATEWAY_UPSTREAM_CA"),
+    ("--upstream-auth-header", "OAI_GATEWAY_UPSTREAM_AUTH_HEADER"),
+    ("--access-keys-file", "OAI_GATEWAY_ACCESS_KEYS_FILE"),
+    ("--max-body-bytes", "OAI_GATEWAY_MAX_BODY_BYTES"),
+    ("--header-read-timeout", "OAI_GATEWAY_HEADER_READ_TIMEOUT"),
+    ("--body-read-timeout", "OAI_GATEWAY_BODY_READ_TIMEOUT"),
+    ("--max-connections", "OAI_GATEWAY_MAX_CONNECTIONS"),
+    ("--drain-timeout", "OAI_GATEWAY_DRAIN_TIMEOUT"),
+    ("--store", "OAI_GATEWAY_STORE"),
+];
+const SWITCHES: &[(&str, &str)] = &[
+    ("--allow-admin-routes", "OAI_GATEWAY_ALLOW_ADMIN_ROUTES"),
+    ("--no-default-routes", "OAI_GATEWAY_NO_DEFAULT_ROUTES"),
+];
+
+impl Config {
+    /// Parses the command line `args` (without the program name) and the environment
+    /// `env` (a lookup, so tests can pass a fake one). Files named by the flags are read here.
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] naming the flag or variable at fault.
+    pub fn from_args<I, S>(
+        args: I,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Command, ConfigError>
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        // name -> value; repeatable flags collected apart.
+        let mut values: Vec<(&'static str, String)> = Vec::new();
+        let mut switches: Vec<&'static str> = Vec::new();
+        let mut access_flags: Vec<String> = Vec::new();
+        let mut routes_flags: Vec<String> = Vec::new();
+        let mut it = args.into_iter().map(Into::into);
+        while let Some(arg) = it.next() {
+            if arg == "-h" || arg == "--help" {
+                return Ok(Command::Help);
+            }
+            let (name, inline) = match arg.split_once('=') {
+                Some((n, v)) if n.starts_with("--") => (n.to_owned(), Some(v.to_owned())),
+                _ => (arg.clone(), None),
+            };
+            let mut value = || {
+                inline
+                    .clone()
+                    .or_else(|| it.next())
+                    .ok_or_else(|| err(format!("{name} needs a value")))
+            };
+            if let Some((flag, _)) = FLAGS_WITH_VALUE.iter().find(|(f, _)| *f == name) {
+                values.push((flag, value()?));
+            } else if let Some((flag, _)) = SWITCHES.iter().find(|(f, _)| *f == name) {
+                if inline.is_some() {
+                    return Err(err(format!("{flag} takes no value")));
+                }
+                switches.push(flag);
+            } else if name == "--access-key" {
+                access_flags.push(value()?);
+            } else if name == "--allow-route" {
+                routes_flags.push(value()?);
+            } else {
+                return Err(err(format!("unknown option {name:?}")));
+            }
+        }
+        let get = |flag: &str| -> Option<(String, String)> {
+            if let Some((_, v)) = values.iter().rev().find(|(f, _)| *f == flag) {
+                return Some((flag.to_owned(), v.clone()));
+            }
+            let var = FLAGS_WITH_VALUE.iter().find(|(f, _)| *f == flag)?.1;
+            env(var).map(|v| (var.to_owned(), v))
+        };
+        let switch = |flag: &str| -> Result<bool, ConfigError> {
+            if switches.contains(&flag) {
+                return Ok(true);
+            }
+            let var = SWITCHES.iter().find(|(f, _)| *f == flag).map(|(_, v)| *v);
+            match var.and_then(env).as_deref().map(str::trim) {
+                None | Some("" | "0" | "false" | "no") => Ok(false),
+                Some("1" | "true" | "yes") => Ok(true),
+                Some(other) => Err(err(format!(
+                    "{}: expected 1/true/yes or 0/false/no, not {other:?}",
+                    var.unwrap_or(flag)
+                ))),
+            }
+        };
+
+        let mut c = Config::default();
+        if let Some((from, v)) = get("--listen") {
+            c.listen = v.trim().parse().map_err(|e| {
+                err(format!(
+                    "{from} {v:?}: {e} (expected an address such as 127.0.0.1:8787)"
+                ))
+            })?;
+        }
+        if let Some((_, v)) = get("--upstream") {
+            c.upstream = v.trim().to_owned();
+        }
+        if let Some((_, v)) = get("--upstream-ca") {
+            c.upstream_ca = Some(PathBuf::from(v));
+        }
+        if let Some((from, v)) = get("--upstream-auth-header") {
+            c.upstream_auth = parse_auth_header(&v).map_err(|e| err(format!("{from}: {e}")))?;
+        }
+        if let Some((from, v)) = get("--max-body-bytes") {
+            c.max_body_bytes = parse_count(&v).map_err(|e| err(format!("{from}: {e}")))?;
+        }
+        if let Some((from, v)) = get("--max-connections") {
+            c.max_connections = parse_count(&v).map_err(|e| err(format!("{from}: {e}")))?;
+        }
+        for (flag, slot) in [
+            ("--header-read-timeout", &mut c.header_read_timeout),
+            ("--body-read-timeout", &mut c.body_read_timeout),
+            ("--drain-timeout", &mut c.drain_timeout),
+        ] {
+            if let Some((from, v)) = get(flag) {
+                *slot = parse_duration(&v).map_err(|e| err(format!("{from}: {e}")))?;
+            }
+        }
+        if flag_is_zero(c.header_read_timeout) || flag_is_zero(c.body_read_timeout) {
+            return Err(err(
+                "--header-read-timeout and --body-read-timeout must be above 0",
+            ));
+        }
+        if let Some((_, v)) = get("--store") {
+            c.store = v.trim().to_owned();
+        }
+
+        // Routes.
+        let mut extra: Vec<String> = routes_flags;
+        if extra.is_empty() {
+            if let Some(v) = env("OAI_GATEWAY_ALLOW_ROUTES") {
+                extra = v
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_owned)
+                    .collect();
+            }
+        }
+        let defaults = !switch("--no-default-routes")?;
+        c.routes = Routes::new(defaults, switch("--allow-admin-routes")?, &extra)?;
+
+        // Access keys.
+        let mut named: Vec<(String, String)> = Vec::new();
+        for (i, v) in access_flags.iter().enumerate() {
+            let (name, key) = v.split_once('=').ok_or_else(|| {
+                err(format!(
+                    "--access-key number {}: expected NAME=KEY (the key is not shown)",
+                    i + 1
+                ))
+            })?;
+            named.push((name.trim().to_owned(), key.trim().to_owned()));
+        }
+        if let Some((from, path)) = get("--access-keys-file") {
+            let text = std::fs::read_to_string(&path)
+                .map_err(|e| err(format!("{from}: cannot read {path:?}: {e}")))?;
+            for (n, line) in text.lines().enumerate() {
+                let line = line.trim();
+                if line.is_empty() || line.starts_with('#') {
+                    continue;
+                }
+                let mut parts = line.split_whitespace();
+                match (parts.next(), parts.next(), parts.next()) {
+                    (Some(name), Some(key), None) => named.push((name.to_owned(), key.to_owned())),
+                    _ => {
+                        return Err(err(format!(
+                            "{from}: {path:?} line {}: expected `NAME KEY` (the line is not shown)",
+                            n + 1
+                        )))
+                    }
+                }
+            }
+        }
+        c.access_keys = AccessKeys::new(named)?;
+
+        // The server's key.
+        if let Some(key) = env("OPENAI_API_KEY").filter(|k| !k.trim().is_empty()) {
+            let mut creds = Credentials::new(ApiKey::new(key.trim().to_owned()));
+            if let Some(org) = env("OPENAI_ORG_ID").filter(|v| !v.trim().is_empty()) {
+                creds = creds.with_organization(org.trim().to_owned());
+            }
+            if let Some(project) = env("OPENAI_PROJECT_ID").filter(|v| !v.trim().is_empty()) {
+                creds = creds.with_project(project.trim().to_owned());
+            }
+            c.server_key = Some(creds);
+        }
+        c.check()?;
+        Ok(Command::Run(Box::new(c)))
+    }
+
+    /// Checks what can be checked without the network: the upstream URL, the key setup, the
+    /// CA file. [`Gateway::new`](crate::Gateway::new) calls it too.
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] naming what is wrong.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        oai_resilience::OpenAiLayer::new()
+            .try_base_url(&self.upstream)
+            .map_err(|e| err(format!("--upstream: {e}")))?;
+        if self.max_body_bytes == 0 || self.max_connections == 0 {
+            return Err(err(
+                "--max-body-bytes and --max-connections must be above 0",
+            ));
+        }
+        if !self.access_keys.is_empty() {
+            let Some(server) = &self.server_key else {
+                return Err(err(
+                    "access keys are configured but OPENAI_API_KEY is not set: the gateway has \
+                     no key to send for the callers that present one",
+                ));
+            };
+            if self
+                .access_keys
+                .verify(server.key().expose_secret().as_bytes())
+                .is_some()
+            {
+                return Err(err(
+                    "an access key is the same as OPENAI_API_KEY: give clients keys of their own",
+                ));
+            }
+        }
+        if let Some(path) = &self.upstream_ca {
+            crate::upstream::read_ca(path)?;
+        }
+        Ok(())
+    }
+}
+
+fn flag_is_zero(d: Duration) -> bool {
+    d.is_zero()
+}
+
+fn parse_auth_header(v: &str) -> Result<UpstreamAuth, String> {
+    let v = v.trim().to_ascii_lowercase();
+    if v == "authorization" || v == "bearer" {
+        return Ok(UpstreamAuth::Bearer);
+    }
+    let name =
+        HeaderName::from_bytes(v.as_bytes()).map_err(|_| format!("{v:?} is not a header name"))?;
+    Ok(UpstreamAuth::Header(name))
+}
+
+fn parse_count(v: &str) -> Result<usize, String> {
+    let v = v.trim().replace('_', "");
+    match v.parse::<usize>() {
+        Ok(n) if n > 0 => Ok(n),
+        Ok(_) => Err("must be above 0".to_owned()),
+        Err(_) => Err(format!("{v:?} is not a whole number")),
+    }
+}
+
+/// `30`, `30s`, `500ms`, `2m`.
+pub fn parse_duration(v: &str) -> Result<Duration, String> {
+    let v = v.trim();
+    let bad = || format!("{v:?} is not a duration (use 30, 30s, 500ms or 2m)");
+    let (num, unit) = match v.find(|c: char| !c.is_ascii_digit() && c != '.') {
+        Some(i) => v.split_at(i),
+        None => (v, "s"),
+    };
+    let n: f64 = num.parse().map_err(|_| bad())?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return Err(bad()),
+    };
+    if !secs.is_finite() || !(0.0..=86_400.0 * 365.0).contains(&secs) {
+        return Err(bad());
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("30"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("-1").is_err());
+        assert!(parse_duration("").is_err());
+    }
+}
