@@ -1,0 +1,331 @@
+//! Item 5 of issue #20 (part): health endpoints, the header-read and body-read timeouts, the
+//! connection cap, an oversized declared body refused at once, and the SIGTERM drain of the
+//! binary.
+
+mod support;
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use oai_resilience::mock::MockServer;
+use support::{config, raw, request, start, RawUpstream, CHAT, KEY};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+
+#[tokio::test]
+async fn healthz_and_readyz() {
+    let upstream = RawUpstream::start().await;
+    let gw = start(config(&["--upstream", &upstream.url()], &[])).await;
+    let res = request(gw, "GET", "/healthz", &[], "").await;
+    assert_eq!(
+        (res.status, res.json()["status"].as_str()),
+        (200, Some("ok"))
+    );
+    let res = request(gw, "GET", "/readyz", &[], "").await;
+    assert_eq!(res.status, 200, "{}", res.body);
+    assert!(upstream.received().is_empty());
+
+    let unresolvable = start(config(
+        &["--upstream", "https://no-such-host.invalid/v1"],
+        &[],
+    ))
+    .await;
+    let res = request(unresolvable, "GET", "/healthz", &[], "").await;
+    assert_eq!(res.status, 200);
+    let res = request(unresolvable, "GET", "/readyz", &[], "").await;
+    assert_eq!(res.status, 503, "{}", res.body);
+    assert!(res.json()["reason"].as_str().unwrap().contains("resolve"));
+}
+
+#[tokio::test]
+async fn an_oversized_declared_body_is_refused_at_once() {
+    let upstream = RawUpstream::start().await;
+    let gw = start(config(
+        &["--upstream", &upstream.url(), "--max-body-bytes", "1024"],
+        &[],
+    ))
+    .await;
+    let start = Instant::now();
+    // 10 GB declared, 8 bytes sent, the connection left open.
+    let res = raw(
+        gw,
+        &format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {KEY}\r\n\
+             content-type: application/json\r\ncontent-length: 10000000000\r\n\r\n{{\"model\""
+        ),
+    )
+    .await;
+    assert_eq!(res.status, 413, "{}", res.body);
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        start.elapsed()
+    );
+    assert!(res.json()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("1024"));
+    // A body over the limit without a declared length (chunked) is cut at the limit: 413.
+    let big = "x".repeat(2000);
+    let res = raw(
+        gw,
+        &format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {KEY}\r\n\
+             transfer-encoding: chunked\r\n\r\n{:x}\r\n{big}\r\n0\r\n\r\n",
+            big.len()
+        ),
+    )
+    .await;
+    assert_eq!(res.status, 413, "{}", res.body);
+    assert!(upstream.received().is_empty());
+}
+
+/// Whether the server closes `stream` within `within` (reads until EOF or an error).
+async fn closed_within(stream: &mut TcpStream, within: Duration) -> bool {
+    let mut buf = [0u8; 1024];
+    tokio::time::timeout(within, async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await
+    .is_ok()
+}
+
+#[tokio::test]
+async fn slow_clients_are_cut_off() {
+    let upstream = RawUpstream::start().await;
+    let gw = start(config(
+        &[
+            "--upstream",
+            &upstream.url(),
+            "--header-read-timeout",
+            "300ms",
+            "--body-read-timeout",
+            "300ms",
+        ],
+        &[],
+    ))
+    .await;
+    // Silence after connecting.
+    let mut silent = TcpStream::connect(gw).await.unwrap();
+    assert!(closed_within(&mut silent, Duration::from_secs(3)).await);
+    // Headers never finished.
+    let mut slow = TcpStream::connect(gw).await.unwrap();
+    slow.write_all(b"GET /v1/models HTTP/1.1\r\nhost: x\r\n")
+        .await
+        .unwrap();
+    assert!(closed_within(&mut slow, Duration::from_secs(3)).await);
+    // A body that stops arriving: 408.
+    let start = Instant::now();
+    let res = raw(
+        gw,
+        &format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {KEY}\r\n\
+             content-length: 100\r\n\r\n{{\"model\""
+        ),
+    )
+    .await;
+    assert_eq!(res.status, 408, "{}", res.body);
+    assert!(start.elapsed() < Duration::from_secs(3));
+    assert!(upstream.received().is_empty());
+}
+
+#[tokio::test]
+async fn connections_over_the_cap_wait() {
+    let upstream = RawUpstream::start().await;
+    let gw = start(config(
+        &[
+            "--upstream",
+            &upstream.url(),
+            "--max-connections",
+            "2",
+            "--header-read-timeout",
+            "30s",
+        ],
+        &[],
+    ))
+    .await;
+    let a = TcpStream::connect(gw).await.unwrap();
+    let _b = TcpStream::connect(gw).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let third = tokio::spawn(async move { request(gw, "GET", "/healthz", &[], "").await });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!third.is_finished(), "a third connection was served");
+    drop(a);
+    let res = tokio::time::timeout(Duration::from_secs(5), third)
+        .await
+        .expect("served once a slot is free")
+        .unwrap();
+    assert_eq!(res.status, 200);
+}
+
+/// Runs the binary with `args`; returns the child and the address it listens on.
+async fn spawn_binary(args: &[&str]) -> (tokio::process::Child, String) {
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_oai-gateway"))
+        .args(["--listen", "127.0.0.1:0"])
+        .args(args)
+        .env_remove("OPENAI_API_KEY")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let addr = tokio::time::timeout(Duration::from_secs(60), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if let Some(rest) = line.strip_prefix("oai-gateway: listening on http://") {
+                return rest.split('/').next().unwrap().to_owned();
+            }
+        }
+        panic!("the gateway exited before listening");
+    })
+    .await
+    .expect("the gateway did not start listening");
+    // Keep reading stdout so the child never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    (child, addr)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_calls_in_flight_finish_and_exits_0() {
+    let upstream = MockServer::builder()
+        .latency(Duration::from_millis(1500))
+        .start()
+        .await;
+    let url = upstream.url();
+    let (mut child, addr) = spawn_binary(&["--upstream", &url, "--drain-timeout", "20s"]).await;
+    let addr: std::net::SocketAddr = addr.parse().unwrap();
+    let auth = format!("Bearer {KEY}");
+    let calls: Vec<_> = (0..3)
+        .map(|_| {
+            let auth = auth.clone();
+            tokio::spawn(async move {
+                request(
+                    addr,
+                    "POST",
+                    "/v1/chat/completions",
+                    &[("authorization", &auth)],
+                    CHAT,
+                )
+                .await
+            })
+        })
+        .collect();
+    // The calls are at the upstream when the signal comes.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let pid = child.id().unwrap().to_string();
+    let kill = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let status = tokio::time::timeout(Duration::from_secs(20), child.wait())
+        .await
+        .expect("the gateway exits after the drain")
+        .unwrap();
+    for call in calls {
+        let res = call.await.unwrap();
+        assert_eq!(res.status, 200, "{}", res.body);
+        assert_eq!(res.json()["object"], "chat.completion");
+    }
+    assert_eq!(status.code(), Some(0), "{status:?}");
+    assert_eq!(upstream.counts().ok, 3);
+    // Nobody listens any more.
+    assert!(TcpStream::connect(addr).await.is_err());
+}
+
+#[tokio::test]
+async fn help_lists_the_flags_and_bad_configuration_exits_2() {
+    let bin = env!("CARGO_BIN_EXE_oai-gateway");
+    let out = tokio::process::Command::new(bin)
+        .arg("--help")
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let help = String::from_utf8_lossy(&out.stdout);
+    for flag in [
+        "--upstream ",
+        "--upstream-ca",
+        "--upstream-auth-header",
+        "--access-key ",
+        "--access-keys-file",
+        "--allow-route",
+        "--allow-admin-routes",
+        "--max-body-bytes",
+        "--header-read-timeout",
+        "--body-read-timeout",
+        "--max-connections",
+        "--drain-timeout",
+        "--store",
+        "OPENAI_API_KEY",
+        "OAI_GATEWAY_UPSTREAM",
+    ] {
+        assert!(help.contains(flag), "--help does not list {flag}");
+    }
+    let secret = "gw-secret-0123456789abcdef";
+    let access = format!("team={secret}");
+    let cases: Vec<(Vec<&str>, Vec<(&str, &str)>, &str)> = vec![
+        (vec!["--bogus"], vec![], "unknown option \"--bogus\""),
+        (vec!["--listen", "nowhere"], vec![], "--listen"),
+        (
+            vec!["--upstream", "api.openai.com/v1"],
+            vec![],
+            "--upstream: invalid base URL",
+        ),
+        (
+            vec!["--access-key", &access],
+            vec![],
+            "OPENAI_API_KEY is not set",
+        ),
+        (vec!["--access-key", "team"], vec![], "expected NAME=KEY"),
+        (
+            vec!["--access-key", "team=short"],
+            vec![("OPENAI_API_KEY", KEY)],
+            "shorter than",
+        ),
+        (vec!["--max-body-bytes", "0"], vec![], "--max-body-bytes"),
+        (vec!["--drain-timeout", "soon"], vec![], "--drain-timeout"),
+        (
+            vec!["--upstream-ca", "/no/such/ca.pem"],
+            vec![],
+            "--upstream-ca",
+        ),
+        (vec!["--store", "memcached://x"], vec![], "--store"),
+        (vec!["--upstream"], vec![], "--upstream needs a value"),
+        (
+            vec![],
+            vec![("OAI_GATEWAY_MAX_CONNECTIONS", "many")],
+            "OAI_GATEWAY_MAX_CONNECTIONS",
+        ),
+        (
+            vec![],
+            vec![("OAI_GATEWAY_ALLOW_ADMIN_ROUTES", "maybe")],
+            "OAI_GATEWAY_ALLOW_ADMIN_ROUTES",
+        ),
+        (vec!["--no-default-routes"], vec![], "no route"),
+    ];
+    for (args, env, want) in cases {
+        let out = tokio::process::Command::new(bin)
+            .args(["--listen", "127.0.0.1:0"])
+            .args(&args)
+            .env_remove("OPENAI_API_KEY")
+            .envs(env.iter().copied())
+            .output()
+            .await
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.starts_with("oai-gateway: "), "{args:?}: {err}");
+        assert!(err.contains(want), "{args:?}: {err}");
+        assert!(err.contains("--help"), "{args:?}: {err}");
+        assert!(
+            !err.contains("panicked") && !err.contains(secret),
+            "{args:?}: {err}"
+        );
+    }
+}
