@@ -8,12 +8,15 @@ use support::{config, request, start, RawUpstream, CHAT, KEY, SERVER_KEY};
 
 const ALICE: &str = "gw-alice-0123456789abcdef";
 
-/// Requests of every shape a caller might try, without a valid access key.
-fn anonymous_requests() -> Vec<(
+/// A method, a path and header lines.
+type Attempt = (
     &'static str,
     &'static str,
     Vec<(&'static str, &'static str)>,
-)> {
+);
+
+/// Requests of every shape a caller might try, without a valid access key.
+fn anonymous_requests() -> Vec<Attempt> {
     let paths = [
         "/v1/chat/completions",
         "/v1/models",

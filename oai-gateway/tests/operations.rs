@@ -269,7 +269,8 @@ async fn help_lists_the_flags_and_bad_configuration_exits_2() {
     }
     let secret = "gw-secret-0123456789abcdef";
     let access = format!("team={secret}");
-    let cases: Vec<(Vec<&str>, Vec<(&str, &str)>, &str)> = vec![
+    type Case<'a> = (Vec<&'a str>, Vec<(&'a str, &'a str)>, &'a str);
+    let cases: Vec<Case<'_>> = vec![
         (vec!["--bogus"], vec![], "unknown option \"--bogus\""),
         (vec!["--listen", "nowhere"], vec![], "--listen"),
         (
