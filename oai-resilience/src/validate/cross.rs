@@ -6,7 +6,7 @@
 //! advice (`developer` vs `system`), token limits (need a tokenizer), and prose that the
 //! schema contradicts (the assistant `content` requirement, `best_of` with `stream`).
 
-use super::check::{Fact, Facts, MsgFact};
+use super::report::{Fact, Facts, MsgFact};
 use super::schema::Endpoint;
 use crate::error::Violation;
 
@@ -71,8 +71,8 @@ fn best_of_at_least_n(facts: &Facts, out: &mut Vec<Violation>) {
                 "best_of",
                 format!(
                     "Invalid value for 'best_of': must be greater than or equal to 'n' ({}), but got {} instead.",
-                    super::check::Num(*n),
-                    super::check::Num(*best_of)
+                    super::report::Num(*n),
+                    super::report::Num(*best_of)
                 ),
             ));
         }

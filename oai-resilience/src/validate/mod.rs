@@ -100,10 +100,10 @@
 //! # }
 //! ```
 
-mod check;
+mod accept;
 mod cross;
-mod fast;
 mod layer;
+mod report;
 #[rustfmt::skip]
 mod rules_gen;
 mod schema;
@@ -199,8 +199,8 @@ fn deprecation_advice(param: &str) -> &'static str {
 /// streaming checker, which writes every violation with its path.
 pub fn check(endpoint: Endpoint, body: &[u8]) -> Report {
     // The accept path checks the UTF-8 itself (only where a byte is not ASCII).
-    let mut facts = check::Facts::default();
-    if let Some(deprecated) = fast::accept(endpoint, body, &mut facts) {
+    let mut facts = report::Facts::default();
+    if let Some(deprecated) = accept::accept(endpoint, body, &mut facts) {
         return finish(endpoint, &facts, Vec::new(), deprecated);
     }
     if let Err(report) = utf8(body) {
@@ -235,11 +235,11 @@ fn utf8(body: &[u8]) -> Result<&str, Report> {
 }
 
 fn stream(endpoint: Endpoint, body: &[u8]) -> Report {
-    let mut ctx = check::Ctx::new(endpoint == Endpoint::ChatCompletions);
+    let mut ctx = report::Ctx::new(endpoint == Endpoint::ChatCompletions);
     ctx.raw = true;
     let mut de = serde_json::Deserializer::from_slice(body);
     let parsed = serde::de::DeserializeSeed::deserialize(
-        check::NodeSeed {
+        report::NodeSeed {
             node: endpoint.root(),
             ctx: &mut ctx,
         },
@@ -261,10 +261,10 @@ fn stream(endpoint: Endpoint, body: &[u8]) -> Report {
 /// just below `i64::MIN` that it rounded to `i64::MIN` (`"seed": -9223372036854775809`)
 /// passes the int64 check here, where [`check()`], which reads the text, rejects it.
 pub fn check_value(endpoint: Endpoint, body: &Value) -> Report {
-    let mut ctx = check::Ctx::new(endpoint == Endpoint::ChatCompletions);
+    let mut ctx = report::Ctx::new(endpoint == Endpoint::ChatCompletions);
     // A `&Value` deserializer cannot fail.
     let _ = serde::de::DeserializeSeed::deserialize(
-        check::NodeSeed {
+        report::NodeSeed {
             node: endpoint.root(),
             ctx: &mut ctx,
         },
@@ -275,7 +275,7 @@ pub fn check_value(endpoint: Endpoint, body: &Value) -> Report {
 
 fn finish(
     endpoint: Endpoint,
-    facts: &check::Facts,
+    facts: &report::Facts,
     mut violations: Vec<Violation>,
     deprecated: Vec<String>,
 ) -> Report {

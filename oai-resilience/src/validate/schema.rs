@@ -70,11 +70,11 @@ pub(crate) struct Node {
 
 /// The property names whose values record facts: the top-level `FACT_KEYS`, `messages` and
 /// `modalities`, and a chat message's `role`, `tool_call_id` and `tool_calls`.
-pub(crate) const RECORDING_NAMES: [&str; super::check::FACT_KEYS.len() + 5] = {
-    let mut names = [""; super::check::FACT_KEYS.len() + 5];
+pub(crate) const RECORDING_NAMES: [&str; super::report::FACT_KEYS.len() + 5] = {
+    let mut names = [""; super::report::FACT_KEYS.len() + 5];
     let mut i = 0;
-    while i < super::check::FACT_KEYS.len() {
-        names[i] = super::check::FACT_KEYS[i];
+    while i < super::report::FACT_KEYS.len() {
+        names[i] = super::report::FACT_KEYS[i];
         i += 1;
     }
     names[i] = "messages";
@@ -491,7 +491,7 @@ impl Node {
             let d = self.slots[slot].checked_sub(1)? as usize;
             let at = self.disc_props[SHAPE_ALTS + d] as usize;
             let name = self.alternatives[at >> 4].required[at & 15];
-            if super::check::same_bytes(name.as_bytes(), key) {
+            if super::report::same_bytes(name.as_bytes(), key) {
                 return Some(d);
             }
             slot = (slot + 1) % SLOTS;
@@ -512,13 +512,13 @@ impl Node {
         if props.len() <= LINEAR {
             return props
                 .iter()
-                .position(|p| super::check::same_bytes(p.name.as_bytes(), key));
+                .position(|p| super::report::same_bytes(p.name.as_bytes(), key));
         }
         let mut slot = key_slot(key);
         // The table has free slots (fewer properties than slots): a probe ends at one.
         for _ in 0..SLOTS {
             let i = self.slots[slot].checked_sub(1)? as usize;
-            if super::check::same_bytes(props[i].name.as_bytes(), key) {
+            if super::report::same_bytes(props[i].name.as_bytes(), key) {
                 return Some(i);
             }
             slot = (slot + 1) % SLOTS;
@@ -538,7 +538,7 @@ impl Node {
                 let k = self.slots[slot].checked_sub(1)? as usize;
                 let alt = self.alternatives[k];
                 let c = disc_constant(alt, self.disc_props[k]).unwrap_or_default();
-                if c.len() == value.len() && super::check::same_bytes(c.as_bytes(), value) {
+                if c.len() == value.len() && super::report::same_bytes(c.as_bytes(), value) {
                     return Some(alt);
                 }
                 slot = (slot + 1) % SLOTS;
@@ -553,7 +553,7 @@ impl Node {
             // Lengths first, here: they usually differ.
             constant
                 .is_some_and(|c| {
-                    c.len() == value.len() && super::check::same_bytes(c.as_bytes(), value)
+                    c.len() == value.len() && super::report::same_bytes(c.as_bytes(), value)
                 })
                 .then_some(alt)
         })

@@ -8,7 +8,7 @@
 //! a chain of stack frames and turned into text only for a deprecated parameter. The body's
 //! UTF-8 is checked once at the end, and only if a string or key had a byte from 0x80 on (the
 //! string scan ORs the words it reads). It applies the same tables with the same semantics as
-//! the streaming checker (`check.rs`), rule for rule.
+//! the streaming checker (`report.rs`), rule for rule.
 //!
 //! What it reads from the tables was derived at compile time (`Node::derive`): a key table per
 //! node, the slots of the required names, flags (a string no rule reads, an ambiguous union, a
@@ -33,7 +33,7 @@
 
 use serde::de::{self, Deserializer as _, Visitor};
 
-use super::check::{
+use super::report::{
     accepts, ambiguous_for, int64_read, plain_string, same, same_bytes, Fact, Facts, Scalar, Short,
     EMPTY, LONG_STRING,
 };
@@ -2215,7 +2215,7 @@ mod tests {
     /// read again, correct but slower, without anyone noticing).
     #[test]
     fn every_discriminator_has_a_searcher() {
-        let mut discs: Vec<&str> = crate::validate::check::derived_tests::all_nodes()
+        let mut discs: Vec<&str> = crate::validate::report::derived_tests::all_nodes()
             .iter()
             .filter_map(|n| n.discriminator)
             .collect();
@@ -2234,7 +2234,7 @@ mod tests {
     #[test]
     fn every_discriminator_constant_passes_its_own_rules() {
         let mut constants = 0;
-        for node in crate::validate::check::derived_tests::all_nodes() {
+        for node in crate::validate::report::derived_tests::all_nodes() {
             let Some(disc) = node.discriminator else {
                 continue;
             };

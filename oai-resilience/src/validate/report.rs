@@ -1108,7 +1108,7 @@ pub(crate) mod derived_tests {
                 flagged += 1;
                 for v in strings {
                     assert!(
-                        super::super::fast::scalar_ok(n, &Scalar::Str(v)),
+                        super::super::accept::scalar_ok(n, &Scalar::Str(v)),
                         "{v} {n:?}"
                     );
                 }
@@ -1116,7 +1116,7 @@ pub(crate) mod derived_tests {
                 // Not flagged: some string breaks a rule, or the node takes no string at all.
                 let broken = strings
                     .iter()
-                    .any(|v| !super::super::fast::scalar_ok(n, &Scalar::Str(v)));
+                    .any(|v| !super::super::accept::scalar_ok(n, &Scalar::Str(v)));
                 let rule = !n.enum_values.is_empty()
                     || n.min_length.is_some()
                     || n.max_length.is_some()
