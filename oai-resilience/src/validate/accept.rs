@@ -1,4 +1,4 @@
-//! The accept path: a hand-written single pass over the bytes that proves a body valid.
+//! The accept pass: a hand-written single pass over the bytes that proves a body valid.
 //!
 //! Most bodies a client sends are valid, and for those the report carries no violation, only
 //! the facts the cross-field rules read and the deprecated parameters. This pass computes
@@ -33,11 +33,12 @@
 
 use serde::de::{self, Deserializer as _, Visitor};
 
-use super::report::{
-    accepts, ambiguous_for, int64_read, plain_string, same, same_bytes, Fact, Facts, Scalar, Short,
-    EMPTY, LONG_STRING,
-};
+use super::keys::{same, same_bytes};
 use super::schema::*;
+use super::vocab::{
+    accepts, ambiguous_for, int64_read, plain_string, Fact, Facts, Scalar, Short, EMPTY,
+    LONG_STRING,
+};
 
 /// Deeper values (checked nodes, or nesting inside a skipped value) go to the streaming
 /// checker, which knows the parser's own limit.
@@ -2215,7 +2216,7 @@ mod tests {
     /// read again, correct but slower, without anyone noticing).
     #[test]
     fn every_discriminator_has_a_searcher() {
-        let mut discs: Vec<&str> = crate::validate::report::derived_tests::all_nodes()
+        let mut discs: Vec<&str> = crate::validate::derived_tests::all_nodes()
             .iter()
             .filter_map(|n| n.discriminator)
             .collect();
@@ -2234,7 +2235,7 @@ mod tests {
     #[test]
     fn every_discriminator_constant_passes_its_own_rules() {
         let mut constants = 0;
-        for node in crate::validate::report::derived_tests::all_nodes() {
+        for node in crate::validate::derived_tests::all_nodes() {
             let Some(disc) = node.discriminator else {
                 continue;
             };

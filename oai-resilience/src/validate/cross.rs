@@ -6,8 +6,8 @@
 //! advice (`developer` vs `system`), token limits (need a tokenizer), and prose that the
 //! schema contradicts (the assistant `content` requirement, `best_of` with `stream`).
 
-use super::report::{Fact, Facts, MsgFact};
 use super::schema::Endpoint;
+use super::vocab::{Fact, Facts, MsgFact, Num};
 use crate::error::Violation;
 
 /// Appends the violations of the cross-field rules of `endpoint` to `out`.
@@ -71,8 +71,8 @@ fn best_of_at_least_n(facts: &Facts, out: &mut Vec<Violation>) {
                 "best_of",
                 format!(
                     "Invalid value for 'best_of': must be greater than or equal to 'n' ({}), but got {} instead.",
-                    super::report::Num(*n),
-                    super::report::Num(*best_of)
+                    Num(*n),
+                    Num(*best_of)
                 ),
             ));
         }

@@ -48,6 +48,20 @@
 //! 1.5–1.9× the syntax-only pass on a quiet machine (1.35–1.42× its instructions), on ~100 KB
 //! about 0.75–1.0×, and it is several times faster than parsing into a `Value`.
 //!
+//! # Two checkers
+//!
+//! Validation is two checkers over the same tables, held in agreement by tests:
+//!
+//! - the **accept pass** proves a valid body valid in one pass over its bytes and stops at
+//!   the first violation (or at anything it leaves alone: a syntax error, an escaped key,
+//!   nesting deeper than 64) without saying more;
+//! - the **full report** (a serde `DeserializeSeed` driven by the tables, over the bytes or a
+//!   [`Value`]) runs when the accept pass did not accept, and writes every violation with its
+//!   path and the API's message.
+//!
+//! A body is never accepted by the first that the second rejects: tests run both on every
+//! corpus body, on mutations of them and on broken text, and compare the reports.
+//!
 //! # Without tower
 //!
 //! ```
@@ -100,13 +114,26 @@
 //! # }
 //! ```
 
+// The rooms, bottom up (no file imports one above it):
+// - `keys.rs`: byte equality for keys and the names that record facts;
+// - `schema.rs`: the shape of the tables (`Node`, flags, `Endpoint`), built at compile time;
+// - `rules_gen.rs`: the generated tables; the root lookup of an endpoint is here in `mod.rs`;
+// - `vocab.rs`: what both checkers speak (scalars, facts, the node questions they share);
+// - `accept.rs` (the accept pass) and `report.rs` (the full report): the two checkers,
+//   which never import each other; `derived_tests.rs` checks the tables' derived fields;
+// - `cross.rs`: the cross-field rules, over the facts either checker gathered;
+// - `layer.rs`: the tower layer.
 mod accept;
 mod cross;
+#[cfg(test)]
+mod derived_tests;
+mod keys;
 mod layer;
 mod report;
 #[rustfmt::skip]
 mod rules_gen;
 mod schema;
+mod vocab;
 
 use std::fmt;
 use std::sync::Arc;
@@ -115,6 +142,7 @@ use http::Method;
 use serde_json::Value;
 
 use crate::error::{Error, ErrorKind, Violation};
+use schema::Node;
 
 pub use layer::{Validate, ValidateBody, ValidateLayer, DEFAULT_BODY_LIMIT};
 
@@ -126,6 +154,36 @@ pub use schema::Endpoint;
 
 /// The spec version (`info.version` of `openapi.yaml`) the rule tables come from.
 pub const SPEC_VERSION: &str = rules_gen::SPEC_VERSION;
+
+/// What the generated tables say about an endpoint (its root node). Here rather than in
+/// `schema.rs`, which the tables import: the tables sit between the two.
+impl Endpoint {
+    /// The spec's name for the request schema: `CreateChatCompletionRequest`, …
+    pub fn schema_name(self) -> &'static str {
+        self.root_entry().1
+    }
+
+    /// The top-level body parameters the spec declares for this endpoint, in spec order.
+    pub fn parameters(self) -> impl Iterator<Item = &'static str> {
+        self.root().properties.iter().map(|p| p.name)
+    }
+
+    /// The parameters the body must contain (none for `/responses`).
+    pub fn required(self) -> &'static [&'static str] {
+        self.root().required
+    }
+
+    pub(crate) fn root(self) -> &'static Node {
+        self.root_entry().2
+    }
+
+    fn root_entry(self) -> &'static (Endpoint, &'static str, &'static Node) {
+        rules_gen::ROOTS
+            .iter()
+            .find(|(e, _, _)| *e == self)
+            .expect("every endpoint has a generated root")
+    }
+}
 
 /// The outcome of checking one body: every violation, and the deprecated parameters it uses.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -194,12 +252,13 @@ fn deprecation_advice(param: &str) -> &'static str {
 /// Checks a JSON body for `endpoint` and returns the [`Report`]. A body that is not JSON
 /// gives one violation on the parameter `body`.
 ///
-/// A valid body is proven valid by a single hand-written pass over its bytes; a body that
-/// breaks a rule (or uses a construct that pass leaves alone) is then checked again by the
-/// streaming checker, which writes every violation with its path.
+/// A valid body is proven valid by a single hand-written pass over its bytes (the accept
+/// pass); a body that breaks a rule (or uses a construct that pass leaves alone) is then
+/// checked again by the streaming checker (the full report), which writes every violation
+/// with its path.
 pub fn check(endpoint: Endpoint, body: &[u8]) -> Report {
     // The accept path checks the UTF-8 itself (only where a byte is not ASCII).
-    let mut facts = report::Facts::default();
+    let mut facts = vocab::Facts::default();
     if let Some(deprecated) = accept::accept(endpoint, body, &mut facts) {
         return finish(endpoint, &facts, Vec::new(), deprecated);
     }
@@ -275,7 +334,7 @@ pub fn check_value(endpoint: Endpoint, body: &Value) -> Report {
 
 fn finish(
     endpoint: Endpoint,
-    facts: &report::Facts,
+    facts: &vocab::Facts,
     mut violations: Vec<Violation>,
     deprecated: Vec<String>,
 ) -> Report {

@@ -1,8 +1,13 @@
 //! The shape of the generated tables (`rules_gen.rs`) and the endpoints they cover.
+//!
+//! Below the tables and both checkers: it imports only `keys.rs`. What needs the tables
+//! themselves (an endpoint's root node, its schema name and parameters) is in `mod.rs`.
 
 use std::fmt;
 
 use http::Method;
+
+use super::keys::{same_bytes, RECORDING_NAMES};
 
 /// A JSON type bit set; `T_ANY` (empty) accepts every type.
 pub(crate) type Types = u8;
@@ -67,23 +72,6 @@ pub(crate) struct Node {
     /// names (0: none), for the first `DISC_ALTS` alternatives.
     pub(crate) disc_props: [u8; DISC_ALTS],
 }
-
-/// The property names whose values record facts: the top-level `FACT_KEYS`, `messages` and
-/// `modalities`, and a chat message's `role`, `tool_call_id` and `tool_calls`.
-pub(crate) const RECORDING_NAMES: [&str; super::report::FACT_KEYS.len() + 5] = {
-    let mut names = [""; super::report::FACT_KEYS.len() + 5];
-    let mut i = 0;
-    while i < super::report::FACT_KEYS.len() {
-        names[i] = super::report::FACT_KEYS[i];
-        i += 1;
-    }
-    names[i] = "messages";
-    names[i + 1] = "modalities";
-    names[i + 2] = "role";
-    names[i + 3] = "tool_call_id";
-    names[i + 4] = "tool_calls";
-    names
-};
 
 /// Alternatives whose discriminator property `disc_props` records.
 pub(crate) const DISC_ALTS: usize = 32;
@@ -491,7 +479,7 @@ impl Node {
             let d = self.slots[slot].checked_sub(1)? as usize;
             let at = self.disc_props[SHAPE_ALTS + d] as usize;
             let name = self.alternatives[at >> 4].required[at & 15];
-            if super::report::same_bytes(name.as_bytes(), key) {
+            if same_bytes(name.as_bytes(), key) {
                 return Some(d);
             }
             slot = (slot + 1) % SLOTS;
@@ -512,13 +500,13 @@ impl Node {
         if props.len() <= LINEAR {
             return props
                 .iter()
-                .position(|p| super::report::same_bytes(p.name.as_bytes(), key));
+                .position(|p| same_bytes(p.name.as_bytes(), key));
         }
         let mut slot = key_slot(key);
         // The table has free slots (fewer properties than slots): a probe ends at one.
         for _ in 0..SLOTS {
             let i = self.slots[slot].checked_sub(1)? as usize;
-            if super::report::same_bytes(props[i].name.as_bytes(), key) {
+            if same_bytes(props[i].name.as_bytes(), key) {
                 return Some(i);
             }
             slot = (slot + 1) % SLOTS;
@@ -538,7 +526,7 @@ impl Node {
                 let k = self.slots[slot].checked_sub(1)? as usize;
                 let alt = self.alternatives[k];
                 let c = disc_constant(alt, self.disc_props[k]).unwrap_or_default();
-                if c.len() == value.len() && super::report::same_bytes(c.as_bytes(), value) {
+                if c.len() == value.len() && same_bytes(c.as_bytes(), value) {
                     return Some(alt);
                 }
                 slot = (slot + 1) % SLOTS;
@@ -552,9 +540,7 @@ impl Node {
             };
             // Lengths first, here: they usually differ.
             constant
-                .is_some_and(|c| {
-                    c.len() == value.len() && super::report::same_bytes(c.as_bytes(), value)
-                })
+                .is_some_and(|c| c.len() == value.len() && same_bytes(c.as_bytes(), value))
                 .then_some(alt)
         })
     }
@@ -619,38 +605,12 @@ impl Endpoint {
         Method::POST
     }
 
-    /// The spec's name for the request schema: `CreateChatCompletionRequest`, …
-    pub fn schema_name(self) -> &'static str {
-        self.root_entry().1
-    }
-
     /// The endpoint whose spec path is `path` (`/chat/completions`, with or without `/v1` in
     /// front and a trailing `/`).
     pub fn from_path(path: &str) -> Option<Endpoint> {
         let path = path.strip_suffix('/').unwrap_or(path);
         let path = path.strip_prefix("/v1").unwrap_or(path);
         Endpoint::ALL.into_iter().find(|e| e.path() == path)
-    }
-
-    /// The top-level body parameters the spec declares for this endpoint, in spec order.
-    pub fn parameters(self) -> impl Iterator<Item = &'static str> {
-        self.root().properties.iter().map(|p| p.name)
-    }
-
-    /// The parameters the body must contain (none for `/responses`).
-    pub fn required(self) -> &'static [&'static str] {
-        self.root().required
-    }
-
-    pub(crate) fn root(self) -> &'static Node {
-        self.root_entry().2
-    }
-
-    fn root_entry(self) -> &'static (Endpoint, &'static str, &'static Node) {
-        super::rules_gen::ROOTS
-            .iter()
-            .find(|(e, _, _)| *e == self)
-            .expect("every endpoint has a generated root")
     }
 }
 
