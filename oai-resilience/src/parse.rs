@@ -514,31 +514,63 @@ impl RateLimitSnapshot {
     }
 
     /// The refill rate that the headers imply, in requests per second:
-    /// `(limit − remaining) / reset`. `None` without all three, or when the bucket is full.
+    /// `(limit − remaining) / reset`. `None` without all three, when the bucket is full, or
+    /// when `reset` is under 10 ms (see [`RefillSample`]'s rule).
     pub fn request_refill_per_sec(&self) -> Option<f64> {
-        refill(
+        RefillSample::new(
             self.limit_requests?,
             self.remaining_requests?,
             self.reset_requests?,
         )
+        .map(RefillSample::per_sec)
     }
 
     /// The same for tokens.
     pub fn token_refill_per_sec(&self) -> Option<f64> {
-        refill(
+        RefillSample::new(
             self.limit_tokens?,
             self.remaining_tokens?,
             self.reset_tokens?,
         )
+        .map(RefillSample::per_sec)
     }
 }
 
-fn refill(limit: u64, remaining: u64, reset: Duration) -> Option<f64> {
-    let used = limit.checked_sub(remaining)?;
-    if used == 0 || reset.is_zero() {
-        return None;
+/// What one bucket's headers say of its refill: `limit − remaining` used, full again in
+/// `reset`. The one place that derives a refill rate from headers (the pacer, the pacing
+/// stores and [`RateLimitSnapshot::request_refill_per_sec`] all use it).
+///
+/// The rule: no sample when the bucket is full (nothing used: no rate to see) or when `reset`
+/// is under [`MIN_RESET`] (10 ms): servers round the reset to the millisecond, so a reset that
+/// short is too coarse to divide by.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct RefillSample {
+    /// `limit − remaining`.
+    pub(crate) used: f64,
+    /// `reset`, in seconds.
+    pub(crate) reset_secs: f64,
+}
+
+/// The shortest reset a refill rate is derived from.
+pub(crate) const MIN_RESET: Duration = Duration::from_millis(10);
+
+impl RefillSample {
+    /// The sample of a bucket with `limit`, `remaining` and `reset`, if it has one.
+    pub(crate) fn new(limit: u64, remaining: u64, reset: Duration) -> Option<Self> {
+        let used = limit.saturating_sub(remaining);
+        if used == 0 || reset < MIN_RESET {
+            return None;
+        }
+        Some(RefillSample {
+            used: used as f64,
+            reset_secs: reset.as_secs_f64(),
+        })
     }
-    Some(used as f64 / reset.as_secs_f64())
+
+    /// The refill rate, per second: `(limit − remaining) / reset`.
+    pub(crate) fn per_sec(self) -> f64 {
+        self.used / self.reset_secs
+    }
 }
 
 fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {

@@ -17,7 +17,7 @@ use std::time::Duration;
 use tokio::time::{Instant, Sleep};
 
 use crate::error::{DelaySource, Error, ErrorKind};
-use crate::parse::RateLimitSnapshot;
+use crate::parse::{RateLimitSnapshot, RefillSample};
 
 use super::cost::Cost;
 use super::key::PaceKey;
@@ -214,7 +214,6 @@ struct Bucket {
 }
 
 const EPS: f64 = 1e-6;
-const MIN_RESET: Duration = Duration::from_millis(10);
 
 impl Bucket {
     fn full(capacity: f64, refill: f64, now: Instant) -> Self {
@@ -657,11 +656,9 @@ fn learn_bucket(
     b.capacity = capacity;
     // Not limit/60: the refill the headers imply, (limit − remaining) / reset, which a
     // small fast bucket obeys as well as a minute bucket.
-    let used = limit.saturating_sub(remaining) as f64;
-    // A reset under 10 ms is too coarse to divide by (servers round it to the millisecond).
-    if let Some(reset) = reset.filter(|r| *r >= MIN_RESET && used > 0.0) {
-        b.used_sum = 0.8 * b.used_sum + used;
-        b.reset_sum = 0.8 * b.reset_sum + reset.as_secs_f64();
+    if let Some(sample) = reset.and_then(|r| RefillSample::new(limit, remaining, r)) {
+        b.used_sum = 0.8 * b.used_sum + sample.used;
+        b.reset_sum = 0.8 * b.reset_sum + sample.reset_secs;
         let r = b.used_sum / b.reset_sum;
         b.refill = match static_limit {
             Some(s) => r.min(s / 60.0),

@@ -12,6 +12,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::error::Error;
+use crate::parse::RefillSample;
 use crate::pace::{Cost, PaceKey};
 
 /// A boxed future returned by [`PacingStore`] methods.
@@ -498,7 +499,8 @@ mod tests {
 }
 
 /// What a response's `x-ratelimit-*` headers teach a store: capacity = `limit`, refill =
-/// (`limit` − `remaining`) / `reset` (when the bucket was used and `reset` is at least 10 ms;
+/// (`limit` − `remaining`) / `reset` (when the bucket was used and `reset` is at least 10 ms,
+/// the rule of [`RateLimitSnapshot::request_refill_per_sec`](crate::parse::RateLimitSnapshot::request_refill_per_sec);
 /// otherwise `limit` per minute), level at most `remaining`.
 impl From<&crate::parse::RateLimitSnapshot> for LearnedLimits {
     fn from(snap: &crate::parse::RateLimitSnapshot) -> Self {
@@ -519,9 +521,8 @@ fn learned_from(snap: &crate::parse::RateLimitSnapshot) -> LearnedLimits {
             return (None, None);
         }
         let capacity = limit as f64;
-        let used = limit.saturating_sub(remaining) as f64;
-        let refill = match reset.filter(|r| *r >= Duration::from_millis(10) && used > 0.0) {
-            Some(r) => used / r.as_secs_f64(),
+        let refill = match reset.and_then(|r| RefillSample::new(limit, remaining, r)) {
+            Some(sample) => sample.per_sec(),
             None => capacity / 60.0,
         };
         (
