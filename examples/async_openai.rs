@@ -25,7 +25,7 @@ use oai_resilience::mock::{MockResponse, MockServer, Route};
 use oai_resilience::OpenAiLayer;
 
 /// A made-up key of OpenAI's shape, which the mock requires. Never put a real key in source.
-const KEY: &str = "sk-proj-AsYnCoPeNaIeXaMpLeKeY0123456789abc";
+const KEY: &str = oai_resilience::mock::TEST_KEY;
 
 fn chat(content: &str) -> CreateChatCompletionRequest {
     CreateChatCompletionRequestArgs::default()

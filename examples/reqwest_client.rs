@@ -20,7 +20,7 @@ use oai_resilience::{AuthLayer, ErrorKind, OpenAiLayer};
 use reqwest_middleware::{ClientBuilder, ClientWithMiddleware};
 
 /// A made-up key of OpenAI's shape, which the mock requires. Never put a real key in source.
-const KEY: &str = "sk-proj-ReQwEsTcLiEnTeXaMpLeKeY0123456789a";
+const KEY: &str = oai_resilience::mock::TEST_KEY;
 
 const CHAT: &str = r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Hello"}]}"#;
 

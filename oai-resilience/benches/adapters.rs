@@ -38,7 +38,7 @@ use tokio::runtime::Runtime;
 use tower::{Layer, ServiceExt};
 
 /// A made-up key of OpenAI's shape.
-const KEY: &str = "sk-proj-BenchBenchBenchBenchBench0000";
+const KEY: &str = oai_resilience::mock::TEST_KEY;
 const CHAT: &str = r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Hello"}]}"#;
 
 type Call<'a> = Pin<Box<dyn Future<Output = ()> + 'a>>;

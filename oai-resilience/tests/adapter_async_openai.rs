@@ -17,7 +17,7 @@ use oai_resilience::mock::{MockResponse, MockServer, Route};
 use oai_resilience::{AuthLayer, OpenAiLayer, RetryConfig, RetryLayer};
 use tower::ServiceExt;
 
-const KEY: &str = "sk-proj-AdapterTestKey0123456789abcdefghijklmnopqr";
+const KEY: &str = oai_resilience::mock::TEST_KEY;
 const CHAT: &str = r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Hello"}]}"#;
 
 fn layer() -> OpenAiLayer {

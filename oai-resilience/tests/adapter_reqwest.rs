@@ -19,7 +19,7 @@ use oai_resilience::{
 use reqwest_middleware::{ClientBuilder, ClientWithMiddleware, Middleware, Next};
 use tower::{Layer, ServiceExt};
 
-const KEY: &str = "sk-proj-AdapterTestKey0123456789abcdefghijklmnopqr";
+const KEY: &str = oai_resilience::mock::TEST_KEY;
 const CHAT: &str = r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Hello"}]}"#;
 
 fn layer(key: &str) -> OpenAiLayer {
