@@ -87,6 +87,7 @@
 //! # Ok(()) }
 //! ```
 
+mod bucket;
 mod cost;
 mod key;
 mod layer;

@@ -19,6 +19,7 @@ use tokio::time::{Instant, Sleep};
 use crate::error::{DelaySource, Error, ErrorKind};
 use crate::parse::{RateLimitSnapshot, RefillSample};
 
+use super::bucket::{Bucket, EPS};
 use super::cost::Cost;
 use super::key::PaceKey;
 
@@ -197,12 +198,11 @@ pub struct KeySnapshot {
     pub token_ratio: f64,
 }
 
+/// A request or token bucket as the headers taught it: the [`Bucket`] and what the pacer
+/// learned it from.
 #[derive(Debug, Clone, Copy)]
-struct Bucket {
-    capacity: f64,
-    level: f64,
-    refill: f64,
-    at: Instant,
+struct LearnedBucket {
+    bucket: Bucket<Instant>,
     /// Decayed sums of (limit − remaining) and of reset seconds over the snapshots: their
     /// ratio is the refill rate, weighted so that an integer `remaining` off by one on a
     /// nearly full bucket does not swing it.
@@ -213,46 +213,20 @@ struct Bucket {
     learned_at: Instant,
 }
 
-const EPS: f64 = 1e-6;
-
-impl Bucket {
+impl LearnedBucket {
     fn full(capacity: f64, refill: f64, now: Instant) -> Self {
-        Bucket {
-            capacity,
-            level: capacity,
-            refill,
-            at: now,
+        LearnedBucket {
+            bucket: Bucket::full(capacity, refill, now),
             used_sum: 0.0,
             reset_sum: 0.0,
             learned_at: now,
         }
     }
+}
 
-    fn advance(&mut self, now: Instant) {
-        if now > self.at {
-            let dt = (now - self.at).as_secs_f64();
-            self.level = (self.level + self.refill * dt).min(self.capacity);
-            self.at = now;
-        }
-    }
-
-    /// How long until `cost` is available (a cost above capacity waits for a full bucket).
-    /// `None`: never, with no refill.
-    fn wait_for(&self, cost: f64) -> Option<Duration> {
-        let need = cost.min(self.capacity);
-        if self.level + EPS >= need {
-            return Some(Duration::ZERO);
-        }
-        if self.refill <= 0.0 {
-            return None;
-        }
-        let secs = (need - self.level) / self.refill;
-        Some(Duration::from_secs_f64(secs.min(1e6)))
-    }
-
-    fn view(&self) -> (f64, f64, f64) {
-        (self.capacity, self.level, self.refill)
-    }
+/// How long until `cost` is available in `b`. `None`: never, with no refill.
+fn wait_for(b: &Bucket<Instant>, cost: f64) -> Option<Duration> {
+    b.wait_secs(cost).map(Duration::from_secs_f64)
 }
 
 /// Requests sent, and 429s received, in the last second or so.
@@ -314,10 +288,10 @@ impl RateMeter {
 struct KeyState {
     queue: BTreeMap<u64, Option<Waker>>,
     next_ticket: u64,
-    requests: Option<Bucket>,
-    tokens: Option<Bucket>,
+    requests: Option<LearnedBucket>,
+    tokens: Option<LearnedBucket>,
     paused_until: Option<Instant>,
-    aimd: Option<Bucket>,
+    aimd: Option<Bucket<Instant>>,
     /// The grant count at the last decrease: requests granted before it belong to the round
     /// that was already punished.
     last_decrease: Option<u64>,
@@ -384,11 +358,11 @@ impl KeyState {
         let requests = config
             .static_limits
             .rpm
-            .map(|rpm| Bucket::full(rpm as f64, rpm as f64 / 60.0, now));
+            .map(|rpm| LearnedBucket::full(rpm as f64, rpm as f64 / 60.0, now));
         let tokens = config
             .static_limits
             .tpm
-            .map(|tpm| Bucket::full(tpm as f64, tpm as f64 / 60.0, now));
+            .map(|tpm| LearnedBucket::full(tpm as f64, tpm as f64 / 60.0, now));
         let known = requests.is_some() || tokens.is_some();
         KeyState {
             queue: BTreeMap::new(),
@@ -411,9 +385,13 @@ impl KeyState {
     }
 
     fn advance(&mut self, now: Instant) {
-        for b in [&mut self.requests, &mut self.tokens, &mut self.aimd]
-            .into_iter()
-            .flatten()
+        for b in [
+            self.requests.as_mut().map(|b| &mut b.bucket),
+            self.tokens.as_mut().map(|b| &mut b.bucket),
+            self.aimd.as_mut(),
+        ]
+        .into_iter()
+        .flatten()
         {
             b.advance(now);
         }
@@ -457,9 +435,9 @@ impl KeyState {
             ready = ready.max(p);
         }
         let waits = [
-            self.requests.map(|b| b.wait_for(1.0)),
-            self.tokens.map(|b| b.wait_for(tokens as f64)),
-            self.aimd.map(|b| b.wait_for(1.0)),
+            self.requests.map(|b| wait_for(&b.bucket, 1.0)),
+            self.tokens.map(|b| wait_for(&b.bucket, tokens as f64)),
+            self.aimd.map(|b| wait_for(&b, 1.0)),
         ];
         for w in waits.into_iter().flatten() {
             match w {
@@ -475,12 +453,12 @@ impl KeyState {
             return Step::Wait(Some(ready));
         }
         // Granted: take from every bucket, leave the queue, let the next head look.
-        let level_before = self.tokens.map(|b| b.level);
+        let level_before = self.tokens.map(|b| b.bucket.level);
         if let Some(b) = &mut self.requests {
-            b.level -= 1.0;
+            b.bucket.level -= 1.0;
         }
         if let Some(b) = &mut self.tokens {
-            b.level -= tokens as f64;
+            b.bucket.level -= tokens as f64;
         }
         if let Some(b) = &mut self.aimd {
             b.level -= 1.0;
@@ -624,14 +602,14 @@ impl KeyState {
     }
 }
 
-fn set_rate(b: &mut Bucket, rate: f64, aimd: &AimdConfig) {
+fn set_rate(b: &mut Bucket<Instant>, rate: f64, aimd: &AimdConfig) {
     b.refill = rate.clamp(aimd.min_rate, aimd.max_rate);
     b.capacity = (b.refill * aimd.burst.as_secs_f64()).max(1.0);
     b.level = b.level.min(b.capacity);
 }
 
 fn learn_bucket(
-    slot: &mut Option<Bucket>,
+    slot: &mut Option<LearnedBucket>,
     (limit, remaining, reset): (Option<u64>, Option<u64>, Option<Duration>),
     static_limit: Option<f64>,
     (others, age, headroom): (f64, Duration, f64),
@@ -648,31 +626,32 @@ fn learn_bucket(
         capacity = capacity.min(s);
     }
     let decided_at = now.checked_sub(age).unwrap_or(now);
-    let b = slot.get_or_insert(Bucket {
+    let learned = slot.get_or_insert(LearnedBucket {
         learned_at: decided_at,
-        ..Bucket::full(capacity, capacity / 60.0, now)
+        ..LearnedBucket::full(capacity, capacity / 60.0, now)
     });
-    b.advance(now);
-    b.capacity = capacity;
+    learned.bucket.advance(now);
+    learned.bucket.capacity = capacity;
     // Not limit/60: the refill the headers imply, (limit − remaining) / reset, which a
     // small fast bucket obeys as well as a minute bucket.
     if let Some(sample) = reset.and_then(|r| RefillSample::new(limit, remaining, r)) {
-        b.used_sum = 0.8 * b.used_sum + sample.used;
-        b.reset_sum = 0.8 * b.reset_sum + sample.reset_secs;
-        let r = b.used_sum / b.reset_sum;
-        b.refill = match static_limit {
+        learned.used_sum = 0.8 * learned.used_sum + sample.used;
+        learned.reset_sum = 0.8 * learned.reset_sum + sample.reset_secs;
+        let r = learned.used_sum / learned.reset_sum;
+        learned.bucket.refill = match static_limit {
             Some(s) => r.min(s / 60.0),
             None => r,
         };
     }
     let remaining = remaining as f64;
     let kept_back = (remaining * headroom).floor();
+    let b = &mut learned.bucket;
     let level = (remaining - kept_back + b.refill * age.as_secs_f64() - others).min(capacity);
     // A snapshot older than the one the level came from carries the error of the refill
     // estimate times its age: it may lower the level, never raise it.
-    if decided_at >= b.learned_at {
+    if decided_at >= learned.learned_at {
         b.level = level;
-        b.learned_at = decided_at;
+        learned.learned_at = decided_at;
     } else {
         b.level = b.level.min(level);
     }
@@ -865,8 +844,8 @@ impl Pacer {
             in_flight: st.in_flight,
             known: st.known,
             window: st.window,
-            requests: st.requests.map(|b| b.view()),
-            tokens: st.tokens.map(|b| b.view()),
+            requests: st.requests.map(|b| b.bucket.view()),
+            tokens: st.tokens.map(|b| b.bucket.view()),
             paused_until: st.paused_until,
             adaptive_rate: st.aimd.map(|b| b.refill),
             token_ratio: st.token_ratio,
@@ -943,7 +922,7 @@ fn rate_limited(
     if let Some(b) = &mut st.requests {
         if explained.is_none() {
             // The server has no room now whatever our model said.
-            b.level = b.level.min(0.0);
+            b.bucket.level = b.bucket.level.min(0.0);
         }
     }
     st.wake_head();
@@ -1050,7 +1029,7 @@ impl Permit {
     /// Corrects the token estimate: when this request was alone in flight, the server's
     /// remaining tokens show what it really counted.
     fn correct_ratio(&self, st: &mut KeyState, s: &RateLimitSnapshot, now: Instant) {
-        let (Some(before), Some(remaining), Some(b)) =
+        let (Some(before), Some(remaining), Some(LearnedBucket { bucket: b, .. })) =
             (self.level_before, s.remaining_tokens, st.tokens)
         else {
             return;

@@ -13,6 +13,8 @@ use tokio::time::Instant;
 
 use crate::error::Error;
 use crate::parse::RefillSample;
+
+use super::bucket::Bucket;
 use crate::pace::{Cost, PaceKey};
 
 /// A boxed future returned by [`PacingStore`] methods.
@@ -144,45 +146,10 @@ impl<T: PacingStore + ?Sized> PacingStore for Arc<T> {
     }
 }
 
-pub(crate) const EPS: f64 = 1e-6;
-/// The longest wait a bucket reports, in seconds.
-pub(crate) const MAX_WAIT_SECS: f64 = 1e6;
-
 /// One bucket of [`KeyModel`], on a microsecond clock.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub(crate) struct BucketModel {
-    /// The most the bucket holds.
-    pub(crate) capacity: f64,
-    /// Refill per second.
-    pub(crate) refill: f64,
-    /// The level at `at` (negative after a cost above the capacity, which waited for a full
-    /// bucket).
-    pub(crate) level: f64,
-    /// When `level` was computed, in microseconds on the caller's clock.
-    pub(crate) at: u64,
-}
+pub(crate) type BucketModel = Bucket<u64>;
 
 impl BucketModel {
-    fn advance(&mut self, now: u64) {
-        if now > self.at {
-            let dt = (now - self.at) as f64 / 1e6;
-            self.level = (self.level + self.refill * dt).min(self.capacity);
-            self.at = now;
-        }
-    }
-
-    /// Seconds until `cost` is available; `None`: never (no refill).
-    fn wait_for(&self, cost: f64) -> Option<f64> {
-        let need = cost.min(self.capacity);
-        if self.level + EPS >= need {
-            return Some(0.0);
-        }
-        if self.refill <= 0.0 {
-            return None;
-        }
-        Some(((need - self.level) / self.refill).min(MAX_WAIT_SECS))
-    }
-
     fn learn(
         slot: &mut Option<BucketModel>,
         limits: BucketLimits,
@@ -261,7 +228,7 @@ impl KeyModel {
         for (slot, cost) in [(&mut self.requests, requests), (&mut self.tokens, tokens)] {
             if let Some(b) = slot {
                 b.advance(now);
-                match b.wait_for(cost) {
+                match b.wait_secs(cost) {
                     Some(w) => wait = wait.max(w),
                     None => blocked = true,
                 }
