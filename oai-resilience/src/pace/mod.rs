@@ -126,6 +126,31 @@ use crate::error::{Error, ErrorKind};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct CallDeadline(pub tokio::time::Instant);
 
+/// What ends a wait for a slot: [`PacerConfig::max_wait`] or the call's [`CallDeadline`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum WaitBound {
+    MaxWait,
+    Deadline,
+}
+
+/// When a wait that starts at `start` must end, and what ends it: the sooner of `max_wait`
+/// after `start` and the call's `deadline`. On a tie the deadline ends it (it is the caller's
+/// own bound, and the one a caller can act on). `None`: no bound at all.
+///
+/// Both pacing paths use it: the in-process [`Pacer`] and the wait on a [`PacingStore`].
+pub(crate) fn wait_limit(
+    start: tokio::time::Instant,
+    max_wait: Option<std::time::Duration>,
+    deadline: Option<tokio::time::Instant>,
+) -> Option<(tokio::time::Instant, WaitBound)> {
+    let max_wait = max_wait.map(|w| start + w);
+    match (deadline, max_wait) {
+        (Some(d), Some(m)) if d <= m => Some((d, WaitBound::Deadline)),
+        (Some(d), None) => Some((d, WaitBound::Deadline)),
+        (_, m) => m.map(|m| (m, WaitBound::MaxWait)),
+    }
+}
+
 /// Whether `err` was raised by the pacer (no slot in time; nothing was sent), as opposed to a
 /// 429 from the server.
 pub fn is_paced_locally(err: &Error) -> bool {

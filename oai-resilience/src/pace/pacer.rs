@@ -22,6 +22,7 @@ use crate::parse::{RateLimitSnapshot, RefillSample};
 use super::bucket::{Bucket, EPS};
 use super::cost::Cost;
 use super::key::PaceKey;
+use super::{wait_limit, WaitBound};
 
 /// The detail that marks an error raised by the pacer (nothing was sent).
 pub(crate) const PACED_LOCALLY: &str = "paced locally";
@@ -775,12 +776,9 @@ impl Pacer {
             t
         };
         self.shared.queue_len.fetch_add(1, Ordering::Relaxed);
-        let max_wait = self.shared.config.max_wait.map(|w| started + w);
-        let (limit, by_deadline) = match (deadline, max_wait) {
-            (Some(d), Some(m)) if d <= m => (Some(d), true),
-            (Some(d), None) => (Some(d), true),
-            (_, m) => (m, false),
-        };
+        let bound = wait_limit(started, self.shared.config.max_wait, deadline);
+        let limit = bound.map(|(l, _)| l);
+        let by_deadline = bound.is_some_and(|(_, b)| b == WaitBound::Deadline);
         Acquire {
             shared: self.shared.clone(),
             entry,

@@ -15,6 +15,7 @@ use crate::error::Error;
 use crate::parse::RefillSample;
 
 use super::bucket::Bucket;
+use super::{wait_limit, WaitBound};
 use crate::pace::{Cost, PaceKey};
 
 /// A boxed future returned by [`PacingStore`] methods.
@@ -523,22 +524,17 @@ pub(crate) fn paced_locally(key: &PaceKey, why: &str, waited: Duration) -> Error
     ))
 }
 
-/// When a wait that started at `start` must end, and why: the sooner of `max_wait` and the
-/// call's `deadline`.
+/// When a wait that started at `start` must end ([`wait_limit`]), and why, in words.
 pub(crate) fn deadline_limit(
     start: Instant,
     max_wait: Option<Duration>,
     deadline: Option<Instant>,
 ) -> (Option<Instant>, &'static str) {
-    let mut limit = max_wait.map(|w| start + w);
-    let mut why = "max_wait";
-    if let Some(d) = deadline {
-        if limit.is_none_or(|l| d < l) {
-            limit = Some(d);
-            why = "the call's deadline";
-        }
+    match wait_limit(start, max_wait, deadline) {
+        Some((limit, WaitBound::Deadline)) => (Some(limit), "the call's deadline"),
+        Some((limit, WaitBound::MaxWait)) => (Some(limit), "max_wait"),
+        None => (None, "max_wait"),
     }
-    (limit, why)
 }
 
 /// Waits until `store` admits a request of `cost` on `key`, at most `max_wait` and never past
