@@ -50,6 +50,7 @@
 pub mod adapter;
 pub mod auth;
 pub mod call;
+mod cause;
 pub mod classify;
 pub mod error;
 mod hash;

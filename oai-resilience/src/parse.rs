@@ -22,7 +22,7 @@ use std::time::{Duration, SystemTime};
 use http::{HeaderMap, HeaderValue, StatusCode};
 use serde_json::Value;
 
-use crate::error::{AuthCause, DelaySource};
+use crate::cause::{AuthCause, DelaySource};
 
 /// The longest duration any parser returns: longer values (years, overflow) saturate here.
 ///
