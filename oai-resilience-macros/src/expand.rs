@@ -227,7 +227,7 @@ pub(crate) fn expand(item: ItemFn, opts: Options) -> TokenStream {
     }
     let rules = match &opts.key_rules {
         Some(r) => quote_spanned!(r.span()=> #krate::__private::key_rules(#r)),
-        None => quote!(#krate::__private::key_rules(#krate::auth::KeyRules::openai())),
+        None => quote!(#krate::__private::key_rules(#krate::__private::KeyRules::openai())),
     };
     // The key is checked for the host the call targets, as the auth layer checks it.
     let host = match &opts.base_url {
@@ -250,7 +250,7 @@ pub(crate) fn expand(item: ItemFn, opts: Options) -> TokenStream {
         quote!()
     } else {
         quote! {
-            let mut __oai_pre: ::core::result::Result<(), #krate::Error> =
+            let mut __oai_pre: ::core::result::Result<(), #krate::__private::Error> =
                 ::core::result::Result::Ok(());
             #(
                 if __oai_pre.is_ok() {

@@ -67,8 +67,10 @@ pub mod validate;
 pub use auth::{
     ApiKey, Auth, AuthLayer, KeySource, RefreshOnUnauthorized, RefreshOnUnauthorizedLayer,
 };
+/// The runtime of the code that `#[openai_call]` generates ([`call`]'s `runtime` module),
+/// under the one path the generated code names. Not a public API.
 #[doc(hidden)]
-pub mod __private;
+pub use call::runtime as __private;
 
 pub use oai_resilience_macros::openai_call;
 

@@ -1,5 +1,7 @@
-//! Runtime support for the code that `#[openai_call]` generates. Not a public API: the names
-//! and signatures here change without notice.
+//! Runtime support for the code that `#[openai_call]` generates, which names this module, and
+//! only this module, as `oai_resilience::__private` (a re-export of it). Not a public API: the
+//! names and signatures here change without notice. The public side of the attribute (its
+//! docs, [`CallError`]) is the parent module, `call`.
 
 use std::fmt::{self, Debug, Write as _};
 use std::future::Future;
@@ -10,11 +12,13 @@ pub use std::time::Duration;
 
 use tracing::Instrument;
 
+pub use crate::auth::KeyRules;
+pub use crate::error::Error;
 pub use crate::retry::RetryConfig;
 
-use crate::auth::{self, ApiKey, EnvSource, KeyRules, KeySource};
-use crate::call::CallError;
-use crate::error::{AuthCause, CallContext, Error, ErrorKind, RetryContext, StopReason};
+use super::CallError;
+use crate::auth::{self, ApiKey, EnvSource, KeySource};
+use crate::error::{AuthCause, CallContext, ErrorKind, RetryContext, StopReason};
 use crate::parse::redact_secrets;
 use crate::validate::{self, Endpoint};
 

@@ -151,6 +151,9 @@
 //! endpoint literal. Each error points at the offending token, and the function is still
 //! emitted unchanged so that the rest of the crate type-checks.
 
+#[doc(hidden)]
+pub mod runtime;
+
 #[cfg(doc)]
 use crate::error::RetryContext;
 use crate::error::{BoxError, CallContext, Error};
