@@ -89,6 +89,7 @@
 
 mod bucket;
 mod cost;
+pub mod future;
 mod key;
 mod layer;
 mod pacer;
@@ -112,10 +113,6 @@ pub use pacer::{
 pub use service::Pace;
 pub use store::{Admission, BucketLimits, InProcessStore, LearnedLimits, PacingStore, StoreFuture};
 
-/// The future of the [`Pace`] service.
-pub mod future {
-    pub use super::service::ResponseFuture;
-}
 
 use crate::error::{Error, ErrorKind};
 

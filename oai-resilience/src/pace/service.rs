@@ -1,27 +1,22 @@
-//! [`Pace`]: the service that waits for a slot, then calls, then reports the outcome.
+//! [`Pace`]: the service that waits for a slot, then calls, then reports the outcome (its
+//! future is in [`future`](super::future)).
 
 use std::fmt;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{ready, Context, Poll};
+use std::task::{Context, Poll};
 
 use http::{Request, Response};
-use pin_project_lite::pin_project;
 use tower_service::Service;
 
-use crate::error::{Error, ErrorKind};
-use crate::parse::RateLimitSnapshot;
+use crate::error::Error;
 
 use super::cost::{scan, PaceBody};
+use super::future::{Admit, ResponseFuture, StoreSlot};
 use super::key::PaceKey;
 use super::layer::{Keying, PaceLayer};
-use super::pacer::{Acquire, Pacer, Permit};
-use super::probe::{ProbeGuard, StoreBackend};
-use super::store::{outcome, report_to_store, PacingStore};
-use super::{is_paced_locally, CallDeadline};
-
-type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+use super::pacer::Pacer;
+use super::probe::StoreBackend;
+use super::CallDeadline;
 
 /// The pacing middleware. See the [module docs](super).
 ///
@@ -135,198 +130,10 @@ where
                 }))
             }
         };
-        ResponseFuture {
-            state: State::Waiting {
-                acquire,
-                svc: Some(self.inner.clone()),
-                req: Some(req),
-            },
-        }
+        ResponseFuture::new(acquire, self.inner.clone(), req)
     }
 }
 
-pin_project! {
-    /// The response future of [`Pace`].
-    pub struct ResponseFuture<S, B>
-    where
-        S: Service<Request<B>>,
-    {
-        #[pin]
-        state: State<S, B, S::Future, S::Response>,
-    }
-}
-
-/// Waiting for a slot: from the in-process pacer or from a store.
-enum Admit {
-    Local(Acquire),
-    Shared(BoxFuture<Result<StoreSlot, Error>>),
-}
-
-/// A slot granted by a store: where to report the outcome.
-struct StoreSlot {
-    store: Arc<dyn PacingStore>,
-    key: PaceKey,
-    default_pause: std::time::Duration,
-    /// Held when this request probes a cold key.
-    probe: Option<ProbeGuard>,
-}
-
-/// A granted slot.
-enum Slot {
-    Local(Permit),
-    Shared(StoreSlot),
-}
-
-impl<S, B> fmt::Debug for ResponseFuture<S, B>
-where
-    S: Service<Request<B>>,
-{
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let state = match &self.state {
-            State::Waiting { .. } => "waiting",
-            State::Readying { .. } => "readying",
-            State::Calling { .. } => "calling",
-            State::Reporting { .. } => "reporting",
-            State::Done => "done",
-        };
-        f.debug_struct("ResponseFuture")
-            .field("state", &state)
-            .finish()
-    }
-}
-
-pin_project! {
-    #[project = StateProj]
-    enum State<S, B, F, R> {
-        Waiting { acquire: Admit, svc: Option<S>, req: Option<Request<B>> },
-        Readying { svc: S, req: Option<Request<B>>, permit: Option<Slot> },
-        Calling { #[pin] fut: F, permit: Option<Slot> },
-        // A store-paced call's outcome on its way to the store; then the result.
-        Reporting { fut: BoxFuture<()>, res: Option<Result<R, Error>> },
-        Done,
-    }
-}
-
-fn internal(what: &str) -> Error {
-    Error::new(ErrorKind::Internal).with_detail(format!("pace: {what}"))
-}
-
-impl<S, B, ResB> Future for ResponseFuture<S, B>
-where
-    S: Service<Request<B>, Response = Response<ResB>, Error = Error>,
-{
-    type Output = Result<Response<ResB>, Error>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let mut this = self.project();
-        loop {
-            match this.state.as_mut().project() {
-                StateProj::Waiting { acquire, svc, req } => {
-                    let res = match acquire {
-                        Admit::Local(a) => ready!(Pin::new(a).poll(cx)).map(Slot::Local),
-                        Admit::Shared(f) => ready!(f.as_mut().poll(cx)).map(Slot::Shared),
-                    };
-                    let (svc, req) = (svc.take(), req.take());
-                    let next = match (res, svc) {
-                        (Ok(permit), Some(svc)) => State::Readying {
-                            svc,
-                            req,
-                            permit: Some(permit),
-                        },
-                        (Err(e), _) => {
-                            this.state.set(State::Done);
-                            return Poll::Ready(Err(e));
-                        }
-                        (Ok(_), None) => {
-                            this.state.set(State::Done);
-                            return Poll::Ready(Err(internal("service missing")));
-                        }
-                    };
-                    this.state.set(next);
-                }
-                StateProj::Readying { svc, req, permit } => {
-                    if let Err(e) = ready!(svc.poll_ready(cx)) {
-                        if let Some(Slot::Local(p)) = permit.take() {
-                            p.on_error(e.rate_limit());
-                        }
-                        this.state.set(State::Done);
-                        return Poll::Ready(Err(e));
-                    }
-                    let Some(req) = req.take() else {
-                        this.state.set(State::Done);
-                        return Poll::Ready(Err(internal("request missing")));
-                    };
-                    let fut = svc.call(req);
-                    let permit = permit.take();
-                    this.state.set(State::Calling { fut, permit });
-                }
-                StateProj::Calling { fut, permit } => {
-                    let res = ready!(fut.poll(cx));
-                    match permit.take() {
-                        Some(Slot::Local(permit)) => report(permit, &res),
-                        Some(Slot::Shared(slot)) => {
-                            let (snap, limited) = outcome(&res);
-                            // The server answered (a response, or an error with a status):
-                            // once its headers are in the store, the key is known.
-                            let answered = match &res {
-                                Ok(_) => true,
-                                Err(e) => e.status().is_some(),
-                            };
-                            let fut = Box::pin(async move {
-                                report_to_store(
-                                    &*slot.store,
-                                    &slot.key,
-                                    snap,
-                                    limited,
-                                    slot.default_pause,
-                                )
-                                .await;
-                                if let (true, Some(probe)) = (answered, slot.probe) {
-                                    probe.answered();
-                                }
-                            });
-                            this.state.set(State::Reporting {
-                                fut,
-                                res: Some(res),
-                            });
-                            continue;
-                        }
-                        None => {}
-                    }
-                    this.state.set(State::Done);
-                    return Poll::Ready(res);
-                }
-                StateProj::Reporting { fut, res } => {
-                    ready!(fut.as_mut().poll(cx));
-                    let res = res.take();
-                    this.state.set(State::Done);
-                    return Poll::Ready(res.unwrap_or_else(|| Err(internal("result missing"))));
-                }
-                StateProj::Done => {
-                    return Poll::Ready(Err(internal("response future polled after completion")))
-                }
-            }
-        }
-    }
-}
-
-/// Tells the pacer how the call went.
-fn report<B>(permit: Permit, res: &Result<Response<B>, Error>) {
-    match res {
-        Ok(r) => {
-            let snap = r
-                .extensions()
-                .get::<RateLimitSnapshot>()
-                .copied()
-                .unwrap_or_else(|| RateLimitSnapshot::from_headers(r.headers()));
-            permit.on_response(Some(&snap).filter(|s| !s.is_empty()));
-        }
-        Err(e) if e.kind() == ErrorKind::RateLimited && !is_paced_locally(e) => {
-            permit.on_rate_limited(e.retry_after(), e.rate_limit());
-        }
-        Err(e) => permit.on_error(e.rate_limit()),
-    }
-}
 
 #[cfg(test)]
 mod store_tests {
@@ -339,8 +146,10 @@ mod store_tests {
     use tower::{Layer, ServiceExt};
 
     use super::*;
+    use crate::error::ErrorKind;
     use crate::pace::{
-        Admission, BucketLimits, Cost, InProcessStore, LearnedLimits, PacerConfig, StoreFuture,
+        is_paced_locally, Admission, BucketLimits, Cost, InProcessStore, LearnedLimits,
+        PacerConfig, PacingStore, StoreFuture,
     };
 
     use crate::pace::test_upstream::upstream;
