@@ -113,7 +113,6 @@ pub use pacer::{
 pub use service::Pace;
 pub use store::{Admission, BucketLimits, InProcessStore, LearnedLimits, PacingStore, StoreFuture};
 
-
 use crate::error::{Error, ErrorKind};
 
 /// The call's deadline, as a request extension: the pacer never waits past it.

@@ -134,7 +134,6 @@ where
     }
 }
 
-
 #[cfg(test)]
 mod store_tests {
     use std::sync::atomic::{AtomicU64, Ordering};
