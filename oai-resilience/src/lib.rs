@@ -54,6 +54,7 @@ mod cause;
 pub mod classify;
 pub mod error;
 mod hash;
+mod macros;
 #[cfg(feature = "mock")]
 #[cfg_attr(docsrs, doc(cfg(feature = "mock")))]
 pub mod mock;

@@ -65,20 +65,7 @@ pub struct RefreshOnUnauthorized<S> {
 }
 
 impl<S> RefreshOnUnauthorized<S> {
-    /// The inner service.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-
-    /// The inner service, mutably.
-    pub fn get_mut(&mut self) -> &mut S {
-        &mut self.inner
-    }
-
-    /// Consumes the middleware, returning the inner service.
-    pub fn into_inner(self) -> S {
-        self.inner
-    }
+    crate::macros::inner_service_accessors!();
 }
 
 /// Whether a fresh key can cure `err`.

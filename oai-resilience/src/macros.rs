@@ -1,0 +1,25 @@
+//! Small macros the middlewares share.
+
+/// The accessors of a middleware's inner service, as in tower: `get_ref`, `get_mut` and
+/// `into_inner`, for a service `Foo<S>` that holds its inner service in a field `inner`.
+/// Used inside `impl<S> Foo<S> { … }` (tower-http does the same).
+macro_rules! inner_service_accessors {
+    () => {
+        /// The inner service.
+        pub fn get_ref(&self) -> &S {
+            &self.inner
+        }
+
+        /// The inner service, mutably.
+        pub fn get_mut(&mut self) -> &mut S {
+            &mut self.inner
+        }
+
+        /// Consumes the middleware, returning the inner service.
+        pub fn into_inner(self) -> S {
+            self.inner
+        }
+    };
+}
+
+pub(crate) use inner_service_accessors;
