@@ -64,6 +64,7 @@ pub mod respond;
 pub mod retry;
 pub mod stack;
 pub mod validate;
+pub mod watchdog;
 
 pub use auth::{
     ApiKey, Auth, AuthLayer, KeySource, RefreshOnUnauthorized, RefreshOnUnauthorizedLayer,
@@ -85,3 +86,4 @@ pub use parse::{ApiError, RateLimitSnapshot};
 pub use retry::{Retry, RetryConfig, RetryLayer};
 pub use stack::{BaseUrl, BaseUrlLayer, ClientBody, OpenAiLayer, OpenAiService};
 pub use validate::{Validate, ValidateBody, ValidateLayer, Validator};
+pub use watchdog::{Watchdog, WatchdogBody, WatchdogLayer};
