@@ -54,17 +54,16 @@ mod cause;
 pub mod classify;
 pub mod error;
 mod hash;
-mod macros;
 #[cfg(feature = "mock")]
 #[cfg_attr(docsrs, doc(cfg(feature = "mock")))]
 pub mod mock;
 pub mod pace;
 pub mod parse;
+mod redact;
 pub mod respond;
 pub mod retry;
 pub mod stack;
 pub mod validate;
-pub mod watchdog;
 
 pub use auth::{
     ApiKey, Auth, AuthLayer, KeySource, RefreshOnUnauthorized, RefreshOnUnauthorizedLayer,
@@ -86,4 +85,3 @@ pub use parse::{ApiError, RateLimitSnapshot};
 pub use retry::{Retry, RetryConfig, RetryLayer};
 pub use stack::{BaseUrl, BaseUrlLayer, ClientBody, OpenAiLayer, OpenAiService};
 pub use validate::{Validate, ValidateBody, ValidateLayer, Validator};
-pub use watchdog::{Watchdog, WatchdogBody, WatchdogLayer};

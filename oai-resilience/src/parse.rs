@@ -16,13 +16,13 @@
 //! );
 //! ```
 
-use std::borrow::Cow;
 use std::time::{Duration, SystemTime};
 
 use http::{HeaderMap, HeaderValue, StatusCode};
 use serde_json::Value;
 
 use crate::cause::{AuthCause, DelaySource};
+pub use crate::redact::redact_secrets;
 
 /// The longest duration any parser returns: longer values (years, overflow) saturate here.
 ///
@@ -168,77 +168,6 @@ pub fn body_snippet(body: &[u8]) -> String {
         out.push('…');
     }
     out
-}
-
-/// Replaces anything that looks like an API key, or the masked fragment that OpenAI's 401
-/// message echoes (`sk-abc1***…***wxyz`), with `[redacted]`.
-pub fn redact_secrets(s: &str) -> Cow<'_, str> {
-    if !s.contains("sk-") && !s.contains("Bearer ") && !s.contains("provided: ") {
-        return Cow::Borrowed(s);
-    }
-    let mut out = String::with_capacity(s.len());
-    let mut rest = s;
-    loop {
-        let next = [
-            find_key(rest),
-            find_after(rest, "Bearer "),
-            find_after(rest, "provided: "),
-        ]
-        .into_iter()
-        .flatten()
-        .min();
-        let Some(start) = next else {
-            out.push_str(rest);
-            break;
-        };
-        let end = start
-            + rest[start..]
-                .find(|c: char| {
-                    !(c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '*' || c == '.')
-                })
-                .unwrap_or(rest.len() - start);
-        // Keep a trailing sentence dot out of the token.
-        let mut token_end = end;
-        while token_end > start && rest.as_bytes()[token_end - 1] == b'.' {
-            token_end -= 1;
-        }
-        out.push_str(&rest[..start]);
-        if token_end > start {
-            out.push_str("[redacted]");
-        }
-        out.push_str(&rest[token_end..end]);
-        rest = &rest[end..];
-        if rest.is_empty() {
-            break;
-        }
-    }
-    Cow::Owned(out)
-}
-
-/// The start of the first `sk-` that begins a key. An `sk-` inside a word (`task-1`,
-/// `risk-free`) is not one, unless it opens a project, service-account or admin key
-/// (`sk-proj-`, `sk-svcacct-`, `sk-admin-`, `sk-None-`) or is followed by a run as long as a
-/// key's (20 characters or more): redacting too much is the safe side.
-fn find_key(s: &str) -> Option<usize> {
-    const TYPED: [&str; 4] = ["proj-", "svcacct-", "admin-", "None-"];
-    let bytes = s.as_bytes();
-    let mut from = 0;
-    while let Some(i) = s[from..].find("sk-").map(|i| i + from) {
-        let in_word = i > 0 && (bytes[i - 1].is_ascii_alphanumeric() || bytes[i - 1] == b'_');
-        let after = &s[i + 3..];
-        let run = after
-            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '*'))
-            .unwrap_or(after.len());
-        if !in_word || run >= 20 || TYPED.iter().any(|t| after.starts_with(t)) {
-            return Some(i);
-        }
-        from = i + 3;
-    }
-    None
-}
-
-fn find_after(s: &str, marker: &str) -> Option<usize> {
-    s.find(marker).map(|i| i + marker.len())
 }
 
 /// The `x-request-id` header, if it is printable ASCII.
@@ -713,42 +642,6 @@ mod tests {
         assert!(!snip.contains("sk-"), "{snip}");
         // Short bodies are whole, without the ellipsis.
         assert_eq!(body_snippet(b"  bad\n\tgateway  "), "bad gateway");
-    }
-
-    #[test]
-    fn redacts_echoed_keys() {
-        let m = "Incorrect API key provided: sk-abc12***************************************wxyz. You can find your API key at https://platform.openai.com/account/api-keys.";
-        let r = redact_secrets(m);
-        assert!(!r.contains("abc12"), "{r}");
-        assert!(!r.contains("wxyz"), "{r}");
-        assert!(
-            r.starts_with("Incorrect API key provided: [redacted]. You can find"),
-            "{r}"
-        );
-        assert_eq!(redact_secrets("no secrets here"), "no secrets here");
-        let r = redact_secrets("Authorization: Bearer sk-proj-AAAA1234");
-        assert!(!r.contains("AAAA1234"), "{r}");
-    }
-
-    // Regression: `sk-` inside a word was taken for a key (`task-1` → `ta[redacted]`).
-    #[test]
-    fn sk_inside_a_word_is_not_a_key() {
-        for s in [
-            "task-1 failed",
-            "a risk-free retry",
-            "desk-top",
-            "tasks: task-queue",
-        ] {
-            assert_eq!(redact_secrets(s), s);
-        }
-        // ...but a key glued to a word is still redacted.
-        let glued = "keysk-proj-abcdefgh12345678 end";
-        assert_eq!(redact_secrets(glued), "key[redacted] end");
-        let long = "xsk-abcdefghijklmnopqrstuvwxyz0123 end";
-        assert_eq!(redact_secrets(long), "x[redacted] end");
-        // And a key after a task id in the same message.
-        let both = "task-7: key sk-abc12***wxyz refused";
-        assert_eq!(redact_secrets(both), "task-7: key [redacted] refused");
     }
 
     #[test]

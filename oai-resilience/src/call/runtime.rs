@@ -3,7 +3,7 @@
 //! names and signatures here change without notice. The public side of the attribute (its
 //! docs, [`CallError`]) is the parent module, `call`.
 
-use std::fmt::{self, Debug, Write as _};
+use std::fmt::{self, Debug};
 use std::future::Future;
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -19,7 +19,7 @@ pub use crate::retry::RetryConfig;
 use super::CallError;
 use crate::auth::{self, ApiKey, EnvSource, KeySource};
 use crate::error::{AuthCause, CallContext, ErrorKind, RetryContext, StopReason};
-use crate::parse::redact_secrets;
+use crate::redact;
 use crate::validate::{self, Endpoint};
 
 /// The longest `Debug` text kept for one argument, in characters.
@@ -57,61 +57,11 @@ pub struct Args {
     list: Vec<(String, String)>,
 }
 
-/// Whether an argument's name says it holds a secret, so its value is never shown.
-fn is_secret_name(name: &str) -> bool {
-    let n = name.to_ascii_lowercase();
-    n.ends_with("key")
-        || n.ends_with("secret")
-        || n.ends_with("password")
-        || n.ends_with("credentials")
-        || n == "token"
-        || n.ends_with("_token")
-        || n.ends_with("authorization")
-}
-
-/// A `fmt::Write` that keeps the first `max` characters and notes that more came.
-struct Truncating {
-    out: String,
-    chars: usize,
-    max: usize,
-    cut: bool,
-}
-
-impl fmt::Write for Truncating {
-    fn write_str(&mut self, s: &str) -> fmt::Result {
-        for c in s.chars() {
-            if self.chars == self.max {
-                self.cut = true;
-                // Stop formatting: the rest would be thrown away.
-                return Err(fmt::Error);
-            }
-            self.out.push(c);
-            self.chars += 1;
-        }
-        Ok(())
-    }
-}
-
 impl Args {
-    /// Records one argument: its `Debug` text, truncated and redacted.
+    /// Records one argument: its `Debug` text, truncated and redacted
+    /// ([`redact::arg_text`]).
     pub fn arg<T: Debug + ?Sized>(&mut self, name: &str, value: &T) {
-        let text = if is_secret_name(name) {
-            "[redacted]".to_owned()
-        } else {
-            let mut w = Truncating {
-                out: String::new(),
-                chars: 0,
-                // One more than kept, so a cut is seen even if the key-like token ends at it.
-                max: MAX_ARG_CHARS,
-                cut: false,
-            };
-            let _ = write!(w, "{value:?}");
-            let mut text = redact_secrets(&w.out).into_owned();
-            if w.cut {
-                text.push('…');
-            }
-            text
-        };
+        let text = redact::arg_text(name, value, MAX_ARG_CHARS);
         self.list.push((name.to_owned(), text));
     }
 }
