@@ -26,7 +26,6 @@ use http::{HeaderMap, StatusCode};
 
 pub use crate::cause::{AuthCause, DelaySource};
 use crate::parse::{self, ApiError, RateLimitSnapshot};
-use crate::redact::{redact_secrets, redact_string};
 
 /// A type-erased error, as tower uses.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
@@ -84,6 +83,12 @@ pub enum ErrorKind {
     /// sending it again is the caller's decision, as it is for the stack, which returns once
     /// the response's head arrives.
     ResponseBody,
+    /// The circuit breaker of this upstream and key is open
+    /// ([`CircuitBreaker`](crate::breaker::CircuitBreaker)): the upstream failed again and
+    /// again, so the call was refused locally and nothing was sent. [`Error::retry_after`] is
+    /// the time left until the breaker lets a probe through. Not retryable, and not a
+    /// retry-budget withdrawal: retrying into an open circuit fails the same way at once.
+    CircuitOpen,
 }
 
 impl ErrorKind {
@@ -134,6 +139,7 @@ impl ErrorKind {
                 | ErrorKind::InvalidParameter
                 | ErrorKind::NotReplayable
                 | ErrorKind::Internal
+                | ErrorKind::CircuitOpen
         )
     }
 
@@ -161,6 +167,7 @@ impl ErrorKind {
             ErrorKind::Internal => "internal",
             ErrorKind::Decode => "decode",
             ErrorKind::ResponseBody => "response_body",
+            ErrorKind::CircuitOpen => "circuit_open",
         }
     }
 }
@@ -194,9 +201,16 @@ impl Violation {
     /// ```
     pub fn new(param: impl Into<String>, message: impl Into<String>) -> Self {
         Violation {
-            param: redact_string(param.into()),
-            message: redact_string(message.into()),
+            param: redacted(param.into()),
+            message: redacted(message.into()),
         }
+    }
+}
+
+fn redacted(s: String) -> String {
+    match parse::redact_secrets(&s) {
+        std::borrow::Cow::Borrowed(_) => s,
+        std::borrow::Cow::Owned(r) => r,
     }
 }
 
@@ -360,7 +374,8 @@ impl Error {
         let kind = ErrorKind::from_status(status, api.as_ref());
         let mut err = Error::new(kind).with_status(status);
         let inner = err.inner_mut();
-        inner.request_id = parse::request_id(headers).map(|id| redact_secrets(id).into_owned());
+        inner.request_id =
+            parse::request_id(headers).map(|id| parse::redact_secrets(id).into_owned());
         inner.should_retry = parse::should_retry(headers);
         let rl = RateLimitSnapshot::from_headers(headers);
         if !rl.is_empty() {
@@ -406,7 +421,7 @@ impl Error {
 
     /// Sets OpenAI's error object (its message is redacted of key fragments).
     pub fn with_api_error(mut self, mut api: ApiError) -> Self {
-        api.message = redact_secrets(&api.message).into_owned();
+        api.message = parse::redact_secrets(&api.message).into_owned();
         self.inner_mut().api = Some(api);
         self
     }
@@ -441,7 +456,7 @@ impl Error {
     /// look like API keys are redacted.
     pub fn with_detail(mut self, detail: impl Into<String>) -> Self {
         let detail = detail.into();
-        self.inner_mut().detail = Some(redact_secrets(&detail).into_owned());
+        self.inner_mut().detail = Some(parse::redact_secrets(&detail).into_owned());
         self
     }
 
@@ -715,6 +730,15 @@ impl Error {
             ErrorKind::ResponseBody => Cow::Borrowed(
                 "the connection failed while the response body was read; the server processed the request, so send it again only if repeating it is safe",
             ),
+            ErrorKind::CircuitOpen => match inner.retry_after {
+                Some(d) => Cow::Owned(format!(
+                    "the upstream is failing and its circuit is open: nothing was sent; try again in {} or use another route",
+                    fmt_secs(d)
+                )),
+                None => Cow::Borrowed(
+                    "the upstream is failing and its circuit is open: nothing was sent; try again later or use another route",
+                ),
+            },
         }
     }
 }
@@ -773,7 +797,11 @@ impl fmt::Display for Error {
         } else if let Some(detail) = &inner.detail {
             write!(f, ": {}", one_line(detail, 300))?;
         } else if let Some(src) = &inner.source {
-            write!(f, ": {}", one_line(&redact_secrets(&src.to_string()), 300))?;
+            write!(
+                f,
+                ": {}",
+                one_line(&parse::redact_secrets(&src.to_string()), 300)
+            )?;
         }
         if let Some(id) = &inner.request_id {
             write!(f, " [request {id}]")?;
@@ -873,7 +901,7 @@ impl fmt::Debug for Error {
             d.field("call", c);
         }
         if let Some(s) = &inner.source {
-            d.field("source", &redact_secrets(&format!("{s:?}")));
+            d.field("source", &parse::redact_secrets(&format!("{s:?}")));
         }
         d.finish()
     }

@@ -10,7 +10,7 @@
 //!   fault: 400 for a local validation failure, 401 for a missing or malformed key, 429 when
 //!   the pacer gave up or the quota is gone, 413 for an oversized body, 502 for a connection
 //!   failure, a body that could not be replayed or an upstream answer that could not be read
-//!   or decoded, 504 for a timeout, 500 otherwise.
+//!   or decoded, 504 for a timeout, 503 for an open circuit, 500 otherwise.
 //! - **Body**: `{"error": {"message", "type", "param", "code"}}`, the upstream's own fields
 //!   when it sent them (for a local failure: `missing_required_parameter` or `invalid_value`
 //!   with the parameter's path in `param`, `invalid_api_key`, `rate_limit_exceeded`, …),
@@ -63,6 +63,7 @@ pub fn status_for(err: &Error) -> StatusCode {
         ErrorKind::RateLimited | ErrorKind::QuotaExceeded => StatusCode::TOO_MANY_REQUESTS,
         ErrorKind::RequestTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         ErrorKind::Timeout | ErrorKind::RequestTimeout => StatusCode::GATEWAY_TIMEOUT,
+        ErrorKind::CircuitOpen => StatusCode::SERVICE_UNAVAILABLE,
         ErrorKind::Connection
         | ErrorKind::ServerError
         | ErrorKind::NotReplayable
@@ -100,6 +101,7 @@ fn local_code(err: &Error) -> Option<&'static str> {
         ErrorKind::RateLimited => Some("rate_limit_exceeded"),
         ErrorKind::QuotaExceeded => Some("insufficient_quota"),
         ErrorKind::Timeout => Some("timeout"),
+        ErrorKind::CircuitOpen => Some("circuit_open"),
         _ => None,
     }
 }

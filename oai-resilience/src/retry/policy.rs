@@ -175,7 +175,9 @@ type Predicate = Arc<dyn Fn(&Error) -> bool + Send + Sync>;
 /// The default policy, built on OpenAI's documented behaviour.
 ///
 /// In order:
-/// 1. a local error (missing key, failed validation, …) is never retried;
+/// 1. a local error (missing key, failed validation, an open circuit, …) is never retried:
+///    nothing was sent, and the same call fails the same way at once (an open circuit's
+///    [`ErrorKind::CircuitOpen`] is therefore never a retry-budget withdrawal either);
 /// 2. the server's `x-should-retry: true|false` wins over the status;
 /// 3. [`never_retry_if`](Self::never_retry_if) predicates stop, [`retry_if`](Self::retry_if)
 ///    predicates retry;
@@ -364,6 +366,16 @@ mod tests {
         ] {
             assert!(!p.is_retryable(&Error::new(local).with_should_retry(true), true));
         }
+    }
+
+    #[test]
+    fn an_open_circuit_is_never_retried() {
+        let open = Error::new(ErrorKind::CircuitOpen)
+            .with_retry_after(Duration::from_secs(3), DelaySource::Backoff);
+        let p = OpenAiPolicy::new().retry_if(|_| true);
+        assert!(!p.is_retryable(&open, true));
+        assert!(!p.is_retryable(&open.clone().with_should_retry(true), true));
+        assert!(!open.is_retryable());
     }
 
     #[test]
