@@ -49,22 +49,24 @@
 #[cfg_attr(docsrs, doc(cfg(any(feature = "reqwest", feature = "async-openai"))))]
 pub mod adapter;
 pub mod auth;
+pub mod breaker;
 pub mod call;
 mod cause;
 pub mod classify;
 pub mod error;
 mod hash;
+mod macros;
 #[cfg(feature = "mock")]
 #[cfg_attr(docsrs, doc(cfg(feature = "mock")))]
 pub mod mock;
 pub mod pace;
 pub mod parse;
 mod redact;
-mod redact;
 pub mod respond;
 pub mod retry;
 pub mod stack;
 pub mod validate;
+pub mod watchdog;
 
 pub use auth::{
     ApiKey, Auth, AuthLayer, KeySource, RefreshOnUnauthorized, RefreshOnUnauthorizedLayer,
@@ -76,6 +78,7 @@ pub use call::runtime as __private;
 
 pub use oai_resilience_macros::openai_call;
 
+pub use breaker::{CircuitBreaker, CircuitBreakerLayer};
 pub use classify::{Classify, ClassifyLayer};
 pub use error::{
     AttemptOutcome, AuthCause, BoxError, CallContext, DelaySource, Error, ErrorKind, RetryContext,
@@ -86,3 +89,4 @@ pub use parse::{ApiError, RateLimitSnapshot};
 pub use retry::{Retry, RetryConfig, RetryLayer};
 pub use stack::{BaseUrl, BaseUrlLayer, ClientBody, OpenAiLayer, OpenAiService};
 pub use validate::{Validate, ValidateBody, ValidateLayer, Validator};
+pub use watchdog::{Watchdog, WatchdogBody, WatchdogLayer};
