@@ -26,6 +26,7 @@ use http::{HeaderMap, StatusCode};
 
 pub use crate::cause::{AuthCause, DelaySource};
 use crate::parse::{self, ApiError, RateLimitSnapshot};
+use crate::redact::{redact_secrets, redact_string};
 
 /// A type-erased error, as tower uses.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
@@ -201,16 +202,9 @@ impl Violation {
     /// ```
     pub fn new(param: impl Into<String>, message: impl Into<String>) -> Self {
         Violation {
-            param: redacted(param.into()),
-            message: redacted(message.into()),
+            param: redact_string(param.into()),
+            message: redact_string(message.into()),
         }
-    }
-}
-
-fn redacted(s: String) -> String {
-    match parse::redact_secrets(&s) {
-        std::borrow::Cow::Borrowed(_) => s,
-        std::borrow::Cow::Owned(r) => r,
     }
 }
 
@@ -374,8 +368,7 @@ impl Error {
         let kind = ErrorKind::from_status(status, api.as_ref());
         let mut err = Error::new(kind).with_status(status);
         let inner = err.inner_mut();
-        inner.request_id =
-            parse::request_id(headers).map(|id| parse::redact_secrets(id).into_owned());
+        inner.request_id = parse::request_id(headers).map(|id| redact_secrets(id).into_owned());
         inner.should_retry = parse::should_retry(headers);
         let rl = RateLimitSnapshot::from_headers(headers);
         if !rl.is_empty() {
@@ -421,7 +414,7 @@ impl Error {
 
     /// Sets OpenAI's error object (its message is redacted of key fragments).
     pub fn with_api_error(mut self, mut api: ApiError) -> Self {
-        api.message = parse::redact_secrets(&api.message).into_owned();
+        api.message = redact_secrets(&api.message).into_owned();
         self.inner_mut().api = Some(api);
         self
     }
@@ -456,7 +449,7 @@ impl Error {
     /// look like API keys are redacted.
     pub fn with_detail(mut self, detail: impl Into<String>) -> Self {
         let detail = detail.into();
-        self.inner_mut().detail = Some(parse::redact_secrets(&detail).into_owned());
+        self.inner_mut().detail = Some(redact_secrets(&detail).into_owned());
         self
     }
 
@@ -797,11 +790,7 @@ impl fmt::Display for Error {
         } else if let Some(detail) = &inner.detail {
             write!(f, ": {}", one_line(detail, 300))?;
         } else if let Some(src) = &inner.source {
-            write!(
-                f,
-                ": {}",
-                one_line(&parse::redact_secrets(&src.to_string()), 300)
-            )?;
+            write!(f, ": {}", one_line(&redact_secrets(&src.to_string()), 300))?;
         }
         if let Some(id) = &inner.request_id {
             write!(f, " [request {id}]")?;
@@ -901,7 +890,7 @@ impl fmt::Debug for Error {
             d.field("call", c);
         }
         if let Some(s) = &inner.source {
-            d.field("source", &parse::redact_secrets(&format!("{s:?}")));
+            d.field("source", &redact_secrets(&format!("{s:?}")));
         }
         d.finish()
     }
