@@ -46,7 +46,23 @@
 //! - `--json`: one JSON object per scenario on stdout (the table goes to stderr); every client
 //!   row has `failed`, `wall_s`, `minimum_s`, `wall_over_minimum`, `requests_sent`, `p99_ms`;
 //! - `--svg PATH`: write the burst plot there (nothing is written without it);
+//! - `--client hyper|reqwest|async-openai`: the HTTP client the calls go through (below);
 //! - `--help`, `-h`: the usage.
+//!
+//! Clients (`--client`, default `hyper`). Each runs the scenario with the stack and, as the
+//! baseline in the same run, with that client's own default retry:
+//!
+//! | `--client` | stack row | baseline row | `clean`'s bare row |
+//! |------------|-----------|--------------|--------------------|
+//! | `hyper` | `stack`: [`OpenAiLayer`] over hyper-util | `baseline`: `tower::retry`, 3 tries, 100 ms apart | `bare`: hyper-util |
+//! | `reqwest` | `stack (reqwest)`: reqwest-middleware with `OpenAiMiddleware` | `baseline (reqwest-retry)`: reqwest-retry's `RetryTransientMiddleware` with `ExponentialBackoff::builder().build_with_max_retries(3)` (its documented example: waits drawn uniformly below 1 s × 2ⁿ, `Retry-After` not read) | `bare (reqwest)`: no middleware |
+//! | `async-openai` | `stack (async-openai)`: `Client::with_http_service(OpenAiLayer::into_async_openai())` | `baseline (async-openai retry)`: async-openai's built-in retry (`OpenAIRetryLayer::default()` over `ReqwestService`, the layers of its default client: 3 retries of 429, 5xx and connect errors, 100 ms × 2ⁿ capped at 8 s or `Retry-After`) | `bare (async-openai)`: `ReqwestService` without the retry layer |
+//!
+//! The reqwest and async-openai clients send the same JSON (async-openai's typed
+//! `CreateChatCompletionRequest`, read from it) and read the answer as their users do (the
+//! typed response, or the event stream to its end). Requests are counted by the mock, as for
+//! hyper; against `--base-url` they are counted on the client side (for the async-openai
+//! stack, the pacer's granted slots). `--processes`/`--store` run the hyper client only.
 //!
 //! Run it with `cargo run --release -p examples --bin loadtest -- --scenario all`.
 //!
@@ -74,7 +90,9 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use async_openai::types::chat::CreateChatCompletionRequest;
 use bytes::Bytes;
+use futures_util::StreamExt as _;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
@@ -114,6 +132,9 @@ Options:
   --baseline                with --base-url: run the baseline client too
   --json                    one JSON object per scenario on stdout, the table on stderr
   --svg PATH                write the burst plot to PATH (no plot without it)
+  --client hyper|reqwest|async-openai
+                            the HTTP client, with the stack and with its own default
+                            retry as the baseline (default: hyper)
   --processes P             split the calls over P worker processes
   --store memory|redis|redis://HOST:PORT
                             pacing state of the worker processes (redis: start a
@@ -125,6 +146,7 @@ Examples:
   loadtest --scenario all
   loadtest --scenario latency
   loadtest --scenario burst --latency-ms 2000
+  loadtest --scenario burst,quota,flaky --client reqwest
   loadtest --scenario latency --processes 4 --store redis
 ";
 
@@ -242,10 +264,60 @@ pub(crate) fn api_base(url: &str) -> String {
     url.trim_end_matches('/').to_string()
 }
 
+/// The HTTP client the calls go through (`--client`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) enum ClientKind {
+    /// hyper-util: the stack as a tower service, the baseline a `tower::retry` policy.
+    #[default]
+    Hyper,
+    /// reqwest-middleware: the stack as `OpenAiMiddleware`, the baseline reqwest-retry.
+    Reqwest,
+    /// async-openai: the stack as its HTTP service, the baseline its built-in retry.
+    AsyncOpenAi,
+}
+
+impl ClientKind {
+    /// Every client, by name.
+    pub(crate) const EVERY: [ClientKind; 3] = [
+        ClientKind::Hyper,
+        ClientKind::Reqwest,
+        ClientKind::AsyncOpenAi,
+    ];
+
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            ClientKind::Hyper => "hyper",
+            ClientKind::Reqwest => "reqwest",
+            ClientKind::AsyncOpenAi => "async-openai",
+        }
+    }
+
+    fn parse(s: &str) -> Option<ClientKind> {
+        ClientKind::EVERY.into_iter().find(|c| c.name() == s)
+    }
+
+    /// The row's name for a run of `which` through this client: `stack`, `baseline` and
+    /// `bare` for hyper (as before the other clients), else e.g. `stack (reqwest)`,
+    /// `baseline (reqwest-retry)`.
+    pub(crate) fn label(self, which: Which) -> &'static str {
+        match (self, which) {
+            (ClientKind::Hyper, w) => w.name(),
+            (ClientKind::Reqwest, Which::Stack) => "stack (reqwest)",
+            (ClientKind::Reqwest, Which::Baseline) => "baseline (reqwest-retry)",
+            (ClientKind::Reqwest, Which::Bare) => "bare (reqwest)",
+            (ClientKind::AsyncOpenAi, Which::Stack) => "stack (async-openai)",
+            (ClientKind::AsyncOpenAi, Which::Baseline) => "baseline (async-openai retry)",
+            (ClientKind::AsyncOpenAi, Which::Bare) => "bare (async-openai)",
+        }
+    }
+}
+
 /// How one scenario is run.
 #[derive(Debug, Clone)]
 pub(crate) struct Config {
     pub(crate) scenario: Scenario,
+    /// The HTTP client of both rows.
+    pub(crate) client: ClientKind,
     pub(crate) calls: usize,
     pub(crate) concurrency: usize,
     /// The mock's answer latency, before the headers (the clean scenario uses none).
@@ -275,6 +347,7 @@ impl Config {
         let (calls, concurrency) = scenario.defaults();
         Config {
             scenario,
+            client: ClientKind::Hyper,
             calls,
             concurrency,
             latency: scenario.default_latency(),
@@ -353,6 +426,8 @@ impl Which {
 #[derive(Debug, Clone)]
 pub(crate) struct Run {
     pub(crate) which: Which,
+    /// The HTTP client it went through.
+    pub(crate) client: ClientKind,
     pub(crate) calls: usize,
     pub(crate) ok: usize,
     /// Failed calls by kind, sorted by kind name.
@@ -372,6 +447,11 @@ pub(crate) struct Run {
 }
 
 impl Run {
+    /// The row's name: `stack`, `baseline (reqwest-retry)`, … (see [`ClientKind::label`]).
+    pub(crate) fn label(&self) -> &'static str {
+        self.client.label(self.which)
+    }
+
     pub(crate) fn failed(&self) -> usize {
         self.failed_by_kind.iter().map(|(_, n)| n).sum()
     }
@@ -406,7 +486,8 @@ impl Run {
             .map(|(k, n)| (k.clone(), (*n).into()))
             .collect();
         serde_json::json!({
-            "client": self.which.name(),
+            "client": self.label(),
+            "http_client": self.client.name(),
             "calls": self.calls,
             "ok": self.ok,
             "failed": self.failed(),
@@ -520,11 +601,21 @@ impl Report {
             ),
             Scenario::Flaky => (
                 s.failed() == 0 && s.per_call() <= 1.30,
-                format!("0 failed, req/call <= 1.30 ({:.3})", s.per_call()),
+                format!(
+                    "0 failed ({}{}), req/call <= 1.30 ({:.3}{})",
+                    s.failed(),
+                    beside(&|b| b.failed().to_string()),
+                    s.per_call(),
+                    beside(&|b| format!("{:.3}", b.per_call())),
+                ),
             ),
             Scenario::Quota => (
                 s.requests_sent == s.calls as u64,
-                format!("req/call = 1.00 ({:.3})", s.per_call()),
+                format!(
+                    "req/call = 1.00 ({:.3}{})",
+                    s.per_call(),
+                    beside(&|b| format!("{:.3}", b.per_call())),
+                ),
             ),
             Scenario::Outage => match s.outage {
                 Some((sent, during, after, after_ok)) => {
@@ -679,6 +770,249 @@ fn build(which: Which, base: &str, key: &str, counter: &Counter) -> Result<Svc, 
     })
 }
 
+/// A scenario's calls, through one of the clients (`--client`).
+#[derive(Clone)]
+pub(crate) enum Caller {
+    /// A hyper-style tower service; requests go to [`PATH`] (the base URL is in the service).
+    Hyper(Svc),
+    /// A `ClientWithMiddleware`, posting to `url`.
+    Reqwest {
+        client: reqwest_middleware::ClientWithMiddleware,
+        url: Arc<str>,
+    },
+    /// An async-openai client, sending `request` (typed, read from the scenario's JSON).
+    AsyncOpenAi {
+        client: async_openai::Client<async_openai::config::OpenAIConfig>,
+        request: Arc<CreateChatCompletionRequest>,
+    },
+}
+
+impl Caller {
+    /// One call with `body` (the scenario's JSON), its answer read to the end (the JSON
+    /// decoded, an event stream to its last event): `Ok`, or the failure's kind by
+    /// [`ErrorKind`]'s names, whichever client failed.
+    pub(crate) async fn call(self, body: &'static str) -> Result<(), String> {
+        match self {
+            Caller::Hyper(svc) => {
+                let req = http::Request::post(PATH)
+                    .header("content-type", "application/json")
+                    .body(Full::new(Bytes::from_static(body.as_bytes())))
+                    .map_err(|_| ErrorKind::Internal.to_string())?;
+                one_call(svc, req).await.map_err(|k| k.to_string())
+            }
+            Caller::Reqwest { client, url } => {
+                let res = client
+                    .post(&*url)
+                    .header("content-type", "application/json")
+                    .body(body)
+                    .send()
+                    .await;
+                match res {
+                    Ok(resp) if resp.status().is_success() => resp
+                        .bytes()
+                        .await
+                        .map(|_| ())
+                        .map_err(|_| ErrorKind::Connection.to_string()),
+                    Ok(resp) => {
+                        let status = resp.status();
+                        let bytes = resp.bytes().await.unwrap_or_default();
+                        let api = oai_resilience::parse::parse_error_body(&bytes);
+                        Err(ErrorKind::from_status(status, api.as_ref()).to_string())
+                    }
+                    Err(reqwest_middleware::Error::Middleware(e)) => {
+                        Err(match e.downcast_ref::<Error>() {
+                            Some(e) => e.kind().to_string(),
+                            None => e
+                                .chain()
+                                .find_map(|c| c.downcast_ref::<reqwest::Error>())
+                                .map_or(ErrorKind::Internal, reqwest_kind)
+                                .to_string(),
+                        })
+                    }
+                    Err(reqwest_middleware::Error::Reqwest(e)) => Err(reqwest_kind(&e).to_string()),
+                }
+            }
+            Caller::AsyncOpenAi { client, request } => {
+                let request = CreateChatCompletionRequest::clone(&request);
+                if request.stream == Some(true) {
+                    let mut events = client
+                        .chat()
+                        .create_stream(request)
+                        .await
+                        .map_err(openai_kind)?;
+                    while let Some(event) = events.next().await {
+                        event.map_err(openai_kind)?;
+                    }
+                    Ok(())
+                } else {
+                    client
+                        .chat()
+                        .create(request)
+                        .await
+                        .map(|_| ())
+                        .map_err(openai_kind)
+                }
+            }
+        }
+    }
+}
+
+/// The kind of a failure of reqwest to send or to read.
+fn reqwest_kind(e: &reqwest::Error) -> ErrorKind {
+    if e.is_timeout() {
+        ErrorKind::Timeout
+    } else {
+        ErrorKind::Connection
+    }
+}
+
+/// The kind of an async-openai failure, by [`ErrorKind`]'s names: an API error by its status
+/// and OpenAI's code and type (what async-openai receives from the stack when it gives up),
+/// `connection`/`timeout` for reqwest's, `decode` for a body that does not decode.
+fn openai_kind(e: async_openai::error::OpenAIError) -> String {
+    use async_openai::error::OpenAIError;
+    match e {
+        OpenAIError::ApiError(r) => {
+            let mut api = oai_resilience::ApiError::new(r.api_error.message);
+            api.error_type = r.api_error.r#type;
+            api.param = r.api_error.param;
+            api.code = r.api_error.code;
+            ErrorKind::from_status(r.status_code, Some(&api)).to_string()
+        }
+        OpenAIError::Reqwest(e) => reqwest_kind(&e).to_string(),
+        OpenAIError::JSONDeserialize(..) => ErrorKind::Decode.to_string(),
+        OpenAIError::StreamError(_) => ErrorKind::ResponseBody.to_string(),
+        OpenAIError::Boxed(e) => match e.downcast_ref::<Error>() {
+            Some(e) => e.kind().to_string(),
+            None => ErrorKind::Internal.to_string(),
+        },
+        _ => ErrorKind::Internal.to_string(),
+    }
+}
+
+/// The reqwest-middleware [`Middleware`](reqwest_middleware::Middleware) that counts the
+/// requests handed to the `reqwest::Client` and its answers (the innermost middleware: one
+/// count per attempt).
+fn counting(counter: Counter) -> impl reqwest_middleware::Middleware {
+    /// Pins the closure's signature to the higher-ranked one reqwest-middleware takes.
+    fn middleware<F>(f: F) -> F
+    where
+        F: for<'a> Fn(
+                reqwest::Request,
+                &'a mut http::Extensions,
+                reqwest_middleware::Next<'a>,
+            ) -> futures_util::future::BoxFuture<
+                'a,
+                reqwest_middleware::Result<reqwest::Response>,
+            > + Send
+            + Sync
+            + 'static,
+    {
+        f
+    }
+    middleware(move |req, extensions, next| {
+        let counter = counter.clone();
+        Box::pin(async move {
+            counter.sent.fetch_add(1, Ordering::Relaxed);
+            let res = next.run(req, extensions).await;
+            counter.answered.fetch_add(1, Ordering::Relaxed);
+            res
+        })
+    })
+}
+
+/// The caller `which` through `client` against `base` (with or without `/v1`: see
+/// [`api_base`]), counting its attempts in `counter` where the client lets it (all but the
+/// async-openai stack, whose attempts the mock counts, or its pacer).
+///
+/// # Errors
+///
+/// If the base URL does not parse, or the scenario's JSON is not a typed chat request.
+fn caller(
+    client: ClientKind,
+    which: Which,
+    scenario: Scenario,
+    base: &str,
+    key: &str,
+    counter: &Counter,
+) -> Result<(Caller, Option<OpenAiLayer>), BoxError> {
+    let base = api_base(base);
+    Ok(match client {
+        ClientKind::Hyper => (Caller::Hyper(build(which, &base, key, counter)?), None),
+        ClientKind::Reqwest => {
+            // The stack's auth layer adds the key; the other two send it as a default header.
+            let http = if which == Which::Stack {
+                reqwest::Client::new()
+            } else {
+                let mut auth = http::HeaderValue::from_str(&format!("Bearer {key}"))?;
+                auth.set_sensitive(true);
+                reqwest::Client::builder()
+                    .default_headers(http::HeaderMap::from_iter([(
+                        http::header::AUTHORIZATION,
+                        auth,
+                    )]))
+                    .build()?
+            };
+            let builder = reqwest_middleware::ClientBuilder::new(http);
+            let builder = match which {
+                Which::Stack => builder.with(
+                    OpenAiLayer::new()
+                        .auth(AuthLayer::from_key(key))
+                        .into_reqwest_middleware(),
+                ),
+                Which::Baseline => {
+                    builder.with(reqwest_retry::RetryTransientMiddleware::new_with_policy(
+                        reqwest_retry::policies::ExponentialBackoff::builder()
+                            .build_with_max_retries(3),
+                    ))
+                }
+                Which::Bare => builder,
+            };
+            let client = builder.with(counting(counter.clone())).build();
+            (
+                Caller::Reqwest {
+                    client,
+                    url: format!("{base}{PATH}").into(),
+                },
+                None,
+            )
+        }
+        ClientKind::AsyncOpenAi => {
+            use async_openai::middleware::{retry::OpenAIRetryLayer, ReqwestService};
+            let config = async_openai::config::OpenAIConfig::new()
+                .with_api_base(format!("{base}/v1"))
+                .with_api_key(key);
+            let client = async_openai::Client::with_config(config);
+            let send = Counted {
+                inner: ReqwestService::new(reqwest::Client::new()),
+                counter: counter.clone(),
+            };
+            let (client, layer) = match which {
+                Which::Stack => {
+                    let layer = OpenAiLayer::new();
+                    (
+                        client.with_http_service(layer.clone().into_async_openai()),
+                        Some(layer),
+                    )
+                }
+                Which::Baseline => (
+                    client.with_http_service(OpenAIRetryLayer::default().layer(send)),
+                    None,
+                ),
+                Which::Bare => (client.with_http_service(send), None),
+            };
+            let request = serde_json::from_str(scenario.body())?;
+            (
+                Caller::AsyncOpenAi {
+                    client,
+                    request: Arc::new(request),
+                },
+                layer,
+            )
+        }
+    })
+}
+
 async fn start_mock(cfg: &Config) -> MockServer {
     let b = MockServer::builder()
         .api_key(&cfg.api_key)
@@ -762,6 +1096,34 @@ fn quantile(sorted: &[Duration], q: f64) -> Duration {
     sorted[i]
 }
 
+/// Where a run's progress is read: (requests sent, answers), for the plot and the outage.
+#[derive(Clone)]
+struct Progress {
+    counter: Counter,
+    /// The mock, when the client's attempts are not counted on its side.
+    mock: Option<Arc<MockServer>>,
+    /// The stack's layer, when the client's attempts are not counted on its side: its
+    /// pacer's granted slots stand for both figures.
+    layer: Option<OpenAiLayer>,
+}
+
+impl Progress {
+    fn read(&self) -> (u64, u64) {
+        if let Some(m) = &self.mock {
+            let c = m.counts();
+            return (c.total, c.answered);
+        }
+        if let Some(l) = &self.layer {
+            let granted = l.pace_layer().pacer().metrics().granted;
+            return (granted, granted);
+        }
+        (
+            self.counter.sent.load(Ordering::Relaxed),
+            self.counter.answered.load(Ordering::Relaxed),
+        )
+    }
+}
+
 async fn run_one(cfg: &Config, which: Which) -> Result<Run, BoxError> {
     let (host, base) = match &cfg.base_url {
         None => {
@@ -774,7 +1136,21 @@ async fn run_one(cfg: &Config, which: Which) -> Result<Run, BoxError> {
     let mock = host.as_ref().map(|h| h.mock.clone());
     let counter = Counter::default();
     let cpu_before = process_cpu();
-    let svc = build(which, &base, &cfg.api_key, &counter)?;
+    let (caller, layer) = caller(
+        cfg.client,
+        which,
+        cfg.scenario,
+        &base,
+        &cfg.api_key,
+        &counter,
+    )?;
+    // The async-openai stack sends inside the adapter, out of the counter's reach: its
+    // progress is the mock's (arrived, answered), or its pacer's granted slots.
+    let progress = Progress {
+        counter: counter.clone(),
+        mock: mock.clone().filter(|_| layer.is_some()),
+        layer: layer.clone(),
+    };
     let gate = Arc::new(Semaphore::new(cfg.concurrency.max(1)));
     let start = Instant::now();
     let outage = (cfg.scenario == Scenario::Outage && mock.is_some()).then_some(cfg.outage);
@@ -783,27 +1159,24 @@ async fn run_one(cfg: &Config, which: Which) -> Result<Run, BoxError> {
     let switch = match (&mock, outage) {
         (Some(m), Some(d)) => {
             m.set_random_server_errors(1.0);
-            let (m, during, c) = (m.clone(), during.clone(), counter.clone());
+            let (m, during, p) = (m.clone(), during.clone(), progress.clone());
             Some(tokio::spawn(async move {
                 tokio::time::sleep(d).await;
                 m.set_random_server_errors(0.0);
-                during.store(c.sent.load(Ordering::Relaxed), Ordering::Relaxed);
+                during.store(p.read().0, Ordering::Relaxed);
             }))
         }
         _ => None,
     };
     let samples = Arc::new(Mutex::new(Vec::new()));
     let sampler = cfg.sample.map(|every| {
-        let (c, samples) = (counter.clone(), samples.clone());
+        let (p, samples) = (progress.clone(), samples.clone());
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(every);
             loop {
                 tick.tick().await;
-                let s = (
-                    start.elapsed().as_secs_f64(),
-                    c.sent.load(Ordering::Relaxed),
-                    c.answered.load(Ordering::Relaxed),
-                );
+                let (sent, answered) = p.read();
+                let s = (start.elapsed().as_secs_f64(), sent, answered);
                 if let Ok(mut v) = samples.lock() {
                     v.push(s);
                 }
@@ -812,12 +1185,8 @@ async fn run_one(cfg: &Config, which: Which) -> Result<Run, BoxError> {
     });
     let mut tasks = Vec::with_capacity(cfg.calls);
     for i in 0..cfg.calls {
-        let (svc, gate) = (svc.clone(), gate.clone());
-        let req = http::Request::post(PATH)
-            .header("content-type", "application/json")
-            .body(Full::new(Bytes::from_static(
-                cfg.scenario.body().as_bytes(),
-            )))?;
+        let (caller, gate) = (caller.clone(), gate.clone());
+        let body = cfg.scenario.body();
         let at = outage.map(|_| start + cfg.arrival * i as u32);
         tasks.push(tokio::spawn(async move {
             if let Some(at) = at {
@@ -825,7 +1194,7 @@ async fn run_one(cfg: &Config, which: Which) -> Result<Run, BoxError> {
             }
             let _slot = gate.acquire_owned().await.ok();
             let began = Instant::now();
-            let res = one_call(svc, req).await;
+            let res = caller.call(body).await;
             (began, began.elapsed(), res)
         }));
     }
@@ -848,7 +1217,7 @@ async fn run_one(cfg: &Config, which: Which) -> Result<Run, BoxError> {
                     after_ok += 1;
                 }
             }
-            Err(kind) => *by_kind.entry(kind.to_string()).or_default() += 1,
+            Err(kind) => *by_kind.entry(kind).or_default() += 1,
         }
     }
     let wall = start.elapsed();
@@ -860,17 +1229,15 @@ async fn run_one(cfg: &Config, which: Which) -> Result<Run, BoxError> {
     }
     latencies.sort();
     let mut samples = samples.lock().map(|v| v.clone()).unwrap_or_default();
-    samples.push((
-        wall.as_secs_f64(),
-        counter.sent.load(Ordering::Relaxed),
-        counter.answered.load(Ordering::Relaxed),
-    ));
+    let (sent, answered) = progress.read();
+    samples.push((wall.as_secs_f64(), sent, answered));
     let requests_sent = match &mock {
         Some(m) => m.counts().total,
-        None => counter.sent.load(Ordering::Relaxed),
+        None => sent,
     };
     Ok(Run {
         which,
+        client: cfg.client,
         calls: cfg.calls,
         ok,
         failed_by_kind: by_kind.into_iter().collect(),
@@ -982,7 +1349,7 @@ fn row(name: &str, r: &Run, minimum: Option<Duration>) -> String {
         .map_or("-".to_string(), |w| format!("{w:.3}x"));
     format!(
         "| {name} | {} | {} | {} | {failed} | {:.2} | {ratio} | {} | {:.3} | {:.0} | {:.0} | {:.0} |",
-        r.which.name(),
+        r.label(),
         r.calls,
         r.ok,
         r.wall.as_secs_f64(),
@@ -1007,11 +1374,16 @@ pub(crate) fn table(r: &Report) -> String {
     out
 }
 
-/// `target met|MISSED: ...` for the report.
+/// `target met|MISSED: ...` for the report (`burst (reqwest): target ...` for a client other
+/// than hyper).
 pub(crate) fn target_line(r: &Report) -> String {
     let (met, text) = r.target();
+    let client = match r.stack.client {
+        ClientKind::Hyper => String::new(),
+        c => format!(" ({})", c.name()),
+    };
     format!(
-        "{}: target {}: {text}",
+        "{}{client}: target {}: {text}",
         r.scenario.name(),
         if met { "met" } else { "MISSED" }
     )
@@ -1026,9 +1398,9 @@ pub(crate) fn cpu_line(r: &Report) -> Option<String> {
          {}/stack = {:.3} (the calls/s ratio where the run is CPU-bound)",
         r.scenario.name(),
         s * 1e6,
-        r.baseline.as_ref().map_or("baseline", |b| b.which.name()),
+        r.baseline.as_ref().map_or("baseline", Run::label),
         b * 1e6,
-        r.baseline.as_ref().map_or("baseline", |b| b.which.name()),
+        r.baseline.as_ref().map_or("baseline", Run::label),
         b / s.max(1e-12)
     ))
 }
@@ -1071,12 +1443,24 @@ pub(crate) fn plot(r: &Report, path: &str) -> Result<(), BoxError> {
             .collect()
     }
     let mut series = vec![
-        ("stack sent", rates(&r.stack.samples, false), BLUE),
-        ("stack answered", rates(&r.stack.samples, true), CYAN),
+        (
+            format!("{} sent", r.stack.label()),
+            rates(&r.stack.samples, false),
+            BLUE,
+        ),
+        (
+            format!("{} answered", r.stack.label()),
+            rates(&r.stack.samples, true),
+            CYAN,
+        ),
     ];
     if let Some(b) = &r.baseline {
-        series.push(("baseline sent", rates(&b.samples, false), RED));
-        series.push(("baseline answered", rates(&b.samples, true), MAGENTA));
+        series.push((format!("{} sent", b.label()), rates(&b.samples, false), RED));
+        series.push((
+            format!("{} answered", b.label()),
+            rates(&b.samples, true),
+            MAGENTA,
+        ));
     }
     let x_max = series
         .iter()
@@ -1136,6 +1520,8 @@ pub(crate) struct Args {
     pub(crate) json: bool,
     /// Where to write the burst plot; nothing is written without `--svg PATH`.
     pub(crate) svg: Option<String>,
+    /// `--client`: the HTTP client of the stack and the baseline.
+    pub(crate) client: ClientKind,
     /// `--help` or `-h`: print [`USAGE`] and exit.
     pub(crate) help: bool,
 }
@@ -1153,6 +1539,7 @@ pub(crate) fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Args,
         baseline: false,
         json: false,
         svg: None,
+        client: ClientKind::Hyper,
         help: false,
     };
     let mut args = args.into_iter();
@@ -1191,11 +1578,17 @@ pub(crate) fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Args,
                 // `none`: no plot, as without the option.
                 out.svg = (v != "none").then_some(v);
             }
+            "--client" => {
+                let v = value("--client")?;
+                out.client = ClientKind::parse(&v).ok_or(format!(
+                    "unknown client {v}; expected hyper, reqwest or async-openai"
+                ))?;
+            }
             other => {
                 return Err(format!(
                     "unknown argument {other}; expected --scenario, --n, --concurrency, \
                      --latency-ms, --stream-ms, --base-url, --api-key, --baseline, --json, --svg, \
-                     --processes, --store, --repeat or --help"
+                     --client, --processes, --store, --repeat or --help"
                 ))
             }
         }
@@ -1207,6 +1600,7 @@ impl Args {
     /// The configuration of one scenario under these options.
     pub(crate) fn config(&self, scenario: Scenario) -> Config {
         let mut cfg = Config::new(scenario);
+        cfg.client = self.client;
         cfg.mock_runtime = true;
         if scenario == Scenario::Clean {
             cfg.rounds = 5;
@@ -1258,6 +1652,13 @@ async fn main() -> Result<(), BoxError> {
         }
     };
     if let Some(multi) = multi {
+        if args.client != ClientKind::Hyper {
+            eprintln!(
+                "loadtest: --processes and --store run the hyper client only (not --client {})",
+                args.client.name()
+            );
+            std::process::exit(2);
+        }
         return loadtest_procs::main_multi(&args, &multi).await;
     }
     let say = |s: &str| {

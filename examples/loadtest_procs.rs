@@ -411,6 +411,7 @@ async fn run_procs(
         },
         run: Run {
             which,
+            client: ClientKind::Hyper,
             calls: cfg.calls,
             ok,
             failed_by_kind: by_kind.into_iter().collect(),

@@ -11,8 +11,8 @@ mod loadtest_example;
 use std::time::Duration;
 
 use loadtest_example::{
-    api_base, cpu_line, parse_args, rounds_line, run, table, target_line, Config, Report, Scenario,
-    HEADER, USAGE,
+    api_base, cpu_line, parse_args, rounds_line, run, table, target_line, ClientKind, Config,
+    Report, Scenario, Which, HEADER, USAGE,
 };
 
 fn tiny(scenario: Scenario, calls: usize, concurrency: usize) -> Config {
@@ -423,4 +423,144 @@ async fn base_url_runs_the_stack_alone_and_counts_on_the_client() {
     assert_eq!(r.stack.requests_sent, 4);
     assert_eq!(server.counts().total, 4);
     assert!(r.json()["baseline"].is_null());
+}
+
+#[test]
+fn the_client_flag_parses_and_reaches_the_config() {
+    let args = |s: &str| parse_args(s.split_whitespace().map(String::from));
+    // hyper by default, with the rows named as before.
+    let a = args("--scenario burst").unwrap();
+    assert_eq!(a.client, ClientKind::Hyper);
+    assert_eq!(a.config(Scenario::Burst).client, ClientKind::Hyper);
+    assert_eq!(Config::new(Scenario::Flaky).client, ClientKind::Hyper);
+    for (name, client) in [
+        ("hyper", ClientKind::Hyper),
+        ("reqwest", ClientKind::Reqwest),
+        ("async-openai", ClientKind::AsyncOpenAi),
+    ] {
+        let a = args(&format!("--scenario burst,quota --client {name} --n 7")).unwrap();
+        assert_eq!(a.client, client);
+        assert_eq!(client.name(), name);
+        for sc in [Scenario::Burst, Scenario::Quota] {
+            let cfg = a.config(sc);
+            assert_eq!((cfg.client, cfg.calls, cfg.baseline), (client, 7, true));
+        }
+    }
+    assert!(args("--client curl")
+        .unwrap_err()
+        .contains("unknown client curl"));
+    assert!(args("--client").unwrap_err().contains("needs a value"));
+    assert!(args("--frobnicate").unwrap_err().contains("--client"));
+    assert!(USAGE.contains("--client hyper|reqwest|async-openai"));
+    // The rows' names.
+    assert_eq!(ClientKind::Hyper.label(Which::Baseline), "baseline");
+    assert_eq!(ClientKind::Reqwest.label(Which::Stack), "stack (reqwest)");
+    assert_eq!(
+        ClientKind::Reqwest.label(Which::Baseline),
+        "baseline (reqwest-retry)"
+    );
+    assert_eq!(
+        ClientKind::AsyncOpenAi.label(Which::Stack),
+        "stack (async-openai)"
+    );
+    assert_eq!(
+        ClientKind::AsyncOpenAi.label(Which::Baseline),
+        "baseline (async-openai retry)"
+    );
+    assert_eq!(
+        ClientKind::AsyncOpenAi.label(Which::Bare),
+        "bare (async-openai)"
+    );
+}
+
+fn tiny_through(
+    client: ClientKind,
+    scenario: Scenario,
+    calls: usize,
+    concurrency: usize,
+) -> Config {
+    let mut cfg = tiny(scenario, calls, concurrency);
+    cfg.client = client;
+    cfg.latency = Duration::from_millis(2);
+    cfg
+}
+
+/// Each client, over loopback against the mock: the stack and the client's own default both
+/// run and are named for the client; through 5xx at 20 % the stack loses no call, and on an
+/// exhausted quota it sends one request per call.
+#[tokio::test(start_paused = true)]
+async fn every_client_runs_flaky_and_quota_with_its_baseline() {
+    for client in ClientKind::EVERY {
+        let r = run(&tiny_through(client, Scenario::Flaky, 30, 5))
+            .await
+            .unwrap();
+        check_accounting(&r);
+        let b = r.baseline.as_ref().unwrap();
+        let text = table(&r);
+        assert!(
+            text.contains(&format!("| flaky | {} | 30 |", client.label(Which::Stack))),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!(
+                "| flaky | {} | 30 |",
+                client.label(Which::Baseline)
+            )),
+            "{text}"
+        );
+        assert_eq!(r.stack.failed(), 0, "{text}");
+        assert!(r.stack.requests_sent > 30, "the 5xx were retried: {text}");
+        assert!(b.requests_sent >= 30, "{text}");
+        let json = r.json();
+        assert_eq!(json["client"], client.label(Which::Stack));
+        assert_eq!(json["baseline"]["client"], client.label(Which::Baseline));
+        assert_eq!(json["http_client"], client.name());
+        assert_eq!(json["failed"], 0);
+        let line = target_line(&r);
+        assert!(line.contains("target met"), "{line}");
+
+        let r = run(&tiny_through(client, Scenario::Quota, 4, 4))
+            .await
+            .unwrap();
+        check_accounting(&r);
+        assert_eq!(
+            r.stack.failed_by_kind,
+            vec![("quota_exceeded".to_string(), 4)],
+            "{}",
+            table(&r)
+        );
+        assert_eq!(r.stack.requests_sent, 4, "{}", table(&r));
+        let b = r.baseline.as_ref().unwrap();
+        assert_eq!(b.failed(), 4, "{}", table(&r));
+    }
+}
+
+/// `clean` through reqwest and async-openai compares with their bare clients.
+#[tokio::test(start_paused = true)]
+async fn clean_through_the_other_clients_compares_with_their_bare_clients() {
+    for client in [ClientKind::Reqwest, ClientKind::AsyncOpenAi] {
+        let r = run(&tiny_through(client, Scenario::Clean, 10, 5))
+            .await
+            .unwrap();
+        check_accounting(&r);
+        let b = r.baseline.as_ref().unwrap();
+        assert_eq!(b.label(), client.label(Which::Bare));
+        assert_eq!((r.stack.ok, b.ok), (10, 10), "{}", table(&r));
+        assert_eq!((r.stack.requests_sent, b.requests_sent), (10, 10));
+    }
+}
+
+/// `stream-long` through reqwest and async-openai reads each event stream to its end.
+#[tokio::test(start_paused = true)]
+async fn streams_through_the_other_clients_last_their_duration() {
+    for client in [ClientKind::Reqwest, ClientKind::AsyncOpenAi] {
+        let mut cfg = tiny_through(client, Scenario::StreamLong, 4, 2);
+        cfg.stream = Duration::from_millis(40);
+        let r = run(&cfg).await.unwrap();
+        check_accounting(&r);
+        for run in [&r.stack, r.baseline.as_ref().unwrap()] {
+            assert_eq!((run.ok, run.requests_sent), (4, 4), "{}", table(&r));
+            assert!(run.p50 >= Duration::from_millis(40), "{}", table(&r));
+        }
+    }
 }
