@@ -38,7 +38,8 @@ mod rules;
 use super::keys::same_bytes;
 use super::schema::*;
 use super::vocab::{
-    accepts, ambiguous_for, int64_read, plain_string, Fact, Facts, Scalar, LONG_STRING,
+    accepts, ambiguous_for, disc_required, int64_read, plain_string, Fact, Facts, Scalar,
+    LONG_STRING,
 };
 use lex::{parsed_number, plain_run, short_decimal, HIGHS};
 pub(crate) use rules::scalar_ok;
@@ -636,12 +637,7 @@ impl<'a> Fast<'a, '_> {
                 self.skip_value()
             }
             Ok(None) => {
-                let all_require = node
-                    .alternatives
-                    .iter()
-                    .filter(|a| accepts(a.types, T_OBJECT))
-                    .all(|a| a.required.contains(&disc));
-                if all_require {
+                if disc_required(node, disc) {
                     Err(Stop::Violation)
                 } else {
                     // The streaming checker buffers a `Value` here.

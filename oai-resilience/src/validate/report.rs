@@ -970,12 +970,7 @@ impl Ctx {
         if node.lenient {
             return Ok(());
         }
-        let all_require = node
-            .alternatives
-            .iter()
-            .filter(|a| accepts(a.types, T_OBJECT))
-            .all(|a| a.required.contains(&disc));
-        if all_require {
+        if disc_required(node, disc) {
             self.path.push(Seg::Key(disc));
             self.report(|p| format!("Missing required parameter: '{p}'."));
             self.path.pop();

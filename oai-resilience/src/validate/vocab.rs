@@ -339,6 +339,15 @@ pub(crate) fn ambiguous_computed(node: &Node, got: Types) -> bool {
         .is_some()
 }
 
+/// Whether an object of the union `node` must have its discriminator `disc`: every
+/// alternative that takes an object requires it (a missing one is then a violation).
+pub(crate) fn disc_required(node: &Node, disc: &str) -> bool {
+    node.alternatives
+        .iter()
+        .filter(|a| accepts(a.types, T_OBJECT))
+        .all(|a| a.required.contains(&disc))
+}
+
 /// Strings longer than this (in JSON text, quotes included) are only type-checked when no
 /// content rule applies; shorter ones are also recorded as facts.
 pub(crate) const LONG_STRING: usize = 258;
