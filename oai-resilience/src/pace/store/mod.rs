@@ -22,7 +22,9 @@ mod model;
 mod wait;
 
 pub use in_process::InProcessStore;
-pub(crate) use model::{KeyModel, ModelAdmission};
+pub(crate) use model::KeyModel;
+#[cfg(feature = "redis")]
+pub(crate) use model::ModelAdmission;
 pub(crate) use wait::{admit_until, deadline_limit, outcome, paced_locally, report_to_store};
 
 /// A boxed future returned by [`PacingStore`] methods.
