@@ -61,6 +61,8 @@ mod macros;
 pub mod mock;
 pub mod pace;
 pub mod parse;
+#[cfg(feature = "redis")]
+mod redis_conn;
 mod redact;
 pub mod respond;
 pub mod retry;

@@ -49,10 +49,11 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManager;
 
 use super::budget::{counts_as_failure, RetryBudget, TokenBudget};
 use crate::error::{Error, ErrorKind};
+use crate::redis_conn::{error_kind, expiry_millis, hashed_key, lazy_connection};
 
 /// The atomic update: KEYS[1] the balance; ARGV delta and max in millionths of a token, the
 /// expiry in milliseconds. A missing key is a full budget.
@@ -160,15 +161,9 @@ fn budget_error(what: &str) -> Error {
     Error::new(ErrorKind::Connection).with_detail(format!("retry budget (redis): {what}"))
 }
 
-fn kind_of(e: &redis::RedisError) -> String {
-    // The kind only: a message may quote the URL (and its password).
-    format!("{:?} error", e.kind())
-}
-
 /// The Redis key for `name`: the prefix and a 64-bit FNV-1a hash of the name, in a hash tag.
 fn key_for(prefix: &str, name: &str) -> String {
-    let h = crate::hash::fnv1a(name.as_bytes());
-    format!("{prefix}:{{{h:016x}}}")
+    hashed_key(prefix, crate::hash::fnv1a(name.as_bytes()))
 }
 
 impl RedisRetryBudget {
@@ -180,13 +175,7 @@ impl RedisRetryBudget {
     ///
     /// Outside a tokio runtime (the sync task needs one).
     pub fn open(url: &str, name: &str, config: RedisRetryBudgetConfig) -> Result<Self, Error> {
-        let client = redis::Client::open(url).map_err(|e| budget_error(&kind_of(&e)))?;
-        let mc = ConnectionManagerConfig::new()
-            .set_number_of_retries(1)
-            .set_connection_timeout(Some(config.op_timeout))
-            .set_response_timeout(Some(config.op_timeout));
-        let conn = ConnectionManager::new_lazy_with_config(client, mc)
-            .map_err(|e| budget_error(&kind_of(&e)))?;
+        let conn = lazy_connection(url, config.op_timeout).map_err(|e| budget_error(&e))?;
         let budget = RedisRetryBudget {
             inner: Arc::new(Inner {
                 local: TokenBudget::new(config.ratio, config.max_tokens),
@@ -273,7 +262,7 @@ impl Inner {
     ) -> Result<i64, (String, bool)> {
         match tokio::time::timeout(self.config.op_timeout, inv.invoke_async::<i64>(conn)).await {
             Ok(Ok(b)) => Ok(b),
-            Ok(Err(e)) => Err((kind_of(&e), e.is_io_error() || e.is_connection_dropped())),
+            Ok(Err(e)) => Err((error_kind(&e), e.is_io_error() || e.is_connection_dropped())),
             Err(_) => Err(("timed out".to_owned(), false)),
         }
     }
@@ -281,9 +270,7 @@ impl Inner {
     async fn sync(&self) -> Result<f64, Error> {
         let delta = self.pending.swap(0, Ordering::AcqRel);
         let max = (self.config.max_tokens.clamp(0.0, 1e9) * UNIT) as i64;
-        let ttl = u64::try_from(self.config.ttl.as_millis())
-            .unwrap_or(u64::MAX)
-            .max(1);
+        let ttl = expiry_millis(self.config.ttl);
         let mut conn = self.conn.clone();
         let mut inv = self.script.key(&self.key);
         inv.arg(delta).arg(max).arg(ttl);

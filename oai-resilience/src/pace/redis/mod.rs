@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManager;
 use tokio::time::Instant;
 
 use crate::error::{Error, ErrorKind};
@@ -13,6 +13,7 @@ use crate::pace::store::{
     Admission, InProcessStore, LearnedLimits, ModelAdmission, PacingStore, StoreFuture,
 };
 use crate::pace::{Cost, PaceKey};
+use crate::redis_conn::{error_kind, expiry_millis, hashed_key, lazy_connection};
 
 /// The Lua script behind every [`RedisStore`] operation (`admit`, `learn`, `pause`).
 pub(crate) const SCRIPT: &str = include_str!("pacing.lua");
@@ -143,11 +144,6 @@ fn store_error(what: &str) -> Error {
     Error::new(ErrorKind::Connection).with_detail(format!("pacing store (redis): {what}"))
 }
 
-fn redis_error(e: &redis::RedisError) -> String {
-    // The kind only: a message may quote the URL.
-    format!("{:?} error", e.kind())
-}
-
 fn fmt_num(x: f64) -> String {
     format!("{x}")
 }
@@ -158,10 +154,6 @@ fn opt_num(x: Option<f64>) -> String {
 
 fn micros(d: Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
-}
-
-fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
 }
 
 /// The Redis key of `key`: the prefix and a 64-bit FNV-1a hash of base, credential hash and
@@ -176,21 +168,14 @@ pub(crate) fn redis_key(prefix: &str, key: &PaceKey) -> String {
     }
     h.write(&[0]);
     h.write(key.model().unwrap_or("").as_bytes());
-    let h = h.finish();
-    format!("{prefix}:{{{h:016x}}}")
+    hashed_key(prefix, h.finish())
 }
 
 impl RedisStore {
     /// A store on the Redis at `url` (`redis://[:password@]host:port[/db]`). Connects lazily:
     /// a server that is down now is tried on first use. Fails only on a malformed URL.
     pub fn open(url: &str, config: RedisStoreConfig) -> Result<Self, Error> {
-        let client = redis::Client::open(url).map_err(|e| store_error(&redis_error(&e)))?;
-        let mc = ConnectionManagerConfig::new()
-            .set_number_of_retries(1)
-            .set_connection_timeout(Some(config.op_timeout))
-            .set_response_timeout(Some(config.op_timeout));
-        let conn = ConnectionManager::new_lazy_with_config(client, mc)
-            .map_err(|e| store_error(&redis_error(&e)))?;
+        let conn = lazy_connection(url, config.op_timeout).map_err(|e| store_error(&e))?;
         Ok(RedisStore {
             inner: Arc::new(Inner {
                 conn,
@@ -213,7 +198,7 @@ impl RedisStore {
         let ping = cmd.query_async::<String>(&mut conn);
         match tokio::time::timeout(store.inner.config.op_timeout, ping).await {
             Ok(Ok(_)) => Ok(store),
-            Ok(Err(e)) => Err(store_error(&redis_error(&e))),
+            Ok(Err(e)) => Err(store_error(&error_kind(&e))),
             Err(_) => Err(store_error("PING timed out")),
         }
     }
@@ -247,7 +232,7 @@ impl RedisStore {
         let call = inv.invoke_async::<(i64, String)>(&mut conn);
         match tokio::time::timeout(self.inner.config.op_timeout, call).await {
             Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => Err(redis_error(&e)),
+            Ok(Err(e)) => Err(error_kind(&e)),
             Err(_) => Err(format!(
                 "no answer within {:?}",
                 self.inner.config.op_timeout
@@ -322,7 +307,7 @@ impl RedisStore {
             "admit".into(),
             fmt_num(requests),
             fmt_num(tokens),
-            millis(ttl).to_string(),
+            expiry_millis(ttl).to_string(),
         ]
     }
 
@@ -336,7 +321,7 @@ impl RedisStore {
             opt_num(l.tokens.map(|b| b.capacity)),
             opt_num(l.tokens.map(|b| b.refill_per_sec)),
             opt_num(l.remaining_tokens),
-            millis(ttl).to_string(),
+            expiry_millis(ttl).to_string(),
         ]
     }
 
@@ -346,7 +331,7 @@ impl RedisStore {
             "pause".into(),
             micros(d).to_string(),
             // The key outlives the pause.
-            millis(ttl.max(d + Duration::from_secs(1))).to_string(),
+            expiry_millis(ttl.max(d + Duration::from_secs(1))).to_string(),
         ]
     }
 
