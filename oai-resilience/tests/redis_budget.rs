@@ -24,10 +24,11 @@ const CHAT: &str =
 
 /// No background sync in the way: the tests sync explicitly, so every figure is exact.
 fn config() -> RedisRetryBudgetConfig {
-    RedisRetryBudgetConfig::default()
-        .sync_every(Duration::from_secs(3600))
-        // Generous: a loaded CI machine must not turn a slow answer into a degraded budget.
-        .op_timeout(Duration::from_secs(2))
+    let mut config = RedisRetryBudgetConfig::default();
+    config.sync_every = Duration::from_secs(3600);
+    // Generous: a loaded CI machine must not turn a slow answer into a degraded budget.
+    config.op_timeout = Duration::from_secs(2);
+    config
 }
 
 async fn pair(redis: &RedisServer, name: &str) -> (RedisRetryBudget, RedisRetryBudget) {
@@ -200,7 +201,8 @@ async fn an_outage_is_bounded_fleet_wide() {
 #[tokio::test]
 async fn the_background_task_shares_without_explicit_syncs() {
     let redis = RedisServer::start();
-    let fast = config().sync_every(Duration::from_millis(10));
+    let mut fast = config();
+    fast.sync_every = Duration::from_millis(10);
     let a = RedisRetryBudget::connect(&redis.url(), "fleet", fast.clone())
         .await
         .unwrap();

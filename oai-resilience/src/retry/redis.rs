@@ -71,21 +71,51 @@ return b
 /// One token in the unit the script counts in.
 const UNIT: f64 = 1_000_000.0;
 
-/// Settings of a [`RedisRetryBudget`].
+/// Settings of a [`RedisRetryBudget`]: start from [`Default`] and set the fields that differ
+/// (as [`RedisStoreConfig`](crate::pace::RedisStoreConfig)).
 ///
-/// # Default
+/// ```
+/// use std::time::Duration;
+/// use oai_resilience::retry::redis::RedisRetryBudgetConfig;
 ///
-/// The [`TokenBudget::default`] arithmetic (0.5 per success, 20 tokens, retries above 10),
-/// a sync every 100 ms, 100 ms per Redis operation, keys kept 10 minutes after the last sync,
-/// prefix `oai-resilience:budget`.
+/// let mut config = RedisRetryBudgetConfig::default();
+/// config.prefix = "my-service:budget".into();
+/// config.sync_every = Duration::from_millis(50);
+/// config.op_timeout = Duration::from_millis(50);
+/// ```
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct RedisRetryBudgetConfig {
-    ratio: f64,
-    max_tokens: f64,
-    sync_every: Duration,
-    op_timeout: Duration,
-    ttl: Duration,
-    prefix: String,
+    /// Tokens earned per successful attempt (see [`TokenBudget::new`]).
+    ///
+    /// # Default
+    /// 0.5 (as [`TokenBudget::default`]).
+    pub ratio: f64,
+    /// The most the balance holds, in tokens; retries are allowed while it is above half.
+    ///
+    /// # Default
+    /// 20 (as [`TokenBudget::default`]).
+    pub max_tokens: f64,
+    /// How often the background task reconciles with Redis (less than 1 ms counts as 1 ms).
+    ///
+    /// # Default
+    /// 100 ms.
+    pub sync_every: Duration,
+    /// The longest a Redis operation may take before the budget works locally.
+    ///
+    /// # Default
+    /// 100 ms.
+    pub op_timeout: Duration,
+    /// How long the shared balance outlives the last process that synced it.
+    ///
+    /// # Default
+    /// 10 minutes.
+    pub ttl: Duration,
+    /// The prefix of the Redis key.
+    ///
+    /// # Default
+    /// `"oai-resilience:budget"`.
+    pub prefix: String,
 }
 
 impl Default for RedisRetryBudgetConfig {
@@ -98,39 +128,6 @@ impl Default for RedisRetryBudgetConfig {
             ttl: Duration::from_secs(600),
             prefix: "oai-resilience:budget".to_owned(),
         }
-    }
-}
-
-impl RedisRetryBudgetConfig {
-    /// Tokens earned per successful attempt and the maximum balance (see [`TokenBudget::new`]).
-    pub fn tokens(mut self, ratio: f64, max_tokens: f64) -> Self {
-        self.ratio = ratio;
-        self.max_tokens = max_tokens;
-        self
-    }
-
-    /// How often the background task reconciles with Redis (at least 1 ms).
-    pub fn sync_every(mut self, every: Duration) -> Self {
-        self.sync_every = every.max(Duration::from_millis(1));
-        self
-    }
-
-    /// The longest a Redis operation may take before the budget works locally.
-    pub fn op_timeout(mut self, timeout: Duration) -> Self {
-        self.op_timeout = timeout;
-        self
-    }
-
-    /// How long the shared balance outlives the last process that synced it.
-    pub fn ttl(mut self, ttl: Duration) -> Self {
-        self.ttl = ttl;
-        self
-    }
-
-    /// The prefix of the Redis key.
-    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
-        self.prefix = prefix.into();
-        self
     }
 }
 
@@ -307,7 +304,7 @@ impl Inner {
 /// Syncs every `sync_every` until the budget is dropped.
 async fn sync_loop(inner: Weak<Inner>) {
     let every = match inner.upgrade() {
-        Some(i) => i.config.sync_every,
+        Some(i) => i.config.sync_every.max(Duration::from_millis(1)),
         None => return,
     };
     let mut tick = tokio::time::interval(every);
@@ -378,12 +375,9 @@ mod tests {
     #[tokio::test]
     async fn an_unreachable_redis_degrades_to_the_local_view() {
         // Port 1 on loopback refuses at once.
-        let b = RedisRetryBudget::open(
-            "redis://127.0.0.1:1",
-            "x",
-            RedisRetryBudgetConfig::default().sync_every(Duration::from_secs(3600)),
-        )
-        .unwrap();
+        let mut config = RedisRetryBudgetConfig::default();
+        config.sync_every = Duration::from_secs(3600);
+        let b = RedisRetryBudget::open("redis://127.0.0.1:1", "x", config).unwrap();
         let fail = Error::new(ErrorKind::ServerError);
         for _ in 0..9 {
             b.on_failure(&fail);
