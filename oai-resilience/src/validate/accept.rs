@@ -32,6 +32,7 @@
 //! body and on mutations of them.
 
 mod lex;
+mod pass;
 mod record;
 mod rules;
 
@@ -42,30 +43,13 @@ use super::vocab::{
     LONG_STRING,
 };
 use lex::{parsed_number, plain_run, short_decimal, HIGHS};
+use pass::{unsupported, Fast, Stop, Text, CHECKED, MEMO, PREFIX, R};
 pub(crate) use rules::scalar_ok;
 use rules::{check_number, check_text, longer_than, str_ok};
 
 /// Deeper values (checked nodes, or nesting inside a skipped value) go to the streaming
 /// checker, which knows the parser's own limit.
 pub(crate) const MAX_DEPTH: u32 = 64;
-
-/// Why the pass stopped.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Stop {
-    /// The value breaks a rule (inside a trial: that alternative does not match).
-    Violation,
-    /// Something this pass leaves to the streaming checker.
-    Unsupported,
-}
-
-type R<T = ()> = Result<T, Stop>;
-
-/// `Err(Stop::Unsupported)`, kept out of the hot paths' code (valid bodies never take it).
-#[cold]
-#[inline(never)]
-fn unsupported<T>() -> R<T> {
-    Err(Stop::Unsupported)
-}
 
 /// One step of a parameter path.
 #[derive(Debug, Clone, Copy)]
@@ -177,39 +161,6 @@ struct Disc<'a> {
     before: usize,
 }
 
-/// How many string values read before a discriminator are remembered (not scanned twice).
-const MEMO: usize = 8;
-
-/// A key or string as it is in the body (UTF-8 once the body passes its check).
-type Text<'a> = &'a [u8];
-
-struct Fast<'a, 'f> {
-    b: &'a [u8],
-    /// The OR of the string and key bytes read: its high bits say whether any was non-ASCII.
-    high: u64,
-    pos: usize,
-    /// False while an alternative is tried: facts and deprecations are not recorded.
-    record: bool,
-    track_messages: bool,
-    facts: &'f mut Facts,
-    deprecated: Vec<String>,
-    /// (start, end, has escapes) of string values already scanned.
-    memo: [(usize, usize, bool); MEMO],
-    memo_len: usize,
-    /// (start, end, node) of values before a discriminator already checked against `node`,
-    /// the only node their key has in any alternative (see `find_disc`).
-    checked: [(usize, usize, &'static Node); CHECKED],
-    checked_len: usize,
-    /// (key, where its value starts) of the entries before a discriminator, in order.
-    prefix: [(Text<'a>, usize); PREFIX],
-    prefix_len: usize,
-    /// How many more bytes `guess` may search in this body.
-    guess_budget: usize,
-    /// The last guess: where the discriminator's value starts, the union, and the
-    /// alternative that value names (read again by `discriminated` when it is the one).
-    guessed: Option<(usize, &'static Node, Option<&'static Node>)>,
-}
-
 /// A searcher for `"disc"` (quotes included), for the discriminators of the tables that
 /// `guess` looks ahead for; built once.
 fn disc_finder(disc: &str) -> Option<&'static memchr::memmem::Finder<'static>> {
@@ -223,12 +174,6 @@ fn disc_finder(disc: &str) -> Option<&'static memchr::memmem::Finder<'static>> {
         _ => None,
     }
 }
-
-/// How many entries before a discriminator are remembered (their keys are not read twice).
-const PREFIX: usize = 4;
-
-/// How many values read before a discriminator are remembered as checked.
-const CHECKED: usize = 4;
 
 impl<'a, 'f> Fast<'a, 'f> {
     /// A pass over `body` from its start, recording into `facts`.

@@ -4,7 +4,7 @@
 
 use serde::de::{self, Deserializer as _, Visitor};
 
-use super::{unsupported, Fast, Stop, Text, R};
+use super::pass::{unsupported, Fast, Stop, Text, R};
 use crate::validate::vocab::Scalar;
 
 pub(super) const ONES: u64 = 0x0101_0101_0101_0101;

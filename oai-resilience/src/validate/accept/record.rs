@@ -1,7 +1,8 @@
 //! What the accept pass records as it goes: the facts the cross-field rules read (as the full
 //! report's `Ctx::capture_*` do), and which values can record anything at all.
 
-use super::{depth, segs, unsupported, Fast, Path, Seg, Stop, Text, P, R};
+use super::pass::{unsupported, Fast, Stop, Text, R};
+use super::{depth, segs, Path, Seg, P};
 use crate::validate::keys::same;
 use crate::validate::schema::{Node, F_DEPRECATED_INSIDE};
 use crate::validate::vocab::{Fact, Scalar, Short, EMPTY};
