@@ -375,8 +375,10 @@ mod tests {
     #[tokio::test]
     async fn an_unreachable_redis_degrades_to_the_local_view() {
         // Port 1 on loopback refuses at once.
-        let mut config = RedisRetryBudgetConfig::default();
-        config.sync_every = Duration::from_secs(3600);
+        let config = RedisRetryBudgetConfig {
+            sync_every: Duration::from_secs(3600),
+            ..RedisRetryBudgetConfig::default()
+        };
         let b = RedisRetryBudget::open("redis://127.0.0.1:1", "x", config).unwrap();
         let fail = Error::new(ErrorKind::ServerError);
         for _ in 0..9 {
