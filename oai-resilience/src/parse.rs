@@ -444,7 +444,8 @@ impl RateLimitSnapshot {
 
     /// The refill rate that the headers imply, in requests per second:
     /// `(limit − remaining) / reset`. `None` without all three, when the bucket is full, or
-    /// when `reset` is under 10 ms (see [`RefillSample`]'s rule).
+    /// when `reset` is under 10 ms (too coarse to divide by: servers round it to the
+    /// millisecond). The pacer and the pacing stores derive their refill by the same rule.
     pub fn request_refill_per_sec(&self) -> Option<f64> {
         RefillSample::new(
             self.limit_requests?,

@@ -762,9 +762,9 @@ impl Pacer {
     /// can be dropped at any time, which gives its place back.
     ///
     /// # Errors
-    /// An [`ErrorKind::RateLimited`] error without a status, whose detail says it was paced
+    /// An [`ErrorKind::RateLimited`](crate::ErrorKind::RateLimited) error without a status, whose detail says it was paced
     /// locally (see [`is_paced_locally`](super::is_paced_locally)), when the slot cannot come
-    /// before the deadline or the max wait. Its [`Error::retry_after`] is the expected wait
+    /// before the deadline or the max wait. Its [`Error::retry_after`](crate::Error::retry_after) is the expected wait
     /// when known.
     pub fn acquire(&self, key: &PaceKey, cost: Cost, deadline: Option<Instant>) -> Acquire {
         let entry = self.entry(key);

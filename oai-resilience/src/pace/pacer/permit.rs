@@ -151,7 +151,7 @@ impl Drop for Permit {
     }
 }
 
-/// The future of [`Pacer::acquire`]: resolves to a [`Permit`] when the slot comes.
+/// The future of [`Pacer::acquire`](super::Pacer::acquire): resolves to a [`Permit`] when the slot comes.
 ///
 /// Dropping it leaves the queue at once and lets the next waiter move up.
 pub struct Acquire {
