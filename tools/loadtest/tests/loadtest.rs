@@ -5,7 +5,7 @@
 //! run.
 
 #[allow(dead_code)]
-#[path = "../loadtest.rs"]
+#[path = "../src/main.rs"]
 mod loadtest_example;
 
 use std::time::Duration;

@@ -64,7 +64,7 @@
 //! hyper; against `--base-url` they are counted on the client side (for the async-openai
 //! stack, the pacer's granted slots). `--processes`/`--store` run the hyper client only.
 //!
-//! Run it with `cargo run --release -p examples --bin loadtest -- --scenario all`.
+//! Run it with `cargo run --release -p loadtest -- --scenario all`.
 //!
 //! Measurement: each client runs against a fresh mock, and the embedded mock runs on a tokio
 //! runtime of its own (one worker thread), so that the server's work does not wait behind the
@@ -79,9 +79,9 @@
 //! through Redis; `--store memory` is the default. `latency` and `stream-long` add a third
 //! row, the baseline client over the same P processes. `--repeat K` runs that set K times
 //! (order alternating) and reports the median calls/s ratio. For example
-//! `cargo run --release -p examples --bin loadtest -- --scenario burst --processes 4 --store redis`
+//! `cargo run --release -p loadtest -- --scenario burst --processes 4 --store redis`
 //! or, the cold start at 2 s,
-//! `cargo run --release -p examples --bin loadtest -- --scenario latency --processes 4 --store redis`.
+//! `cargo run --release -p loadtest -- --scenario latency --processes 4 --store redis`.
 
 mod loadtest_procs;
 
