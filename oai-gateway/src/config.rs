@@ -1,10 +1,12 @@
-//! The gateway's configuration: flags, each with an environment variable, checked before
-//! anything starts. A bad value is a [`ConfigError`] with a message that names the flag (the
-//! binary prints it and exits with status 2); secrets (keys) never appear in a message.
+//! The gateway's configuration: flags, each with an environment variable and a key of the
+//! optional TOML file (`--config FILE`), checked before anything starts. A flag wins over its
+//! variable, a variable over the file, the file over the default. A bad value is a
+//! [`ConfigError`] with a message that names the flag, variable or file key (the binary prints
+//! it and exits with status 2); secrets (keys) never appear in a message.
 
 use std::fmt;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use http::HeaderName;
@@ -21,8 +23,14 @@ oai-gateway: an OpenAI-compatible proxy with retries, pacing and typed errors
 USAGE:
     oai-gateway [OPTIONS]
 
-Each option can also be set by the environment variable named after it; a flag wins over
-its variable. Durations are seconds (`30`) or take a unit (`500ms`, `30s`, `2m`).
+Each option can also be set by the environment variable named after it, or in a TOML file
+(--config) under its name without the dashes (`max-body-bytes = 1048576`). A flag wins over
+its variable, a variable over the file, the file over the default. Durations are seconds
+(`30`) or take a unit (`500ms`, `30s`, `2m`).
+
+    --config FILE                   OAI_GATEWAY_CONFIG
+        A TOML file of settings; relative paths in it are relative to the file. Unknown keys
+        and malformed values are errors (exit status 2).
 
 UPSTREAM:
     --upstream URL                  OAI_GATEWAY_UPSTREAM      default https://api.openai.com/v1
@@ -56,18 +64,34 @@ ROUTES:
 LIMITS AND OPERATIONS:
     --listen ADDR                   OAI_GATEWAY_LISTEN        default 127.0.0.1:8787
     --max-body-bytes N              OAI_GATEWAY_MAX_BODY_BYTES        default 8388608 (8 MiB)
+        The largest JSON body (read whole, validated, replayed on retries).
+    --max-upload-bytes N            OAI_GATEWAY_MAX_UPLOAD_BYTES      default 536870912 (512 MiB)
+        The largest streamed body (multipart and other non-JSON uploads: audio, files,
+        uploads, image edits), which is sent on as it arrives and never retried.
     --header-read-timeout DURATION  OAI_GATEWAY_HEADER_READ_TIMEOUT   default 10s
     --body-read-timeout DURATION    OAI_GATEWAY_BODY_READ_TIMEOUT     default 60s
+        A JSON body must arrive whole within it; a streamed body's chunks each within it.
+    --stream-first-byte-timeout DURATION  OAI_GATEWAY_STREAM_FIRST_BYTE_TIMEOUT  default 120s
+        From the upstream's response head to its first body byte; past it the attempt fails
+        and may be retried (nothing reached the client). 0 disables it.
+    --stream-idle-timeout DURATION  OAI_GATEWAY_STREAM_IDLE_TIMEOUT   default 60s
+        Between two chunks of the upstream's body; past it an event stream ends with an SSE
+        `error` event (another body is cut). 0 disables it.
     --max-connections N             OAI_GATEWAY_MAX_CONNECTIONS       default 1024
     --drain-timeout DURATION        OAI_GATEWAY_DRAIN_TIMEOUT         default 30s
         On SIGTERM or SIGINT: stop accepting, let requests in flight finish for up to this
         long, then exit 0.
     --store memory|redis://HOST:PORT  OAI_GATEWAY_STORE         default memory
         Where the pacing state lives; with Redis, replicas that use one key share its limit.
+    --metrics-listen ADDR           OAI_GATEWAY_METRICS_LISTEN
+        Serve GET /metrics on this address only (default: on the main listener).
+    --log-format text|json          OAI_GATEWAY_LOG_FORMAT    default text
+        json: one JSON object per log line (the access log's fields as keys).
     -h, --help                      This text.
 
 ENDPOINTS: GET /healthz (the process is up), GET /readyz (not draining, the upstream host
-resolves, Redis answers when --store is Redis); every other path is forwarded if allowed.
+resolves, Redis answers when --store is Redis), GET /metrics (Prometheus text); every other
+path is forwarded if allowed.
 Exit status: 0 after a drain, 2 for a configuration error, 1 if the address cannot be bound.
 ";
 
@@ -78,6 +102,16 @@ pub enum UpstreamAuth {
     Bearer,
     /// The bare key in a named header (`api-key` for Azure OpenAI).
     Header(HeaderName),
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogFormat {
+    /// `tracing`'s human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 /// A configuration error: the message names the flag or variable at fault.
@@ -115,21 +149,41 @@ pub struct Config {
     pub server_key: Option<Credentials>,
     /// The routes forwarded.
     pub routes: Routes,
-    /// The largest request body accepted.
+    /// The largest JSON request body accepted (read whole).
     pub max_body_bytes: usize,
+    /// The largest streamed request body accepted (uploads).
+    pub max_upload_bytes: u64,
     /// How long a client may take to send a request's headers.
     pub header_read_timeout: Duration,
-    /// How long a client may take to send a request's body.
+    /// How long a client may take to send a JSON body, or each chunk of a streamed one.
     pub body_read_timeout: Duration,
+    /// The bound from the upstream's response head to its first body byte (`None`: none).
+    pub stream_first_byte_timeout: Option<Duration>,
+    /// The bound between two chunks of the upstream's body (`None`: none).
+    pub stream_idle_timeout: Option<Duration>,
     /// Connections served at once; more wait in the listen backlog.
     pub max_connections: usize,
     /// How long a drain waits for requests in flight.
     pub drain_timeout: Duration,
     /// `memory` or a Redis URL.
     pub store: String,
-    /// The retry policy (not a flag: the library's defaults; tests seed it).
+    /// Where `GET /metrics` is served instead of the main listener.
+    pub metrics_listen: Option<SocketAddr>,
+    /// How log lines are written.
+    pub log_format: LogFormat,
+    /// The retry policy (not a flag: the library's defaults; tests seed it). If it has a
+    /// retry budget, the gateway replaces it with a [`TokenBudget::default`] of its own, whose
+    /// balance `/metrics` shows.
+    ///
+    /// [`TokenBudget::default`]: oai_resilience::retry::TokenBudget
     pub retry: RetryConfig,
 }
+
+/// The default of `--stream-first-byte-timeout`: 120 s. Longer than the library's 60 s: a
+/// reasoning model may think for a while before its first event.
+pub const DEFAULT_STREAM_FIRST_BYTE: Duration = Duration::from_secs(120);
+/// The default of `--stream-idle-timeout`: 60 s.
+pub const DEFAULT_STREAM_IDLE: Duration = Duration::from_secs(60);
 
 impl Default for Config {
     fn default() -> Self {
@@ -142,11 +196,16 @@ impl Default for Config {
             server_key: None,
             routes: Routes::default(),
             max_body_bytes: 8 * 1024 * 1024,
+            max_upload_bytes: 512 * 1024 * 1024,
             header_read_timeout: Duration::from_secs(10),
             body_read_timeout: Duration::from_secs(60),
+            stream_first_byte_timeout: Some(DEFAULT_STREAM_FIRST_BYTE),
+            stream_idle_timeout: Some(DEFAULT_STREAM_IDLE),
             max_connections: 1024,
             drain_timeout: Duration::from_secs(30),
             store: "memory".to_owned(),
+            metrics_listen: None,
+            log_format: LogFormat::Text,
             retry: RetryConfig::new(),
         }
     }
@@ -168,11 +227,19 @@ const FLAGS_WITH_VALUE: &[(&str, &str)] = &[
     ("--upstream-auth-header", "OAI_GATEWAY_UPSTREAM_AUTH_HEADER"),
     ("--access-keys-file", "OAI_GATEWAY_ACCESS_KEYS_FILE"),
     ("--max-body-bytes", "OAI_GATEWAY_MAX_BODY_BYTES"),
+    ("--max-upload-bytes", "OAI_GATEWAY_MAX_UPLOAD_BYTES"),
     ("--header-read-timeout", "OAI_GATEWAY_HEADER_READ_TIMEOUT"),
     ("--body-read-timeout", "OAI_GATEWAY_BODY_READ_TIMEOUT"),
+    (
+        "--stream-first-byte-timeout",
+        "OAI_GATEWAY_STREAM_FIRST_BYTE_TIMEOUT",
+    ),
+    ("--stream-idle-timeout", "OAI_GATEWAY_STREAM_IDLE_TIMEOUT"),
     ("--max-connections", "OAI_GATEWAY_MAX_CONNECTIONS"),
     ("--drain-timeout", "OAI_GATEWAY_DRAIN_TIMEOUT"),
     ("--store", "OAI_GATEWAY_STORE"),
+    ("--metrics-listen", "OAI_GATEWAY_METRICS_LISTEN"),
+    ("--log-format", "OAI_GATEWAY_LOG_FORMAT"),
 ];
 const SWITCHES: &[(&str, &str)] = &[
     ("--allow-admin-routes", "OAI_GATEWAY_ALLOW_ADMIN_ROUTES"),
@@ -180,8 +247,9 @@ const SWITCHES: &[(&str, &str)] = &[
 ];
 
 impl Config {
-    /// Parses the command line `args` (without the program name) and the environment
-    /// `env` (a lookup, so tests can pass a fake one). Files named by the flags are read here.
+    /// Parses the command line `args` (without the program name), the environment `env` (a
+    /// lookup, so tests can pass a fake one) and the TOML file of `--config` (or
+    /// `OAI_GATEWAY_CONFIG`), if any. Files named by the settings are read here.
     ///
     /// # Errors
     ///
@@ -199,6 +267,7 @@ impl Config {
         let mut switches: Vec<&'static str> = Vec::new();
         let mut access_flags: Vec<String> = Vec::new();
         let mut routes_flags: Vec<String> = Vec::new();
+        let mut config_flag: Option<String> = None;
         let mut it = args.into_iter().map(Into::into);
         while let Some(arg) = it.next() {
             if arg == "-h" || arg == "--help" {
@@ -221,6 +290,8 @@ impl Config {
                     return Err(err(format!("{flag} takes no value")));
                 }
                 switches.push(flag);
+            } else if name == "--config" {
+                config_flag = Some(value()?);
             } else if name == "--access-key" {
                 access_flags.push(value()?);
             } else if name == "--allow-route" {
@@ -229,12 +300,25 @@ impl Config {
                 return Err(err(format!("unknown option {name:?}")));
             }
         }
+        let file = match config_flag
+            .map(|p| ("--config".to_owned(), p))
+            .or_else(|| env("OAI_GATEWAY_CONFIG").map(|p| ("OAI_GATEWAY_CONFIG".to_owned(), p)))
+        {
+            Some((from, path)) => Some(FileSettings::read(&from, Path::new(&path))?),
+            None => None,
+        };
         let get = |flag: &str| -> Option<(String, String)> {
             if let Some((_, v)) = values.iter().rev().find(|(f, _)| *f == flag) {
                 return Some((flag.to_owned(), v.clone()));
             }
             let var = FLAGS_WITH_VALUE.iter().find(|(f, _)| *f == flag)?.1;
-            env(var).map(|v| (var.to_owned(), v))
+            if let Some(v) = env(var) {
+                return Some((var.to_owned(), v));
+            }
+            let f = file.as_ref()?;
+            f.values
+                .get(&flag[2..])
+                .map(|v| (format!("{} key {}", f.shown, &flag[2..]), v.clone()))
         };
         let switch = |flag: &str| -> Result<bool, ConfigError> {
             if switches.contains(&flag) {
@@ -242,7 +326,11 @@ impl Config {
             }
             let var = SWITCHES.iter().find(|(f, _)| *f == flag).map(|(_, v)| *v);
             match var.and_then(env).as_deref().map(str::trim) {
-                None | Some("" | "0" | "false" | "no") => Ok(false),
+                None => Ok(file
+                    .as_ref()
+                    .and_then(|f| f.switches.get(&flag[2..]).copied())
+                    .unwrap_or(false)),
+                Some("" | "0" | "false" | "no") => Ok(false),
                 Some("1" | "true" | "yes") => Ok(true),
                 Some(other) => Err(err(format!(
                     "{}: expected 1/true/yes or 0/false/no, not {other:?}",
@@ -271,8 +359,37 @@ impl Config {
         if let Some((from, v)) = get("--max-body-bytes") {
             c.max_body_bytes = parse_count(&v).map_err(|e| err(format!("{from}: {e}")))?;
         }
+        if let Some((from, v)) = get("--max-upload-bytes") {
+            c.max_upload_bytes = parse_count(&v).map_err(|e| err(format!("{from}: {e}")))? as u64;
+        }
         if let Some((from, v)) = get("--max-connections") {
             c.max_connections = parse_count(&v).map_err(|e| err(format!("{from}: {e}")))?;
+        }
+        for (flag, slot) in [
+            (
+                "--stream-first-byte-timeout",
+                &mut c.stream_first_byte_timeout,
+            ),
+            ("--stream-idle-timeout", &mut c.stream_idle_timeout),
+        ] {
+            if let Some((from, v)) = get(flag) {
+                let d = parse_duration(&v).map_err(|e| err(format!("{from}: {e}")))?;
+                *slot = (!d.is_zero()).then_some(d);
+            }
+        }
+        if let Some((from, v)) = get("--metrics-listen") {
+            c.metrics_listen = Some(v.trim().parse().map_err(|e| {
+                err(format!(
+                    "{from} {v:?}: {e} (expected an address such as 127.0.0.1:9090)"
+                ))
+            })?);
+        }
+        if let Some((from, v)) = get("--log-format") {
+            c.log_format = match v.trim() {
+                "text" => LogFormat::Text,
+                "json" => LogFormat::Json,
+                other => return Err(err(format!("{from}: expected text or json, not {other:?}"))),
+            };
         }
         for (flag, slot) in [
             ("--header-read-timeout", &mut c.header_read_timeout),
@@ -283,7 +400,7 @@ impl Config {
                 *slot = parse_duration(&v).map_err(|e| err(format!("{from}: {e}")))?;
             }
         }
-        if flag_is_zero(c.header_read_timeout) || flag_is_zero(c.body_read_timeout) {
+        if c.header_read_timeout.is_zero() || c.body_read_timeout.is_zero() {
             return Err(err(
                 "--header-read-timeout and --body-read-timeout must be above 0",
             ));
@@ -302,6 +419,8 @@ impl Config {
                     .filter(|s| !s.is_empty())
                     .map(str::to_owned)
                     .collect();
+            } else if let Some(f) = &file {
+                extra.clone_from(&f.routes);
             }
         }
         let defaults = !switch("--no-default-routes")?;
@@ -394,8 +513,100 @@ impl Config {
     }
 }
 
-fn flag_is_zero(d: Duration) -> bool {
-    d.is_zero()
+/// The settings of a `--config` TOML file, as the strings a flag would carry.
+struct FileSettings {
+    /// How messages name the file: `--config "gateway.toml"`.
+    shown: String,
+    /// Keys of flags with a value (without the leading `--`) -> value.
+    values: std::collections::HashMap<String, String>,
+    /// Keys of switches -> on or off.
+    switches: std::collections::HashMap<String, bool>,
+    /// `allow-routes`.
+    routes: Vec<String>,
+}
+
+/// Keys whose value is a path, resolved relative to the file.
+const PATH_KEYS: &[&str] = &["upstream-ca", "access-keys-file"];
+
+impl FileSettings {
+    /// Reads and checks the file `path` (named by `from`).
+    fn read(from: &str, path: &Path) -> Result<FileSettings, ConfigError> {
+        let shown = format!("{from} {:?}", path.display().to_string());
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| err(format!("{shown}: cannot read the file: {e}")))?;
+        let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+            let line = e
+                .span()
+                .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
+            let at = line.map(|l| format!(" (line {l})")).unwrap_or_default();
+            err(format!(
+                "{shown}: not valid TOML{at}: {}",
+                e.message().trim().replace('\n', " ")
+            ))
+        })?;
+        let base = path.parent().unwrap_or(Path::new(""));
+        let mut out = FileSettings {
+            shown,
+            values: Default::default(),
+            switches: Default::default(),
+            routes: Vec::new(),
+        };
+        for (raw_key, value) in &table {
+            let key = raw_key.replace('_', "-");
+            let flag = format!("--{key}");
+            let bad = |expected: &str| {
+                err(format!(
+                    "{}: key {raw_key}: expected {expected}, not {}",
+                    out.shown,
+                    value.type_str()
+                ))
+            };
+            if FLAGS_WITH_VALUE.iter().any(|(f, _)| *f == flag) {
+                let v = match value {
+                    toml::Value::String(s) => s.clone(),
+                    toml::Value::Integer(i) => i.to_string(),
+                    toml::Value::Float(f) => f.to_string(),
+                    _ => return Err(bad("a string or a number")),
+                };
+                let v = if PATH_KEYS.contains(&key.as_str()) && Path::new(&v).is_relative() {
+                    base.join(&v).display().to_string()
+                } else {
+                    v
+                };
+                out.values.insert(key, v);
+            } else if SWITCHES.iter().any(|(f, _)| *f == flag) {
+                match value {
+                    toml::Value::Boolean(b) => {
+                        out.switches.insert(key, *b);
+                    }
+                    _ => return Err(bad("true or false")),
+                }
+            } else if key == "allow-routes" {
+                let toml::Value::Array(items) = value else {
+                    return Err(bad("an array of path prefixes"));
+                };
+                for item in items {
+                    match item {
+                        toml::Value::String(s) => out.routes.push(s.clone()),
+                        _ => return Err(bad("an array of strings")),
+                    }
+                }
+            } else if key == "access-key" || key == "access-keys" {
+                return Err(err(format!(
+                    "{}: key {raw_key}: access keys are not read from the config file; name a \
+                     file of them with access-keys-file",
+                    out.shown
+                )));
+            } else {
+                return Err(err(format!(
+                    "{}: unknown key {raw_key:?} (keys are the flags' names without the dashes, \
+                     such as max-body-bytes)",
+                    out.shown
+                )));
+            }
+        }
+        Ok(out)
+    }
 }
 
 fn parse_auth_header(v: &str) -> Result<UpstreamAuth, String> {

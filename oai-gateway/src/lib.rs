@@ -9,12 +9,16 @@
 //! - [`gateway`]: the proxy service, [`Gateway`];
 //! - [`upstream`]: the HTTP client to the upstream (rustls, HTTP/1.1 and HTTP/2) and the stack
 //!   over it;
-//! - [`server`]: the listener, the connection limits and the graceful drain.
+//! - [`server`]: the listener, the connection limits and the graceful drain;
+//! - [`metrics`]: the counters behind `GET /metrics`;
+//! - [`logging`]: text or JSON log lines.
 //!
 //! See `oai-gateway/README.md` for how to run it and the security model.
 
 pub mod config;
 pub mod gateway;
+pub mod logging;
+pub mod metrics;
 pub mod server;
 pub mod upstream;
 

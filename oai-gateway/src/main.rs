@@ -22,12 +22,7 @@ fn main() -> ExitCode {
         Ok(Command::Run(c)) => c,
         Err(e) => return config_error(&e),
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    oai_gateway::logging::init(config.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -54,6 +49,20 @@ async fn run(config: Config) -> ExitCode {
         }
     };
     let addr = listener.local_addr().unwrap_or(config.listen);
+    if let Some(metrics_addr) = config.metrics_listen {
+        let metrics_listener = match TcpListener::bind(metrics_addr).await {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("oai-gateway: cannot listen on {metrics_addr} (--metrics-listen): {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        println!(
+            "oai-gateway: metrics on http://{}/metrics",
+            metrics_listener.local_addr().unwrap_or(metrics_addr)
+        );
+        tokio::spawn(server::serve_metrics(metrics_listener, gateway.clone()));
+    }
     let who = if config.access_keys.is_empty() {
         "callers' own keys (no access keys configured)".to_owned()
     } else {

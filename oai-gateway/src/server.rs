@@ -123,6 +123,48 @@ pub async fn serve(
     }
 }
 
+/// Serves `GET /metrics` of `gateway` on `listener` (`--metrics-listen`), and 404 for
+/// anything else, until the process exits. Connections get the default header-read timeout.
+pub async fn serve_metrics(listener: TcpListener, gateway: Gateway) {
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(10));
+    let slots = Arc::new(Semaphore::new(64));
+    loop {
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let stream = match listener.accept().await {
+            Ok((s, _)) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "metrics listener: accept failed; retrying");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let gw = gateway.clone();
+        let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+            let res = if req.method() == http::Method::GET && req.uri().path() == "/metrics" {
+                gw.metrics_response()
+            } else {
+                let mut res =
+                    http::Response::new(http_body_util::Either::Right(http_body_util::Full::new(
+                        bytes::Bytes::from_static(b"only GET /metrics here\n"),
+                    )));
+                *res.status_mut() = http::StatusCode::NOT_FOUND;
+                res
+            };
+            std::future::ready(Ok::<_, Infallible>(res))
+        });
+        let conn = builder.serve_connection(TokioIo::new(stream), service);
+        tokio::spawn(async move {
+            let _ = conn.await;
+            drop(permit);
+        });
+    }
+}
+
 /// A future that completes on SIGTERM or SIGINT (Ctrl-C).
 pub async fn termination_signal() {
     #[cfg(unix)]

@@ -2,31 +2,41 @@
 //!
 //! Each request, in order:
 //!
-//! 1. `GET /healthz` and `GET /readyz` are answered by the gateway;
+//! 1. `GET /healthz`, `GET /readyz` and `GET /metrics` (unless `--metrics-listen` moves it) are
+//!    answered by the gateway;
 //! 2. a method the OpenAI API does not use gets 405, a path outside the route allowlist (or
 //!    not in normal form) 404 ([`routes`]);
 //! 3. the caller is authenticated ([`access`]): with access keys configured, the request must
 //!    carry `Authorization: Bearer <access key>`, which is replaced by the server's key; without
 //!    access keys, the request must carry the caller's own key, which is forwarded (checked
 //!    locally by the stack) — the server's key is never used then;
-//! 4. a declared `Content-Length` over `--max-body-bytes` gets 413 at once, before any byte of
-//!    the body is read; the body is then read up to the limit within `--body-read-timeout`;
+//! 4. the body: a JSON body (or one without a content type) is read whole, up to
+//!    `--max-body-bytes` within `--body-read-timeout` (a declared `Content-Length` over the
+//!    limit gets 413 at once, before any byte is read), so that it can be validated and
+//!    replayed by retries; any other body (multipart uploads, audio, files: [`streams_body`])
+//!    is streamed to the upstream as it arrives, up to `--max-upload-bytes`, each chunk within
+//!    `--body-read-timeout` of the previous one, and is never retried;
 //! 5. the request goes through the stack (validation, key checks, retries, pacing,
-//!    classification) with hop-by-hop headers, headers named in `Connection:`, `cookie`,
-//!    `host`, `content-length` and `accept-encoding` removed;
-//! 6. the upstream's response is streamed back (hop-by-hop headers and `set-cookie` removed),
-//!    or the stack's error is mapped to OpenAI's error JSON by
+//!    classification, the stream watchdog) with hop-by-hop headers, headers named in
+//!    `Connection:`, `cookie`, `host`, `content-length` and `accept-encoding` removed;
+//! 6. the upstream's response is streamed back chunk by chunk (hop-by-hop headers and
+//!    `set-cookie` removed; an event stream that stalls or fails mid-way ends with an SSE
+//!    `error` event), or the stack's error is mapped to OpenAI's error JSON by
 //!    [`oai_resilience::respond::error_response`].
 //!
 //! Every answer the gateway makes itself (401, 404, 405, 408, 413) has OpenAI's error shape
-//! and `x-should-retry: false`; every request is logged once (method, path, status, latency,
-//! access-key name), never with a key.
+//! and `x-should-retry: false`; every request is logged once (method, path, status, upstream
+//! status, attempts, latency, request id, access-key name), never with a key, and counted in
+//! [`Metrics`].
 
 pub mod access;
+mod body;
 pub mod routes;
 
 use std::fmt;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -34,23 +44,29 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
+use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Either, Full, Limited};
-use hyper::body::{Body, Incoming};
+use hyper::body::Body;
 use oai_resilience::auth::{AuthLayer, KeyHeader, KeyRules, KeySource};
 use oai_resilience::pace::RedisStore;
-use oai_resilience::{respond, Error, OpenAiLayer, RetryLayer};
+use oai_resilience::retry::TokenBudget;
+use oai_resilience::watchdog::WatchdogLayer;
+use oai_resilience::{respond, BoxError, Error, ErrorKind, OpenAiLayer, RetryLayer, ValidateLayer};
 use serde_json::json;
 use tower::ServiceExt;
 
 use crate::config::{Config, ConfigError, UpstreamAuth};
-use crate::upstream::Stack;
+use crate::metrics::{MeteredBudget, Metrics};
+use crate::upstream::{AttemptLog, BodyError, ObservedBody, RequestBody, Stack};
 use access::AccessKeys;
+use body::{UploadBody, UploadFault, FAULT_CLIENT, FAULT_TIMEOUT, FAULT_TOO_LARGE};
 use routes::{Refusal, Routes};
 
 pub use oai_resilience::respond::{ATTEMPTS_HEADER, HINT_HEADER};
 
-/// The response body: the upstream's body streamed through, or the gateway's own JSON.
-pub type GatewayBody = Either<Incoming, Full<Bytes>>;
+/// The response body: the upstream's body streamed through (boxed: an event stream's ends
+/// with an SSE `error` event on a stall), or the gateway's own JSON.
+pub type GatewayBody = Either<UnsyncBoxBody<Bytes, BodyError>, Full<Bytes>>;
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1 and the legacy `keep-alive`/`proxy-connection`):
 /// never forwarded either way. Headers named in `Connection:` are removed as well.
@@ -83,12 +99,61 @@ const REQUEST_SKIP: &[&str] = &[
     "x-real-ip",
 ];
 
+/// The upload routes: a `POST` there without a content type is streamed too.
+pub const UPLOAD_ROUTES: &[&str] = &[
+    "/v1/audio",
+    "/v1/files",
+    "/v1/uploads",
+    "/v1/images/edits",
+    "/v1/images/variations",
+];
+
+/// Whether a request's body is streamed to the upstream rather than read whole: a `POST`
+/// whose content type is not JSON (`multipart/form-data`, `application/octet-stream`,
+/// `audio/*`, …), or a `POST` to an [upload route](UPLOAD_ROUTES) without a content type.
+/// Streamed bodies are not validated and not retried; JSON bodies are both.
+pub fn streams_body(method: &Method, path: &str, headers: &HeaderMap) -> bool {
+    if method != Method::POST {
+        return false;
+    }
+    match headers.get(header::CONTENT_TYPE) {
+        Some(v) => {
+            let mime = v
+                .to_str()
+                .unwrap_or("")
+                .split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase();
+            !(mime == "application/json" || mime.ends_with("+json"))
+        }
+        None => UPLOAD_ROUTES.iter().any(|p| {
+            path.strip_prefix(p)
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+        }),
+    }
+}
+
 /// Who pays for a request.
 enum Caller<'a> {
     /// Presented access key `name`: the server's key is used.
     Access(&'a str),
     /// Brings their own OpenAI key (no access keys configured).
     OwnKey,
+}
+
+/// What the access log and the metrics say about one request.
+#[derive(Default)]
+struct Outcome {
+    /// The allowlist prefix (or the gateway's endpoint) the request matched; `-` if none.
+    route: String,
+    /// The access key's name.
+    who: Option<String>,
+    /// The error kind, or the reason of a local refusal; `None` for a success.
+    error: Option<String>,
+    /// The request's attempts upstream.
+    attempts: AttemptLog,
 }
 
 struct Inner {
@@ -99,12 +164,16 @@ struct Inner {
     access: AccessKeys,
     routes: Routes,
     max_body_bytes: usize,
+    max_upload_bytes: u64,
     body_read_timeout: Duration,
+    metrics_on_main: bool,
+    metrics: Arc<Metrics>,
     store: Option<RedisStore>,
     draining: AtomicBool,
 }
 
-/// The proxy service. Cheap to clone: clones share the stack's pacer and retry budget.
+/// The proxy service. Cheap to clone: clones share the stack's pacer, retry budget and
+/// metrics.
 #[derive(Clone)]
 pub struct Gateway {
     inner: Arc<Inner>,
@@ -159,11 +228,20 @@ impl Gateway {
                 Some(name.clone()),
             ),
         };
+        // The retry budget, if the policy has one, is a `TokenBudget` the gateway keeps, so
+        // that /metrics can show its balance.
+        let (retry, budget) = if config.retry.settings().budget.is_some() {
+            let budget = MeteredBudget::new(TokenBudget::default());
+            (config.retry.clone().budget(budget.clone()), Some(budget))
+        } else {
+            (config.retry.clone(), None)
+        };
         let mut layer = OpenAiLayer::new()
             .try_base_url(&config.upstream)
             .map_err(|e| ConfigError(format!("--upstream: {e}")))?
+            .validate(ValidateLayer::new().body_limit(config.max_body_bytes))
             .auth(auth)
-            .retry(RetryLayer::with_config(config.retry.clone()));
+            .retry(RetryLayer::with_config(retry));
         if let Some(store) = &store {
             layer = layer.pacing_store(store.clone());
         }
@@ -181,7 +259,11 @@ impl Gateway {
             u.host()
                 .map(|h| (h.trim_matches(['[', ']']).to_owned(), port))
         });
-        let stack = crate::upstream::stack(&layer, client);
+        let metrics = Arc::new(Metrics::new(layer.pace_layer().pacer().clone(), budget));
+        let watchdog = WatchdogLayer::new()
+            .first_byte(config.stream_first_byte_timeout)
+            .idle(config.stream_idle_timeout);
+        let stack = crate::upstream::stack(&layer, client, watchdog, metrics.clone());
         Ok(Gateway {
             inner: Arc::new(Inner {
                 stack,
@@ -191,7 +273,10 @@ impl Gateway {
                 access: config.access_keys.clone(),
                 routes: config.routes.clone(),
                 max_body_bytes: config.max_body_bytes,
+                max_upload_bytes: config.max_upload_bytes,
                 body_read_timeout: config.body_read_timeout,
+                metrics_on_main: config.metrics_listen.is_none(),
+                metrics,
                 store,
                 draining: AtomicBool::new(false),
             }),
@@ -201,6 +286,23 @@ impl Gateway {
     /// The upstream base URL, without `/v1` and without a trailing `/`.
     pub fn upstream(&self) -> &str {
         &self.inner.upstream
+    }
+
+    /// The gateway's counters (what `GET /metrics` renders).
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+
+    /// The answer to `GET /metrics`: [`Metrics::render`] as `text/plain; version=0.0.4`.
+    pub fn metrics_response(&self) -> Response<GatewayBody> {
+        let mut res = Response::new(Either::Right(Full::new(Bytes::from(
+            self.inner.metrics.render(),
+        ))));
+        res.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        );
+        res
     }
 
     /// Marks the gateway as draining: `/readyz` answers 503 from now on.
@@ -215,46 +317,67 @@ impl Gateway {
         peer: Option<SocketAddr>,
     ) -> Response<GatewayBody>
     where
-        B: Body<Data = Bytes>,
-        B::Error: Into<oai_resilience::BoxError>,
+        B: Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
     {
         let start = Instant::now();
         let method = req.method().clone();
         let path = req.uri().path().to_owned();
-        let (res, who) = self.route(req).await;
+        let mut out = Outcome {
+            route: "-".to_owned(),
+            ..Outcome::default()
+        };
+        let metrics = &self.inner.metrics;
+        metrics.in_flight(1);
+        let res = self.route(req, &mut out).await;
+        metrics.in_flight(-1);
+        let status = res.status().as_u16();
+        let error = out.error.as_deref().unwrap_or("none");
+        metrics.request(&out.route, status, error);
+        let attempts = out.attempts.attempts();
         tracing::info!(
             target: "oai_gateway::access",
             %method,
             path = %path,
-            status = res.status().as_u16(),
-            attempts = res.headers().get(ATTEMPTS_HEADER).and_then(|v| v.to_str().ok()).unwrap_or("-"),
-            latency_ms = start.elapsed().as_secs_f64() * 1000.0,
-            access_key = who.as_deref().unwrap_or("-"),
+            status,
+            upstream_status = out.attempts.upstream_status().map_or_else(|| "-".to_owned(), |s| s.to_string()),
+            attempts,
+            latency_ms = (start.elapsed().as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0,
+            request_id = res.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("-"),
+            access_key = out.who.as_deref().unwrap_or("-"),
+            error,
             peer = peer.map(|p| p.to_string()).unwrap_or_default(),
             "request"
         );
         res
     }
 
-    async fn route<B>(&self, req: Request<B>) -> (Response<GatewayBody>, Option<String>)
+    async fn route<B>(&self, req: Request<B>, out: &mut Outcome) -> Response<GatewayBody>
     where
-        B: Body<Data = Bytes>,
-        B::Error: Into<oai_resilience::BoxError>,
+        B: Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
     {
         let inner = &*self.inner;
         let path = req.uri().path();
-        if req.method() == Method::GET && path == "/healthz" {
-            return (
-                json_response(StatusCode::OK, &json!({"status": "ok"})),
-                None,
-            );
+        if req.method() == Method::GET {
+            let local = match path {
+                "/healthz" => Some(json_response(StatusCode::OK, &json!({"status": "ok"}))),
+                "/readyz" => Some(self.readiness().await),
+                "/metrics" if inner.metrics_on_main => Some(self.metrics_response()),
+                _ => None,
+            };
+            if let Some(res) = local {
+                path.clone_into(&mut out.route);
+                return res;
+            }
         }
-        if req.method() == Method::GET && path == "/readyz" {
-            return (self.readiness().await, None);
+        if let Some(prefix) = inner.routes.matched(path) {
+            prefix.clone_into(&mut out.route);
         }
         match inner.routes.check(req.method(), path) {
             Ok(()) => {}
             Err(Refusal::Method) => {
+                out.error = Some("method_not_allowed".into());
                 let mut res = local_error(
                     StatusCode::METHOD_NOT_ALLOWED,
                     &format!("Method {} is not allowed by this gateway.", req.method()),
@@ -264,31 +387,31 @@ impl Gateway {
                 );
                 res.headers_mut()
                     .insert(header::ALLOW, HeaderValue::from_static("GET, POST, DELETE"));
-                return (res, None);
+                return res;
             }
             Err(Refusal::Route) => {
+                out.error = Some("route_not_allowed".into());
                 let shown: String = path.chars().take(200).collect();
-                return (
-                    local_error(
-                        StatusCode::NOT_FOUND,
-                        &format!("Invalid URL ({} {shown})", req.method()),
-                        "invalid_request_error",
-                        None,
-                        "this route is not forwarded by the gateway (see --allow-route and --allow-admin-routes)",
-                    ),
+                return local_error(
+                    StatusCode::NOT_FOUND,
+                    &format!("Invalid URL ({} {shown})", req.method()),
+                    "invalid_request_error",
                     None,
+                    "this route is not forwarded by the gateway (see --allow-route and --allow-admin-routes)",
                 );
             }
         }
         let caller = match self.authenticate(req.headers()) {
             Ok(c) => c,
-            Err(res) => return (*res, None),
+            Err(res) => {
+                out.error = Some("unauthenticated".into());
+                return *res;
+            }
         };
-        let who = match caller {
-            Caller::Access(name) => Some(name.to_owned()),
-            Caller::OwnKey => None,
-        };
-        (self.forward(req, &caller).await, who)
+        if let Caller::Access(name) = caller {
+            out.who = Some(name.to_owned());
+        }
+        self.forward(req, &caller, out).await
     }
 
     /// Decides who pays, before anything is read or sent.
@@ -330,20 +453,54 @@ impl Gateway {
         }
     }
 
-    async fn forward<B>(&self, req: Request<B>, caller: &Caller<'_>) -> Response<GatewayBody>
+    async fn forward<B>(
+        &self,
+        req: Request<B>,
+        caller: &Caller<'_>,
+        out: &mut Outcome,
+    ) -> Response<GatewayBody>
     where
-        B: Body<Data = Bytes>,
-        B::Error: Into<oai_resilience::BoxError>,
+        B: Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
     {
         let inner = &*self.inner;
-        let limit = inner.max_body_bytes;
-        let too_large = || {
+        let streamed = streams_body(req.method(), req.uri().path(), req.headers());
+        let (limit, flag) = if streamed {
+            (inner.max_upload_bytes, "--max-upload-bytes")
+        } else {
+            (inner.max_body_bytes as u64, "--max-body-bytes")
+        };
+        let too_large = |out: &mut Outcome| {
+            out.error = Some("body_too_large".into());
             local_error(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 &format!("The request body exceeds the gateway's limit of {limit} bytes."),
                 "invalid_request_error",
                 None,
-                "send a smaller body, or raise --max-body-bytes",
+                &format!("send a smaller body, or raise {flag}"),
+            )
+        };
+        let too_slow = |out: &mut Outcome| {
+            out.error = Some("body_timeout".into());
+            local_error(
+                StatusCode::REQUEST_TIMEOUT,
+                &format!(
+                    "The request body did not arrive within {} s.",
+                    inner.body_read_timeout.as_secs_f64()
+                ),
+                "invalid_request_error",
+                None,
+                "send the body faster, or raise --body-read-timeout",
+            )
+        };
+        let bad_request = |out: &mut Outcome, msg: &str, hint: &str| {
+            out.error = Some("bad_request".into());
+            local_error(
+                StatusCode::BAD_REQUEST,
+                msg,
+                "invalid_request_error",
+                None,
+                hint,
             )
         };
         let declared = req
@@ -352,45 +509,42 @@ impl Gateway {
             .and_then(|v| v.to_str().ok())
             .map(|v| v.trim().parse::<u64>());
         match declared {
-            Some(Ok(n)) if n > limit as u64 => return too_large(),
+            Some(Ok(n)) if n > limit => return too_large(out),
             Some(Err(_)) => {
-                return local_error(
-                    StatusCode::BAD_REQUEST,
+                return bad_request(
+                    out,
                     "The Content-Length header is not a number.",
-                    "invalid_request_error",
-                    None,
                     "send a valid Content-Length",
                 )
             }
             _ => {}
         }
         let (parts, body) = req.into_parts();
-        let read =
-            tokio::time::timeout(inner.body_read_timeout, Limited::new(body, limit).collect())
-                .await;
-        let body = match read {
-            Ok(Ok(collected)) => collected.to_bytes(),
-            Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => return too_large(),
-            Ok(Err(e)) => {
-                return local_error(
-                    StatusCode::BAD_REQUEST,
-                    &format!("Could not read the request body: {e}"),
-                    "invalid_request_error",
-                    None,
-                    "send the whole body",
-                )
-            }
-            Err(_) => {
-                return local_error(
-                    StatusCode::REQUEST_TIMEOUT,
-                    &format!(
-                        "The request body did not arrive within {} s.",
-                        inner.body_read_timeout.as_secs_f64()
-                    ),
-                    "invalid_request_error",
-                    None,
-                    "send the body faster, or raise --body-read-timeout",
-                )
+        let fault = UploadFault::default();
+        let body: RequestBody = if streamed {
+            Either::Right(upload_body(
+                body,
+                inner.body_read_timeout,
+                limit,
+                fault.clone(),
+            ))
+        } else {
+            let read = tokio::time::timeout(
+                inner.body_read_timeout,
+                Limited::new(body, limit as usize).collect(),
+            )
+            .await;
+            match read {
+                Ok(Ok(collected)) => Either::Left(Full::new(collected.to_bytes())),
+                Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => return too_large(out),
+                Ok(Err(e)) => {
+                    return bad_request(
+                        out,
+                        &format!("Could not read the request body: {e}"),
+                        "send the whole body",
+                    )
+                }
+                Err(_) => return too_slow(out),
             }
         };
         // Only the path and query: the stack's base URL gives them the upstream.
@@ -399,31 +553,67 @@ impl Gateway {
             .path_and_query()
             .map_or("/", |p| p.as_str())
             .to_owned();
-        let mut out = Request::builder().method(parts.method.clone()).uri(path);
-        if let Some(headers) = out.headers_mut() {
+        let mut builder = Request::builder().method(parts.method.clone()).uri(path);
+        if let Some(headers) = builder.headers_mut() {
             *headers = self.request_headers(&parts.headers, caller);
         }
-        let out = match out.body(Full::new(body)) {
+        let request = match builder.extension(out.attempts.clone()).body(body) {
             Ok(r) => r,
             Err(e) => {
-                return local_error(
-                    StatusCode::BAD_REQUEST,
+                return bad_request(
+                    out,
                     &format!("The request cannot be forwarded: {e}"),
-                    "invalid_request_error",
-                    None,
                     "check the request line",
                 )
             }
         };
-        match inner.stack.clone().oneshot(out).await {
+        // Boxed with its type written out: the compiler cannot prove the `Send` of the
+        // `Oneshot` future for every lifetime otherwise (rust-lang/rust#102211).
+        let call: Pin<Box<dyn Future<Output = Result<Response<ObservedBody>, Error>> + Send>> =
+            Box::pin(inner.stack.clone().oneshot(request));
+        match call.await {
             Ok(res) => {
                 let (mut parts, body) = res.into_parts();
                 strip_hop_by_hop(&mut parts.headers);
                 parts.headers.remove(header::SET_COOKIE);
+                let sse = parts
+                    .headers
+                    .get(header::CONTENT_TYPE)
+                    .and_then(|v| v.to_str().ok())
+                    .is_some_and(|v| v.trim_start().starts_with("text/event-stream"));
+                if !parts.status.is_success() {
+                    out.error = Some(format!("http_{}", parts.status.as_u16()));
+                }
+                let body = body::relay(body, inner.metrics.clone(), sse);
                 Response::from_parts(parts, Either::Left(body))
             }
             Err(err) => {
+                match fault.get() {
+                    FAULT_TIMEOUT => return too_slow(out),
+                    FAULT_TOO_LARGE => return too_large(out),
+                    FAULT_CLIENT => {
+                        return bad_request(
+                            out,
+                            "Could not read the request body.",
+                            "send the whole body",
+                        )
+                    }
+                    _ => {}
+                }
                 tracing::info!(error = %err, "gateway: call failed");
+                out.error = Some(err.kind().as_str().to_owned());
+                if err.kind() == ErrorKind::NotReplayable {
+                    // A streamed upload that needed a retry: the gateway could not send it
+                    // again, the client can (its SDK still has the body). Answer with what
+                    // the attempt got, and let the client's retry logic decide.
+                    let cause = std::error::Error::source(&err)
+                        .and_then(|s| s.downcast_ref::<Error>())
+                        .unwrap_or(&err);
+                    let mut res = error_response(cause);
+                    res.headers_mut()
+                        .insert("x-should-retry", HeaderValue::from_static("true"));
+                    return res;
+                }
                 error_response(&err)
             }
         }
@@ -501,6 +691,22 @@ impl Gateway {
         }
         json_response(StatusCode::OK, &json!({"status": "ready"}))
     }
+}
+
+/// A streamed upload, boxed.
+fn upload_body<B>(
+    body: B,
+    idle: Duration,
+    limit: u64,
+    fault: UploadFault,
+) -> UnsyncBoxBody<Bytes, BodyError>
+where
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    UploadBody::new(body, idle, limit, fault)
+        .map_err(BodyError)
+        .boxed_unsync()
 }
 
 /// Removes the hop-by-hop headers and the headers that `Connection:` names.

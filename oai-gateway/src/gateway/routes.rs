@@ -96,6 +96,19 @@ impl Routes {
         &self.prefixes
     }
 
+    /// The allowed prefix that `path` falls under (the longest), if any: the `route` label of
+    /// the metrics.
+    pub fn matched(&self, path: &str) -> Option<&str> {
+        self.prefixes
+            .iter()
+            .filter(|p| {
+                path.strip_prefix(p.as_str())
+                    .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+            })
+            .max_by_key(|p| p.len())
+            .map(String::as_str)
+    }
+
     /// Whether `method path` is forwarded.
     ///
     /// # Errors
@@ -111,11 +124,7 @@ impl Routes {
         if !path.starts_with('/') || !normal(path) {
             return Err(Refusal::Route);
         }
-        let allowed = self.prefixes.iter().any(|p| {
-            path.strip_prefix(p.as_str())
-                .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
-        });
-        if allowed {
+        if self.matched(path).is_some() {
             Ok(())
         } else {
             Err(Refusal::Route)

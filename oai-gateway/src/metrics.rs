@@ -1,0 +1,407 @@
+//! `GET /metrics`: the gateway's counters in the Prometheus text format (version 0.0.4).
+//!
+//! A small registry written for the gateway rather than the `metrics` facade with
+//! `metrics-exporter-prometheus`: every label set here is bounded by construction (routes are
+//! the allowlist's prefixes, statuses and error kinds are finite), so a handful of atomics, a
+//! mutex-guarded map for the labelled request counter and fixed-bucket histograms do the job
+//! with no dependency (the exporter, even with its default features off, brings `metrics-util`
+//! and its sketching and hashing crates) and no global recorder, so tests can run several
+//! gateways in one process, each with its own numbers.
+//!
+//! The series are listed in `oai-gateway/README.md` (Metrics).
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use oai_resilience::retry::{RetryBudget, TokenBudget};
+use oai_resilience::{Error, Pacer};
+
+/// Upper bounds (seconds) of the latency histograms' buckets.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
+];
+
+/// A histogram with fixed buckets (cumulative when rendered).
+#[derive(Debug)]
+struct Histogram {
+    bounds: &'static [f64],
+    counts: Vec<AtomicU64>,
+    sum_micros: AtomicU64,
+    count: AtomicU64,
+}
+
+impl Histogram {
+    fn new(bounds: &'static [f64]) -> Self {
+        Histogram {
+            bounds,
+            counts: bounds.iter().map(|_| AtomicU64::new(0)).collect(),
+            sum_micros: AtomicU64::new(0),
+            count: AtomicU64::new(0),
+        }
+    }
+
+    fn observe(&self, d: Duration) {
+        let secs = d.as_secs_f64();
+        if let Some(i) = self.bounds.iter().position(|b| secs <= *b) {
+            self.counts[i].fetch_add(1, Ordering::Relaxed);
+        }
+        self.sum_micros
+            .fetch_add(d.as_micros() as u64, Ordering::Relaxed);
+        self.count.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn render(&self, out: &mut String, name: &str, help: &str) {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} histogram");
+        let mut cumulative = 0;
+        for (bound, n) in self.bounds.iter().zip(&self.counts) {
+            cumulative += n.load(Ordering::Relaxed);
+            let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
+        }
+        let count = self.count.load(Ordering::Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
+        let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
+        let _ = writeln!(out, "{name}_sum {sum}");
+        let _ = writeln!(out, "{name}_count {count}");
+    }
+}
+
+/// The labels of one request: the allowlist prefix it matched (or the gateway's own
+/// endpoint, or `-` for a refused path), the status answered, and the error kind (`none`
+/// for a success).
+type RequestLabels = (String, u16, String);
+
+/// The gateway's counters. Shared by every clone of a [`Gateway`](crate::Gateway).
+#[derive(Debug)]
+pub struct Metrics {
+    requests: Mutex<BTreeMap<RequestLabels, u64>>,
+    requests_in_flight: AtomicI64,
+    attempts: Mutex<BTreeMap<String, u64>>,
+    retries: AtomicU64,
+    rate_limit_429: AtomicU64,
+    quota_429: AtomicU64,
+    upstream_latency: Histogram,
+    streams_in_flight: AtomicI64,
+    streams: AtomicU64,
+    stalls_first_byte: AtomicU64,
+    stalls_idle: AtomicU64,
+    budget: Option<MeteredBudget>,
+    pacer: Pacer,
+}
+
+impl Metrics {
+    /// Counters for a gateway whose stack paces with `pacer` and spends `budget` (if any).
+    pub fn new(pacer: Pacer, budget: Option<MeteredBudget>) -> Self {
+        Metrics {
+            requests: Mutex::new(BTreeMap::new()),
+            requests_in_flight: AtomicI64::new(0),
+            attempts: Mutex::new(BTreeMap::new()),
+            retries: AtomicU64::new(0),
+            rate_limit_429: AtomicU64::new(0),
+            quota_429: AtomicU64::new(0),
+            upstream_latency: Histogram::new(LATENCY_BUCKETS),
+            streams_in_flight: AtomicI64::new(0),
+            streams: AtomicU64::new(0),
+            stalls_first_byte: AtomicU64::new(0),
+            stalls_idle: AtomicU64::new(0),
+            budget,
+            pacer,
+        }
+    }
+
+    /// One request answered.
+    pub fn request(&self, route: &str, status: u16, error: &str) {
+        let mut map = self.requests.lock().unwrap_or_else(|e| e.into_inner());
+        *map.entry((route.to_owned(), status, error.to_owned()))
+            .or_insert(0) += 1;
+    }
+
+    /// The number of requests answered with these labels so far (for tests).
+    pub fn requests(&self, route: &str, status: u16, error: &str) -> u64 {
+        let map = self.requests.lock().unwrap_or_else(|e| e.into_inner());
+        map.get(&(route.to_owned(), status, error.to_owned()))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    pub(crate) fn in_flight(&self, delta: i64) {
+        self.requests_in_flight.fetch_add(delta, Ordering::Relaxed);
+    }
+
+    /// One attempt sent upstream: its number within its request (1 for the first), the
+    /// status it got (`None`: no answer), the time to the response head.
+    pub(crate) fn attempt(&self, number: u32, status: Option<u16>, latency: Duration) {
+        let label = status.map_or_else(|| "none".to_owned(), |s| s.to_string());
+        *self
+            .attempts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(label)
+            .or_insert(0) += 1;
+        if number > 1 {
+            self.retries.fetch_add(1, Ordering::Relaxed);
+        }
+        self.upstream_latency.observe(latency);
+    }
+
+    /// An upstream 429: a rate limit (`quota == false`) or an exhausted quota.
+    pub(crate) fn too_many_requests(&self, quota: bool) {
+        if quota {
+            self.quota_429.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.rate_limit_429.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    pub(crate) fn stream_started(&self) {
+        self.streams.fetch_add(1, Ordering::Relaxed);
+        self.streams_in_flight.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn stream_ended(&self) {
+        self.streams_in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn stall(&self, first_byte: bool) {
+        if first_byte {
+            self.stalls_first_byte.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.stalls_idle.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// The Prometheus text exposition of every series.
+    pub fn render(&self) -> String {
+        let mut out = String::with_capacity(4096);
+        let _ = writeln!(
+            out,
+            "# HELP oai_gateway_requests_total Requests answered, by route (allowlist prefix), status and error kind.\n# TYPE oai_gateway_requests_total counter"
+        );
+        for ((route, status, error), n) in self
+            .requests
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
+            let _ = writeln!(
+                out,
+                "oai_gateway_requests_total{{route=\"{}\",status=\"{status}\",error=\"{}\"}} {n}",
+                escape(route),
+                escape(error)
+            );
+        }
+        gauge(
+            &mut out,
+            "oai_gateway_requests_in_flight",
+            "Requests being handled (until their response head is sent).",
+            self.requests_in_flight.load(Ordering::Relaxed) as f64,
+        );
+        let _ = writeln!(
+            out,
+            "# HELP oai_gateway_upstream_attempts_total Attempts sent upstream, by the status they got (none: no answer).\n# TYPE oai_gateway_upstream_attempts_total counter"
+        );
+        for (status, n) in self
+            .attempts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
+            let _ = writeln!(
+                out,
+                "oai_gateway_upstream_attempts_total{{status=\"{status}\"}} {n}"
+            );
+        }
+        counter(
+            &mut out,
+            "oai_gateway_retries_total",
+            "Attempts after the first of their request (retries sent).",
+            self.retries.load(Ordering::Relaxed),
+        );
+        let _ = writeln!(
+            out,
+            "# HELP oai_gateway_upstream_429_total Upstream 429 answers, by kind (rate_limit or quota).\n# TYPE oai_gateway_upstream_429_total counter"
+        );
+        let _ = writeln!(
+            out,
+            "oai_gateway_upstream_429_total{{kind=\"rate_limit\"}} {}",
+            self.rate_limit_429.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "oai_gateway_upstream_429_total{{kind=\"quota\"}} {}",
+            self.quota_429.load(Ordering::Relaxed)
+        );
+        self.upstream_latency.render(
+            &mut out,
+            "oai_gateway_upstream_latency_seconds",
+            "Time from sending an attempt to its response head.",
+        );
+        let p = self.pacer.metrics();
+        let _ = writeln!(
+            out,
+            "# HELP oai_gateway_pacing_wait_seconds Time requests waited for a pacing slot (waits that were not granted at once; sum and count only: the pacer keeps totals).\n# TYPE oai_gateway_pacing_wait_seconds summary\noai_gateway_pacing_wait_seconds_sum {}\noai_gateway_pacing_wait_seconds_count {}",
+            p.wait_time.as_secs_f64(),
+            p.waits
+        );
+        counter(
+            &mut out,
+            "oai_gateway_pacing_granted_total",
+            "Requests granted a pacing slot.",
+            p.granted,
+        );
+        counter(
+            &mut out,
+            "oai_gateway_pacing_refused_total",
+            "Requests the pacer failed locally (they could not be admitted in time).",
+            p.paced_errors,
+        );
+        gauge(
+            &mut out,
+            "oai_gateway_pacing_queue",
+            "Requests waiting for a pacing slot now.",
+            p.queue_len as f64,
+        );
+        gauge(
+            &mut out,
+            "oai_gateway_pacing_keys",
+            "Keys the in-process pacer tracks now.",
+            p.keys as f64,
+        );
+        if let Some(b) = &self.budget {
+            gauge(
+                &mut out,
+                "oai_gateway_retry_budget_balance",
+                "Retry-budget tokens; retries are allowed above half the maximum.",
+                b.budget.balance(),
+            );
+            gauge(
+                &mut out,
+                "oai_gateway_retry_budget_threshold",
+                "The balance above which retries are allowed.",
+                b.budget.threshold(),
+            );
+            counter(
+                &mut out,
+                "oai_gateway_retry_budget_refused_total",
+                "Retries the budget refused.",
+                b.refused.load(Ordering::Relaxed),
+            );
+        }
+        gauge(
+            &mut out,
+            "oai_gateway_streams_in_flight",
+            "Event streams (text/event-stream answers) being relayed now.",
+            self.streams_in_flight.load(Ordering::Relaxed) as f64,
+        );
+        counter(
+            &mut out,
+            "oai_gateway_streams_total",
+            "Event streams relayed.",
+            self.streams.load(Ordering::Relaxed),
+        );
+        let _ = writeln!(
+            out,
+            "# HELP oai_gateway_stream_stalls_total Upstream bodies cut by the watchdog, by the bound exceeded.\n# TYPE oai_gateway_stream_stalls_total counter"
+        );
+        let _ = writeln!(
+            out,
+            "oai_gateway_stream_stalls_total{{bound=\"first_byte\"}} {}",
+            self.stalls_first_byte.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "oai_gateway_stream_stalls_total{{bound=\"idle\"}} {}",
+            self.stalls_idle.load(Ordering::Relaxed)
+        );
+        out
+    }
+}
+
+fn counter(out: &mut String, name: &str, help: &str, v: u64) {
+    let _ = writeln!(
+        out,
+        "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
+    );
+}
+
+fn gauge(out: &mut String, name: &str, help: &str, v: f64) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
+}
+
+/// A label value with `\`, `"` and newlines escaped.
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// The gateway's retry budget: the library's [`TokenBudget`] (its default settings), kept by
+/// the gateway so that `/metrics` can show its balance, and counting the retries it refuses.
+#[derive(Debug, Clone)]
+pub struct MeteredBudget {
+    budget: TokenBudget,
+    refused: Arc<AtomicU64>,
+}
+
+impl MeteredBudget {
+    /// Wraps `budget`.
+    pub fn new(budget: TokenBudget) -> Self {
+        MeteredBudget {
+            budget,
+            refused: Arc::new(AtomicU64::new(0)),
+        }
+    }
+}
+
+impl RetryBudget for MeteredBudget {
+    fn on_request(&self) {
+        self.budget.on_request();
+    }
+
+    fn on_success(&self) {
+        self.budget.on_success();
+    }
+
+    fn on_failure(&self, err: &Error) {
+        self.budget.on_failure(err);
+    }
+
+    fn try_retry(&self) -> bool {
+        let ok = self.budget.try_retry();
+        if !ok {
+            self.refused.fetch_add(1, Ordering::Relaxed);
+        }
+        ok
+    }
+
+    fn refund(&self) {
+        self.budget.refund();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_counters_and_histograms() {
+        let m = Metrics::new(Pacer::default(), None);
+        m.request("/v1/models", 200, "none");
+        m.request("/v1/models", 200, "none");
+        m.attempt(1, Some(200), Duration::from_millis(3));
+        m.attempt(2, None, Duration::from_millis(30));
+        let text = m.render();
+        assert!(text.contains(
+            "oai_gateway_requests_total{route=\"/v1/models\",status=\"200\",error=\"none\"} 2"
+        ));
+        assert!(text.contains("oai_gateway_upstream_attempts_total{status=\"none\"} 1"));
+        assert!(text.contains("oai_gateway_retries_total 1"));
+        assert!(text.contains("oai_gateway_upstream_latency_seconds_bucket{le=\"0.005\"} 1"));
+        assert!(text.contains("oai_gateway_upstream_latency_seconds_bucket{le=\"0.05\"} 2"));
+        assert!(text.contains("oai_gateway_upstream_latency_seconds_count 2"));
+        assert_eq!(escape("a\"b\\"), "a\\\"b\\\\");
+    }
+}

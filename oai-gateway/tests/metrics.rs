@@ -1,0 +1,243 @@
+//! Item 5 of issue #20 (the rest): `GET /metrics` counts what the test sent, on the main
+//! listener or on `--metrics-listen`; the access log as JSON lines.
+
+mod support;
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use oai_gateway::logging::JsonLines;
+use oai_gateway::{server, Gateway};
+use oai_resilience::mock::{MockResponse, MockServer, Route};
+use oai_resilience::RetryConfig;
+use support::{config, request, serve, CHAT, KEY};
+use tokio::net::TcpListener;
+
+/// The value of the series `line` (name and labels) in `text`.
+fn value(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+#[tokio::test(start_paused = true)]
+async fn metrics_count_what_was_sent() {
+    let server = MockServer::builder()
+        .script(
+            Route::ChatCompletions,
+            [
+                MockResponse::rate_limited(Duration::from_millis(200)),
+                MockResponse::ok(),
+                MockResponse::quota_exceeded(),
+            ],
+        )
+        .start()
+        .await;
+    let mut c = config(&["--upstream", &server.url()], &[]);
+    c.retry = RetryConfig::new().seed(3);
+    let gw = Gateway::new(&c).await.unwrap();
+    let addr = serve(gw.clone(), &c).await;
+    let auth = format!("Bearer {KEY}");
+    let auth = [("authorization", auth.as_str())];
+    // 1: a 429 rate limit, retried, then 200. 2: a quota 429, not retried. 3: 200.
+    for expected in [200, 429, 200] {
+        let res = request(addr, "POST", "/v1/chat/completions", &auth, CHAT).await;
+        assert_eq!(res.status, expected, "{}", res.body);
+    }
+    // 4: a local 400 (no messages): nothing sent. 5: no key. 6: a route not allowed.
+    let res = request(
+        addr,
+        "POST",
+        "/v1/chat/completions",
+        &auth,
+        r#"{"model":"x"}"#,
+    )
+    .await;
+    assert_eq!(res.status, 400);
+    let res = request(addr, "POST", "/v1/chat/completions", &[], CHAT).await;
+    assert_eq!(res.status, 401);
+    let res = request(addr, "GET", "/v1/organization/users", &auth, "").await;
+    assert_eq!(res.status, 404);
+
+    let res = request(addr, "GET", "/metrics", &[], "").await;
+    assert_eq!(res.status, 200);
+    assert!(res
+        .header("content-type")
+        .unwrap()
+        .starts_with("text/plain; version=0.0.4"));
+    let m = &res.body;
+    let chat = |status: u16, error: &str| {
+        value(
+            m,
+            &format!(
+                "oai_gateway_requests_total{{route=\"/v1/chat/completions\",status=\"{status}\",error=\"{error}\"}}"
+            ),
+        )
+    };
+    assert_eq!(chat(200, "none"), Some(2.0), "{m}");
+    assert_eq!(chat(429, "quota_exceeded"), Some(1.0), "{m}");
+    assert_eq!(chat(400, "invalid_parameter"), Some(1.0), "{m}");
+    assert_eq!(chat(401, "unauthenticated"), Some(1.0), "{m}");
+    assert_eq!(
+        value(
+            m,
+            "oai_gateway_requests_total{route=\"-\",status=\"404\",error=\"route_not_allowed\"}"
+        ),
+        Some(1.0),
+        "{m}"
+    );
+    // Four attempts upstream: 429, 200, 429 (quota), 200; one of them a retry.
+    assert_eq!(
+        value(m, "oai_gateway_upstream_attempts_total{status=\"200\"}"),
+        Some(2.0)
+    );
+    assert_eq!(
+        value(m, "oai_gateway_upstream_attempts_total{status=\"429\"}"),
+        Some(2.0)
+    );
+    assert_eq!(value(m, "oai_gateway_retries_total"), Some(1.0), "{m}");
+    assert_eq!(
+        value(m, "oai_gateway_upstream_429_total{kind=\"rate_limit\"}"),
+        Some(1.0)
+    );
+    assert_eq!(
+        value(m, "oai_gateway_upstream_429_total{kind=\"quota\"}"),
+        Some(1.0)
+    );
+    assert_eq!(
+        value(m, "oai_gateway_upstream_latency_seconds_count"),
+        Some(4.0)
+    );
+    assert!(
+        value(m, "oai_gateway_retry_budget_balance").is_some(),
+        "{m}"
+    );
+    assert!(value(m, "oai_gateway_pacing_wait_seconds_count").is_some());
+    assert_eq!(value(m, "oai_gateway_streams_in_flight"), Some(0.0));
+    assert_eq!(
+        value(m, "oai_gateway_requests_in_flight"),
+        Some(1.0),
+        "this one"
+    );
+    // Every sample line is `name{labels} number` or `name number`.
+    for line in m.lines().filter(|l| !l.starts_with('#')) {
+        let (_, v) = line.rsplit_once(' ').unwrap();
+        v.parse::<f64>()
+            .unwrap_or_else(|_| panic!("not a sample: {line}"));
+    }
+    assert_eq!(server.counts().total, 4);
+}
+
+#[tokio::test]
+async fn metrics_listen_moves_the_endpoint() {
+    let server = MockServer::start().await;
+    let c = config(
+        &[
+            "--upstream",
+            &server.url(),
+            "--metrics-listen",
+            "127.0.0.1:0",
+        ],
+        &[],
+    );
+    let gw = Gateway::new(&c).await.unwrap();
+    let addr = serve(gw.clone(), &c).await;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let metrics_addr = listener.local_addr().unwrap();
+    tokio::spawn(server::serve_metrics(listener, gw));
+    // Not on the main listener any more: /metrics is not an API route.
+    let res = request(addr, "GET", "/metrics", &[], "").await;
+    assert_eq!(res.status, 404);
+    let res = request(metrics_addr, "GET", "/metrics", &[], "").await;
+    assert_eq!(res.status, 200);
+    assert!(
+        res.body
+            .contains("oai_gateway_requests_total{route=\"-\",status=\"404\""),
+        "{}",
+        res.body
+    );
+    let res = request(metrics_addr, "GET", "/v1/models", &[], "").await;
+    assert_eq!(res.status, 404);
+}
+
+/// A `MakeWriter` into a shared buffer.
+#[derive(Clone, Default)]
+struct Buffer(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Buffer {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Buffer {
+    type Writer = Buffer;
+
+    fn make_writer(&'a self) -> Buffer {
+        self.clone()
+    }
+}
+
+#[tokio::test]
+async fn the_access_log_is_one_json_object_per_request() {
+    let buffer = Buffer::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_env_filter("oai_gateway::access=info")
+        .with_writer(buffer.clone())
+        .event_format(JsonLines)
+        .finish();
+    // The test's runtime has one thread: the gateway's tasks log through this subscriber.
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let server = MockServer::start().await;
+    let server_key = support::SERVER_KEY;
+    let access = "alice-access-key-0123456789";
+    let c = config(
+        &[
+            "--upstream",
+            &server.url(),
+            "--access-key",
+            &format!("alice={access}"),
+            "--log-format",
+            "json",
+        ],
+        &[("OPENAI_API_KEY", server_key)],
+    );
+    assert_eq!(c.log_format, oai_gateway::config::LogFormat::Json);
+    let addr = support::start(c).await;
+    let auth = format!("Bearer {access}");
+    let res = request(
+        addr,
+        "POST",
+        "/v1/chat/completions",
+        &[("authorization", &auth)],
+        CHAT,
+    )
+    .await;
+    assert_eq!(res.status, 200, "{}", res.body);
+    let text = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    assert_eq!(lines.len(), 1, "{text}");
+    let line = &lines[0];
+    assert_eq!(line["target"], "oai_gateway::access");
+    assert_eq!(line["level"], "INFO");
+    assert_eq!(line["method"], "POST");
+    assert_eq!(line["path"], "/v1/chat/completions");
+    assert_eq!(line["status"], 200);
+    assert_eq!(line["upstream_status"], "200");
+    assert_eq!(line["attempts"], 1);
+    assert_eq!(line["access_key"], "alice");
+    assert!(line["latency_ms"].as_f64().unwrap() >= 0.0);
+    assert!(
+        line["request_id"].as_str().unwrap().starts_with("req_"),
+        "{line}"
+    );
+    assert!(!text.contains(access) && !text.contains(server_key));
+}
