@@ -290,3 +290,61 @@ async fn clones_share_one_pacer_with_the_tower_stack() {
     assert_eq!(layer.pace_layer().pacer().metrics().granted, 4);
     assert_eq!(server.counts().total, 4);
 }
+
+/// The URL and the timeout of a request.
+type UrlAndTimeout = (String, Option<Duration>);
+
+/// Records the URL and the timeout of each request that passes through it.
+#[derive(Clone, Default)]
+struct Seen(Arc<std::sync::Mutex<Vec<UrlAndTimeout>>>);
+
+#[async_trait::async_trait]
+impl Middleware for Seen {
+    async fn handle(
+        &self,
+        req: reqwest::Request,
+        extensions: &mut http::Extensions,
+        next: Next<'_>,
+    ) -> reqwest_middleware::Result<reqwest::Response> {
+        let seen = (req.url().to_string(), req.timeout().copied());
+        self.0.lock().unwrap().push(seen);
+        next.run(req, extensions).await
+    }
+}
+
+/// Each attempt is sent to the call's URL (query included) with the call's timeout, with or
+/// without reqwest's per-request settings, and the response carries the URL.
+#[tokio::test]
+async fn every_attempt_has_the_url_and_the_timeout_of_the_call() {
+    let server = MockServer::builder().api_key(KEY).start().await;
+    let url = format!("{}?trace=a%20b", server.endpoint(Route::ChatCompletions));
+    let fast = RetryLayer::with_config(
+        RetryConfig::new()
+            .seed(7)
+            .base_delay(Duration::from_millis(1)),
+    );
+    for timeout in [None, Some(Duration::from_secs(30))] {
+        server.script(
+            Route::ChatCompletions,
+            [MockResponse::status(503), MockResponse::status(503)],
+        );
+        let seen = Seen::default();
+        let client = ClientBuilder::new(reqwest::Client::new())
+            .with(OpenAiMiddleware::new(layer(KEY).retry(fast.clone())))
+            .with(seen.clone())
+            .build();
+        let mut req = client
+            .post(&url)
+            .header("content-type", "application/json")
+            .body(CHAT);
+        if let Some(t) = timeout {
+            req = req.timeout(t);
+        }
+        let res = req.send().await.unwrap();
+        assert_eq!(res.status(), 200);
+        assert_eq!(res.url().as_str(), url);
+        assert_eq!(json(res).await["object"], "chat.completion");
+        let seen = seen.0.lock().unwrap().clone();
+        assert_eq!(seen, vec![(url.clone(), timeout); 3], "timeout {timeout:?}");
+    }
+}

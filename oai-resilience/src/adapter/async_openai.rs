@@ -45,6 +45,7 @@
 //! `content-type` (boundary) and `content-length`, so uploads are retried correctly.
 //! Response bodies are not buffered: `create_stream` streams.
 
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use async_openai::error::OpenAIError;
@@ -56,7 +57,7 @@ use tower_service::Service;
 
 use super::body::{self, AdapterBody};
 use crate::error::Error;
-use crate::stack::{OpenAiLayer, OpenAiService};
+use crate::stack::OpenAiLayer;
 use crate::validate::ValidateBody;
 
 /// The stack as the service of async-openai's `Client::with_http_service`; see the
@@ -65,7 +66,10 @@ use crate::validate::ValidateBody;
 /// Clones share the layer's pacer and retry budget.
 #[derive(Debug, Clone)]
 pub struct AsyncOpenAiService {
-    stack: OpenAiService<ClientSend>,
+    /// Built into a stack for each call, around a [`ClientSend`] for that call: the same
+    /// `Arc` clones as cloning a built stack.
+    layer: Arc<OpenAiLayer>,
+    client: reqwest::Client,
 }
 
 impl AsyncOpenAiService {
@@ -79,7 +83,8 @@ impl AsyncOpenAiService {
     /// The service for `layer`'s stack, sending with `client` (its timeouts, proxies, TLS).
     pub fn with_client(layer: OpenAiLayer, client: reqwest::Client) -> Self {
         AsyncOpenAiService {
-            stack: layer.layer(ClientSend { client }),
+            layer: Arc::new(layer),
+            client,
         }
     }
 }
@@ -110,40 +115,47 @@ impl Service<HttpRequestFactory> for AsyncOpenAiService {
     }
 
     fn call(&mut self, factory: HttpRequestFactory) -> Self::Future {
-        let stack = self.stack.clone();
+        let layer = self.layer.clone();
+        let client = self.client.clone();
         Box::pin(async move {
             let req = factory.build().await?;
-            let url = req.url().clone();
-            let req = body::request_into_http(req, Some(factory)).map_err(OpenAIError::Reqwest)?;
-            Ok(match stack.oneshot(req).await {
-                Ok(res) => body::response_from_http(res, url),
-                Err(err) => body::error_into_response(&err, url),
+            let (req, origin) =
+                body::request_into_http(req, Some(factory)).map_err(OpenAIError::Reqwest)?;
+            let send = ClientSend {
+                client: &client,
+                origin: &origin,
+            };
+            let result = layer.layer(send).oneshot(req).await;
+            Ok(match result {
+                Ok(res) => body::response_from_http(res, origin.url),
+                Err(err) => body::error_into_response(&err, origin.url),
             })
         })
     }
 }
 
-/// The stack's inner service: sends an attempt with the `reqwest::Client`.
-#[derive(Debug, Clone)]
-struct ClientSend {
-    client: reqwest::Client,
+/// The stack's inner service for one call: sends an attempt with the `reqwest::Client`.
+#[derive(Debug, Clone, Copy)]
+struct ClientSend<'a> {
+    client: &'a reqwest::Client,
+    origin: &'a body::Origin,
 }
 
-impl Service<http::Request<ValidateBody<AdapterBody>>> for ClientSend {
+impl<'a> Service<http::Request<ValidateBody<AdapterBody>>> for ClientSend<'a> {
     type Response = http::Response<reqwest::Body>;
     type Error = Error;
-    type Future = BoxFuture<'static, Result<Self::Response, Error>>;
+    type Future = BoxFuture<'a, Result<Self::Response, Error>>;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
         Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, req: http::Request<ValidateBody<AdapterBody>>) -> Self::Future {
-        let client = self.client.clone();
+        let ClientSend { client, origin } = *self;
         Box::pin(async move {
-            let req = body::request_from_http(req).await?;
+            let req = body::request_from_http(req, origin).await?;
             match client.execute(req).await {
-                Ok(res) => Ok(body::response_into_http(res)),
+                Ok(res) => Ok(body::response_into_http(res, origin)),
                 Err(e) => Err(body::transport_error(e)),
             }
         })

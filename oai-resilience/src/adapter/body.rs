@@ -186,42 +186,80 @@ impl PaceBody for AdapterBody {
     }
 }
 
-/// The per-request timeout of a `reqwest::Request`, which `http::Request` has no field for:
-/// carried in the extensions to the attempt that sends it.
-#[derive(Debug, Clone, Copy)]
-struct SendTimeout(Duration);
+/// What the attempts of a call take from the call's `reqwest::Request` that `http::Request`
+/// has no field for: its URL and its per-request timeout.
+///
+/// An attempt whose URI the stack left as it was (reqwest's URLs are absolute, so the base
+/// URL layer leaves them) is sent to this URL, without formatting the URI and parsing it
+/// again as a `Url` (what `reqwest::Request::try_from(http::Request)` does, about a third of
+/// what the adapter added to a call); the URL it would parse is this one.
+#[derive(Debug)]
+pub(crate) struct Origin {
+    /// The request's URL; also the URL of an error response made for the call.
+    pub(crate) url: Url,
+    timeout: Option<Duration>,
+}
 
-/// The URL of the response, which `http::Response` has no field for.
+/// The URI given to reqwest's conversion in place of an attempt's whose URL is the call's
+/// (which then replaces the URL parsed from it): absolute, and short to parse.
+const PLACEHOLDER_URI: &str = "a://b";
+
+/// The URL of a response that is not the call's (a redirect was followed), which
+/// `http::Response` has no field for.
 #[derive(Debug, Clone)]
 struct ResponseUrl(Url);
 
-/// `req` as the request the stack takes. With async-openai, `factory` rebuilds a streamed body.
+/// `req` as the request the stack takes, and what its attempts take from it. With
+/// async-openai, `factory` rebuilds a streamed body.
 pub(crate) fn request_into_http(
     req: reqwest::Request,
     #[cfg(feature = "async-openai")] factory: Option<async_openai::middleware::HttpRequestFactory>,
-) -> Result<http::Request<AdapterBody>, reqwest::Error> {
-    let timeout = req.timeout().copied();
+) -> Result<(http::Request<AdapterBody>, Origin), reqwest::Error> {
+    let origin = Origin {
+        url: req.url().clone(),
+        timeout: req.timeout().copied(),
+    };
+    // The conversion moves the method, the headers and reqwest's extensions (its
+    // per-request settings), and parses the URI from the URL.
     let req: http::Request<reqwest::Body> = req.try_into()?;
-    let (mut parts, body) = req.into_parts();
-    if let Some(t) = timeout {
-        parts.extensions.insert(SendTimeout(t));
-    }
+    let (parts, body) = req.into_parts();
     #[cfg(feature = "async-openai")]
     let body = AdapterBody::new(body, factory);
     #[cfg(not(feature = "async-openai"))]
     let body = AdapterBody::new(body);
-    Ok(http::Request::from_parts(parts, body))
+    Ok((http::Request::from_parts(parts, body), origin))
+}
+
+/// Whether `uri` is the URI that `url` was converted to: formatted, it is `url`'s text (so
+/// `Url::parse` of it would give `url` back).
+fn is_uri_of(uri: &http::Uri, url: &Url) -> bool {
+    let (Some(scheme), Some(authority)) = (uri.scheme_str(), uri.authority()) else {
+        return false;
+    };
+    // `Uri`'s `Display`: scheme, "://", authority, path, "?" query.
+    let rest = url
+        .as_str()
+        .strip_prefix(scheme)
+        .and_then(|r| r.strip_prefix("://"))
+        .and_then(|r| r.strip_prefix(authority.as_str()))
+        .and_then(|r| r.strip_prefix(uri.path()));
+    match (rest, uri.query()) {
+        (Some(rest), Some(query)) => rest.strip_prefix('?') == Some(query),
+        (Some(rest), None) => rest.is_empty(),
+        (None, _) => false,
+    }
 }
 
 /// The request an attempt sends: the stack's method, URL and headers with the body the
 /// validation layer buffered, the bytes, the streamed body, or (a replay of a streamed
 /// body, with async-openai) the body of a request built again from the factory, whose
-/// `content-type` (a multipart boundary) and `content-length` it takes too.
+/// `content-type` (a multipart boundary) and `content-length` it takes too; the call's URL
+/// when the stack left the URI as it was, and its timeout.
 pub(crate) async fn request_from_http(
     req: http::Request<ValidateBody<AdapterBody>>,
+    origin: &Origin,
 ) -> Result<reqwest::Request, Error> {
     let (mut parts, body) = req.into_parts();
-    let timeout = parts.extensions.remove::<SendTimeout>();
     let body = match body.into_buffered_or_passthrough() {
         Ok(bytes) => reqwest::Body::from(bytes.unwrap_or_default()),
         Err(body) => match body.kind {
@@ -251,28 +289,58 @@ pub(crate) async fn request_from_http(
             }
         },
     };
-    let mut req =
-        reqwest::Request::try_from(http::Request::from_parts(parts, body)).map_err(|e| {
-            Error::new(ErrorKind::Internal)
-                .with_detail("the request could not be converted back to a reqwest::Request")
-                .with_source(e)
-        })?;
-    if let Some(SendTimeout(t)) = timeout {
+    let url = is_uri_of(&parts.uri, &origin.url).then(|| origin.url.clone());
+    let mut req = match url {
+        // Nothing that only the conversion can carry: the request as it is built.
+        Some(url) if parts.extensions.is_empty() => {
+            let mut req = reqwest::Request::new(parts.method, url);
+            *req.version_mut() = parts.version;
+            *req.headers_mut() = parts.headers;
+            *req.body_mut() = Some(body);
+            req
+        }
+        // reqwest's extensions (a per-request timeout, for one) reach a `reqwest::Request`
+        // only through the conversion, which parses the URI: give it one that is short to
+        // parse, then the URL.
+        Some(url) => {
+            parts.uri = http::Uri::from_static(PLACEHOLDER_URI);
+            let mut req = convert(http::Request::from_parts(parts, body))?;
+            *req.url_mut() = url;
+            req
+        }
+        None => convert(http::Request::from_parts(parts, body))?,
+    };
+    if let Some(t) = origin.timeout {
         *req.timeout_mut() = Some(t);
     }
     Ok(req)
 }
 
-/// What reqwest answered, as the response the stack passes up; its body still streams.
-pub(crate) fn response_into_http(res: reqwest::Response) -> http::Response<reqwest::Body> {
-    let url = res.url().clone();
+/// `reqwest::Request::try_from`, its failure as an internal error.
+fn convert(req: http::Request<reqwest::Body>) -> Result<reqwest::Request, Error> {
+    reqwest::Request::try_from(req).map_err(|e| {
+        Error::new(ErrorKind::Internal)
+            .with_detail("the request could not be converted back to a reqwest::Request")
+            .with_source(e)
+    })
+}
+
+/// What reqwest answered, as the response the stack passes up, with its URL when it is not
+/// the call's (`origin`'s); its body still streams.
+pub(crate) fn response_into_http(
+    res: reqwest::Response,
+    origin: &Origin,
+) -> http::Response<reqwest::Body> {
+    let redirected = (*res.url() != origin.url).then(|| ResponseUrl(res.url().clone()));
     let mut res = http::Response::from(res);
-    res.extensions_mut().insert(ResponseUrl(url));
+    if let Some(url) = redirected {
+        res.extensions_mut().insert(url);
+    }
     res
 }
 
-/// A response of the stack as a `reqwest::Response`, with its URL (else `url`, the
-/// request's); its body still streams.
+/// A response of the stack as a `reqwest::Response`, with its URL (else `url`, the call's);
+/// its body still streams.
 pub(crate) fn response_from_http<B: Into<reqwest::Body>>(
     mut res: http::Response<B>,
     url: Url,
@@ -282,7 +350,8 @@ pub(crate) fn response_from_http<B: Into<reqwest::Body>>(
         .extensions_mut()
         .remove::<ResponseUrl>()
         .map_or(url, |u| u.0);
-    // `reqwest::Response::from` reads its URL from an extension only the builder can set.
+    // `reqwest::Response::from` reads its URL from an extension only the builder can set
+    // (without it, it parses a placeholder URL).
     let carrier = http::Response::builder()
         .url(url)
         .body(())
@@ -343,5 +412,31 @@ mod tests {
         let mut body = AdapterBody::new(stream);
         assert!(body.try_clone_body().is_none());
         assert!(body.with_bytes(|b| b.is_none()));
+    }
+
+    #[test]
+    fn the_uri_of_a_url_is_recognised_and_any_other_is_not() {
+        let url = Url::parse("http://127.0.0.1:8080/v1/chat/completions?a=b%20c").unwrap();
+        let uri = |s: &str| s.parse::<http::Uri>().unwrap();
+        assert!(is_uri_of(&uri(url.as_str()), &url));
+        for other in [
+            "http://127.0.0.1:8080/v1/chat/completions",
+            "http://127.0.0.1:8080/v1/chat/completions?a=b",
+            "http://127.0.0.1:8080/v1/chat/completions?a=b%20cd",
+            "https://127.0.0.1:8080/v1/chat/completions?a=b%20c",
+            "http://127.0.0.1:8081/v1/chat/completions?a=b%20c",
+            "http://127.0.0.1:8080/v1/embeddings?a=b%20c",
+            "/v1/chat/completions?a=b%20c",
+        ] {
+            assert!(!is_uri_of(&uri(other), &url), "{other}");
+        }
+        // A fragment never reaches the URI: such a URL is parsed again, as before.
+        let with_fragment = Url::parse("http://127.0.0.1:8080/v1/models#x").unwrap();
+        assert!(!is_uri_of(
+            &uri("http://127.0.0.1:8080/v1/models"),
+            &with_fragment
+        ));
+        // The placeholder parses as a URL.
+        assert!(Url::parse(&uri(PLACEHOLDER_URI).to_string()).is_ok());
     }
 }

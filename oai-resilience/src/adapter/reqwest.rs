@@ -55,13 +55,12 @@
 //! [`ErrorKind::Internal`] error with the middleware's error as
 //! its source); a failure of reqwest to send is a connection error (retried) or a timeout.
 
-use std::sync::Arc;
+use std::sync::{Mutex, PoisonError};
 use std::task::{Context, Poll};
 
 use futures_util::future::BoxFuture;
 use http::Extensions;
 use reqwest_middleware::{Middleware, Next};
-use tokio::sync::Mutex;
 use tower::ServiceExt;
 use tower_layer::Layer;
 use tower_service::Service;
@@ -137,23 +136,56 @@ impl Middleware for OpenAiMiddleware {
         extensions: &mut Extensions,
         next: Next<'_>,
     ) -> reqwest_middleware::Result<reqwest::Response> {
-        let url = req.url().clone();
         #[cfg(feature = "async-openai")]
-        let req = body::request_into_http(req, None)?;
+        let (req, origin) = body::request_into_http(req, None)?;
         #[cfg(not(feature = "async-openai"))]
-        let req = body::request_into_http(req)?;
-        let shared = Arc::new(Mutex::new(std::mem::take(extensions)));
-        let rest = NextService {
-            next,
-            extensions: shared.clone(),
+        let (req, origin) = body::request_into_http(req)?;
+        let call = Call {
+            origin,
+            extensions: Mutex::new(std::mem::take(extensions)),
         };
+        // Building the stack clones the layers' `Arc`s, as cloning a built stack would.
+        let rest = NextService { next, call: &call };
         let result = self.layer.layer(rest).oneshot(req).await;
-        *extensions = std::mem::take(&mut *shared.lock().await);
+        let Call {
+            origin,
+            extensions: lent,
+        } = call;
+        *extensions = lent.into_inner().unwrap_or_else(PoisonError::into_inner);
         match (result, self.mode) {
-            (Ok(res), _) => Ok(body::response_from_http(res, url)),
+            (Ok(res), _) => Ok(body::response_from_http(res, origin.url)),
             (Err(err), ErrorMode::Error) => Err(reqwest_middleware::Error::middleware(err)),
-            (Err(err), ErrorMode::Response) => Ok(body::error_into_response(&err, url)),
+            (Err(err), ErrorMode::Response) => Ok(body::error_into_response(&err, origin.url)),
         }
+    }
+}
+
+/// What the attempts of one call share.
+struct Call {
+    origin: body::Origin,
+    /// The call's extensions, lent to one attempt at a time (the retry layer's attempts
+    /// follow one another).
+    extensions: Mutex<Extensions>,
+}
+
+/// The call's extensions, lent to an attempt: given back when the attempt ends or is
+/// dropped, with what the rest of the chain did to them.
+struct Lent<'a> {
+    home: &'a Mutex<Extensions>,
+    extensions: Extensions,
+}
+
+impl<'a> Lent<'a> {
+    fn new(home: &'a Mutex<Extensions>) -> Self {
+        let extensions = std::mem::take(&mut *home.lock().unwrap_or_else(PoisonError::into_inner));
+        Lent { home, extensions }
+    }
+}
+
+impl Drop for Lent<'_> {
+    fn drop(&mut self) {
+        *self.home.lock().unwrap_or_else(PoisonError::into_inner) =
+            std::mem::take(&mut self.extensions);
     }
 }
 
@@ -161,8 +193,7 @@ impl Middleware for OpenAiMiddleware {
 #[derive(Clone)]
 struct NextService<'a> {
     next: Next<'a>,
-    /// The call's extensions, lent to one attempt at a time.
-    extensions: Arc<Mutex<Extensions>>,
+    call: &'a Call,
 }
 
 impl<'a> Service<http::Request<ValidateBody<AdapterBody>>> for NextService<'a> {
@@ -176,12 +207,12 @@ impl<'a> Service<http::Request<ValidateBody<AdapterBody>>> for NextService<'a> {
 
     fn call(&mut self, req: http::Request<ValidateBody<AdapterBody>>) -> Self::Future {
         let next = self.next.clone();
-        let extensions = self.extensions.clone();
+        let call = self.call;
         Box::pin(async move {
-            let req = body::request_from_http(req).await?;
-            let mut extensions = extensions.lock_owned().await;
-            match next.run(req, &mut extensions).await {
-                Ok(res) => Ok(body::response_into_http(res)),
+            let req = body::request_from_http(req, &call.origin).await?;
+            let mut lent = Lent::new(&call.extensions);
+            match next.run(req, &mut lent.extensions).await {
+                Ok(res) => Ok(body::response_into_http(res, &call.origin)),
                 Err(reqwest_middleware::Error::Reqwest(e)) => Err(body::transport_error(e)),
                 // A later middleware's failure: the `Error` it carries, else an internal
                 // error (not retried) with the middleware's error as its source.
