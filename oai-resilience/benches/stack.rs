@@ -17,8 +17,11 @@ use bytes::Bytes;
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use http::{Request, Response};
 use http_body_util::Full;
+use oai_resilience::observe::{AttemptFinished, AttemptStarted, CallSucceeded, Observer};
 use oai_resilience::stack::OpenAiLayer;
 use oai_resilience::{AuthLayer, ClassifyLayer, PaceLayer, RetryLayer, ValidateLayer};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use tower::{service_fn, Layer, Service, ServiceBuilder, ServiceExt};
 
 type Body = Full<Bytes>;
@@ -75,6 +78,22 @@ where
             })
         })
     });
+}
+
+/// An observer that counts its events (the "counting observer" of the overhead figure).
+#[derive(Debug, Default)]
+struct Counting(AtomicU64);
+
+impl Observer for Counting {
+    fn attempt_started(&self, _: &AttemptStarted<'_>) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+    fn attempt_finished(&self, _: &AttemptFinished<'_>) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+    fn call_succeeded(&self, _: &CallSucceeded<'_>) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 fn bench(c: &mut Criterion) {
@@ -135,6 +154,19 @@ fn bench(c: &mut Criterion) {
             .base_url("https://api.openai.com".parse().unwrap())
             .layer(upstream()),
     );
+    // The same stack with an observer that counts (`observe::Observer`), in the same run.
+    let counting = Arc::new(Counting::default());
+    run(
+        c,
+        &rt,
+        "openai_layer_with_base_url+counting_observer",
+        OpenAiLayer::new()
+            .auth(AuthLayer::from_key(KEY))
+            .base_url("https://api.openai.com".parse().unwrap())
+            .observer(counting.clone())
+            .layer(upstream()),
+    );
+    assert!(counting.0.load(Ordering::Relaxed) > 0);
 }
 
 criterion_group!(benches, bench);

@@ -59,6 +59,7 @@ mod macros;
 #[cfg(feature = "mock")]
 #[cfg_attr(docsrs, doc(cfg(feature = "mock")))]
 pub mod mock;
+pub mod observe;
 pub mod pace;
 pub mod parse;
 #[cfg(feature = "redis")]

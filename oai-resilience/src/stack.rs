@@ -134,6 +134,7 @@ use tower_service::Service;
 use crate::auth::{Auth, AuthLayer};
 use crate::classify::{Classify, ClassifyLayer};
 use crate::error::Error;
+use crate::observe::{Observer, SharedObserver};
 use crate::pace::{Pace, PaceBody, PaceLayer};
 use crate::retry::{ReplayBody, Retry, RetryLayer};
 use crate::validate::{Validate, ValidateBody, ValidateLayer};
@@ -197,6 +198,7 @@ pub struct OpenAiLayer {
     retry: RetryLayer,
     pace: PaceLayer,
     classify: ClassifyLayer,
+    observer: Option<SharedObserver>,
 }
 
 impl Default for OpenAiLayer {
@@ -216,7 +218,22 @@ impl OpenAiLayer {
             retry: RetryLayer::new(),
             pace: PaceLayer::new(),
             classify: ClassifyLayer::new(),
+            observer: None,
         }
+    }
+
+    /// Registers `observer` on the retry, validation and auth layers (and on those that
+    /// [`retry`](Self::retry), [`validate`](Self::validate) and [`auth`](Self::auth) put in
+    /// later): it sees every attempt, retry, stop and local rejection of the stack, and of the
+    /// adapters built from this layer. See [`crate::observe`].
+    ///
+    /// Not observed yet: the pacer's waits.
+    pub fn observer(mut self, observer: Arc<dyn Observer>) -> Self {
+        self.validate = self.validate.observer(observer.clone());
+        self.auth = self.auth.observer(observer.clone());
+        self.retry = self.retry.observer(observer.clone());
+        self.observer = Some(observer);
+        self
     }
 
     /// Gives requests whose URI has no scheme and authority this base: `https://api.openai.com`
@@ -277,19 +294,28 @@ impl OpenAiLayer {
 
     /// Replaces the validation layer.
     pub fn validate(mut self, layer: ValidateLayer) -> Self {
-        self.validate = layer;
+        self.validate = match &self.observer {
+            Some(o) => layer.observer(o.clone()),
+            None => layer,
+        };
         self
     }
 
     /// Replaces the auth layer (the key source and the key rules).
     pub fn auth(mut self, layer: AuthLayer) -> Self {
-        self.auth = layer;
+        self.auth = match &self.observer {
+            Some(o) => layer.observer(o.clone()),
+            None => layer,
+        };
         self
     }
 
     /// Replaces the retry layer (policy, backoff, budget, deadline).
     pub fn retry(mut self, layer: RetryLayer) -> Self {
-        self.retry = layer;
+        self.retry = match &self.observer {
+            Some(o) => layer.observer(o.clone()),
+            None => layer,
+        };
         self
     }
 

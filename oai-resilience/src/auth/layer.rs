@@ -14,6 +14,7 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::error::{AuthCause, BoxError, Error, ErrorKind, Violation};
+use crate::observe::{Observer, SharedObserver};
 
 use super::check::{check_key_for_host, malformed, KeyRules};
 use super::key::{ApiKey, Credentials};
@@ -55,6 +56,7 @@ pub(super) struct Config {
     pub(super) source: Option<KeySource>,
     pub(super) rules: KeyRules,
     pub(super) header: KeyHeader,
+    pub(super) observer: Option<SharedObserver>,
 }
 
 /// Adds and checks API keys before anything is sent. See the [module docs](super).
@@ -117,6 +119,7 @@ impl AuthLayer {
                 source,
                 rules: KeyRules::openai(),
                 header: KeyHeader::Bearer,
+                observer: None,
             }),
         }
     }
@@ -129,6 +132,7 @@ impl AuthLayer {
                 source: c.source.clone(),
                 rules: c.rules.clone(),
                 header: c.header.clone(),
+                observer: c.observer.clone(),
             });
         }
         Arc::get_mut(&mut self.config).expect("unique after copy")
@@ -150,6 +154,13 @@ impl AuthLayer {
     /// ([`KeyRules::lenient`]).
     pub fn azure(self) -> Self {
         self.header(KeyHeader::azure()).rules(KeyRules::lenient())
+    }
+
+    /// Registers `observer`: it learns of each request refused for its key
+    /// ([`Observer::local_rejection`]). See [`crate::observe`].
+    pub fn observer(mut self, observer: Arc<dyn Observer>) -> Self {
+        self.config_mut().observer = Some(observer);
+        self
     }
 
     /// The key rules.
@@ -321,19 +332,22 @@ where
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
         let config = &*self.config;
         let host = target_host(&req);
-        let fail = |err: Error| ResponseFuture::failed(reject(err));
+        let fail = |err: Error, route: &str| {
+            crate::observe::reject(config.observer.as_deref(), err.kind(), Some(route));
+            ResponseFuture::failed(reject(err))
+        };
         match check_present(&mut req, config, host.as_deref()) {
-            Err(e) => return fail(e),
+            Err(e) => return fail(e, req.uri().path()),
             Ok(Present::Checked) => return ResponseFuture::calling(self.inner.call(req), None),
             Ok(Present::Nothing) => {}
         }
         let Some(source) = &config.source else {
-            return fail(no_source(config));
+            return fail(no_source(config), req.uri().path());
         };
         match source.begin(FetchMode::MayCache) {
-            Resolution::Now(Err(e)) => fail(e),
+            Resolution::Now(Err(e)) => fail(e, req.uri().path()),
             Resolution::Now(Ok(creds)) => match apply(&mut req, &creds, config, host.as_deref()) {
-                Err(e) => fail(e),
+                Err(e) => fail(e, req.uri().path()),
                 Ok(()) => ResponseFuture::calling(self.inner.call(req), Some(creds.key().clone())),
             },
             Resolution::Later(fetch) => {
@@ -460,6 +474,11 @@ where
                     });
                     match applied {
                         Err(e) => {
+                            crate::observe::reject(
+                                config.observer.as_deref(),
+                                e.kind(),
+                                Some(req.uri().path()),
+                            );
                             this.state.set(State::Failed { error: None });
                             return Poll::Ready(Err(reject(e)));
                         }

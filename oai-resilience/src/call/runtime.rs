@@ -163,6 +163,7 @@ impl Call {
             kind = %err.kind(),
             "refused before the first attempt"
         );
+        crate::observe::reject(self.config.settings().observer.as_deref(), err.kind(), None);
         E::from_error(err)
             .attach_retry_context(retry)
             .attach_call_context(self.context(args))

@@ -50,6 +50,12 @@ pub trait RetryBudget: Send + Sync + 'static {
 
     /// A retry that [`try_retry`](RetryBudget::try_retry) allowed was never sent.
     fn refund(&self) {}
+
+    /// The balance now, for observers ([`RetryScheduled`](crate::observe::RetryScheduled)),
+    /// if the budget has one to report: `None` by default.
+    fn current_balance(&self) -> Option<f64> {
+        None
+    }
 }
 
 impl<B: Budget + Send + Sync + 'static> RetryBudget for B {
@@ -207,6 +213,10 @@ impl Default for TokenBudget {
 }
 
 impl RetryBudget for TokenBudget {
+    fn current_balance(&self) -> Option<f64> {
+        Some(self.balance())
+    }
+
     fn on_success(&self) {
         if self.ratio == 0 {
             return;

@@ -12,6 +12,7 @@ use super::backoff::{Backoff, HintJitter, Jitter, RandomSource, SplitMix};
 use super::budget::Budget;
 use super::budget::{RetryBudget, TokenBudget};
 use super::policy::{OpenAiPolicy, Policy};
+use crate::observe::{Observer, SharedObserver};
 
 /// The default maximum number of attempts, counting the first: 5.
 pub const DEFAULT_MAX_ATTEMPTS: u32 = 5;
@@ -60,6 +61,8 @@ pub struct RetrySettings {
     pub random: Arc<dyn RandomSource>,
     /// The header that carries the retry count, if any.
     pub retry_count_header: Option<HeaderName>,
+    /// The observer of attempts and decisions, if any ([`crate::observe`]).
+    pub observer: Option<SharedObserver>,
 }
 
 impl fmt::Debug for RetrySettings {
@@ -72,6 +75,7 @@ impl fmt::Debug for RetrySettings {
             .field("deadline", &self.deadline)
             .field("budget", &self.budget.is_some())
             .field("retry_count_header", &self.retry_count_header)
+            .field("observer", &self.observer.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -129,6 +133,7 @@ impl Default for RetryConfig {
                 policy: Arc::new(OpenAiPolicy::new()),
                 random: Arc::new(SplitMix::from_entropy()),
                 retry_count_header: Some(RETRY_COUNT_HEADER),
+                observer: None,
             }),
         }
     }
@@ -272,6 +277,18 @@ impl RetryConfig {
         self.edit(|i| i.retry_count_header = header)
     }
 
+    /// Registers `observer`: it sees every attempt, retry and stop of the loops that use this
+    /// config (the retry layer, [`call`](super::call), `#[openai_call]`). See
+    /// [`crate::observe`].
+    pub fn observer(self, observer: Arc<dyn Observer>) -> Self {
+        self.edit(|i| i.observer = Some(observer))
+    }
+
+    /// Removes the observer.
+    pub fn no_observer(self) -> Self {
+        self.edit(|i| i.observer = None)
+    }
+
     /// The settings, as the builder methods left them.
     pub fn settings(&self) -> &RetrySettings {
         &self.inner
@@ -289,6 +306,7 @@ impl fmt::Debug for RetryConfig {
             .field("deadline", &i.deadline)
             .field("budget", &i.budget.is_some())
             .field("retry_count_header", &i.retry_count_header)
+            .field("observer", &i.observer.is_some())
             .finish_non_exhaustive()
     }
 }

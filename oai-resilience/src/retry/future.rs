@@ -14,6 +14,7 @@ use super::policy::Decision;
 use super::replay::{clone_request, ReplayBody};
 use super::retrier::Retrier;
 use crate::error::{Error, ErrorKind, StopReason};
+use crate::observe::ResponseMeta;
 
 pin_project! {
     /// The response future of [`Retry`](super::Retry).
@@ -81,6 +82,7 @@ fn deadline_passed(
 impl<S, B> Future for ResponseFuture<S, B>
 where
     S: Service<Request<B>, Error = Error>,
+    S::Response: ResponseMeta,
     B: ReplayBody,
 {
     type Output = Result<S::Response, Error>;
@@ -91,7 +93,7 @@ where
             match this.state.as_mut().project() {
                 StateProj::Called { fut } => match fut.poll(cx) {
                     Poll::Ready(Ok(res)) => {
-                        this.retrier.on_success();
+                        this.retrier.on_success_with(res.status(), res.request_id());
                         this.state.set(State::Done);
                         return Poll::Ready(Ok(res));
                     }
@@ -134,7 +136,7 @@ where
                                 .retrier
                                 .finish(err, StopReason::NotReplayable)));
                         };
-                        let attempt = this.retrier.start_attempt();
+                        let attempt = this.retrier.start_attempt_for(&req);
                         if attempt < this.retrier.config().settings().max_attempts {
                             *this.replay = clone_request(&req);
                         }

@@ -1,9 +1,12 @@
 //! [`RetryLayer`]: the layer that builds [`Retry`] services.
 
+use std::sync::Arc;
+
 use tower_layer::Layer;
 
 use super::config::RetryConfig;
 use super::service::Retry;
+use crate::observe::Observer;
 
 /// Builds [`Retry`] services from a [`RetryConfig`]. See the [`retry` module
 /// docs](crate::retry).
@@ -24,6 +27,13 @@ impl RetryLayer {
     /// A layer with `config`.
     pub fn with_config(config: RetryConfig) -> Self {
         RetryLayer { config }
+    }
+
+    /// Registers `observer` on the config ([`RetryConfig::observer`]): it sees every attempt,
+    /// retry and stop. See [`crate::observe`].
+    pub fn observer(mut self, observer: Arc<dyn Observer>) -> Self {
+        self.config = self.config.observer(observer);
+        self
     }
 
     /// The config.

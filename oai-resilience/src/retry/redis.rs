@@ -320,6 +320,10 @@ async fn sync_loop(inner: Weak<Inner>) {
 }
 
 impl RetryBudget for RedisRetryBudget {
+    fn current_balance(&self) -> Option<f64> {
+        Some(self.balance())
+    }
+
     fn on_success(&self) {
         let i = &self.inner;
         i.local.on_success();

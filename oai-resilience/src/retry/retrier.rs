@@ -2,15 +2,20 @@
 //! the [`call`] helper for closures.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
-use http::HeaderValue;
+use http::{HeaderValue, Request, StatusCode};
 use tokio::time::Instant;
 
 use super::config::RetryConfig;
 use super::policy::{server_hint, Attempt, Decision, ServerHint};
 use crate::error::{
     AttemptOutcome, BoxError, DelaySource, Error, ErrorKind, RetryContext, StopReason,
+};
+use crate::observe::{
+    AttemptFinished, AttemptStarted, CallGivenUp, CallSucceeded, Observer, RateLimitKind,
+    RateLimitLearned, RequestModel, RetryScheduled,
 };
 
 /// The retry state of one call: counts attempts, asks the policy, enforces the limits, records
@@ -61,6 +66,10 @@ pub struct Retrier {
     outcomes: Vec<AttemptOutcome>,
     /// The budget allowed a retry that has not started yet.
     token_pending: bool,
+    /// When the current attempt started: read only when an observer is registered.
+    attempt_start: Option<Instant>,
+    /// The model the request names, for observers ([`RequestModel`]).
+    model: Option<Arc<str>>,
 }
 
 impl Clone for Retrier {
@@ -75,6 +84,8 @@ impl Clone for Retrier {
             refused_hint: self.refused_hint,
             outcomes: self.outcomes.clone(),
             token_pending: false,
+            attempt_start: self.attempt_start,
+            model: self.model.clone(),
         }
     }
 }
@@ -106,14 +117,48 @@ impl Retrier {
             refused_hint: None,
             outcomes: Vec::new(),
             token_pending: false,
+            attempt_start: None,
+            model: None,
         }
     }
 
+    /// The config's observer, if any.
+    fn observer(&self) -> Option<&dyn Observer> {
+        self.config.settings().observer.as_deref()
+    }
+
     /// Marks the start of the next attempt and returns its number (1 for the first).
+    ///
+    /// Tells the config's observer, if any ([`Observer::attempt_started`], without a route).
     pub fn start_attempt(&mut self) -> u32 {
+        self.start(None)
+    }
+
+    /// [`start_attempt`](Self::start_attempt) for an attempt that sends `req`: the observer
+    /// also learns the route (the path) and the model (the [`RequestModel`] extension).
+    pub fn start_attempt_for<B>(&mut self, req: &Request<B>) -> u32 {
+        if self.model.is_none() && self.config.settings().observer.is_some() {
+            self.model = req.extensions().get::<RequestModel>().map(|m| m.0.clone());
+        }
+        self.start(Some(req.uri().path()))
+    }
+
+    fn start(&mut self, route: Option<&str>) -> u32 {
         self.token_pending = false;
         self.attempts += 1;
+        if let Some(observer) = self.config.settings().observer.as_deref() {
+            self.attempt_start = Some(Instant::now());
+            observer.attempt_started(&AttemptStarted {
+                attempt: self.attempts,
+                route,
+                model: self.model.as_deref(),
+            });
+        }
         self.attempts
+    }
+
+    fn attempt_latency(&self) -> Duration {
+        self.attempt_start.map_or(Duration::ZERO, |s| s.elapsed())
     }
 
     /// Attempts started so far.
@@ -151,11 +196,64 @@ impl Retrier {
 
     /// Records a successful attempt: the budget's [`RetryBudget::on_success`](super::RetryBudget::on_success). Every retry
     /// loop calls it when an attempt succeeds, so that the budget sees the server recover.
+    ///
+    /// Tells the observer, if any, that the attempt and the call succeeded (without a status
+    /// or request id: see [`on_success_with`](Self::on_success_with)).
     pub fn on_success(&mut self) {
+        self.on_success_with(None, None);
+    }
+
+    /// [`on_success`](Self::on_success) for a loop that sees the response's status and
+    /// request id, which the observer receives.
+    pub fn on_success_with(&mut self, status: Option<StatusCode>, request_id: Option<&str>) {
         self.token_pending = false;
         if let Some(b) = self.config.settings().budget.as_ref() {
             b.on_success();
         }
+        if let Some(observer) = self.observer() {
+            let model = self.model.as_deref();
+            observer.attempt_finished(&AttemptFinished {
+                attempt: self.attempts.max(1),
+                status,
+                error: None,
+                request_id,
+                latency: self.attempt_latency(),
+                model,
+            });
+            observer.call_succeeded(&CallSucceeded {
+                attempts: self.attempts.max(1),
+                elapsed: self.elapsed(),
+                model,
+            });
+        }
+    }
+
+    /// Tells the observer, if any, that the current attempt failed with `err`.
+    fn observe_failure(&self, err: &Error) {
+        let Some(observer) = self.observer() else {
+            return;
+        };
+        let attempt = self.attempts.max(1);
+        let model = self.model.as_deref();
+        observer.attempt_finished(&AttemptFinished {
+            attempt,
+            status: err.status(),
+            error: Some(err.kind()),
+            request_id: err.request_id(),
+            latency: self.attempt_latency(),
+            model,
+        });
+        let kind = match err.kind() {
+            ErrorKind::RateLimited => RateLimitKind::RateLimit,
+            ErrorKind::QuotaExceeded => RateLimitKind::Quota,
+            _ => return,
+        };
+        observer.rate_limit_learned(&RateLimitLearned {
+            attempt,
+            kind,
+            retry_after: err.retry_after(),
+            model,
+        });
     }
 
     /// Decides after a failed attempt: asks the policy; when the policy would retry, reports
@@ -168,6 +266,7 @@ impl Retrier {
     pub fn on_error(&mut self, err: &Error, can_replay: bool) -> Decision {
         let number = self.attempts.max(1);
         let elapsed = self.elapsed();
+        self.observe_failure(err);
         let cfg = &self.config;
         let backoff = cfg.settings().backoff.delay(
             number,
@@ -213,6 +312,21 @@ impl Retrier {
         match decision {
             Decision::Retry { delay, source } => {
                 self.previous_delay = Some(delay);
+                if let Some(observer) = self.config.settings().observer.as_deref() {
+                    observer.retry_scheduled(&RetryScheduled {
+                        attempt: number,
+                        cause: err.kind(),
+                        delay,
+                        source,
+                        budget_balance: self
+                            .config
+                            .settings()
+                            .budget
+                            .as_ref()
+                            .and_then(|b| b.current_balance()),
+                        model: self.model.as_deref(),
+                    });
+                }
                 tracing::info!(
                     target: "oai_resilience::retry",
                     attempt = number,
@@ -279,6 +393,16 @@ impl Retrier {
     /// Records an attempt that failed with an error the retry machinery cannot classify (a
     /// [`RetryableError`] without an [`Error`] inside): it is not retried.
     pub fn on_unclassified(&mut self) -> Decision {
+        if let Some(observer) = self.observer() {
+            observer.attempt_finished(&AttemptFinished {
+                attempt: self.attempts.max(1),
+                status: None,
+                error: Some(ErrorKind::Internal),
+                request_id: None,
+                latency: self.attempt_latency(),
+                model: self.model.as_deref(),
+            });
+        }
         self.outcomes.push(AttemptOutcome {
             attempt: self.attempts.max(1),
             kind: ErrorKind::Internal,
@@ -298,6 +422,7 @@ impl Retrier {
             crate::error::fmt_secs(deadline),
             self.attempts.max(1)
         ));
+        self.observe_failure(&err);
         self.outcomes.push(AttemptOutcome {
             attempt: self.attempts.max(1),
             kind: ErrorKind::Timeout,
@@ -323,7 +448,10 @@ impl Retrier {
     /// The final error: `err` with the [`RetryContext`] attached. For
     /// [`StopReason::NotReplayable`] the result is an [`ErrorKind::NotReplayable`] error that
     /// keeps the attempt's status and request id, with `err` as its source.
+    ///
+    /// Tells the observer, if any, that the call gave up ([`Observer::call_given_up`]).
     pub fn finish(&self, err: Error, stop: StopReason) -> Error {
+        self.observe_given_up(stop, err.kind(), err.status());
         let ctx = self.context(stop);
         if stop == StopReason::NotReplayable {
             let mut wrapped = Error::new(ErrorKind::NotReplayable).with_detail(format!(
@@ -344,7 +472,31 @@ impl Retrier {
 
     /// [`Retrier::finish`] for any [`RetryableError`].
     pub fn finish_as<E: RetryableError>(&self, err: E, stop: StopReason) -> E {
+        if self.observer().is_some() {
+            let (kind, status) = err
+                .classification()
+                .map_or((ErrorKind::Internal, None), |e| (e.kind(), e.status()));
+            self.observe_given_up(stop, kind, status);
+        }
         err.attach_retry_context(self.context(stop))
+    }
+
+    fn observe_given_up(&self, stop: StopReason, error: ErrorKind, status: Option<StatusCode>) {
+        if let Some(observer) = self.observer() {
+            let error = if stop == StopReason::NotReplayable {
+                ErrorKind::NotReplayable
+            } else {
+                error
+            };
+            observer.call_given_up(&CallGivenUp {
+                attempts: self.attempts.max(1),
+                elapsed: self.elapsed(),
+                stop,
+                error,
+                status,
+                model: self.model.as_deref(),
+            });
+        }
     }
 }
 

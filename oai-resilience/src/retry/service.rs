@@ -11,6 +11,7 @@ use super::policy::is_idempotent;
 use super::replay::{clone_request, ReplayBody};
 use super::retrier::Retrier;
 use crate::error::Error;
+use crate::observe::ResponseMeta;
 
 /// The retry middleware, over a classified service (one whose error is [`Error`]). See the
 /// [`retry` module docs](crate::retry).
@@ -48,6 +49,7 @@ impl<S> Retry<S> {
 impl<S, B> Service<Request<B>> for Retry<S>
 where
     S: Service<Request<B>, Error = Error> + Clone,
+    S::Response: ResponseMeta,
     B: ReplayBody,
 {
     type Response = S::Response;
@@ -62,7 +64,7 @@ where
         let clone = self.inner.clone();
         let mut service = std::mem::replace(&mut self.inner, clone);
         let mut retrier = Retrier::new(&self.config, is_idempotent(req.method()));
-        retrier.start_attempt();
+        retrier.start_attempt_for(&req);
         if let Some(name) = self.config.settings().retry_count_header.as_ref() {
             req.headers_mut()
                 .insert(name.clone(), retrier.retry_count_value());

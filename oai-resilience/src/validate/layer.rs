@@ -14,6 +14,7 @@ use tower_service::Service;
 
 use super::{Rule, Validator};
 use crate::error::{BoxError, Error, ErrorKind};
+use crate::observe::{reject, Observer, RequestModel, SharedObserver};
 
 /// The default limit on a request body that the layer buffers to validate: 32 MiB.
 pub const DEFAULT_BODY_LIMIT: usize = 32 * 1024 * 1024;
@@ -28,6 +29,7 @@ pub const DEFAULT_BODY_LIMIT: usize = 32 * 1024 * 1024;
 pub struct ValidateLayer {
     validator: Arc<Validator>,
     body_limit: usize,
+    observer: Option<SharedObserver>,
 }
 
 impl ValidateLayer {
@@ -41,6 +43,7 @@ impl ValidateLayer {
         ValidateLayer {
             validator: Arc::new(validator),
             body_limit: DEFAULT_BODY_LIMIT,
+            observer: None,
         }
     }
 
@@ -72,6 +75,14 @@ impl ValidateLayer {
         self
     }
 
+    /// Registers `observer`: it learns of each refused request
+    /// ([`Observer::local_rejection`]), and each validated request carries its model as a
+    /// [`RequestModel`] extension for the retry layer's events. See [`crate::observe`].
+    pub fn observer(mut self, observer: Arc<dyn Observer>) -> Self {
+        self.observer = Some(observer);
+        self
+    }
+
     /// The validator.
     pub fn validator(&self) -> &Validator {
         &self.validator
@@ -92,6 +103,7 @@ impl<S> Layer<S> for ValidateLayer {
             inner,
             validator: self.validator.clone(),
             body_limit: self.body_limit,
+            observer: self.observer.clone(),
         }
     }
 }
@@ -112,6 +124,7 @@ pub struct Validate<S> {
     inner: S,
     validator: Arc<Validator>,
     body_limit: usize,
+    observer: Option<SharedObserver>,
 }
 
 impl<S> Validate<S> {
@@ -167,6 +180,7 @@ where
         if !known {
             if self.validator.is_strict() {
                 let err = self.validator.unknown_route(req.method(), req.uri().path());
+                reject(self.observer.as_deref(), err.kind(), Some(req.uri().path()));
                 return ResponseFuture::failed(err);
             }
             return ResponseFuture::call(self.inner.call(req.map(ValidateBody::passthrough)));
@@ -182,6 +196,11 @@ where
             .and_then(|v| v.parse::<u64>().ok());
         let lower = body.size_hint().lower();
         if lower.max(declared.unwrap_or(0)) > self.body_limit as u64 {
+            reject(
+                self.observer.as_deref(),
+                ErrorKind::RequestTooLarge,
+                Some(parts.uri.path()),
+            );
             return ResponseFuture::failed(too_large(self.body_limit));
         }
         let capacity = body
@@ -201,6 +220,7 @@ where
                 inner: Some(inner),
                 validator: self.validator.clone(),
                 limit: self.body_limit,
+                observer: self.observer.clone(),
             },
         }
     }
@@ -231,6 +251,7 @@ pin_project! {
             inner: Option<S>,
             validator: Arc<Validator>,
             limit: usize,
+            observer: Option<SharedObserver>,
         },
         Call {
             #[pin]
@@ -297,6 +318,7 @@ where
                     inner,
                     validator,
                     limit,
+                    observer,
                 } => {
                     let frame = ready!(body.as_mut().poll_frame(cx));
                     match frame {
@@ -304,6 +326,9 @@ where
                             if let Ok(mut data) = frame.into_data() {
                                 if buf.len() + data.remaining() > *limit {
                                     let err = too_large(*limit);
+                                    if let Some(p) = parts.as_ref() {
+                                        reject(observer.as_deref(), err.kind(), Some(p.uri.path()));
+                                    }
                                     this.state.set(State::Failed { err: Some(err) });
                                     continue;
                                 }
@@ -333,12 +358,21 @@ where
                                 validator.validate(&parts.method, parts.uri.path(), &bytes);
                             match result {
                                 Ok(()) => {
+                                    let mut parts = parts;
+                                    if observer.is_some() {
+                                        if let Some(m) = crate::observe::model_of(&bytes) {
+                                            parts.extensions.insert(RequestModel(m));
+                                        }
+                                    }
                                     let req =
                                         Request::from_parts(parts, ValidateBody::buffered(bytes));
                                     let fut = svc.call(req);
                                     this.state.set(State::Call { fut });
                                 }
-                                Err(err) => this.state.set(State::Failed { err: Some(err) }),
+                                Err(err) => {
+                                    reject(observer.as_deref(), err.kind(), Some(parts.uri.path()));
+                                    this.state.set(State::Failed { err: Some(err) })
+                                }
                             }
                         }
                     }
