@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper_util::{client::legacy::Client, rt::TokioExecutor};
 use oai_resilience::mock::MockServer;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
@@ -38,7 +37,7 @@ async fn call_through_gateway(upstream: &str) -> u16 {
     })
     .await
     .expect("the gateway did not start listening");
-    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let client = test_support::http_client::<Full<Bytes>>();
     let req = http::Request::post(format!("http://{addr}/v1/chat/completions"))
         .header("content-type", "application/json")
         .header("authorization", format!("Bearer {KEY}"))

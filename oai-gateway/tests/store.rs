@@ -3,9 +3,6 @@
 //! bucket of 20 requests refilled at 20/s, against a real `redis-server` started on a free
 //! loopback port (`scripts/ensure-redis.sh` installs it).
 
-#[path = "../../oai-resilience/tests/support/redis_server.rs"]
-mod redis_server;
-
 use std::net::SocketAddr;
 
 use bytes::Bytes;
@@ -15,7 +12,7 @@ use oai_gateway::upstream::pacing_store;
 use oai_resilience::mock::{MockServer, RateLimit};
 use oai_resilience::pace::{BucketLimits, LearnedLimits, PaceKey, PacingStore, RedisStore};
 use oai_resilience::RetryConfig;
-use redis_server::RedisServer;
+use test_support::redis_server::RedisServer;
 
 const KEY: &str = "sk-proj-AbCdEfGhIjKlMnOpQrStUvWxYz0123456789";
 const CHAT: &str = r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Hi"}]}"#;

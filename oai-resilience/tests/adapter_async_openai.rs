@@ -18,7 +18,7 @@ use oai_resilience::{AuthLayer, OpenAiLayer, RetryConfig, RetryLayer};
 use tower::ServiceExt;
 
 const KEY: &str = oai_resilience::mock::TEST_KEY;
-const CHAT: &str = r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Hello"}]}"#;
+use test_support::CHAT;
 
 fn layer() -> OpenAiLayer {
     OpenAiLayer::new()

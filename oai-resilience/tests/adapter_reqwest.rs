@@ -9,8 +9,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use http_body_util::Full;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use oai_resilience::adapter::reqwest::{ErrorMode, OpenAiMiddleware};
 use oai_resilience::mock::{MockResponse, MockServer, Route};
 use oai_resilience::{
@@ -20,7 +18,7 @@ use reqwest_middleware::{ClientBuilder, ClientWithMiddleware, Middleware, Next};
 use tower::{Layer, ServiceExt};
 
 const KEY: &str = oai_resilience::mock::TEST_KEY;
-const CHAT: &str = r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Hello"}]}"#;
+use test_support::CHAT;
 
 fn layer(key: &str) -> OpenAiLayer {
     OpenAiLayer::new()
@@ -280,7 +278,7 @@ async fn clones_share_one_pacer_with_the_tower_stack() {
         assert_eq!(post(client, &server, CHAT).await.unwrap().status(), 200);
     }
     // A hyper stack from the same layer.
-    let hyper = layer.layer(Client::builder(TokioExecutor::new()).build_http());
+    let hyper = layer.layer(test_support::http_client());
     let req = http::Request::post(server.endpoint(Route::ChatCompletions))
         .header("content-type", "application/json")
         .body(Full::new(Bytes::from_static(CHAT.as_bytes())))

@@ -17,8 +17,7 @@ use oai_resilience::mock::{MockServer, Route};
 use oai_resilience::{ApiKey, ClassifyLayer, Error, PaceLayer, RetryLayer};
 use tower::{ServiceBuilder, ServiceExt};
 
-#[path = "support/capture.rs"]
-mod capture;
+use test_support::capture;
 
 use capture::Captured;
 

@@ -5,7 +5,6 @@
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
-use hyper_util::rt::TokioExecutor;
 use oai_resilience::mock::MockServer;
 use oai_resilience::stack::{BaseUrlLayer, InvalidBaseUrl, OpenAiLayer};
 use oai_resilience::validate::ValidateBody;
@@ -13,7 +12,7 @@ use oai_resilience::{AuthLayer, ClassifyLayer, ErrorKind};
 use tower::{Layer, ServiceBuilder, ServiceExt};
 
 const KEY: &str = "sk-proj-BaseUrlTestKey0123456789abcdefghijklmnopqrstu";
-const CHAT: &str = r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Hello"}]}"#;
+use test_support::CHAT;
 
 fn post(path: &str) -> http::Request<Full<Bytes>> {
     http::Request::post(path)
@@ -42,8 +41,7 @@ fn paths(server: &MockServer) -> Vec<String> {
 async fn openai_layer_sends_every_spelling_to_the_same_path() {
     let server = MockServer::start().await;
     for base in spellings(&server) {
-        let client: Client<HttpConnector, ValidateBody<Full<Bytes>>> =
-            Client::builder(TokioExecutor::new()).build_http();
+        let client: Client<HttpConnector, ValidateBody<Full<Bytes>>> = test_support::http_client();
         // `base_url` (a `Uri`) and `try_base_url` (a string) alike.
         let layers = [
             OpenAiLayer::new().base_url(base.parse().unwrap()),
@@ -65,8 +63,7 @@ async fn openai_layer_sends_every_spelling_to_the_same_path() {
 async fn base_url_layer_sends_every_spelling_to_the_same_path() {
     let server = MockServer::start().await;
     for base in spellings(&server) {
-        let client: Client<HttpConnector, Full<Bytes>> =
-            Client::builder(TokioExecutor::new()).build_http();
+        let client: Client<HttpConnector, Full<Bytes>> = test_support::http_client();
         let layer: BaseUrlLayer = base.parse().unwrap();
         assert_eq!(layer.url(), Ok(server.url().as_str()));
         let svc = ServiceBuilder::new()
@@ -90,8 +87,7 @@ async fn an_invalid_base_url_is_a_typed_error_and_sends_nothing() {
         .unwrap_err();
     assert!(err.to_string().starts_with("invalid base URL"), "{err}");
 
-    let client: Client<HttpConnector, ValidateBody<Full<Bytes>>> =
-        Client::builder(TokioExecutor::new()).build_http();
+    let client: Client<HttpConnector, ValidateBody<Full<Bytes>>> = test_support::http_client();
     let svc = OpenAiLayer::new()
         .base_url(authority_only.parse().unwrap())
         .auth(AuthLayer::from_key(KEY))

@@ -5,7 +5,6 @@
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
-use hyper_util::rt::TokioExecutor;
 use oai_resilience::mock::MockServer;
 use oai_resilience::stack::OpenAiLayer;
 use oai_resilience::validate::ValidateBody;
@@ -13,7 +12,7 @@ use oai_resilience::{AuthLayer, ErrorKind};
 use tower::{Layer, ServiceExt};
 
 const KEY: &str = "sk-proj-BaseUrlEnvTestKey0123456789abcdefghijklmnopqr";
-const CHAT: &str = r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Hello"}]}"#;
+use test_support::CHAT;
 
 fn post() -> http::Request<Full<Bytes>> {
     http::Request::post("/v1/chat/completions")
@@ -25,8 +24,7 @@ fn post() -> http::Request<Full<Bytes>> {
 #[tokio::test]
 async fn openai_base_url_is_read_when_no_base_is_set() {
     let server = MockServer::start().await;
-    let client: Client<HttpConnector, ValidateBody<Full<Bytes>>> =
-        Client::builder(TokioExecutor::new()).build_http();
+    let client: Client<HttpConnector, ValidateBody<Full<Bytes>>> = test_support::http_client();
 
     // As the SDKs write it: with `/v1`.
     std::env::set_var("OPENAI_BASE_URL", format!("{}/v1", server.url()));

@@ -8,7 +8,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
-use hyper_util::rt::TokioExecutor;
 use oai_resilience::mock::{MockResponse, MockServer, RateLimit, Route};
 use oai_resilience::pace::{KeySnapshot, PaceKey};
 use oai_resilience::retry::TokenBudget;
@@ -19,7 +18,7 @@ use tokio::time::sleep;
 use tower::{Layer, ServiceExt};
 
 const KEY: &str = "sk-proj-CancelTestKey0123456789abcdefghijklmnopqrs";
-const CHAT: &str = r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Hello"}]}"#;
+use test_support::CHAT;
 
 type Http = Client<HttpConnector, ValidateBody<Full<Bytes>>>;
 
@@ -44,7 +43,7 @@ async fn rig(server: MockServer) -> Rig {
         .base_url(server.url().parse().unwrap())
         .auth(AuthLayer::from_key(KEY))
         .retry(RetryLayer::with_config(config));
-    let svc = layer.layer(Client::builder(TokioExecutor::new()).build_http());
+    let svc = layer.layer(test_support::http_client());
     Rig {
         server,
         layer,

@@ -8,7 +8,6 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
-use hyper_util::rt::TokioExecutor;
 use oai_resilience::mock::{AuthFailure, MockResponse, MockServer, RateLimit, Route};
 use oai_resilience::{
     AuthCause, Classify, ClassifyLayer, DelaySource, Error, ErrorKind, RateLimitSnapshot,
@@ -17,11 +16,11 @@ use tower::{Service, ServiceBuilder, ServiceExt};
 
 type HttpClient = Client<HttpConnector, Full<Bytes>>;
 
-const CHAT: &str = r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Hello"}]}"#;
-const KEY: &str = "sk-proj-Zq3xV9mN2pL8rT5wY1kB7cD4fG6hJ0aS";
+use test_support::CHAT;
+use test_support::KEY;
 
 fn stack() -> Classify<HttpClient> {
-    let client = Client::builder(TokioExecutor::new()).build_http();
+    let client = test_support::http_client();
     ServiceBuilder::new()
         .layer(ClassifyLayer::new())
         .service(client)
@@ -589,7 +588,7 @@ async fn timeout_under_paused_time() {
         .route_latency(Route::ChatCompletions, Duration::from_secs(30))
         .start()
         .await;
-    let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
+    let client: HttpClient = test_support::http_client();
     let mut svc = ServiceBuilder::new()
         .layer(ClassifyLayer::new())
         .timeout(Duration::from_secs(5))

@@ -13,7 +13,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
-use hyper_util::rt::TokioExecutor;
 use oai_resilience::classify::{classify_sse_event, DEFAULT_BODY_LIMIT};
 use oai_resilience::mock::{MockResponse, MockServer, Route};
 use oai_resilience::stack::{OpenAiLayer, OpenAiService};
@@ -25,12 +24,12 @@ use tokio::time::Instant;
 use tower::{Layer, ServiceExt};
 
 const KEY: &str = "sk-proj-HostileTestKey0123456789abcdefghijklmnopqr";
-const CHAT: &str = r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Hello"}]}"#;
+use test_support::CHAT;
 
 type Http = Client<HttpConnector, ValidateBody<Full<Bytes>>>;
 
 fn stack(url: &str, retry: RetryConfig) -> OpenAiService<Http> {
-    let client = Client::builder(TokioExecutor::new()).build_http();
+    let client = test_support::http_client();
     OpenAiLayer::new()
         .base_url(url.parse().unwrap())
         .auth(AuthLayer::from_key(KEY))

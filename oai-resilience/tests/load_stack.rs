@@ -28,7 +28,7 @@ use tokio::time::Instant;
 use tower::{Layer, ServiceExt};
 
 const KEY: &str = "sk-proj-LoadTestKey0123456789abcdefghijklmnopqrstuvw";
-const CHAT: &str = r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Hello"}]}"#;
+use test_support::CHAT;
 
 fn env_or(name: &str, default: usize) -> usize {
     std::env::var(name)

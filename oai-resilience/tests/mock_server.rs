@@ -7,7 +7,6 @@ use bytes::Bytes;
 use http::{HeaderMap, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
-use hyper_util::rt::TokioExecutor;
 use oai_resilience::mock::{
     estimate_tokens, AuthFailure, MockResponse, MockServer, RateLimit, Route, ECHOED_KEY_FRAGMENT,
 };
@@ -37,7 +36,7 @@ impl Answer {
 }
 
 fn client() -> Client<HttpConnector, Full<Bytes>> {
-    Client::builder(TokioExecutor::new()).build_http()
+    test_support::http_client()
 }
 
 async fn send(

@@ -8,15 +8,13 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use oai_resilience::mock::{MockServer, RateLimit, Route};
 use oai_resilience::pace::{PaceKey, PaceLayer};
 use oai_resilience::{ClassifyLayer, ErrorKind};
 use tokio::time::Instant;
 use tower::{ServiceBuilder, ServiceExt};
 
-const KEY: &str = "sk-proj-Zq3xV9mN2pL8rT5wY1kB7cD4fG6hJ0aS";
+use test_support::KEY;
 
 #[derive(Debug)]
 struct Outcome {
@@ -35,7 +33,7 @@ async fn run(
     concurrency: usize,
     body: &str,
 ) -> Outcome {
-    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let client = test_support::http_client::<Full<Bytes>>();
     let svc = ServiceBuilder::new()
         .layer(pace.clone())
         .layer(ClassifyLayer::new())
@@ -97,8 +95,7 @@ async fn run(
     }
 }
 
-const CHAT: &str =
-    r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Hello"}],"max_tokens":5}"#;
+use test_support::CHAT_5_TOKENS as CHAT;
 
 #[tokio::test(start_paused = true)]
 async fn burst_against_a_small_fast_bucket_gets_nearly_no_429s() {

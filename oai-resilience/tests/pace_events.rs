@@ -6,8 +6,7 @@ use std::time::Duration;
 use oai_resilience::pace::{is_paced_locally, Cost, PaceKey, Pacer};
 use tokio::time::Instant;
 
-#[path = "support/capture.rs"]
-mod capture;
+use test_support::capture;
 
 use capture::Captured;
 

@@ -9,8 +9,6 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use oai_resilience::mock::{MockServer, RateLimit, Route};
 use oai_resilience::pace::PaceLayer;
 use oai_resilience::retry::{RetryConfig, RetryLayer};
@@ -19,8 +17,7 @@ use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tower::{ServiceBuilder, ServiceExt};
 
-const CHAT: &str =
-    r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Hello"}],"max_tokens":5}"#;
+use test_support::CHAT_5_TOKENS as CHAT;
 
 struct Run {
     failed: usize,
@@ -51,7 +48,7 @@ async fn load_at(
         .latency(latency)
         .start()
         .await;
-    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let client = test_support::http_client::<Full<Bytes>>();
     let pace = PaceLayer::new();
     let svc = ServiceBuilder::new()
         .layer(RetryLayer::with_config(RetryConfig::new().seed(7)))

@@ -10,8 +10,6 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use oai_resilience::mock::{MockServer, Route};
 use oai_resilience::retry::redis::{RedisRetryBudget, RedisRetryBudgetConfig};
 use oai_resilience::retry::{Backoff, HintJitter, Jitter, RetryBudget, RetryConfig};
@@ -19,8 +17,7 @@ use oai_resilience::{ClassifyLayer, Error, ErrorKind, RetryLayer, StopReason};
 use support::redis_server::RedisServer;
 use tower::{ServiceBuilder, ServiceExt};
 
-const CHAT: &str =
-    r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Hello"}],"max_tokens":5}"#;
+use test_support::CHAT_5_TOKENS as CHAT;
 
 /// No background sync in the way: the tests sync explicitly, so every figure is exact.
 fn config() -> RedisRetryBudgetConfig {
@@ -128,7 +125,7 @@ fn stack(
     Error = Error,
     Future = impl Send,
 > + Clone {
-    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let client = test_support::http_client::<Full<Bytes>>();
     let retry = RetryConfig::new()
         .max_attempts(5)
         .backoff(

@@ -11,7 +11,6 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use oai_resilience::mock::{MockServer, RateLimit};
 use oai_resilience::pace::{
     FailMode, PaceKey, PaceLayer, PacerConfig, RedisStore, RedisStoreConfig,
@@ -22,9 +21,8 @@ use oai_resilience::{AuthLayer, ErrorKind};
 use support::redis_server::RedisServer;
 use tower::{Layer, ServiceExt};
 
-const KEY: &str = "sk-proj-Zq3xV9mN2pL8rT5wY1kB7cD4fG6hJ0aS";
-const CHAT: &str =
-    r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Hello"}],"max_tokens":5}"#;
+use test_support::CHAT_5_TOKENS as CHAT;
+use test_support::KEY;
 
 fn config() -> RedisStoreConfig {
     let mut config = RedisStoreConfig::default();
@@ -49,7 +47,7 @@ fn probing_stack(server: &MockServer, store: RedisStore) -> Service {
 }
 
 fn stack_with(server: &MockServer, store: RedisStore, pace: PaceLayer) -> Service {
-    let client = Client::builder(TokioExecutor::new()).build_http();
+    let client = test_support::http_client();
     OpenAiLayer::new()
         .base_url(server.url().parse().unwrap())
         .auth(AuthLayer::from_key(KEY))
@@ -159,7 +157,7 @@ async fn the_same_stacks_without_the_store_each_spend_the_bucket() {
         OpenAiLayer::new()
             .base_url(server.url().parse().unwrap())
             .auth(AuthLayer::from_key(KEY))
-            .layer(Client::builder(TokioExecutor::new()).build_http::<ValidateBody<Full<Bytes>>>())
+            .layer(test_support::http_client::<ValidateBody<Full<Bytes>>>())
     };
     let a = OpenAiLayer::new();
     assert!(a.pace_layer().store().is_none(), "in-process by default");

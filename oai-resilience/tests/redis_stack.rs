@@ -11,17 +11,14 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use oai_resilience::mock::{MockServer, RateLimit, Route};
 use oai_resilience::pace::{PaceKey, PaceLayer, PacerConfig, RedisStore, RedisStoreConfig};
 use oai_resilience::{ClassifyLayer, ErrorKind};
 use support::redis_server::RedisServer;
 use tower::{ServiceBuilder, ServiceExt};
 
-const KEY: &str = "sk-proj-Zq3xV9mN2pL8rT5wY1kB7cD4fG6hJ0aS";
-const CHAT: &str =
-    r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Hello"}],"max_tokens":5}"#;
+use test_support::CHAT_5_TOKENS as CHAT;
+use test_support::KEY;
 
 fn config() -> RedisStoreConfig {
     let mut config = RedisStoreConfig::default();
@@ -49,7 +46,7 @@ struct Outcome {
 
 /// `calls` calls at concurrency `workers` through one stack; 429s retried (at most 10 tries).
 async fn run(layer: PaceLayer, url: String, calls: usize, workers: usize) -> Outcome {
-    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let client = test_support::http_client::<Full<Bytes>>();
     let svc = ServiceBuilder::new()
         .layer(layer)
         .layer(ClassifyLayer::new())
@@ -159,7 +156,7 @@ async fn a_429_seen_by_one_stack_pauses_the_other() {
     let call = |layer: PaceLayer| {
         let url = url.clone();
         async move {
-            let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+            let client = test_support::http_client::<Full<Bytes>>();
             let svc = ServiceBuilder::new()
                 .layer(layer)
                 .layer(ClassifyLayer::new())

@@ -7,7 +7,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
-use hyper_util::rt::TokioExecutor;
 use oai_resilience::mock::{MockResponse, MockServer, Route};
 use oai_resilience::retry::{Backoff, HintJitter, RandomSource, RetryConfig, RetryLayer, SplitMix};
 use oai_resilience::Classify;
@@ -16,10 +15,10 @@ use tower::{ServiceBuilder, ServiceExt};
 
 type Stack = Retry<Classify<Client<HttpConnector, Full<Bytes>>>>;
 
-const CHAT: &str = r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Hello"}]}"#;
+use test_support::CHAT;
 
 fn stack(config: RetryConfig) -> Stack {
-    let client = Client::builder(TokioExecutor::new()).build_http();
+    let client = test_support::http_client();
     ServiceBuilder::new()
         .layer(RetryLayer::with_config(config))
         .layer(ClassifyLayer::new())

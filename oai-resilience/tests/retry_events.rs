@@ -16,8 +16,7 @@ use oai_resilience::retry::RetryLayer;
 use oai_resilience::{ClassifyLayer, Error};
 use tower::{service_fn, Layer, Service, ServiceExt};
 
-#[path = "support/capture.rs"]
-mod capture;
+use test_support::capture;
 
 use capture::Captured;
 

@@ -11,7 +11,6 @@
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
-use hyper_util::rt::TokioExecutor;
 use oai_resilience::classify::classify_sse_event;
 use oai_resilience::mock::{MockResponse, MockServer, Route};
 use oai_resilience::pace::PaceKey;
@@ -20,8 +19,7 @@ use oai_resilience::validate::ValidateBody;
 use oai_resilience::{openai_call, ApiKey, AuthLayer, Error, RetryConfig, RetryLayer};
 use tower::{Layer, ServiceExt};
 
-#[path = "support/capture.rs"]
-mod capture;
+use test_support::capture;
 
 use capture::Captured;
 
@@ -100,7 +98,7 @@ async fn nothing_the_stack_prints_contains_the_secret() {
         .base_url(server.url().parse().unwrap())
         .auth(AuthLayer::from_key(key.as_str()))
         .retry(RetryLayer::with_config(RetryConfig::new().seed(1)));
-    let client = Client::builder(TokioExecutor::new()).build_http();
+    let client = test_support::http_client();
     let svc: OpenAiService<Http> = layer.layer(client);
     print_debug(&mut out, &layer);
     print_debug(&mut out, &svc);
@@ -126,7 +124,7 @@ async fn nothing_the_stack_prints_contains_the_secret() {
         .base_url(good.url().parse().unwrap())
         .auth(AuthLayer::from_key(key.as_str()))
         .retry(RetryLayer::with_config(RetryConfig::new().seed(1)));
-    let svc: OpenAiService<Http> = layer.layer(Client::builder(TokioExecutor::new()).build_http());
+    let svc: OpenAiService<Http> = layer.layer(test_support::http_client());
     // 503, 429, then the stream: one call, three attempts.
     let res = svc.clone().oneshot(chat()).await.unwrap();
     print_debug(&mut out, &res);
@@ -170,7 +168,7 @@ async fn nothing_the_stack_prints_contains_the_secret() {
     let bad: OpenAiService<Http> = OpenAiLayer::new()
         .base_url(server.url().parse().unwrap())
         .auth(AuthLayer::from_key(key.as_str()))
-        .layer(Client::builder(TokioExecutor::new()).build_http());
+        .layer(test_support::http_client());
     let err = annotated(&bad, &key, &note, &long).await.unwrap_err();
     assert!(err.call_context().is_some(), "{err:?}");
     print_error(&mut out, &err);

@@ -6,7 +6,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
-use hyper_util::rt::TokioExecutor;
 use oai_resilience::mock::{MockResponse, MockServer, RateLimit, Route};
 use oai_resilience::stack::{OpenAiLayer, OpenAiService};
 use oai_resilience::validate::ValidateBody;
@@ -14,12 +13,12 @@ use oai_resilience::{AuthCause, AuthLayer, ErrorKind, RetryConfig, RetryLayer};
 use tower::{Layer, ServiceExt};
 
 const KEY: &str = "sk-proj-StackTestKey0123456789abcdefghijklmnopqrstuv";
-const CHAT: &str = r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Hello"}]}"#;
+use test_support::CHAT;
 
 type Http = Client<HttpConnector, ValidateBody<Full<Bytes>>>;
 
 fn stack(server: &MockServer, key: &str) -> OpenAiService<Http> {
-    let client = Client::builder(TokioExecutor::new()).build_http();
+    let client = test_support::http_client();
     OpenAiLayer::new()
         .base_url(server.url().parse().unwrap())
         .auth(AuthLayer::from_key(key))
@@ -154,7 +153,7 @@ async fn the_deadline_bounds_an_outage() {
         )
         .start()
         .await;
-    let client = Client::builder(TokioExecutor::new()).build_http();
+    let client = test_support::http_client();
     let svc = OpenAiLayer::new()
         .base_url(server.url().parse().unwrap())
         .auth(AuthLayer::from_key(KEY))

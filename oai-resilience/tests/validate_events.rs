@@ -1,8 +1,7 @@
 //! The validator's deprecation warnings, captured by a global subscriber (one test in this
 //! binary, so no other test thread can cache the callsites' interest first).
 
-#[path = "support/capture.rs"]
-mod capture;
+use test_support::capture;
 
 use capture::Captured;
 use oai_resilience::validate::{self, Endpoint};

@@ -14,7 +14,7 @@ use oai_resilience::validate::{ValidateBody, ValidateLayer, Validator};
 use oai_resilience::{BoxError, ErrorKind, Violation};
 use tower::{service_fn, Layer, Service, ServiceExt};
 
-const CHAT: &str = r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Hello"}]}"#;
+use test_support::CHAT;
 
 /// What the inner service saw: the number of calls and the last body, and whether the layer
 /// had buffered it.

@@ -4,8 +4,6 @@
 
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use oai_resilience::mock::{MockServer, Route};
 use oai_resilience::validate::{ValidateBody, ValidateLayer};
 use oai_resilience::{ClassifyLayer, ErrorKind};
@@ -21,7 +19,7 @@ fn request(url: String, body: &'static str) -> http::Request<Full<Bytes>> {
 #[tokio::test]
 async fn an_invalid_request_never_reaches_the_server() {
     let server = MockServer::builder().start().await;
-    let client = Client::builder(TokioExecutor::new()).build_http::<ValidateBody<Full<Bytes>>>();
+    let client = test_support::http_client::<ValidateBody<Full<Bytes>>>();
     let mut svc = ServiceBuilder::new()
         .layer(ValidateLayer::new())
         .layer(ClassifyLayer::new())

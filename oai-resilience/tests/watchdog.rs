@@ -308,8 +308,6 @@ async fn a_proxy_turns_a_stall_into_an_sse_error_event() {
 #[cfg(feature = "mock")]
 mod with_the_mock {
     use super::*;
-    use hyper_util::client::legacy::Client;
-    use hyper_util::rt::TokioExecutor;
     use oai_resilience::mock::{MockServer, Route};
 
     // Real time (loopback I/O and a paused clock race): the mock spreads the stream's events
@@ -320,7 +318,7 @@ mod with_the_mock {
             .stream_duration(Duration::from_secs(20))
             .start()
             .await;
-        let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+        let client = test_support::http_client::<Full<Bytes>>();
         let svc = ServiceBuilder::new()
             .layer(ClassifyLayer::new())
             .layer(

@@ -6,7 +6,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
-use hyper_util::rt::TokioExecutor;
 use oai_resilience::classify::Classify;
 use oai_resilience::mock::{MockResponse, MockServer, Route};
 use oai_resilience::{openai_call, ClassifyLayer, DelaySource, Error, ErrorKind, StopReason};
@@ -14,7 +13,7 @@ use serde_json::{json, Value};
 use tokio::time::Instant;
 use tower::{Service, ServiceBuilder, ServiceExt};
 
-const KEY: &str = "sk-proj-Zq3xV9mN2pL8rT5wY1kB7cD4fG6hJ0aS";
+use test_support::KEY;
 
 struct Api {
     http: Classify<Client<HttpConnector, Full<Bytes>>>,
@@ -23,7 +22,7 @@ struct Api {
 
 impl Api {
     fn new(server: &MockServer) -> Self {
-        let client = Client::builder(TokioExecutor::new()).build_http();
+        let client = test_support::http_client();
         Api {
             http: ServiceBuilder::new()
                 .layer(ClassifyLayer::new())

@@ -18,8 +18,7 @@ pub(crate) const KEY: &str = "sk-proj-Q7vLm2XcR9tBw4ZkNp8HdJ3sFy6GaE1uVo5Ti0WqKe
 /// Another well-formed key (for rotation).
 pub(crate) const KEY2: &str = "sk-proj-Hn5Rz8QwLc3VmXb7Tk2Jp9Fd4Gs6Ya1Ue0Io5Pl8Kj3Mh-tNw_abcd";
 
-pub(crate) const CHAT: &str =
-    r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Hello"}]}"#;
+pub(crate) use test_support::CHAT;
 
 /// The part of `key` that must never be printed: all but a 8-character prefix and the last
 /// four characters.
@@ -48,7 +47,7 @@ pub(crate) type HttpClient = Client<HttpConnector, Full<Bytes>>;
 
 /// A plain HTTP client.
 pub(crate) fn client() -> HttpClient {
-    Client::builder(TokioExecutor::new()).build_http()
+    test_support::http_client()
 }
 
 type Connecting =

@@ -1,6 +1,6 @@
 //! Helpers shared by the integration tests that need them.
 
-pub mod redis_server;
+pub(crate) use test_support::redis_server;
 
 use oai_resilience::pace::{BucketLimits, LearnedLimits, PaceKey, PacingStore, RedisStore};
 

@@ -14,7 +14,7 @@
 //! pacing through Redis (all pace on the limits learned into Redis; nothing is configured up
 //! front). `latency` and `stream-long` also run the baseline client (no stack) over P
 //! processes, a third row. `--store redis` (no URL) starts a throwaway `redis-server` on a
-//! free loopback port for the run.
+//! free loopback port for the run (the tests' harness, `test_support::redis_server`).
 //!
 //! The calls are split in proportion to each process's share of the concurrency (200 calls
 //! at 50 over 4 processes: 52, 52, 48, 48 calls at 13, 13, 12, 12), so that the minimum wall
@@ -26,6 +26,7 @@ use std::process::Stdio;
 
 use oai_resilience::pace::RedisStore;
 use oai_resilience::pace::RedisStoreConfig;
+use test_support::redis_server::RedisServer;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 use super::*;
@@ -231,58 +232,6 @@ pub(crate) async fn worker_main() -> Result<(), BoxError> {
     out.write_all(format!("{result}\n").as_bytes()).await?;
     out.flush().await?;
     Ok(())
-}
-
-/// A throwaway `redis-server` on a free loopback port, stopped on drop.
-#[derive(Debug)]
-struct LocalRedis {
-    child: std::process::Child,
-    port: u16,
-    dir: std::path::PathBuf,
-}
-
-impl LocalRedis {
-    fn start() -> Result<Self, BoxError> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
-        let dir = std::env::temp_dir().join(format!(
-            "oai-resilience-loadtest-redis-{}-{port}",
-            std::process::id()
-        ));
-        std::fs::create_dir_all(&dir)?;
-        let child = std::process::Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .arg("--dir")
-            .arg(&dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| format!("redis-server (scripts/ensure-redis.sh installs it): {e}"))?;
-        let server = LocalRedis { child, port, dir };
-        // Bounded: 500 tries 10 ms apart.
-        for _ in 0..500 {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return Ok(server);
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        Err("redis-server did not listen in time".into())
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
-    }
-}
-
-impl Drop for LocalRedis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
 }
 
 /// One row of a multi-process run.
@@ -625,7 +574,9 @@ fn median(mut r: Vec<f64>) -> Option<f64> {
 /// store the same again through Redis.
 pub(crate) async fn run_multi(cfg: &Config, multi: &Multi) -> Result<ProcReport, BoxError> {
     let local_redis = match multi.store {
-        StoreArg::RedisLocal => Some(LocalRedis::start()?),
+        StoreArg::RedisLocal => Some(
+            RedisServer::try_start().map_err(|e| format!("could not start redis-server: {e}"))?,
+        ),
         _ => None,
     };
     let redis_url = match (&multi.store, &local_redis) {

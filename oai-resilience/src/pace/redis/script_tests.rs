@@ -10,10 +10,7 @@ use super::{RedisStore, RedisStoreConfig};
 use crate::pace::store::{BucketLimits, KeyModel, LearnedLimits, ModelAdmission};
 use crate::pace::PaceKey;
 
-#[path = "../../../tests/support/redis_server.rs"]
-mod redis_server;
-
-use redis_server::RedisServer;
+use test_support::redis_server::RedisServer;
 
 fn config() -> RedisStoreConfig {
     RedisStoreConfig {

@@ -3,9 +3,7 @@
 //! Each test that captures events lives alone in its binary and installs a *global*
 //! subscriber: a thread-local one (`set_default`) lost events when another test thread had
 //! already cached the callsites' interest (tracing caches it per callsite), which made such
-//! tests fail about 3 % of the time. Include this file with
-//! `#[path = "support/capture.rs"] mod capture;` (not through `support/mod.rs`, whose Redis
-//! harness these binaries do not need).
+//! tests fail about 3 % of the time.
 
 use std::io;
 use std::sync::{Arc, Mutex};
@@ -14,12 +12,12 @@ use tracing_subscriber::fmt::MakeWriter;
 
 /// The formatted output of every event, in order.
 #[derive(Clone, Default, Debug)]
-pub(crate) struct Captured(Arc<Mutex<Vec<u8>>>);
+pub struct Captured(Arc<Mutex<Vec<u8>>>);
 
 impl Captured {
     /// Installs a global `fmt` subscriber (no ANSI colours) that writes events up to `level`
     /// here. Panics if the binary already has a global subscriber.
-    pub(crate) fn install_global(level: tracing::Level) -> Captured {
+    pub fn install_global(level: tracing::Level) -> Captured {
         let captured = Captured::default();
         let subscriber = tracing_subscriber::fmt()
             .with_max_level(level)
@@ -32,7 +30,7 @@ impl Captured {
     }
 
     /// Everything written so far.
-    pub(crate) fn text(&self) -> String {
+    pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
     }
 }

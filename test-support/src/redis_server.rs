@@ -6,8 +6,6 @@
 //! is awaited by polling `PING` a bounded number of times (I/O readiness, not a timing
 //! assertion).
 
-#![allow(dead_code, unreachable_pub)]
-
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
@@ -25,39 +23,46 @@ pub struct RedisServer {
     dir: PathBuf,
 }
 
-fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    l.local_addr().expect("local addr").port()
+fn free_port() -> Result<u16, String> {
+    let l = TcpListener::bind("127.0.0.1:0").map_err(|e| format!("bind 127.0.0.1:0: {e}"))?;
+    Ok(l.local_addr()
+        .map_err(|e| format!("local addr: {e}"))?
+        .port())
 }
 
-fn temp_dir(port: u16) -> PathBuf {
+fn temp_dir(port: u16) -> Result<PathBuf, String> {
     let dir = std::env::temp_dir().join(format!(
         "oai-resilience-redis-{}-{port}",
         std::process::id()
     ));
-    std::fs::create_dir_all(&dir).expect("create temp dir");
-    dir
+    std::fs::create_dir_all(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
+    Ok(dir)
 }
 
 impl RedisServer {
     /// Starts a server on a free port; panics (failing the test) if `redis-server` is missing
     /// or does not answer `PING` in time. Run `scripts/ensure-redis.sh` to install it.
     pub fn start() -> Self {
+        Self::try_start().unwrap_or_else(|e| panic!("could not start redis-server: {e}"))
+    }
+
+    /// Starts a server on a free port, or says why it could not (for a tool, not a test).
+    pub fn try_start() -> Result<Self, String> {
         // A port freed by the OS can be taken again before the server binds it: a few tries.
         let mut last = String::new();
         for _ in 0..5 {
-            let port = free_port();
+            let port = free_port()?;
             let mut server = RedisServer {
                 child: None,
                 port,
-                dir: temp_dir(port),
+                dir: temp_dir(port)?,
             };
             match server.spawn() {
-                Ok(()) => return server,
+                Ok(()) => return Ok(server),
                 Err(e) => last = e,
             }
         }
-        panic!("could not start redis-server: {last}");
+        Err(last)
     }
 
     fn spawn(&mut self) -> Result<(), String> {
