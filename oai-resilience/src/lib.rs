@@ -62,9 +62,9 @@ pub mod mock;
 pub mod observe;
 pub mod pace;
 pub mod parse;
+mod redact;
 #[cfg(feature = "redis")]
 mod redis_conn;
-mod redact;
 pub mod respond;
 pub mod retry;
 pub mod stack;
