@@ -325,18 +325,22 @@ async fn request_bucket_429_matches_the_api() {
     );
 }
 
-#[tokio::test(start_paused = true)]
-async fn minute_limit_resets_are_go_durations() {
-    let server = MockServer::builder()
-        .request_limit(RateLimit::per_minute(3))
-        .start()
-        .await;
+/// A server with `limit` on requests, `n` chat calls it answers with 200, and the answer to
+/// the next one, a 429.
+async fn past_request_limit(limit: RateLimit, n: usize) -> Answer {
+    let server = MockServer::builder().request_limit(limit).start().await;
     let c = client();
-    for _ in 0..3 {
+    for _ in 0..n {
         assert_eq!(chat(&c, &server).await.status, 200);
     }
     let a = chat(&c, &server).await;
     assert_eq!(a.status, 429);
+    a
+}
+
+#[tokio::test(start_paused = true)]
+async fn minute_limit_resets_are_go_durations() {
+    let a = past_request_limit(RateLimit::per_minute(3), 3).await;
     assert_eq!(a.header("retry-after"), "20");
     assert_eq!(a.header("retry-after-ms"), "20000");
     assert_eq!(a.header("x-ratelimit-reset-requests"), "1m0s");
@@ -384,16 +388,7 @@ async fn token_bucket_and_request_too_large() {
 
 #[tokio::test(start_paused = true)]
 async fn quantized_limit_429s_while_headers_show_room() {
-    let server = MockServer::builder()
-        .request_limit(RateLimit::quantized(600, Duration::from_secs(1)))
-        .start()
-        .await;
-    let c = client();
-    for _ in 0..10 {
-        assert_eq!(chat(&c, &server).await.status, 200);
-    }
-    let a = chat(&c, &server).await;
-    assert_eq!(a.status, 429);
+    let a = past_request_limit(RateLimit::quantized(600, Duration::from_secs(1)), 10).await;
     assert_eq!(a.header("x-ratelimit-limit-requests"), "600");
     assert_eq!(a.header("x-ratelimit-remaining-requests"), "590");
     assert_eq!(a.header("retry-after-ms"), "100");

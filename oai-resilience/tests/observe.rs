@@ -147,6 +147,31 @@ fn error_body(kind: &str, code: &str) -> String {
     format!(r#"{{"error":{{"message":"scripted","type":"{kind}","param":null,"code":"{code}"}}}}"#)
 }
 
+/// Sends one chat request with `body` through `svc` on a current-thread runtime (its clock
+/// paused if `paused`), with `recorder` as the local metrics recorder.
+fn send<S, B>(
+    recorder: &DebuggingRecorder,
+    svc: &mut S,
+    body: &str,
+    paused: bool,
+) -> Result<Response<B>, S::Error>
+where
+    S: Service<Request<Full<Bytes>>, Response = Response<B>>,
+{
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(paused)
+        .build()
+        .unwrap();
+    let req = Request::post("/v1/chat/completions")
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body.to_owned())))
+        .unwrap();
+    metrics::with_local_recorder(recorder, || {
+        rt.block_on(async { svc.ready().await?.call(req).await })
+    })
+}
+
 /// Runs one request with `body` through `OpenAiLayer` (observer registered before a retry
 /// layer with `config`) over an upstream that answers `script` in turn (or sleeps for an
 /// hour once the script is empty), on a paused clock, with a local `DebuggingRecorder`.
@@ -180,18 +205,7 @@ fn run(
         .auth(AuthLayer::from_key(KEY))
         .retry(RetryLayer::with_config(config));
     let mut svc = layer.layer(upstream);
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .start_paused(true)
-        .build()
-        .unwrap();
-    let req = Request::post("/v1/chat/completions")
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(body.to_owned())))
-        .unwrap();
-    let result = metrics::with_local_recorder(&recorder, || {
-        rt.block_on(async { svc.ready().await?.call(req).await.map(|r| r.status()) })
-    });
+    let result = send(&recorder, &mut svc, body, true).map(|r| r.status());
     let seen = std::mem::take(&mut *tee.seen.lock().unwrap());
     let n = *calls.lock().unwrap();
     (result, seen, take(&snapshotter), n)
@@ -494,18 +508,7 @@ fn malformed_key_is_a_local_rejection() {
     let mut svc = layer.layer(service_fn(|_req: Request<_>| async {
         Ok::<_, Infallible>(ok("req_ok"))
     }));
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .build()
-        .unwrap();
-    let req = Request::post("/v1/chat/completions")
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from_static(CHAT.as_bytes())))
-        .unwrap();
-    let err = metrics::with_local_recorder(&recorder, || {
-        rt.block_on(async { svc.ready().await?.call(req).await })
-    })
-    .unwrap_err();
+    let err = send(&recorder, &mut svc, CHAT, false).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::MalformedApiKey);
     let snap = take(&snapshotter);
     let seen = tee.seen.lock().unwrap();
@@ -575,17 +578,7 @@ fn no_observer_no_events() {
         .layer(service_fn(|_req: Request<_>| async {
             Ok::<_, Infallible>(ok("req_ok"))
         }));
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .build()
-        .unwrap();
-    let req = Request::post("/v1/chat/completions")
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from_static(CHAT.as_bytes())))
-        .unwrap();
-    let res = metrics::with_local_recorder(&recorder, || {
-        rt.block_on(async { svc.ready().await?.call(req).await })
-    });
+    let res = send(&recorder, &mut svc, CHAT, false);
     assert_eq!(res.unwrap().status(), 200);
     assert!(take(&snap).is_empty());
 }

@@ -12,7 +12,7 @@ use oai_resilience::mock::{MockServer, RateLimit, Route};
 use oai_resilience::pace::{PaceKey, PaceLayer};
 use oai_resilience::{ClassifyLayer, ErrorKind};
 use tokio::time::Instant;
-use tower::{ServiceBuilder, ServiceExt};
+use tower::{Service, ServiceBuilder, ServiceExt};
 
 use test_support::KEY;
 
@@ -24,6 +24,37 @@ struct Outcome {
     /// 429s after the first second, once the pacer has had the time to learn.
     late_rate_limited: usize,
     wall: f64,
+}
+
+/// One call with `body` to `url` through `svc`, its 429s retried: at most 10 tries; the 429s
+/// that come over a second after `start` are counted in `late`. Whether one try succeeded.
+async fn call_retrying_429s<S>(
+    svc: &S,
+    url: &str,
+    body: &Bytes,
+    start: Instant,
+    late: &AtomicUsize,
+) -> bool
+where
+    S: Service<http::Request<Full<Bytes>>, Error = oai_resilience::Error> + Clone,
+{
+    for _ in 0..10 {
+        let req = http::Request::post(url)
+            .header("authorization", format!("Bearer {KEY}"))
+            .header("content-type", "application/json")
+            .body(Full::new(body.clone()))
+            .unwrap();
+        match svc.clone().oneshot(req).await {
+            Ok(_) => return true,
+            Err(e) if e.kind() == ErrorKind::RateLimited => {
+                if start.elapsed() > Duration::from_secs(1) {
+                    late.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+            Err(e) => panic!("unexpected: {e}"),
+        }
+    }
+    false
 }
 
 async fn run(
@@ -39,43 +70,17 @@ async fn run(
         .layer(ClassifyLayer::new())
         .service(client);
     let url = server.endpoint(Route::ChatCompletions);
-    let next = Arc::new(AtomicUsize::new(0));
-    let failed = Arc::new(AtomicUsize::new(0));
-    let late = Arc::new(AtomicUsize::new(0));
+    // Calls taken, calls failed, late 429s.
+    let tally: Arc<[AtomicUsize; 3]> = Arc::default();
     let start = Instant::now();
     let workers: Vec<_> = (0..concurrency)
         .map(|_| {
-            let (svc, next, failed, late, url) = (
-                svc.clone(),
-                next.clone(),
-                failed.clone(),
-                late.clone(),
-                url.clone(),
-            );
+            let (svc, tally, url) = (svc.clone(), tally.clone(), url.clone());
             let body = Bytes::from(body.to_owned());
             tokio::spawn(async move {
+                let [next, failed, late] = &*tally;
                 while next.fetch_add(1, Ordering::SeqCst) < calls {
-                    let mut ok = false;
-                    for _ in 0..10 {
-                        let req = http::Request::post(&url)
-                            .header("authorization", format!("Bearer {KEY}"))
-                            .header("content-type", "application/json")
-                            .body(Full::new(body.clone()))
-                            .unwrap();
-                        match svc.clone().oneshot(req).await {
-                            Ok(_) => {
-                                ok = true;
-                                break;
-                            }
-                            Err(e) if e.kind() == ErrorKind::RateLimited => {
-                                if start.elapsed() > Duration::from_secs(1) {
-                                    late.fetch_add(1, Ordering::SeqCst);
-                                }
-                            }
-                            Err(e) => panic!("unexpected: {e}"),
-                        }
-                    }
-                    if !ok {
+                    if !call_retrying_429s(&svc, &url, &body, start, late).await {
                         failed.fetch_add(1, Ordering::SeqCst);
                     }
                 }
@@ -86,6 +91,7 @@ async fn run(
         w.await.unwrap();
     }
     let counts = server.counts();
+    let [_, failed, late] = &*tally;
     Outcome {
         failed: failed.load(Ordering::SeqCst),
         sent: counts.total,
@@ -95,15 +101,30 @@ async fn run(
     }
 }
 
+/// A mock server with `requests` as its request limit (and `tokens` as its token limit, if
+/// any) that answers after 20 ms.
+async fn limited_server(requests: RateLimit, tokens: Option<RateLimit>) -> MockServer {
+    let mut builder = MockServer::builder()
+        .request_limit(requests)
+        .latency(Duration::from_millis(20));
+    if let Some(tokens) = tokens {
+        builder = builder.token_limit(tokens);
+    }
+    builder.start().await
+}
+
+/// The pace key of the test key's chat calls to `server`.
+fn pace_key(server: &MockServer) -> PaceKey {
+    PaceKey::new(server.addr().to_string())
+        .with_credential(format!("Bearer {KEY}").as_bytes())
+        .with_model("gpt-4o-mini")
+}
+
 use test_support::CHAT_5_TOKENS as CHAT;
 
 #[tokio::test(start_paused = true)]
 async fn burst_against_a_small_fast_bucket_gets_nearly_no_429s() {
-    let server = MockServer::builder()
-        .request_limit(RateLimit::bucket(20, 20.0))
-        .latency(Duration::from_millis(20))
-        .start()
-        .await;
+    let server = limited_server(RateLimit::bucket(20, 20.0), None).await;
     let pace = PaceLayer::new();
     // The loadtest's shape: 300 calls at concurrency 50, and its targets.
     let calls = 300;
@@ -123,11 +144,7 @@ async fn burst_against_a_small_fast_bucket_gets_nearly_no_429s() {
 
 #[tokio::test(start_paused = true)]
 async fn minute_bucket_end_to_end() {
-    let server = MockServer::builder()
-        .request_limit(RateLimit::per_minute(120))
-        .latency(Duration::from_millis(20))
-        .start()
-        .await;
+    let server = limited_server(RateLimit::per_minute(120), None).await;
     let pace = PaceLayer::new();
     let calls = 150;
     let out = run(&server, &pace, calls, 40, CHAT).await;
@@ -141,19 +158,12 @@ async fn minute_bucket_end_to_end() {
 #[tokio::test(start_paused = true)]
 async fn quantized_limit_end_to_end() {
     // Headers: 1,200 per minute; enforced: 20 per second.
-    let server = MockServer::builder()
-        .request_limit(RateLimit::quantized(1200, Duration::from_secs(1)))
-        .latency(Duration::from_millis(20))
-        .start()
-        .await;
+    let server = limited_server(RateLimit::quantized(1200, Duration::from_secs(1)), None).await;
     let pace = PaceLayer::new();
     let calls = 200;
     let out = run(&server, &pace, calls, 50, CHAT).await;
     let min = (calls as f64 - 20.0) / 20.0;
-    let key = PaceKey::new(server.addr().to_string())
-        .with_credential(format!("Bearer {KEY}").as_bytes())
-        .with_model("gpt-4o-mini");
-    let st = pace.pacer().key_state(&key).unwrap();
+    let st = pace.pacer().key_state(&pace_key(&server)).unwrap();
     eprintln!("quantized: {out:?} (minimum {min} s); {st:?}");
     assert_eq!(out.failed, 0);
     assert!(st.adaptive_rate.is_some(), "{st:?}");
@@ -168,22 +178,18 @@ async fn quantized_limit_end_to_end() {
 #[tokio::test(start_paused = true)]
 async fn token_bucket_end_to_end() {
     // 6,000 tokens per minute (100/s), plenty of requests; each call costs about 200 tokens.
-    let server = MockServer::builder()
-        .request_limit(RateLimit::per_minute(10_000))
-        .token_limit(RateLimit::per_minute(6_000))
-        .latency(Duration::from_millis(20))
-        .start()
-        .await;
+    let server = limited_server(
+        RateLimit::per_minute(10_000),
+        Some(RateLimit::per_minute(6_000)),
+    )
+    .await;
     let pace = PaceLayer::new();
     let body = r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Hello"}],"max_tokens":190}"#;
     let cost = oai_resilience::mock::estimate_tokens(body.as_bytes()) as f64;
     let calls = 60;
     let out = run(&server, &pace, calls, 20, body).await;
     let min = (calls as f64 * cost - 6_000.0) / 100.0;
-    let key = PaceKey::new(server.addr().to_string())
-        .with_credential(format!("Bearer {KEY}").as_bytes())
-        .with_model("gpt-4o-mini");
-    let st = pace.pacer().key_state(&key).unwrap();
+    let st = pace.pacer().key_state(&pace_key(&server)).unwrap();
     eprintln!("token bucket: {out:?} (minimum {min:.2} s at {cost} tokens a call); {st:?}");
     assert_eq!(out.failed, 0);
     assert!(out.rate_limited <= 3, "{out:?}");

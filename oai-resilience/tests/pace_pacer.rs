@@ -5,7 +5,9 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use oai_resilience::pace::{is_paced_locally, Cost, PaceKey, Pacer, PacerConfig, StaticLimits};
+use oai_resilience::pace::{
+    is_paced_locally, Cost, PaceKey, Pacer, PacerConfig, Permit, StaticLimits,
+};
 use oai_resilience::{ErrorKind, RateLimitSnapshot};
 use tokio::time::Instant;
 
@@ -42,6 +44,16 @@ fn probing() -> PacerConfig {
     cfg
 }
 
+/// One request of one token on `k`, granted.
+async fn take(pacer: &Pacer, k: &PaceKey) -> Permit {
+    pacer.acquire(k, Cost::tokens(1), None).await.unwrap()
+}
+
+/// The requests bucket of `k`: (capacity, level, refill per second).
+fn requests(pacer: &Pacer, k: &PaceKey) -> (f64, f64, f64) {
+    pacer.key_state(k).unwrap().requests.unwrap()
+}
+
 /// Lets spawned tasks run without moving virtual time.
 async fn settle() {
     for _ in 0..20 {
@@ -58,7 +70,7 @@ fn poll_once<F: Future + Unpin>(f: &mut F) -> bool {
 async fn cold_key_probes_with_one_request() {
     let pacer = Pacer::new(probing());
     let k = key();
-    let first = pacer.acquire(&k, Cost::tokens(1), None).await.unwrap();
+    let first = take(&pacer, &k).await;
     assert_eq!(first.waited(), Duration::ZERO);
     // The second waits for the probe's headers, however long that takes.
     let (p2, k2) = (pacer.clone(), k.clone());
@@ -78,7 +90,7 @@ async fn cold_key_probes_with_one_request() {
 async fn a_dropped_probe_lets_the_next_request_probe() {
     let pacer = Pacer::new(probing());
     let k = key();
-    let first = pacer.acquire(&k, Cost::tokens(1), None).await.unwrap();
+    let first = take(&pacer, &k).await;
     let (p2, k2) = (pacer.clone(), k.clone());
     let second = tokio::spawn(async move { p2.acquire(&k2, Cost::tokens(1), None).await });
     settle().await;
@@ -93,21 +105,21 @@ async fn a_dropped_probe_lets_the_next_request_probe() {
 async fn learns_capacity_and_refill_from_headers() {
     let pacer = Pacer::new(probing());
     let k = key();
-    let p = pacer.acquire(&k, Cost::tokens(1), None).await.unwrap();
+    let p = take(&pacer, &k).await;
     // A small bucket with a fast refill: 20, of which 19 left, full again in 50 ms → 20/s.
     p.on_response(Some(&snap_requests(20, 19, Duration::from_millis(50))));
-    let (cap, level, refill) = pacer.key_state(&k).unwrap().requests.unwrap();
+    let (cap, level, refill) = requests(&pacer, &k);
     assert_eq!(cap, 20.0);
     assert_eq!(level, 19.0);
     assert!((refill - 20.0).abs() < 1e-9, "{refill}");
     let start = Instant::now();
     let mut permits = Vec::new();
     for _ in 0..19 {
-        permits.push(pacer.acquire(&k, Cost::tokens(1), None).await.unwrap());
+        permits.push(take(&pacer, &k).await);
     }
     assert_eq!(start.elapsed(), Duration::ZERO);
     // The bucket is empty: the 20th waits one refill interval, 1/20 s.
-    let p = pacer.acquire(&k, Cost::tokens(1), None).await.unwrap();
+    let p = take(&pacer, &k).await;
     let waited = p.waited();
     assert!(
         waited >= Duration::from_millis(50) && waited <= Duration::from_millis(51),
@@ -123,10 +135,10 @@ async fn learns_capacity_and_refill_from_headers() {
 async fn refill_comes_from_the_headers_for_a_minute_bucket_too() {
     let pacer = Pacer::new(probing());
     let k = key();
-    let p = pacer.acquire(&k, Cost::tokens(1), None).await.unwrap();
+    let p = take(&pacer, &k).await;
     // 600 RPM, 590 left, full again in 1 s: 10/s, read from the headers.
     p.on_response(Some(&snap_requests(600, 590, Duration::from_secs(1))));
-    let (cap, _, refill) = pacer.key_state(&k).unwrap().requests.unwrap();
+    let (cap, _, refill) = requests(&pacer, &k);
     assert_eq!(cap, 600.0);
     assert!((refill - 10.0).abs() < 1e-9, "{refill}");
 }
@@ -135,14 +147,14 @@ async fn refill_comes_from_the_headers_for_a_minute_bucket_too() {
 async fn in_flight_requests_are_subtracted_from_remaining() {
     let pacer = Pacer::new(probing());
     let k = key();
-    let probe = pacer.acquire(&k, Cost::tokens(1), None).await.unwrap();
+    let probe = take(&pacer, &k).await;
     probe.on_response(Some(&snap_requests(10, 9, Duration::from_millis(100))));
-    let a = pacer.acquire(&k, Cost::tokens(1), None).await.unwrap();
-    let _b = pacer.acquire(&k, Cost::tokens(1), None).await.unwrap();
-    let _c = pacer.acquire(&k, Cost::tokens(1), None).await.unwrap();
+    let a = take(&pacer, &k).await;
+    let _b = take(&pacer, &k).await;
+    let _c = take(&pacer, &k).await;
     // The server answers `a` with 8 left; `b` and `c` are still in flight, uncounted there.
     a.on_response(Some(&snap_requests(10, 8, Duration::from_millis(200))));
-    let (_, level, _) = pacer.key_state(&k).unwrap().requests.unwrap();
+    let (_, level, _) = requests(&pacer, &k);
     assert_eq!(level, 6.0);
 }
 
@@ -161,7 +173,7 @@ async fn rate_limit_pauses_the_whole_key_until_the_hint() {
         .await
         .unwrap()
         .on_response(None);
-    let p = pacer.acquire(&k, Cost::tokens(1), None).await.unwrap();
+    let p = take(&pacer, &k).await;
     // A 429 with a 2 s hint: every request on the key waits, not only a retry of this one.
     p.on_rate_limited(
         Some(Duration::from_secs(2)),
@@ -201,7 +213,7 @@ async fn unexplained_rate_limit_switches_on_the_adaptive_rate() {
         .on_response(None);
     let mut permits = Vec::new();
     for _ in 0..10 {
-        permits.push(pacer.acquire(&k, Cost::tokens(1), None).await.unwrap());
+        permits.push(take(&pacer, &k).await);
     }
     // Eleven requests in the last second; a 429 without a hint: ten accepted.
     let start = Instant::now();
@@ -220,10 +232,10 @@ async fn unexplained_rate_limit_switches_on_the_adaptive_rate() {
     let rate = pacer.key_state(&k).unwrap().adaptive_rate.unwrap();
     assert!((rate - 6.0 * 0.7).abs() < 1e-6, "{rate}");
     // After the pause, requests are spaced at the adaptive rate.
-    let a = pacer.acquire(&k, Cost::tokens(1), None).await.unwrap();
+    let a = take(&pacer, &k).await;
     assert!(start.elapsed() >= Duration::from_secs(1));
     let t = Instant::now();
-    let _b = pacer.acquire(&k, Cost::tokens(1), None).await.unwrap();
+    let _b = take(&pacer, &k).await;
     let gap = t.elapsed().as_secs_f64();
     assert!((gap - 1.0 / rate).abs() < 0.002, "{gap}");
     // Successes raise it additively.
@@ -313,7 +325,7 @@ async fn a_dropped_waiter_gives_its_place_back() {
     let k = key();
     let mut held = Vec::new();
     for _ in 0..60 {
-        held.push(pacer.acquire(&k, Cost::tokens(1), None).await.unwrap());
+        held.push(take(&pacer, &k).await);
     }
     // The bucket is empty (1 per second). Queue three waiters; drop the head.
     let mut head = pacer.acquire(&k, Cost::tokens(1), None);
@@ -378,7 +390,7 @@ async fn the_head_fails_at_once_when_its_slot_is_past_the_max_wait() {
     cfg.max_wait = Some(Duration::from_secs(3));
     let pacer = Pacer::new(cfg);
     let k = key();
-    let _a = pacer.acquire(&k, Cost::tokens(1), None).await.unwrap();
+    let _a = take(&pacer, &k).await;
     // The next slot is 60 s away: the head fails at once, with the expected wait.
     let err = pacer.acquire(&k, Cost::tokens(1), None).await.unwrap_err();
     assert!(is_paced_locally(&err));
@@ -396,7 +408,7 @@ async fn a_queued_waiter_fails_when_its_deadline_passes() {
     let pacer = Pacer::new(probing());
     let k = key();
     // A probe in flight holds everyone else, for an unknown time.
-    let _probe = pacer.acquire(&k, Cost::tokens(1), None).await.unwrap();
+    let _probe = take(&pacer, &k).await;
     let start = Instant::now();
     let err = pacer
         .acquire(
@@ -417,7 +429,7 @@ async fn a_queued_waiter_fails_when_its_deadline_passes() {
 async fn headers_with_room_wake_the_head_early() {
     let pacer = Pacer::new(probing());
     let k = key();
-    let probe = pacer.acquire(&k, Cost::tokens(1), None).await.unwrap();
+    let probe = take(&pacer, &k).await;
     probe.on_response(Some(&snap_requests(10, 0, Duration::from_secs(10))));
     let task = tokio::spawn(pacer.acquire(&k, Cost::tokens(1), None));
     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -432,7 +444,7 @@ async fn headers_with_room_wake_the_head_early() {
 async fn the_cold_window_ends_at_the_first_answer_and_a_429_lowers_the_rate() {
     let pacer = Pacer::new(probing());
     let k = key();
-    let probe = pacer.acquire(&k, Cost::tokens(1), None).await.unwrap();
+    let probe = take(&pacer, &k).await;
     assert_eq!(pacer.key_state(&k).unwrap().window, Some(1));
     let mut waiting: Vec<_> = (0..4)
         .map(|_| pacer.acquire(&k, Cost::tokens(1), None))
@@ -472,7 +484,7 @@ async fn a_cold_burst_goes_out_without_waiting_for_a_first_answer() {
     assert_eq!(pacer.key_state(&k), None);
     let mut permits = Vec::new();
     for _ in 0..50 {
-        let p = pacer.acquire(&k, Cost::tokens(1), None).await.unwrap();
+        let p = take(&pacer, &k).await;
         assert_eq!(p.waited(), Duration::ZERO);
         permits.push(p);
     }
@@ -513,13 +525,13 @@ async fn a_key_whose_server_sends_no_rate_limit_headers_is_never_held_back() {
 async fn headers_reporting_five_remaining_admit_five_and_pace_the_rest() {
     let pacer = Pacer::default();
     let k = key();
-    let first = pacer.acquire(&k, Cost::tokens(1), None).await.unwrap();
+    let first = take(&pacer, &k).await;
     // 5 of 10 left, full again in 1 s: refilled at 5 per second.
     first.on_response(Some(&snap_requests(10, 5, Duration::from_secs(1))));
     let start = Instant::now();
     let mut granted_at = Vec::new();
     for _ in 0..8 {
-        let _p = pacer.acquire(&k, Cost::tokens(1), None).await.unwrap();
+        let _p = take(&pacer, &k).await;
         granted_at.push((Instant::now() - start).as_secs_f64());
     }
     assert_eq!(granted_at[..5], [0.0; 5]);
@@ -539,23 +551,23 @@ async fn an_answer_after_a_model_latency_counts_the_refill_and_the_calls_sent_si
     // The server decided on the first call when it arrived; its answer comes 2 s later.
     let pacer = Pacer::default();
     let k = key();
-    let first = pacer.acquire(&k, Cost::tokens(1), None).await.unwrap();
+    let first = take(&pacer, &k).await;
     let mut since = Vec::new();
     for _ in 0..30 {
-        since.push(pacer.acquire(&k, Cost::tokens(1), None).await.unwrap());
+        since.push(take(&pacer, &k).await);
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
     // 0 of 20 left when it arrived, refilled 20 per second: 40 refilled since, 30 taken by
     // the calls sent after it, so 10 are left now.
     first.on_response(Some(&snap_requests(20, 0, Duration::from_secs(1))));
-    let (_, level, refill) = pacer.key_state(&k).unwrap().requests.unwrap();
+    let (_, level, refill) = requests(&pacer, &k);
     assert!((refill - 20.0).abs() < 1e-9, "{refill}");
     assert!((level - 10.0).abs() < 1e-6, "{level}");
     for _ in 0..10 {
-        let p = pacer.acquire(&k, Cost::tokens(1), None).await.unwrap();
+        let p = take(&pacer, &k).await;
         assert_eq!(p.waited(), Duration::ZERO);
     }
-    let p = pacer.acquire(&k, Cost::tokens(1), None).await.unwrap();
+    let p = take(&pacer, &k).await;
     assert_eq!(p.waited(), Duration::from_millis(50));
 }
 
@@ -563,9 +575,9 @@ async fn an_answer_after_a_model_latency_counts_the_refill_and_the_calls_sent_si
 async fn a_large_remaining_keeps_a_headroom_for_other_clients() {
     let pacer = Pacer::default();
     let k = key();
-    let first = pacer.acquire(&k, Cost::tokens(1), None).await.unwrap();
+    let first = take(&pacer, &k).await;
     first.on_response(Some(&snap_requests(1000, 500, Duration::from_secs(60))));
-    let (_, level, _) = pacer.key_state(&k).unwrap().requests.unwrap();
+    let (_, level, _) = requests(&pacer, &k);
     // 2 % of 500 kept back.
     assert!((level - 490.0).abs() < 1e-6, "{level}");
 }
@@ -574,10 +586,10 @@ async fn a_large_remaining_keeps_a_headroom_for_other_clients() {
 async fn calls_refused_with_a_429_are_not_counted_as_taken_from_the_bucket() {
     let pacer = Pacer::default();
     let k = key();
-    let first = pacer.acquire(&k, Cost::tokens(1), None).await.unwrap();
+    let first = take(&pacer, &k).await;
     let mut later = Vec::new();
     for _ in 0..5 {
-        later.push(pacer.acquire(&k, Cost::tokens(1), None).await.unwrap());
+        later.push(take(&pacer, &k).await);
     }
     // Three of the five sent after the first are refused at once: the server did not take
     // them from its bucket.
@@ -588,7 +600,7 @@ async fn calls_refused_with_a_429_are_not_counted_as_taken_from_the_bucket() {
     // 0 of 20 left when the first arrived, refilled 20 per second: 10 refilled since, 2
     // taken by the calls sent after it and not refused.
     first.on_response(Some(&snap_requests(20, 0, Duration::from_secs(1))));
-    let (_, level, _) = pacer.key_state(&k).unwrap().requests.unwrap();
+    let (_, level, _) = requests(&pacer, &k);
     assert!((level - 8.0).abs() < 1e-6, "{level}");
 }
 
@@ -596,29 +608,29 @@ async fn calls_refused_with_a_429_are_not_counted_as_taken_from_the_bucket() {
 async fn an_older_snapshot_lowers_the_level_but_never_raises_it() {
     let pacer = Pacer::default();
     let k = key();
-    let old = pacer.acquire(&k, Cost::tokens(1), None).await.unwrap();
+    let old = take(&pacer, &k).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let fresh = pacer.acquire(&k, Cost::tokens(1), None).await.unwrap();
+    let fresh = take(&pacer, &k).await;
     // The newer request's answer (a fast 429) says the bucket is empty now.
     fresh.on_rate_limited(None, Some(&snap_requests(20, 0, Duration::from_secs(1))));
-    let (_, after_fresh, _) = pacer.key_state(&k).unwrap().requests.unwrap();
+    let (_, after_fresh, _) = requests(&pacer, &k);
     assert!(after_fresh.abs() < 1e-6, "{after_fresh}");
     // The older request's answer comes 2 s after it was sent, with 5 left then: corrected by
     // its age it would claim 20 (its refill estimate times 2 s), but the newer snapshot wins.
     tokio::time::sleep(Duration::from_millis(500)).await;
     old.on_response(Some(&snap_requests(20, 5, Duration::from_millis(750))));
-    let (_, level, refill) = pacer.key_state(&k).unwrap().requests.unwrap();
+    let (_, level, refill) = requests(&pacer, &k);
     let modelled = after_fresh + refill * 0.5;
     assert!((level - modelled).abs() < 1e-6, "{level} vs {modelled}");
     // An older snapshot that reports less than the model may still lower it.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let a = pacer.acquire(&k, Cost::tokens(1), None).await.unwrap();
+    let a = take(&pacer, &k).await;
     tokio::time::sleep(Duration::from_millis(10)).await;
-    let b = pacer.acquire(&k, Cost::tokens(1), None).await.unwrap();
+    let b = take(&pacer, &k).await;
     b.on_response(Some(&snap_requests(20, 19, Duration::from_millis(50))));
-    let (_, level, _) = pacer.key_state(&k).unwrap().requests.unwrap();
+    let (_, level, _) = requests(&pacer, &k);
     assert!((level - 19.0).abs() < 1e-6, "{level}");
     a.on_response(Some(&snap_requests(20, 0, Duration::from_secs(1))));
-    let (_, level, _) = pacer.key_state(&k).unwrap().requests.unwrap();
+    let (_, level, _) = requests(&pacer, &k);
     assert!(level < 0.0, "{level}");
 }

@@ -169,14 +169,34 @@ async fn drive(pacer: &Pacer, server: Server, calls: usize, concurrency: usize) 
     out
 }
 
+/// `calls` calls at concurrency 50 against a bucket of `capacity` refilled `refill` per
+/// second, on a fresh pacer; prints the outcome with the least wall time the bucket allows
+/// (the calls beyond the capacity, at the refill rate) and checks that none failed.
+async fn bucket_run(
+    label: &str,
+    capacity: f64,
+    refill: f64,
+    calls: usize,
+) -> (Pacer, Outcome, f64) {
+    let pacer = Pacer::new(PacerConfig::default());
+    let out = drive(
+        &pacer,
+        Server::Bucket(Bucket::new(capacity, refill)),
+        calls,
+        50,
+    )
+    .await;
+    let min = (calls as f64 - capacity) / refill;
+    eprintln!("{label}: {out:?} (minimum {min} s)");
+    assert_eq!(out.failed, 0);
+    (pacer, out, min)
+}
+
 #[tokio::test(start_paused = true)]
 async fn minute_bucket() {
     // 120 RPM: capacity 120, refilled 2 per second. 200 calls: 120 at once, then 80 at 2/s.
-    let pacer = Pacer::new(PacerConfig::default());
-    let out = drive(&pacer, Server::Bucket(Bucket::new(120.0, 2.0)), 200, 50).await;
-    let min = 80.0 / 2.0;
-    eprintln!("minute bucket: {out:?} (minimum {min} s)");
-    assert_eq!(out.failed, 0);
+    let (_, out, min) = bucket_run("minute bucket", 120.0, 2.0, 200).await;
+    assert_eq!(min, 80.0 / 2.0);
     assert!(out.rate_limited <= 2, "{out:?}");
     assert!(out.wall.as_secs_f64() <= min * 1.05, "{out:?}");
     assert!(out.wall.as_secs_f64() >= min * 0.98, "{out:?}");
@@ -185,11 +205,8 @@ async fn minute_bucket() {
 #[tokio::test(start_paused = true)]
 async fn small_bucket_with_fast_refill() {
     // Capacity 20, refilled 20 per second; the loadtest's shape: 300 calls at concurrency 50.
-    let pacer = Pacer::new(PacerConfig::default());
-    let out = drive(&pacer, Server::Bucket(Bucket::new(20.0, 20.0)), 300, 50).await;
-    let min = 280.0 / 20.0;
-    eprintln!("small fast bucket: {out:?} (minimum {min} s)");
-    assert_eq!(out.failed, 0);
+    let (pacer, out, min) = bucket_run("small fast bucket", 20.0, 20.0, 300).await;
+    assert_eq!(min, 280.0 / 20.0);
     // The cold key's first wave (50 against a bucket of 20) collects 30 429s; after that,
     // at most 2 more.
     assert!(out.rate_limited <= 30 + 2, "{out:?}");

@@ -15,18 +15,10 @@ use oai_resilience::mock::{MockServer, RateLimit, Route};
 use oai_resilience::pace::{PaceKey, PaceLayer, PacerConfig, RedisStore, RedisStoreConfig};
 use oai_resilience::{ClassifyLayer, ErrorKind};
 use support::redis_server::RedisServer;
-use tower::{ServiceBuilder, ServiceExt};
+use tower::{Service, ServiceBuilder, ServiceExt};
 
 use test_support::CHAT_5_TOKENS as CHAT;
 use test_support::KEY;
-
-fn config() -> RedisStoreConfig {
-    let mut config = RedisStoreConfig::default();
-    // Generous: a loaded CI machine must not turn a slow answer into a fallback.
-    config.op_timeout = Duration::from_secs(2);
-    config.retry_interval = Duration::from_millis(50);
-    config
-}
 
 /// A pace layer that paces through `store`, waiting at most `max_wait` (default 60 s).
 fn store_pace(store: RedisStore, max_wait: Option<Duration>) -> PaceLayer {
@@ -37,11 +29,46 @@ fn store_pace(store: RedisStore, max_wait: Option<Duration>) -> PaceLayer {
     PaceLayer::with_config(config).pacing_store(store)
 }
 
+fn config() -> RedisStoreConfig {
+    let mut config = RedisStoreConfig::default();
+    // Generous: a loaded CI machine must not turn a slow answer into a fallback.
+    config.op_timeout = Duration::from_secs(2);
+    config.retry_interval = Duration::from_millis(50);
+    config
+}
+
 #[derive(Debug, Default)]
 struct Outcome {
     ok: usize,
     failed: usize,
     rate_limited: usize,
+}
+
+/// A chat request to `url` with the test key.
+fn chat_request(url: &str) -> http::Request<Full<Bytes>> {
+    http::Request::post(url)
+        .header("authorization", format!("Bearer {KEY}"))
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from_static(CHAT.as_bytes())))
+        .unwrap()
+}
+
+/// One chat call to `url` through `svc`, its 429s (counted in `limited`) retried: at most 10
+/// tries. Whether one of them succeeded.
+async fn call_retrying_429s<S>(svc: &S, url: &str, limited: &AtomicUsize) -> bool
+where
+    S: Service<http::Request<Full<Bytes>>, Error = oai_resilience::Error> + Clone,
+{
+    for _ in 0..10 {
+        match svc.clone().oneshot(chat_request(url)).await {
+            Ok(_) => return true,
+            Err(e) if e.kind() == ErrorKind::RateLimited => {
+                limited.fetch_add(1, Ordering::SeqCst);
+            }
+            Err(e) => panic!("unexpected: {e}"),
+        }
+    }
+    false
 }
 
 /// `calls` calls at concurrency `workers` through one stack; 429s retried (at most 10 tries).
@@ -51,41 +78,15 @@ async fn run(layer: PaceLayer, url: String, calls: usize, workers: usize) -> Out
         .layer(layer)
         .layer(ClassifyLayer::new())
         .service(client);
-    let next = Arc::new(AtomicUsize::new(0));
-    let ok = Arc::new(AtomicUsize::new(0));
-    let failed = Arc::new(AtomicUsize::new(0));
-    let limited = Arc::new(AtomicUsize::new(0));
+    // Calls taken, then calls done, failed, and 429s seen.
+    let tally: Arc<[AtomicUsize; 4]> = Arc::default();
     let tasks: Vec<_> = (0..workers)
         .map(|_| {
-            let (svc, next, ok, failed, limited, url) = (
-                svc.clone(),
-                next.clone(),
-                ok.clone(),
-                failed.clone(),
-                limited.clone(),
-                url.clone(),
-            );
+            let (svc, tally, url) = (svc.clone(), tally.clone(), url.clone());
             tokio::spawn(async move {
+                let [next, ok, failed, limited] = &*tally;
                 while next.fetch_add(1, Ordering::SeqCst) < calls {
-                    let mut done = false;
-                    for _ in 0..10 {
-                        let req = http::Request::post(&url)
-                            .header("authorization", format!("Bearer {KEY}"))
-                            .header("content-type", "application/json")
-                            .body(Full::new(Bytes::from_static(CHAT.as_bytes())))
-                            .unwrap();
-                        match svc.clone().oneshot(req).await {
-                            Ok(_) => {
-                                done = true;
-                                break;
-                            }
-                            Err(e) if e.kind() == ErrorKind::RateLimited => {
-                                limited.fetch_add(1, Ordering::SeqCst);
-                            }
-                            Err(e) => panic!("unexpected: {e}"),
-                        }
-                    }
-                    if done {
+                    if call_retrying_429s(&svc, &url, limited).await {
                         ok.fetch_add(1, Ordering::SeqCst);
                     } else {
                         failed.fetch_add(1, Ordering::SeqCst);
@@ -97,6 +98,7 @@ async fn run(layer: PaceLayer, url: String, calls: usize, workers: usize) -> Out
     for t in tasks {
         t.await.unwrap();
     }
+    let [_, ok, failed, limited] = &*tally;
     Outcome {
         ok: ok.load(Ordering::SeqCst),
         failed: failed.load(Ordering::SeqCst),

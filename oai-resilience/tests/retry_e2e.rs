@@ -11,6 +11,7 @@ use oai_resilience::mock::{MockResponse, MockServer, Route};
 use oai_resilience::retry::{Backoff, HintJitter, RandomSource, RetryConfig, RetryLayer, SplitMix};
 use oai_resilience::Classify;
 use oai_resilience::{ClassifyLayer, DelaySource, Error, ErrorKind, Retry, StopReason};
+use tower::util::Oneshot;
 use tower::{ServiceBuilder, ServiceExt};
 
 type Stack = Retry<Classify<Client<HttpConnector, Full<Bytes>>>>;
@@ -32,6 +33,11 @@ fn chat(server: &MockServer) -> http::Request<Full<Bytes>> {
         .unwrap()
 }
 
+/// One chat request to `server` through a stack with `config`.
+fn send(config: RetryConfig, server: &MockServer) -> Oneshot<Stack, http::Request<Full<Bytes>>> {
+    stack(config).oneshot(chat(server))
+}
+
 fn ceil_ms(d: Duration) -> u128 {
     d.as_nanos().div_ceil(1_000_000)
 }
@@ -47,10 +53,7 @@ fn gaps_ms(server: &MockServer) -> Vec<u128> {
 #[tokio::test(start_paused = true)]
 async fn quota_exhausted_costs_exactly_one_request() {
     let server = MockServer::builder().quota_exhausted(true).start().await;
-    let err: Error = stack(RetryConfig::new().seed(1))
-        .oneshot(chat(&server))
-        .await
-        .unwrap_err();
+    let err: Error = send(RetryConfig::new().seed(1), &server).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::QuotaExceeded);
     assert_eq!(server.counts().total, 1);
     let ctx = err.retry_context().unwrap();
@@ -68,10 +71,7 @@ async fn two_503s_then_success_on_the_third_attempt_with_the_right_delays() {
         )
         .start()
         .await;
-    let res = stack(RetryConfig::new().seed(seed))
-        .oneshot(chat(&server))
-        .await
-        .unwrap();
+    let res = send(RetryConfig::new().seed(seed), &server).await.unwrap();
     assert_eq!(res.status(), 200);
     let body = res.into_body().collect().await.unwrap().to_bytes();
     let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
@@ -103,10 +103,7 @@ async fn the_mock_rate_limit_hint_is_honoured_with_a_little_jitter() {
         )
         .start()
         .await;
-    stack(RetryConfig::new().seed(seed))
-        .oneshot(chat(&server))
-        .await
-        .unwrap();
+    send(RetryConfig::new().seed(seed), &server).await.unwrap();
     let rng = SplitMix::new(seed);
     let _backoff_draw = rng.next_unit();
     let want = HintJitter::default().apply(Duration::from_millis(1500), rng.next_unit());
@@ -124,10 +121,7 @@ async fn a_hint_of_an_hour_fails_at_once() {
         )
         .start()
         .await;
-    let err = stack(RetryConfig::new().seed(1))
-        .oneshot(chat(&server))
-        .await
-        .unwrap_err();
+    let err = send(RetryConfig::new().seed(1), &server).await.unwrap_err();
     assert_eq!(server.counts().total, 1);
     let ctx = err.retry_context().unwrap();
     assert_eq!(ctx.stop, StopReason::HintTooLong);

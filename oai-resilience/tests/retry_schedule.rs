@@ -118,11 +118,9 @@ fn post() -> Request<Body> {
 
 /// A deterministic config: no jitter anywhere, no budget, no deadline.
 fn exact() -> RetryConfig {
+    let backoff = Backoff::new(Duration::from_millis(100), Duration::from_millis(400));
     RetryConfig::new()
-        .backoff(
-            Backoff::new(Duration::from_millis(100), Duration::from_millis(400))
-                .with_jitter(Jitter::None),
-        )
+        .backoff(backoff.with_jitter(Jitter::None))
         .hint_jitter(HintJitter::NONE)
         .no_budget()
         .no_deadline()

@@ -10,6 +10,7 @@ use oai_resilience::mock::{MockResponse, MockServer, RateLimit, Route};
 use oai_resilience::stack::{OpenAiLayer, OpenAiService};
 use oai_resilience::validate::ValidateBody;
 use oai_resilience::{AuthCause, AuthLayer, ErrorKind, RetryConfig, RetryLayer};
+use tower::util::Oneshot;
 use tower::{Layer, ServiceExt};
 
 const KEY: &str = "sk-proj-StackTestKey0123456789abcdefghijklmnopqrstuv";
@@ -24,6 +25,14 @@ fn stack(server: &MockServer, key: &str) -> OpenAiService<Http> {
         .auth(AuthLayer::from_key(key))
         .retry(RetryLayer::with_config(RetryConfig::new().seed(7)))
         .layer(client)
+}
+
+/// One chat request with `body` through the stack with the test key.
+fn send(
+    server: &MockServer,
+    body: &'static str,
+) -> Oneshot<OpenAiService<Http>, http::Request<Full<Bytes>>> {
+    stack(server, KEY).oneshot(post("/v1/chat/completions", body))
 }
 
 fn post(path: &str, body: &'static str) -> http::Request<Full<Bytes>> {
@@ -69,10 +78,7 @@ async fn quota_costs_one_request() {
         .quota_exhausted(true)
         .start()
         .await;
-    let err = stack(&server, KEY)
-        .oneshot(post("/v1/chat/completions", CHAT))
-        .await
-        .unwrap_err();
+    let err = send(&server, CHAT).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::QuotaExceeded);
     assert!(!err.is_retryable());
     assert_eq!(server.counts().total, 1);
@@ -89,10 +95,7 @@ async fn transient_503s_are_retried() {
         )
         .start()
         .await;
-    let res = stack(&server, KEY)
-        .oneshot(post("/v1/chat/completions", CHAT))
-        .await
-        .unwrap();
+    let res = send(&server, CHAT).await.unwrap();
     assert_eq!(res.status(), 200);
     assert_eq!(server.counts().total, 3);
 }
@@ -101,8 +104,7 @@ async fn transient_503s_are_retried() {
 async fn local_failures_send_nothing() {
     let server = MockServer::builder().api_key(KEY).start().await;
 
-    let err = stack(&server, KEY)
-        .oneshot(post("/v1/chat/completions", r#"{"model":"gpt-4o-mini"}"#))
+    let err = send(&server, r#"{"model":"gpt-4o-mini"}"#)
         .await
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::InvalidParameter);
