@@ -331,6 +331,20 @@ pub struct Error {
     inner: Arc<Inner>,
 }
 
+/// Builder setters `fn $name(mut self, $field: $ty) -> Self` that set `Inner::$field` to
+/// `Some(value)`.
+macro_rules! optional_setters {
+    ($($(#[$doc:meta])* $name:ident($field:ident: $ty:ty);)*) => {
+        $(
+            $(#[$doc])*
+            pub fn $name(mut self, $field: $ty) -> Self {
+                self.inner_mut().$field = Some($field);
+                self
+            }
+        )*
+    };
+}
+
 impl Error {
     /// An error of `kind` with no other facts; add them with the `with_*` methods.
     pub fn new(kind: ErrorKind) -> Self {
@@ -406,10 +420,19 @@ impl Error {
         err
     }
 
-    /// Sets the HTTP status.
-    pub fn with_status(mut self, status: StatusCode) -> Self {
-        self.inner_mut().status = Some(status);
-        self
+    optional_setters! {
+        /// Sets the HTTP status.
+        with_status(status: StatusCode);
+        /// Sets the server's `x-should-retry` verdict.
+        with_should_retry(should_retry: bool);
+        /// Sets the rate-limit snapshot.
+        with_rate_limit(rate_limit: RateLimitSnapshot);
+        /// Sets the authentication cause.
+        with_auth_cause(auth_cause: AuthCause);
+        /// Attaches what the retry machinery did.
+        with_retry_context(retry: RetryContext);
+        /// Attaches the `#[openai_call]` context.
+        with_call_context(call: CallContext);
     }
 
     /// Sets OpenAI's error object (its message is redacted of key fragments).
@@ -433,18 +456,6 @@ impl Error {
         self
     }
 
-    /// Sets the server's `x-should-retry` verdict.
-    pub fn with_should_retry(mut self, verdict: bool) -> Self {
-        self.inner_mut().should_retry = Some(verdict);
-        self
-    }
-
-    /// Sets the rate-limit snapshot.
-    pub fn with_rate_limit(mut self, snapshot: RateLimitSnapshot) -> Self {
-        self.inner_mut().rate_limit = Some(snapshot);
-        self
-    }
-
     /// Sets a human-readable detail (used when there is no OpenAI error object). Secrets that
     /// look like API keys are redacted.
     pub fn with_detail(mut self, detail: impl Into<String>) -> Self {
@@ -453,27 +464,9 @@ impl Error {
         self
     }
 
-    /// Sets the authentication cause.
-    pub fn with_auth_cause(mut self, cause: AuthCause) -> Self {
-        self.inner_mut().auth_cause = Some(cause);
-        self
-    }
-
     /// Sets the validation violations (for [`ErrorKind::InvalidParameter`]).
     pub fn with_violations(mut self, violations: Vec<Violation>) -> Self {
         self.inner_mut().violations = violations;
-        self
-    }
-
-    /// Attaches what the retry machinery did.
-    pub fn with_retry_context(mut self, ctx: RetryContext) -> Self {
-        self.inner_mut().retry = Some(ctx);
-        self
-    }
-
-    /// Attaches the `#[openai_call]` context.
-    pub fn with_call_context(mut self, ctx: CallContext) -> Self {
-        self.inner_mut().call = Some(ctx);
         self
     }
 

@@ -23,3 +23,19 @@ macro_rules! inner_service_accessors {
 }
 
 pub(crate) use inner_service_accessors;
+
+/// Builder setters `pub fn $field(mut self, $field: $ty) -> Self` that set the field of the
+/// same name. Used inside the builder's `impl`.
+macro_rules! field_setters {
+    ($($(#[$doc:meta])* $field:ident($arg:ident: $ty:ty);)*) => {
+        $(
+            $(#[$doc])*
+            pub fn $field(mut self, $arg: $ty) -> Self {
+                self.$field = $arg;
+                self
+            }
+        )*
+    };
+}
+
+pub(crate) use field_setters;

@@ -139,6 +139,16 @@ use crate::pace::{Pace, PaceBody, PaceLayer};
 use crate::retry::{ReplayBody, Retry, RetryLayer};
 use crate::validate::{Validate, ValidateBody, ValidateLayer};
 
+/// `layer` with the stack's observer registered on it, if the stack has one.
+macro_rules! with_observer {
+    ($stack:ident, $layer:ident) => {
+        match &$stack.observer {
+            Some(o) => $layer.observer(o.clone()),
+            None => $layer,
+        }
+    };
+}
+
 /// The service that [`OpenAiLayer`] builds around `S`.
 ///
 /// It takes `http::Request<B>` and calls `S` with `http::Request<`[`ClientBody`]`<B>>`; see
@@ -294,28 +304,19 @@ impl OpenAiLayer {
 
     /// Replaces the validation layer.
     pub fn validate(mut self, layer: ValidateLayer) -> Self {
-        self.validate = match &self.observer {
-            Some(o) => layer.observer(o.clone()),
-            None => layer,
-        };
+        self.validate = with_observer!(self, layer);
         self
     }
 
     /// Replaces the auth layer (the key source and the key rules).
     pub fn auth(mut self, layer: AuthLayer) -> Self {
-        self.auth = match &self.observer {
-            Some(o) => layer.observer(o.clone()),
-            None => layer,
-        };
+        self.auth = with_observer!(self, layer);
         self
     }
 
     /// Replaces the retry layer (policy, backoff, budget, deadline).
     pub fn retry(mut self, layer: RetryLayer) -> Self {
-        self.retry = match &self.observer {
-            Some(o) => layer.observer(o.clone()),
-            None => layer,
-        };
+        self.retry = with_observer!(self, layer);
         self
     }
 

@@ -144,29 +144,16 @@ impl KeyRules {
         self
     }
 
-    /// Sets the characters a key may contain.
-    pub fn charset(mut self, charset: KeyCharset) -> Self {
-        self.charset = charset;
-        self
-    }
-
-    /// Sets the minimum length, in characters.
-    pub fn min_len(mut self, min_len: usize) -> Self {
-        self.min_len = min_len;
-        self
-    }
-
-    /// Whether documentation placeholders (`sk-...`, `your-api-key`, `<OPENAI_API_KEY>`,
-    /// `undefined`, …) are rejected.
-    pub fn placeholders(mut self, reject: bool) -> Self {
-        self.placeholders = reject;
-        self
-    }
-
-    /// Sets when the shape rules apply.
-    pub fn scope(mut self, scope: ShapeScope) -> Self {
-        self.scope = scope;
-        self
+    crate::macros::field_setters! {
+        /// Sets the characters a key may contain.
+        charset(charset: KeyCharset);
+        /// Sets the minimum length, in characters.
+        min_len(min_len: usize);
+        /// Whether documentation placeholders (`sk-...`, `your-api-key`, `<OPENAI_API_KEY>`,
+        /// `undefined`, …) are rejected.
+        placeholders(placeholders: bool);
+        /// Sets when the shape rules apply.
+        scope(scope: ShapeScope);
     }
 
     /// Whether the shape rules apply to a request for `host` (`None`: not known).

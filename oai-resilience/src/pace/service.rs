@@ -279,52 +279,51 @@ mod store_tests {
         assert_eq!(sent.load(Ordering::SeqCst), 1);
     }
 
+    /// A store whose reports (`learn`, `pause`) fail; it admits only if `admits`.
     #[derive(Debug)]
-    struct Down;
+    struct Failing {
+        admits: bool,
+    }
 
-    impl PacingStore for Down {
+    fn store_down<'a, T: Send + 'a>() -> StoreFuture<'a, T> {
+        Box::pin(async { Err(Error::new(ErrorKind::Connection).with_detail("store down")) })
+    }
+
+    impl PacingStore for Failing {
         fn admit<'a>(&'a self, _: &'a PaceKey, _: Cost) -> StoreFuture<'a, Admission> {
-            Box::pin(async { Err(Error::new(ErrorKind::Connection).with_detail("store down")) })
+            if self.admits {
+                Box::pin(async { Ok(Admission::Admitted) })
+            } else {
+                store_down()
+            }
         }
         fn learn<'a>(&'a self, _: &'a PaceKey, _: LearnedLimits) -> StoreFuture<'a, ()> {
-            Box::pin(async { Err(Error::new(ErrorKind::Connection).with_detail("store down")) })
+            store_down()
         }
         fn pause<'a>(&'a self, _: &'a PaceKey, _: Duration) -> StoreFuture<'a, ()> {
-            Box::pin(async { Err(Error::new(ErrorKind::Connection).with_detail("store down")) })
+            store_down()
         }
     }
+
+    const DOWN: Failing = Failing { admits: false };
+    /// Admits, but fails every report: the call that was made still succeeds.
+    const REPORTS_FAIL: Failing = Failing { admits: true };
 
     #[tokio::test(start_paused = true)]
     async fn a_failing_store_fails_the_call_before_anything_is_sent() {
         let sent = Arc::new(AtomicU64::new(0));
         let svc = PaceLayer::new()
-            .pacing_store(Down)
+            .pacing_store(DOWN)
             .layer(upstream(200, &[], sent.clone()));
         let err = svc.oneshot(request()).await.unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Connection);
         assert_eq!(sent.load(Ordering::SeqCst), 0);
     }
 
-    /// Admits, but fails every report: the call that was made still succeeds.
-    #[derive(Debug)]
-    struct ReportsFail;
-
-    impl PacingStore for ReportsFail {
-        fn admit<'a>(&'a self, _: &'a PaceKey, _: Cost) -> StoreFuture<'a, Admission> {
-            Box::pin(async { Ok(Admission::Admitted) })
-        }
-        fn learn<'a>(&'a self, _: &'a PaceKey, _: LearnedLimits) -> StoreFuture<'a, ()> {
-            Box::pin(async { Err(Error::new(ErrorKind::Connection).with_detail("store down")) })
-        }
-        fn pause<'a>(&'a self, _: &'a PaceKey, _: Duration) -> StoreFuture<'a, ()> {
-            Box::pin(async { Err(Error::new(ErrorKind::Connection).with_detail("store down")) })
-        }
-    }
-
     #[tokio::test(start_paused = true)]
     async fn a_failing_report_does_not_fail_the_call() {
         let sent = Arc::new(AtomicU64::new(0));
-        let ok = PaceLayer::new().pacing_store(ReportsFail).layer(upstream(
+        let ok = PaceLayer::new().pacing_store(REPORTS_FAIL).layer(upstream(
             200,
             &[
                 ("x-ratelimit-limit-requests", "2"),
@@ -336,7 +335,7 @@ mod store_tests {
         ok.oneshot(request()).await.unwrap();
         let limited =
             PaceLayer::new()
-                .pacing_store(ReportsFail)
+                .pacing_store(REPORTS_FAIL)
                 .layer(upstream(429, &[], sent.clone()));
         let err = limited.oneshot(request()).await.unwrap_err();
         assert_eq!(err.kind(), ErrorKind::RateLimited);

@@ -65,9 +65,11 @@ pub struct RetrySettings {
     pub observer: Option<SharedObserver>,
 }
 
-impl fmt::Debug for RetrySettings {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RetrySettings")
+impl RetrySettings {
+    /// The `Debug` output of the settings under the struct name `name` (shared with
+    /// [`RetryConfig`]'s).
+    fn debug_as(&self, name: &str, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct(name)
             .field("max_attempts", &self.max_attempts)
             .field("backoff", &self.backoff)
             .field("hint_jitter", &self.hint_jitter)
@@ -77,6 +79,12 @@ impl fmt::Debug for RetrySettings {
             .field("retry_count_header", &self.retry_count_header)
             .field("observer", &self.observer.is_some())
             .finish_non_exhaustive()
+    }
+}
+
+impl fmt::Debug for RetrySettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.debug_as("RetrySettings", f)
     }
 }
 
@@ -297,16 +305,6 @@ impl RetryConfig {
 
 impl fmt::Debug for RetryConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let i = &*self.inner;
-        f.debug_struct("RetryConfig")
-            .field("max_attempts", &i.max_attempts)
-            .field("backoff", &i.backoff)
-            .field("hint_jitter", &i.hint_jitter)
-            .field("hint_ceiling", &i.hint_ceiling)
-            .field("deadline", &i.deadline)
-            .field("budget", &i.budget.is_some())
-            .field("retry_count_header", &i.retry_count_header)
-            .field("observer", &i.observer.is_some())
-            .finish_non_exhaustive()
+        self.inner.debug_as("RetryConfig", f)
     }
 }
