@@ -3,6 +3,8 @@
 //! loopback.
 #![cfg(all(feature = "async-openai", feature = "mock"))]
 
+mod scripted;
+
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,6 +17,7 @@ use async_openai::Client;
 use futures_util::StreamExt;
 use oai_resilience::mock::{MockResponse, MockServer, Route};
 use oai_resilience::{AuthLayer, OpenAiLayer, RetryConfig, RetryLayer};
+use scripted::scripted;
 use tower::ServiceExt;
 
 const KEY: &str = oai_resilience::mock::TEST_KEY;
@@ -100,14 +103,11 @@ async fn local_rejections_send_nothing() {
 
 #[tokio::test(start_paused = true)]
 async fn transient_503s_are_retried_by_the_stack_alone() {
-    let server = MockServer::builder()
-        .api_key(KEY)
-        .script(
-            Route::ChatCompletions,
-            [MockResponse::status(503), MockResponse::status(503)],
-        )
-        .start()
-        .await;
+    let server = scripted(
+        Some(KEY),
+        [MockResponse::status(503), MockResponse::status(503)],
+    )
+    .await;
     let res = client(&server, KEY, layer())
         .chat()
         .create(chat("Hello"))
@@ -200,11 +200,7 @@ async fn clones_share_one_pacer() {
 
 #[tokio::test(start_paused = true)]
 async fn a_streamed_body_is_replayed_through_the_factory() {
-    let server = MockServer::builder()
-        .api_key(KEY)
-        .script(Route::ChatCompletions, [MockResponse::status(503)])
-        .start()
-        .await;
+    let server = scripted(Some(KEY), [MockResponse::status(503)]).await;
     // A factory whose body is a stream (as a multipart form is) and whose content type
     // changes with each build (as a multipart boundary does).
     let builds = Arc::new(AtomicU32::new(0));

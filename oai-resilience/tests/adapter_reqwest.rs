@@ -2,6 +2,8 @@
 //! against the mock server over loopback.
 #![cfg(all(feature = "reqwest", feature = "mock"))]
 
+mod scripted;
+
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,6 +17,7 @@ use oai_resilience::{
     AuthCause, AuthLayer, Error, ErrorKind, OpenAiLayer, RetryConfig, RetryLayer,
 };
 use reqwest_middleware::{ClientBuilder, ClientWithMiddleware, Middleware, Next};
+use scripted::scripted;
 use tower::{Layer, ServiceExt};
 
 const KEY: &str = oai_resilience::mock::TEST_KEY;
@@ -152,14 +155,11 @@ impl Middleware for Count {
 
 #[tokio::test(start_paused = true)]
 async fn transient_503s_are_retried_through_the_rest_of_the_chain() {
-    let server = MockServer::builder()
-        .api_key(KEY)
-        .script(
-            Route::ChatCompletions,
-            [MockResponse::status(503), MockResponse::status(503)],
-        )
-        .start()
-        .await;
+    let server = scripted(
+        Some(KEY),
+        [MockResponse::status(503), MockResponse::status(503)],
+    )
+    .await;
     let (before, after) = (Count::default(), Count::default());
     let client = ClientBuilder::new(reqwest::Client::new())
         .with(before.clone())
@@ -195,11 +195,7 @@ async fn transient_503s_are_retried_through_the_rest_of_the_chain() {
 
 #[tokio::test(start_paused = true)]
 async fn a_streamed_body_is_sent_once_and_said_not_replayable() {
-    let server = MockServer::builder()
-        .api_key(KEY)
-        .script(Route::ChatCompletions, [MockResponse::status(503)])
-        .start()
-        .await;
+    let server = scripted(Some(KEY), [MockResponse::status(503)]).await;
     // Not JSON to the validation layer, so it is not buffered: a stream, sent once.
     let stream = reqwest::Body::wrap(Full::new(Bytes::from_static(CHAT.as_bytes())));
     let err = client(OpenAiMiddleware::new(layer(KEY)))

@@ -3,6 +3,8 @@
 //! and the key fragment that OpenAI's 401 echoes is redacted.
 #![cfg(feature = "mock")]
 
+mod scripted;
+
 mod auth_common;
 
 use std::sync::{Arc, Mutex};
@@ -11,6 +13,7 @@ use auth_common::*;
 use oai_resilience::auth::{AuthLayer, FetchMode, KeySource};
 use oai_resilience::mock::{AuthFailure, MockResponse, MockServer, Route};
 use oai_resilience::{ApiKey, AuthCause, ClassifyLayer, Error, ErrorKind};
+use scripted::scripted as scripted_server;
 use tower::{ServiceBuilder, ServiceExt};
 
 async fn send(server: &MockServer, layer: AuthLayer) -> Result<u16, Error> {
@@ -52,13 +55,7 @@ fn check(
 }
 
 async fn scripted(failure: AuthFailure) -> (MockServer, Error) {
-    let server = MockServer::builder()
-        .script(
-            Route::ChatCompletions,
-            [MockResponse::auth_failure(failure)],
-        )
-        .start()
-        .await;
+    let server = scripted_server(None, [MockResponse::auth_failure(failure)]).await;
     let err = send(&server, AuthLayer::from_key(KEY)).await.unwrap_err();
     assert_eq!(server.counts().total, 1);
     (server, err)
@@ -237,13 +234,11 @@ async fn without_refresh_a_401_is_returned_after_one_request() {
 
 #[tokio::test]
 async fn refresh_does_not_retry_causes_a_key_cannot_cure() {
-    let server = MockServer::builder()
-        .script(
-            Route::ChatCompletions,
-            [MockResponse::auth_failure(AuthFailure::UnsupportedRegion)],
-        )
-        .start()
-        .await;
+    let server = scripted_server(
+        None,
+        [MockResponse::auth_failure(AuthFailure::UnsupportedRegion)],
+    )
+    .await;
     let asked = Arc::default();
     let svc = ServiceBuilder::new()
         .layer(AuthLayer::new(rotating(Arc::clone(&asked))).refresh_on_unauthorized())

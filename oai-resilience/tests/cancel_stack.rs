@@ -3,17 +3,20 @@
 //! task running. Virtual time throughout.
 #![cfg(feature = "mock")]
 
+mod scripted;
+
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
-use oai_resilience::mock::{MockResponse, MockServer, RateLimit, Route};
+use oai_resilience::mock::{MockResponse, MockServer, RateLimit};
 use oai_resilience::pace::{KeySnapshot, PaceKey};
 use oai_resilience::retry::TokenBudget;
 use oai_resilience::stack::{OpenAiLayer, OpenAiService};
 use oai_resilience::validate::ValidateBody;
 use oai_resilience::{AuthLayer, RetryConfig, RetryLayer};
+use scripted::scripted;
 use tokio::time::sleep;
 use tower::{Layer, ServiceExt};
 
@@ -121,14 +124,11 @@ async fn dropping_a_call_mid_request_frees_its_slot() {
 #[tokio::test(start_paused = true)]
 async fn dropping_a_call_mid_backoff_sends_no_retry() {
     let before = alive();
-    let server = MockServer::builder()
-        .api_key(KEY)
-        .script(
-            Route::ChatCompletions,
-            [MockResponse::status(503).with_header("retry-after", "20")],
-        )
-        .start()
-        .await;
+    let server = scripted(
+        Some(KEY),
+        [MockResponse::status(503).with_header("retry-after", "20")],
+    )
+    .await;
     let rig = rig(server).await;
     let full = rig.budget.balance();
     let call = rig.svc.clone().oneshot(chat());

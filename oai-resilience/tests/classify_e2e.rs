@@ -2,6 +2,8 @@
 //! every failure of OpenAI's troubleshooting guide (and a connection refusal and a timeout).
 #![cfg(feature = "mock")]
 
+mod scripted;
+
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -12,6 +14,7 @@ use oai_resilience::mock::{AuthFailure, MockResponse, MockServer, RateLimit, Rou
 use oai_resilience::{
     AuthCause, Classify, ClassifyLayer, DelaySource, Error, ErrorKind, RateLimitSnapshot,
 };
+use scripted::scripted;
 use tower::{Service, ServiceBuilder, ServiceExt};
 
 type HttpClient = Client<HttpConnector, Full<Bytes>>;
@@ -233,13 +236,7 @@ async fn e401_e403_scripted_causes() {
             AuthCause::UnsupportedRegion,
         ),
     ];
-    let server = MockServer::builder()
-        .script(
-            Route::ChatCompletions,
-            cases.iter().map(|c| MockResponse::auth_failure(c.0)),
-        )
-        .start()
-        .await;
+    let server = scripted(None, cases.iter().map(|c| MockResponse::auth_failure(c.0))).await;
     for (failure, kind, cause) in cases {
         let err = chat_err(&server).await;
         assert_eq!(err.kind(), kind, "{failure:?}");
@@ -250,13 +247,11 @@ async fn e401_e403_scripted_causes() {
 
 #[tokio::test]
 async fn e403_unsupported_region() {
-    let server = MockServer::builder()
-        .script(
-            Route::ChatCompletions,
-            [MockResponse::auth_failure(AuthFailure::UnsupportedRegion)],
-        )
-        .start()
-        .await;
+    let server = scripted(
+        None,
+        [MockResponse::auth_failure(AuthFailure::UnsupportedRegion)],
+    )
+    .await;
     let err = chat_err(&server).await;
     check(
         &err,
@@ -276,10 +271,7 @@ async fn e403_unsupported_region() {
 
 #[tokio::test]
 async fn e404_unknown_path_and_model() {
-    let server = MockServer::builder()
-        .script(Route::ChatCompletions, [MockResponse::status(404)])
-        .start()
-        .await;
+    let server = scripted(None, [MockResponse::status(404)]).await;
     let hint = "check the model name or resource id, and that this key's organization/project can access it";
     let mut svc = stack();
     let err = call(
@@ -395,13 +387,7 @@ async fn scripted_statuses() {
             hint: SERVER_HINT,
         },
     ];
-    let server = MockServer::builder()
-        .script(
-            Route::ChatCompletions,
-            cases.iter().map(|e| MockResponse::status(e.status)),
-        )
-        .start()
-        .await;
+    let server = scripted(None, cases.iter().map(|e| MockResponse::status(e.status))).await;
     for e in &cases {
         let err = chat_err(&server).await;
         check(&err, &server, e);
@@ -411,15 +397,13 @@ async fn scripted_statuses() {
 
 #[tokio::test]
 async fn e502_html_from_a_gateway() {
-    let server = MockServer::builder()
-        .script(
-            Route::ChatCompletions,
-            [MockResponse::status(502)
-                .with_body("<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n</html>")
-                .with_header("content-type", "text/html")],
-        )
-        .start()
-        .await;
+    let server = scripted(
+        None,
+        [MockResponse::status(502)
+            .with_body("<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n</html>")
+            .with_header("content-type", "text/html")],
+    )
+    .await;
     let err = chat_err(&server).await;
     assert_eq!(err.kind(), ErrorKind::ServerError);
     assert!(err.is_retryable());
@@ -431,13 +415,11 @@ async fn e502_html_from_a_gateway() {
 
 #[tokio::test]
 async fn e503_should_retry_false_wins() {
-    let server = MockServer::builder()
-        .script(
-            Route::ChatCompletions,
-            [MockResponse::status(503).with_header("x-should-retry", "false")],
-        )
-        .start()
-        .await;
+    let server = scripted(
+        None,
+        [MockResponse::status(503).with_header("x-should-retry", "false")],
+    )
+    .await;
     let err = chat_err(&server).await;
     assert_eq!(err.kind(), ErrorKind::ServerError);
     assert_eq!(err.should_retry(), Some(false));
@@ -701,10 +683,7 @@ async fn no_debug_or_display_shows_the_key() {
 
 #[tokio::test]
 async fn dropped_connection_after_the_request_is_a_connection_error() {
-    let server = MockServer::builder()
-        .script(Route::ChatCompletions, [MockResponse::disconnect()])
-        .start()
-        .await;
+    let server = scripted(None, [MockResponse::disconnect()]).await;
     let err = chat_err(&server).await;
     assert_eq!(err.kind(), ErrorKind::Connection);
     assert!(err.is_retryable());

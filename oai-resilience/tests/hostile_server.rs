@@ -5,6 +5,8 @@
 //! to push, against the classify limit) and bounded time (the retry deadline, in virtual time).
 #![cfg(feature = "mock")]
 
+mod scripted;
+
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -14,10 +16,11 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use oai_resilience::classify::{classify_sse_event, DEFAULT_BODY_LIMIT};
-use oai_resilience::mock::{MockResponse, MockServer, Route};
+use oai_resilience::mock::MockResponse;
 use oai_resilience::stack::{OpenAiLayer, OpenAiService};
 use oai_resilience::validate::ValidateBody;
 use oai_resilience::{AuthLayer, ErrorKind, RetryConfig, RetryLayer, StopReason};
+use scripted::scripted;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
@@ -302,14 +305,11 @@ async fn an_oversized_header_value_is_a_connection_error() {
 
 #[tokio::test(start_paused = true)]
 async fn an_absurd_retry_after_is_refused_without_sleeping() {
-    let server = MockServer::builder()
-        .api_key(KEY)
-        .script(
-            Route::ChatCompletions,
-            [MockResponse::status(503).with_header("retry-after", "99999999999")],
-        )
-        .start()
-        .await;
+    let server = scripted(
+        Some(KEY),
+        [MockResponse::status(503).with_header("retry-after", "99999999999")],
+    )
+    .await;
     let svc = stack(&server.url(), RetryConfig::new());
     let start = Instant::now();
     let err = svc.oneshot(chat()).await.unwrap_err();
@@ -324,14 +324,11 @@ async fn an_absurd_retry_after_is_refused_without_sleeping() {
 
 #[tokio::test(start_paused = true)]
 async fn a_truncated_json_success_passes_through_for_the_caller_to_decode() {
-    let server = MockServer::builder()
-        .api_key(KEY)
-        .script(
-            Route::ChatCompletions,
-            [MockResponse::ok().with_body(r#"{"id":"chatcmpl-1","choices":[{"mess"#)],
-        )
-        .start()
-        .await;
+    let server = scripted(
+        Some(KEY),
+        [MockResponse::ok().with_body(r#"{"id":"chatcmpl-1","choices":[{"mess"#)],
+    )
+    .await;
     let svc = stack(&server.url(), RetryConfig::new());
     let res = svc.oneshot(chat()).await.unwrap();
     assert_eq!(res.status(), 200);
@@ -344,14 +341,7 @@ async fn a_truncated_json_success_passes_through_for_the_caller_to_decode() {
 
 #[tokio::test(start_paused = true)]
 async fn an_error_event_mid_stream_is_classified_and_not_retried() {
-    let server = MockServer::builder()
-        .api_key(KEY)
-        .script(
-            Route::ChatCompletions,
-            [MockResponse::stream_error_after(2)],
-        )
-        .start()
-        .await;
+    let server = scripted(Some(KEY), [MockResponse::stream_error_after(2)]).await;
     let svc = stack(&server.url(), RetryConfig::new());
     let res = svc.oneshot(chat()).await.unwrap();
     assert_eq!(res.status(), 200);

@@ -1,6 +1,8 @@
 //! The mock OpenAI server itself: routes, headers, every fault, counts, shutdown.
 #![cfg(feature = "mock")]
 
+mod scripted;
+
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -11,6 +13,7 @@ use oai_resilience::mock::{
     estimate_tokens, AuthFailure, MockResponse, MockServer, RateLimit, Route, ECHOED_KEY_FRAGMENT,
 };
 use oai_resilience::parse::{parse_go_duration, RateLimitSnapshot};
+use scripted::scripted;
 use serde_json::{json, Value};
 
 const CHAT: &str =
@@ -247,23 +250,21 @@ async fn scripts_play_in_order_then_normal_behaviour() {
 
 #[tokio::test]
 async fn scripted_success_and_custom_error_bodies() {
-    let server = MockServer::builder()
-        .script(
-            Route::ChatCompletions,
-            [
-                MockResponse::error(
-                    409,
-                    "Lock timeout.",
-                    Some("invalid_request_error"),
-                    None,
-                    None,
-                ),
-                MockResponse::ok().with_json(&json!({"custom": true})),
-                MockResponse::ok(),
-            ],
-        )
-        .start()
-        .await;
+    let server = scripted(
+        None,
+        [
+            MockResponse::error(
+                409,
+                "Lock timeout.",
+                Some("invalid_request_error"),
+                None,
+                None,
+            ),
+            MockResponse::ok().with_json(&json!({"custom": true})),
+            MockResponse::ok(),
+        ],
+    )
+    .await;
     let c = client();
     let a = chat(&c, &server).await;
     assert_eq!((a.status.as_u16(), a.message()), (409, "Lock timeout."));
@@ -560,13 +561,11 @@ async fn scripted_auth_failures() {
         ),
         (AuthFailure::MissingScope, 401, None),
     ];
-    let server = MockServer::builder()
-        .script(
-            Route::ChatCompletions,
-            cases.iter().map(|(f, _, _)| MockResponse::auth_failure(*f)),
-        )
-        .start()
-        .await;
+    let server = scripted(
+        None,
+        cases.iter().map(|(f, _, _)| MockResponse::auth_failure(*f)),
+    )
+    .await;
     let c = client();
     for (failure, status, code) in cases {
         let a = chat(&c, &server).await;
@@ -759,10 +758,7 @@ async fn requests_to_and_short_debug() {
 
 #[tokio::test]
 async fn scripted_disconnect_closes_without_answer() {
-    let server = MockServer::builder()
-        .script(Route::ChatCompletions, [MockResponse::disconnect()])
-        .start()
-        .await;
+    let server = scripted(None, [MockResponse::disconnect()]).await;
     let c = client();
     let req = http::Request::post(server.endpoint(Route::ChatCompletions))
         .body(Full::new(Bytes::from_static(CHAT.as_bytes())))

@@ -2,6 +2,8 @@
 //! mock server, in virtual time.
 #![cfg(feature = "mock")]
 
+mod scripted;
+
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -11,6 +13,7 @@ use oai_resilience::mock::{MockResponse, MockServer, Route};
 use oai_resilience::retry::{Backoff, HintJitter, RandomSource, RetryConfig, RetryLayer, SplitMix};
 use oai_resilience::Classify;
 use oai_resilience::{ClassifyLayer, DelaySource, Error, ErrorKind, Retry, StopReason};
+use scripted::scripted;
 use tower::util::Oneshot;
 use tower::{ServiceBuilder, ServiceExt};
 
@@ -64,13 +67,7 @@ async fn quota_exhausted_costs_exactly_one_request() {
 #[tokio::test(start_paused = true)]
 async fn two_503s_then_success_on_the_third_attempt_with_the_right_delays() {
     let seed = 2024;
-    let server = MockServer::builder()
-        .script(
-            Route::ChatCompletions,
-            [MockResponse::status(503), MockResponse::status(503)],
-        )
-        .start()
-        .await;
+    let server = scripted(None, [MockResponse::status(503), MockResponse::status(503)]).await;
     let res = send(RetryConfig::new().seed(seed), &server).await.unwrap();
     assert_eq!(res.status(), 200);
     let body = res.into_body().collect().await.unwrap().to_bytes();
@@ -96,13 +93,11 @@ async fn two_503s_then_success_on_the_third_attempt_with_the_right_delays() {
 #[tokio::test(start_paused = true)]
 async fn the_mock_rate_limit_hint_is_honoured_with_a_little_jitter() {
     let seed = 5;
-    let server = MockServer::builder()
-        .script(
-            Route::ChatCompletions,
-            [MockResponse::rate_limited(Duration::from_millis(1500))],
-        )
-        .start()
-        .await;
+    let server = scripted(
+        None,
+        [MockResponse::rate_limited(Duration::from_millis(1500))],
+    )
+    .await;
     send(RetryConfig::new().seed(seed), &server).await.unwrap();
     let rng = SplitMix::new(seed);
     let _backoff_draw = rng.next_unit();
@@ -114,13 +109,11 @@ async fn the_mock_rate_limit_hint_is_honoured_with_a_little_jitter() {
 
 #[tokio::test(start_paused = true)]
 async fn a_hint_of_an_hour_fails_at_once() {
-    let server = MockServer::builder()
-        .script(
-            Route::ChatCompletions,
-            [MockResponse::status(503).with_header("retry-after", "3600")],
-        )
-        .start()
-        .await;
+    let server = scripted(
+        None,
+        [MockResponse::status(503).with_header("retry-after", "3600")],
+    )
+    .await;
     let err = send(RetryConfig::new().seed(1), &server).await.unwrap_err();
     assert_eq!(server.counts().total, 1);
     let ctx = err.retry_context().unwrap();

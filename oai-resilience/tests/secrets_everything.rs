@@ -8,15 +8,18 @@
 //! touched with `{:?}`, `{:#?}` and `{}`. No 8 consecutive characters of the secret may appear.
 #![cfg(feature = "mock")]
 
+mod scripted;
+
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use oai_resilience::classify::classify_sse_event;
-use oai_resilience::mock::{MockResponse, MockServer, Route};
+use oai_resilience::mock::{MockResponse, MockServer};
 use oai_resilience::pace::PaceKey;
 use oai_resilience::stack::{OpenAiLayer, OpenAiService};
 use oai_resilience::validate::ValidateBody;
 use oai_resilience::{openai_call, ApiKey, AuthLayer, Error, RetryConfig, RetryLayer};
+use scripted::scripted;
 use tower::{Layer, ServiceExt};
 
 use test_support::capture;
@@ -108,18 +111,15 @@ async fn nothing_the_stack_prints_contains_the_secret() {
     print_error(&mut out, &err);
 
     // A server that takes our key: a success, a retried 503, a 429 with headers, an SSE error.
-    let good = MockServer::builder()
-        .api_key(key.as_str())
-        .script(
-            Route::ChatCompletions,
-            [
-                MockResponse::status(503),
-                MockResponse::rate_limited(std::time::Duration::from_millis(200)),
-                MockResponse::stream_error_after(1),
-            ],
-        )
-        .start()
-        .await;
+    let good = scripted(
+        Some(key.as_str()),
+        [
+            MockResponse::status(503),
+            MockResponse::rate_limited(std::time::Duration::from_millis(200)),
+            MockResponse::stream_error_after(1),
+        ],
+    )
+    .await;
     let layer = OpenAiLayer::new()
         .base_url(good.url().parse().unwrap())
         .auth(AuthLayer::from_key(key.as_str()))

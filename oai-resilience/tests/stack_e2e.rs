@@ -1,15 +1,18 @@
 //! The whole default stack (`OpenAiLayer`) over a hyper-util client against the mock server.
 #![cfg(feature = "mock")]
 
+mod scripted;
+
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
-use oai_resilience::mock::{MockResponse, MockServer, RateLimit, Route};
+use oai_resilience::mock::{MockResponse, MockServer, RateLimit};
 use oai_resilience::stack::{OpenAiLayer, OpenAiService};
 use oai_resilience::validate::ValidateBody;
 use oai_resilience::{AuthCause, AuthLayer, ErrorKind, RetryConfig, RetryLayer};
+use scripted::scripted;
 use tower::util::Oneshot;
 use tower::{Layer, ServiceExt};
 
@@ -87,14 +90,11 @@ async fn quota_costs_one_request() {
 
 #[tokio::test(start_paused = true)]
 async fn transient_503s_are_retried() {
-    let server = MockServer::builder()
-        .api_key(KEY)
-        .script(
-            Route::ChatCompletions,
-            [MockResponse::status(503), MockResponse::status(502)],
-        )
-        .start()
-        .await;
+    let server = scripted(
+        Some(KEY),
+        [MockResponse::status(503), MockResponse::status(502)],
+    )
+    .await;
     let res = send(&server, CHAT).await.unwrap();
     assert_eq!(res.status(), 200);
     assert_eq!(server.counts().total, 3);
@@ -147,14 +147,7 @@ async fn wrong_key_is_a_typed_401_with_redacted_echo() {
 
 #[tokio::test(start_paused = true)]
 async fn the_deadline_bounds_an_outage() {
-    let server = MockServer::builder()
-        .api_key(KEY)
-        .script(
-            Route::ChatCompletions,
-            (0..50).map(|_| MockResponse::status(503)),
-        )
-        .start()
-        .await;
+    let server = scripted(Some(KEY), (0..50).map(|_| MockResponse::status(503))).await;
     let client = test_support::http_client();
     let svc = OpenAiLayer::new()
         .base_url(server.url().parse().unwrap())
