@@ -173,11 +173,7 @@ impl ErrorKind {
     }
 }
 
-impl fmt::Display for ErrorKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+crate::macros::display_as_str!(ErrorKind);
 
 /// One local validation failure: the parameter's OpenAI-style path and what is wrong.
 #[derive(Debug, Clone, PartialEq, Eq)]

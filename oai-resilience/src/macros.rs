@@ -39,3 +39,18 @@ macro_rules! field_setters {
 }
 
 pub(crate) use field_setters;
+
+/// `Display` for types with an `as_str(self) -> &'static str` (`Copy` enums): writes it.
+macro_rules! display_as_str {
+    ($($ty:ty),+ $(,)?) => {
+        $(
+            impl std::fmt::Display for $ty {
+                fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                    f.write_str(self.as_str())
+                }
+            }
+        )+
+    };
+}
+
+pub(crate) use display_as_str;

@@ -24,6 +24,19 @@ const SHOWN_PREFIXES: &[&str] = &[
 /// Keys shorter than this show no trailing characters at all.
 const MIN_LEN_FOR_SUFFIX: usize = 24;
 
+/// `From<$src> for $ty` through `$ty::new`, for each `$src`.
+macro_rules! from_via_new {
+    ($ty:ident: $($src:ty),+) => {
+        $(
+            impl From<$src> for $ty {
+                fn from(key: $src) -> Self {
+                    $ty::new(key)
+                }
+            }
+        )+
+    };
+}
+
 /// An API key, kept in a [`secrecy::SecretString`] (zeroed on drop).
 ///
 /// `Debug` and `Display` show at most a well-known prefix (`sk-proj-`) and the last four
@@ -65,17 +78,7 @@ impl ExposeSecret<str> for ApiKey {
     }
 }
 
-impl From<String> for ApiKey {
-    fn from(key: String) -> Self {
-        ApiKey::new(key)
-    }
-}
-
-impl From<&str> for ApiKey {
-    fn from(key: &str) -> Self {
-        ApiKey::new(key)
-    }
-}
+from_via_new!(ApiKey: String, &str);
 
 impl From<SecretString> for ApiKey {
     fn from(key: SecretString) -> Self {
@@ -175,23 +178,7 @@ impl Credentials {
     }
 }
 
-impl From<ApiKey> for Credentials {
-    fn from(key: ApiKey) -> Self {
-        Credentials::new(key)
-    }
-}
-
-impl From<String> for Credentials {
-    fn from(key: String) -> Self {
-        Credentials::new(key)
-    }
-}
-
-impl From<&str> for Credentials {
-    fn from(key: &str) -> Self {
-        Credentials::new(key)
-    }
-}
+from_via_new!(Credentials: ApiKey, String, &str);
 
 #[cfg(test)]
 mod tests {

@@ -246,11 +246,7 @@ impl RateLimitKind {
     }
 }
 
-impl fmt::Display for RateLimitKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+crate::macros::display_as_str!(RateLimitKind);
 
 /// [`Observer::rate_limit_learned`].
 #[derive(Debug, Clone, Copy)]
@@ -288,11 +284,7 @@ impl RejectionSource {
     }
 }
 
-impl fmt::Display for RejectionSource {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+crate::macros::display_as_str!(RejectionSource);
 
 /// [`Observer::local_rejection`].
 #[derive(Debug, Clone, Copy)]

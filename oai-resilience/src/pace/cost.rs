@@ -164,35 +164,42 @@ enum Field {
     Other,
 }
 
+/// A seed that reads a string and maps it to `$value` with `$map` (`$v` names the string).
+macro_rules! str_seed {
+    ($seed:ident -> $value:ty, $expecting:literal, |$v:ident| $map:expr) => {
+        impl<'de> DeserializeSeed<'de> for $seed {
+            type Value = $value;
+            fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<$value, D::Error> {
+                d.deserialize_str(self)
+            }
+        }
+
+        impl Visitor<'_> for $seed {
+            type Value = $value;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str($expecting)
+            }
+            fn visit_str<E: de::Error>(self, $v: &str) -> Result<$value, E> {
+                Ok($map)
+            }
+        }
+    };
+}
+
 struct FieldSeed;
 
-impl<'de> DeserializeSeed<'de> for FieldSeed {
-    type Value = Field;
-    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Field, D::Error> {
-        d.deserialize_str(self)
-    }
-}
-
-impl Visitor<'_> for FieldSeed {
-    type Value = Field;
-    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("a field name")
-    }
-    fn visit_str<E: de::Error>(self, v: &str) -> Result<Field, E> {
-        Ok(match v {
-            "model" => Field::Model,
-            "messages" => Field::Text(0),
-            "prompt" => Field::Text(1),
-            "input" => Field::Text(2),
-            "instructions" => Field::Text(3),
-            "max_completion_tokens" => Field::Completion(0),
-            "max_tokens" => Field::Completion(1),
-            "max_output_tokens" => Field::Completion(2),
-            "n" => Field::N,
-            _ => Field::Other,
-        })
-    }
-}
+str_seed!(FieldSeed -> Field, "a field name", |v| match v {
+    "model" => Field::Model,
+    "messages" => Field::Text(0),
+    "prompt" => Field::Text(1),
+    "input" => Field::Text(2),
+    "instructions" => Field::Text(3),
+    "max_completion_tokens" => Field::Completion(0),
+    "max_tokens" => Field::Completion(1),
+    "max_output_tokens" => Field::Completion(2),
+    "n" => Field::N,
+    _ => Field::Other,
+});
 
 struct TopVisitor;
 
@@ -336,22 +343,10 @@ impl<'de> DeserializeSeed<'de> for TextSeed {
 /// Whether an object key carries no prompt text.
 struct SkipKey;
 
-impl<'de> DeserializeSeed<'de> for SkipKey {
-    type Value = bool;
-    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<bool, D::Error> {
-        d.deserialize_str(self)
-    }
-}
-
-impl Visitor<'_> for SkipKey {
-    type Value = bool;
-    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("a key")
-    }
-    fn visit_str<E: de::Error>(self, v: &str) -> Result<bool, E> {
-        Ok(matches!(v, "role" | "type" | "name" | "image_url"))
-    }
-}
+str_seed!(SkipKey -> bool, "a key", |v| matches!(
+    v,
+    "role" | "type" | "name" | "image_url"
+));
 
 impl<'de> Visitor<'de> for TextSeed {
     type Value = (u64, Option<u64>);

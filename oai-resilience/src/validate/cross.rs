@@ -32,12 +32,13 @@ pub(crate) fn check(endpoint: Endpoint, facts: &Facts, out: &mut Vec<Violation>)
 /// `CreateChatCompletionRequest.top_logprobs`: "`logprobs` must be set to `true` if this
 /// parameter is used."
 fn top_logprobs_needs_logprobs(facts: &Facts, out: &mut Vec<Violation>) {
-    if facts.is_set("top_logprobs") && facts.get("logprobs") != Some(&Fact::Bool(true)) {
-        out.push(Violation::new(
-            "top_logprobs",
-            "Invalid value for 'top_logprobs': 'logprobs' must be set to true when 'top_logprobs' is used.",
-        ));
-    }
+    only_when_true(
+        facts,
+        "top_logprobs",
+        "logprobs",
+        "Invalid value for 'top_logprobs': 'logprobs' must be set to true when 'top_logprobs' is used.",
+        out,
+    );
 }
 
 /// `CreateChatCompletionRequest.audio`: "Required when audio output is requested with
@@ -54,11 +55,26 @@ fn audio_with_audio_modality(facts: &Facts, out: &mut Vec<Violation>) {
 /// `ChatCompletionStreamOptions` (chat and completions): "Only set this when you set
 /// `stream: true`."
 fn stream_options_need_stream(facts: &Facts, out: &mut Vec<Violation>) {
-    if facts.is_set("stream_options") && facts.get("stream") != Some(&Fact::Bool(true)) {
-        out.push(Violation::new(
-            "stream_options",
-            "Invalid value for 'stream_options': 'stream_options' is only allowed when 'stream' is true.",
-        ));
+    only_when_true(
+        facts,
+        "stream_options",
+        "stream",
+        "Invalid value for 'stream_options': 'stream_options' is only allowed when 'stream' is true.",
+        out,
+    );
+}
+
+/// `param` may be set only when `flag` is `true`; `message` otherwise.
+#[inline]
+fn only_when_true(
+    facts: &Facts,
+    param: &'static str,
+    flag: &str,
+    message: &'static str,
+    out: &mut Vec<Violation>,
+) {
+    if facts.is_set(param) && facts.get(flag) != Some(&Fact::Bool(true)) {
+        out.push(Violation::new(param, message));
     }
 }
 
