@@ -54,8 +54,13 @@ fn check(
     assert_no_secret(&format!("{display} {ctx}"), KEY);
 }
 
+/// A mock server whose first chat call fails with `failure`.
+async fn failing_with(failure: AuthFailure) -> MockServer {
+    scripted_server(None, [MockResponse::auth_failure(failure)]).await
+}
+
 async fn scripted(failure: AuthFailure) -> (MockServer, Error) {
-    let server = scripted_server(None, [MockResponse::auth_failure(failure)]).await;
+    let server = failing_with(failure).await;
     let err = send(&server, AuthLayer::from_key(KEY)).await.unwrap_err();
     assert_eq!(server.counts().total, 1);
     (server, err)
@@ -234,11 +239,7 @@ async fn without_refresh_a_401_is_returned_after_one_request() {
 
 #[tokio::test]
 async fn refresh_does_not_retry_causes_a_key_cannot_cure() {
-    let server = scripted_server(
-        None,
-        [MockResponse::auth_failure(AuthFailure::UnsupportedRegion)],
-    )
-    .await;
+    let server = failing_with(AuthFailure::UnsupportedRegion).await;
     let asked = Arc::default();
     let svc = ServiceBuilder::new()
         .layer(AuthLayer::new(rotating(Arc::clone(&asked))).refresh_on_unauthorized())

@@ -56,6 +56,15 @@ fn stack_with(server: &MockServer, store: RedisStore, pace: PaceLayer) -> Servic
         .layer(client)
 }
 
+/// A mock server that expects the test key, with the bucket of 20 refilled at 20/s.
+async fn bucket_20() -> MockServer {
+    MockServer::builder()
+        .api_key(KEY)
+        .request_limit(RateLimit::bucket(20, 20.0))
+        .start()
+        .await
+}
+
 fn request() -> http::Request<Full<Bytes>> {
     http::Request::post("/v1/chat/completions")
         .header("content-type", "application/json")
@@ -115,11 +124,7 @@ async fn seed(store: &RedisStore, server: &MockServer) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_openai_stacks_share_one_bucket_through_redis() {
     let redis = RedisServer::start();
-    let server = MockServer::builder()
-        .api_key(KEY)
-        .request_limit(RateLimit::bucket(20, 20.0))
-        .start()
-        .await;
+    let server = bucket_20().await;
     let a = RedisStore::connect(&redis.url(), config()).await.unwrap();
     let b = RedisStore::connect(&redis.url(), config()).await.unwrap();
     seed(&a, &server).await;
@@ -148,11 +153,7 @@ async fn the_same_stacks_without_the_store_each_spend_the_bucket() {
     // The control for the test above: two default stacks (in-process pacers) against the
     // same bucket race each other and collect 429s, so the shared store is what made the
     // difference.
-    let server = MockServer::builder()
-        .api_key(KEY)
-        .request_limit(RateLimit::bucket(20, 20.0))
-        .start()
-        .await;
+    let server = bucket_20().await;
     let build = || {
         OpenAiLayer::new()
             .base_url(server.url().parse().unwrap())
@@ -198,11 +199,7 @@ async fn two_cold_stacks_probe_once_each_then_share_what_they_learned() {
     // headers' `remaining`, so a few 429s may come (retried by the stack); the same two stacks
     // without the store collect 18 to 33 (the control test above).
     let redis = RedisServer::start();
-    let server = MockServer::builder()
-        .api_key(KEY)
-        .request_limit(RateLimit::bucket(20, 20.0))
-        .start()
-        .await;
+    let server = bucket_20().await;
     let a = RedisStore::connect(&redis.url(), config()).await.unwrap();
     let b = RedisStore::connect(&redis.url(), config()).await.unwrap();
     let ((ok_a, err_a), (ok_b, err_b)) = tokio::join!(

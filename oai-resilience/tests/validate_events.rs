@@ -14,13 +14,11 @@ fn deprecated_parameters_pass_with_a_tracing_warning() {
     let result = validate::validate(Endpoint::ChatCompletions, body);
     result.unwrap();
     let log = captured.text();
-    assert!(log.contains("WARN"), "{log}");
-    assert!(
-        log.contains("deprecated parameter `max_tokens` (use `max_completion_tokens`"),
-        "{log}"
-    );
-    assert!(
-        log.contains("deprecated parameter `functions` (use `tools`)"),
-        "{log}"
-    );
+    for want in [
+        "WARN",
+        "deprecated parameter `max_tokens` (use `max_completion_tokens`",
+        "deprecated parameter `functions` (use `tools`)",
+    ] {
+        assert!(log.contains(want), "{log}");
+    }
 }
