@@ -63,15 +63,14 @@ fn hello() -> Value {
 
 #[tokio::test(start_paused = true)]
 async fn retries_over_http_with_the_server_hint() {
+    // A 503, then a 429 whose hint asks for 2 s.
+    let faults = [
+        MockResponse::status(503),
+        MockResponse::rate_limited(Duration::from_secs(2)),
+    ];
     let server = MockServer::builder()
         .api_key(KEY)
-        .script(
-            Route::ChatCompletions,
-            [
-                MockResponse::status(503),
-                MockResponse::rate_limited(Duration::from_secs(2)),
-            ],
-        )
+        .script(Route::ChatCompletions, faults)
         .start()
         .await;
     let api = Api::new(&server);
