@@ -28,6 +28,22 @@ fn key(name: &str) -> PaceKey {
         .with_model("gpt-4o-mini")
 }
 
+/// One request of one token from `store` on `k`, which must not fail.
+async fn admit(store: &RedisStore, k: &PaceKey) -> Admission {
+    store.admit(k, Cost::tokens(1)).await.unwrap()
+}
+
+/// A store on `server` whose operations give up after 500 ms, with `tune` applied first.
+async fn short_timeout_store(
+    server: &RedisServer,
+    tune: impl FnOnce(&mut RedisStoreConfig),
+) -> RedisStore {
+    let mut cfg = config();
+    tune(&mut cfg);
+    cfg.op_timeout = Duration::from_millis(500);
+    RedisStore::connect(&server.url(), cfg).await.unwrap()
+}
+
 fn req_limits(capacity: f64, refill: f64, remaining: Option<f64>) -> LearnedLimits {
     let mut limits = LearnedLimits::default();
     limits.requests = Some(BucketLimits::new(capacity, refill));
@@ -48,7 +64,7 @@ async fn burst_from_two_clients_gets_exactly_the_capacity() {
         let mut n = 0;
         let mut waits = 0;
         for _ in 0..30 {
-            match s.admit(&k, Cost::tokens(1)).await.unwrap() {
+            match admit(&s, &k).await {
                 Admission::Admitted => n += 1,
                 Admission::Wait(d) => {
                     assert!(d > Duration::from_secs(100), "{d:?}");
@@ -77,12 +93,9 @@ async fn pause_and_limits_are_shared() {
     let a = RedisStore::connect(&server.url(), config()).await.unwrap();
     let b = RedisStore::connect(&server.url(), config()).await.unwrap();
     let k = key("pause");
-    assert_eq!(
-        b.admit(&k, Cost::tokens(1)).await.unwrap(),
-        Admission::Admitted
-    );
+    assert_eq!(admit(&b, &k).await, Admission::Admitted);
     a.pause(&k, Duration::from_secs(30)).await.unwrap();
-    match b.admit(&k, Cost::tokens(1)).await.unwrap() {
+    match admit(&b, &k).await {
         Admission::Wait(d) => assert!(
             d > Duration::from_secs(25) && d <= Duration::from_secs(30),
             "{d:?}"
@@ -116,10 +129,7 @@ async fn keys_expire_and_hold_no_secret() {
     let a = RedisStore::connect(&server.url(), cfg).await.unwrap();
     let k = PaceKey::new("api.example.test").with_credential(b"Bearer sk-proj-SECRETSECRET");
     a.learn(&k, req_limits(10.0, 1.0, None)).await.unwrap();
-    assert_eq!(
-        a.admit(&k, Cost::tokens(1)).await.unwrap(),
-        Admission::Admitted
-    );
+    assert_eq!(admit(&a, &k).await, Admission::Admitted);
     let keys = server.command(&["KEYS", "*"]).strings();
     assert_eq!(keys, vec![a.key_name(&k)]);
     assert!(!keys[0].contains("SECRET") && !keys[0].contains("sk-"));
@@ -139,31 +149,16 @@ async fn keys_expire_and_hold_no_secret() {
 #[tokio::test]
 async fn fail_open_degrades_and_recovers() {
     let mut server = RedisServer::start();
-    let mut cfg = config();
-    cfg.retry_interval = Duration::ZERO;
-    cfg.op_timeout = Duration::from_millis(500);
-    let a = RedisStore::connect(&server.url(), cfg).await.unwrap();
+    let a = short_timeout_store(&server, |cfg| cfg.retry_interval = Duration::ZERO).await;
     let k = key("degrade");
     a.learn(&k, req_limits(2.0, 0.0, None)).await.unwrap();
-    assert_eq!(
-        a.admit(&k, Cost::tokens(1)).await.unwrap(),
-        Admission::Admitted
-    );
+    assert_eq!(admit(&a, &k).await, Admission::Admitted);
     server.kill();
     // In-process: it learned capacity 2, no refill, and has not counted Redis's admission.
-    assert_eq!(
-        a.admit(&k, Cost::tokens(1)).await.unwrap(),
-        Admission::Admitted
-    );
+    assert_eq!(admit(&a, &k).await, Admission::Admitted);
     assert!(a.is_degraded());
-    assert_eq!(
-        a.admit(&k, Cost::tokens(1)).await.unwrap(),
-        Admission::Admitted
-    );
-    assert_eq!(
-        a.admit(&k, Cost::tokens(1)).await.unwrap(),
-        Admission::Blocked
-    );
+    assert_eq!(admit(&a, &k).await, Admission::Admitted);
+    assert_eq!(admit(&a, &k).await, Admission::Blocked);
     assert!(a.fallbacks() >= 3);
     // Pause and learn keep working while degraded.
     a.pause(&k, Duration::from_millis(1)).await.unwrap();
@@ -177,7 +172,7 @@ async fn fail_open_degrades_and_recovers() {
     let mut back = false;
     for _ in 0..500 {
         let before = a.fallbacks();
-        let r = a.admit(&k, Cost::tokens(1)).await.unwrap();
+        let r = admit(&a, &k).await;
         if a.fallbacks() == before {
             assert_eq!(r, Admission::Admitted);
             back = true;
@@ -200,15 +195,9 @@ async fn fail_open_degrades_and_recovers() {
 #[tokio::test]
 async fn fail_closed_is_a_typed_error() {
     let mut server = RedisServer::start();
-    let mut cfg = config();
-    cfg.fail_mode = FailMode::Closed;
-    cfg.op_timeout = Duration::from_millis(500);
-    let a = RedisStore::connect(&server.url(), cfg).await.unwrap();
+    let a = short_timeout_store(&server, |cfg| cfg.fail_mode = FailMode::Closed).await;
     let k = key("closed");
-    assert_eq!(
-        a.admit(&k, Cost::tokens(1)).await.unwrap(),
-        Admission::Admitted
-    );
+    assert_eq!(admit(&a, &k).await, Admission::Admitted);
     server.kill();
     let err = a.admit(&k, Cost::tokens(1)).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Connection);

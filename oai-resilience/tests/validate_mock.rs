@@ -9,11 +9,16 @@ use oai_resilience::validate::{ValidateBody, ValidateLayer};
 use oai_resilience::{ClassifyLayer, ErrorKind};
 use tower::{Service, ServiceBuilder, ServiceExt};
 
-fn request(url: String, body: &'static str) -> http::Request<Full<Bytes>> {
-    http::Request::post(url)
+/// Posts `body` to `url` through `svc`, once it is ready.
+async fn send<S>(svc: &mut S, url: String, body: &'static str) -> Result<S::Response, S::Error>
+where
+    S: Service<http::Request<Full<Bytes>>>,
+{
+    let req = http::Request::post(url)
         .header("content-type", "application/json")
         .body(Full::new(Bytes::from_static(body.as_bytes())))
-        .unwrap()
+        .unwrap();
+    svc.ready().await?.call(req).await
 }
 
 #[tokio::test]
@@ -27,11 +32,7 @@ async fn an_invalid_request_never_reaches_the_server() {
 
     // Missing `messages`, and a temperature out of range.
     let bad = r#"{"model":"gpt-4o-mini","temperature":9}"#;
-    let err = svc
-        .ready()
-        .await
-        .unwrap()
-        .call(request(server.endpoint(Route::ChatCompletions), bad))
+    let err = send(&mut svc, server.endpoint(Route::ChatCompletions), bad)
         .await
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::InvalidParameter);
@@ -40,11 +41,7 @@ async fn an_invalid_request_never_reaches_the_server() {
     assert_eq!(server.counts().total, 0, "zero requests reached the server");
 
     let bad = r#"{"model":"text-embedding-3-small","input":"x","dimensions":0,"extra":1}"#;
-    let err = svc
-        .ready()
-        .await
-        .unwrap()
-        .call(request(server.endpoint(Route::Embeddings), bad))
+    let err = send(&mut svc, server.endpoint(Route::Embeddings), bad)
         .await
         .unwrap_err();
     let params: Vec<&str> = err.violations().iter().map(|v| v.param.as_str()).collect();
@@ -53,11 +50,7 @@ async fn an_invalid_request_never_reaches_the_server() {
 
     // A valid request goes through, with the bytes the caller sent.
     let good = r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Hi"}]}"#;
-    let res = svc
-        .ready()
-        .await
-        .unwrap()
-        .call(request(server.endpoint(Route::ChatCompletions), good))
+    let res = send(&mut svc, server.endpoint(Route::ChatCompletions), good)
         .await
         .unwrap();
     assert!(res.status().is_success());
