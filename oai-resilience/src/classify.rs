@@ -72,22 +72,11 @@ impl ClassifyLayer {
     }
 }
 
-impl Default for ClassifyLayer {
-    fn default() -> Self {
-        Self::new()
-    }
-}
+crate::macros::default_via_new!(ClassifyLayer);
 
-impl<S> Layer<S> for ClassifyLayer {
-    type Service = Classify<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        Classify {
-            inner,
-            body_limit: self.body_limit,
-        }
-    }
-}
+crate::macros::layer_impl!(ClassifyLayer => Classify, |l| {
+    body_limit: l.body_limit,
+});
 
 /// The classify middleware. See the [module docs](self).
 #[derive(Debug, Clone)]

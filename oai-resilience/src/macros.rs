@@ -54,3 +54,38 @@ macro_rules! display_as_str {
 }
 
 pub(crate) use display_as_str;
+
+/// `Layer<S> for $layer`, whose service `$svc<S>` holds `inner` and the fields given, each
+/// computed from the layer (`$l` names `&self`).
+macro_rules! layer_impl {
+    ($layer:ty => $svc:ident, |$l:ident| { $($field:ident: $value:expr),* $(,)? }) => {
+        impl<S> tower_layer::Layer<S> for $layer {
+            type Service = $svc<S>;
+
+            fn layer(&self, inner: S) -> Self::Service {
+                let $l = self;
+                $svc {
+                    inner,
+                    $($field: $value),*
+                }
+            }
+        }
+    };
+}
+
+pub(crate) use layer_impl;
+
+/// `Default` through `Self::new()`.
+macro_rules! default_via_new {
+    ($($ty:ty),+ $(,)?) => {
+        $(
+            impl Default for $ty {
+                fn default() -> Self {
+                    Self::new()
+                }
+            }
+        )+
+    };
+}
+
+pub(crate) use default_via_new;

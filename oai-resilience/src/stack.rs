@@ -211,11 +211,7 @@ pub struct OpenAiLayer {
     observer: Option<SharedObserver>,
 }
 
-impl Default for OpenAiLayer {
-    fn default() -> Self {
-        Self::new()
-    }
-}
+crate::macros::default_via_new!(OpenAiLayer);
 
 impl OpenAiLayer {
     /// The default stack; see [`OpenAiLayer`]. Reads `OPENAI_BASE_URL`.
@@ -677,16 +673,9 @@ fn without_credentials(url: &str) -> String {
     }
 }
 
-impl<S> Layer<S> for BaseUrlLayer {
-    type Service = BaseUrl<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        BaseUrl {
-            inner,
-            base: Some(self.clone()),
-        }
-    }
-}
+crate::macros::layer_impl!(BaseUrlLayer => BaseUrl, |l| {
+    base: Some(l.clone()),
+});
 
 /// The service of [`BaseUrlLayer`] (outermost in [`OpenAiService`]).
 #[derive(Debug, Clone)]

@@ -441,22 +441,11 @@ impl WatchdogLayer {
     }
 }
 
-impl Default for WatchdogLayer {
-    fn default() -> Self {
-        Self::new()
-    }
-}
+crate::macros::default_via_new!(WatchdogLayer);
 
-impl<S> Layer<S> for WatchdogLayer {
-    type Service = Watchdog<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        Watchdog {
-            inner,
-            layer: *self,
-        }
-    }
-}
+crate::macros::layer_impl!(WatchdogLayer => Watchdog, |l| {
+    layer: *l,
+});
 
 /// The watchdog middleware: its responses' bodies are [`WatchdogBody`]s, and its response
 /// future waits (within the first-byte bound) for the first frame. See the

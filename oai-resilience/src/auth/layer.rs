@@ -10,7 +10,6 @@ use http::header::{HeaderName, HeaderValue, AUTHORIZATION};
 use http::Request;
 use pin_project_lite::pin_project;
 use secrecy::zeroize::Zeroize;
-use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::error::{AuthCause, BoxError, Error, ErrorKind, Violation};
@@ -173,16 +172,9 @@ impl AuthLayer {
     }
 }
 
-impl<S> Layer<S> for AuthLayer {
-    type Service = Auth<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        Auth {
-            inner,
-            config: self.config.clone(),
-        }
-    }
-}
+crate::macros::layer_impl!(AuthLayer => Auth, |l| {
+    config: l.config.clone(),
+});
 
 /// The auth middleware. See the [module docs](super).
 #[derive(Debug, Clone)]
@@ -544,6 +536,7 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Mutex;
     use tower::{service_fn, ServiceExt};
+    use tower_layer::Layer;
 
     const KEY: &str = "sk-proj-AbCdEfGhIjKlMnOpQrStUvWxYz0123456789wxyz";
 

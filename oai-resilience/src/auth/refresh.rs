@@ -7,7 +7,6 @@ use std::task::{Context, Poll};
 
 use http::Request;
 use tower::ServiceExt;
-use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::error::{AuthCause, BoxError, Error, ErrorKind};
@@ -45,16 +44,9 @@ impl AuthLayer {
     }
 }
 
-impl<S> Layer<S> for RefreshOnUnauthorizedLayer {
-    type Service = RefreshOnUnauthorized<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        RefreshOnUnauthorized {
-            inner,
-            config: self.config.clone(),
-        }
-    }
-}
+crate::macros::layer_impl!(RefreshOnUnauthorizedLayer => RefreshOnUnauthorized, |l| {
+    config: l.config.clone(),
+});
 
 /// The auth middleware that retries once with a fresh key on a 401. See
 /// [`RefreshOnUnauthorizedLayer`].
@@ -157,6 +149,7 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Mutex;
     use tower::service_fn;
+    use tower_layer::Layer;
 
     const OLD: &str = "sk-proj-AbCdEfGhIjKlMnOpQrStUvWxYz0123456789aaaa";
     const NEW: &str = "sk-proj-AbCdEfGhIjKlMnOpQrStUvWxYz0123456789bbbb";

@@ -168,11 +168,7 @@ impl BreakerConfig {
     }
 }
 
-impl Default for BreakerConfig {
-    fn default() -> Self {
-        Self::new()
-    }
-}
+crate::macros::default_via_new!(BreakerConfig);
 
 impl fmt::Debug for BreakerConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

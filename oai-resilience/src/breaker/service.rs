@@ -85,11 +85,7 @@ fn key_of<B>(key_fn: Option<&KeyFn>, req: &Request<B>) -> BreakerKey {
     }
 }
 
-impl Default for CircuitBreakerLayer {
-    fn default() -> Self {
-        Self::new()
-    }
-}
+crate::macros::default_via_new!(CircuitBreakerLayer);
 
 impl fmt::Debug for CircuitBreakerLayer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -100,16 +96,9 @@ impl fmt::Debug for CircuitBreakerLayer {
     }
 }
 
-impl<S> Layer<S> for CircuitBreakerLayer {
-    type Service = CircuitBreaker<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        CircuitBreaker {
-            inner,
-            layer: self.clone(),
-        }
-    }
-}
+crate::macros::layer_impl!(CircuitBreakerLayer => CircuitBreaker, |l| {
+    layer: l.clone(),
+});
 
 /// The circuit-breaker middleware: refuses calls at once while their circuit is open. See the
 /// [module docs](super).

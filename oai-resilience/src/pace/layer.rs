@@ -4,7 +4,6 @@ use std::fmt;
 use std::sync::Arc;
 
 use http::{HeaderMap, Uri};
-use tower_layer::Layer;
 
 use super::cost::CostEstimator;
 use super::key::PaceKey;
@@ -44,11 +43,7 @@ impl fmt::Debug for PaceLayer {
     }
 }
 
-impl Default for PaceLayer {
-    fn default() -> Self {
-        Self::new()
-    }
-}
+crate::macros::default_via_new!(PaceLayer);
 
 impl PaceLayer {
     /// A layer with the default [`PacerConfig`]: learn from headers, send a cold key's first
@@ -162,15 +157,8 @@ impl PaceLayer {
     }
 }
 
-impl<S> Layer<S> for PaceLayer {
-    type Service = Pace<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        Pace {
-            inner,
-            pacer: self.pacer.clone(),
-            keying: self.keying.clone(),
-            store: self.store.clone(),
-        }
-    }
-}
+crate::macros::layer_impl!(PaceLayer => Pace, |l| {
+    pacer: l.pacer.clone(),
+    keying: l.keying.clone(),
+    store: l.store.clone(),
+});

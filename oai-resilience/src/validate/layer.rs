@@ -89,24 +89,13 @@ impl ValidateLayer {
     }
 }
 
-impl Default for ValidateLayer {
-    fn default() -> Self {
-        Self::new()
-    }
-}
+crate::macros::default_via_new!(ValidateLayer);
 
-impl<S> Layer<S> for ValidateLayer {
-    type Service = Validate<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        Validate {
-            inner,
-            validator: self.validator.clone(),
-            body_limit: self.body_limit,
-            observer: self.observer.clone(),
-        }
-    }
-}
+crate::macros::layer_impl!(ValidateLayer => Validate, |l| {
+    validator: l.validator.clone(),
+    body_limit: l.body_limit,
+    observer: l.observer.clone(),
+});
 
 /// The validation middleware. See the [module docs](super).
 ///

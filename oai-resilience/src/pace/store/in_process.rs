@@ -34,11 +34,7 @@ impl fmt::Debug for InProcessStore {
     }
 }
 
-impl Default for InProcessStore {
-    fn default() -> Self {
-        Self::new()
-    }
-}
+crate::macros::default_via_new!(InProcessStore);
 
 impl InProcessStore {
     /// An empty store.
