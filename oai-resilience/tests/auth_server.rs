@@ -9,14 +9,21 @@ mod auth_common;
 
 use std::sync::{Arc, Mutex};
 
-use auth_common::*;
-use oai_resilience::auth::{AuthLayer, FetchMode, KeySource};
-use oai_resilience::mock::{AuthFailure, MockResponse, MockServer, Route};
-use oai_resilience::{ApiKey, AuthCause, ClassifyLayer, Error, ErrorKind};
-use scripted::scripted as scripted_server;
-use tower::{ServiceBuilder, ServiceExt};
+use bytes::Bytes;
+use http_body_util::Full;
 
-async fn send(server: &MockServer, layer: AuthLayer) -> Result<u16, Error> {
+use auth_common::*;
+use oai_resilience::auth::{AuthLayer, FetchMode, KeySource, RefreshOnUnauthorizedLayer};
+use oai_resilience::mock::{AuthFailure, MockResponse, MockServer, Route};
+use oai_resilience::{ApiKey, AuthCause, Classify, ClassifyLayer, Error, ErrorKind};
+use scripted::scripted as scripted_server;
+use tower::{Layer, Service, ServiceBuilder, ServiceExt};
+
+async fn send<L, B>(server: &MockServer, layer: L) -> Result<u16, Error>
+where
+    L: Layer<Classify<HttpClient>>,
+    L::Service: Service<http::Request<Full<Bytes>>, Response = http::Response<B>, Error = Error>,
+{
     let svc = ServiceBuilder::new()
         .layer(layer)
         .layer(ClassifyLayer::new())
@@ -54,6 +61,19 @@ fn check(
     assert_no_secret(&format!("{display} {ctx}"), KEY);
 }
 
+/// [`check`] for a 401 that names an incorrect key.
+#[track_caller]
+fn check_incorrect_key(err: &Error, server: &MockServer) {
+    check(
+        err,
+        server,
+        401,
+        ErrorKind::Authentication,
+        AuthCause::IncorrectKey,
+        "check that OPENAI_API_KEY holds a valid, current key (keys are at https://platform.openai.com/api-keys)",
+    );
+}
+
 /// A mock server whose first chat call fails with `failure`.
 async fn failing_with(failure: AuthFailure) -> MockServer {
     scripted_server(None, [MockResponse::auth_failure(failure)]).await
@@ -72,14 +92,7 @@ async fn incorrect_key_names_the_cause_and_redacts_the_echoed_fragment() {
     // `sk-proj*****…wxyz`.
     let server = MockServer::builder().api_key(KEY2).start().await;
     let err = send(&server, AuthLayer::from_key(KEY)).await.unwrap_err();
-    check(
-        &err,
-        &server,
-        401,
-        ErrorKind::Authentication,
-        AuthCause::IncorrectKey,
-        "check that OPENAI_API_KEY holds a valid, current key (keys are at https://platform.openai.com/api-keys)",
-    );
+    check_incorrect_key(&err, &server);
     assert_eq!(err.code(), Some("invalid_api_key"));
     let message = err.message().unwrap();
     assert!(
@@ -95,14 +108,7 @@ async fn incorrect_key_names_the_cause_and_redacts_the_echoed_fragment() {
 #[tokio::test]
 async fn incorrect_key_scripted_fragment_is_redacted() {
     let (server, err) = scripted(AuthFailure::IncorrectKey).await;
-    check(
-        &err,
-        &server,
-        401,
-        ErrorKind::Authentication,
-        AuthCause::IncorrectKey,
-        "check that OPENAI_API_KEY holds a valid, current key (keys are at https://platform.openai.com/api-keys)",
-    );
+    check_incorrect_key(&err, &server);
     let echoed = oai_resilience::mock::ECHOED_KEY_FRAGMENT;
     let text = format!("{err} {err:?}");
     assert!(!text.contains(echoed), "{text}");
@@ -197,19 +203,17 @@ fn rotating(asked: Arc<Mutex<Vec<FetchMode>>>) -> KeySource {
     })
 }
 
+/// An auth layer over `rotating(asked)` that fetches a fresh key once after a 401.
+fn refreshing(asked: &Arc<Mutex<Vec<FetchMode>>>) -> RefreshOnUnauthorizedLayer {
+    AuthLayer::new(rotating(Arc::clone(asked))).refresh_on_unauthorized()
+}
+
 #[tokio::test]
 async fn refresh_on_unauthorized_retries_once_with_a_fresh_key() {
     let server = MockServer::builder().api_key(KEY2).start().await;
     let asked = Arc::default();
-    let svc = ServiceBuilder::new()
-        .layer(AuthLayer::new(rotating(Arc::clone(&asked))).refresh_on_unauthorized())
-        .layer(ClassifyLayer::new())
-        .service(client());
-    let res = svc
-        .oneshot(chat(server.endpoint(Route::ChatCompletions)))
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 200);
+    let status = send(&server, refreshing(&asked)).await.unwrap();
+    assert_eq!(status, 200);
     let counts = server.counts();
     assert_eq!((counts.total, counts.unauthorized, counts.ok), (2, 1, 1));
     assert_eq!(
@@ -241,14 +245,7 @@ async fn without_refresh_a_401_is_returned_after_one_request() {
 async fn refresh_does_not_retry_causes_a_key_cannot_cure() {
     let server = failing_with(AuthFailure::UnsupportedRegion).await;
     let asked = Arc::default();
-    let svc = ServiceBuilder::new()
-        .layer(AuthLayer::new(rotating(Arc::clone(&asked))).refresh_on_unauthorized())
-        .layer(ClassifyLayer::new())
-        .service(client());
-    let err = svc
-        .oneshot(chat(server.endpoint(Route::ChatCompletions)))
-        .await
-        .unwrap_err();
+    let err = send(&server, refreshing(&asked)).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::PermissionDenied);
     assert_eq!(server.counts().total, 1);
     assert_eq!(asked.lock().unwrap().len(), 1);
