@@ -12,7 +12,9 @@ use std::time::Duration;
 use async_openai::config::OpenAIConfig;
 use async_openai::error::OpenAIError;
 use async_openai::middleware::HttpRequestFactory;
-use async_openai::types::chat::{CreateChatCompletionRequest, CreateChatCompletionRequestArgs};
+use async_openai::types::chat::{
+    CreateChatCompletionRequest, CreateChatCompletionRequestArgs, CreateChatCompletionResponse,
+};
 use async_openai::Client;
 use futures_util::StreamExt;
 use oai_resilience::mock::{MockResponse, MockServer, Route};
@@ -46,6 +48,18 @@ fn chat(content: &str) -> CreateChatCompletionRequest {
         .unwrap()
 }
 
+/// A chat completion of "Hello" through `client(server, key, layer)`.
+async fn say_hello(
+    server: &MockServer,
+    key: &str,
+    layer: OpenAiLayer,
+) -> Result<CreateChatCompletionResponse, OpenAIError> {
+    client(server, key, layer)
+        .chat()
+        .create(chat("Hello"))
+        .await
+}
+
 /// The status and OpenAI error object of an `OpenAIError::ApiError`.
 fn api_error(err: OpenAIError) -> (u16, async_openai::error::ApiError) {
     match err {
@@ -61,11 +75,7 @@ async fn quota_is_one_request_and_an_api_error() {
         .quota_exhausted(true)
         .start()
         .await;
-    let err = client(&server, KEY, layer())
-        .chat()
-        .create(chat("Hello"))
-        .await
-        .unwrap_err();
+    let err = say_hello(&server, KEY, layer()).await.unwrap_err();
     let (status, api) = api_error(err);
     assert_eq!(status, 429);
     assert_eq!(api.code.as_deref(), Some("insufficient_quota"));
@@ -89,11 +99,7 @@ async fn local_rejections_send_nothing() {
     assert_eq!(api.param.as_deref(), Some("messages"));
 
     // A placeholder key.
-    let err = client(&server, "sk-...", layer())
-        .chat()
-        .create(chat("Hello"))
-        .await
-        .unwrap_err();
+    let err = say_hello(&server, "sk-...", layer()).await.unwrap_err();
     let (status, api) = api_error(err);
     assert_eq!(status, 401);
     assert_eq!(api.code.as_deref(), Some("invalid_api_key"));
@@ -108,11 +114,7 @@ async fn transient_503s_are_retried_by_the_stack_alone() {
         [MockResponse::status(503), MockResponse::status(503)],
     )
     .await;
-    let res = client(&server, KEY, layer())
-        .chat()
-        .create(chat("Hello"))
-        .await
-        .unwrap();
+    let res = say_hello(&server, KEY, layer()).await.unwrap();
     assert_eq!(
         res.choices[0].message.content.as_deref(),
         Some("Mock reply to: Hello")
@@ -128,11 +130,7 @@ async fn transient_503s_are_retried_by_the_stack_alone() {
     let two = layer().retry(RetryLayer::with_config(
         RetryConfig::new().max_attempts(2).seed(7),
     ));
-    let err = client(&server, KEY, two)
-        .chat()
-        .create(chat("Hello"))
-        .await
-        .unwrap_err();
+    let err = say_hello(&server, KEY, two).await.unwrap_err();
     assert_eq!(api_error(err).0, 503);
     assert_eq!(server.counts().total, 2);
 }
