@@ -89,3 +89,18 @@ macro_rules! default_via_new {
 }
 
 pub(crate) use default_via_new;
+
+/// `Debug for $ty` as `f.debug_struct($name)` with the fields given, each computed from the
+/// value (`$s` names `&self`), ended with `$finish` (`finish` or `finish_non_exhaustive`).
+macro_rules! debug_struct {
+    ($ty:ty, |$s:ident| $name:literal { $($field:literal: $value:expr),* $(,)? } $finish:ident) => {
+        impl std::fmt::Debug for $ty {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                let $s = self;
+                f.debug_struct($name)$(.field($field, &$value))*.$finish()
+            }
+        }
+    };
+}
+
+pub(crate) use debug_struct;

@@ -193,15 +193,11 @@ impl Default for EnvSource {
     }
 }
 
-impl fmt::Debug for EnvSource {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("EnvSource")
-            .field("key_var", &self.key_var)
-            .field("org_var", &self.org_var)
-            .field("project_var", &self.project_var)
-            .finish_non_exhaustive()
-    }
-}
+crate::macros::debug_struct!(EnvSource, |s| "EnvSource" {
+    "key_var": s.key_var,
+    "org_var": s.org_var,
+    "project_var": s.project_var,
+} finish_non_exhaustive);
 
 #[derive(Clone)]
 enum Kind {

@@ -1,7 +1,6 @@
 //! The circuits: configuration, the state machine of one upstream and key, the shared registry.
 
 use std::collections::HashMap;
-use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -170,14 +169,10 @@ impl BreakerConfig {
 
 crate::macros::default_via_new!(BreakerConfig);
 
-impl fmt::Debug for BreakerConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("BreakerConfig")
-            .field("settings", &self.settings)
-            .field("failure_if", &self.failure_if.is_some())
-            .finish()
-    }
-}
+crate::macros::debug_struct!(BreakerConfig, |s| "BreakerConfig" {
+    "settings": s.settings,
+    "failure_if": s.failure_if.is_some(),
+} finish);
 
 /// Whether `err` says the upstream is unwell: a server error (5xx), a connection failure or a
 /// timeout. Not a 4xx, not a rate limit or an exhausted quota (the pacer's business), not a
@@ -563,14 +558,10 @@ impl Registry {
     }
 }
 
-impl fmt::Debug for Circuits {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Circuits")
-            .field("config", &self.config)
-            .field("circuits", &self.lock().circuits.len())
-            .finish()
-    }
-}
+crate::macros::debug_struct!(Circuits, |s| "Circuits" {
+    "config": s.config,
+    "circuits": s.lock().circuits.len(),
+} finish);
 
 #[cfg(test)]
 mod tests {

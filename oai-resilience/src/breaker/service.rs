@@ -87,14 +87,10 @@ fn key_of<B>(key_fn: Option<&KeyFn>, req: &Request<B>) -> BreakerKey {
 
 crate::macros::default_via_new!(CircuitBreakerLayer);
 
-impl fmt::Debug for CircuitBreakerLayer {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("CircuitBreakerLayer")
-            .field("circuits", &self.circuits)
-            .field("custom_key", &self.key_fn.is_some())
-            .finish()
-    }
-}
+crate::macros::debug_struct!(CircuitBreakerLayer, |s| "CircuitBreakerLayer" {
+    "circuits": s.circuits,
+    "custom_key": s.key_fn.is_some(),
+} finish);
 
 crate::macros::layer_impl!(CircuitBreakerLayer => CircuitBreaker, |l| {
     layer: l.clone(),

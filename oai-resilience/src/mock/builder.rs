@@ -1,7 +1,6 @@
 //! [`MockBuilder`]: the server's faults and limits, set before it starts.
 
 use std::collections::HashMap;
-use std::fmt;
 use std::time::Duration;
 
 use super::limit::RateLimit;
@@ -33,25 +32,21 @@ pub(crate) struct Config {
     pub(crate) charge_rejected: bool,
 }
 
-impl fmt::Debug for Config {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Config")
-            .field("api_key", &self.api_key.as_ref().map(|_| "[redacted]"))
-            .field("organization", &self.organization)
-            .field("requests", &self.requests)
-            .field("tokens", &self.tokens)
-            .field("quota_exhausted", &self.quota_exhausted)
-            .field("scripts", &self.scripts.len())
-            .field("random_failures", &self.random_failures)
-            .field("latency", &self.latency)
-            .field("route_latency", &self.route_latency)
-            .field("stream_duration", &self.stream_duration)
-            .field("max_request_bytes", &self.max_request_bytes)
-            .field("seed", &self.seed)
-            .field("charge_rejected", &self.charge_rejected)
-            .finish()
-    }
-}
+crate::macros::debug_struct!(Config, |s| "Config" {
+    "api_key": s.api_key.as_ref().map(|_| "[redacted]"),
+    "organization": s.organization,
+    "requests": s.requests,
+    "tokens": s.tokens,
+    "quota_exhausted": s.quota_exhausted,
+    "scripts": s.scripts.len(),
+    "random_failures": s.random_failures,
+    "latency": s.latency,
+    "route_latency": s.route_latency,
+    "stream_duration": s.stream_duration,
+    "max_request_bytes": s.max_request_bytes,
+    "seed": s.seed,
+    "charge_rejected": s.charge_rejected,
+} finish);
 
 impl Default for Config {
     fn default() -> Self {

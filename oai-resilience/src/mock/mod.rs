@@ -180,15 +180,11 @@ pub struct MockServer {
     task: Option<JoinHandle<()>>,
 }
 
-impl fmt::Debug for MockServer {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("MockServer")
-            .field("addr", &self.addr)
-            .field("state", &self.shared)
-            .field("running", &self.task.is_some())
-            .finish()
-    }
-}
+crate::macros::debug_struct!(MockServer, |s| "MockServer" {
+    "addr": s.addr,
+    "state": s.shared,
+    "running": s.task.is_some(),
+} finish);
 
 static NEXT_SEED: AtomicU64 = AtomicU64::new(0x6f61_692d_6d6f_636b);
 

@@ -1,6 +1,5 @@
 //! [`PaceLayer`]: the pacer's configuration and the request-to-key mapping.
 
-use std::fmt;
 use std::sync::Arc;
 
 use http::{HeaderMap, Uri};
@@ -31,17 +30,13 @@ pub(crate) struct Keying {
     pub(crate) estimator: CostEstimator,
 }
 
-impl fmt::Debug for PaceLayer {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("PaceLayer")
-            .field("pacer", &self.pacer)
-            .field("custom_key", &self.keying.key_fn.is_some())
-            .field("per_model", &self.keying.per_model)
-            .field("estimator", &self.keying.estimator)
-            .field("store", &self.store)
-            .finish()
-    }
-}
+crate::macros::debug_struct!(PaceLayer, |s| "PaceLayer" {
+    "pacer": s.pacer,
+    "custom_key": s.keying.key_fn.is_some(),
+    "per_model": s.keying.per_model,
+    "estimator": s.keying.estimator,
+    "store": s.store,
+} finish);
 
 crate::macros::default_via_new!(PaceLayer);
 

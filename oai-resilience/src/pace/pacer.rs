@@ -6,7 +6,6 @@
 //! own timer and is woken when the queue or the state moves.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::fmt;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::Waker;
@@ -701,14 +700,10 @@ pub struct Pacer {
     shared: Arc<Shared>,
 }
 
-impl fmt::Debug for Pacer {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Pacer")
-            .field("config", &self.shared.config)
-            .field("metrics", &self.metrics())
-            .finish()
-    }
-}
+crate::macros::debug_struct!(Pacer, |s| "Pacer" {
+    "config": s.shared.config,
+    "metrics": s.metrics(),
+} finish);
 
 impl Default for Pacer {
     fn default() -> Self {

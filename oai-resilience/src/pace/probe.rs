@@ -6,7 +6,6 @@
 //! on the limits that the probes' headers taught the shared store.
 
 use std::collections::HashMap;
-use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -36,14 +35,10 @@ pub(crate) struct StoreBackend {
     keys: Mutex<HashMap<PaceKey, Phase>>,
 }
 
-impl fmt::Debug for StoreBackend {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("StoreBackend")
-            .field("store", &self.store)
-            .field("probe", &self.probe)
-            .finish()
-    }
-}
+crate::macros::debug_struct!(StoreBackend, |s| "StoreBackend" {
+    "store": s.store,
+    "probe": s.probe,
+} finish);
 
 /// Held by a key's probe: [`answered`](ProbeGuard::answered) marks the key known; dropping
 /// it unanswered (an error before any response, a cancelled call) lets the next request

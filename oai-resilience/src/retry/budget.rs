@@ -1,6 +1,5 @@
 //! The retry budget: retry throttling shared by every clone of a retry stack.
 
-use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -250,15 +249,11 @@ pub(crate) fn counts_as_failure(err: &Error) -> bool {
     err.kind() != ErrorKind::RateLimited
 }
 
-impl fmt::Debug for TokenBudget {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("TokenBudget")
-            .field("balance", &self.balance())
-            .field("ratio", &self.ratio())
-            .field("max_tokens", &self.max_tokens())
-            .finish()
-    }
-}
+crate::macros::debug_struct!(TokenBudget, |s| "TokenBudget" {
+    "balance": s.balance(),
+    "ratio": s.ratio(),
+    "max_tokens": s.max_tokens(),
+} finish);
 
 #[cfg(test)]
 mod tests {

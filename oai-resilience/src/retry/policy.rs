@@ -1,6 +1,5 @@
 //! Retry policies: the [`Policy`] trait, the default [`OpenAiPolicy`], the hint precedence.
 
-use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -254,15 +253,11 @@ impl Policy for OpenAiPolicy {
     }
 }
 
-impl fmt::Debug for OpenAiPolicy {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("OpenAiPolicy")
-            .field("retry_post_timeouts", &self.retry_post_timeouts)
-            .field("retry_if", &self.also.len())
-            .field("never_retry_if", &self.never.len())
-            .finish()
-    }
-}
+crate::macros::debug_struct!(OpenAiPolicy, |s| "OpenAiPolicy" {
+    "retry_post_timeouts": s.retry_post_timeouts,
+    "retry_if": s.also.len(),
+    "never_retry_if": s.never.len(),
+} finish);
 
 /// Whether `method` is idempotent per RFC 9110 (GET, HEAD, OPTIONS, PUT, DELETE, TRACE).
 pub fn is_idempotent(method: &Method) -> bool {

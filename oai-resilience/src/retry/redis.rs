@@ -44,7 +44,6 @@
 //! # let _ = retry; Ok(()) }
 //! ```
 
-use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -344,16 +343,12 @@ impl RetryBudget for RedisRetryBudget {
     }
 }
 
-impl fmt::Debug for RedisRetryBudget {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RedisRetryBudget")
-            .field("key", &self.inner.key)
-            .field("balance", &self.balance())
-            .field("degraded", &self.is_degraded())
-            .field("config", &self.inner.config)
-            .finish_non_exhaustive()
-    }
-}
+crate::macros::debug_struct!(RedisRetryBudget, |s| "RedisRetryBudget" {
+    "key": s.inner.key,
+    "balance": s.balance(),
+    "degraded": s.is_degraded(),
+    "config": s.inner.config,
+} finish_non_exhaustive);
 
 #[cfg(test)]
 mod tests {

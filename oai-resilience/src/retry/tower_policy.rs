@@ -1,7 +1,5 @@
 //! [`TowerPolicy`]: the same decisions for plain `tower::retry::RetryLayer`.
 
-use std::fmt;
-
 use http::Request;
 
 use super::config::RetryConfig;
@@ -131,10 +129,6 @@ where
     }
 }
 
-impl fmt::Debug for TowerPolicy {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("TowerPolicy")
-            .field("config", &self.config)
-            .finish_non_exhaustive()
-    }
-}
+crate::macros::debug_struct!(TowerPolicy, |s| "TowerPolicy" {
+    "config": s.config,
+} finish_non_exhaustive);

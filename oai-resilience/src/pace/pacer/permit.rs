@@ -1,7 +1,6 @@
 //! The two halves of a slot: [`Acquire`], the future that waits for it in the key's queue,
 //! and [`Permit`], the granted slot that reports the outcome back to the key's state.
 
-use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
@@ -34,15 +33,11 @@ pub struct Permit {
     open: bool,
 }
 
-impl fmt::Debug for Permit {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Permit")
-            .field("key", &self.entry.key)
-            .field("tokens", &self.tokens)
-            .field("waited", &self.waited)
-            .finish()
-    }
-}
+crate::macros::debug_struct!(Permit, |s| "Permit" {
+    "key": s.entry.key,
+    "tokens": s.tokens,
+    "waited": s.waited,
+} finish);
 
 impl Permit {
     /// How long the request waited for this slot.
@@ -167,15 +162,11 @@ pub struct Acquire {
     waited: bool,
 }
 
-impl fmt::Debug for Acquire {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Acquire")
-            .field("key", &self.entry.key)
-            .field("ticket", &self.ticket)
-            .field("cost", &self.cost)
-            .finish()
-    }
-}
+crate::macros::debug_struct!(Acquire, |s| "Acquire" {
+    "key": s.entry.key,
+    "ticket": s.ticket,
+    "cost": s.cost,
+} finish);
 
 impl Acquire {
     /// Waits in `entry`'s queue under `ticket`, until `limit` at the latest.
