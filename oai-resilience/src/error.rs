@@ -547,27 +547,22 @@ impl Error {
 
     /// The OpenAI message, if any.
     pub fn message(&self) -> Option<&str> {
-        self.inner.api.as_ref().map(|a| a.message.as_str())
+        self.api_error().map(|a| a.message.as_str())
     }
 
     /// OpenAI's `type`, if any.
     pub fn error_type(&self) -> Option<&str> {
-        self.inner
-            .api
-            .as_ref()
-            .and_then(|a| a.error_type.as_deref())
+        self.api_error().and_then(|a| a.error_type.as_deref())
     }
 
     /// OpenAI's `code`, if any (numeric codes as their decimal text).
     pub fn code(&self) -> Option<&str> {
-        self.inner.api.as_ref().and_then(|a| a.code.as_deref())
+        self.api_error().and_then(|a| a.code.as_deref())
     }
 
     /// The parameter OpenAI (or local validation, for the first violation) named, if any.
     pub fn param(&self) -> Option<&str> {
-        self.inner
-            .api
-            .as_ref()
+        self.api_error()
             .and_then(|a| a.param.as_deref())
             .or_else(|| self.inner.violations.first().map(|v| v.param.as_str()))
     }
@@ -844,44 +839,33 @@ impl fmt::Debug for Error {
         let inner = &*self.inner;
         let mut d = f.debug_struct("Error");
         d.field("kind", &inner.kind);
-        if let Some(s) = inner.status {
-            d.field("status", &s.as_u16());
-        }
-        if let Some(api) = &inner.api {
-            d.field("api", api);
-        }
-        if let Some(id) = &inner.request_id {
-            d.field("request_id", id);
-        }
+        field_if(&mut d, "status", inner.status.map(|s| s.as_u16()));
+        field_if(&mut d, "api", inner.api.as_ref());
+        field_if(&mut d, "request_id", inner.request_id.as_ref());
         if let Some(r) = inner.retry_after {
             d.field("retry_after", &r);
             d.field("retry_after_source", &inner.retry_after_source);
         }
-        if let Some(v) = inner.should_retry {
-            d.field("should_retry", &v);
-        }
-        if let Some(rl) = &inner.rate_limit {
-            d.field("rate_limit", rl);
-        }
-        if let Some(detail) = &inner.detail {
-            d.field("detail", detail);
-        }
-        if let Some(c) = inner.auth_cause {
-            d.field("auth_cause", &c);
-        }
+        field_if(&mut d, "should_retry", inner.should_retry);
+        field_if(&mut d, "rate_limit", inner.rate_limit.as_ref());
+        field_if(&mut d, "detail", inner.detail.as_ref());
+        field_if(&mut d, "auth_cause", inner.auth_cause);
         if !inner.violations.is_empty() {
             d.field("violations", &inner.violations);
         }
-        if let Some(r) = &inner.retry {
-            d.field("retry", r);
-        }
-        if let Some(c) = &inner.call {
-            d.field("call", c);
-        }
+        field_if(&mut d, "retry", inner.retry.as_ref());
+        field_if(&mut d, "call", inner.call.as_ref());
         if let Some(s) = &inner.source {
             d.field("source", &redact_secrets(&format!("{s:?}")));
         }
         d.finish()
+    }
+}
+
+/// Adds the field `name` to `d` if `value` is `Some`.
+fn field_if<T: fmt::Debug>(d: &mut fmt::DebugStruct<'_, '_>, name: &str, value: Option<T>) {
+    if let Some(v) = value {
+        d.field(name, &v);
     }
 }
 

@@ -92,14 +92,18 @@ pub(crate) use default_via_new;
 
 /// `Debug for $ty` as `f.debug_struct($name)` with the fields given, each computed from the
 /// value (`$s` names `&self`), ended with `$finish` (`finish` or `finish_non_exhaustive`).
+/// A generic type starts with its parameters: `impl<S: fmt::Debug> Foo<S>, |s| …`.
 macro_rules! debug_struct {
-    ($ty:ty, |$s:ident| $name:literal { $($field:literal: $value:expr),* $(,)? } $finish:ident) => {
-        impl std::fmt::Debug for $ty {
+    (impl<$($g:ident $(: $bound:path)?),*> $ty:ty, |$s:ident| $name:literal { $($field:literal: $value:expr),* $(,)? } $finish:ident) => {
+        impl<$($g $(: $bound)?),*> std::fmt::Debug for $ty {
             fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
                 let $s = self;
                 f.debug_struct($name)$(.field($field, &$value))*.$finish()
             }
         }
+    };
+    ($ty:ty, |$s:ident| $name:literal { $($field:literal: $value:expr),* $(,)? } $finish:ident) => {
+        $crate::macros::debug_struct!(impl<> $ty, |$s| $name { $($field: $value),* } $finish);
     };
 }
 

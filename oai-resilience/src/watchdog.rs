@@ -384,15 +384,11 @@ where
     }
 }
 
-impl<B: Body> fmt::Debug for WatchdogBody<B> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("WatchdogBody")
-            .field("bounds", &self.bounds)
-            .field("started", &self.started)
-            .field("done", &self.done)
-            .finish_non_exhaustive()
-    }
-}
+crate::macros::debug_struct!(impl<B: Body> WatchdogBody<B>, |s| "WatchdogBody" {
+    "bounds": s.bounds,
+    "started": s.started,
+    "done": s.done,
+} finish_non_exhaustive);
 
 /// Builds [`Watchdog`] services. See the [module docs](self).
 ///

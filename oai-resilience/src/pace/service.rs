@@ -32,15 +32,11 @@ pub struct Pace<S> {
     pub(crate) store: Option<Arc<StoreBackend>>,
 }
 
-impl<S: fmt::Debug> fmt::Debug for Pace<S> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Pace")
-            .field("inner", &self.inner)
-            .field("pacer", &self.pacer)
-            .field("store", &self.store)
-            .finish()
-    }
-}
+crate::macros::debug_struct!(impl<S: fmt::Debug> Pace<S>, |s| "Pace" {
+    "inner": s.inner,
+    "pacer": s.pacer,
+    "store": s.store,
+} finish);
 
 impl<S> Pace<S> {
     /// Wraps `inner` with a default [`PaceLayer`].
