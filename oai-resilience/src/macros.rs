@@ -108,3 +108,35 @@ macro_rules! debug_struct {
 }
 
 pub(crate) use debug_struct;
+
+/// A fieldless `Copy` enum whose variants each have a name: the enum, `as_str(self)` (with
+/// the doc comments given before `fn as_str;`) returning the variant's name, and `Display`
+/// writing it.
+macro_rules! str_enum {
+    (
+        $(#[$meta:meta])*
+        pub enum $name:ident {
+            $($(#[$vmeta:meta])* $variant:ident = $s:literal,)*
+        }
+        $(#[$as_meta:meta])*
+        fn as_str;
+    ) => {
+        $(#[$meta])*
+        pub enum $name {
+            $($(#[$vmeta])* $variant,)*
+        }
+
+        impl $name {
+            $(#[$as_meta])*
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $s,)*
+                }
+            }
+        }
+
+        $crate::macros::display_as_str!($name);
+    };
+}
+
+pub(crate) use str_enum;

@@ -70,42 +70,36 @@ pub use self::metrics::{
 /// An observer shared by the clones of a stack.
 pub type SharedObserver = Arc<dyn Observer>;
 
+/// Observer methods that do nothing by default: `$name(&self, event: &$event<'_>)`.
+macro_rules! noop_hooks {
+    ($($(#[$doc:meta])* $name:ident($event:ident);)*) => {
+        $(
+            $(#[$doc])*
+            fn $name(&self, event: &$event<'_>) {
+                let _ = event;
+            }
+        )*
+    };
+}
+
 /// Receives the stack's events. Every method does nothing by default. See the [module
 /// docs](self).
 pub trait Observer: Send + Sync + 'static {
-    /// An attempt is about to be sent (the first and each retry).
-    fn attempt_started(&self, event: &AttemptStarted<'_>) {
-        let _ = event;
-    }
-
-    /// An attempt ended, with a response or an error.
-    fn attempt_finished(&self, event: &AttemptFinished<'_>) {
-        let _ = event;
-    }
-
-    /// The retry loop will retry after a delay.
-    fn retry_scheduled(&self, event: &RetryScheduled<'_>) {
-        let _ = event;
-    }
-
-    /// A call ended with a success (after one attempt or several).
-    fn call_succeeded(&self, event: &CallSucceeded<'_>) {
-        let _ = event;
-    }
-
-    /// A call ended with an error: the retry loop stopped.
-    fn call_given_up(&self, event: &CallGivenUp<'_>) {
-        let _ = event;
-    }
-
-    /// An attempt answered 429: a rate limit (retried) or an exhausted quota (not retried).
-    fn rate_limit_learned(&self, event: &RateLimitLearned<'_>) {
-        let _ = event;
-    }
-
-    /// A local check refused the request before anything was sent (validation, API key).
-    fn local_rejection(&self, event: &LocalRejection<'_>) {
-        let _ = event;
+    noop_hooks! {
+        /// An attempt is about to be sent (the first and each retry).
+        attempt_started(AttemptStarted);
+        /// An attempt ended, with a response or an error.
+        attempt_finished(AttemptFinished);
+        /// The retry loop will retry after a delay.
+        retry_scheduled(RetryScheduled);
+        /// A call ended with a success (after one attempt or several).
+        call_succeeded(CallSucceeded);
+        /// A call ended with an error: the retry loop stopped.
+        call_given_up(CallGivenUp);
+        /// An attempt answered 429: a rate limit (retried) or an exhausted quota (not retried).
+        rate_limit_learned(RateLimitLearned);
+        /// A local check refused the request before anything was sent (validation, API key).
+        local_rejection(LocalRejection);
     }
 }
 
@@ -225,28 +219,20 @@ pub struct CallGivenUp<'a> {
     pub model: Option<&'a str>,
 }
 
-/// Which 429 an attempt received.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum RateLimitKind {
-    /// A rate limit: retried after the server's hint or the backoff.
-    RateLimit,
-    /// An exhausted quota (`insufficient_quota`): not retried.
-    Quota,
-}
-
-impl RateLimitKind {
+crate::macros::str_enum! {
+    /// Which 429 an attempt received.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+    #[non_exhaustive]
+    pub enum RateLimitKind {
+        /// A rate limit: retried after the server's hint or the backoff.
+        RateLimit = "rate_limit",
+        /// An exhausted quota (`insufficient_quota`): not retried.
+        Quota = "quota",
+    }
     /// `"rate_limit"` or `"quota"`, the value of the `kind` attribute of
     /// `oai_resilience.rate_limited`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RateLimitKind::RateLimit => "rate_limit",
-            RateLimitKind::Quota => "quota",
-        }
-    }
+    fn as_str;
 }
-
-crate::macros::display_as_str!(RateLimitKind);
 
 /// [`Observer::rate_limit_learned`].
 #[derive(Debug, Clone, Copy)]
@@ -262,29 +248,21 @@ pub struct RateLimitLearned<'a> {
     pub model: Option<&'a str>,
 }
 
-/// Which local check refused a request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum RejectionSource {
-    /// The validation layer (or `#[openai_call(validate(..))]`): a rule, the body limit, an
-    /// unknown route in strict mode.
-    Validation,
-    /// The auth layer: a missing or malformed API key.
-    Key,
-}
-
-impl RejectionSource {
+crate::macros::str_enum! {
+    /// Which local check refused a request.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+    #[non_exhaustive]
+    pub enum RejectionSource {
+        /// The validation layer (or `#[openai_call(validate(..))]`): a rule, the body limit, an
+        /// unknown route in strict mode.
+        Validation = "validation",
+        /// The auth layer: a missing or malformed API key.
+        Key = "key",
+    }
     /// `"validation"` or `"key"`, the value of the `kind` attribute of
     /// `oai_resilience.local_rejections`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RejectionSource::Validation => "validation",
-            RejectionSource::Key => "key",
-        }
-    }
+    fn as_str;
 }
-
-crate::macros::display_as_str!(RejectionSource);
 
 /// [`Observer::local_rejection`].
 #[derive(Debug, Clone, Copy)]
