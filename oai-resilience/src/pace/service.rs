@@ -370,6 +370,45 @@ mod store_tests {
         })
     }
 
+    /// A pace service with `config` over `slow_upstream(latency, fail_first)`, pacing
+    /// through a new in-process store: `(store, sent, svc)`.
+    macro_rules! probing_setup {
+        ($config:expr, $latency:expr, $fail_first:expr) => {{
+            let store = InProcessStore::new();
+            let sent = Arc::new(AtomicU64::new(0));
+            let svc = PaceLayer::with_config($config)
+                .pacing_store(store.clone())
+                .layer(slow_upstream($latency, $fail_first, sent.clone()));
+            (store, sent, svc)
+        }};
+    }
+
+    /// Spawns a first call (the probe) and, 10 ms later, a second: their join handles.
+    macro_rules! probe_then_second {
+        ($svc:ident) => {{
+            let first = tokio::spawn($svc.clone().oneshot(request()));
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            let second = tokio::spawn($svc.clone().oneshot(request()));
+            (first, second)
+        }};
+    }
+
+    /// Spawns `n` calls of `svc` at once: their join handles.
+    macro_rules! spawn_calls {
+        ($svc:ident, $n:expr) => {
+            (0..$n)
+                .map(|_| tokio::spawn($svc.clone().oneshot(request())))
+                .collect::<Vec<_>>()
+        };
+    }
+
+    /// Waits for each call and unwraps its success.
+    async fn all_ok<T>(calls: Vec<tokio::task::JoinHandle<Result<T, Error>>>) {
+        for c in calls {
+            c.await.unwrap().unwrap();
+        }
+    }
+
     /// A cold window of one: a cold key is probed by one request.
     fn probing() -> PacerConfig {
         PacerConfig {
@@ -380,20 +419,12 @@ mod store_tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_cold_key_is_probed_by_one_request_while_the_others_wait() {
-        let store = InProcessStore::new();
-        let sent = Arc::new(AtomicU64::new(0));
-        let svc = PaceLayer::with_config(probing())
-            .pacing_store(store.clone())
-            .layer(slow_upstream(Duration::from_millis(100), 0, sent.clone()));
+        let (store, sent, svc) = probing_setup!(probing(), Duration::from_millis(100), 0);
         let start = Instant::now();
-        let calls: Vec<_> = (0..3)
-            .map(|_| tokio::spawn(svc.clone().oneshot(request())))
-            .collect();
+        let calls = spawn_calls!(svc, 3);
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert_eq!(sent.load(Ordering::SeqCst), 1, "only the probe is out");
-        for c in calls {
-            c.await.unwrap().unwrap();
-        }
+        all_ok(calls).await;
         // The probe's headers (1 left of 2, refilled 2/s) went to the store: the second call
         // went at 100 ms, the third waited for a refill.
         assert_eq!(sent.load(Ordering::SeqCst), 3);
@@ -408,26 +439,16 @@ mod store_tests {
         // Known now, and the bucket full again: two later calls go out together, without a
         // probe first.
         tokio::time::sleep(Duration::from_secs(2)).await;
-        let later: Vec<_> = (0..2)
-            .map(|_| tokio::spawn(svc.clone().oneshot(request())))
-            .collect();
+        let later = spawn_calls!(svc, 2);
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert_eq!(sent.load(Ordering::SeqCst), 5);
-        for c in later {
-            c.await.unwrap().unwrap();
-        }
+        all_ok(later).await;
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_probe_that_gets_no_answer_hands_the_probe_to_the_next_request() {
-        let store = InProcessStore::new();
-        let sent = Arc::new(AtomicU64::new(0));
-        let svc = PaceLayer::with_config(probing())
-            .pacing_store(store.clone())
-            .layer(slow_upstream(Duration::from_millis(100), 1, sent.clone()));
-        let first = tokio::spawn(svc.clone().oneshot(request()));
-        tokio::time::sleep(Duration::from_millis(10)).await;
-        let second = tokio::spawn(svc.clone().oneshot(request()));
+        let (_store, sent, svc) = probing_setup!(probing(), Duration::from_millis(100), 1);
+        let (first, second) = probe_then_second!(svc);
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert_eq!(
             sent.load(Ordering::SeqCst),
@@ -442,14 +463,8 @@ mod store_tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_cancelled_probe_hands_the_probe_to_the_next_request() {
-        let store = InProcessStore::new();
-        let sent = Arc::new(AtomicU64::new(0));
-        let svc = PaceLayer::with_config(probing())
-            .pacing_store(store.clone())
-            .layer(slow_upstream(Duration::from_millis(100), 0, sent.clone()));
-        let first = tokio::spawn(svc.clone().oneshot(request()));
-        tokio::time::sleep(Duration::from_millis(10)).await;
-        let second = tokio::spawn(svc.clone().oneshot(request()));
+        let (_store, sent, svc) = probing_setup!(probing(), Duration::from_millis(100), 0);
+        let (first, second) = probe_then_second!(svc);
         tokio::time::sleep(Duration::from_millis(10)).await;
         first.abort();
         second.await.unwrap().unwrap();
@@ -458,15 +473,11 @@ mod store_tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_waiter_gives_up_at_its_max_wait_while_the_probe_is_slow() {
-        let store = InProcessStore::new();
-        let sent = Arc::new(AtomicU64::new(0));
         let config = PacerConfig {
             max_wait: Some(Duration::from_millis(50)),
             ..probing()
         };
-        let svc = PaceLayer::with_config(config)
-            .pacing_store(store.clone())
-            .layer(slow_upstream(Duration::from_secs(1), 0, sent.clone()));
+        let (_store, sent, svc) = probing_setup!(config, Duration::from_secs(1), 0);
         let probe = tokio::spawn(svc.clone().oneshot(request()));
         tokio::time::sleep(Duration::from_millis(1)).await;
         let err = svc.clone().oneshot(request()).await.unwrap_err();
@@ -486,13 +497,9 @@ mod store_tests {
         let svc = PaceLayer::new()
             .pacing_store(store.clone())
             .layer(slow_upstream(Duration::from_millis(100), 0, sent.clone()));
-        let calls: Vec<_> = (0..3)
-            .map(|_| tokio::spawn(svc.clone().oneshot(request())))
-            .collect();
+        let calls = spawn_calls!(svc, 3);
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert_eq!(sent.load(Ordering::SeqCst), 3);
-        for c in calls {
-            c.await.unwrap().unwrap();
-        }
+        all_ok(calls).await;
     }
 }
