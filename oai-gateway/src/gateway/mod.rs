@@ -31,6 +31,7 @@
 
 pub mod access;
 mod body;
+mod buffer;
 pub mod routes;
 
 use std::fmt;
@@ -45,7 +46,7 @@ use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::combinators::UnsyncBoxBody;
-use http_body_util::{BodyExt, Either, Full, Limited};
+use http_body_util::{BodyExt, Either, Full};
 use hyper::body::Body;
 use oai_resilience::auth::{AuthLayer, KeyHeader, KeyRules, KeySource};
 use oai_resilience::pace::RedisStore;
@@ -529,15 +530,16 @@ impl Gateway {
                 fault.clone(),
             ))
         } else {
+            let declared = declared.and_then(Result::ok);
             let read = tokio::time::timeout(
                 inner.body_read_timeout,
-                Limited::new(body, limit as usize).collect(),
+                buffer::read_body(body, limit as usize, declared),
             )
             .await;
             match read {
-                Ok(Ok(collected)) => Either::Left(Full::new(collected.to_bytes())),
-                Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => return too_large(out),
-                Ok(Err(e)) => {
+                Ok(Ok(bytes)) => Either::Left(Full::new(bytes)),
+                Ok(Err(buffer::ReadError::TooLarge)) => return too_large(out),
+                Ok(Err(buffer::ReadError::Body(e))) => {
                     return bad_request(
                         out,
                         &format!("Could not read the request body: {e}"),
