@@ -634,3 +634,37 @@ async fn an_older_snapshot_lowers_the_level_but_never_raises_it() {
     let (_, level, _) = requests(&pacer, &k);
     assert!(level < 0.0, "{level}");
 }
+
+#[tokio::test(start_paused = true)]
+async fn idle_keys_are_forgotten_and_busy_ones_kept() {
+    let pacer = Pacer::default();
+    // A key that is still paused by a 429 must be kept, whatever the number of keys.
+    let held = PaceKey::new("api.test").with_credential(b"Bearer sk-held");
+    let p = pacer.acquire(&held, Cost::tokens(1), None).await.unwrap();
+    p.on_rate_limited(Some(Duration::from_secs(3600)), None);
+    // 20,000 distinct callers, each sending one request whose bucket is full again 100 ms later.
+    for i in 0..20_000u32 {
+        let k = PaceKey::new("api.test").with_credential(format!("Bearer sk-{i}").as_bytes());
+        let p = pacer.acquire(&k, Cost::tokens(1), None).await.unwrap();
+        p.on_response(Some(&snap_requests(10, 9, Duration::from_millis(100))));
+        if i % 1000 == 999 {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    let keys = pacer.metrics().keys;
+    // Bounded by the keys used since the last sweep, not by the 20,000 seen.
+    assert!(keys <= 2 * 1024 + 1, "{keys} keys kept");
+    let st = pacer.key_state(&held).expect("the paused key is kept");
+    assert!(st.paused_until.is_some());
+    // A key that holds a permit is kept too, and a forgotten key starts again as a new one.
+    let busy = PaceKey::new("api.test").with_credential(b"Bearer sk-busy");
+    let _permit = pacer.acquire(&busy, Cost::tokens(1), None).await.unwrap();
+    for i in 20_000..24_000u32 {
+        let k = PaceKey::new("api.test").with_credential(format!("Bearer sk-{i}").as_bytes());
+        let p = pacer.acquire(&k, Cost::tokens(1), None).await.unwrap();
+        p.on_response(None);
+    }
+    assert_eq!(pacer.key_state(&busy).unwrap().in_flight, 1);
+    let first = PaceKey::new("api.test").with_credential(b"Bearer sk-0");
+    assert_eq!(pacer.key_state(&first), None);
+}

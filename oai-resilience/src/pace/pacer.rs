@@ -385,6 +385,25 @@ impl KeyState {
         }
     }
 
+    /// Whether a new entry would pace this key the same: nobody waiting, nothing in flight,
+    /// no pause, no adaptive rate, and every bucket full again. (The learned capacities,
+    /// refill rates and token ratio are forgotten with it: the key's next answer teaches them
+    /// again, and a full bucket admits its first wave at once either way.)
+    fn forgettable(&mut self, now: Instant) -> bool {
+        self.advance(now);
+        self.queue.is_empty()
+            && self.in_flight == 0
+            && self.paused_until.is_none()
+            && self.aimd.is_none()
+            && [&self.requests, &self.tokens]
+                .into_iter()
+                .flatten()
+                .all(|b| {
+                    let (capacity, level, _) = b.bucket.view();
+                    level + EPS >= capacity
+                })
+    }
+
     fn advance(&mut self, now: Instant) {
         for b in [
             self.requests.as_mut().map(|b| &mut b.bucket),
@@ -658,9 +677,15 @@ fn learn_bucket(
     }
 }
 
+/// Keys are swept for idle ones when the map grows past this many, and then past twice what
+/// the last sweep kept.
+const SWEEP_AT_LEAST: usize = 1024;
+
 struct Shared {
     config: PacerConfig,
     keys: Mutex<HashMap<PaceKey, Arc<KeyEntry>>>,
+    /// The map's size that triggers the next sweep of idle keys.
+    sweep_at: AtomicUsize,
     queue_len: AtomicUsize,
     granted: AtomicU64,
     waits: AtomicU64,
@@ -718,6 +743,7 @@ impl Pacer {
             shared: Arc::new(Shared {
                 config,
                 keys: Mutex::new(HashMap::new()),
+                sweep_at: AtomicUsize::new(SWEEP_AT_LEAST),
                 queue_len: AtomicUsize::new(0),
                 granted: AtomicU64::new(0),
                 waits: AtomicU64::new(0),
@@ -738,9 +764,19 @@ impl Pacer {
         if let Some(e) = keys.get(key) {
             return e.clone();
         }
+        let now = Instant::now();
+        if keys.len() >= self.shared.sweep_at.load(Ordering::Relaxed) {
+            // Forget the keys that nothing holds (no waiter, no permit) and whose state a new
+            // entry would reproduce: memory stays bounded by the keys in use, however many
+            // distinct keys (a gateway's callers) come and go. Amortised O(1) per new key.
+            keys.retain(|_, e| Arc::strong_count(e) > 1 || !e.lock().forgettable(now));
+            self.shared
+                .sweep_at
+                .store((keys.len() * 2).max(SWEEP_AT_LEAST), Ordering::Relaxed);
+        }
         let entry = Arc::new(KeyEntry {
             key: key.clone(),
-            state: Mutex::new(KeyState::new(&self.shared.config, Instant::now())),
+            state: Mutex::new(KeyState::new(&self.shared.config, now)),
         });
         keys.insert(key.clone(), entry.clone());
         entry
