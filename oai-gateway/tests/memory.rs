@@ -4,7 +4,8 @@
 //! - 50 connections each holding a request body just under `--max-body-bytes` (the default,
 //!   8 MiB), three rounds: after they close, RSS returns within 20 % of the idle figure;
 //! - 100,000 calls each with a distinct caller key (no access keys: each caller's own key is
-//!   forwarded, and the pacer keeps state per key): RSS stays flat.
+//!   forwarded, and the pacer keeps state per key): RSS stays flat (at most 1.5x the figure
+//!   after the first 10,000 keys; state kept per key grew it 4.2x).
 //!
 //! Each test prints its measurements (`cargo test -p oai-gateway --test memory -- --nocapture`).
 //! Waiting is by polling RSS until a condition holds, with a deadline; no assertion depends on
@@ -292,8 +293,10 @@ async fn rss_flat_over_100000_distinct_keys() {
         .collect();
     println!("{}", shown.join(", "));
     let last = figures.last().unwrap().1;
+    // Flat, allowing the allocator's own drift under a parallel test run (22.2 -> 26.8 MiB
+    // seen, ~50 bytes per key); per-key state that is never forgotten grew 25 -> 106 MiB.
     assert!(
-        last * 10 <= warm * 12,
+        last * 2 <= warm * 3,
         "RSS grew from {:.1} MiB after 10,000 keys to {:.1} MiB after 100,000 ({:.2}x): \
          per-key state is not forgotten",
         warm as f64 / MIB,
