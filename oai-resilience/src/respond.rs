@@ -35,6 +35,8 @@
 //! assert_eq!(body["error"]["type"], "invalid_request_error");
 //! ```
 
+use std::borrow::Cow;
+
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Response, StatusCode};
@@ -145,47 +147,6 @@ fn param_for(err: &Error) -> Option<String> {
     })
 }
 
-/// The JSON body OpenAI would have sent for `err` (see the [module docs](self)).
-pub fn error_body(err: &Error) -> serde_json::Value {
-    let status = status_for(err);
-    let message = match err.message() {
-        Some(m) => m.to_owned(),
-        None => local_message(err),
-    };
-    let error_type = err
-        .error_type()
-        .map_or_else(|| local_type(err, status).to_owned(), str::to_owned);
-    let code = err.code().map(str::to_owned).or_else(|| {
-        // A response without OpenAI's object keeps `code: null`, as the API does.
-        if err.api_error().is_none() && err.status().is_none() {
-            local_code(err).map(str::to_owned)
-        } else {
-            None
-        }
-    });
-    let hint = err.hint();
-    let mut full_message = message.trim_end().to_owned();
-    full_message.push_str(" Hint: ");
-    full_message.push_str(&hint);
-    if !hint.ends_with('.') {
-        full_message.push('.');
-    }
-    if let Some(id) = err.request_id() {
-        full_message.push_str(&format!(" (upstream request {id})"));
-    }
-    json!({
-        "error": {
-            "message": full_message,
-            "type": error_type,
-            "param": param_for(err),
-            "code": code,
-            "hint": hint,
-            "request_id": err.request_id(),
-            "attempts": attempts(err),
-        }
-    })
-}
-
 /// The attempts made for `err`: the retry layer's count, else 0 when nothing was sent (a
 /// local rejection, a call the pacer gave up on) and 1 otherwise.
 fn attempts(err: &Error) -> u32 {
@@ -194,35 +155,147 @@ fn attempts(err: &Error) -> u32 {
         .map_or(if nothing_sent { 0 } else { 1 }, |r| r.attempts)
 }
 
+/// One error answer, whatever raised it: what goes into the body and the headers.
+struct Answer<'a> {
+    status: StatusCode,
+    message: Cow<'a, str>,
+    error_type: Cow<'a, str>,
+    param: Option<String>,
+    code: Option<Cow<'a, str>>,
+    hint: Cow<'a, str>,
+    request_id: Option<&'a str>,
+    attempts: u32,
+    retry_after: Option<std::time::Duration>,
+}
+
+impl<'a> Answer<'a> {
+    fn of(err: &'a Error) -> Self {
+        let status = status_for(err);
+        let code = err.code().map(Cow::Borrowed).or_else(|| {
+            // A response without OpenAI's object keeps `code: null`, as the API does.
+            if err.api_error().is_none() && err.status().is_none() {
+                local_code(err).map(Cow::Borrowed)
+            } else {
+                None
+            }
+        });
+        Answer {
+            status,
+            message: err
+                .message()
+                .map_or_else(|| Cow::Owned(local_message(err)), Cow::Borrowed),
+            error_type: Cow::Borrowed(err.error_type().unwrap_or_else(|| local_type(err, status))),
+            param: param_for(err),
+            code,
+            hint: err.hint(),
+            request_id: err.request_id(),
+            attempts: attempts(err),
+            retry_after: err.retry_after(),
+        }
+    }
+
+    fn body(&self) -> serde_json::Value {
+        let hint = &*self.hint;
+        let mut full_message = self.message.trim_end().to_owned();
+        full_message.push_str(" Hint: ");
+        full_message.push_str(hint);
+        if !hint.ends_with('.') {
+            full_message.push('.');
+        }
+        if let Some(id) = self.request_id {
+            full_message.push_str(&format!(" (upstream request {id})"));
+        }
+        json!({
+            "error": {
+                "message": full_message,
+                "type": self.error_type,
+                "param": self.param,
+                "code": self.code,
+                "hint": hint,
+                "request_id": self.request_id,
+                "attempts": self.attempts,
+            }
+        })
+    }
+
+    fn response(&self) -> Response<Bytes> {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        headers.insert("x-should-retry", HeaderValue::from_static("false"));
+        if let Ok(v) = HeaderValue::from_str(&self.hint) {
+            headers.insert(HINT_HEADER, v);
+        }
+        headers.insert(ATTEMPTS_HEADER, HeaderValue::from(self.attempts));
+        if let Some(Ok(v)) = self.request_id.map(HeaderValue::from_str) {
+            headers.insert("x-request-id", v);
+        }
+        if let Some(after) = self.retry_after {
+            let ms = after.as_millis().clamp(1, u64::MAX as u128) as u64;
+            headers.insert("retry-after-ms", HeaderValue::from(ms));
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(ms.div_ceil(1000)));
+        }
+        let mut res = Response::new(Bytes::from(self.body().to_string()));
+        *res.status_mut() = self.status;
+        *res.headers_mut() = headers;
+        res
+    }
+}
+
+/// The JSON body OpenAI would have sent for `err` (see the [module docs](self)).
+pub fn error_body(err: &Error) -> serde_json::Value {
+    Answer::of(err).body()
+}
+
 /// The response OpenAI would have sent for `err`: status, JSON body and headers (see the
 /// [module docs](self)). The body is the JSON bytes; wrap it in the body type a server needs
 /// (`http_body_util::Full::new`).
 pub fn error_response(err: &Error) -> Response<Bytes> {
-    let status = status_for(err);
-    let body = error_body(err);
-    let hint = err.hint();
-    let mut headers = HeaderMap::new();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    headers.insert("x-should-retry", HeaderValue::from_static("false"));
-    if let Ok(v) = HeaderValue::from_str(&hint) {
-        headers.insert(HINT_HEADER, v);
+    Answer::of(err).response()
+}
+
+/// An error answer that a proxy makes itself, with nothing sent upstream (a refused route, a
+/// bad access key), in the same shape as [`error_response`]: OpenAI's four fields (`param`
+/// null), the hint appended to the message and in `hint` and [`HINT_HEADER`], `attempts: 0`,
+/// `x-should-retry: false`.
+///
+/// ```
+/// use oai_resilience::respond;
+///
+/// let res = respond::local_response(
+///     http::StatusCode::NOT_FOUND,
+///     "Invalid URL (GET /v2/x)",
+///     "invalid_request_error",
+///     None,
+///     "this route is not forwarded",
+/// );
+/// assert_eq!(res.status(), 404);
+/// assert_eq!(res.headers()["x-should-retry"], "false");
+/// let body: serde_json::Value = serde_json::from_slice(res.body()).unwrap();
+/// assert_eq!(body["error"]["message"], "Invalid URL (GET /v2/x) Hint: this route is not forwarded.");
+/// assert_eq!(body["error"]["attempts"], 0);
+/// ```
+pub fn local_response(
+    status: StatusCode,
+    message: &str,
+    error_type: &str,
+    code: Option<&str>,
+    hint: &str,
+) -> Response<Bytes> {
+    Answer {
+        status,
+        message: Cow::Borrowed(message),
+        error_type: Cow::Borrowed(error_type),
+        param: None,
+        code: code.map(Cow::Borrowed),
+        hint: Cow::Borrowed(hint),
+        request_id: None,
+        attempts: 0,
+        retry_after: None,
     }
-    headers.insert(ATTEMPTS_HEADER, HeaderValue::from(attempts(err)));
-    if let Some(Ok(v)) = err.request_id().map(HeaderValue::from_str) {
-        headers.insert("x-request-id", v);
-    }
-    if let Some(after) = err.retry_after() {
-        let ms = after.as_millis().clamp(1, u64::MAX as u128) as u64;
-        headers.insert("retry-after-ms", HeaderValue::from(ms));
-        headers.insert(header::RETRY_AFTER, HeaderValue::from(ms.div_ceil(1000)));
-    }
-    let mut res = Response::new(Bytes::from(body.to_string()));
-    *res.status_mut() = status;
-    *res.headers_mut() = headers;
-    res
+    .response()
 }
 
 #[cfg(test)]

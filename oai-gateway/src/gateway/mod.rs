@@ -734,10 +734,7 @@ pub fn error_response(err: &Error) -> Response<GatewayBody> {
     respond::error_response(err).map(|body| Either::Right(Full::new(body)))
 }
 
-/// An answer the gateway makes itself, in the shape of
-/// [`respond::error_body`](oai_resilience::respond::error_body): OpenAI's four fields, the
-/// hint appended to the message and in `hint` and `x-oai-resilience-hint`, `attempts: 0`
-/// (nothing was sent), `x-should-retry: false`.
+/// An answer the gateway makes itself ([`respond::local_response`]): nothing was sent.
 fn local_error(
     status: StatusCode,
     message: &str,
@@ -745,23 +742,8 @@ fn local_error(
     code: Option<&str>,
     hint: &str,
 ) -> Response<GatewayBody> {
-    let body = json!({"error": {
-        "message": format!("{message} Hint: {hint}."),
-        "type": error_type,
-        "param": null,
-        "code": code,
-        "hint": hint,
-        "request_id": null,
-        "attempts": 0,
-    }});
-    let mut res = json_response(status, &body);
-    let h = res.headers_mut();
-    h.insert("x-should-retry", HeaderValue::from_static("false"));
-    h.insert(ATTEMPTS_HEADER, HeaderValue::from_static("0"));
-    if let Ok(v) = HeaderValue::from_str(hint) {
-        h.insert(HINT_HEADER, v);
-    }
-    res
+    respond::local_response(status, message, error_type, code, hint)
+        .map(|body| Either::Right(Full::new(body)))
 }
 
 fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<GatewayBody> {
