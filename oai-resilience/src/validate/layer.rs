@@ -12,7 +12,7 @@ use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use super::{Rule, Validator};
+use super::validator::{Rule, Validator};
 use crate::error::{BoxError, Error, ErrorKind};
 use crate::observe::{reject, Observer, RequestModel, SharedObserver};
 

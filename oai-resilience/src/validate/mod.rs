@@ -56,7 +56,7 @@
 //!   the first violation (or at anything it leaves alone: a syntax error, an escaped key,
 //!   nesting deeper than 64) without saying more;
 //! - the **full report** (a serde `DeserializeSeed` driven by the tables, over the bytes or a
-//!   [`Value`]) runs when the accept pass did not accept, and writes every violation with its
+//!   [`Value`](serde_json::Value)) runs when the accept pass did not accept, and writes every violation with its
 //!   path and the API's message.
 //!
 //! A body is never accepted by the first that the second rejects: tests run both on every
@@ -88,7 +88,7 @@
 //!
 //! [`ValidateLayer`] routes by method and path (with or without `/v1`, under configurable
 //! base paths), buffers the JSON body of a known route up to a limit, validates it, and
-//! either answers [`ErrorKind::InvalidParameter`] without
+//! either answers [`ErrorKind::InvalidParameter`](crate::ErrorKind::InvalidParameter) without
 //! calling the inner service or passes the request on with the bytes it read.
 //!
 //! ```
@@ -114,482 +114,51 @@
 //! # }
 //! ```
 
-// The rooms, bottom up (no file imports one above it):
+// The rooms, bottom up (no file imports one above it; `mod.rs` only declares and re-exports):
 // - `keys.rs`: byte equality for keys and the names that record facts;
 // - `schema.rs`: the shape of the tables (`Node`, flags, `Endpoint`), built at compile time;
-// - `rules_gen.rs`: the generated tables; the root lookup of an endpoint is here in `mod.rs`;
+// - `rules_gen.rs`: the generated tables; `roots.rs`: the root lookup of an endpoint;
 // - `vocab.rs`: what both checkers speak (scalars, facts, the node questions they share);
 // - `accept.rs` (the accept pass) and `report.rs` (the full report): the two checkers,
 //   which never import each other; `derived_tests.rs` checks the tables' derived fields;
 // - `cross.rs`: the cross-field rules, over the facts either checker gathered;
+// - `entry.rs`: `check`/`validate` (accept pass first, full report when it fails) and `Report`;
+// - `validator.rs`: routing and user rules (`Validator`, `Rule`);
 // - `layer.rs`: the tower layer.
 mod accept;
 mod cross;
 #[cfg(test)]
 mod derived_tests;
+mod entry;
 mod keys;
 mod layer;
 mod report;
+mod roots;
 #[rustfmt::skip]
 mod rules_gen;
 mod schema;
+mod validator;
 mod vocab;
 
-use std::fmt;
-use std::sync::Arc;
-
-use http::Method;
-use serde_json::Value;
-
-use crate::error::{Error, ErrorKind, Violation};
-use schema::Node;
-
+#[cfg(test)]
+pub(crate) use entry::check_streaming;
+pub use entry::{check, check_value, validate, validate_value, Report};
 pub use layer::{Validate, ValidateBody, ValidateLayer, DEFAULT_BODY_LIMIT};
+pub use schema::Endpoint;
+pub use validator::{Route, Rule, Validator};
 
 /// The future of the [`Validate`] service.
 pub mod future {
     pub use super::layer::ResponseFuture;
 }
-pub use schema::Endpoint;
 
 /// The spec version (`info.version` of `openapi.yaml`) the rule tables come from.
 pub const SPEC_VERSION: &str = rules_gen::SPEC_VERSION;
 
-/// What the generated tables say about an endpoint (its root node). Here rather than in
-/// `schema.rs`, which the tables import: the tables sit between the two.
-impl Endpoint {
-    /// The spec's name for the request schema: `CreateChatCompletionRequest`, …
-    pub fn schema_name(self) -> &'static str {
-        self.root_entry().1
-    }
-
-    /// The top-level body parameters the spec declares for this endpoint, in spec order.
-    pub fn parameters(self) -> impl Iterator<Item = &'static str> {
-        self.root().properties.iter().map(|p| p.name)
-    }
-
-    /// The parameters the body must contain (none for `/responses`).
-    pub fn required(self) -> &'static [&'static str] {
-        self.root().required
-    }
-
-    pub(crate) fn root(self) -> &'static Node {
-        self.root_entry().2
-    }
-
-    fn root_entry(self) -> &'static (Endpoint, &'static str, &'static Node) {
-        rules_gen::ROOTS
-            .iter()
-            .find(|(e, _, _)| *e == self)
-            .expect("every endpoint has a generated root")
-    }
-}
-
-/// The outcome of checking one body: every violation, and the deprecated parameters it uses.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Report {
-    violations: Vec<Violation>,
-    deprecated: Vec<String>,
-}
-
-impl Report {
-    /// Whether the body has no violation (deprecated parameters are allowed).
-    pub fn is_valid(&self) -> bool {
-        self.violations.is_empty()
-    }
-
-    /// Every violation: missing parameters first, then the others in body order, then the
-    /// cross-field rules' and the custom rules'.
-    pub fn violations(&self) -> &[Violation] {
-        &self.violations
-    }
-
-    /// The paths of the deprecated parameters the body uses (`max_tokens`,
-    /// `messages[2].function_call`).
-    pub fn deprecated(&self) -> &[String] {
-        &self.deprecated
-    }
-
-    /// Emits one `tracing` warning per deprecated parameter.
-    pub fn warn_deprecated(&self, route: &dyn fmt::Display) {
-        for param in &self.deprecated {
-            let advice = deprecation_advice(param);
-            tracing::warn!(
-                target: "oai_resilience::validate",
-                %route,
-                param = %param,
-                "deprecated parameter `{param}`{advice}"
-            );
-        }
-    }
-
-    /// `Ok(())` if valid, else an [`ErrorKind::InvalidParameter`] error with every violation.
-    ///
-    /// # Errors
-    ///
-    /// The [`ErrorKind::InvalidParameter`] error when there is at least one violation.
-    pub fn into_result(self) -> Result<(), Error> {
-        if self.violations.is_empty() {
-            Ok(())
-        } else {
-            Err(Error::new(ErrorKind::InvalidParameter).with_violations(self.violations))
-        }
-    }
-}
-
-fn deprecation_advice(param: &str) -> &'static str {
-    let last = param.rsplit(['.', ']']).next().unwrap_or(param);
-    match last {
-        "max_tokens" => " (use `max_completion_tokens`; o-series and newer models reject it)",
-        "functions" => " (use `tools`)",
-        "function_call" => " (use `tool_choice` / `tool_calls`)",
-        "user" => " (use `safety_identifier` and `prompt_cache_key`)",
-        "prompt_cache_retention" => " (use `prompt_cache_options.ttl`)",
-        _ => "",
-    }
-}
-
-/// Checks a JSON body for `endpoint` and returns the [`Report`]. A body that is not JSON
-/// gives one violation on the parameter `body`.
-///
-/// A valid body is proven valid by a single hand-written pass over its bytes (the accept
-/// pass); a body that breaks a rule (or uses a construct that pass leaves alone) is then
-/// checked again by the streaming checker (the full report), which writes every violation
-/// with its path.
-pub fn check(endpoint: Endpoint, body: &[u8]) -> Report {
-    // The accept path checks the UTF-8 itself (only where a byte is not ASCII).
-    let mut facts = vocab::Facts::default();
-    if let Some(deprecated) = accept::accept(endpoint, body, &mut facts) {
-        return finish(endpoint, &facts, Vec::new(), deprecated);
-    }
-    if let Err(report) = utf8(body) {
-        return report;
-    }
-    stream(endpoint, body)
-}
-
-/// The streaming checker alone: what [`check`] gives, without its accept path.
-#[cfg(test)]
-pub(crate) fn check_streaming(endpoint: Endpoint, body: &[u8]) -> Report {
-    match utf8(body) {
-        Ok(_) => stream(endpoint, body),
-        Err(report) => report,
-    }
-}
-
-/// The streaming checker skips values it need not read without decoding them, so the
-/// encoding is checked before it runs: a body that is not UTF-8 is not JSON. (The accept path
-/// checks it itself, and only when a string or key has a byte that is not ASCII.)
-fn utf8(body: &[u8]) -> Result<&str, Report> {
-    std::str::from_utf8(body).map_err(|e| Report {
-        violations: vec![Violation::new(
-            "body",
-            format!(
-                "We could not parse the JSON body of your request: invalid UTF-8 at byte {}.",
-                e.valid_up_to()
-            ),
-        )],
-        deprecated: Vec::new(),
-    })
-}
-
-fn stream(endpoint: Endpoint, body: &[u8]) -> Report {
-    let mut ctx = report::Ctx::new(endpoint == Endpoint::ChatCompletions);
-    ctx.raw = true;
-    let mut de = serde_json::Deserializer::from_slice(body);
-    let parsed = serde::de::DeserializeSeed::deserialize(
-        report::NodeSeed {
-            node: endpoint.root(),
-            ctx: &mut ctx,
-        },
-        &mut de,
-    )
-    .and_then(|()| de.end());
-    if let Err(e) = parsed {
-        return Report {
-            violations: vec![not_json(&e)],
-            deprecated: Vec::new(),
-        };
-    }
-    finish(endpoint, &ctx.facts, ctx.violations, ctx.deprecated)
-}
-
-/// Checks a parsed body for `endpoint` and returns the [`Report`].
-///
-/// A `Value` holds numbers as the parser read them, without their text: an integer literal
-/// just below `i64::MIN` that it rounded to `i64::MIN` (`"seed": -9223372036854775809`)
-/// passes the int64 check here, where [`check()`], which reads the text, rejects it.
-pub fn check_value(endpoint: Endpoint, body: &Value) -> Report {
-    let mut ctx = report::Ctx::new(endpoint == Endpoint::ChatCompletions);
-    // A `&Value` deserializer cannot fail.
-    let _ = serde::de::DeserializeSeed::deserialize(
-        report::NodeSeed {
-            node: endpoint.root(),
-            ctx: &mut ctx,
-        },
-        body,
-    );
-    finish(endpoint, &ctx.facts, ctx.violations, ctx.deprecated)
-}
-
-fn finish(
-    endpoint: Endpoint,
-    facts: &vocab::Facts,
-    mut violations: Vec<Violation>,
-    deprecated: Vec<String>,
-) -> Report {
-    // Cross-field rules only judge bodies whose fields are well-formed, so their messages
-    // never contradict the first ones.
-    cross::check(endpoint, facts, &mut violations);
-    // Missing parameters first: they are the usual fix, and `Error::param`/`Error::hint` name
-    // the first violation. Otherwise body order.
-    violations.sort_by_key(|v| !v.message.starts_with("Missing required"));
-    Report {
-        violations,
-        deprecated,
-    }
-}
-
-fn not_json(e: &serde_json::Error) -> Violation {
-    Violation::new(
-        "body",
-        format!("We could not parse the JSON body of your request: {e}."),
-    )
-}
-
-/// Validates a JSON body for `endpoint`; deprecated parameters are logged with `tracing`.
-///
-/// # Errors
-///
-/// [`ErrorKind::InvalidParameter`] with every violation ([`Error::violations`]) when the body
-/// breaks a rule or is not JSON.
-pub fn validate(endpoint: Endpoint, body: &[u8]) -> Result<(), Error> {
-    let report = check(endpoint, body);
-    report.warn_deprecated(&endpoint);
-    report.into_result()
-}
-
-/// Validates a parsed body for `endpoint`; deprecated parameters are logged with `tracing`.
-///
-/// # Errors
-///
-/// [`ErrorKind::InvalidParameter`] with every violation when the body breaks a rule.
-pub fn validate_value(endpoint: Endpoint, body: &Value) -> Result<(), Error> {
-    let report = check_value(endpoint, body);
-    report.warn_deprecated(&endpoint);
-    report.into_result()
-}
-
-/// A user rule for a route: it sees the parsed body and appends violations.
-///
-/// Closures `Fn(&Value, &mut Vec<Violation>)` are rules:
-///
-/// ```
-/// use oai_resilience::validate::Validator;
-/// use oai_resilience::Violation;
-///
-/// let v = Validator::new().rule(http::Method::POST, "/chat/completions", |body: &serde_json::Value, out: &mut Vec<Violation>| {
-///     if body.get("store") == Some(&serde_json::Value::Bool(true)) {
-///         out.push(Violation::new("store", "Invalid value for 'store': this app never stores completions."));
-///     }
-/// });
-/// let body = br#"{"model":"gpt-4o","messages":[{"role":"user","content":"hi"}],"store":true}"#;
-/// let err = v.validate(&http::Method::POST, "/v1/chat/completions", body).unwrap_err();
-/// assert_eq!(err.param(), Some("store"));
-/// ```
-pub trait Rule: Send + Sync + 'static {
-    /// Appends the violations of `body` to `out`.
-    fn check(&self, body: &Value, out: &mut Vec<Violation>);
-}
-
-impl<F> Rule for F
-where
-    F: Fn(&Value, &mut Vec<Violation>) + Send + Sync + 'static,
-{
-    fn check(&self, body: &Value, out: &mut Vec<Violation>) {
-        self(body, out)
-    }
-}
-
-#[derive(Clone)]
-struct CustomRule {
-    method: Method,
-    path: String,
-    rule: Arc<dyn Rule>,
-}
-
-/// Routing and rules: which requests to validate and how. Used by [`ValidateLayer`], and
-/// usable on its own.
-///
-/// A request path matches when it is a base path (default: none), then optionally `/v1`,
-/// then the endpoint's path (`/chat/completions`); a trailing `/` is ignored.
-///
-/// # Default
-///
-/// No base path, not strict, no custom rules.
-#[derive(Clone, Default)]
-pub struct Validator {
-    base_paths: Vec<String>,
-    strict: bool,
-    rules: Vec<CustomRule>,
-}
-
-impl fmt::Debug for Validator {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Validator")
-            .field("base_paths", &self.base_paths)
-            .field("strict", &self.strict)
-            .field(
-                "rules",
-                &self
-                    .rules
-                    .iter()
-                    .map(|r| format!("{} {}", r.method, r.path))
-                    .collect::<Vec<_>>(),
-            )
-            .finish()
-    }
-}
-
-/// What a request's route resolves to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum Route<'a> {
-    /// A spec endpoint (custom rules for it may also apply).
-    Endpoint(Endpoint),
-    /// A route that only custom rules cover: its path relative to the base path.
-    Custom(&'a str),
-}
-
-impl Validator {
-    /// A validator with the default settings.
-    pub fn new() -> Self {
-        Validator::default()
-    }
-
-    /// Also accepts routes under `prefix` (for example `/openai` for a compatible service
-    /// mounted there). May be called several times; the bare paths keep matching.
-    pub fn base_path(mut self, prefix: impl Into<String>) -> Self {
-        let p = prefix.into();
-        let p = p.trim_end_matches('/').to_owned();
-        if !p.is_empty() && !self.base_paths.contains(&p) {
-            self.base_paths.push(p);
-        }
-        self
-    }
-
-    /// In strict mode a request whose route is unknown is rejected
-    /// ([`ErrorKind::InvalidParameter`], nothing sent) instead of passed through.
-    pub fn strict(mut self, strict: bool) -> Self {
-        self.strict = strict;
-        self
-    }
-
-    /// Whether unknown routes are rejected.
-    pub(crate) fn is_strict(&self) -> bool {
-        self.strict
-    }
-
-    /// Adds a rule for `method` and `path` (written as the spec writes paths, without the base
-    /// path or `/v1`: `/chat/completions`). The path may be a route the tables do not know.
-    pub fn rule(mut self, method: Method, path: &str, rule: impl Rule) -> Self {
-        self.rules.push(CustomRule {
-            method,
-            path: normalize(path).to_owned(),
-            rule: Arc::new(rule),
-        });
-        self
-    }
-
-    /// The route of a request, or `None` when nothing validates it.
-    pub fn route<'p>(&self, method: &Method, path: &'p str) -> Option<Route<'p>> {
-        let rest = self.relative(path)?;
-        if *method == Method::POST {
-            if let Some(e) = Endpoint::from_path(rest) {
-                return Some(Route::Endpoint(e));
-            }
-        }
-        self.rules
-            .iter()
-            .any(|r| r.method == *method && r.path == rest)
-            .then_some(Route::Custom(rest))
-    }
-
-    /// The path without a base path, `/v1` and a trailing `/`.
-    fn relative<'p>(&self, path: &'p str) -> Option<&'p str> {
-        for base in &self.base_paths {
-            if let Some(rest) = path.strip_prefix(base.as_str()) {
-                if rest.is_empty() || rest.starts_with('/') {
-                    return Some(normalize(rest));
-                }
-            }
-        }
-        Some(normalize(path))
-    }
-
-    /// Checks `body` for the request's route; `None` when the route is unknown.
-    pub fn check(&self, method: &Method, path: &str, body: &[u8]) -> Option<Report> {
-        let route = self.route(method, path)?;
-        let rest = match route {
-            Route::Endpoint(e) => e.path(),
-            Route::Custom(p) => p,
-        };
-        let custom: Vec<&CustomRule> = self
-            .rules
-            .iter()
-            .filter(|r| r.method == *method && r.path == rest)
-            .collect();
-        let mut report = match route {
-            Route::Endpoint(e) => check(e, body),
-            Route::Custom(_) => Report::default(),
-        };
-        if custom.is_empty() || report.violations.iter().any(|v| v.param == "body") {
-            return Some(report);
-        }
-        match serde_json::from_slice::<Value>(body) {
-            Ok(value) => {
-                for r in custom {
-                    r.rule.check(&value, &mut report.violations);
-                }
-            }
-            Err(e) => report.violations.push(not_json(&e)),
-        }
-        Some(report)
-    }
-
-    /// Validates `body` for the request's route, logging deprecated parameters.
-    ///
-    /// # Errors
-    ///
-    /// [`ErrorKind::InvalidParameter`] with every violation; in strict mode also for an
-    /// unknown route (with a detail and no violations).
-    pub fn validate(&self, method: &Method, path: &str, body: &[u8]) -> Result<(), Error> {
-        match self.check(method, path, body) {
-            Some(report) => {
-                report.warn_deprecated(&format_args!("{method} {path}"));
-                report.into_result()
-            }
-            None if self.strict => Err(self.unknown_route(method, path)),
-            None => Ok(()),
-        }
-    }
-
-    pub(crate) fn unknown_route(&self, method: &Method, path: &str) -> Error {
-        Error::new(ErrorKind::InvalidParameter).with_detail(format!(
-            "no validation rules for {method} {path} (strict mode rejects unknown routes)"
-        ))
-    }
-}
-
-fn normalize(path: &str) -> &str {
-    let p = path.strip_suffix('/').unwrap_or(path);
-    p.strip_prefix("/v1")
-        .filter(|r| r.is_empty() || r.starts_with('/'))
-        .unwrap_or(p)
-}
-
 #[cfg(test)]
 mod tests {
+    use http::Method;
+
     use super::*;
 
     #[test]
