@@ -40,6 +40,74 @@ fn max_output(v: &Value) -> u64 {
         .unwrap_or(0)
 }
 
+/// Token counts that differ from the estimate: the mock reports them in `usage` and, when
+/// set, charges them to its token bucket instead of [`estimate_tokens`]
+/// ([`MockBuilder::true_usage`](super::MockBuilder::true_usage)).
+///
+/// A call's true prompt is `ceil(prompt estimate × prompt_share)` (at least 1): a tokenizer
+/// that packs more than four characters into a token makes prompts shorter than their bytes
+/// suggest. Its true completion is `ceil(max × completion_share)` when the body sets
+/// `max_tokens` (or `max_completion_tokens`, `max_output_tokens`), else the echoed reply's
+/// length: a model that stops before its budget. Shares are clamped to 0..=16 (NaN: 1).
+///
+/// ```
+/// use oai_resilience::mock::TrueUsage;
+///
+/// let usage = TrueUsage::new(0.5, 0.25);
+/// let body = br#"{"model":"m","messages":[{"role":"user","content":"12345678"}],"max_tokens":100}"#;
+/// // Estimated 3 prompt tokens + 100: true 2 + 25.
+/// assert_eq!(usage.counts(body), Some((2, 25)));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TrueUsage {
+    prompt_share: f64,
+    completion_share: f64,
+}
+
+impl TrueUsage {
+    /// True prompts are `prompt_share` of the estimate, completions `completion_share` of
+    /// the body's maximum.
+    pub fn new(prompt_share: f64, completion_share: f64) -> Self {
+        let clamp = |v: f64| if v.is_nan() { 1.0 } else { v.clamp(0.0, 16.0) };
+        TrueUsage {
+            prompt_share: clamp(prompt_share),
+            completion_share: clamp(completion_share),
+        }
+    }
+
+    /// `(prompt, completion)` true tokens of a request body; `None` if it is not JSON.
+    pub fn counts(&self, body: &[u8]) -> Option<(u64, u64)> {
+        let v: Value = serde_json::from_slice(body).ok()?;
+        Some(self.counts_of(&v))
+    }
+
+    pub(crate) fn counts_of(&self, req: &Value) -> (u64, u64) {
+        let prompt = ((prompt_tokens(req) as f64 * self.prompt_share).ceil() as u64).max(1);
+        let completion = match max_output(req) {
+            0 => (reply_text(req).chars().count() as u64).div_ceil(4),
+            max => (max as f64 * self.completion_share).ceil() as u64,
+        };
+        (prompt, completion)
+    }
+}
+
+/// Replaces the `usage` counts of a success body built by [`success`].
+pub(crate) fn set_usage(route: Route, body: &mut Value, (prompt, completion): (u64, u64)) {
+    body["usage"] = match route {
+        Route::ChatCompletions => json!({
+            "prompt_tokens": prompt,
+            "completion_tokens": completion,
+            "total_tokens": prompt + completion
+        }),
+        Route::Embeddings => json!({"prompt_tokens": prompt, "total_tokens": prompt}),
+        Route::Responses => json!({
+            "input_tokens": prompt,
+            "output_tokens": completion,
+            "total_tokens": prompt + completion
+        }),
+    };
+}
+
 /// Sums the characters of every string inside `v` (bounded depth).
 fn count_text(v: &Value, chars: &mut u64, depth: usize) {
     if depth > 32 {
@@ -196,6 +264,33 @@ pub(crate) fn hex(rng: &mut SplitMix64, words: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn true_usage_scales_the_estimate_and_replaces_the_counts() {
+        let u = TrueUsage::new(0.5, 0.1);
+        let body = br#"{"model":"m","messages":[{"role":"user","content":"abcdefghijklmnop"}],"max_tokens":95}"#;
+        // "user" + 16 characters: 5 estimated, 3 true; 10 % of 95 rounds up to 10.
+        assert_eq!(u.counts(body), Some((3, 10)));
+        assert_eq!(u.counts(b"not json"), None);
+        // NaN and out-of-range shares are clamped: a prompt is at least one token.
+        assert_eq!(TrueUsage::new(f64::NAN, -1.0).counts(body), Some((5, 0)));
+        assert_eq!(TrueUsage::new(0.0, 1e9).counts(body), Some((1, 95 * 16)));
+        let mut chat = json!({"usage": null});
+        set_usage(Route::ChatCompletions, &mut chat, (3, 10));
+        assert_eq!(chat["usage"]["total_tokens"], 13);
+        let mut resp = json!({});
+        set_usage(Route::Responses, &mut resp, (3, 10));
+        assert_eq!(
+            (
+                resp["usage"]["input_tokens"].clone(),
+                resp["usage"]["output_tokens"].clone()
+            ),
+            (json!(3), json!(10))
+        );
+        let mut emb = json!({});
+        set_usage(Route::Embeddings, &mut emb, (3, 10));
+        assert_eq!(emb["usage"]["total_tokens"], 3);
+    }
 
     #[test]
     fn estimate_counts_text_and_max_tokens() {

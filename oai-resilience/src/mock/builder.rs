@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use super::bodies::TrueUsage;
 use super::limit::RateLimit;
 use super::response::MockResponse;
 use super::{MockServer, Route};
@@ -30,6 +31,7 @@ pub(crate) struct Config {
     pub(crate) max_request_bytes: usize,
     pub(crate) seed: Option<u64>,
     pub(crate) charge_rejected: bool,
+    pub(crate) true_usage: Option<TrueUsage>,
 }
 
 crate::macros::debug_struct!(Config, |s| "Config" {
@@ -46,6 +48,7 @@ crate::macros::debug_struct!(Config, |s| "Config" {
     "max_request_bytes": s.max_request_bytes,
     "seed": s.seed,
     "charge_rejected": s.charge_rejected,
+    "true_usage": s.true_usage,
 } finish);
 
 impl Default for Config {
@@ -64,6 +67,7 @@ impl Default for Config {
             max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
             seed: None,
             charge_rejected: false,
+            true_usage: None,
         }
     }
 }
@@ -234,5 +238,16 @@ impl MockBuilder {
     /// The I/O error of binding 127.0.0.1:0.
     pub async fn try_start(self) -> std::io::Result<MockServer> {
         MockServer::spawn(self.config).await
+    }
+
+    /// Reports true token counts that differ from the estimate ([`TrueUsage`]: prompts
+    /// shorter than their characters suggest, completions shorter than `max_tokens`) in the
+    /// `usage` of JSON answers and of event streams (chat with
+    /// `stream_options.include_usage`, the Responses API's `response.completed`), and charges
+    /// the token bucket those counts instead of [`estimate_tokens`](super::estimate_tokens):
+    /// a limiter that counts the tokens a call really used. Off by default.
+    pub fn true_usage(mut self, usage: TrueUsage) -> Self {
+        self.config.true_usage = Some(usage);
+        self
     }
 }

@@ -470,7 +470,13 @@ impl State {
 
         // 6. The rate limits.
         let now = Instant::now();
-        let cost = bodies::estimate_tokens(body) as f64;
+        let cost = match self.config.true_usage {
+            Some(u) => {
+                let (prompt, completion) = u.counts_of(&req);
+                prompt.saturating_add(completion) as f64
+            }
+            None => bodies::estimate_tokens(body) as f64,
+        };
         if let Some(l) = &mut self.requests {
             l.refill(now);
         }
@@ -568,14 +574,23 @@ impl State {
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
         let streamed = req.get("stream") == Some(&Value::Bool(true));
+        let usage = self.config.true_usage.map(|u| u.counts_of(req));
         if route != Route::Embeddings && (streamed || stream_error_after.is_some()) {
-            let body = sse::stream(route, req, &mut self.id_rng, created, stream_error_after);
+            let body = sse::stream(
+                route,
+                req,
+                &mut self.id_rng,
+                created,
+                stream_error_after,
+                usage,
+            );
             return (body, sse::EVENT_STREAM);
         }
-        (
-            bodies::success(route, req, &mut self.id_rng, created).to_string(),
-            JSON,
-        )
+        let mut body = bodies::success(route, req, &mut self.id_rng, created);
+        if let Some(counts) = usage {
+            bodies::set_usage(route, &mut body, counts);
+        }
+        (body.to_string(), JSON)
     }
 
     fn rate_headers(&self) -> HeaderList {

@@ -99,7 +99,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tokio::task::{JoinHandle, JoinSet};
 
-pub use bodies::estimate_tokens;
+pub use bodies::{estimate_tokens, TrueUsage};
 pub use builder::{
     MockBuilder, DEFAULT_MAX_REQUEST_BYTES, DEFAULT_REQUEST_LIMIT, DEFAULT_TOKEN_LIMIT,
 };

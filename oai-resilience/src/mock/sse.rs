@@ -54,8 +54,12 @@ pub(crate) fn stream(
     rng: &mut SplitMix64,
     created: u64,
     error_after: Option<usize>,
+    usage: Option<(u64, u64)>,
 ) -> String {
-    let full = success(route, req, rng, created);
+    let mut full = success(route, req, rng, created);
+    if let Some(counts) = usage {
+        super::bodies::set_usage(route, &mut full, counts);
+    }
     match route {
         Route::Responses => responses_stream(full, error_after),
         _ => chat_stream(full, req, error_after),
