@@ -3,8 +3,8 @@
 //! One call through the default stack, outermost first:
 //!
 //! ```text
-//! caller -> BaseUrl -> Validate -> Auth -> Retry -+-> Pace -> Classify -> HTTP client -> server
-//!                                                 +-- every attempt re-enters Pace
+//! caller -> BaseUrl -> Validate -> Auth -> Retry -+-> CircuitBreaker -> Pace -> Classify -> HTTP client -> server
+//!                                                 +-- every attempt re-enters the breaker and Pace
 //! ```
 //!
 //! Why this order:
@@ -14,6 +14,15 @@
 //!   the learned rate instead of going out to collect a 429.
 //! - **Classify** sits under both, so the pacer and the retry policy see typed [`Error`]s
 //!   (a quota 429 is not a rate limit) rather than raw responses.
+//! - **CircuitBreaker** sits under Retry and above Pace ([`crate::breaker`]): every attempt
+//!   is an outcome, so a failing upstream (5xx, connection failures, timeouts) opens its
+//!   circuit after a few attempts whichever calls made them; an attempt into an open circuit
+//!   fails at once with [`ErrorKind::CircuitOpen`](crate::ErrorKind::CircuitOpen), before it
+//!   waits for a pacing slot, and nothing is sent. That error is local, so the retry policy
+//!   does not retry it and the retry budget is neither asked nor told: an open circuit is not
+//!   a budget withdrawal. The breaker ignores the pacer's own refusals (nothing sent) and
+//!   counts 4xx, rate limits and quota 429s as answers of a healthy upstream.
+//!   [`OpenAiLayer::breaker`] configures it, [`OpenAiLayer::without_breaker`] switches it off.
 //! - **BaseUrl** gives relative request URIs (`/v1/chat/completions`) the configured base, so
 //!   the auth layer knows the target host and the pacer keys by it.
 //!
@@ -132,6 +141,7 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::auth::{Auth, AuthLayer};
+use crate::breaker::{CircuitBreaker, CircuitBreakerLayer};
 use crate::classify::{Classify, ClassifyLayer};
 use crate::error::Error;
 use crate::observe::{Observer, SharedObserver};
@@ -153,7 +163,7 @@ macro_rules! with_observer {
 ///
 /// It takes `http::Request<B>` and calls `S` with `http::Request<`[`ClientBody`]`<B>>`; see
 /// [the inner client's body type](self#the-inner-clients-body-type).
-pub type OpenAiService<S> = BaseUrl<Validate<Auth<Retry<Pace<Classify<S>>>>>>;
+pub type OpenAiService<S> = BaseUrl<Validate<Auth<Retry<CircuitBreaker<Pace<Classify<S>>>>>>>;
 
 /// The request body the inner client of [`OpenAiLayer`] receives when the stack is called
 /// with `http::Request<B>`: the validation layer's [`ValidateBody`]`<B>`. `B` defaults to
@@ -187,25 +197,30 @@ pub trait InnerClient<B>: Service<Request<ClientBody<B>>> {}
 #[diagnostic::do_not_recommend]
 impl<S, B> InnerClient<B> for S where S: Service<Request<ClientBody<B>>> {}
 
-/// Stacks validation, auth, retry, pacing and classification in the order the
-/// [module docs](self) explain.
+/// Stacks validation, auth, retry, circuit breaking, pacing and classification in the order
+/// the [module docs](self) explain.
 ///
 /// # Default
 ///
 /// [`ValidateLayer::new`], [`AuthLayer::from_env`] (`OPENAI_API_KEY`, `OPENAI_ORG_ID`,
-/// `OPENAI_PROJECT_ID`), [`RetryLayer::new`], [`PaceLayer::new`] (pacing state in this
+/// `OPENAI_PROJECT_ID`), [`RetryLayer::new`], [`CircuitBreakerLayer::new`] (a circuit per
+/// upstream and key that opens after 5 consecutive failures, or half the calls of 10 s with
+/// at least 10, and probes after 5 s: see [`BreakerConfig`](crate::breaker::BreakerConfig)),
+/// [`PaceLayer::new`] (pacing state in this
 /// process; [`pacing_store`](Self::pacing_store) shares it between processes),
 /// [`ClassifyLayer::new`], and the base URL in `OPENAI_BASE_URL`, with or without `/v1`, read
 /// once by [`new`](Self::new) (unset or blank: none, and request URIs are used as they are; an
 /// invalid value: requests with a relative URI fail, see [`base_url`](Self::base_url)).
 ///
-/// Clones share the retry budget and the pacer: build the layer once and clone the service.
+/// Clones share the retry budget, the circuits and the pacer: build the layer once and clone
+/// the service.
 #[derive(Debug, Clone)]
 pub struct OpenAiLayer {
     base_url: Option<BaseUrlLayer>,
     validate: ValidateLayer,
     auth: AuthLayer,
     retry: RetryLayer,
+    breaker: CircuitBreakerLayer,
     pace: PaceLayer,
     classify: ClassifyLayer,
     observer: Option<SharedObserver>,
@@ -222,6 +237,7 @@ impl OpenAiLayer {
             validate: ValidateLayer::new(),
             auth: AuthLayer::from_env(),
             retry: RetryLayer::new(),
+            breaker: CircuitBreakerLayer::new(),
             pace: PaceLayer::new(),
             classify: ClassifyLayer::new(),
             observer: None,
@@ -316,6 +332,45 @@ impl OpenAiLayer {
         self
     }
 
+    /// Replaces the circuit breaker (its configuration and its circuits); see
+    /// [`crate::breaker`]. Clones of one [`CircuitBreakerLayer`] share their circuits, so
+    /// stacks built with clones of it see the same open circuits.
+    ///
+    /// ```
+    /// use oai_resilience::breaker::{BreakerConfig, CircuitBreakerLayer};
+    /// use oai_resilience::stack::OpenAiLayer;
+    /// use std::time::Duration;
+    ///
+    /// let breaker = CircuitBreakerLayer::with_config(
+    ///     BreakerConfig::new().consecutive_failures(3).open_for(Duration::from_secs(1)),
+    /// );
+    /// let layer = OpenAiLayer::new().breaker(breaker);
+    /// let settings = layer.breaker_layer().config().settings();
+    /// assert_eq!(settings.consecutive_failures, Some(3));
+    /// ```
+    pub fn breaker(mut self, layer: CircuitBreakerLayer) -> Self {
+        self.breaker = layer;
+        self
+    }
+
+    /// Switches the circuit breaker off: every attempt goes to the pacer and the upstream,
+    /// however often the upstream failed (the stack's type stays [`OpenAiService`]).
+    ///
+    /// ```
+    /// use oai_resilience::stack::OpenAiLayer;
+    ///
+    /// assert!(OpenAiLayer::new().breaker_layer().is_enabled());
+    /// assert!(!OpenAiLayer::new().without_breaker().breaker_layer().is_enabled());
+    /// ```
+    pub fn without_breaker(self) -> Self {
+        self.breaker(CircuitBreakerLayer::disabled())
+    }
+
+    /// The circuit breaker, for its circuits' state and counters.
+    pub fn breaker_layer(&self) -> &CircuitBreakerLayer {
+        &self.breaker
+    }
+
     /// Replaces the pacing layer.
     pub fn pace(mut self, layer: PaceLayer) -> Self {
         self.pace = layer;
@@ -388,6 +443,7 @@ impl<S> Layer<S> for OpenAiLayer {
     fn layer(&self, inner: S) -> Self::Service {
         let inner = self.classify.layer(inner);
         let inner = self.pace.layer(inner);
+        let inner = self.breaker.layer(inner);
         let inner = self.retry.layer(inner);
         let inner = self.auth.layer(inner);
         let inner = self.validate.layer(inner);

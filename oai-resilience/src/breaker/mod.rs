@@ -41,9 +41,11 @@
 //! - **Above the pacer**, an open circuit refuses a call before it waits for a pacing slot,
 //!   and the pacer's own local refusals (nothing sent) are ignored by the breaker.
 //!
-//! [`OpenAiLayer`](crate::OpenAiLayer) does not include the breaker yet. With it, wrap the
-//! client: the breaker then runs per attempt under retry, after the pacer's wait; a 5xx
-//! response that reaches it unclassified counts as a failure.
+//! [`OpenAiLayer`](crate::OpenAiLayer) includes the breaker in this place by default, with
+//! [`BreakerConfig::new`]; [`OpenAiLayer::breaker`](crate::OpenAiLayer::breaker) configures it
+//! and [`OpenAiLayer::without_breaker`](crate::OpenAiLayer::without_breaker) switches it off
+//! ([`CircuitBreakerLayer::disabled`]). A breaker wrapped around a client of your own sees
+//! its raw responses: a 5xx response that reaches it unclassified counts as a failure.
 //!
 //! ```
 //! use bytes::Bytes;
@@ -70,7 +72,8 @@
 //!     .base_url("https://api.openai.com/v1".parse().unwrap())
 //!     .auth(AuthLayer::from_key("sk-proj-abcdefghijklmnopqrstuvwxyz0123456789"))
 //!     .retry(RetryLayer::with_config(RetryConfig::new().max_attempts(5).seed(1)))
-//!     .layer(breaker.layer(upstream));
+//!     .breaker(breaker.clone())
+//!     .layer(upstream);
 //! let request = || {
 //!     http::Request::post("/v1/embeddings")
 //!         .body(Full::new(Bytes::from_static(br#"{"model":"text-embedding-3-small","input":"hi"}"#)))

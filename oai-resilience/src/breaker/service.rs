@@ -24,6 +24,7 @@ use crate::error::{BoxError, Error};
 pub struct CircuitBreakerLayer {
     circuits: Arc<Circuits>,
     key_fn: Option<KeyFn>,
+    enabled: bool,
 }
 
 impl CircuitBreakerLayer {
@@ -37,7 +38,30 @@ impl CircuitBreakerLayer {
         CircuitBreakerLayer {
             circuits: Arc::new(Circuits::new(config)),
             key_fn: None,
+            enabled: true,
         }
+    }
+
+    /// A layer that lets every call through and counts nothing: the breaker switched off, for
+    /// a stack whose type includes it ([`OpenAiLayer::without_breaker`](crate::OpenAiLayer::without_breaker)).
+    ///
+    /// ```
+    /// use oai_resilience::breaker::CircuitBreakerLayer;
+    ///
+    /// let off = CircuitBreakerLayer::disabled();
+    /// assert!(!off.is_enabled());
+    /// assert!(off.keys().is_empty());
+    /// ```
+    pub fn disabled() -> Self {
+        CircuitBreakerLayer {
+            enabled: false,
+            ..Self::new()
+        }
+    }
+
+    /// Whether the layer breaks circuits (`false` for [`disabled`](Self::disabled)).
+    pub fn is_enabled(&self) -> bool {
+        self.enabled
     }
 
     /// Replaces the default key ([`BreakerKey::from_request_parts`]: URI authority and
@@ -90,6 +114,7 @@ crate::macros::default_via_new!(CircuitBreakerLayer);
 crate::macros::debug_struct!(CircuitBreakerLayer, |s| "CircuitBreakerLayer" {
     "circuits": s.circuits,
     "custom_key": s.key_fn.is_some(),
+    "enabled": s.enabled,
 } finish);
 
 crate::macros::layer_impl!(CircuitBreakerLayer => CircuitBreaker, |l| {
@@ -132,6 +157,9 @@ where
     }
 
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
+        if !self.layer.enabled {
+            return future::ResponseFuture::passed(self.inner.call(req));
+        }
         let key = key_of(self.layer.key_fn.as_ref(), &req);
         match self.layer.circuits.admit(&key) {
             Ok(permit) => future::ResponseFuture::called(
@@ -192,6 +220,7 @@ pub mod future {
         enum State<F> {
             Rejected { err: Option<Error> },
             Called { #[pin] fut: F, guard: Guard },
+            Passed { #[pin] fut: F },
         }
     }
 
@@ -199,6 +228,12 @@ pub mod future {
         pub(super) fn called(fut: F, guard: Guard) -> Self {
             ResponseFuture {
                 state: State::Called { fut, guard },
+            }
+        }
+
+        pub(super) fn passed(fut: F) -> Self {
+            ResponseFuture {
+                state: State::Passed { fut },
             }
         }
 
@@ -229,6 +264,9 @@ pub mod future {
             match self.project().state.project() {
                 StateProj::Rejected { err } => {
                     Poll::Ready(Err(err.take().expect("polled after completion")))
+                }
+                StateProj::Passed { fut } => {
+                    Poll::Ready(ready!(fut.poll(cx)).map_err(Error::from_service_error))
                 }
                 StateProj::Called { fut, guard } => {
                     let result = ready!(fut.poll(cx)).map_err(Error::from_service_error);
