@@ -89,38 +89,44 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
+        // Inside the call span: what the service does while it gets ready, and the retry
+        // loop's events; the attempt in flight inside its attempt span.
+        let call_span = this.retrier.call_span().clone();
+        let _in_call = call_span.enter();
         loop {
             match this.state.as_mut().project() {
-                StateProj::Called { fut } => match fut.poll(cx) {
-                    Poll::Ready(Ok(res)) => {
-                        this.retrier.on_success_with(res.status(), res.request_id());
-                        this.state.set(State::Done);
-                        return Poll::Ready(Ok(res));
-                    }
-                    Poll::Ready(Err(err)) => {
-                        match this.retrier.on_error(&err, this.replay.is_some()) {
-                            Decision::Retry { delay, .. } if delay.is_zero() => {
-                                this.state.set(State::Ready);
-                            }
-                            Decision::Retry { delay, .. } => {
-                                this.state.set(State::Waiting {
-                                    sleep: tokio::time::sleep(delay),
-                                });
-                            }
-                            Decision::Stop(reason) => {
-                                this.state.set(State::Done);
-                                return Poll::Ready(Err(this.retrier.finish(err, reason)));
-                            }
-                        }
-                    }
-                    Poll::Pending => {
-                        if deadline_passed(this.deadline, this.retrier, cx) {
+                StateProj::Called { fut } => {
+                    match this.retrier.attempt_span().in_scope(|| fut.poll(cx)) {
+                        Poll::Ready(Ok(res)) => {
+                            this.retrier.on_success_with(res.status(), res.request_id());
                             this.state.set(State::Done);
-                            return Poll::Ready(Err(this.retrier.on_deadline()));
+                            return Poll::Ready(Ok(res));
                         }
-                        return Poll::Pending;
+                        Poll::Ready(Err(err)) => {
+                            match this.retrier.on_error(&err, this.replay.is_some()) {
+                                Decision::Retry { delay, .. } if delay.is_zero() => {
+                                    this.state.set(State::Ready);
+                                }
+                                Decision::Retry { delay, .. } => {
+                                    this.state.set(State::Waiting {
+                                        sleep: tokio::time::sleep(delay),
+                                    });
+                                }
+                                Decision::Stop(reason) => {
+                                    this.state.set(State::Done);
+                                    return Poll::Ready(Err(this.retrier.finish(err, reason)));
+                                }
+                            }
+                        }
+                        Poll::Pending => {
+                            if deadline_passed(this.deadline, this.retrier, cx) {
+                                this.state.set(State::Done);
+                                return Poll::Ready(Err(this.retrier.on_deadline()));
+                            }
+                            return Poll::Pending;
+                        }
                     }
-                },
+                }
                 StateProj::Waiting { sleep } => match sleep.poll(cx) {
                     Poll::Ready(()) => this.state.set(State::Ready),
                     Poll::Pending => return Poll::Pending,

@@ -78,6 +78,25 @@
 //! [`AttemptOutcome`](crate::AttemptOutcome), and its `Display` ends with, for instance,
 //! "after 3 attempts in 1.2 s (maximum attempts reached)".
 //!
+//! # Tracing spans
+//!
+//! Each call runs in an `INFO` span named `call` (target `oai_resilience::retry`), and each
+//! attempt in a child span named `attempt`, so that a `tracing-opentelemetry` layer exports a
+//! trace per call with one span per HTTP request. The fields use the OpenTelemetry semantic
+//! conventions' names, as the [metrics](crate::observe) do, and are recorded when known:
+//!
+//! | span | fields |
+//! |---|---|
+//! | `call` | `gen_ai.operation.name` (`chat`, `text_completion`, `embeddings`; from the path), `gen_ai.request.model` (from the [`RequestModel`](crate::observe::RequestModel) extension), `server.address`, `http.request.resend_count` and `oai_resilience.attempts` at the end, `oai_resilience.request_id` (the last response's), and on failure `error.type` (the [`ErrorKind`](crate::ErrorKind)'s name), `oai_resilience.stop_reason`, `otel.status_code = "ERROR"`; `otel.name` is `"{operation} {model}"`, `otel.kind = "client"` |
+//! | `attempt` | `oai_resilience.attempt` (1 for the first), `http.request.method`, `url.path`, `server.address`, `server.port`, `http.request.resend_count` (from the second attempt on), `http.response.status_code`, `error.type` and `otel.status_code = "ERROR"` on failure, `oai_resilience.request_id`; `otel.name` is the method, `otel.kind = "client"` |
+//!
+//! The "retrying" event (with the delay) and the "not retrying" event are emitted inside the
+//! failed attempt's span, so they become that span's events; the inner service's own spans
+//! and events (the pacer's wait, the HTTP client) nest under the attempt. Loops that do not
+//! see the request ([`call`], `#[openai_call]`) record no request fields. With no subscriber
+//! interested in these spans, they cost a check of each callsite's cached interest: nothing
+//! is allocated or formatted.
+//!
 //! # One retry loop
 //!
 //! - [`RetryConfig`]: every knob, with the defaults in its docs;
@@ -116,6 +135,7 @@ pub mod redis;
 mod replay;
 mod retrier;
 mod service;
+mod span;
 mod tower_policy;
 
 pub use backoff::{Backoff, HintJitter, Jitter, RandomSource, SplitMix, DEFAULT_BASE, DEFAULT_CAP};

@@ -7,9 +7,11 @@ use std::time::Duration;
 
 use http::{HeaderValue, Request, StatusCode};
 use tokio::time::Instant;
+use tracing::{Instrument, Span};
 
 use super::config::RetryConfig;
 use super::policy::{server_hint, Attempt, Decision, ServerHint};
+use super::span;
 use crate::error::{
     AttemptOutcome, BoxError, DelaySource, Error, ErrorKind, RetryContext, StopReason,
 };
@@ -68,8 +70,12 @@ pub struct Retrier {
     token_pending: bool,
     /// When the current attempt started: read only when an observer is registered.
     attempt_start: Option<Instant>,
-    /// The model the request names, for observers ([`RequestModel`]).
+    /// The model the request names, for observers ([`RequestModel`]) and the call span.
     model: Option<Arc<str>>,
+    /// The `call` span (disabled when no subscriber wants it).
+    call_span: Span,
+    /// The current attempt's span, from its start to its end (else disabled).
+    attempt_span: Span,
 }
 
 impl Clone for Retrier {
@@ -86,6 +92,8 @@ impl Clone for Retrier {
             token_pending: false,
             attempt_start: self.attempt_start,
             model: self.model.clone(),
+            call_span: self.call_span.clone(),
+            attempt_span: self.attempt_span.clone(),
         }
     }
 }
@@ -119,6 +127,26 @@ impl Retrier {
             token_pending: false,
             attempt_start: None,
             model: None,
+            call_span: span::call_span(),
+            attempt_span: Span::none(),
+        }
+    }
+
+    /// The call's `call` span (see the [module docs](super#tracing-spans)).
+    pub(crate) fn call_span(&self) -> &Span {
+        &self.call_span
+    }
+
+    /// The current attempt's `attempt` span, a child of the call span; disabled between
+    /// attempts.
+    pub(crate) fn attempt_span(&self) -> &Span {
+        &self.attempt_span
+    }
+
+    /// Ends the current attempt's span (it closes when its last handle is dropped).
+    fn end_attempt_span(&mut self) {
+        if !self.attempt_span.is_disabled() {
+            self.attempt_span = Span::none();
         }
     }
 
@@ -137,15 +165,26 @@ impl Retrier {
     /// [`start_attempt`](Self::start_attempt) for an attempt that sends `req`: the observer
     /// also learns the route (the path) and the model (the [`RequestModel`] extension).
     pub fn start_attempt_for<B>(&mut self, req: &Request<B>) -> u32 {
-        if self.model.is_none() && self.config.settings().observer.is_some() {
+        if self.model.is_none()
+            && (self.config.settings().observer.is_some() || !self.call_span.is_disabled())
+        {
             self.model = req.extensions().get::<RequestModel>().map(|m| m.0.clone());
         }
-        self.start(Some(req.uri().path()))
+        let n = self.start(Some(req.uri().path()));
+        span::record_request(
+            &self.call_span,
+            &self.attempt_span,
+            req,
+            n == 1,
+            self.model.as_deref(),
+        );
+        n
     }
 
     fn start(&mut self, route: Option<&str>) -> u32 {
         self.token_pending = false;
         self.attempts += 1;
+        self.attempt_span = span::attempt_span(&self.call_span, self.attempts);
         if let Some(observer) = self.config.settings().observer.as_deref() {
             self.attempt_start = Some(Instant::now());
             observer.attempt_started(&AttemptStarted {
@@ -210,6 +249,9 @@ impl Retrier {
         if let Some(b) = self.config.settings().budget.as_ref() {
             b.on_success();
         }
+        span::record_attempt_end(&self.attempt_span, status, None, request_id);
+        self.end_attempt_span();
+        span::record_call_end(&self.call_span, self.attempts.max(1), request_id, None);
         if let Some(observer) = self.observer() {
             let model = self.model.as_deref();
             observer.attempt_finished(&AttemptFinished {
@@ -228,8 +270,15 @@ impl Retrier {
         }
     }
 
-    /// Tells the observer, if any, that the current attempt failed with `err`.
+    /// Tells the observer, if any, and the attempt span that the current attempt failed with
+    /// `err`.
     fn observe_failure(&self, err: &Error) {
+        span::record_attempt_end(
+            &self.attempt_span,
+            err.status(),
+            Some(err.kind()),
+            err.request_id(),
+        );
         let Some(observer) = self.observer() else {
             return;
         };
@@ -327,6 +376,8 @@ impl Retrier {
                         model: self.model.as_deref(),
                     });
                 }
+                // In the attempt span: the retry's delay is an event of the failed attempt.
+                let _in_attempt = self.attempt_span.enter();
                 tracing::info!(
                     target: "oai_resilience::retry",
                     attempt = number,
@@ -339,6 +390,7 @@ impl Retrier {
                 );
             }
             Decision::Stop(reason) => {
+                let _in_attempt = self.attempt_span.enter();
                 tracing::debug!(
                     target: "oai_resilience::retry",
                     attempt = number,
@@ -350,6 +402,7 @@ impl Retrier {
                 );
             }
         }
+        self.end_attempt_span();
         decision
     }
 
@@ -393,6 +446,8 @@ impl Retrier {
     /// Records an attempt that failed with an error the retry machinery cannot classify (a
     /// [`RetryableError`] without an [`Error`] inside): it is not retried.
     pub fn on_unclassified(&mut self) -> Decision {
+        span::record_attempt_end(&self.attempt_span, None, Some(ErrorKind::Internal), None);
+        self.end_attempt_span();
         if let Some(observer) = self.observer() {
             observer.attempt_finished(&AttemptFinished {
                 attempt: self.attempts.max(1),
@@ -423,6 +478,7 @@ impl Retrier {
             self.attempts.max(1)
         ));
         self.observe_failure(&err);
+        self.end_attempt_span();
         self.outcomes.push(AttemptOutcome {
             attempt: self.attempts.max(1),
             kind: ErrorKind::Timeout,
@@ -451,7 +507,7 @@ impl Retrier {
     ///
     /// Tells the observer, if any, that the call gave up ([`Observer::call_given_up`]).
     pub fn finish(&self, err: Error, stop: StopReason) -> Error {
-        self.observe_given_up(stop, err.kind(), err.status());
+        self.observe_given_up(stop, err.kind(), err.status(), err.request_id());
         let ctx = self.context(stop);
         if stop == StopReason::NotReplayable {
             let mut wrapped = Error::new(ErrorKind::NotReplayable).with_detail(format!(
@@ -472,22 +528,37 @@ impl Retrier {
 
     /// [`Retrier::finish`] for any [`RetryableError`].
     pub fn finish_as<E: RetryableError>(&self, err: E, stop: StopReason) -> E {
-        if self.observer().is_some() {
-            let (kind, status) = err
+        if self.observer().is_some() || !self.call_span.is_disabled() {
+            let (kind, status, request_id) = err
                 .classification()
-                .map_or((ErrorKind::Internal, None), |e| (e.kind(), e.status()));
-            self.observe_given_up(stop, kind, status);
+                .map_or((ErrorKind::Internal, None, None), |e| {
+                    (e.kind(), e.status(), e.request_id())
+                });
+            self.observe_given_up(stop, kind, status, request_id);
         }
         err.attach_retry_context(self.context(stop))
     }
 
-    fn observe_given_up(&self, stop: StopReason, error: ErrorKind, status: Option<StatusCode>) {
+    /// Tells the observer, if any, and the call span that the call gave up.
+    fn observe_given_up(
+        &self,
+        stop: StopReason,
+        error: ErrorKind,
+        status: Option<StatusCode>,
+        request_id: Option<&str>,
+    ) {
+        let error = if stop == StopReason::NotReplayable {
+            ErrorKind::NotReplayable
+        } else {
+            error
+        };
+        span::record_call_end(
+            &self.call_span,
+            self.attempts.max(1),
+            request_id,
+            Some((error, stop)),
+        );
         if let Some(observer) = self.observer() {
-            let error = if stop == StopReason::NotReplayable {
-                ErrorKind::NotReplayable
-            } else {
-                error
-            };
             observer.call_given_up(&CallGivenUp {
                 attempts: self.attempts.max(1),
                 elapsed: self.elapsed(),
@@ -642,32 +713,37 @@ where
     E: RetryableError,
 {
     let mut retrier = Retrier::new(config, idempotent);
-    loop {
-        let attempt = retrier.start_attempt();
-        let fut = op(attempt);
-        let result = match retrier.deadline_at() {
-            Some(at) => match tokio::time::timeout_at(at, fut).await {
-                Ok(r) => r,
-                Err(_) => return Err(E::from_error(retrier.on_deadline())),
-            },
-            None => fut.await,
-        };
-        let err = match result {
-            Ok(v) => {
-                retrier.on_success();
-                return Ok(v);
+    let call_span = retrier.call_span().clone();
+    async move {
+        loop {
+            let attempt = retrier.start_attempt();
+            let fut = op(attempt).instrument(retrier.attempt_span().clone());
+            let result = match retrier.deadline_at() {
+                Some(at) => match tokio::time::timeout_at(at, fut).await {
+                    Ok(r) => r,
+                    Err(_) => return Err(E::from_error(retrier.on_deadline())),
+                },
+                None => fut.await,
+            };
+            let err = match result {
+                Ok(v) => {
+                    retrier.on_success();
+                    return Ok(v);
+                }
+                Err(e) => e,
+            };
+            let decision = match err.classification() {
+                Some(e) => retrier.on_error(e, true),
+                None => retrier.on_unclassified(),
+            };
+            match decision {
+                Decision::Retry { delay, .. } => tokio::time::sleep(delay).await,
+                Decision::Stop(reason) => return Err(retrier.finish_as(err, reason)),
             }
-            Err(e) => e,
-        };
-        let decision = match err.classification() {
-            Some(e) => retrier.on_error(e, true),
-            None => retrier.on_unclassified(),
-        };
-        match decision {
-            Decision::Retry { delay, .. } => tokio::time::sleep(delay).await,
-            Decision::Stop(reason) => return Err(retrier.finish_as(err, reason)),
         }
     }
+    .instrument(call_span)
+    .await
 }
 
 #[cfg(test)]
