@@ -65,6 +65,9 @@ LIMITS AND OPERATIONS:
     --listen ADDR                   OAI_GATEWAY_LISTEN        default 127.0.0.1:8787
     --max-body-bytes N              OAI_GATEWAY_MAX_BODY_BYTES        default 8388608 (8 MiB)
         The largest JSON body (read whole, validated, replayed on retries).
+    --max-buffered-bytes N          OAI_GATEWAY_MAX_BUFFERED_BYTES    default 8 x --max-body-bytes
+        The bytes of JSON bodies buffered at once across all connections; a body that would
+        pass it gets 503 with Retry-After at once (nothing is sent upstream).
     --max-upload-bytes N            OAI_GATEWAY_MAX_UPLOAD_BYTES      default 536870912 (512 MiB)
         The largest streamed body (multipart and other non-JSON uploads: audio, files,
         uploads, image edits), which is sent on as it arrives and never retried.
@@ -151,6 +154,9 @@ pub struct Config {
     pub routes: Routes,
     /// The largest JSON request body accepted (read whole).
     pub max_body_bytes: usize,
+    /// The bytes of JSON bodies buffered at once across all connections (`None`: 8 ×
+    /// [`max_body_bytes`](Self::max_body_bytes)); see [`Config::buffered_bytes_cap`].
+    pub max_buffered_bytes: Option<usize>,
     /// The largest streamed request body accepted (uploads).
     pub max_upload_bytes: u64,
     /// How long a client may take to send a request's headers.
@@ -196,6 +202,7 @@ impl Default for Config {
             server_key: None,
             routes: Routes::default(),
             max_body_bytes: 8 * 1024 * 1024,
+            max_buffered_bytes: None,
             max_upload_bytes: 512 * 1024 * 1024,
             header_read_timeout: Duration::from_secs(10),
             body_read_timeout: Duration::from_secs(60),
@@ -227,6 +234,7 @@ const FLAGS_WITH_VALUE: &[(&str, &str)] = &[
     ("--upstream-auth-header", "OAI_GATEWAY_UPSTREAM_AUTH_HEADER"),
     ("--access-keys-file", "OAI_GATEWAY_ACCESS_KEYS_FILE"),
     ("--max-body-bytes", "OAI_GATEWAY_MAX_BODY_BYTES"),
+    ("--max-buffered-bytes", "OAI_GATEWAY_MAX_BUFFERED_BYTES"),
     ("--max-upload-bytes", "OAI_GATEWAY_MAX_UPLOAD_BYTES"),
     ("--header-read-timeout", "OAI_GATEWAY_HEADER_READ_TIMEOUT"),
     ("--body-read-timeout", "OAI_GATEWAY_BODY_READ_TIMEOUT"),
@@ -359,6 +367,9 @@ impl Config {
         if let Some((from, v)) = get("--max-body-bytes") {
             c.max_body_bytes = parse_count(&v).map_err(|e| err(format!("{from}: {e}")))?;
         }
+        if let Some((from, v)) = get("--max-buffered-bytes") {
+            c.max_buffered_bytes = Some(parse_count(&v).map_err(|e| err(format!("{from}: {e}")))?);
+        }
         if let Some((from, v)) = get("--max-upload-bytes") {
             c.max_upload_bytes = parse_count(&v).map_err(|e| err(format!("{from}: {e}")))? as u64;
         }
@@ -474,6 +485,13 @@ impl Config {
         Ok(Command::Run(Box::new(c)))
     }
 
+    /// The cap on the bytes of JSON bodies buffered at once across all connections:
+    /// `--max-buffered-bytes`, else 8 × `--max-body-bytes` (64 MiB by default).
+    pub fn buffered_bytes_cap(&self) -> usize {
+        self.max_buffered_bytes
+            .unwrap_or_else(|| self.max_body_bytes.saturating_mul(8))
+    }
+
     /// Checks what can be checked without the network: the upstream URL, the key setup, the
     /// CA file. [`Gateway::new`](crate::Gateway::new) calls it too.
     ///
@@ -487,6 +505,15 @@ impl Config {
         if self.max_body_bytes == 0 || self.max_connections == 0 {
             return Err(err(
                 "--max-body-bytes and --max-connections must be above 0",
+            ));
+        }
+        if self
+            .max_buffered_bytes
+            .is_some_and(|b| b < self.max_body_bytes)
+        {
+            return Err(err(
+                "--max-buffered-bytes must be at least --max-body-bytes (else a body of the \
+                 largest size could never be buffered)",
             ));
         }
         if !self.access_keys.is_empty() {

@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::gateway::BodyBudget;
 use oai_resilience::retry::{RetryBudget, TokenBudget};
 use oai_resilience::{Error, Pacer};
 
@@ -90,11 +91,13 @@ pub struct Metrics {
     stalls_idle: AtomicU64,
     budget: Option<MeteredBudget>,
     pacer: Pacer,
+    bodies: BodyBudget,
 }
 
 impl Metrics {
-    /// Counters for a gateway whose stack paces with `pacer` and spends `budget` (if any).
-    pub fn new(pacer: Pacer, budget: Option<MeteredBudget>) -> Self {
+    /// Counters for a gateway whose stack paces with `pacer` and spends `budget` (if any),
+    /// and that buffers JSON bodies within `bodies`.
+    pub fn new(pacer: Pacer, budget: Option<MeteredBudget>, bodies: BodyBudget) -> Self {
         Metrics {
             requests: Mutex::new(BTreeMap::new()),
             requests_in_flight: AtomicI64::new(0),
@@ -109,7 +112,13 @@ impl Metrics {
             stalls_idle: AtomicU64::new(0),
             budget,
             pacer,
+            bodies,
         }
+    }
+
+    /// The bytes of JSON bodies buffered now, across connections (for tests).
+    pub fn buffered_bytes(&self) -> usize {
+        self.bodies.used()
     }
 
     /// One request answered.
@@ -292,6 +301,24 @@ impl Metrics {
         }
         gauge(
             &mut out,
+            "oai_gateway_body_buffered_bytes",
+            "Bytes of JSON request bodies buffered now, across connections.",
+            self.bodies.used() as f64,
+        );
+        gauge(
+            &mut out,
+            "oai_gateway_body_buffered_bytes_limit",
+            "The cap on them (--max-buffered-bytes).",
+            self.bodies.cap() as f64,
+        );
+        counter(
+            &mut out,
+            "oai_gateway_body_budget_refused_total",
+            "JSON bodies refused with 503 because the cap was reached.",
+            self.bodies.refused(),
+        );
+        gauge(
+            &mut out,
             "oai_gateway_streams_in_flight",
             "Event streams (text/event-stream answers) being relayed now.",
             self.streams_in_flight.load(Ordering::Relaxed) as f64,
@@ -388,7 +415,7 @@ mod tests {
 
     #[test]
     fn renders_counters_and_histograms() {
-        let m = Metrics::new(Pacer::default(), None);
+        let m = Metrics::new(Pacer::default(), None, BodyBudget::new(100));
         m.request("/v1/models", 200, "none");
         m.request("/v1/models", 200, "none");
         m.attempt(1, Some(200), Duration::from_millis(3));

@@ -324,3 +324,117 @@ fn which_bodies_are_streamed() {
     assert!(!streams_body(&post, "/v1/audio/speech", &json));
     assert!(!streams_body(&http::Method::GET, "/v1/files", &multipart));
 }
+
+/// Opens a connection and sends the head of a chat request declaring `len` bytes, and the
+/// first `sent` bytes of its body; the rest is `rest`.
+async fn hold_chat_body(
+    gw: SocketAddr,
+    len: usize,
+    sent: usize,
+) -> (tokio::net::TcpStream, Vec<u8>) {
+    let mut body = support::CHAT.as_bytes().to_vec();
+    body.resize(len, b' ');
+    let mut s = tokio::net::TcpStream::connect(gw).await.unwrap();
+    let head = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {KEY}\r\n\
+         content-type: application/json\r\ncontent-length: {len}\r\n\r\n"
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    s.write_all(&body[..sent]).await.unwrap();
+    (s, body[sent..].to_vec())
+}
+
+/// Polls `done` every 10 ms, at most 5 s; whether it held.
+async fn eventually(done: impl Fn() -> bool) -> bool {
+    for _ in 0..500 {
+        if done() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    done()
+}
+
+#[tokio::test]
+async fn json_bodies_past_the_buffered_bytes_cap_get_503_at_once_and_the_cap_comes_back() {
+    let upstream = RawUpstream::start().await;
+    let c = config(
+        &[
+            "--upstream",
+            &upstream.url(),
+            "--max-body-bytes",
+            "1000",
+            "--max-buffered-bytes",
+            "2500",
+        ],
+        &[],
+    );
+    let gateway = oai_gateway::Gateway::new(&c).await.unwrap();
+    let gw = support::serve(gateway.clone(), &c).await;
+    let metrics = gateway.metrics();
+    // Two bodies of 1,000 bytes held open: 2,000 of the 2,500 bytes taken.
+    let (mut first, first_rest) = hold_chat_body(gw, 1000, 100).await;
+    let (second, _) = hold_chat_body(gw, 1000, 100).await;
+    assert!(eventually(|| metrics.buffered_bytes() == 2000).await);
+    // A third is refused before its body is read: 503 with Retry-After, x-should-retry.
+    let (mut third, _) = hold_chat_body(gw, 1000, 10).await;
+    let (head, body) = tokio::time::timeout(
+        Duration::from_secs(10),
+        support::read_message(&mut third, true),
+    )
+    .await
+    .expect("an answer while the body is still held")
+    .expect("a response");
+    let res = support::RawResponse {
+        status: head.split_whitespace().nth(1).unwrap().parse().unwrap(),
+        head,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    };
+    assert_eq!(res.status, 503, "{}", res.body);
+    assert_eq!(res.header("retry-after").as_deref(), Some("1"));
+    assert_eq!(res.header("x-should-retry").as_deref(), Some("true"));
+    assert_eq!(res.json()["error"]["type"], "server_error");
+    assert!(res.body.contains("--max-buffered-bytes"), "{}", res.body);
+    assert_eq!(
+        metrics.buffered_bytes(),
+        2000,
+        "the refused body took nothing"
+    );
+    // A small body still fits in the 500 bytes left.
+    let auth = format!("Bearer {KEY}");
+    let small = request(
+        gw,
+        "POST",
+        "/v1/chat/completions",
+        &[("authorization", &auth)],
+        support::CHAT,
+    )
+    .await;
+    assert_eq!(small.status, 200, "{}", small.body);
+    // The first completes: 200, and its bytes come back once the request is done.
+    first.write_all(&first_rest).await.unwrap();
+    let (head, _) = support::read_message(&mut first, true).await.unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    // The second's client goes away mid-body: its bytes come back too.
+    drop(second);
+    assert!(
+        eventually(|| metrics.buffered_bytes() == 0).await,
+        "{} bytes still taken",
+        metrics.buffered_bytes()
+    );
+    // The whole budget is there again: two more bodies of 1,000 bytes are held at once.
+    let (_a, _) = hold_chat_body(gw, 1000, 100).await;
+    let (_b, _) = hold_chat_body(gw, 1000, 100).await;
+    assert!(eventually(|| metrics.buffered_bytes() == 2000).await);
+    let text = gateway.metrics().render();
+    assert!(
+        text.contains("oai_gateway_body_budget_refused_total 1\n"),
+        "{text}"
+    );
+    assert!(text.contains("oai_gateway_body_buffered_bytes_limit 2500\n"));
+    assert!(text.contains(
+        "oai_gateway_requests_total{route=\"/v1/chat/completions\",status=\"503\",error=\"body_budget\"} 1\n"
+    ));
+    // Upstream: the small call and the first body.
+    assert_eq!(upstream.received().len(), 2);
+}

@@ -257,6 +257,7 @@ async fn help_lists_the_flags_and_bad_configuration_exits_2() {
         "--allow-route",
         "--allow-admin-routes",
         "--max-body-bytes",
+        "--max-buffered-bytes",
         "--header-read-timeout",
         "--body-read-timeout",
         "--max-connections",
@@ -290,6 +291,11 @@ async fn help_lists_the_flags_and_bad_configuration_exits_2() {
             "shorter than",
         ),
         (vec!["--max-body-bytes", "0"], vec![], "--max-body-bytes"),
+        (
+            vec!["--max-body-bytes", "1000", "--max-buffered-bytes", "999"],
+            vec![],
+            "--max-buffered-bytes must be at least --max-body-bytes",
+        ),
         (vec!["--drain-timeout", "soon"], vec![], "--drain-timeout"),
         (
             vec!["--upstream-ca", "/no/such/ca.pem"],

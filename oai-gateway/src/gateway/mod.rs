@@ -13,7 +13,8 @@
 //! 4. the body: a JSON body (or one without a content type) is read whole, up to
 //!    `--max-body-bytes` within `--body-read-timeout` (a declared `Content-Length` over the
 //!    limit gets 413 at once, before any byte is read), so that it can be validated and
-//!    replayed by retries; any other body (multipart uploads, audio, files: [`streams_body`])
+//!    replayed by retries; its bytes count against `--max-buffered-bytes` across all
+//!    connections ([`BodyBudget`]), and a body that would pass it gets 503 at once; any other body (multipart uploads, audio, files: [`streams_body`])
 //!    is streamed to the upstream as it arrives, up to `--max-upload-bytes`, each chunk within
 //!    `--body-read-timeout` of the previous one, and is never retried;
 //! 5. the request goes through the stack (validation, key checks, retries, pacing,
@@ -24,7 +25,7 @@
 //!    `error` event), or the stack's error is mapped to OpenAI's error JSON by
 //!    [`oai_resilience::respond::error_response`].
 //!
-//! Every answer the gateway makes itself (401, 404, 405, 408, 413) has OpenAI's error shape
+//! Every answer the gateway makes itself (401, 404, 405, 408, 413, 503) has OpenAI's error shape
 //! and `x-should-retry: false`; every request is logged once (method, path, status, upstream
 //! status, attempts, latency, request id, access-key name), never with a key, and counted in
 //! [`Metrics`].
@@ -62,6 +63,8 @@ use crate::upstream::{AttemptLog, BodyError, ObservedBody, RequestBody, Stack};
 use access::AccessKeys;
 use body::{UploadBody, UploadFault, FAULT_CLIENT, FAULT_TIMEOUT, FAULT_TOO_LARGE};
 use routes::{Refusal, Routes};
+
+pub use buffer::BodyBudget;
 
 pub use oai_resilience::respond::{ATTEMPTS_HEADER, HINT_HEADER};
 
@@ -165,6 +168,7 @@ struct Inner {
     access: AccessKeys,
     routes: Routes,
     max_body_bytes: usize,
+    body_budget: BodyBudget,
     max_upload_bytes: u64,
     body_read_timeout: Duration,
     metrics_on_main: bool,
@@ -260,7 +264,12 @@ impl Gateway {
             u.host()
                 .map(|h| (h.trim_matches(['[', ']']).to_owned(), port))
         });
-        let metrics = Arc::new(Metrics::new(layer.pace_layer().pacer().clone(), budget));
+        let body_budget = BodyBudget::new(config.buffered_bytes_cap());
+        let metrics = Arc::new(Metrics::new(
+            layer.pace_layer().pacer().clone(),
+            budget,
+            body_budget.clone(),
+        ));
         let watchdog = WatchdogLayer::new()
             .first_byte(config.stream_first_byte_timeout)
             .idle(config.stream_idle_timeout);
@@ -274,6 +283,7 @@ impl Gateway {
                 access: config.access_keys.clone(),
                 routes: config.routes.clone(),
                 max_body_bytes: config.max_body_bytes,
+                body_budget,
                 max_upload_bytes: config.max_upload_bytes,
                 body_read_timeout: config.body_read_timeout,
                 metrics_on_main: config.metrics_listen.is_none(),
@@ -533,12 +543,32 @@ impl Gateway {
             let declared = declared.and_then(Result::ok);
             let read = tokio::time::timeout(
                 inner.body_read_timeout,
-                buffer::read_body(body, limit as usize, declared),
+                buffer::read_body(body, limit as usize, declared, &inner.body_budget),
             )
             .await;
             match read {
                 Ok(Ok(bytes)) => Either::Left(Full::new(bytes)),
                 Ok(Err(buffer::ReadError::TooLarge)) => return too_large(out),
+                Ok(Err(buffer::ReadError::OverBudget)) => {
+                    out.error = Some("body_budget".into());
+                    let mut res = local_error(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        &format!(
+                            "The gateway is buffering {} bytes of request bodies, its limit; try again shortly.",
+                            inner.body_budget.cap()
+                        ),
+                        "server_error",
+                        None,
+                        "retry after the Retry-After delay, or raise --max-buffered-bytes",
+                    );
+                    // Nothing was sent and the client still holds the body: its SDK may send
+                    // it again after the delay.
+                    let headers = res.headers_mut();
+                    headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                    headers.insert("retry-after-ms", HeaderValue::from_static("1000"));
+                    headers.insert("x-should-retry", HeaderValue::from_static("true"));
+                    return res;
+                }
                 Ok(Err(buffer::ReadError::Body(e))) => {
                     return bad_request(
                         out,

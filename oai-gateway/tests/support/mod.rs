@@ -116,7 +116,7 @@ impl RawUpstream {
 }
 
 /// Reads one HTTP/1.1 message (head, then a `content-length` body) from `stream`.
-async fn read_message(stream: &mut TcpStream, with_body: bool) -> Option<(String, Vec<u8>)> {
+pub async fn read_message(stream: &mut TcpStream, with_body: bool) -> Option<(String, Vec<u8>)> {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
     let end = loop {
