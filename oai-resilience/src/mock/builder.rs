@@ -32,6 +32,16 @@ pub(crate) struct Config {
     pub(crate) seed: Option<u64>,
     pub(crate) charge_rejected: bool,
     pub(crate) true_usage: Option<TrueUsage>,
+    pub(crate) stall: Option<Stall>,
+}
+
+/// [`MockBuilder::stall_streams`]: which event streams stop, where, and for how long.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Stall {
+    pub(crate) fraction: f64,
+    pub(crate) after_events: usize,
+    pub(crate) pause: Duration,
+    pub(crate) seed: u64,
 }
 
 crate::macros::debug_struct!(Config, |s| "Config" {
@@ -49,6 +59,7 @@ crate::macros::debug_struct!(Config, |s| "Config" {
     "seed": s.seed,
     "charge_rejected": s.charge_rejected,
     "true_usage": s.true_usage,
+    "stall": s.stall,
 } finish);
 
 impl Default for Config {
@@ -68,6 +79,7 @@ impl Default for Config {
             seed: None,
             charge_rejected: false,
             true_usage: None,
+            stall: None,
         }
     }
 }
@@ -248,6 +260,41 @@ impl MockBuilder {
     /// a limiter that counts the tokens a call really used. Off by default.
     pub fn true_usage(mut self, usage: TrueUsage) -> Self {
         self.config.true_usage = Some(usage);
+        self
+    }
+
+    /// Stalls a `fraction` (0.0–1.0) of the successful event streams, drawn from `seed`: the
+    /// headers and the first `after_events` events go out, then nothing for `pause`, then the
+    /// rest of the stream (with `tokio::time`, so paused time skips it). Combines with
+    /// [`stream_duration`](Self::stream_duration). A stream that never resumes in practice is
+    /// a long `pause` (60 s). Off by default.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// use std::time::Duration;
+    /// use oai_resilience::mock::MockServer;
+    ///
+    /// // One stream in ten stops after 3 events for a minute.
+    /// let server = MockServer::builder()
+    ///     .stall_streams(0.1, 3, Duration::from_secs(60), 42)
+    ///     .start()
+    ///     .await;
+    /// # drop(server);
+    /// # }
+    /// ```
+    pub fn stall_streams(
+        mut self,
+        fraction: f64,
+        after_events: usize,
+        pause: Duration,
+        seed: u64,
+    ) -> Self {
+        self.config.stall = Some(Stall {
+            fraction: fraction.clamp(0.0, 1.0),
+            after_events,
+            pause,
+            seed,
+        });
         self
     }
 }

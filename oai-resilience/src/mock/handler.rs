@@ -51,6 +51,8 @@ struct State {
     scripts: HashMap<Route, VecDeque<MockResponse>>,
     fault_rng: SplitMix64,
     id_rng: SplitMix64,
+    /// Draws which streams stall ([`super::MockBuilder::stall_streams`]).
+    stall_rng: SplitMix64,
     counts: MockCounts,
     log: VecDeque<RecordedRequest>,
 }
@@ -99,6 +101,7 @@ impl Shared {
             scripts.entry(route).or_default().push_back(r);
         }
         let fault_seed = config.random_failures.map_or(0, |(_, seed)| seed);
+        let stall_seed = config.stall.map_or(0, |s| s.seed);
         Shared {
             state: Mutex::new(State {
                 requests: config.requests.as_ref().map(|c| Limiter::new(c, now)),
@@ -107,6 +110,7 @@ impl Shared {
                 scripts,
                 fault_rng: SplitMix64::new(fault_seed),
                 id_rng: SplitMix64::new(id_seed),
+                stall_rng: SplitMix64::new(stall_seed),
                 counts: MockCounts::default(),
                 log: VecDeque::new(),
             }),
@@ -202,6 +206,17 @@ where
         );
         (outcome, request_id, rate)
     };
+    let stall = {
+        let mut s = shared.lock();
+        let stream = outcome.content_type == sse::EVENT_STREAM && outcome.status.is_success();
+        let config = s.config.stall;
+        match config {
+            Some(st) if stream && s.stall_rng.next_f64() < st.fraction => {
+                Some((st.after_events, st.pause))
+            }
+            _ => None,
+        }
+    };
 
     // The rate limiter answers before the model runs: its 429s come back without the model's
     // latency, as OpenAI's do.
@@ -222,8 +237,10 @@ where
         return Err(Disconnect);
     }
 
-    let answer = if outcome.content_type == sse::EVENT_STREAM && !stream_duration.is_zero() {
-        Either::Right(sse::spread(outcome.body.clone(), stream_duration))
+    let answer = if outcome.content_type == sse::EVENT_STREAM
+        && (!stream_duration.is_zero() || stall.is_some())
+    {
+        Either::Right(sse::spread(outcome.body.clone(), stream_duration, stall))
     } else {
         Either::Left(Full::new(outcome.body.clone()))
     };

@@ -67,8 +67,13 @@ pub(crate) fn stream(
 }
 
 /// `body`'s events (each ending in a blank line) as one frame each, spread evenly over
-/// `over`: the first at once, the last `over` later.
-pub(crate) fn spread(body: Bytes, over: Duration) -> UnsyncBoxBody<Bytes, Infallible> {
+/// `over`: the first at once, the last `over` later. With `stall = Some((k, pause))`, every
+/// event from the `k`-th on (0-based) goes out `pause` later.
+pub(crate) fn spread(
+    body: Bytes,
+    over: Duration,
+    stall: Option<(usize, Duration)>,
+) -> UnsyncBoxBody<Bytes, Infallible> {
     let events = events(&body);
     let gaps = u32::try_from(events.len().saturating_sub(1))
         .unwrap_or(u32::MAX)
@@ -76,7 +81,12 @@ pub(crate) fn spread(body: Bytes, over: Duration) -> UnsyncBoxBody<Bytes, Infall
     let start = Instant::now();
     let frames = futures_util::stream::iter(events.into_iter().zip(0u32..)).then(
         move |(event, i)| async move {
-            tokio::time::sleep_until(start + over.mul_f64(f64::from(i) / f64::from(gaps))).await;
+            let paused = match stall {
+                Some((k, pause)) if i as usize >= k => pause,
+                _ => Duration::ZERO,
+            };
+            let at = start + over.mul_f64(f64::from(i) / f64::from(gaps)) + paused;
+            tokio::time::sleep_until(at).await;
             Ok(Frame::data(event))
         },
     );
@@ -209,7 +219,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn spread_sends_the_first_event_at_once_and_the_last_after_the_duration() {
         let body = Bytes::from_static(b"data: a\n\ndata: b\n\ndata: c\n\n");
-        let mut spread = spread(body.clone(), Duration::from_secs(10));
+        let mut spread = spread(body.clone(), Duration::from_secs(10), None);
         let start = Instant::now();
         let mut at = Vec::new();
         let mut all = Vec::new();
@@ -264,5 +274,65 @@ mod tests {
         let text = "Mock reply to: a b  c";
         assert_eq!(deltas(text).concat(), text);
         assert_eq!(deltas(""), Vec::<String>::new());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stall_holds_the_events_from_the_kth_on() {
+        let body = Bytes::from_static(b"data: a\n\ndata: b\n\ndata: c\n\n");
+        let pause = Duration::from_secs(60);
+        let mut spread = spread(body.clone(), Duration::ZERO, Some((1, pause)));
+        let start = Instant::now();
+        let mut at = Vec::new();
+        while let Some(frame) = spread.frame().await {
+            frame.unwrap();
+            at.push(start.elapsed());
+        }
+        assert_eq!(at, [Duration::ZERO, pause, pause]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn stall_streams_stalls_the_drawn_fraction_of_streams_only() {
+        use hyper_util::client::legacy::Client;
+        use hyper_util::rt::TokioExecutor;
+        let client =
+            Client::builder(TokioExecutor::new()).build_http::<http_body_util::Full<Bytes>>();
+        for (fraction, stream, stalls) in
+            [(1.0, true, true), (0.0, true, false), (1.0, false, false)]
+        {
+            let server = crate::mock::MockServer::builder()
+                .stall_streams(fraction, 2, Duration::from_secs(60), 7)
+                .start()
+                .await;
+            let body = format!(
+                r#"{{"model":"gpt-4o-mini","messages":[{{"role":"user","content":"Hi"}}],"stream":{stream}}}"#
+            );
+            let req = http::Request::post(server.endpoint(Route::ChatCompletions))
+                .header("content-type", "application/json")
+                .body(http_body_util::Full::new(Bytes::from(body)))
+                .unwrap();
+            let start = Instant::now();
+            let mut body = client.request(req).await.unwrap().into_body();
+            let mut frames = Vec::new();
+            while let Some(frame) = body.frame().await {
+                if let Ok(data) = frame.unwrap().into_data() {
+                    frames.push((start.elapsed(), data));
+                }
+            }
+            let last = frames.last().unwrap().0;
+            assert_eq!(
+                last >= Duration::from_secs(60),
+                stalls,
+                "{fraction} {stream}: {last:?}"
+            );
+            if stalls {
+                // The first two events came at once; the third after the pause.
+                let early: usize = frames
+                    .iter()
+                    .filter(|(t, _)| t.as_secs() < 1)
+                    .map(|(_, d)| events(d).len())
+                    .sum();
+                assert_eq!(early, 2, "{frames:?}");
+            }
+        }
     }
 }
