@@ -84,6 +84,9 @@ LIMITS AND OPERATIONS:
     --drain-timeout DURATION        OAI_GATEWAY_DRAIN_TIMEOUT         default 30s
         On SIGTERM or SIGINT: stop accepting, let requests in flight finish for up to this
         long, then exit 0.
+    --max-pacing-wait DURATION      OAI_GATEWAY_MAX_PACING_WAIT       default 60s
+        The longest a request waits locally for a pacing slot (the learned rate limit); one
+        that cannot be admitted by then gets 429 (`paced locally`, nothing sent).
     --store memory|redis://HOST:PORT  OAI_GATEWAY_STORE         default memory
         Where the pacing state lives; with Redis, replicas that use one key share its limit.
     --metrics-listen ADDR           OAI_GATEWAY_METRICS_LISTEN
@@ -171,6 +174,9 @@ pub struct Config {
     pub max_connections: usize,
     /// How long a drain waits for requests in flight.
     pub drain_timeout: Duration,
+    /// The longest a request waits locally for a pacing slot
+    /// ([`PacerConfig::max_wait`](oai_resilience::pace::PacerConfig)).
+    pub max_pacing_wait: Duration,
     /// `memory` or a Redis URL.
     pub store: String,
     /// Where `GET /metrics` is served instead of the main listener.
@@ -188,6 +194,10 @@ pub struct Config {
 /// The default of `--stream-first-byte-timeout`: 120 s. Longer than the library's 60 s: a
 /// reasoning model may think for a while before its first event.
 pub const DEFAULT_STREAM_FIRST_BYTE: Duration = Duration::from_secs(120);
+/// The default of `--max-pacing-wait`: 60 s, the library's [`PacerConfig::max_wait`].
+///
+/// [`PacerConfig::max_wait`]: oai_resilience::pace::PacerConfig
+pub const DEFAULT_MAX_PACING_WAIT: Duration = Duration::from_secs(60);
 /// The default of `--stream-idle-timeout`: 60 s.
 pub const DEFAULT_STREAM_IDLE: Duration = Duration::from_secs(60);
 
@@ -210,6 +220,7 @@ impl Default for Config {
             stream_idle_timeout: Some(DEFAULT_STREAM_IDLE),
             max_connections: 1024,
             drain_timeout: Duration::from_secs(30),
+            max_pacing_wait: DEFAULT_MAX_PACING_WAIT,
             store: "memory".to_owned(),
             metrics_listen: None,
             log_format: LogFormat::Text,
@@ -245,6 +256,7 @@ const FLAGS_WITH_VALUE: &[(&str, &str)] = &[
     ("--stream-idle-timeout", "OAI_GATEWAY_STREAM_IDLE_TIMEOUT"),
     ("--max-connections", "OAI_GATEWAY_MAX_CONNECTIONS"),
     ("--drain-timeout", "OAI_GATEWAY_DRAIN_TIMEOUT"),
+    ("--max-pacing-wait", "OAI_GATEWAY_MAX_PACING_WAIT"),
     ("--store", "OAI_GATEWAY_STORE"),
     ("--metrics-listen", "OAI_GATEWAY_METRICS_LISTEN"),
     ("--log-format", "OAI_GATEWAY_LOG_FORMAT"),
@@ -406,14 +418,18 @@ impl Config {
             ("--header-read-timeout", &mut c.header_read_timeout),
             ("--body-read-timeout", &mut c.body_read_timeout),
             ("--drain-timeout", &mut c.drain_timeout),
+            ("--max-pacing-wait", &mut c.max_pacing_wait),
         ] {
             if let Some((from, v)) = get(flag) {
                 *slot = parse_duration(&v).map_err(|e| err(format!("{from}: {e}")))?;
             }
         }
-        if c.header_read_timeout.is_zero() || c.body_read_timeout.is_zero() {
+        if c.header_read_timeout.is_zero()
+            || c.body_read_timeout.is_zero()
+            || c.max_pacing_wait.is_zero()
+        {
             return Err(err(
-                "--header-read-timeout and --body-read-timeout must be above 0",
+                "--header-read-timeout, --body-read-timeout and --max-pacing-wait must be above 0",
             ));
         }
         if let Some((_, v)) = get("--store") {

@@ -262,6 +262,7 @@ async fn help_lists_the_flags_and_bad_configuration_exits_2() {
         "--body-read-timeout",
         "--max-connections",
         "--drain-timeout",
+        "--max-pacing-wait",
         "--store",
         "OPENAI_API_KEY",
         "OAI_GATEWAY_UPSTREAM",
@@ -297,6 +298,7 @@ async fn help_lists_the_flags_and_bad_configuration_exits_2() {
             "--max-buffered-bytes must be at least --max-body-bytes",
         ),
         (vec!["--drain-timeout", "soon"], vec![], "--drain-timeout"),
+        (vec!["--max-pacing-wait", "0"], vec![], "--max-pacing-wait"),
         (
             vec!["--upstream-ca", "/no/such/ca.pem"],
             vec![],

@@ -268,7 +268,7 @@ mod tests {
     }
 
     fn chunks(parts: &[&'static [u8]]) -> Chunks {
-        Chunks(parts.to_vec().into_iter(), false)
+        Chunks(Vec::from(parts).into_iter(), false)
     }
 
     #[tokio::test]

@@ -50,7 +50,7 @@ use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Either, Full};
 use hyper::body::Body;
 use oai_resilience::auth::{AuthLayer, KeyHeader, KeyRules, KeySource};
-use oai_resilience::pace::RedisStore;
+use oai_resilience::pace::{PaceLayer, PacerConfig, RedisStore};
 use oai_resilience::retry::TokenBudget;
 use oai_resilience::watchdog::WatchdogLayer;
 use oai_resilience::{respond, BoxError, Error, ErrorKind, OpenAiLayer, RetryLayer, ValidateLayer};
@@ -247,6 +247,9 @@ impl Gateway {
             .validate(ValidateLayer::new().body_limit(config.max_body_bytes))
             .auth(auth)
             .retry(RetryLayer::with_config(retry));
+        let mut pacing = PacerConfig::default();
+        pacing.max_wait = Some(config.max_pacing_wait);
+        layer = layer.pace(PaceLayer::with_config(pacing));
         if let Some(store) = &store {
             layer = layer.pacing_store(store.clone());
         }

@@ -1,0 +1,137 @@
+//! Item 7 of issue #20 (the wait queue): a key's wait for a pacing slot is bounded by
+//! `--max-pacing-wait`; a call that cannot be admitted by then gets a typed 429 (`paced
+//! locally`, nothing sent), and the upstream sees only the calls its rate limit admits.
+//!
+//! The refusal comes when the call's wait reaches `--max-pacing-wait`, not at once: the
+//! pacer projects the slot time of the head of a key's queue only (it fails the head at once
+//! when that slot is past its bound), and a call further back learns that it cannot be
+//! admitted when it reaches the head or its bound passes. Measured here (virtual time): the
+//! eight calls beyond the limit were all refused at 2 s, the max wait.
+
+mod support;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use oai_resilience::RetryConfig;
+use support::{config, request, start, CHAT, KEY};
+use tokio::net::TcpListener;
+use tokio::time::Instant;
+
+/// An upstream whose rate limit is one request per second (a bucket of 1, empty after each
+/// request, full again after 1 s), as its `x-ratelimit-*` headers say; counts requests.
+async fn one_per_second() -> (SocketAddr, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let count = Arc::new(AtomicUsize::new(0));
+    let seen = count.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |req: http::Request<_>| {
+                    seen.fetch_add(1, Ordering::SeqCst);
+                    async move {
+                        let _ = BodyExt::collect(req.into_body()).await;
+                        Ok::<_, Infallible>(
+                            http::Response::builder()
+                                .header("content-type", "application/json")
+                                .header("x-ratelimit-limit-requests", "1")
+                                .header("x-ratelimit-remaining-requests", "0")
+                                .header("x-ratelimit-reset-requests", "1s")
+                                .body(Full::new(Bytes::from_static(
+                                    br#"{"id":"chatcmpl-1","object":"chat.completion","created":0,"model":"gpt-4o-mini","choices":[{"index":0,"message":{"role":"assistant","content":"Hi"},"finish_reason":"stop"}]}"#,
+                                )))
+                                .unwrap(),
+                        )
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    (addr, count)
+}
+
+#[tokio::test(start_paused = true)]
+async fn calls_that_cannot_be_paced_within_max_pacing_wait_get_a_typed_429() {
+    let (upstream, sent) = one_per_second().await;
+    let mut c = config(
+        &[
+            "--upstream",
+            &format!("http://{upstream}/v1"),
+            "--max-pacing-wait",
+            "2s",
+        ],
+        &[],
+    );
+    // One attempt per call: what the pacer answers reaches the client as it is.
+    c.retry = RetryConfig::new().max_attempts(1).seed(1);
+    let gw = start(c).await;
+    let auth = format!("Bearer {KEY}");
+    // The first call teaches the pacer the limit: one per second, none left.
+    let first = request(
+        gw,
+        "POST",
+        "/v1/chat/completions",
+        &[("authorization", &auth)],
+        CHAT,
+    )
+    .await;
+    assert_eq!(first.status, 200, "{}", first.body);
+    // Ten calls at once: the bucket admits one a second, so two fit in the 2 s wait.
+    let t0 = Instant::now();
+    let calls: Vec<_> = (0..10)
+        .map(|_| {
+            let auth = auth.clone();
+            tokio::spawn(async move {
+                let res = request(
+                    gw,
+                    "POST",
+                    "/v1/chat/completions",
+                    &[("authorization", &auth)],
+                    CHAT,
+                )
+                .await;
+                (res, t0.elapsed())
+            })
+        })
+        .collect();
+    let mut ok = 0;
+    let mut refused = Vec::new();
+    for call in calls {
+        let (res, at) = call.await.unwrap();
+        match res.status {
+            200 => ok += 1,
+            429 => {
+                let e = &res.json()["error"];
+                assert!(
+                    e["message"].as_str().unwrap().contains("paced locally"),
+                    "{}",
+                    res.body
+                );
+                assert_eq!(e["code"], "rate_limit_exceeded", "{}", res.body);
+                assert!(res.header("retry-after-ms").is_some(), "{}", res.head);
+                refused.push(at);
+            }
+            other => panic!("{other}: {}", res.body),
+        }
+    }
+    println!("admitted {ok}, refused {} at {refused:?}", refused.len());
+    assert_eq!((ok, refused.len()), (2, 8));
+    // The upstream saw the first call and the two admitted ones, nothing else.
+    assert_eq!(sent.load(Ordering::SeqCst), 3);
+    // Every refusal came by the max wait (virtual time: no call waited past it; they come
+    // at it, see the module docs).
+    for at in &refused {
+        assert!(*at <= Duration::from_millis(2100), "refused after {at:?}");
+    }
+}
