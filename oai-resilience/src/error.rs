@@ -290,6 +290,38 @@ pub struct CallContext {
     pub args: Vec<(String, String)>,
 }
 
+/// One route's error in the error of a call that [fallback routes](crate::fallback) tried on
+/// more than one route ([`Error::routes`]).
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct RouteError {
+    /// The route's name, as its [`Route`](crate::fallback::Route) was given it.
+    pub route: Arc<str>,
+    /// The error that route ended with.
+    pub error: Error,
+}
+
+impl RouteError {
+    /// `route`'s error `error`.
+    pub fn new(route: impl Into<Arc<str>>, error: Error) -> Self {
+        RouteError {
+            route: route.into(),
+            error,
+        }
+    }
+}
+
+impl fmt::Display for RouteError {
+    /// `name: 503 server_error`: the route and its error's status and kind (no message).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let route = one_line(&self.route, 100);
+        match self.error.status() {
+            Some(s) => write!(f, "{route}: {} {}", s.as_u16(), self.error.kind()),
+            None => write!(f, "{route}: {}", self.error.kind()),
+        }
+    }
+}
+
 #[derive(Clone)]
 struct Inner {
     kind: ErrorKind,
@@ -305,6 +337,7 @@ struct Inner {
     violations: Vec<Violation>,
     retry: Option<RetryContext>,
     call: Option<CallContext>,
+    routes: Vec<RouteError>,
     source: Option<Arc<dyn std::error::Error + Send + Sync + 'static>>,
 }
 
@@ -359,6 +392,7 @@ impl Error {
                 violations: Vec::new(),
                 retry: None,
                 call: None,
+                routes: Vec::new(),
                 source: None,
             }),
         }
@@ -463,6 +497,12 @@ impl Error {
     /// Sets the validation violations (for [`ErrorKind::InvalidParameter`]).
     pub fn with_violations(mut self, violations: Vec<Violation>) -> Self {
         self.inner_mut().violations = violations;
+        self
+    }
+
+    /// Sets the error of each route a call went through ([`crate::fallback`]), in order.
+    pub fn with_routes(mut self, routes: Vec<RouteError>) -> Self {
+        self.inner_mut().routes = routes;
         self
     }
 
@@ -616,6 +656,13 @@ impl Error {
     /// Attempts made (1 if the error did not go through retries).
     pub fn attempts(&self) -> u32 {
         self.inner.retry.as_ref().map_or(1, |r| r.attempts)
+    }
+
+    /// For a call that [fallback routes](crate::fallback) sent to more than one route: each
+    /// route's error, in the order they were tried (the error itself is the last one's, with
+    /// this list). Empty otherwise.
+    pub fn routes(&self) -> &[RouteError] {
+        &self.inner.routes
     }
 
     /// The `#[openai_call]` context, if the error left an annotated function.
@@ -812,6 +859,16 @@ impl fmt::Display for Error {
                 }
             }
         }
+        if !inner.routes.is_empty() {
+            f.write_str(" (routes: ")?;
+            for (i, r) in inner.routes.iter().enumerate() {
+                if i > 0 {
+                    f.write_str("; ")?;
+                }
+                write!(f, "{r}")?;
+            }
+            f.write_str(")")?;
+        }
         write!(f, " — hint: {}", self.hint())
     }
 }
@@ -855,6 +912,9 @@ impl fmt::Debug for Error {
         }
         field_if(&mut d, "retry", inner.retry.as_ref());
         field_if(&mut d, "call", inner.call.as_ref());
+        if !inner.routes.is_empty() {
+            d.field("routes", &inner.routes);
+        }
         if let Some(s) = &inner.source {
             d.field("source", &redact_secrets(&format!("{s:?}")));
         }
@@ -1004,6 +1064,30 @@ mod tests {
         assert!(std::error::Error::source(&e).is_some());
         let io = std::io::Error::new(std::io::ErrorKind::TimedOut, "slow");
         assert_eq!(Error::from_service_error(io).kind(), ErrorKind::Timeout);
+    }
+
+    #[test]
+    fn routes_show_each_route_kind_without_messages() {
+        let quota = Error::from_response_parts(
+            StatusCode::TOO_MANY_REQUESTS,
+            &HeaderMap::new(),
+            br#"{"error":{"message":"quota for sk-proj-AAAA1111bbbb2222","type":"insufficient_quota","code":"insufficient_quota"}}"#,
+        );
+        let last = Error::new(ErrorKind::CircuitOpen);
+        let e = last.clone().with_routes(vec![
+            RouteError::new("primary", quota),
+            RouteError::new("backup\nregion", last),
+        ]);
+        assert_eq!(e.routes().len(), 2);
+        assert_eq!(e.routes()[0].error.kind(), ErrorKind::QuotaExceeded);
+        let s = e.to_string();
+        assert!(
+            s.contains("(routes: primary: 429 quota_exceeded; backup region: circuit_open)"),
+            "{s}"
+        );
+        assert!(!s.contains("AAAA1111"), "{s}");
+        assert!(!format!("{e:?}").contains("AAAA1111"));
+        assert!(Error::new(ErrorKind::ServerError).routes().is_empty());
     }
 
     #[test]
