@@ -83,7 +83,10 @@
 //! or, the cold start at 2 s,
 //! `cargo run --release -p loadtest -- --scenario latency --processes 4 --store redis`.
 
+mod brownout;
 mod loadtest_procs;
+mod stall;
+mod tpm;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -122,6 +125,12 @@ against an embedded mock OpenAI server (or --base-url).
 Options:
   --scenario NAME[,NAME..]  burst, flaky, quota, outage, clean, latency, stream-long, or all
                             (all: the first five; latency and stream-long run by name)
+  --scenario tpm            a tokens-per-minute limit that the estimates overstate: the
+                            stack with usage correction, with estimates only, and a
+                            request-count-only baseline (runs alone; --n, --concurrency,
+                            --tpm TOKENS, --latency-ms, --json)
+  --scenario brownout       the primary 503 for 20 s, a healthy secondary: fallback routes
+                            and the breaker against one route (runs alone; --json)
   --n N                     calls (default: the scenario's)
   --concurrency C           calls in flight (default: the scenario's)
   --latency-ms MS           the mock's answer time (default: 20; latency 2000; clean and
@@ -1641,6 +1650,15 @@ async fn main() -> Result<(), BoxError> {
     if raw.iter().any(|a| a == "--help" || a == "-h") {
         print!("{USAGE}");
         return Ok(());
+    }
+    if brownout::asked(&raw) {
+        return brownout::main(&raw).await;
+    }
+    if stall::requested(&raw) {
+        return stall::main(&raw).await;
+    }
+    if tpm::requested(&raw) {
+        return tpm::main(&raw).await;
     }
     let parsed =
         loadtest_procs::split_args(raw).and_then(|(multi, raw)| Ok((multi, parse_args(raw)?)));
