@@ -74,6 +74,9 @@ LIMITS AND OPERATIONS:
     --header-read-timeout DURATION  OAI_GATEWAY_HEADER_READ_TIMEOUT   default 10s
     --body-read-timeout DURATION    OAI_GATEWAY_BODY_READ_TIMEOUT     default 60s
         A JSON body must arrive whole within it; a streamed body's chunks each within it.
+    --min-upload-rate N             OAI_GATEWAY_MIN_UPLOAD_RATE       default 16384 (bytes/s)
+        Once --body-read-timeout has passed since its head, a streamed upload must have
+        arrived at this many bytes per second on average, else 408; 0: no minimum.
     --stream-first-byte-timeout DURATION  OAI_GATEWAY_STREAM_FIRST_BYTE_TIMEOUT  default 120s
         From the upstream's response head to its first body byte; past it the attempt fails
         and may be retried (nothing reached the client). 0 disables it.
@@ -166,6 +169,9 @@ pub struct Config {
     pub header_read_timeout: Duration,
     /// How long a client may take to send a JSON body, or each chunk of a streamed one.
     pub body_read_timeout: Duration,
+    /// The average bytes per second a streamed upload must keep once `body_read_timeout` has
+    /// passed since its head (0: no minimum).
+    pub min_upload_rate: u64,
     /// The bound from the upstream's response head to its first body byte (`None`: none).
     pub stream_first_byte_timeout: Option<Duration>,
     /// The bound between two chunks of the upstream's body (`None`: none).
@@ -216,6 +222,7 @@ impl Default for Config {
             max_upload_bytes: 512 * 1024 * 1024,
             header_read_timeout: Duration::from_secs(10),
             body_read_timeout: Duration::from_secs(60),
+            min_upload_rate: 16 * 1024,
             stream_first_byte_timeout: Some(DEFAULT_STREAM_FIRST_BYTE),
             stream_idle_timeout: Some(DEFAULT_STREAM_IDLE),
             max_connections: 1024,
@@ -247,6 +254,7 @@ const FLAGS_WITH_VALUE: &[(&str, &str)] = &[
     ("--max-body-bytes", "OAI_GATEWAY_MAX_BODY_BYTES"),
     ("--max-buffered-bytes", "OAI_GATEWAY_MAX_BUFFERED_BYTES"),
     ("--max-upload-bytes", "OAI_GATEWAY_MAX_UPLOAD_BYTES"),
+    ("--min-upload-rate", "OAI_GATEWAY_MIN_UPLOAD_RATE"),
     ("--header-read-timeout", "OAI_GATEWAY_HEADER_READ_TIMEOUT"),
     ("--body-read-timeout", "OAI_GATEWAY_BODY_READ_TIMEOUT"),
     (
@@ -384,6 +392,12 @@ impl Config {
         }
         if let Some((from, v)) = get("--max-upload-bytes") {
             c.max_upload_bytes = parse_count(&v).map_err(|e| err(format!("{from}: {e}")))? as u64;
+        }
+        if let Some((from, v)) = get("--min-upload-rate") {
+            c.min_upload_rate = match v.trim() {
+                "0" => 0,
+                v => parse_count(v).map_err(|e| err(format!("{from}: {e}")))? as u64,
+            };
         }
         if let Some((from, v)) = get("--max-connections") {
             c.max_connections = parse_count(&v).map_err(|e| err(format!("{from}: {e}")))?;

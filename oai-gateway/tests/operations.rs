@@ -263,6 +263,7 @@ async fn help_lists_the_flags_and_bad_configuration_exits_2() {
         "--max-connections",
         "--drain-timeout",
         "--max-pacing-wait",
+        "--min-upload-rate",
         "--store",
         "OPENAI_API_KEY",
         "OAI_GATEWAY_UPSTREAM",
@@ -299,6 +300,11 @@ async fn help_lists_the_flags_and_bad_configuration_exits_2() {
         ),
         (vec!["--drain-timeout", "soon"], vec![], "--drain-timeout"),
         (vec!["--max-pacing-wait", "0"], vec![], "--max-pacing-wait"),
+        (
+            vec!["--min-upload-rate", "fast"],
+            vec![],
+            "--min-upload-rate",
+        ),
         (
             vec!["--upstream-ca", "/no/such/ca.pem"],
             vec![],
@@ -337,4 +343,174 @@ async fn help_lists_the_flags_and_bad_configuration_exits_2() {
             "{args:?}: {err}"
         );
     }
+}
+
+/// Sends `bytes` one at a time, one every `every`, until they run out or the gateway closes
+/// the connection.
+fn trickle(mut w: tokio::net::tcp::OwnedWriteHalf, bytes: Vec<u8>, every: Duration) {
+    tokio::spawn(async move {
+        for b in bytes {
+            if w.write_all(&[b]).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(every).await;
+        }
+        // Then silence, with the connection open.
+        std::future::pending::<()>().await;
+    });
+}
+
+/// Reads `r` until the gateway closes it; the status of the response it sent first, if any.
+async fn status_then_close(r: &mut tokio::net::tcp::OwnedReadHalf) -> Option<u16> {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match r.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+    String::from_utf8_lossy(&got)
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+}
+
+/// The seven slow-client shapes of item 7 of issue #20, and a streamed upload at a trickle,
+/// each cut within its bound (paused clock: the times are the gateway's timers, exactly).
+#[tokio::test(start_paused = true)]
+async fn each_slow_client_shape_is_cut_within_its_timeout() {
+    let upstream = RawUpstream::start().await;
+    let gw = start(config(
+        &[
+            "--upstream",
+            &upstream.url(),
+            "--header-read-timeout",
+            "1s",
+            "--body-read-timeout",
+            "1s",
+            "--min-upload-rate",
+            "1000",
+            "--max-body-bytes",
+            "1000",
+        ],
+        &[],
+    ))
+    .await;
+    let tick = Duration::from_millis(100);
+    let bound = Duration::from_millis(1100);
+    let auth = format!("authorization: Bearer {KEY}\r\n");
+    let json_head = |len: u64| {
+        format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\n{auth}content-type: application/json\r\ncontent-length: {len}\r\n\r\n"
+        )
+    };
+    let upload_head = |len: u64| {
+        format!(
+            "POST /v1/files HTTP/1.1\r\nhost: x\r\n{auth}content-type: application/octet-stream\r\ncontent-length: {len}\r\n\r\n"
+        )
+    };
+    // (shape, what the client sends, one byte per tick or all at once, the answer expected
+    // before the close: None = closed without one)
+    let long_header = format!(
+        "GET /v1/models HTTP/1.1\r\nhost: x\r\nx-pad: {}",
+        "a".repeat(100)
+    );
+    let cases: Vec<(&str, Vec<u8>, bool, Option<u16>)> = vec![
+        ("silence after connecting", vec![], false, None),
+        (
+            "headers at 10 bytes/s",
+            long_header.into_bytes(),
+            true,
+            None,
+        ),
+        (
+            "headers never finished",
+            b"GET /v1/models HTTP/1.1\r\nhost: x\r\n".to_vec(),
+            false,
+            None,
+        ),
+        (
+            "JSON body at 10 bytes/s",
+            [json_head(100).into_bytes(), vec![b' '; 100]].concat(),
+            true,
+            Some(408),
+        ),
+        (
+            "JSON body that stops",
+            format!("{}{{\"model\"", json_head(100)).into_bytes(),
+            false,
+            Some(408),
+        ),
+        (
+            "10 GB declared, 8 bytes sent",
+            format!("{}{{\"model\"", json_head(10_000_000_000)).into_bytes(),
+            false,
+            Some(413),
+        ),
+        (
+            "upload that stops",
+            format!("{}12345678", upload_head(1000)).into_bytes(),
+            false,
+            Some(408),
+        ),
+        (
+            "upload at 10 bytes/s",
+            [upload_head(1000).into_bytes(), vec![b'x'; 1000]].concat(),
+            true,
+            Some(408),
+        ),
+    ];
+    for (shape, bytes, slow, expected) in cases {
+        let stream = TcpStream::connect(gw).await.unwrap();
+        let (mut r, mut w) = stream.into_split();
+        let start = tokio::time::Instant::now();
+        if slow {
+            // The head at once when there is a body, so that the body is what trickles.
+            let split = if expected.is_some() {
+                bytes.windows(4).position(|x| x == b"\r\n\r\n").unwrap() + 4
+            } else {
+                0
+            };
+            w.write_all(&bytes[..split]).await.unwrap();
+            trickle(w, bytes[split..].to_vec(), tick);
+        } else {
+            w.write_all(&bytes).await.unwrap();
+            tokio::spawn(async move {
+                let _w = w;
+                std::future::pending::<()>().await;
+            });
+        }
+        let status = tokio::time::timeout(Duration::from_secs(30), status_then_close(&mut r))
+            .await
+            .unwrap_or_else(|_| panic!("{shape}: still open after 30 s"));
+        let took = start.elapsed();
+        assert_eq!(status, expected, "{shape}");
+        assert!(took <= bound, "{shape}: cut after {took:?}");
+    }
+    // An idle kept-alive connection: one request answered, then silence.
+    let stream = TcpStream::connect(gw).await.unwrap();
+    let (mut r, mut w) = stream.into_split();
+    w.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 1024];
+    let n = r.read(&mut buf).await.unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+    let start = tokio::time::Instant::now();
+    let status = tokio::time::timeout(Duration::from_secs(30), status_then_close(&mut r))
+        .await
+        .expect("an idle kept-alive connection is still open after 30 s");
+    assert_eq!(status, None);
+    assert!(
+        start.elapsed() <= bound,
+        "idle keep-alive cut after {:?}",
+        start.elapsed()
+    );
+    drop(w);
+    // Only the uploads' heads (streamed as they came) reached the upstream.
+    assert!(upstream
+        .received()
+        .iter()
+        .all(|r| r.request_line().starts_with("POST /v1/files")));
 }

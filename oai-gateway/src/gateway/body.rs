@@ -7,6 +7,8 @@ use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::combinators::UnsyncBoxBody;
@@ -25,6 +27,7 @@ pub(crate) const FAULT_NONE: u8 = 0;
 pub(crate) const FAULT_TIMEOUT: u8 = 1;
 pub(crate) const FAULT_TOO_LARGE: u8 = 2;
 pub(crate) const FAULT_CLIENT: u8 = 3;
+pub(crate) const FAULT_TOO_SLOW: u8 = 4;
 
 impl UploadFault {
     pub(crate) fn get(&self) -> u8 {
@@ -38,25 +41,48 @@ impl UploadFault {
     }
 }
 
-/// A client's request body streamed to the upstream as it arrives: each chunk must come
-/// within `idle` of the previous one (and the first within `idle` of the head), and at most
-/// `limit` bytes pass. Either failure ends the body with an error (the upstream request is
+/// How fast a streamed upload must arrive: each chunk within `idle` of the previous one (the
+/// first within `idle` of the head), and, once `idle` has passed since the head, at least
+/// `min_rate` bytes per second on average since the head (`0`: no minimum), so that a client
+/// that trickles a byte now and then cannot hold its connection for as long as
+/// `--max-upload-bytes` would take at that pace.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct UploadPace {
+    pub(crate) idle: Duration,
+    pub(crate) min_rate: u64,
+}
+
+/// A client's request body streamed to the upstream as it arrives, at the [`UploadPace`],
+/// and at most `limit` bytes. A failure ends the body with an error (the upstream request is
 /// aborted) and is recorded in the [`UploadFault`].
 pub(crate) struct UploadBody<B: Body> {
     inner: WatchdogBody<B>,
     seen: u64,
     limit: u64,
     fault: UploadFault,
+    pace: UploadPace,
+    started: Instant,
 }
 
 impl<B: Body> UploadBody<B> {
-    pub(crate) fn new(body: B, idle: Duration, limit: u64, fault: UploadFault) -> Self {
+    pub(crate) fn new(body: B, pace: UploadPace, limit: u64, fault: UploadFault) -> Self {
+        let idle = pace.idle;
         UploadBody {
             inner: WatchdogBody::new(body, StallBounds::new(Some(idle), Some(idle))),
             seen: 0,
             limit,
             fault,
+            pace,
+            started: Instant::now(),
         }
+    }
+
+    /// Whether the upload has fallen below its minimum average rate.
+    fn too_slow(&self) -> bool {
+        let elapsed = self.started.elapsed();
+        self.pace.min_rate > 0
+            && elapsed > self.pace.idle
+            && (self.seen as f64) < self.pace.min_rate as f64 * elapsed.as_secs_f64()
     }
 }
 
@@ -81,6 +107,12 @@ where
                         this.fault.set(FAULT_TOO_LARGE);
                         return Poll::Ready(Some(Err(
                             "the upload exceeds --max-upload-bytes".into()
+                        )));
+                    }
+                    if this.too_slow() {
+                        this.fault.set(FAULT_TOO_SLOW);
+                        return Poll::Ready(Some(Err(
+                            "the upload is slower than --min-upload-rate".into(),
                         )));
                     }
                 }

@@ -16,7 +16,8 @@
 //!    replayed by retries; its bytes count against `--max-buffered-bytes` across all
 //!    connections ([`BodyBudget`]), and a body that would pass it gets 503 at once; any other body (multipart uploads, audio, files: [`streams_body`])
 //!    is streamed to the upstream as it arrives, up to `--max-upload-bytes`, each chunk within
-//!    `--body-read-timeout` of the previous one, and is never retried;
+//!    `--body-read-timeout` of the previous one and at `--min-upload-rate` on average once
+//!    `--body-read-timeout` has passed, and is never retried;
 //! 5. the request goes through the stack (validation, key checks, retries, pacing,
 //!    classification, the stream watchdog) with hop-by-hop headers, headers named in
 //!    `Connection:`, `cookie`, `host`, `content-length` and `accept-encoding` removed;
@@ -61,7 +62,10 @@ use crate::config::{Config, ConfigError, UpstreamAuth};
 use crate::metrics::{MeteredBudget, Metrics};
 use crate::upstream::{AttemptLog, BodyError, ObservedBody, RequestBody, Stack};
 use access::AccessKeys;
-use body::{UploadBody, UploadFault, FAULT_CLIENT, FAULT_TIMEOUT, FAULT_TOO_LARGE};
+use body::{
+    UploadBody, UploadFault, UploadPace, FAULT_CLIENT, FAULT_TIMEOUT, FAULT_TOO_LARGE,
+    FAULT_TOO_SLOW,
+};
 use routes::{Refusal, Routes};
 
 pub use buffer::BodyBudget;
@@ -171,6 +175,7 @@ struct Inner {
     body_budget: BodyBudget,
     max_upload_bytes: u64,
     body_read_timeout: Duration,
+    min_upload_rate: u64,
     metrics_on_main: bool,
     metrics: Arc<Metrics>,
     store: Option<RedisStore>,
@@ -289,6 +294,7 @@ impl Gateway {
                 body_budget,
                 max_upload_bytes: config.max_upload_bytes,
                 body_read_timeout: config.body_read_timeout,
+                min_upload_rate: config.min_upload_rate,
                 metrics_on_main: config.metrics_listen.is_none(),
                 metrics,
                 store,
@@ -536,12 +542,11 @@ impl Gateway {
         let (parts, body) = req.into_parts();
         let fault = UploadFault::default();
         let body: RequestBody = if streamed {
-            Either::Right(upload_body(
-                body,
-                inner.body_read_timeout,
-                limit,
-                fault.clone(),
-            ))
+            let pace = UploadPace {
+                idle: inner.body_read_timeout,
+                min_rate: inner.min_upload_rate,
+            };
+            Either::Right(upload_body(body, pace, limit, fault.clone()))
         } else {
             let declared = declared.and_then(Result::ok);
             let read = tokio::time::timeout(
@@ -625,6 +630,19 @@ impl Gateway {
             Err(err) => {
                 match fault.get() {
                     FAULT_TIMEOUT => return too_slow(out),
+                    FAULT_TOO_SLOW => {
+                        out.error = Some("body_too_slow".into());
+                        return local_error(
+                            StatusCode::REQUEST_TIMEOUT,
+                            &format!(
+                                "The upload arrived slower than {} bytes per second.",
+                                inner.min_upload_rate
+                            ),
+                            "invalid_request_error",
+                            None,
+                            "send the upload faster, or lower --min-upload-rate",
+                        );
+                    }
                     FAULT_TOO_LARGE => return too_large(out),
                     FAULT_CLIENT => {
                         return bad_request(
@@ -731,7 +749,7 @@ impl Gateway {
 /// A streamed upload, boxed.
 fn upload_body<B>(
     body: B,
-    idle: Duration,
+    pace: UploadPace,
     limit: u64,
     fault: UploadFault,
 ) -> UnsyncBoxBody<Bytes, BodyError>
@@ -739,7 +757,7 @@ where
     B: Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
-    UploadBody::new(body, idle, limit, fault)
+    UploadBody::new(body, pace, limit, fault)
         .map_err(BodyError)
         .boxed_unsync()
 }
