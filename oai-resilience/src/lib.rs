@@ -14,6 +14,8 @@
 //! - [`retry`]: retries of what can succeed, with jitter, server hints, a shared budget and a
 //!   deadline; [`retry::call`] runs the same loop for closures.
 //! - [`stack`]: [`OpenAiLayer`], every layer above in the right order, in one call.
+//! - [`fallback`]: an ordered list of routes (other deployments, a cheaper model), each a
+//!   full stack; a call moves on when its route cannot serve it soon.
 //! - [`parse`]: the lenient, total parsers behind it, usable without tower.
 //! - [`validate`]: local request validation against rules generated from OpenAI's OpenAPI
 //!   spec, so a missing or invalid parameter costs no round trip.
@@ -54,6 +56,7 @@ pub mod call;
 mod cause;
 pub mod classify;
 pub mod error;
+pub mod fallback;
 mod hash;
 mod macros;
 #[cfg(feature = "mock")]
@@ -85,8 +88,9 @@ pub use breaker::{CircuitBreaker, CircuitBreakerLayer};
 pub use classify::{Classify, ClassifyLayer};
 pub use error::{
     AttemptOutcome, AuthCause, BoxError, CallContext, DelaySource, Error, ErrorKind, RetryContext,
-    StopReason, Violation,
+    RouteError, StopReason, Violation,
 };
+pub use fallback::{Fallback, FallbackLayer};
 pub use pace::{Pace, PaceLayer, Pacer};
 pub use parse::{ApiError, RateLimitSnapshot};
 pub use retry::{Retry, RetryConfig, RetryLayer};
