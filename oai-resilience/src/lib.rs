@@ -21,6 +21,7 @@
 //!   spec, so a missing or invalid parameter costs no round trip.
 //! - [`openai_call`]: an attribute that runs an async function under the same retry policy
 //!   and attaches structured context to its errors ([`call`] holds its runtime).
+//! - [`usage`]: the token usage of answers, read as they pass, corrects the pacer.
 //! - `mock` (feature `mock`): an embedded mock OpenAI server for tests and examples.
 //! - `adapter` (features `reqwest`, `async-openai`): the stack as a reqwest-middleware
 //!   middleware and as async-openai's HTTP service.
@@ -71,6 +72,7 @@ mod redis_conn;
 pub mod respond;
 pub mod retry;
 pub mod stack;
+pub mod usage;
 pub mod validate;
 pub mod watchdog;
 

@@ -244,16 +244,17 @@ impl OpenAiLayer {
         }
     }
 
-    /// Registers `observer` on the retry, validation and auth layers (and on those that
-    /// [`retry`](Self::retry), [`validate`](Self::validate) and [`auth`](Self::auth) put in
-    /// later): it sees every attempt, retry, stop and local rejection of the stack, and of the
-    /// adapters built from this layer. See [`crate::observe`].
-    ///
-    /// Not observed yet: the pacer's waits.
+    /// Registers `observer` on the retry, validation, auth and pace layers (and on those that
+    /// [`retry`](Self::retry), [`validate`](Self::validate), [`auth`](Self::auth) and
+    /// [`pace`](Self::pace) put in later): it sees every attempt, retry, stop, local
+    /// rejection and pacing wait of the stack, and of the adapters built from this layer,
+    /// and the token usage a [`UsageLayer`](crate::usage::UsageLayer) under the stack reads.
+    /// See [`crate::observe`].
     pub fn observer(mut self, observer: Arc<dyn Observer>) -> Self {
         self.validate = self.validate.observer(observer.clone());
         self.auth = self.auth.observer(observer.clone());
         self.retry = self.retry.observer(observer.clone());
+        self.pace = self.pace.observer(observer.clone());
         self.observer = Some(observer);
         self
     }
@@ -373,7 +374,7 @@ impl OpenAiLayer {
 
     /// Replaces the pacing layer.
     pub fn pace(mut self, layer: PaceLayer) -> Self {
-        self.pace = layer;
+        self.pace = with_observer!(self, layer);
         self
     }
 

@@ -28,7 +28,8 @@ fn take(s: &Snapshotter) -> Snap {
 }
 use oai_resilience::observe::{
     AttemptFinished, AttemptStarted, CallGivenUp, CallSucceeded, LocalRejection, MetricsObserver,
-    Observer, RateLimitKind, RateLimitLearned, RejectionSource, RetryScheduled,
+    Observer, PacingLimit, PacingWait, RateLimitKind, RateLimitLearned, RejectionSource,
+    RetryScheduled, TokensUsed,
 };
 use oai_resilience::retry::RetryConfig;
 use oai_resilience::{AuthLayer, DelaySource, ErrorKind, OpenAiLayer, RetryLayer, StopReason};
@@ -57,6 +58,8 @@ struct Seen {
     given_up: Vec<(u32, StopReason, ErrorKind, Option<StatusCode>)>,
     rate_limits: Vec<(u32, RateLimitKind, Option<Duration>)>,
     rejections: Vec<(RejectionSource, ErrorKind, Option<String>)>,
+    waits: Vec<(Duration, PacingLimit, Option<String>)>,
+    tokens: Vec<(u64, u64, Option<u64>, Option<String>)>,
 }
 
 /// Records every hook, then forwards it to a `MetricsObserver`.
@@ -126,6 +129,23 @@ impl Observer for Tee {
             .rejections
             .push((e.source, e.error, e.route.map(str::to_owned)));
         self.metrics.local_rejection(e);
+    }
+    fn pacing_wait(&self, e: &PacingWait<'_>) {
+        self.seen
+            .lock()
+            .unwrap()
+            .waits
+            .push((e.waited, e.limit, e.model.map(str::to_owned)));
+        self.metrics.pacing_wait(e);
+    }
+    fn tokens_used(&self, e: &TokensUsed<'_>) {
+        self.seen.lock().unwrap().tokens.push((
+            e.input_tokens,
+            e.output_tokens,
+            e.estimated,
+            e.model.map(str::to_owned),
+        ));
+        self.metrics.tokens_used(e);
     }
 }
 
@@ -581,4 +601,214 @@ fn no_observer_no_events() {
     let res = send(&recorder, &mut svc, CHAT, false);
     assert_eq!(res.unwrap().status(), 200);
     assert!(take(&snap).is_empty());
+}
+
+/// Runs `calls` chat requests one after the other through `svc` on a paused current-thread
+/// runtime with `recorder`, reading each response body to its end.
+fn send_all<S, B>(recorder: &DebuggingRecorder, svc: &mut S, calls: usize)
+where
+    S: Service<Request<Full<Bytes>>, Response = Response<B>>,
+    S::Error: std::fmt::Debug,
+    B: http_body::Body,
+    B::Error: std::fmt::Debug,
+{
+    use http_body_util::BodyExt;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .unwrap();
+    metrics::with_local_recorder(recorder, || {
+        rt.block_on(async {
+            for _ in 0..calls {
+                let req = Request::post("/v1/chat/completions")
+                    .header("content-type", "application/json")
+                    .body(Full::new(Bytes::from(CHAT)))
+                    .unwrap();
+                let resp = svc.ready().await.unwrap().call(req).await.unwrap();
+                resp.into_body().collect().await.unwrap();
+            }
+        })
+    })
+}
+
+#[test]
+fn pacing_wait_names_the_limit_that_held_the_attempt() {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let tee = Arc::new(Tee::default());
+    // A bucket of one request, empty after each answer, full again in 1 s.
+    let upstream = service_fn(|_req: Request<_>| async {
+        Ok::<_, Infallible>(response(
+            200,
+            &[
+                ("x-ratelimit-limit-requests", "1"),
+                ("x-ratelimit-remaining-requests", "0"),
+                ("x-ratelimit-reset-requests", "1s"),
+            ],
+            r#"{"id":"c"}"#,
+        ))
+    });
+    let mut svc = OpenAiLayer::new()
+        .observer(tee.clone())
+        .auth(AuthLayer::from_key(KEY))
+        .layer(upstream);
+    send_all(&recorder, &mut svc, 3);
+    let seen = std::mem::take(&mut *tee.seen.lock().unwrap());
+    // The first call went out at once: no event; the next two waited a second each.
+    let model = Some("gpt-4o-mini".to_owned());
+    assert_eq!(
+        seen.waits,
+        vec![
+            (Duration::from_secs(1), PacingLimit::Requests, model.clone()),
+            (Duration::from_secs(1), PacingLimit::Requests, model),
+        ]
+    );
+    let snap = take(&snapshotter);
+    assert_eq!(
+        histogram(
+            &snap,
+            "oai_resilience.pacing.wait",
+            &[("oai_resilience.pacing.limit", "requests"), MODEL]
+        ),
+        vec![1.0, 1.0]
+    );
+}
+
+#[test]
+fn tokens_used_reports_the_usage_the_usage_layer_reads() {
+    use oai_resilience::usage::UsageLayer;
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let tee = Arc::new(Tee::default());
+    let upstream = service_fn(|_req: Request<_>| async {
+        Ok::<_, Infallible>(response(
+            200,
+            &[],
+            r#"{"id":"c","usage":{"prompt_tokens":12,"completion_tokens":3,"total_tokens":15}}"#,
+        ))
+    });
+    let mut svc = OpenAiLayer::new()
+        .observer(tee.clone())
+        .auth(AuthLayer::from_key(KEY))
+        .layer(UsageLayer::new().layer(upstream));
+    send_all(&recorder, &mut svc, 2);
+    let seen = std::mem::take(&mut *tee.seen.lock().unwrap());
+    // "Hello": 2 prompt tokens + 4 for the message + 3, and max_tokens 5: estimated 14. The
+    // second call is estimated from the first one's usage: 12/9 of the prompt and 3/5 of the
+    // completion budget, with the 2 % margin: ceil(15 × 1.02) = 16.
+    let model = Some("gpt-4o-mini".to_owned());
+    assert_eq!(
+        seen.tokens,
+        vec![(12, 3, Some(14), model.clone()), (12, 3, Some(16), model)]
+    );
+    assert!(seen.waits.is_empty());
+    let snap = take(&snapshotter);
+    assert_eq!(
+        histogram(
+            &snap,
+            "gen_ai.client.token.usage",
+            &[("gen_ai.token.type", "input"), MODEL]
+        ),
+        vec![12.0, 12.0]
+    );
+    assert_eq!(
+        histogram(
+            &snap,
+            "gen_ai.client.token.usage",
+            &[("gen_ai.token.type", "output"), MODEL]
+        ),
+        vec![3.0, 3.0]
+    );
+}
+
+/// Acquires a slot on `key` for `cost` tokens from `pacer` (on a paused runtime) and
+/// returns what held it and how long it waited.
+async fn held(
+    pacer: &oai_resilience::Pacer,
+    key: &oai_resilience::pace::PaceKey,
+    tokens: u64,
+) -> (Option<PacingLimit>, Duration) {
+    let permit = pacer
+        .acquire(key, oai_resilience::pace::Cost::tokens(tokens), None)
+        .await
+        .unwrap();
+    let out = (permit.held_by(), permit.waited());
+    permit.on_response(None);
+    out
+}
+
+#[tokio::test(start_paused = true)]
+async fn permits_say_which_limit_held_them() {
+    use oai_resilience::pace::{PaceKey, PacerConfig, StaticLimits};
+    use oai_resilience::Pacer;
+    let key = PaceKey::new("api.example.test");
+    // Tokens: 600 per minute (10 per second), a first call takes all of them.
+    let mut config = PacerConfig::default();
+    config.static_limits = StaticLimits::new(None, Some(600));
+    let pacer = Pacer::new(config);
+    assert_eq!(held(&pacer, &key, 600).await, (None, Duration::ZERO));
+    assert_eq!(
+        held(&pacer, &key, 50).await,
+        (Some(PacingLimit::Tokens), Duration::from_secs(5))
+    );
+    // A 429 that the headers explain (no request left, full again in 700 ms) pauses the key.
+    let pacer = Pacer::default();
+    let mut headers = http::HeaderMap::new();
+    headers.insert("x-ratelimit-remaining-requests", "0".parse().unwrap());
+    headers.insert("x-ratelimit-reset-requests", "700ms".parse().unwrap());
+    let snap = oai_resilience::RateLimitSnapshot::from_headers(&headers);
+    pacer.on_rate_limited(&key, None, Some(&snap));
+    assert_eq!(
+        held(&pacer, &key, 1).await,
+        (Some(PacingLimit::Pause), Duration::from_millis(700))
+    );
+    // One that nothing explains switches the adaptive rate on, at its floor of 0.5/s here.
+    let pacer = Pacer::default();
+    pacer.on_rate_limited(&key, Some(Duration::from_millis(700)), None);
+    assert_eq!(
+        held(&pacer, &key, 1).await,
+        (Some(PacingLimit::Adaptive), Duration::from_secs(2))
+    );
+    // A cold window of one: the second request waits for the first one's answer.
+    let mut config = PacerConfig::default();
+    config.cold_window = Some(1);
+    let pacer = Pacer::new(config);
+    let first = pacer
+        .acquire(&key, oai_resilience::pace::Cost::tokens(1), None)
+        .await
+        .unwrap();
+    let second = tokio::spawn({
+        let (pacer, key) = (pacer.clone(), key.clone());
+        async move { held(&pacer, &key, 1).await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    first.on_response(None);
+    assert_eq!(
+        second.await.unwrap(),
+        (Some(PacingLimit::ColdWindow), Duration::from_millis(300))
+    );
+    // The names the metric's attribute takes.
+    let names: Vec<&str> = [
+        PacingLimit::Queue,
+        PacingLimit::ColdWindow,
+        PacingLimit::Pause,
+        PacingLimit::Requests,
+        PacingLimit::Tokens,
+        PacingLimit::Adaptive,
+    ]
+    .iter()
+    .map(|l| l.as_str())
+    .collect();
+    assert_eq!(
+        names,
+        [
+            "queue",
+            "cold_window",
+            "pause",
+            "requests",
+            "tokens",
+            "adaptive"
+        ]
+    );
 }

@@ -4,7 +4,7 @@ use metrics::{counter, gauge, histogram, Label};
 
 use super::{
     delay_source_name, stop_reason_name, AttemptFinished, CallGivenUp, CallSucceeded,
-    LocalRejection, Observer, RateLimitLearned, RetryScheduled,
+    LocalRejection, Observer, PacingWait, RateLimitLearned, RetryScheduled, TokensUsed,
 };
 
 /// `gen_ai.client.operation.duration` (OpenTelemetry): seconds per call, retries included.
@@ -24,6 +24,12 @@ pub const LOCAL_REJECTIONS: &str = "oai_resilience.local_rejections";
 pub const RATE_LIMITED: &str = "oai_resilience.rate_limited";
 /// `oai_resilience.retry_budget.balance` (ours): the retry budget's balance at the last retry.
 pub const BUDGET_BALANCE: &str = "oai_resilience.retry_budget.balance";
+/// `oai_resilience.pacing.wait` (ours): seconds an attempt waited for a pacing slot, by the
+/// limit that held it.
+pub const PACING_WAIT: &str = "oai_resilience.pacing.wait";
+/// `gen_ai.client.token.usage` (OpenTelemetry): tokens a response reported, by
+/// `gen_ai.token.type` (`input`, `output`).
+pub const TOKEN_USAGE: &str = "gen_ai.client.token.usage";
 
 /// Records the stack's hooks as metrics through the [`metrics`] facade, so any exporter
 /// (Prometheus, OpenTelemetry, StatsD, …) serves them. Names follow the OpenTelemetry semantic
@@ -39,6 +45,8 @@ pub const BUDGET_BALANCE: &str = "oai_resilience.retry_budget.balance";
 /// | `oai_resilience.rate_limited` | counter | {response} | `kind` (`rate_limit`, `quota`), `gen_ai.request.model` |
 /// | `oai_resilience.local_rejections` | counter | {request} | `kind` (`validation`, `key`), `error.type` |
 /// | `oai_resilience.retry_budget.balance` | gauge | {token} | — |
+/// | `oai_resilience.pacing.wait` | histogram | s | `oai_resilience.pacing.limit` (`queue`, `cold_window`, `pause`, `requests`, `tokens`, `adaptive`), `gen_ai.request.model` |
+/// | `gen_ai.client.token.usage` | histogram | {token} | `gen_ai.token.type` (`input`, `output`), `gen_ai.request.model` |
 ///
 /// `error.type` is the [`ErrorKind`](crate::ErrorKind)'s name (`server_error`,
 /// `rate_limited`, …). `gen_ai.request.model` is present when the model is known (see
@@ -99,6 +107,16 @@ impl MetricsObserver {
             BUDGET_BALANCE,
             Unit::Count,
             "The retry budget's balance at the last retry"
+        );
+        describe_histogram!(
+            PACING_WAIT,
+            Unit::Seconds,
+            "Time an attempt waited for a pacing slot, by the limit that held it"
+        );
+        describe_histogram!(
+            TOKEN_USAGE,
+            Unit::Count,
+            "Tokens a response reported, by token type (input, output)"
         );
     }
 }
@@ -162,6 +180,20 @@ impl Observer for MetricsObserver {
         let mut labels = vec![Label::new("kind", e.kind.as_str())];
         model_label(&mut labels, e.model);
         counter!(RATE_LIMITED, labels).increment(1);
+    }
+
+    fn pacing_wait(&self, e: &PacingWait<'_>) {
+        let mut labels = vec![Label::new("oai_resilience.pacing.limit", e.limit.as_str())];
+        model_label(&mut labels, e.model);
+        histogram!(PACING_WAIT, labels).record(e.waited.as_secs_f64());
+    }
+
+    fn tokens_used(&self, e: &TokensUsed<'_>) {
+        for (kind, n) in [("input", e.input_tokens), ("output", e.output_tokens)] {
+            let mut labels = vec![Label::new("gen_ai.token.type", kind)];
+            model_label(&mut labels, e.model);
+            histogram!(TOKEN_USAGE, labels).record(n as f64);
+        }
     }
 
     fn local_rejection(&self, e: &LocalRejection<'_>) {

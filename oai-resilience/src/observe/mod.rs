@@ -46,8 +46,10 @@
 //! # }
 //! ```
 //!
-//! Not yet observed: the time a call waits for the pacer (`pacing_wait`, to come with the
-//! pacer's hook) and token usage.
+//! The pace layer reports its waits ([`Observer::pacing_wait`]:
+//! [`PaceLayer::observer`](crate::pace::PaceLayer::observer), or the stack's observer), and
+//! the usage layer ([`crate::usage`]) the tokens a response reports ([`Observer::tokens_used`],
+//! through the pace layer that paced the call).
 
 use std::fmt;
 use std::sync::Arc;
@@ -63,8 +65,8 @@ mod metrics;
 #[cfg(feature = "metrics")]
 #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
 pub use self::metrics::{
-    MetricsObserver, BUDGET_BALANCE, GAVE_UP, LOCAL_REJECTIONS, OPERATION_DURATION, RATE_LIMITED,
-    REQUEST_DURATION, RESEND_COUNT, RETRIES,
+    MetricsObserver, BUDGET_BALANCE, GAVE_UP, LOCAL_REJECTIONS, OPERATION_DURATION, PACING_WAIT,
+    RATE_LIMITED, REQUEST_DURATION, RESEND_COUNT, RETRIES, TOKEN_USAGE,
 };
 
 /// An observer shared by the clones of a stack.
@@ -100,6 +102,13 @@ pub trait Observer: Send + Sync + 'static {
         rate_limit_learned(RateLimitLearned);
         /// A local check refused the request before anything was sent (validation, API key).
         local_rejection(LocalRejection);
+        /// An attempt waited for a pacing slot and got it (not called for an attempt that
+        /// went out at once, nor for one that failed as paced locally: that one ends in
+        /// [`attempt_finished`](Observer::attempt_finished) with its error).
+        pacing_wait(PacingWait);
+        /// A response reported the tokens it used (the `usage` object), read by the usage
+        /// layer ([`crate::usage`]) as the body passed through.
+        tokens_used(TokensUsed);
     }
 }
 
@@ -274,6 +283,57 @@ pub struct LocalRejection<'a> {
     pub error: ErrorKind,
     /// The request's path, if known.
     pub route: Option<&'a str>,
+}
+
+crate::macros::str_enum! {
+    /// What held a call in the pacer: the binding limit at its last wait.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+    #[non_exhaustive]
+    pub enum PacingLimit {
+        /// Other calls ahead of it in the key's queue (first come, first served).
+        Queue = "queue",
+        /// The cap on requests in flight of a key not known yet
+        /// ([`PacerConfig::cold_window`](crate::pace::PacerConfig::cold_window)).
+        ColdWindow = "cold_window",
+        /// The pause after a 429.
+        Pause = "pause",
+        /// The request bucket (requests per minute).
+        Requests = "requests",
+        /// The token bucket (tokens per minute).
+        Tokens = "tokens",
+        /// The adaptive (AIMD) rate after unexplained 429s.
+        Adaptive = "adaptive",
+    }
+    /// `"queue"`, `"cold_window"`, `"pause"`, `"requests"`, `"tokens"` or `"adaptive"`, the
+    /// value of the `oai_resilience.pacing.limit` attribute of `oai_resilience.pacing.wait`.
+    fn as_str;
+}
+
+/// [`Observer::pacing_wait`].
+#[derive(Debug, Clone, Copy)]
+#[non_exhaustive]
+pub struct PacingWait<'a> {
+    /// How long the attempt waited for its slot.
+    pub waited: Duration,
+    /// What held it at its last wait.
+    pub limit: PacingLimit,
+    /// The model the request names, if known.
+    pub model: Option<&'a str>,
+}
+
+/// [`Observer::tokens_used`].
+#[derive(Debug, Clone, Copy)]
+#[non_exhaustive]
+pub struct TokensUsed<'a> {
+    /// Input (prompt) tokens: `prompt_tokens` or `input_tokens`.
+    pub input_tokens: u64,
+    /// Output (completion) tokens: `completion_tokens` or `output_tokens`.
+    pub output_tokens: u64,
+    /// The pacer's estimate for the call (corrected by the learned ratio), when the call
+    /// was paced by the in-process pacer.
+    pub estimated: Option<u64>,
+    /// The model the request names, if known.
+    pub model: Option<&'a str>,
 }
 
 /// The stable snake-case name of a stop reason (the `oai_resilience.stop_reason` attribute).

@@ -11,12 +11,38 @@ use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor
 pub struct Cost {
     /// The estimated tokens (prompt plus the completion budget).
     pub tokens: u64,
+    /// The part of `tokens` that is the completion budget (`max_tokens` × `n`, or the
+    /// assumed completion); the rest is the prompt. The usage a response reports corrects
+    /// the two parts separately ([`crate::usage`]).
+    pub completion: u64,
 }
 
 impl Cost {
-    /// One request estimated at `tokens` tokens.
+    /// One request estimated at `tokens` tokens, all counted as prompt.
     pub fn tokens(tokens: u64) -> Self {
-        Cost { tokens }
+        Cost {
+            tokens,
+            completion: 0,
+        }
+    }
+
+    /// `self` with `completion` of its tokens counted as the completion budget (at most
+    /// `tokens`).
+    ///
+    /// ```
+    /// use oai_resilience::pace::Cost;
+    /// let cost = Cost::tokens(120).with_completion(100);
+    /// assert_eq!((cost.tokens, cost.completion), (120, 100));
+    /// assert_eq!(Cost::tokens(10).with_completion(50).completion, 10);
+    /// ```
+    pub fn with_completion(mut self, completion: u64) -> Self {
+        self.completion = completion.min(self.tokens);
+        self
+    }
+
+    /// The prompt part: `tokens − completion`.
+    pub fn prompt(&self) -> u64 {
+        self.tokens.saturating_sub(self.completion)
     }
 }
 
@@ -87,6 +113,7 @@ impl CostEstimator {
     /// The estimate of a body that is too large to parse, or not a JSON object: by its size.
     pub(crate) fn by_size(&self, len: usize) -> Cost {
         Cost::tokens(len as u64 / 4 + self.default_completion_tokens)
+            .with_completion(self.default_completion_tokens)
     }
 
     /// The estimate from a body already scanned.
@@ -100,7 +127,8 @@ impl CostEstimator {
             .find_map(|c| *c)
             .unwrap_or(self.default_completion_tokens);
         let n = scan.n.unwrap_or(1).clamp(1, 128);
-        Cost::tokens(prompt.saturating_add(completion.saturating_mul(n)))
+        let completion = completion.saturating_mul(n);
+        Cost::tokens(prompt.saturating_add(completion)).with_completion(completion)
     }
 }
 

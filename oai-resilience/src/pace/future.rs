@@ -17,7 +17,12 @@ use super::pacer::{Acquire, Permit};
 use super::probe::ProbeGuard;
 use super::store::{outcome, report_to_store, PacingStore};
 use crate::error::{Error, ErrorKind};
+use crate::observe::{PacingWait, SharedObserver, TokensUsed};
 use crate::parse::RateLimitSnapshot;
+use crate::usage::UsageSlot;
+
+/// The observer of a call and the model its request names.
+pub(super) type Watch = (SharedObserver, Option<Arc<str>>);
 
 pub(super) type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
@@ -29,6 +34,7 @@ pin_project! {
     {
         #[pin]
         state: State<S, B, S::Future, S::Response>,
+        watch: Option<Watch>,
     }
 }
 
@@ -58,13 +64,14 @@ where
     S: Service<Request<B>>,
 {
     /// Waits on `acquire`, then calls `svc` with `req`.
-    pub(super) fn new(acquire: Admit, svc: S, req: Request<B>) -> Self {
+    pub(super) fn new(acquire: Admit, svc: S, req: Request<B>, watch: Option<Watch>) -> Self {
         ResponseFuture {
             state: State::Waiting {
                 acquire,
                 svc: Some(svc),
                 req: Some(req),
             },
+            watch,
         }
     }
 }
@@ -119,6 +126,15 @@ where
                         Admit::Shared(f) => ready!(f.as_mut().poll(cx)).map(Slot::Shared),
                     };
                     let (svc, req) = (svc.take(), req.take());
+                    if let (Ok(Slot::Local(p)), Some((observer, model))) = (&res, &*this.watch) {
+                        if let (Some(limit), false) = (p.held_by(), p.waited().is_zero()) {
+                            observer.pacing_wait(&PacingWait {
+                                waited: p.waited(),
+                                limit,
+                                model: model.as_deref(),
+                            });
+                        }
+                    }
                     let next = match (res, svc) {
                         (Ok(permit), Some(svc)) => State::Readying {
                             svc,
@@ -154,7 +170,13 @@ where
                 }
                 StateProj::Calling { fut, permit } => {
                     let res = ready!(fut.poll(cx));
-                    match permit.take() {
+                    let permit = permit.take();
+                    if let Ok(resp) = &res {
+                        if let Some(slot) = resp.extensions().get::<UsageSlot>() {
+                            listen(slot, permit.as_ref(), this.watch.clone());
+                        }
+                    }
+                    match permit {
                         Some(Slot::Local(permit)) => report(permit, &res),
                         Some(Slot::Shared(slot)) => {
                             let (snap, limited) = outcome(&res);
@@ -200,6 +222,32 @@ where
             }
         }
     }
+}
+
+/// Listens on a response's usage slot: the pacer settles the call's token charge (an
+/// in-process permit), the observer hears of the usage.
+fn listen(slot: &UsageSlot, permit: Option<&Slot>, watch: Option<Watch>) {
+    let charge = match permit {
+        Some(Slot::Local(p)) => Some(p.usage_charge()),
+        _ => None,
+    };
+    if charge.is_none() && watch.is_none() {
+        return;
+    }
+    slot.on_usage(move |usage| {
+        let estimated = charge.as_ref().map(|c| c.charged());
+        if let Some(charge) = charge {
+            charge.settle((usage.input_tokens, usage.output_tokens));
+        }
+        if let Some((observer, model)) = watch {
+            observer.tokens_used(&TokensUsed {
+                input_tokens: usage.input_tokens,
+                output_tokens: usage.output_tokens,
+                estimated,
+                model: model.as_deref(),
+            });
+        }
+    });
 }
 
 /// Tells the pacer how the call went.

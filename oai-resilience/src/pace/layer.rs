@@ -4,6 +4,8 @@ use std::sync::Arc;
 
 use http::{HeaderMap, Uri};
 
+use crate::observe::{Observer, SharedObserver};
+
 use super::cost::CostEstimator;
 use super::key::PaceKey;
 use super::pacer::{Pacer, PacerConfig};
@@ -22,6 +24,7 @@ pub struct PaceLayer {
     pub(crate) pacer: Pacer,
     pub(crate) keying: Arc<Keying>,
     pub(crate) store: Option<Arc<StoreBackend>>,
+    pub(crate) observer: Option<SharedObserver>,
 }
 
 pub(crate) struct Keying {
@@ -36,6 +39,7 @@ crate::macros::debug_struct!(PaceLayer, |s| "PaceLayer" {
     "per_model": s.keying.per_model,
     "estimator": s.keying.estimator,
     "store": s.store,
+    "observer": s.observer.is_some(),
 } finish);
 
 crate::macros::default_via_new!(PaceLayer);
@@ -62,6 +66,7 @@ impl PaceLayer {
                 estimator: CostEstimator::default(),
             }),
             store: None,
+            observer: None,
         }
     }
 
@@ -145,6 +150,32 @@ impl PaceLayer {
         self.store.as_ref().map(|b| &b.store)
     }
 
+    /// Registers `observer`: it sees each attempt that waited for a slot
+    /// ([`Observer::pacing_wait`]) and the usage that a [`UsageLayer`](crate::usage::UsageLayer)
+    /// below reads from the answers ([`Observer::tokens_used`]).
+    /// [`OpenAiLayer::observer`](crate::OpenAiLayer::observer) registers the stack's observer
+    /// here too. Attempts paced through a [store](Self::pacing_store) report no waits.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use oai_resilience::observe::{Observer, PacingWait};
+    /// use oai_resilience::pace::PaceLayer;
+    ///
+    /// #[derive(Debug)]
+    /// struct Waits;
+    /// impl Observer for Waits {
+    ///     fn pacing_wait(&self, event: &PacingWait<'_>) {
+    ///         println!("waited {:?} for {}", event.waited, event.limit);
+    ///     }
+    /// }
+    /// let layer = PaceLayer::new().observer(Arc::new(Waits));
+    /// # let _ = layer;
+    /// ```
+    pub fn observer(mut self, observer: Arc<dyn Observer>) -> Self {
+        self.observer = Some(observer);
+        self
+    }
+
     /// The shared pacer: its [`metrics`](Pacer::metrics) (queue length, waits, wait time) and
     /// [`key_state`](Pacer::key_state).
     pub fn pacer(&self) -> &Pacer {
@@ -156,4 +187,5 @@ crate::macros::layer_impl!(PaceLayer => Pace, |l| {
     pacer: l.pacer.clone(),
     keying: l.keying.clone(),
     store: l.store.clone(),
+    observer: l.observer.clone(),
 });

@@ -15,6 +15,8 @@ use tokio::time::Instant;
 
 use crate::parse::{RateLimitSnapshot, RefillSample};
 
+use crate::observe::PacingLimit;
+
 use super::bucket::{Bucket, EPS};
 use super::cost::Cost;
 use super::key::PaceKey;
@@ -197,6 +199,10 @@ pub struct KeySnapshot {
     pub adaptive_rate: Option<f64>,
     /// The factor that corrects token estimates (1.0 until headers say otherwise).
     pub token_ratio: f64,
+    /// The factors that correct the prompt and the completion parts of token estimates,
+    /// learned from the `usage` responses reported ([`crate::usage`]); while set they replace
+    /// [`token_ratio`](Self::token_ratio).
+    pub usage_ratios: Option<(f64, f64)>,
 }
 
 /// A request or token bucket as the headers taught it: the [`Bucket`] and what the pacer
@@ -310,7 +316,35 @@ struct KeyState {
     refusals: VecDeque<(u64, u64)>,
     meter: RateMeter,
     token_ratio: f64,
+    /// The prompt and completion correction factors learned from reported usage.
+    usage: Option<UsageRatios>,
+    /// The grant number of the latest request whose snapshot set the token bucket: the
+    /// server's `remaining-tokens` had counted it and every request granted before it.
+    tokens_counted: u64,
 }
+
+/// The true tokens over the estimated, per part of the estimate, from reported usage: the
+/// average of the first samples, then a moving average that follows a drift.
+#[derive(Debug, Clone, Copy)]
+struct UsageRatios {
+    prompt: f64,
+    completion: f64,
+    prompt_samples: u32,
+    completion_samples: u32,
+}
+
+impl UsageRatios {
+    /// The weight of a new sample: 1/n for the first five, then 0.2.
+    fn update(ratio: &mut f64, samples: &mut u32, sample: f64) {
+        *samples = samples.saturating_add(1);
+        let w = (1.0 / f64::from(*samples)).max(0.2);
+        *ratio = (*ratio * (1.0 - w) + sample * w).clamp(USAGE_RATIO_MIN, USAGE_RATIO_MAX);
+    }
+}
+
+/// The bounds of a usage ratio: an estimate is never scaled below 5 % or above 4×.
+const USAGE_RATIO_MIN: f64 = 0.05;
+const USAGE_RATIO_MAX: f64 = 4.0;
 
 enum Step {
     Granted(GrantInfo),
@@ -382,6 +416,8 @@ impl KeyState {
             refusals: VecDeque::new(),
             meter: RateMeter::new(now),
             token_ratio: 1.0,
+            usage: None,
+            tokens_counted: 0,
         }
     }
 
@@ -428,13 +464,89 @@ impl KeyState {
         }
     }
 
-    /// The estimate corrected by the learned ratio, with a 2 % margin: an estimate a little
-    /// high costs a little throughput, one a little low costs a 429.
-    fn scaled(&self, tokens: u64) -> u64 {
-        if self.token_ratio == 1.0 {
-            return tokens;
+    /// The estimate corrected by the learned ratios, with a 2 % margin: an estimate a little
+    /// high costs a little throughput, one a little low costs a 429. Ratios learned from
+    /// reported usage (per part: prompt, completion) win over the one learned from headers.
+    fn scaled(&self, cost: Cost) -> u64 {
+        if let Some(u) = &self.usage {
+            let t = cost.prompt() as f64 * u.prompt + cost.completion as f64 * u.completion;
+            return (t * 1.02).ceil() as u64;
         }
-        (tokens as f64 * self.token_ratio * 1.02).ceil() as u64
+        if self.token_ratio == 1.0 {
+            return cost.tokens;
+        }
+        (cost.tokens as f64 * self.token_ratio * 1.02).ceil() as u64
+    }
+
+    /// What holds `ticket` now, after [`step`](Self::step) made it wait: the queue ahead of
+    /// it, the cold window, or the bucket, pause or adaptive rate that frees last.
+    fn held_by(&self, ticket: u64, cost: Cost, now: Instant) -> PacingLimit {
+        if self.queue.keys().next() != Some(&ticket) {
+            return PacingLimit::Queue;
+        }
+        if self.window.is_some_and(|w| self.in_flight >= w) {
+            return PacingLimit::ColdWindow;
+        }
+        let tokens = self.scaled(cost) as f64;
+        let never = Duration::MAX;
+        [
+            (
+                PacingLimit::Pause,
+                self.paused_until.map(|p| p.saturating_duration_since(now)),
+            ),
+            (
+                PacingLimit::Requests,
+                self.requests
+                    .map(|b| wait_for(&b.bucket, 1.0).unwrap_or(never)),
+            ),
+            (
+                PacingLimit::Tokens,
+                self.tokens
+                    .map(|b| wait_for(&b.bucket, tokens).unwrap_or(never)),
+            ),
+            (
+                PacingLimit::Adaptive,
+                self.aimd.map(|b| wait_for(&b, 1.0).unwrap_or(never)),
+            ),
+        ]
+        .into_iter()
+        .filter_map(|(limit, wait)| wait.map(|w| (limit, w)))
+        .max_by_key(|&(_, w)| w)
+        .map_or(PacingLimit::Queue, |(limit, _)| limit)
+    }
+
+    /// A response reported its true `input` and `output` tokens for a request estimated at
+    /// `cost`, charged `charged` and granted as grant number `grant`.
+    ///
+    /// The token bucket gets the difference back (or pays it) while its level still holds
+    /// the charge: not once the snapshot of this request or of a later one has set the level
+    /// (the server's `remaining` counted the true tokens already). The
+    /// prompt and completion ratios learn from the sample, so the next estimates of the key
+    /// (of the model, with the default per-model keys) come closer.
+    fn settle_usage(&mut self, cost: Cost, charged: u64, grant: u64, used: (u64, u64)) {
+        let (input, output) = used;
+        let actual = input.saturating_add(output);
+        if let Some(b) = &mut self.tokens {
+            if grant > self.tokens_counted {
+                let delta = charged as f64 - actual as f64;
+                b.bucket.level = (b.bucket.level + delta).min(b.bucket.capacity);
+            }
+        }
+        let u = self.usage.get_or_insert(UsageRatios {
+            prompt: 1.0,
+            completion: 1.0,
+            prompt_samples: 0,
+            completion_samples: 0,
+        });
+        if cost.prompt() > 0 {
+            let sample = input as f64 / cost.prompt() as f64;
+            UsageRatios::update(&mut u.prompt, &mut u.prompt_samples, sample);
+        }
+        if cost.completion > 0 {
+            let sample = output as f64 / cost.completion as f64;
+            UsageRatios::update(&mut u.completion, &mut u.completion_samples, sample);
+        }
+        self.wake_head();
     }
 
     fn step(&mut self, ticket: u64, cost: Cost, now: Instant, waker: &Waker) -> Step {
@@ -449,7 +561,7 @@ impl KeyState {
             self.queue.insert(ticket, Some(waker.clone()));
             return Step::Wait(None);
         }
-        let tokens = self.scaled(cost.tokens);
+        let tokens = self.scaled(cost);
         let mut ready = now;
         if let Some(p) = self.paused_until {
             ready = ready.max(p);
@@ -563,6 +675,10 @@ impl KeyState {
             (others_tokens, age, headroom),
             now,
         );
+        if snap.limit_tokens.is_some() && snap.remaining_tokens.is_some() {
+            let counted = since.map_or(self.grants, |s| s.grants);
+            self.tokens_counted = self.tokens_counted.max(counted);
+        }
         // A bucket reported empty without a limit to model it: pause until its reset.
         for (limit, remaining, reset) in [
             (
@@ -875,6 +991,7 @@ impl Pacer {
             paused_until: st.paused_until,
             adaptive_rate: st.aimd.map(|b| b.refill),
             token_ratio: st.token_ratio,
+            usage_ratios: st.usage.map(|u| (u.prompt, u.completion)),
         })
     }
 }

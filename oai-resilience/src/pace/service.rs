@@ -9,6 +9,7 @@ use http::{Request, Response};
 use tower_service::Service;
 
 use crate::error::Error;
+use crate::observe::{RequestModel, SharedObserver};
 
 use super::cost::{scan, PaceBody};
 use super::future::{Admit, ResponseFuture, StoreSlot};
@@ -30,6 +31,7 @@ pub struct Pace<S> {
     /// `Some`: pace through this store instead of the pacer
     /// ([`PaceLayer::pacing_store`]).
     pub(crate) store: Option<Arc<StoreBackend>>,
+    pub(crate) observer: Option<SharedObserver>,
 }
 
 crate::macros::debug_struct!(impl<S: fmt::Debug> Pace<S>, |s| "Pace" {
@@ -92,6 +94,10 @@ where
             ),
         });
         let req = Request::from_parts(parts, body);
+        let key_model = match &self.observer {
+            Some(_) => key.model().map(str::to_owned),
+            None => None,
+        };
         let deadline = req.extensions().get::<CallDeadline>().map(|d| d.0);
         let acquire = match &self.store {
             None => Admit::Local(self.pacer.acquire(&key, cost, deadline)),
@@ -113,7 +119,15 @@ where
                 }))
             }
         };
-        ResponseFuture::new(acquire, self.inner.clone(), req)
+        let watch = self.observer.clone().map(|observer| {
+            let model = req
+                .extensions()
+                .get::<RequestModel>()
+                .map(|m| m.0.clone())
+                .or_else(|| key_model.map(Arc::from));
+            (observer, model)
+        });
+        ResponseFuture::new(acquire, self.inner.clone(), req, watch)
     }
 }
 

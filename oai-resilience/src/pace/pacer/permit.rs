@@ -12,6 +12,7 @@ use tokio::time::{Instant, Sleep};
 
 use super::{rate_limited, KeyEntry, KeyState, LearnedBucket, Shared, Since, Step, PACED_LOCALLY};
 use crate::error::{DelaySource, Error, ErrorKind};
+use crate::observe::PacingLimit;
 use crate::pace::bucket::EPS;
 use crate::pace::cost::Cost;
 use crate::pace::key::PaceKey;
@@ -24,9 +25,10 @@ pub struct Permit {
     shared: Arc<Shared>,
     entry: Arc<KeyEntry>,
     tokens: u64,
-    raw_tokens: u64,
+    cost: Cost,
     sent_at: Instant,
     waited: Duration,
+    held_by: Option<PacingLimit>,
     level_before: Option<f64>,
     grants: u64,
     since: Since,
@@ -53,6 +55,22 @@ impl Permit {
     /// The key.
     pub fn key(&self) -> &PaceKey {
         &self.entry.key
+    }
+
+    /// What held the request at its last wait; `None` if it was granted at once.
+    pub fn held_by(&self) -> Option<PacingLimit> {
+        self.held_by
+    }
+
+    /// A handle that settles this request's token charge with the usage its response
+    /// reports, after the permit has reported the response.
+    pub(crate) fn usage_charge(&self) -> UsageCharge {
+        UsageCharge {
+            entry: self.entry.clone(),
+            cost: self.cost,
+            charged: self.tokens,
+            grant: self.grants,
+        }
     }
 
     /// Reports a response (a success, or an error other than a 429) and its snapshot.
@@ -112,6 +130,10 @@ impl Permit {
         else {
             return;
         };
+        // Reported usage is exact: it corrects the estimate instead.
+        if st.usage.is_some() {
+            return;
+        }
         if st.grants != self.grants || st.in_flight != 0 || self.tokens == 0 {
             return;
         }
@@ -131,8 +153,32 @@ impl Permit {
         }
         // One odd sample moves the ratio a little, a steady bias moves it all the way.
         let ratio = st.token_ratio;
-        let sample = (used / self.raw_tokens.max(1) as f64).clamp(ratio * 0.8, ratio * 1.25);
+        let sample = (used / self.cost.tokens.max(1) as f64).clamp(ratio * 0.8, ratio * 1.25);
         st.token_ratio = (0.7 * ratio + 0.3 * sample).clamp(0.25, 4.0);
+    }
+}
+
+/// A granted request's token charge, to settle with the usage its response reports.
+pub(crate) struct UsageCharge {
+    entry: Arc<KeyEntry>,
+    cost: Cost,
+    charged: u64,
+    grant: u64,
+}
+
+impl UsageCharge {
+    /// The tokens the request was counted for.
+    pub(crate) fn charged(&self) -> u64 {
+        self.charged
+    }
+
+    /// Replaces the charge with the true `(input, output)` tokens (see
+    /// `KeyState::settle_usage`).
+    pub(crate) fn settle(self, used: (u64, u64)) {
+        let now = Instant::now();
+        let mut st = self.entry.lock();
+        st.advance(now);
+        st.settle_usage(self.cost, self.charged, self.grant, used);
     }
 }
 
@@ -160,6 +206,7 @@ pub struct Acquire {
     sleep: Option<Pin<Box<Sleep>>>,
     done: bool,
     waited: bool,
+    held_by: Option<PacingLimit>,
 }
 
 crate::macros::debug_struct!(Acquire, |s| "Acquire" {
@@ -189,6 +236,7 @@ impl Acquire {
             sleep: None,
             done: false,
             waited: false,
+            held_by: None,
         }
     }
 
@@ -247,10 +295,14 @@ impl Future for Acquire {
         // Bounded: each round either returns or sleeps on a timer that had not yet fired.
         for _ in 0..8 {
             let now = Instant::now();
-            let step = this
-                .entry
-                .lock()
-                .step(this.ticket, this.cost, now, cx.waker());
+            let step = {
+                let mut st = this.entry.lock();
+                let step = st.step(this.ticket, this.cost, now, cx.waker());
+                if let Step::Wait(_) = step {
+                    this.held_by = Some(st.held_by(this.ticket, this.cost, now));
+                }
+                step
+            };
             match step {
                 Step::Granted(info) => {
                     this.finish_queue();
@@ -263,9 +315,10 @@ impl Future for Acquire {
                         shared: this.shared.clone(),
                         entry: this.entry.clone(),
                         tokens: info.tokens,
-                        raw_tokens: this.cost.tokens,
+                        cost: this.cost,
                         sent_at: now,
                         waited,
+                        held_by: this.held_by,
                         level_before: info.level_before,
                         grants: info.since.grants,
                         since: info.since,
