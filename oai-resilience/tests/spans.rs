@@ -18,7 +18,7 @@ use http::{Request, Response};
 use http_body_util::Full;
 use oai_resilience::observe::RequestModel;
 use oai_resilience::retry::{call, RetryConfig, RetryLayer};
-use oai_resilience::{ClassifyLayer, Error, ErrorKind};
+use oai_resilience::{ClassifyLayer, Error, ErrorKind, ValidateLayer};
 use tower::{service_fn, Layer, Service, ServiceExt};
 use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id, Record};
@@ -131,11 +131,11 @@ fn named<'a>(spans: &'a [Closed], name: &str) -> Vec<&'a Closed> {
 
 /// An upstream that answers from `codes` in order (the last repeats), with request ids
 /// `req_1`, `req_2`, …
-fn scripted(
+fn scripted<B>(
     codes: &'static [u16],
-) -> impl Service<Request<Body>, Response = Response<Body>, Error = Error> + Clone {
+) -> impl Service<Request<B>, Response = Response<Body>, Error = Error> + Clone {
     let n = Arc::new(AtomicUsize::new(0));
-    ClassifyLayer::new().layer(service_fn(move |_req: Request<Body>| {
+    ClassifyLayer::new().layer(service_fn(move |_req: Request<B>| {
         let i = n.fetch_add(1, Ordering::SeqCst);
         async move {
             tracing::debug!("upstream answers");
@@ -355,4 +355,29 @@ async fn a_call_outside_any_model_or_route_has_no_operation_name() {
     let attempts = named(&spans, "attempt");
     assert_eq!(attempts[0].field("http.request.method"), Some("GET"));
     assert_eq!(attempts[0].field("server.address"), None);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_validation_layer_reads_the_model_for_the_spans_without_an_observer() {
+    recording();
+    let svc = ValidateLayer::new().layer(RetryLayer::with_config(config()).layer(scripted(&[200])));
+    let req = Request::post("/v1/embeddings")
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from_static(
+            br#"{"model":"text-embedding-3-small","input":"Hi"}"#,
+        )))
+        .unwrap();
+    svc.oneshot(req).await.unwrap();
+    let spans = closed();
+    let calls = named(&spans, "call");
+    assert_eq!(calls.len(), 1, "{spans:#?}");
+    assert_eq!(
+        calls[0].field("gen_ai.request.model"),
+        Some("text-embedding-3-small")
+    );
+    assert_eq!(calls[0].field("gen_ai.operation.name"), Some("embeddings"));
+    assert_eq!(
+        calls[0].field("otel.name"),
+        Some("embeddings text-embedding-3-small")
+    );
 }

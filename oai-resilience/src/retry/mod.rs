@@ -149,4 +149,5 @@ pub use policy::{is_idempotent, server_hint, Attempt, Decision, OpenAiPolicy, Po
 pub use replay::{clone_request, ReplayBody};
 pub use retrier::{call, call_with, Retrier, RetryableError};
 pub use service::Retry;
+pub(crate) use span::enabled as spans_enabled;
 pub use tower_policy::TowerPolicy;

@@ -14,6 +14,12 @@ use crate::error::ErrorKind;
 use crate::observe::stop_reason_name;
 use crate::StopReason;
 
+/// Whether a subscriber wants the retry loop's spans (the validation layer then reads the
+/// model for them, [`RequestModel`](crate::observe::RequestModel)).
+pub(crate) fn enabled() -> bool {
+    tracing::span_enabled!(target: "oai_resilience::retry", tracing::Level::INFO)
+}
+
 /// A new `call` span, a child of the current span.
 pub(crate) fn call_span() -> Span {
     tracing::info_span!(

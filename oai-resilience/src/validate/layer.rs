@@ -348,7 +348,7 @@ where
                             match result {
                                 Ok(()) => {
                                     let mut parts = parts;
-                                    if observer.is_some() {
+                                    if observer.is_some() || crate::retry::spans_enabled() {
                                         if let Some(m) = crate::observe::model_of(&bytes) {
                                             parts.extensions.insert(RequestModel(m));
                                         }
