@@ -1,9 +1,14 @@
-//! The stack's hooks recorded as metrics: a small workload against the embedded mock server
-//! through `OpenAiLayer` with a `MetricsObserver`, then every metric the recorder holds, by
-//! name (OpenTelemetry names where one exists, `oai_resilience.*` for ours).
+//! The stack's hooks recorded as metrics, and its tracing spans: a small workload against the
+//! embedded mock server through `OpenAiLayer` with a `MetricsObserver`; each `call` and
+//! `attempt` span is printed with its fields as it closes (each attempt, then its call), then
+//! every metric the recorder holds, by name (OpenTelemetry names where one exists,
+//! `oai_resilience.*` for ours). A `tracing-opentelemetry` layer in place of the printing one
+//! exports the same spans as traces.
 //!
 //! Run: `cargo run -p examples --bin observe`
 
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,6 +21,53 @@ use oai_resilience::observe::MetricsObserver;
 use oai_resilience::stack::ClientBody;
 use oai_resilience::{AuthLayer, ErrorKind, OpenAiLayer, RetryConfig, RetryLayer};
 use tower::{Service, ServiceExt};
+use tracing::field::{Field, Visit};
+use tracing::span::{Attributes, Id, Record};
+use tracing_subscriber::layer::Context;
+use tracing_subscriber::prelude::*;
+use tracing_subscriber::registry::LookupSpan;
+
+/// Prints each span of the retry loop with its fields when it closes, and counts them.
+#[derive(Clone, Default)]
+struct PrintSpans {
+    calls: Arc<AtomicUsize>,
+    attempts: Arc<AtomicUsize>,
+}
+
+/// A span's fields as `name=value` text, kept in the span's extensions.
+struct Fields(String);
+
+impl Visit for Fields {
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        let _ = write!(self.0, " {}={value:?}", field.name());
+    }
+}
+
+impl<S: tracing::Subscriber + for<'a> LookupSpan<'a>> tracing_subscriber::Layer<S> for PrintSpans {
+    fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {
+        let mut fields = Fields(String::new());
+        attrs.record(&mut fields);
+        ctx.span(id).unwrap().extensions_mut().insert(fields);
+    }
+
+    fn on_record(&self, id: &Id, values: &Record<'_>, ctx: Context<'_, S>) {
+        let span = ctx.span(id).unwrap();
+        let mut ext = span.extensions_mut();
+        values.record(ext.get_mut::<Fields>().unwrap());
+    }
+
+    fn on_close(&self, id: Id, ctx: Context<'_, S>) {
+        let span = ctx.span(&id).unwrap();
+        let indent = if span.parent().is_some() { "  " } else { "" };
+        match span.name() {
+            "call" => self.calls.fetch_add(1, Ordering::Relaxed),
+            _ => self.attempts.fetch_add(1, Ordering::Relaxed),
+        };
+        let ext = span.extensions();
+        let fields = ext.get::<Fields>().map_or("", |f| &f.0);
+        println!("{indent}span {}:{fields}", span.name());
+    }
+}
 
 const KEY: &str = "sk-proj-ExampleExampleExampleExample0000";
 
@@ -36,6 +88,15 @@ async fn main() {
     let snapshotter = recorder.snapshotter();
     recorder.install().expect("no other recorder");
     MetricsObserver::describe();
+    let spans = PrintSpans::default();
+    tracing_subscriber::registry()
+        .with(
+            spans.clone().with_filter(
+                tracing_subscriber::filter::Targets::new()
+                    .with_target("oai_resilience::retry", tracing::Level::INFO),
+            ),
+        )
+        .init();
 
     let server = MockServer::start().await;
     let client = Client::builder(TokioExecutor::new()).build_http::<ClientBody>();
@@ -68,6 +129,10 @@ async fn main() {
         outcomes.push(res.map(|r| r.status().as_u16()).map_err(|e| e.kind()));
     }
     println!("outcomes: {outcomes:?}");
+    // Five calls reached the retry loop (the invalid one was refused before it), in 8 attempts:
+    // 503, 503, 200; 429, 200; the quota 429; 200; 200.
+    assert_eq!(spans.calls.load(Ordering::Relaxed), 5);
+    assert_eq!(spans.attempts.load(Ordering::Relaxed), 8);
     assert_eq!(outcomes[0], Ok(200));
     assert_eq!(outcomes[1], Ok(200));
     assert_eq!(outcomes[2], Err(ErrorKind::QuotaExceeded));
