@@ -98,7 +98,11 @@ where
                 StateProj::Called { fut } => {
                     match this.retrier.attempt_span().in_scope(|| fut.poll(cx)) {
                         Poll::Ready(Ok(res)) => {
-                            this.retrier.on_success_with(res.status(), res.request_id());
+                            if this.retrier.wants_response_meta() {
+                                this.retrier.on_success_with(res.status(), res.request_id());
+                            } else {
+                                this.retrier.on_success();
+                            }
                             this.state.set(State::Done);
                             return Poll::Ready(Ok(res));
                         }

@@ -143,6 +143,12 @@ impl Retrier {
         &self.attempt_span
     }
 
+    /// Whether anyone reads a response's status and request id: an observer or the spans.
+    /// Loops skip reading them otherwise (the request id is a header lookup).
+    pub(crate) fn wants_response_meta(&self) -> bool {
+        self.config.settings().observer.is_some() || !self.call_span.is_disabled()
+    }
+
     /// Ends the current attempt's span (it closes when its last handle is dropped).
     fn end_attempt_span(&mut self) {
         if !self.attempt_span.is_disabled() {
