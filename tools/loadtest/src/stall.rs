@@ -405,3 +405,61 @@ pub(crate) async fn main(raw: &[String]) -> Result<(), BoxError> {
     ));
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(s: &str) -> Vec<String> {
+        s.split_whitespace().map(str::to_owned).collect()
+    }
+
+    #[test]
+    fn options_parse_and_refuse_what_the_scenario_does_not_take() {
+        assert!(requested(&args("--json --scenario stall")));
+        assert!(!requested(&args("--scenario burst")));
+        let o = parse(&args(
+            "--scenario stall --n 7 --idle-ms 500 --deadline-s 3 --json",
+        ))
+        .unwrap();
+        assert_eq!(
+            (o.calls, o.idle, o.deadline, o.json),
+            (7, Duration::from_millis(500), Duration::from_secs(3), true)
+        );
+        assert!(parse(&args("--scenario stall --client reqwest"))
+            .unwrap_err()
+            .contains("--client"));
+        assert!(parse(&args("--n")).unwrap_err().contains("needs a value"));
+        assert!(parse(&args("--n many")).unwrap_err().contains("--n many"));
+    }
+
+    /// In virtual time: with every stream stalled, the watchdog ends each call with the
+    /// idle-stall timeout soon after its last event, and without it every call hangs until
+    /// the deadline.
+    #[tokio::test(start_paused = true)]
+    async fn every_stalled_call_ends_typed_with_the_watchdog_and_hangs_without() {
+        let o = Options {
+            calls: 6,
+            concurrency: 3,
+            fraction: 1.0,
+            ..Options::default()
+        };
+        let stack = run_row(&o, "stack (watchdog)", Some(o.idle)).await.unwrap();
+        assert_eq!(stack.failed(), 6, "{stack:?}");
+        assert_eq!(stack.stall_errors(), 6, "{stack:?}");
+        assert_eq!(stack.failed_by_kind().get("timeout"), Some(&6));
+        assert!(stack.max_after_last_event() >= o.idle, "{stack:?}");
+        let json = stack.json(&o);
+        assert_eq!(json["idle_timeout_s"], 2.0);
+        assert_eq!(json["failed_by_kind"]["timeout"], 6);
+        assert!(json["client"].as_str().unwrap().starts_with("stack"));
+        let base = run_row(&o, "baseline (no watchdog)", None).await.unwrap();
+        assert_eq!(base.failed(), 6, "{base:?}");
+        assert_eq!(base.stall_errors(), 0);
+        // Three in flight hang until the deadline; the other three start after it and never
+        // hear from the server.
+        assert_eq!(base.failed_by_kind().get("hung"), Some(&3), "{base:?}");
+        assert!(base.max_call() >= o.deadline);
+        assert!(base.json(&o)["idle_timeout_s"].is_null());
+    }
+}
