@@ -1,20 +1,32 @@
-//! `GET /metrics`: the gateway's counters in the Prometheus text format (version 0.0.4).
+//! `GET /metrics`: the gateway's counters in the Prometheus text format (version 0.0.4), and
+//! the library's metrics beside them.
 //!
-//! A small registry written for the gateway rather than the `metrics` facade with
-//! `metrics-exporter-prometheus`: every label set here is bounded by construction (routes are
-//! the allowlist's prefixes, statuses and error kinds are finite), so a handful of atomics, a
-//! mutex-guarded map for the labelled request counter and fixed-bucket histograms do the job
-//! with no dependency (the exporter, even with its default features off, brings `metrics-util`
-//! and its sketching and hashing crates) and no global recorder, so tests can run several
-//! gateways in one process, each with its own numbers.
+//! Two sources, one page:
+//!
+//! - **The gateway's own series** (`oai_gateway_*`): a small registry written for the gateway,
+//!   one per [`Gateway`](crate::Gateway), so that tests can run several gateways in one
+//!   process, each with its own numbers. Every label set is bounded by construction (routes
+//!   are the allowlist's prefixes, statuses and error kinds are finite): atomics, a
+//!   mutex-guarded map for each labelled counter and fixed-bucket histograms.
+//! - **The library's series** (`gen_ai_client_operation_duration`,
+//!   `http_client_request_duration`, `oai_resilience_*`, …): the stack's
+//!   [`oai_resilience::observe::MetricsObserver`] records them through the
+//!   `metrics` facade into a `metrics-exporter-prometheus` recorder, installed as the process's
+//!   global recorder by the first gateway ([`library_metrics`]) and rendered after the
+//!   gateway's own series. The exporter spells the names with `_` for `.`; its histograms have
+//!   fixed buckets (seconds for durations, counts for resends and tokens). These series are
+//!   the process's: several gateways in one process share them.
 //!
 //! The series are listed in `oai-gateway/README.md` (Metrics).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use oai_resilience::observe::MetricsObserver;
 
 use crate::gateway::BodyBudget;
 use oai_resilience::retry::{RetryBudget, TokenBudget};
@@ -24,6 +36,56 @@ use oai_resilience::{Error, Pacer};
 const LATENCY_BUCKETS: &[f64] = &[
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
 ];
+
+/// Upper bounds of the library's count histograms (resends per call, tokens per response).
+const COUNT_BUCKETS: &[f64] = &[
+    0.0, 1.0, 2.0, 3.0, 5.0, 10.0, 100.0, 1_000.0, 10_000.0, 100_000.0,
+];
+
+/// How often the library's recorder is kept (its histogram samples folded in), besides at
+/// each render.
+const UPKEEP_EVERY: Duration = Duration::from_secs(5);
+
+/// The handle of the process's `metrics` recorder for the library's metrics: a
+/// `metrics-exporter-prometheus` recorder with fixed histogram buckets, installed as the
+/// global recorder by the first call (which also describes the library's metrics and starts
+/// a thread that runs the recorder's upkeep every 5 s, so that unscraped histogram samples do
+/// not pile up). `None` if another global recorder was installed first (an embedding
+/// program's): the library's metrics go there, and `/metrics` shows the gateway's own only.
+pub fn library_metrics() -> Option<PrometheusHandle> {
+    static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let builder = PrometheusBuilder::new()
+                .set_buckets(LATENCY_BUCKETS)
+                .and_then(|b| {
+                    b.set_buckets_for_metric(Matcher::Suffix("resend_count".into()), COUNT_BUCKETS)
+                })
+                .and_then(|b| {
+                    b.set_buckets_for_metric(Matcher::Suffix("token.usage".into()), COUNT_BUCKETS)
+                });
+            let handle = match builder.and_then(PrometheusBuilder::install_recorder) {
+                Ok(h) => h,
+                Err(e) => {
+                    tracing::warn!(error = %e, "the library's metrics are not on /metrics: another metrics recorder is installed");
+                    return None;
+                }
+            };
+            MetricsObserver::describe();
+            let upkeep = handle.clone();
+            let spawned = std::thread::Builder::new()
+                .name("oai-gateway-metrics-upkeep".into())
+                .spawn(move || loop {
+                    std::thread::sleep(UPKEEP_EVERY);
+                    upkeep.run_upkeep();
+                });
+            if let Err(e) = spawned {
+                tracing::warn!(error = %e, "no upkeep thread for the library's metrics (they are kept at each scrape)");
+            }
+            Some(handle)
+        })
+        .clone()
+}
 
 /// A histogram with fixed buckets (cumulative when rendered).
 #[derive(Debug)]
@@ -92,6 +154,7 @@ pub struct Metrics {
     budget: Option<MeteredBudget>,
     pacer: Pacer,
     bodies: BodyBudget,
+    library: Option<PrometheusHandle>,
 }
 
 impl Metrics {
@@ -113,7 +176,15 @@ impl Metrics {
             budget,
             pacer,
             bodies,
+            library: None,
         }
+    }
+
+    /// Renders `library` (the library's metrics, see [`library_metrics`]) after the
+    /// gateway's own series.
+    pub fn with_library(mut self, library: Option<PrometheusHandle>) -> Self {
+        self.library = library;
+        self
     }
 
     /// The bytes of JSON bodies buffered now, across connections (for tests).
@@ -343,6 +414,9 @@ impl Metrics {
             "oai_gateway_stream_stalls_total{{bound=\"idle\"}} {}",
             self.stalls_idle.load(Ordering::Relaxed)
         );
+        if let Some(library) = &self.library {
+            out.push_str(&library.render());
+        }
         out
     }
 }

@@ -1,5 +1,5 @@
 //! Item 5 of issue #20 (the rest): `GET /metrics` counts what the test sent, on the main
-//! listener or on `--metrics-listen`. (The JSON access log: `access_log.rs`.)
+//! listener or on `--metrics-listen`, the gateway's own series and the library's (#22 item 2). (The JSON access log: `access_log.rs`.)
 
 mod support;
 
@@ -117,12 +117,60 @@ async fn metrics_count_what_was_sent() {
         "this one"
     );
     // Every sample line is `name{labels} number` or `name number`.
-    for line in m.lines().filter(|l| !l.starts_with('#')) {
+    for line in m.lines().filter(|l| !l.starts_with('#') && !l.is_empty()) {
         let (_, v) = line.rsplit_once(' ').unwrap();
         v.parse::<f64>()
             .unwrap_or_else(|_| panic!("not a sample: {line}"));
     }
     assert_eq!(server.counts().total, 4);
+    // The library's metrics (its MetricsObserver on the gateway's stack, through the
+    // Prometheus exporter), after the gateway's own. They are the process's: another test of
+    // this binary may add to them, so at least what this test sent.
+    let at_least = |series: &str, n: f64| {
+        let v = value(m, series).unwrap_or_else(|| panic!("no {series} in\n{m}"));
+        assert!(v >= n, "{series} = {v}, expected at least {n}");
+    };
+    let model = "gen_ai_request_model=\"gpt-4o-mini\"";
+    // Calls: two successes (one after a retry), one quota failure.
+    at_least(
+        &format!("gen_ai_client_operation_duration_count{{{model}}}"),
+        2.0,
+    );
+    at_least(
+        &format!("gen_ai_client_operation_duration_count{{{model},error_type=\"quota_exceeded\"}}"),
+        1.0,
+    );
+    at_least(
+        &format!("http_client_request_duration_count{{{model},http_response_status_code=\"200\"}}"),
+        2.0,
+    );
+    at_least(
+        &format!("oai_resilience_rate_limited{{kind=\"rate_limit\",{model}}}"),
+        1.0,
+    );
+    at_least(
+        &format!("oai_resilience_rate_limited{{kind=\"quota\",{model}}}"),
+        1.0,
+    );
+    at_least(
+        "oai_resilience_retries{error_type=\"rate_limited\",oai_resilience_delay_source=\"retry_after_ms\"}",
+        1.0,
+    );
+    at_least(
+        "oai_resilience_local_rejections{kind=\"validation\",error_type=\"invalid_parameter\"}",
+        1.0,
+    );
+    for histogram in [
+        "gen_ai_client_operation_duration",
+        "http_client_request_duration",
+        // The retried call waited for the pacer after its 429.
+        "oai_resilience_pacing_wait",
+    ] {
+        assert!(
+            m.contains(&format!("# TYPE {histogram} histogram")),
+            "{histogram}: {m}"
+        );
+    }
 }
 
 #[tokio::test]

@@ -51,6 +51,7 @@ use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Either, Full};
 use hyper::body::Body;
 use oai_resilience::auth::{AuthLayer, KeyHeader, KeyRules, KeySource};
+use oai_resilience::observe::MetricsObserver;
 use oai_resilience::pace::{PaceLayer, PacerConfig, RedisStore};
 use oai_resilience::retry::TokenBudget;
 use oai_resilience::watchdog::WatchdogLayer;
@@ -246,7 +247,13 @@ impl Gateway {
         } else {
             (config.retry.clone(), None)
         };
-        let mut layer = OpenAiLayer::new()
+        let library = crate::metrics::library_metrics();
+        let mut layer = OpenAiLayer::new();
+        if library.is_some() {
+            // Registered first: the layers put in below take it over.
+            layer = layer.observer(Arc::new(MetricsObserver::new()));
+        }
+        let mut layer = layer
             .try_base_url(&config.upstream)
             .map_err(|e| ConfigError(format!("--upstream: {e}")))?
             .validate(ValidateLayer::new().body_limit(config.max_body_bytes))
@@ -273,11 +280,14 @@ impl Gateway {
                 .map(|h| (h.trim_matches(['[', ']']).to_owned(), port))
         });
         let body_budget = BodyBudget::new(config.buffered_bytes_cap());
-        let metrics = Arc::new(Metrics::new(
-            layer.pace_layer().pacer().clone(),
-            budget,
-            body_budget.clone(),
-        ));
+        let metrics = Arc::new(
+            Metrics::new(
+                layer.pace_layer().pacer().clone(),
+                budget,
+                body_budget.clone(),
+            )
+            .with_library(library),
+        );
         let watchdog = WatchdogLayer::new()
             .first_byte(config.stream_first_byte_timeout)
             .idle(config.stream_idle_timeout);
