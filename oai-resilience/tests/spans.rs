@@ -381,3 +381,31 @@ async fn the_validation_layer_reads_the_model_for_the_spans_without_an_observer(
         Some("embeddings text-embedding-3-small")
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_request_id_that_looks_like_a_key_is_recorded_redacted() {
+    recording();
+    let upstream = ClassifyLayer::new().layer(service_fn(|_req: Request<Body>| async {
+        Ok::<_, Infallible>(
+            Response::builder()
+                .status(200)
+                .header("x-request-id", "sk-proj-AAAA1111bbbb2222cccc3333")
+                .body(Full::new(Bytes::new()))
+                .unwrap(),
+        )
+    }));
+    RetryLayer::with_config(config())
+        .layer(upstream)
+        .oneshot(chat())
+        .await
+        .unwrap();
+    let spans = closed();
+    for name in ["call", "attempt"] {
+        let span = named(&spans, name)[0];
+        assert_eq!(
+            span.field("oai_resilience.request_id"),
+            Some("[redacted]"),
+            "{span:#?}"
+        );
+    }
+}

@@ -12,6 +12,7 @@ use tracing::Span;
 
 use crate::error::ErrorKind;
 use crate::observe::stop_reason_name;
+use crate::redact::redact_secrets;
 use crate::StopReason;
 
 /// Whether a subscriber wants the retry loop's spans (the validation layer then reads the
@@ -122,7 +123,8 @@ pub(crate) fn record_request<B>(
     }
 }
 
-/// Records the end of an attempt: its status, error kind and request id.
+/// Records the end of an attempt: its status, error kind and request id (a request id that
+/// looks like a key is recorded as `[redacted]`, as [`Error`](crate::Error) keeps it).
 pub(crate) fn record_attempt_end(
     attempt: &Span,
     status: Option<StatusCode>,
@@ -140,7 +142,7 @@ pub(crate) fn record_attempt_end(
         attempt.record("otel.status_code", "ERROR");
     }
     if let Some(id) = request_id {
-        attempt.record("oai_resilience.request_id", id);
+        attempt.record("oai_resilience.request_id", &*redact_secrets(id));
     }
 }
 
@@ -158,7 +160,7 @@ pub(crate) fn record_call_end(
     call.record("oai_resilience.attempts", attempts);
     call.record("http.request.resend_count", attempts.saturating_sub(1));
     if let Some(id) = request_id {
-        call.record("oai_resilience.request_id", id);
+        call.record("oai_resilience.request_id", &*redact_secrets(id));
     }
     if let Some((kind, stop)) = failure {
         call.record("error.type", kind.as_str());
