@@ -1,13 +1,15 @@
 //! `--scenario tpm`: a tokens-per-minute limit that the calls' token estimates overstate
 //! (#22).
 //!
-//! The mock enforces a bucket of `--tpm` (40,000) tokens refilled over a minute (and reports
-//! it, with a request limit far above the demand, in the `x-ratelimit-*` headers). It charges
+//! The mock enforces a bucket of `--tpm` (40,000) tokens refilled over a minute and a limit of
+//! `--rpm` (1,000) requests per minute, and reports both in the `x-ratelimit-*` headers. It
+//! charges
 //! each call the tokens it really used
 //! ([`MockBuilder::true_usage`](oai_resilience::mock::MockBuilder::true_usage)): a prompt of
 //! 60 % of its character estimate (a tokenizer that packs more than four characters into a
 //! token) and a completion of 30 % of `max_tokens` (answers that stop before their budget),
-//! and reports those counts in `usage`. N = 150 calls at concurrency 20, after 100 ms each,
+//! and reports those counts in `usage`. N = 150 calls at concurrency 40, answered after 2 s
+//! (a model's latency: the calls in flight are what an estimate gets wrong),
 //! with prompts of 200, 800, 2,000 or 4,000 characters and `max_tokens` of 32, 128, 256 or
 //! 512 drawn from a fixed seed; every fourth call streams. Three clients run the same calls,
 //! each against a fresh mock:
@@ -17,9 +19,9 @@
 //!   and learns the per-model ratios of true to estimated tokens;
 //! - `stack-estimates`: the same stack without the usage layer: the pacer paces on its
 //!   estimates, corrected by the `x-ratelimit-remaining-tokens` headers only;
-//! - `baseline (requests only)`: hyper-util paced by request count alone, at the average
-//!   request rate that the calls' true tokens allow (N / minimum), with 3 tries 100 ms apart
-//!   on a 429 or 5xx.
+//! - `baseline (requests only)`: hyper-util paced by request count alone, at the mock's
+//!   request limit (`--rpm`, one call every 60 ms), with 3 tries 100 ms apart on a 429 or
+//!   5xx.
 //!
 //! The minimum wall time of a row is the latency plus the time the bucket takes to refill
 //! what the mock counted beyond its capacity: `latency + max(0, T − tpm) / (tpm / 60 s)`,
@@ -54,6 +56,7 @@ struct Options {
     calls: usize,
     concurrency: usize,
     tpm: u64,
+    rpm: u64,
     latency: Duration,
     json: bool,
 }
@@ -62,9 +65,10 @@ impl Default for Options {
     fn default() -> Self {
         Options {
             calls: 150,
-            concurrency: 20,
+            concurrency: 40,
             tpm: 40_000,
-            latency: Duration::from_millis(100),
+            rpm: 1_000,
+            latency: Duration::from_secs(2),
             json: false,
         }
     }
@@ -77,11 +81,12 @@ const MODEL: &str = "gpt-4o-mini";
 
 /// The usage lines of this scenario's own options.
 const USAGE: &str = "\
-Usage: loadtest --scenario tpm [--n N] [--concurrency C] [--tpm TOKENS] [--latency-ms MS]
-                [--json]
+Usage: loadtest --scenario tpm [--n N] [--concurrency C] [--tpm TOKENS] [--rpm REQUESTS]
+                [--latency-ms MS] [--json]
 
   --tpm TOKENS     the mock's tokens-per-minute limit (default 40000)
-  --latency-ms MS  the mock's answer time (default 100)
+  --rpm REQUESTS   the mock's requests-per-minute limit, the baseline's pace (default 1000)
+  --latency-ms MS  the mock's answer time (default 2000)
 ";
 
 /// Whether the command line asks for this scenario (`--scenario tpm`).
@@ -111,6 +116,7 @@ fn parse(raw: &[String]) -> Result<Options, String> {
                 o.concurrency = number("--concurrency", value("--concurrency")?)?.max(1) as usize
             }
             "--tpm" => o.tpm = number("--tpm", value("--tpm")?)?.max(60),
+            "--rpm" => o.rpm = number("--rpm", value("--rpm")?)?.max(1),
             "--latency-ms" => {
                 o.latency = Duration::from_millis(number("--latency-ms", value("--latency-ms")?)?)
             }
@@ -270,7 +276,7 @@ async fn start_mock(o: &Options) -> MockServer {
         .api_key(super::TEST_KEY)
         .latency(o.latency)
         .no_rate_limits()
-        .request_limit(RateLimit::per_minute(1_000_000))
+        .request_limit(RateLimit::per_minute(o.rpm))
         .token_limit(RateLimit::per_minute(o.tpm))
         .true_usage(TrueUsage::new(TRUE_USAGE.0, TRUE_USAGE.1))
         .seed(22)
@@ -366,11 +372,12 @@ pub(crate) async fn main(raw: &[String]) -> Result<(), BoxError> {
         }
     };
     say(&format!(
-        "tpm: {} calls at {}, {} tokens per minute, latency {} ms; the mock counts {:.0} % of \
-         the prompt estimate and {:.0} % of max_tokens",
+        "tpm: {} calls at {}, {} tokens and {} requests per minute, latency {} ms; the mock \
+         counts {:.0} % of the prompt estimate and {:.0} % of max_tokens",
         o.calls,
         o.concurrency,
         o.tpm,
+        o.rpm,
         o.latency.as_millis(),
         TRUE_USAGE.0 * 100.0,
         TRUE_USAGE.1 * 100.0
@@ -382,9 +389,8 @@ pub(crate) async fn main(raw: &[String]) -> Result<(), BoxError> {
         say(&row.line());
         rows.push(row);
     }
-    // The request rate that the true tokens allow on average: N calls over the stack's
-    // minimum.
-    let rate_interval = rows[0].minimum.div_f64(o.calls as f64);
+    // Paced by request count alone: at the request limit.
+    let rate_interval = Duration::from_secs(60).div_f64(o.rpm as f64);
     let row = run_row(
         &o,
         "baseline (requests only)",
