@@ -409,3 +409,26 @@ async fn a_request_id_that_looks_like_a_key_is_recorded_redacted() {
         );
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn tower_retry_with_the_tower_policy_records_the_same_spans() {
+    recording();
+    let policy = oai_resilience::retry::TowerPolicy::new(config());
+    let svc = tower::retry::RetryLayer::new(policy).layer(scripted(&[503, 200]));
+    let res = svc.oneshot(chat()).await.unwrap();
+    assert_eq!(res.status(), 200);
+    let spans = closed();
+    let attempts = named(&spans, "attempt");
+    assert_eq!(attempts.len(), 2, "{spans:#?}");
+    assert_eq!(attempts[0].field("error.type"), Some("server_error"));
+    assert_eq!(attempts[0].field("http.response.status_code"), Some("503"));
+    assert_eq!(attempts[1].field("error.type"), None);
+    assert_eq!(attempts[1].field("http.request.resend_count"), Some("1"));
+    for attempt in &attempts {
+        assert_eq!(attempt.field("url.path"), Some("/v1/chat/completions"));
+    }
+    let calls = named(&spans, "call");
+    assert_eq!(calls.len(), 1, "{spans:#?}");
+    assert_eq!(calls[0].field("oai_resilience.attempts"), Some("2"));
+    assert_eq!(calls[0].field("gen_ai.request.model"), Some("gpt-4o-mini"));
+}

@@ -87,7 +87,7 @@ where
         };
         match retrier.on_error(err, state.replayable) {
             Decision::Retry { delay, .. } => {
-                retrier.start_attempt();
+                retrier.start_attempt_for(req);
                 if let Some(name) = self.config.settings().retry_count_header.as_ref() {
                     req.headers_mut()
                         .insert(name.clone(), retrier.retry_count_value());
@@ -112,7 +112,7 @@ where
         let copy = clone_request(req);
         if fresh {
             let mut retrier = Retrier::new(&self.config, is_idempotent(req.method()));
-            retrier.start_attempt();
+            retrier.start_attempt_for(req);
             self.state = Some(State {
                 retrier,
                 replayable: copy.is_some(),
