@@ -23,9 +23,10 @@
 //!   which counted the true tokens already, has set the bucket since);
 //! - learns the ratio of true to estimated tokens, separately for the prompt and for the
 //!   completion budget, per pacing key (per model with the default keys), so the next
-//!   estimates of that model come closer ([`KeySnapshot::usage_ratios`]);
-//! - tells the observer ([`Observer::tokens_used`]; `MetricsObserver` records
-//!   `gen_ai.client.token.usage`).
+//!   estimates of that model come closer
+//!   ([`KeySnapshot::usage_ratios`](crate::pace::KeySnapshot::usage_ratios));
+//! - tells the observer ([`Observer::tokens_used`](crate::observe::Observer::tokens_used);
+//!   `MetricsObserver` records `gen_ai.client.token.usage`).
 //!
 //! A response without usage, with a malformed or implausible one (a count above
 //! 100,000,000), or a body that ends early (an error frame, a stream cut before its usage
