@@ -1,5 +1,6 @@
 //! Item 5 of issue #20 (the rest): `GET /metrics` counts what the test sent, on the main
-//! listener or on `--metrics-listen`, the gateway's own series and the library's (#22 item 2). (The JSON access log: `access_log.rs`.)
+//! listener or on `--metrics-listen`, the gateway's own series and the library's (#22 item
+//! 2). (The JSON access log: `access_log.rs`.)
 
 mod support;
 

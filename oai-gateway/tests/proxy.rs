@@ -346,3 +346,31 @@ async fn five_concurrent_calls_on_a_cold_key_with_a_3_s_upstream_finish_together
     }
     assert_eq!(upstream.counts().total, 5);
 }
+
+#[tokio::test(start_paused = true)]
+async fn one_circuit_for_the_upstream_whichever_caller_key_fails_on_it() {
+    let server = MockServer::builder()
+        .random_server_errors(1.0, 1)
+        .start()
+        .await;
+    let gw = gateway(&server, None).await;
+    // Caller A's calls fail on the upstream until its circuit opens.
+    let a = bearer(KEY);
+    let mut opened = false;
+    for _ in 0..10 {
+        let res = post(gw, "/v1/chat/completions", Some(&a), CHAT).await;
+        assert!(res.status >= 500, "{}", res.json);
+        if res.json["error"]["code"] == "circuit_open" {
+            opened = true;
+            break;
+        }
+    }
+    assert!(opened, "the circuit never opened");
+    let sent = server.counts().total;
+    // Caller B, another key: refused at once by the same circuit, nothing sent.
+    let b = bearer("sk-proj-ZyXwVuTsRqPoNmLkJiHgFeDcBa9876543210");
+    let res = post(gw, "/v1/chat/completions", Some(&b), CHAT).await;
+    assert_eq!(res.status, 503, "{}", res.json);
+    assert_eq!(res.json["error"]["code"], "circuit_open", "{}", res.json);
+    assert_eq!(server.counts().total, sent, "nothing reached the upstream");
+}

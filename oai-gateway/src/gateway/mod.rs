@@ -51,6 +51,7 @@ use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Either, Full};
 use hyper::body::Body;
 use oai_resilience::auth::{AuthLayer, KeyHeader, KeyRules, KeySource};
+use oai_resilience::breaker::{BreakerKey, CircuitBreakerLayer};
 use oai_resilience::observe::MetricsObserver;
 use oai_resilience::pace::{PaceLayer, PacerConfig, RedisStore};
 use oai_resilience::retry::TokenBudget;
@@ -259,6 +260,13 @@ impl Gateway {
             .validate(ValidateLayer::new().body_limit(config.max_body_bytes))
             .auth(auth)
             .retry(RetryLayer::with_config(retry));
+        // One circuit for the upstream, whoever calls: what opens it (5xx, connection
+        // failures, timeouts) is the upstream's state, not a caller's; and a circuit per
+        // caller's own key would keep state for every key seen in the breaker's window.
+        layer = layer.breaker(
+            CircuitBreakerLayer::new()
+                .key_fn(|uri, _| BreakerKey::new(uri.authority().map_or("", |a| a.as_str()))),
+        );
         let mut pacing = PacerConfig::default();
         pacing.max_wait = Some(config.max_pacing_wait);
         layer = layer.pace(PaceLayer::with_config(pacing));
