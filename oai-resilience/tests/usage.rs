@@ -504,3 +504,75 @@ async fn the_mock_reports_true_usage_that_settles_the_charge() {
     );
     assert_eq!(ratios, Some(want));
 }
+
+#[tokio::test(start_paused = true)]
+async fn error_and_compressed_answers_pass_through_unscanned() {
+    for (status, encoding) in [(500, None), (200, Some("gzip"))] {
+        let pace = pace();
+        let upstream = service_fn(move |_req: Request<Full<Bytes>>| async move {
+            let mut b = Response::builder()
+                .status(status)
+                .header("content-type", "application/json");
+            if let Some(e) = encoding {
+                b = b.header("content-encoding", e);
+            }
+            Ok::<_, Error>(
+                b.body(Full::new(Bytes::from_static(
+                    br#"{"usage":{"prompt_tokens":1,"completion_tokens":1}}"#,
+                )))
+                .unwrap(),
+            )
+        });
+        let svc = ServiceBuilder::new()
+            .layer(pace.clone())
+            .layer(UsageLayer::new())
+            .service(upstream);
+        let resp = svc.oneshot(post(chat(72, 400, false))).await.unwrap();
+        assert!(resp
+            .extensions()
+            .get::<oai_resilience::usage::UsageSlot>()
+            .is_none());
+        resp.into_body().collect().await.unwrap();
+        let state = pace.pacer().key_state(&key()).unwrap();
+        assert_eq!(state.usage_ratios, None, "{status} {encoding:?}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_call_paced_through_a_store_reports_usage_to_the_observer_only() {
+    use oai_resilience::observe::{Observer, TokensUsed};
+    use oai_resilience::pace::InProcessStore;
+    #[derive(Debug, Default)]
+    struct Seen(Mutex<Vec<(u64, u64, Option<u64>, Option<String>)>>);
+    impl Observer for Seen {
+        fn tokens_used(&self, e: &TokensUsed<'_>) {
+            self.0.lock().unwrap().push((
+                e.input_tokens,
+                e.output_tokens,
+                e.estimated,
+                e.model.map(str::to_owned),
+            ));
+        }
+    }
+    let seen = Arc::new(Seen::default());
+    let pace = PaceLayer::new()
+        .pacing_store(InProcessStore::new())
+        .observer(seen.clone());
+    let upstream = fixed_upstream(
+        "application/json",
+        r#"{"usage":{"input_tokens":4,"output_tokens":5}}"#,
+        Arc::default(),
+    );
+    let svc = ServiceBuilder::new()
+        .layer(pace.clone())
+        .layer(UsageLayer::new())
+        .service(upstream);
+    let resp = svc.oneshot(post(chat(8, 50, false))).await.unwrap();
+    resp.into_body().collect().await.unwrap();
+    // No estimate to settle (the store keeps no per-call charge); the model from the key.
+    assert_eq!(
+        *seen.0.lock().unwrap(),
+        vec![(4, 5, None, Some(MODEL.to_owned()))]
+    );
+    assert!(pace.pacer().key_state(&key()).is_none());
+}

@@ -235,15 +235,21 @@ where
 }
 
 /// Wraps a response's body: scanned (with a [`UsageSlot`] in its extensions) if it is a
-/// successful JSON or event-stream answer, passed through otherwise.
+/// successful JSON or event-stream answer without a content encoding, passed through
+/// otherwise.
 fn wrap<B>(resp: Response<B>) -> Response<UsageBody<B>> {
     let kind = resp
         .headers()
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .map(|v| v.trim_start().to_ascii_lowercase());
+    // A compressed body (which hyper does not decode) cannot be read as it passes.
+    let encoded = resp
+        .headers()
+        .get(header::CONTENT_ENCODING)
+        .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"));
     let scan = match kind.as_deref() {
-        _ if !resp.status().is_success() => Scan::Off,
+        _ if !resp.status().is_success() || encoded => Scan::Off,
         Some(v) if v.starts_with("application/json") => Scan::Json(Vec::new()),
         Some(v) if v.starts_with("text/event-stream") => Scan::Sse(SseScanner::default()),
         _ => Scan::Off,

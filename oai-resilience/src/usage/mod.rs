@@ -29,7 +29,8 @@
 //!   `MetricsObserver` records `gen_ai.client.token.usage`).
 //!
 //! A response without usage, with a malformed or implausible one (a count above
-//! 100,000,000), or a body that ends early (an error frame, a stream cut before its usage
+//! 100,000,000), a compressed body (`content-encoding` other than `identity`: the layer does
+//! not decode), or a body that ends early (an error frame, a stream cut before its usage
 //! event, a body dropped by the caller) reports nothing: the estimate stands.
 //!
 //! The layer goes **below** the pace layer, around the HTTP client, so the stack's response
