@@ -24,8 +24,10 @@
 //! first probe comes at most `open_for` plus one arrival gap later (1.55 s). The default 5 s
 //! sends fewer probes (4) but may keep the traffic on the secondary for up to 5 s.
 //!
-//! `loadtest --scenario brownout [--json]` runs it alone (it needs two mocks, so it does not
-//! combine with the other scenarios' options).
+//! `loadtest --scenario brownout [--json] [--outage-ms MS]` runs it alone (it needs two mocks,
+//! so it does not combine with the other scenarios' options); `--outage-ms` moves the
+//! recovery (the calls then last 10 s longer than the outage), which shows how the phase of
+//! the breaker's open period decides `recovery_s`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -364,18 +366,41 @@ pub(crate) fn asked(args: &[String]) -> bool {
         .any(|w| w[0] == "--scenario" && w[1] == "brownout")
 }
 
+/// The options of `--scenario brownout`: (`--json`, the timing with `--outage-ms`).
+///
+/// # Errors
+///
+/// An option it does not take, or an `--outage-ms` that is not a number.
+pub(crate) fn parse(args: &[String]) -> Result<(bool, Brownout), String> {
+    let mut json = false;
+    let mut cfg = Brownout::default();
+    let mut rest = args.iter();
+    while let Some(a) = rest.next() {
+        match a.as_str() {
+            "--scenario" => {
+                rest.next();
+            }
+            "--json" => json = true,
+            "--outage-ms" => {
+                let ms: u64 = rest
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .ok_or("--outage-ms needs a number of milliseconds")?;
+                cfg.outage = Duration::from_millis(ms);
+                cfg.duration = cfg.outage + Duration::from_secs(10);
+            }
+            other => return Err(format!(
+                "brownout runs alone: {other} is not one of its options (--json, --outage-ms MS)"
+            )),
+        }
+    }
+    Ok((json, cfg))
+}
+
 /// `loadtest --scenario brownout [--json]`: every row, the table (on stderr with `--json`,
 /// which prints one JSON object per row on stdout) and the goal line of each stack row.
 pub(crate) async fn main(args: &[String]) -> Result<(), BoxError> {
-    let json = args.iter().any(|a| a == "--json");
-    if let Some(other) = args
-        .iter()
-        .find(|a| a.starts_with("--") && !["--scenario", "--json"].contains(&a.as_str()))
-    {
-        return Err(
-            format!("brownout runs alone: {other} is not one of its options (--json)").into(),
-        );
-    }
+    let (json, cfg) = parse(args)?;
     let say = |s: &str| {
         if json {
             eprintln!("{s}");
@@ -383,7 +408,6 @@ pub(crate) async fn main(args: &[String]) -> Result<(), BoxError> {
             println!("{s}");
         }
     };
-    let cfg = Brownout::default();
     say(HEADER);
     let mut rows = Vec::new();
     for which in Client3::EVERY {
@@ -457,6 +481,27 @@ mod tests {
                 assert_eq!(row.failed, 0, "{row:?}");
                 assert!(row.served_by_secondary > 0, "{row:?}");
             }
+        }
+    }
+
+    #[test]
+    fn options_and_their_errors() {
+        let args = |s: &str| s.split(' ').map(str::to_owned).collect::<Vec<_>>();
+        let (json, cfg) = parse(&args("--scenario brownout")).unwrap();
+        assert!(!json);
+        assert_eq!(cfg.outage, Duration::from_secs(20));
+        let (json, cfg) = parse(&args("--scenario brownout --json --outage-ms 16000")).unwrap();
+        assert!(json);
+        assert_eq!(
+            (cfg.outage, cfg.duration),
+            (Duration::from_secs(16), Duration::from_secs(26))
+        );
+        assert!(parse(&args("--scenario brownout --n 5"))
+            .unwrap_err()
+            .contains("--n is not one of its options"));
+        for bad in ["--outage-ms", "--outage-ms soon"] {
+            let err = parse(&args(&format!("--scenario brownout {bad}"))).unwrap_err();
+            assert!(err.contains("needs a number"), "{err}");
         }
     }
 

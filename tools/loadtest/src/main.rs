@@ -130,7 +130,8 @@ Options:
                             request-count-only baseline (runs alone; --n, --concurrency,
                             --tpm TOKENS, --latency-ms, --json)
   --scenario brownout       the primary 503 for 20 s, a healthy secondary: fallback routes
-                            and the breaker against one route (runs alone; --json)
+                            and the breaker against one route (runs alone; --json,
+                            --outage-ms MS)
   --n N                     calls (default: the scenario's)
   --concurrency C           calls in flight (default: the scenario's)
   --latency-ms MS           the mock's answer time (default: 20; latency 2000; clean and
