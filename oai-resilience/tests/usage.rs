@@ -542,8 +542,10 @@ async fn error_and_compressed_answers_pass_through_unscanned() {
 async fn a_call_paced_through_a_store_reports_usage_to_the_observer_only() {
     use oai_resilience::observe::{Observer, TokensUsed};
     use oai_resilience::pace::InProcessStore;
+    /// input, output, estimate, model
+    type Used = (u64, u64, Option<u64>, Option<String>);
     #[derive(Debug, Default)]
-    struct Seen(Mutex<Vec<(u64, u64, Option<u64>, Option<String>)>>);
+    struct Seen(Mutex<Vec<Used>>);
     impl Observer for Seen {
         fn tokens_used(&self, e: &TokensUsed<'_>) {
             self.0.lock().unwrap().push((
