@@ -578,3 +578,39 @@ async fn a_call_paced_through_a_store_reports_usage_to_the_observer_only() {
     );
     assert!(pace.pacer().key_state(&key()).is_none());
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_snapshot_that_counted_the_call_is_not_corrected_twice() {
+    let pace = pace();
+    let upstream = service_fn(|_req: Request<Full<Bytes>>| async {
+        Ok::<_, Error>(
+            Response::builder()
+                .header("content-type", "application/json")
+                .header("x-ratelimit-limit-tokens", "10000")
+                .header("x-ratelimit-remaining-tokens", "9970")
+                .header("x-ratelimit-reset-tokens", "180ms")
+                .body(Full::new(Bytes::from_static(
+                    br#"{"usage":{"prompt_tokens":10,"completion_tokens":20}}"#,
+                )))
+                .unwrap(),
+        )
+    });
+    let svc = ServiceBuilder::new()
+        .layer(pace.clone())
+        .layer(UsageLayer::new())
+        .service(upstream);
+    let resp = svc.oneshot(post(chat(72, 400, false))).await.unwrap();
+    // The server's remaining tokens counted this call's true 30 tokens: the level is theirs
+    // (less the 2 % headroom), not the estimate's.
+    let learned = level(&pace);
+    assert_eq!(learned, 9970.0 - (9970.0f64 * 0.02).floor());
+    resp.into_body().collect().await.unwrap();
+    // The usage corrects the ratios but gives nothing back a second time.
+    assert_eq!(level(&pace), learned);
+    assert!(pace
+        .pacer()
+        .key_state(&key())
+        .unwrap()
+        .usage_ratios
+        .is_some());
+}
