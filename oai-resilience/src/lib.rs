@@ -97,5 +97,6 @@ pub use pace::{Pace, PaceLayer, Pacer};
 pub use parse::{ApiError, RateLimitSnapshot};
 pub use retry::{Retry, RetryConfig, RetryLayer};
 pub use stack::{BaseUrl, BaseUrlLayer, ClientBody, OpenAiLayer, OpenAiService};
+pub use usage::{Usage, UsageBody, UsageLayer};
 pub use validate::{Validate, ValidateBody, ValidateLayer, Validator};
 pub use watchdog::{Watchdog, WatchdogBody, WatchdogLayer};
