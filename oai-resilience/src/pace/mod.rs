@@ -17,7 +17,10 @@
 //!   the same key.
 //! - **It estimates tokens** from the body (prompt text at ~4 characters per token, plus
 //!   `max_tokens`/`max_completion_tokens` × `n`, see [`CostEstimator`]) and corrects the
-//!   estimate with the headers' `remaining-tokens`.
+//!   estimate with the headers' `remaining-tokens`; with a
+//!   [`UsageLayer`](crate::usage::UsageLayer) below, with the `usage` each answer reports
+//!   instead: the call's charge is settled with the true count, and the prompt and
+//!   completion ratios it teaches (per key, so per model) correct the next estimates.
 //! - **A 429 pauses the whole key** until the server's hint, not only the request that got it.
 //!   A 429 that the headers do not explain (they showed room: OpenAI may enforce a per-minute
 //!   limit per second; or there are no headers at all) switches on an adaptive rate:
