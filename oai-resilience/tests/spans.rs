@@ -432,3 +432,33 @@ async fn tower_retry_with_the_tower_policy_records_the_same_spans() {
     assert_eq!(calls[0].field("oai_resilience.attempts"), Some("2"));
     assert_eq!(calls[0].field("gen_ai.request.model"), Some("gpt-4o-mini"));
 }
+
+#[oai_resilience::openai_call(max_attempts = 3, base_delay = "10ms")]
+async fn flaky_twice(calls: &AtomicUsize) -> Result<u32, Error> {
+    if calls.fetch_add(1, Ordering::SeqCst) < 2 {
+        Err(Error::new(ErrorKind::ServerError))
+    } else {
+        Ok(7)
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn openai_call_nests_the_call_span_in_its_function_span() {
+    recording();
+    let calls = AtomicUsize::new(0);
+    assert_eq!(flaky_twice(&calls).await.unwrap(), 7);
+    let spans = closed();
+    let attempts = named(&spans, "attempt");
+    assert_eq!(attempts.len(), 3, "{spans:#?}");
+    assert!(attempts.iter().all(|a| a.parent == Some("call")));
+    let calls = named(&spans, "call");
+    assert_eq!(calls.len(), 1, "{spans:#?}");
+    assert_eq!(calls[0].parent, Some("openai_call"));
+    assert_eq!(calls[0].field("oai_resilience.attempts"), Some("3"));
+    let function = named(&spans, "openai_call");
+    assert_eq!(function.len(), 1);
+    assert!(function[0]
+        .field("function")
+        .unwrap()
+        .ends_with("flaky_twice"));
+}
