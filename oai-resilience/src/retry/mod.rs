@@ -92,10 +92,14 @@
 //!
 //! The "retrying" event (with the delay) and the "not retrying" event are emitted inside the
 //! failed attempt's span, so they become that span's events; the inner service's own spans
-//! and events (the pacer's wait, the HTTP client) nest under the attempt. Loops that do not
-//! see the request ([`call`], `#[openai_call]`) record no request fields. With no subscriber
-//! interested in these spans, they cost a check of each callsite's cached interest: nothing
-//! is allocated or formatted.
+//! and events (the pacer's wait, the HTTP client) nest under the attempt ([`call`] instruments
+//! each attempt's future too; under [`TowerPolicy`] tower drives the attempts, so only the
+//! spans' fields are recorded). Loops that do not see the request ([`call`],
+//! `#[openai_call]`, whose `openai_call` span holds the `call` span) record no request fields.
+//! The validation layer reads the model into [`RequestModel`](crate::observe::RequestModel)
+//! when these spans are wanted; a request id that looks like an API key is recorded as
+//! `[redacted]`. With no subscriber interested in these spans, they cost a check of each
+//! callsite's cached interest: nothing is allocated or formatted.
 //!
 //! # One retry loop
 //!
