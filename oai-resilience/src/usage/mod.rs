@@ -197,7 +197,9 @@ impl UsageSlot {
         self.listeners.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Calls `f` with the usage when the body finds it (never, if it does not).
+    /// Calls `f` with the usage when the body finds it (never, if it does not). Register
+    /// before the body is first polled: a body whose slot has no listener then passes its
+    /// frames on without scanning them.
     pub fn on_usage(&self, f: impl FnOnce(TokenUsage) + Send + 'static) {
         self.lock().push(Box::new(f));
     }
