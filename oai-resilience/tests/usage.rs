@@ -457,6 +457,7 @@ fn include_usage_refuses_what_it_cannot_rewrite() {
     assert!(include_usage(br#"{"stream":true,"stream_options":7}"#).is_none());
 }
 
+#[cfg(feature = "mock")]
 #[tokio::test(start_paused = true)]
 async fn the_mock_reports_true_usage_that_settles_the_charge() {
     use oai_resilience::mock::{MockServer, RateLimit, TrueUsage};
