@@ -361,18 +361,109 @@ pub fn delay_source_name(source: DelaySource) -> &'static str {
     }
 }
 
-/// The top-level `"model"` of a JSON body, if it has one (read only when an observer is
-/// registered).
+/// The top-level `"model"` of a JSON body, if it has one (read only when an observer or the
+/// spans want it).
+///
+/// One forward pass over the bytes that stops at the model's value: the top-level keys are
+/// read, every other value is skipped by counting brackets outside strings, and nothing is
+/// allocated but the name. A body that is not a JSON object, or a model that is not a plain
+/// string, gives `None` (escaped names are read through `serde_json`). Validation has already
+/// judged the body; this only labels metrics and spans.
 pub(crate) fn model_of(body: &[u8]) -> Option<Arc<str>> {
-    #[derive(serde::Deserialize)]
-    struct Model<'a> {
-        #[serde(borrow, default)]
-        model: Option<std::borrow::Cow<'a, str>>,
+    let mut s = Scan { b: body, i: 0 };
+    s.ws();
+    s.eat(b'{')?;
+    loop {
+        s.ws();
+        let key = s.string()?;
+        s.ws();
+        s.eat(b':')?;
+        s.ws();
+        if key == b"model" {
+            let start = s.i;
+            let raw = s.string()?;
+            if raw.contains(&b'\\') {
+                let text: String = serde_json::from_slice(&body[start..s.i]).ok()?;
+                return Some(Arc::from(text));
+            }
+            return std::str::from_utf8(raw).ok().map(Arc::from);
+        }
+        s.skip_value()?;
+        s.ws();
+        match s.next()? {
+            b',' => continue,
+            _ => return None,
+        }
     }
-    serde_json::from_slice::<Model<'_>>(body)
-        .ok()?
-        .model
-        .map(|m| Arc::from(&*m))
+}
+
+/// A cursor over a JSON body for [`model_of`]; every step is bounds-checked and `None` ends
+/// the scan.
+struct Scan<'a> {
+    b: &'a [u8],
+    i: usize,
+}
+
+impl<'a> Scan<'a> {
+    fn next(&mut self) -> Option<u8> {
+        let c = *self.b.get(self.i)?;
+        self.i += 1;
+        Some(c)
+    }
+
+    fn eat(&mut self, want: u8) -> Option<()> {
+        (self.next()? == want).then_some(())
+    }
+
+    fn ws(&mut self) {
+        while let Some(b' ' | b'\t' | b'\n' | b'\r') = self.b.get(self.i) {
+            self.i += 1;
+        }
+    }
+
+    /// A string's raw bytes between its quotes (escapes left as they are).
+    fn string(&mut self) -> Option<&'a [u8]> {
+        self.eat(b'"')?;
+        let start = self.i;
+        loop {
+            match self.next()? {
+                b'"' => return Some(&self.b[start..self.i - 1]),
+                b'\\' => {
+                    self.next()?;
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Skips one value: a string, or anything up to the `,` or `}` that closes it at its
+    /// own depth.
+    fn skip_value(&mut self) -> Option<()> {
+        let mut depth = 0usize;
+        loop {
+            match *self.b.get(self.i)? {
+                b'"' => {
+                    self.string()?;
+                    if depth == 0 {
+                        return Some(());
+                    }
+                    continue;
+                }
+                b'{' | b'[' => depth += 1,
+                b'}' | b']' if depth == 0 => return Some(()),
+                b'}' | b']' => {
+                    depth -= 1;
+                    if depth == 0 {
+                        self.i += 1;
+                        return Some(());
+                    }
+                }
+                b',' if depth == 0 => return Some(()),
+                _ => {}
+            }
+            self.i += 1;
+        }
+    }
 }
 
 /// Tells `observer`, if any, that a local check refused a request with `error`: key errors
@@ -388,5 +479,86 @@ pub(crate) fn reject(observer: Option<&dyn Observer>, error: ErrorKind, route: O
             error,
             route,
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::model_of;
+
+    /// What `serde_json` reads as the top-level model (the reference for well-formed bodies).
+    fn reference(body: &[u8]) -> Option<String> {
+        let v: serde_json::Value = serde_json::from_slice(body).ok()?;
+        v.get("model")?.as_str().map(str::to_owned)
+    }
+
+    #[test]
+    fn the_model_is_found_wherever_it_is_among_the_top_level_keys() {
+        let bodies: &[&[u8]] = &[
+            br#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Hello"}]}"#,
+            br#"{"messages":[{"role":"user","content":"a \"model\": \"x\", {[}]"}],"model":"gpt-4o"}"#,
+            br#" { "n" : 2 , "stop" : ["}", "]"], "meta": {"model": "inner"}, "model" : "o3" } "#,
+            br#"{"x":[1,[2,{"model":"deep"}]],"y":null,"z":true,"w":-1.5e3,"model":"m"}"#,
+            br#"{"model":"gpt-\u00e9\"q"}"#,
+            br#"{"model":"gpt-4o","model":"second"}"#,
+        ];
+        let want = ["gpt-4o-mini", "gpt-4o", "o3", "m", "gpt-\u{e9}\"q", "gpt-4o"];
+        for (body, want) in bodies.iter().zip(want) {
+            assert_eq!(model_of(body).as_deref(), Some(want), "{}", String::from_utf8_lossy(body));
+        }
+    }
+
+    #[test]
+    fn bodies_without_a_plain_string_model_give_none_and_never_panic() {
+        let bodies: &[&[u8]] = &[
+            b"",
+            b"garbage",
+            b"[\"model\",\"x\"]",
+            br#"{"model":5}"#,
+            br#"{"model":null}"#,
+            br#"{"model":["gpt-4o"]}"#,
+            br#"{"messages":[{"model":"inner"}]}"#,
+            br#"{"model":"unterminated"#,
+            br#"{"model""#,
+            br#"{"a":"\"#,
+            br#"{"a":[1,2"#,
+            br#"{"a":1 "model":"x"}"#,
+            b"{\"model\":\"\xff\xfe\"}",
+            br#"{"model":"bad \u12"}"#,
+        ];
+        for body in bodies {
+            assert_eq!(model_of(body), None, "{}", String::from_utf8_lossy(body));
+        }
+    }
+
+    proptest! {
+        /// On any JSON object the scan agrees with `serde_json` (keys unique, as serde_json's
+        /// map keeps the last of a repeated key).
+        #[test]
+        fn the_scan_agrees_with_serde_json(
+            fields in proptest::collection::btree_map("[a-z\"\\\\{}]{0,6}", prop_oneof![
+                Just(serde_json::json!(null)),
+                "[ -~]{0,12}".prop_map(serde_json::Value::from),
+                any::<i64>().prop_map(serde_json::Value::from),
+                proptest::collection::vec("[ -~]{0,6}", 0..4).prop_map(|v| serde_json::json!(v)),
+                ("[ -~]{0,6}", "[ -~]{0,6}").prop_map(|(k, v)| serde_json::json!({ k: [v] })),
+            ], 0..6),
+            model in proptest::option::of("[ -~\u{e9}]{0,12}"),
+            pretty in any::<bool>(),
+        ) {
+            let mut map: serde_json::Map<String, serde_json::Value> = fields.into_iter().collect();
+            if let Some(m) = &model {
+                map.insert("model".into(), m.clone().into());
+            }
+            let value = serde_json::Value::Object(map);
+            let body = if pretty {
+                serde_json::to_vec_pretty(&value).unwrap()
+            } else {
+                serde_json::to_vec(&value).unwrap()
+            };
+            prop_assert_eq!(model_of(&body).map(|m| m.to_string()), reference(&body));
+        }
     }
 }
