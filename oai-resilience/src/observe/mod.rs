@@ -504,9 +504,21 @@ mod tests {
             br#"{"model":"gpt-\u00e9\"q"}"#,
             br#"{"model":"gpt-4o","model":"second"}"#,
         ];
-        let want = ["gpt-4o-mini", "gpt-4o", "o3", "m", "gpt-\u{e9}\"q", "gpt-4o"];
+        let want = [
+            "gpt-4o-mini",
+            "gpt-4o",
+            "o3",
+            "m",
+            "gpt-\u{e9}\"q",
+            "gpt-4o",
+        ];
         for (body, want) in bodies.iter().zip(want) {
-            assert_eq!(model_of(body).as_deref(), Some(want), "{}", String::from_utf8_lossy(body));
+            assert_eq!(
+                model_of(body).as_deref(),
+                Some(want),
+                "{}",
+                String::from_utf8_lossy(body)
+            );
         }
     }
 
