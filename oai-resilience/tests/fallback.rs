@@ -30,10 +30,13 @@ const BAD: &str = r#"{"error":{"message":"Invalid value for 'n'.","type":"invali
 /// What one host received: the path, the headers and the body of each request.
 type Seen = Vec<(String, http::HeaderMap, Bytes)>;
 
+/// A host's scripted answers: (status, body), in turn.
+type Script = VecDeque<(u16, &'static str)>;
+
 /// Upstreams by host: each answers from its script, then with its default status.
 #[derive(Clone, Default)]
 struct Hosts {
-    script: Arc<Mutex<HashMap<String, VecDeque<(u16, &'static str)>>>>,
+    script: Arc<Mutex<HashMap<String, Script>>>,
     default: Arc<Mutex<HashMap<String, u16>>>,
     seen: Arc<Mutex<HashMap<String, Seen>>>,
 }
