@@ -23,6 +23,9 @@
 //!   a budget withdrawal. The breaker ignores the pacer's own refusals (nothing sent) and
 //!   counts 4xx, rate limits and quota 429s as answers of a healthy upstream.
 //!   [`OpenAiLayer::breaker`] configures it, [`OpenAiLayer::without_breaker`] switches it off.
+//!   With one upstream, the calls that meet an open circuit fail until a probe succeeds, up
+//!   to the open period after the upstream recovered; with [fallback routes](crate::fallback)
+//!   they go to the next route instead.
 //! - **BaseUrl** gives relative request URIs (`/v1/chat/completions`) the configured base, so
 //!   the auth layer knows the target host and the pacer keys by it.
 //!

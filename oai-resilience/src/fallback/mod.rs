@@ -34,6 +34,13 @@
 //!   its `Display` ends with `(routes: primary: circuit_open; backup: 429 quota_exceeded)`,
 //!   route names and kinds only, no messages and no keys.
 //!
+//! The pacer's refusal reaches the fallback only after the route's retries: the default retry
+//! policy retries it after its hint (the expected wait, up to the hint ceiling), so a route
+//! whose key is paced far ahead holds the call that long before it moves on. For the call to
+//! move on at once, give the route a policy that does not retry the refusal:
+//! `RetryConfig::new().policy(OpenAiPolicy::new().never_retry_if(pace::is_paced_locally))`
+//! (`tests/fallback.rs` does so).
+//!
 //! The request body must be replayable ([`ReplayBody`](crate::retry::ReplayBody), as for
 //! retries; [`RouteBody`] adds the model rewrite): a body that cannot be copied goes to the
 //! first route only, and if that route's error would move on, the call fails with it and the
