@@ -389,9 +389,12 @@ pub(crate) fn parse(args: &[String]) -> Result<(bool, Brownout), String> {
                 cfg.outage = Duration::from_millis(ms);
                 cfg.duration = cfg.outage + Duration::from_secs(10);
             }
-            other => return Err(format!(
-                "brownout runs alone: {other} is not one of its options (--json, --outage-ms MS)"
-            )),
+            other => {
+                return Err(format!(
+                    "brownout runs alone: {other} is not one of its options \
+                     (--json, --outage-ms MS)"
+                ))
+            }
         }
     }
     Ok((json, cfg))
