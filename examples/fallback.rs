@@ -14,6 +14,7 @@ use std::process::ExitCode;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper_util::{client::legacy::Client, rt::TokioExecutor};
+use oai_resilience::breaker::CircuitBreakerLayer;
 use oai_resilience::fallback::{FallbackLayer, Route, ServedBy};
 use oai_resilience::mock::{MockServer, TEST_KEY};
 use oai_resilience::stack::ClientBody;
@@ -29,11 +30,14 @@ async fn main() -> ExitCode {
         .start()
         .await;
     let backup = MockServer::start().await;
-    // Each route is a full stack: its own base URL, key, retries, breaker and pacer.
+    // Each route is a full stack: its own base URL, key, retries, breaker and pacer. The
+    // breaker (off by default) is what sends calls to the backup at once, without a request
+    // to the primary, once the primary's circuit is open.
     let stack = |server: &MockServer| {
         OpenAiLayer::new()
             .base_url(server.url().parse().expect("the mock's URL"))
             .auth(AuthLayer::from_key(TEST_KEY))
+            .breaker(CircuitBreakerLayer::new())
     };
     let client = Client::builder(TokioExecutor::new()).build_http::<ClientBody>();
     let svc = FallbackLayer::new()

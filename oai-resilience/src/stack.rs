@@ -14,18 +14,21 @@
 //!   the learned rate instead of going out to collect a 429.
 //! - **Classify** sits under both, so the pacer and the retry policy see typed [`Error`]s
 //!   (a quota 429 is not a rate limit) rather than raw responses.
-//! - **CircuitBreaker** sits under Retry and above Pace ([`crate::breaker`]): every attempt
-//!   is an outcome, so a failing upstream (5xx, connection failures, timeouts) opens its
-//!   circuit after a few attempts whichever calls made them; an attempt into an open circuit
-//!   fails at once with [`ErrorKind::CircuitOpen`](crate::ErrorKind::CircuitOpen), before it
-//!   waits for a pacing slot, and nothing is sent. That error is local, so the retry policy
-//!   does not retry it and the retry budget is neither asked nor told: an open circuit is not
-//!   a budget withdrawal. The breaker ignores the pacer's own refusals (nothing sent) and
-//!   counts 4xx, rate limits and quota 429s as answers of a healthy upstream.
-//!   [`OpenAiLayer::breaker`] configures it, [`OpenAiLayer::without_breaker`] switches it off.
-//!   With one upstream, the calls that meet an open circuit fail until a probe succeeds, up
-//!   to the open period after the upstream recovered; with [fallback routes](crate::fallback)
-//!   they go to the next route instead.
+//! - **CircuitBreaker** (off by default; [`OpenAiLayer::breaker`] switches it on) sits under
+//!   Retry and above Pace ([`crate::breaker`]): every attempt is an outcome, so a failing
+//!   upstream (5xx, connection failures, timeouts) opens its circuit after a few attempts
+//!   whichever calls made them; an attempt into an open circuit fails at once with
+//!   [`ErrorKind::CircuitOpen`](crate::ErrorKind::CircuitOpen), before it waits for a pacing
+//!   slot, and nothing is sent. That error is local, so the retry policy does not retry it and
+//!   the retry budget is neither asked nor told: an open circuit is not a budget withdrawal.
+//!   The breaker ignores the pacer's own refusals (nothing sent) and counts 4xx, rate limits
+//!   and quota 429s as answers of a healthy upstream. It is off by default because with one
+//!   upstream it trades failures for requests: the calls that meet an open circuit fail until
+//!   a probe succeeds, up to the open period after the upstream recovered (the `outage` load
+//!   scenario: 5 of the 100 calls after a 5xx outage failed with the default 5 s period,
+//!   where retry and budget alone served all 100). Switch it on in front of
+//!   [fallback routes](crate::fallback), where an open circuit sends the call to the next
+//!   route at once, or where shedding load matters more than each call.
 //! - **BaseUrl** gives relative request URIs (`/v1/chat/completions`) the configured base, so
 //!   the auth layer knows the target host and the pacer keys by it.
 //!
@@ -206,9 +209,8 @@ impl<S, B> InnerClient<B> for S where S: Service<Request<ClientBody<B>>> {}
 /// # Default
 ///
 /// [`ValidateLayer::new`], [`AuthLayer::from_env`] (`OPENAI_API_KEY`, `OPENAI_ORG_ID`,
-/// `OPENAI_PROJECT_ID`), [`RetryLayer::new`], [`CircuitBreakerLayer::new`] (a circuit per
-/// upstream and key that opens after 5 consecutive failures, or half the calls of 10 s with
-/// at least 10, and probes after 5 s: see [`BreakerConfig`](crate::breaker::BreakerConfig)),
+/// `OPENAI_PROJECT_ID`), [`RetryLayer::new`], no circuit breaker
+/// ([`CircuitBreakerLayer::disabled`]; [`breaker`](Self::breaker) switches one on),
 /// [`PaceLayer::new`] (pacing state in this
 /// process; [`pacing_store`](Self::pacing_store) shares it between processes),
 /// [`ClassifyLayer::new`], and the base URL in `OPENAI_BASE_URL`, with or without `/v1`, read
@@ -240,7 +242,7 @@ impl OpenAiLayer {
             validate: ValidateLayer::new(),
             auth: AuthLayer::from_env(),
             retry: RetryLayer::new(),
-            breaker: CircuitBreakerLayer::new(),
+            breaker: CircuitBreakerLayer::disabled(),
             pace: PaceLayer::new(),
             classify: ClassifyLayer::new(),
             observer: None,
@@ -336,8 +338,8 @@ impl OpenAiLayer {
         self
     }
 
-    /// Replaces the circuit breaker (its configuration and its circuits); see
-    /// [`crate::breaker`]. Clones of one [`CircuitBreakerLayer`] share their circuits, so
+    /// Switches a circuit breaker on, or replaces it (its configuration and its circuits); see
+    /// [`crate::breaker`] and the [module docs](self) for when it helps. Clones of one [`CircuitBreakerLayer`] share their circuits, so
     /// stacks built with clones of it see the same open circuits.
     ///
     /// ```
@@ -357,14 +359,17 @@ impl OpenAiLayer {
         self
     }
 
-    /// Switches the circuit breaker off: every attempt goes to the pacer and the upstream,
-    /// however often the upstream failed (the stack's type stays [`OpenAiService`]).
+    /// Switches the circuit breaker off (the default): every attempt goes to the pacer and the
+    /// upstream, however often the upstream failed (the stack's type stays [`OpenAiService`]).
     ///
     /// ```
+    /// use oai_resilience::breaker::CircuitBreakerLayer;
     /// use oai_resilience::stack::OpenAiLayer;
     ///
-    /// assert!(OpenAiLayer::new().breaker_layer().is_enabled());
-    /// assert!(!OpenAiLayer::new().without_breaker().breaker_layer().is_enabled());
+    /// assert!(!OpenAiLayer::new().breaker_layer().is_enabled());
+    /// let on = OpenAiLayer::new().breaker(CircuitBreakerLayer::new());
+    /// assert!(on.breaker_layer().is_enabled());
+    /// assert!(!on.without_breaker().breaker_layer().is_enabled());
     /// ```
     pub fn without_breaker(self) -> Self {
         self.breaker(CircuitBreakerLayer::disabled())

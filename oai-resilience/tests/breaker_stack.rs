@@ -1,6 +1,7 @@
-//! The circuit breaker in `OpenAiLayer`'s default stack, in virtual time: it opens on scripted
-//! 5xx and stops sending, an open circuit costs the retry budget nothing, a probe closes it,
-//! and `without_breaker` sends every attempt.
+//! The circuit breaker in `OpenAiLayer`'s stack, in virtual time: switched on with
+//! `OpenAiLayer::breaker`, it opens on scripted 5xx and stops sending, an open circuit costs the
+//! retry budget nothing, a probe closes it; by default (and with `without_breaker`) every
+//! attempt is sent.
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
@@ -82,15 +83,17 @@ fn chat() -> Request<Full<Bytes>> {
 }
 
 #[tokio::test(start_paused = true)]
-async fn the_default_breaker_opens_on_5xx_and_stops_sending() {
+async fn a_breaker_with_the_default_config_opens_on_5xx_and_stops_sending() {
     let upstream = Upstream::new(503);
     let budget = TokenBudget::new(0.5, 100.0);
-    let layer = OpenAiLayer::new().retry(RetryLayer::with_config(
-        RetryConfig::new()
-            .max_attempts(3)
-            .budget(budget.clone())
-            .seed(5),
-    ));
+    let layer = OpenAiLayer::new()
+        .retry(RetryLayer::with_config(
+            RetryConfig::new()
+                .max_attempts(3)
+                .budget(budget.clone())
+                .seed(5),
+        ))
+        .breaker(CircuitBreakerLayer::new());
     let breaker = layer.breaker_layer().clone();
     assert!(breaker.is_enabled());
     let svc = upstream.stack(layer);
@@ -131,7 +134,7 @@ async fn the_default_breaker_opens_on_5xx_and_stops_sending() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_configured_breaker_replaces_the_default_and_without_breaker_sends_everything() {
+async fn a_configured_breaker_opens_and_without_one_every_attempt_is_sent() {
     // One failure opens a configured breaker.
     let upstream = Upstream::new(500);
     let breaker = CircuitBreakerLayer::with_config(
@@ -148,16 +151,19 @@ async fn a_configured_breaker_replaces_the_default_and_without_breaker_sends_eve
     assert_eq!(upstream.received(), 1);
     assert_eq!(breaker.keys().len(), 1);
 
-    // Without the breaker, every attempt of every call is sent.
+    // `without_breaker` switches a configured breaker off.
+    let off = OpenAiLayer::new().breaker(breaker).without_breaker();
+    assert!(!off.breaker_layer().is_enabled());
+
+    // By default there is no breaker: every attempt of every call is sent.
     let upstream = Upstream::new(500);
-    let layer = OpenAiLayer::new()
-        .retry(RetryLayer::with_config(
-            RetryConfig::new()
-                .max_attempts(4)
-                .budget(TokenBudget::new(1.0, 1000.0)),
-        ))
-        .without_breaker();
+    let layer = OpenAiLayer::new().retry(RetryLayer::with_config(
+        RetryConfig::new()
+            .max_attempts(4)
+            .budget(TokenBudget::new(1.0, 1000.0)),
+    ));
     let off = layer.breaker_layer().clone();
+    assert!(!off.is_enabled());
     let svc = upstream.stack(layer);
     for _ in 0..5 {
         let err = svc.clone().oneshot(chat()).await.unwrap_err();

@@ -55,7 +55,10 @@
 //!
 //! Above the routes, because each route's retries, pacing, breaker and key are its own: a
 //! route gives up only after its own stack did what it could, and an open circuit on the
-//! primary sends each call to the backup at once (no request, no wait). Request URIs are
+//! primary sends each call to the backup at once (no request, no wait). `OpenAiLayer` has no
+//! breaker by default: switch it on for each route
+//! (`.breaker(CircuitBreakerLayer::new())`), or an upstream that is down costs every call
+//! its retries there before it moves on. Request URIs are
 //! relative (`/v1/chat/completions`) so that each route's base URL applies. The routes share
 //! the client (a connection pool), not their state.
 //!

@@ -6,8 +6,9 @@
 //! - `stack`: [`FallbackLayer`] with two routes, `primary` and `secondary`, each an
 //!   [`OpenAiLayer`] (default retry, budget and pacer); the primary's breaker is the
 //!   scenario's: 3 consecutive failures open it for 1.5 s ([`scenario_breaker`]);
-//! - `stack (default breaker)`: the same routes with the default breaker (5 consecutive
-//!   failures or half the calls of 10 s; open for 5 s);
+//! - `stack (default breaker)`: the same routes with a breaker of the default configuration
+//!   (`CircuitBreakerLayer::new()`: 5 consecutive failures or half the calls of 10 s; open
+//!   for 5 s);
 //! - `baseline`: the stack before the breaker and the routes: [`OpenAiLayer`] without the
 //!   breaker (retry and budget only), one route, the primary.
 //!
@@ -261,7 +262,7 @@ fn client_for(
                 Client3::Stack => {
                     route(primary)?.breaker(CircuitBreakerLayer::with_config(scenario_breaker()))
                 }
-                _ => route(primary)?,
+                _ => route(primary)?.breaker(CircuitBreakerLayer::new()),
             };
             BoxCloneService::new(
                 FallbackLayer::new()

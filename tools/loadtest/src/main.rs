@@ -1,7 +1,7 @@
 //! # `loadtest`: load scenarios through the full stack, with a baseline client in the same run
 //!
 //! Drives N chat calls at concurrency C over real HTTP through
-//! [`OpenAiLayer`] (base URL → validate → auth → retry → breaker → pace → classify →
+//! [`OpenAiLayer`] (base URL → validate → auth → retry → pace → classify →
 //! hyper-util), and
 //! through a baseline client (a plain `tower::retry` policy, 3 tries with a fixed 100 ms delay,
 //! over classify + hyper-util), against the embedded mock server, or against any

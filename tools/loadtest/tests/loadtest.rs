@@ -180,33 +180,17 @@ async fn quota_fails_every_call_by_kind_with_one_request_each() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn outage_switches_off_the_open_circuit_refuses_then_calls_succeed() {
-    // 9 s of calls: the default stack's breaker opens during the 1 s outage and stays open for
-    // its 5 s, so the calls after the outage that meet the open circuit fail at once with
-    // `circuit_open`; the probe after those 5 s closes it and the later calls succeed.
-    let mut cfg = tiny(Scenario::Outage, 90, 10);
+async fn outage_switches_off_and_calls_after_it_succeed() {
+    let mut cfg = tiny(Scenario::Outage, 30, 10);
     cfg.outage = Duration::from_secs(1);
     cfg.arrival = Duration::from_millis(100);
     let r = run(&cfg).await.unwrap();
     check_accounting(&r);
     let (sent, during, after, after_ok) = r.stack.outage.unwrap();
-    assert_eq!(during + after, 90);
-    assert!(during >= 9 && after >= 79, "{during} {after}");
-    // Fewer requests than calls during the outage: the open circuit sends nothing.
-    assert!(sent < during as u64, "{sent} {during}");
-    // Every failure is the breaker's refusal; the calls after its open period succeed.
-    let kinds: Vec<&str> = r
-        .stack
-        .failed_by_kind
-        .iter()
-        .map(|(k, _)| k.as_str())
-        .collect();
-    assert_eq!(kinds, ["circuit_open"], "{}", table(&r));
-    assert!(after_ok >= 30 && after_ok < after, "{}", table(&r));
-    // The baseline (no breaker) sends every call and serves every call after the outage.
-    let (b_sent, b_during, b_after, b_after_ok) = r.baseline.as_ref().unwrap().outage.unwrap();
-    assert!(b_sent >= b_during as u64, "{b_sent} {b_during}");
-    assert_eq!(b_after_ok, b_after, "{}", table(&r));
+    assert_eq!(during + after, 30);
+    assert!(during >= 9 && after >= 19, "{during} {after}");
+    assert_eq!(after_ok, after, "{}", table(&r));
+    assert!(sent >= during as u64, "{sent} {during}");
     assert!(r.stack.failed() > 0, "{}", table(&r));
     assert!(r.json()["outage"]["calls_after"].is_number());
 }
