@@ -22,7 +22,7 @@ fn main() -> ExitCode {
         Ok(Command::Run(c)) => c,
         Err(e) => return config_error(&e),
     };
-    oai_gateway::logging::init(config.log_format);
+    let _log = oai_gateway::logging::init(config.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

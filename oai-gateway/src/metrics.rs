@@ -6,8 +6,9 @@
 //! - **The gateway's own series** (`oai_gateway_*`): a small registry written for the gateway,
 //!   one per [`Gateway`](crate::Gateway), so that tests can run several gateways in one
 //!   process, each with its own numbers. Every label set is bounded by construction (routes
-//!   are the allowlist's prefixes, statuses and error kinds are finite): atomics, a
-//!   mutex-guarded map for each labelled counter and fixed-bucket histograms.
+//!   are the allowlist's prefixes, statuses and error kinds are finite): atomics, a slot per
+//!   status for attempts, a read-mostly map of atomics for requests (a read lock and no
+//!   allocation once a label set has been seen) and fixed-bucket histograms.
 //! - **The library's series** (`gen_ai_client_operation_duration`,
 //!   `http_client_request_duration`, `oai_resilience_*`, …): the stack's
 //!   [`oai_resilience::observe::MetricsObserver`] records them through the
@@ -19,10 +20,10 @@
 //!
 //! The series are listed in `oai-gateway/README.md` (Metrics).
 
-use std::collections::BTreeMap;
+use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Duration;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
@@ -132,17 +133,29 @@ impl Histogram {
     }
 }
 
-/// The labels of one request: the allowlist prefix it matched (or the gateway's own
-/// endpoint, or `-` for a refused path), the status answered, and the error kind (`none`
-/// for a success).
-type RequestLabels = (String, u16, String);
+/// The request counter, by its labels: the allowlist prefix the request matched (or the
+/// gateway's own endpoint, or `-` for a refused path), then the status answered, then the
+/// error kind (`none` for a success). Nested maps so that a request that finds its series
+/// (all but the first of each label set) takes a read lock, allocates nothing and adds
+/// with an atomic.
+type RequestCounts = HashMap<String, HashMap<u16, HashMap<String, AtomicU64>>>;
+
+/// The statuses an attempt can get, 100 to 599, and index 0 for none.
+const STATUS_SLOTS: usize = 501;
+
+fn status_slot(status: Option<u16>) -> usize {
+    match status {
+        Some(s @ 100..=599) => usize::from(s) - 99,
+        _ => 0,
+    }
+}
 
 /// The gateway's counters. Shared by every clone of a [`Gateway`](crate::Gateway).
 #[derive(Debug)]
 pub struct Metrics {
-    requests: Mutex<BTreeMap<RequestLabels, u64>>,
+    requests: RwLock<RequestCounts>,
     requests_in_flight: AtomicI64,
-    attempts: Mutex<BTreeMap<String, u64>>,
+    attempts: Box<[AtomicU64]>,
     retries: AtomicU64,
     rate_limit_429: AtomicU64,
     quota_429: AtomicU64,
@@ -162,9 +175,9 @@ impl Metrics {
     /// and that buffers JSON bodies within `bodies`.
     pub fn new(pacer: Pacer, budget: Option<MeteredBudget>, bodies: BodyBudget) -> Self {
         Metrics {
-            requests: Mutex::new(BTreeMap::new()),
+            requests: RwLock::new(HashMap::new()),
             requests_in_flight: AtomicI64::new(0),
-            attempts: Mutex::new(BTreeMap::new()),
+            attempts: (0..STATUS_SLOTS).map(|_| AtomicU64::new(0)).collect(),
             retries: AtomicU64::new(0),
             rate_limit_429: AtomicU64::new(0),
             quota_429: AtomicU64::new(0),
@@ -194,17 +207,34 @@ impl Metrics {
 
     /// One request answered.
     pub fn request(&self, route: &str, status: u16, error: &str) {
-        let mut map = self.requests.lock().unwrap_or_else(|e| e.into_inner());
-        *map.entry((route.to_owned(), status, error.to_owned()))
-            .or_insert(0) += 1;
+        {
+            let map = self.requests.read().unwrap_or_else(|e| e.into_inner());
+            if let Some(n) = map
+                .get(route)
+                .and_then(|m| m.get(&status))
+                .and_then(|m| m.get(error))
+            {
+                n.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+        }
+        let mut map = self.requests.write().unwrap_or_else(|e| e.into_inner());
+        map.entry(route.to_owned())
+            .or_default()
+            .entry(status)
+            .or_default()
+            .entry(error.to_owned())
+            .or_default()
+            .fetch_add(1, Ordering::Relaxed);
     }
 
     /// The number of requests answered with these labels so far (for tests).
     pub fn requests(&self, route: &str, status: u16, error: &str) -> u64 {
-        let map = self.requests.lock().unwrap_or_else(|e| e.into_inner());
-        map.get(&(route.to_owned(), status, error.to_owned()))
-            .copied()
-            .unwrap_or(0)
+        let map = self.requests.read().unwrap_or_else(|e| e.into_inner());
+        map.get(route)
+            .and_then(|m| m.get(&status))
+            .and_then(|m| m.get(error))
+            .map_or(0, |n| n.load(Ordering::Relaxed))
     }
 
     pub(crate) fn in_flight(&self, delta: i64) {
@@ -214,13 +244,7 @@ impl Metrics {
     /// One attempt sent upstream: its number within its request (1 for the first), the
     /// status it got (`None`: no answer), the time to the response head.
     pub(crate) fn attempt(&self, number: u32, status: Option<u16>, latency: Duration) {
-        let label = status.map_or_else(|| "none".to_owned(), |s| s.to_string());
-        *self
-            .attempts
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(label)
-            .or_insert(0) += 1;
+        self.attempts[status_slot(status)].fetch_add(1, Ordering::Relaxed);
         if number > 1 {
             self.retries.fetch_add(1, Ordering::Relaxed);
         }
@@ -260,17 +284,31 @@ impl Metrics {
             out,
             "# HELP oai_gateway_requests_total Requests answered, by route (allowlist prefix), status and error kind.\n# TYPE oai_gateway_requests_total counter"
         );
-        for ((route, status, error), n) in self
+        let mut rows: Vec<(String, u16, String, u64)> = Vec::new();
+        for (route, by_status) in self
             .requests
-            .lock()
+            .read()
             .unwrap_or_else(|e| e.into_inner())
             .iter()
         {
+            for (status, by_error) in by_status {
+                for (error, n) in by_error {
+                    rows.push((
+                        route.clone(),
+                        *status,
+                        error.clone(),
+                        n.load(Ordering::Relaxed),
+                    ));
+                }
+            }
+        }
+        rows.sort();
+        for (route, status, error, n) in rows {
             let _ = writeln!(
                 out,
                 "oai_gateway_requests_total{{route=\"{}\",status=\"{status}\",error=\"{}\"}} {n}",
-                escape(route),
-                escape(error)
+                escape(&route),
+                escape(&error)
             );
         }
         gauge(
@@ -283,16 +321,23 @@ impl Metrics {
             out,
             "# HELP oai_gateway_upstream_attempts_total Attempts sent upstream, by the status they got (none: no answer).\n# TYPE oai_gateway_upstream_attempts_total counter"
         );
-        for (status, n) in self
-            .attempts
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-        {
-            let _ = writeln!(
-                out,
-                "oai_gateway_upstream_attempts_total{{status=\"{status}\"}} {n}"
-            );
+        for (slot, n) in self.attempts.iter().enumerate() {
+            let n = n.load(Ordering::Relaxed);
+            if n == 0 {
+                continue;
+            }
+            if slot == 0 {
+                let _ = writeln!(
+                    out,
+                    "oai_gateway_upstream_attempts_total{{status=\"none\"}} {n}"
+                );
+            } else {
+                let status = slot + 99;
+                let _ = writeln!(
+                    out,
+                    "oai_gateway_upstream_attempts_total{{status=\"{status}\"}} {n}"
+                );
+            }
         }
         counter(
             &mut out,

@@ -155,9 +155,9 @@ enum Caller<'a> {
 
 /// What the access log and the metrics say about one request.
 #[derive(Default)]
-struct Outcome {
+struct Outcome<'g> {
     /// The allowlist prefix (or the gateway's endpoint) the request matched; `-` if none.
-    route: String,
+    route: &'g str,
     /// The access key's name.
     who: Option<String>,
     /// The error kind, or the reason of a local refusal; `None` for a success.
@@ -362,7 +362,7 @@ impl Gateway {
         let method = req.method().clone();
         let path = req.uri().path().to_owned();
         let mut out = Outcome {
-            route: "-".to_owned(),
+            route: "-",
             ..Outcome::default()
         };
         let metrics = &self.inner.metrics;
@@ -371,7 +371,7 @@ impl Gateway {
         metrics.in_flight(-1);
         let status = res.status().as_u16();
         let error = out.error.as_deref().unwrap_or("none");
-        metrics.request(&out.route, status, error);
+        metrics.request(out.route, status, error);
         let attempts = out.attempts.attempts();
         tracing::info!(
             target: "oai_gateway::access",
@@ -390,7 +390,7 @@ impl Gateway {
         res
     }
 
-    async fn route<B>(&self, req: Request<B>, out: &mut Outcome) -> Response<GatewayBody>
+    async fn route<'g, B>(&'g self, req: Request<B>, out: &mut Outcome<'g>) -> Response<GatewayBody>
     where
         B: Body<Data = Bytes> + Send + 'static,
         B::Error: Into<BoxError>,
@@ -399,18 +399,21 @@ impl Gateway {
         let path = req.uri().path();
         if req.method() == Method::GET {
             let local = match path {
-                "/healthz" => Some(json_response(StatusCode::OK, &json!({"status": "ok"}))),
-                "/readyz" => Some(self.readiness().await),
-                "/metrics" if inner.metrics_on_main => Some(self.metrics_response()),
+                "/healthz" => Some((
+                    "/healthz",
+                    json_response(StatusCode::OK, &json!({"status": "ok"})),
+                )),
+                "/readyz" => Some(("/readyz", self.readiness().await)),
+                "/metrics" if inner.metrics_on_main => Some(("/metrics", self.metrics_response())),
                 _ => None,
             };
-            if let Some(res) = local {
-                path.clone_into(&mut out.route);
+            if let Some((route, res)) = local {
+                out.route = route;
                 return res;
             }
         }
         if let Some(prefix) = inner.routes.matched(path) {
-            prefix.clone_into(&mut out.route);
+            out.route = prefix;
         }
         match inner.routes.check(req.method(), path) {
             Ok(()) => {}
@@ -495,7 +498,7 @@ impl Gateway {
         &self,
         req: Request<B>,
         caller: &Caller<'_>,
-        out: &mut Outcome,
+        out: &mut Outcome<'_>,
     ) -> Response<GatewayBody>
     where
         B: Body<Data = Bytes> + Send + 'static,
@@ -508,7 +511,7 @@ impl Gateway {
         } else {
             (inner.max_body_bytes as u64, "--max-body-bytes")
         };
-        let too_large = |out: &mut Outcome| {
+        let too_large = |out: &mut Outcome<'_>| {
             out.error = Some("body_too_large".into());
             local_error(
                 StatusCode::PAYLOAD_TOO_LARGE,
@@ -518,7 +521,7 @@ impl Gateway {
                 &format!("send a smaller body, or raise {flag}"),
             )
         };
-        let too_slow = |out: &mut Outcome| {
+        let too_slow = |out: &mut Outcome<'_>| {
             out.error = Some("body_timeout".into());
             local_error(
                 StatusCode::REQUEST_TIMEOUT,
@@ -531,7 +534,7 @@ impl Gateway {
                 "send the body faster, or raise --body-read-timeout",
             )
         };
-        let bad_request = |out: &mut Outcome, msg: &str, hint: &str| {
+        let bad_request = |out: &mut Outcome<'_>, msg: &str, hint: &str| {
             out.error = Some("bad_request".into());
             local_error(
                 StatusCode::BAD_REQUEST,
