@@ -1,5 +1,6 @@
 //! A mock server whose chat route answers a script first: the set-up most of the mock-backed
-//! binaries repeat. Include with `mod scripted;`.
+//! tests repeat. The `suite` binary includes it once (`tests/suite/main.rs`); a binary of its own
+//! includes it with `mod scripted;`.
 
 use oai_resilience::mock::{MockResponse, MockServer, Route};
 

@@ -2,11 +2,12 @@
 
 pub(crate) use test_support::redis_server;
 
+#[cfg(feature = "mock")]
 use oai_resilience::pace::{BucketLimits, LearnedLimits, PaceKey, PacingStore, RedisStore};
 
 /// Records the mock's bucket of 20 refilled at 20/s for `key`, as limits configured up front
 /// (a store has no cold-key probe of its own).
-#[allow(dead_code)] // not every binary that includes `support` seeds a store
+#[cfg(feature = "mock")] // only the stacks against the mock seed a store
 pub(crate) async fn seed_bucket_20(store: &RedisStore, key: &PaceKey) {
     store
         .learn(key, {
@@ -27,7 +28,7 @@ pub(crate) async fn seed_bucket_20(store: &RedisStore, key: &PaceKey) {
 /// of that gap. So a 429 or two from delivery jitter is possible under load (CI saw 61
 /// requests = 60 + one retried 429); an idle machine sees none, and two stacks without the
 /// store see 18-33 (the control in `redis_openai_layer.rs`).
-#[allow(dead_code)] // not every binary that includes `support` runs a burst
+#[cfg(feature = "mock")]
 pub(crate) fn assert_bucket_held(counts: &oai_resilience::mock::MockCounts, calls: u64) {
     assert!(counts.rate_limited <= 2, "{counts:?}");
     assert_eq!(counts.total, calls + counts.rate_limited, "{counts:?}");

@@ -1,5 +1,6 @@
-//! Fixtures of the retry tests that live in more than one binary (`retry_service.rs`, and
-//! `retry_events.rs`, which needs a binary of its own for its global subscriber). Include with
+//! Fixtures of the retry tests that live in more than one binary (`suite/retry_call.rs` and
+//! `suite/retry_service.rs` in the `suite` binary, which includes this file once; `retry_events.rs`
+//! and `spans.rs`, which need binaries of their own for their global subscriber). Include with
 //! `#[path = "support/retry_fixtures.rs"] mod retry_fixtures;`.
 
 use std::time::Duration;

@@ -3,7 +3,7 @@
 //! loopback.
 #![cfg(all(feature = "async-openai", feature = "mock"))]
 
-mod scripted;
+use crate::scripted;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;

@@ -2,7 +2,7 @@
 //! against the mock server over loopback.
 #![cfg(all(feature = "reqwest", feature = "mock"))]
 
-mod scripted;
+use crate::scripted;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;

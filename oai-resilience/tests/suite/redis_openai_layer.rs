@@ -3,7 +3,7 @@
 //! would have), against one mock server with a bucket of 20 refilled at 20/s.
 #![cfg(all(feature = "redis", feature = "mock"))]
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

@@ -3,7 +3,7 @@
 //! **zero** requests; the controls show that the same stack does reach the mock with a good key.
 #![cfg(feature = "mock")]
 
-mod auth_common;
+use crate::auth_common;
 
 use auth_common::*;
 use oai_resilience::auth::{AuthLayer, EnvSource, FetchMode, KeyRules, KeySource};

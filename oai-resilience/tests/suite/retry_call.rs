@@ -20,8 +20,7 @@ use tower::{service_fn, ServiceBuilder, ServiceExt};
 
 // Only `config` is used here.
 #[allow(dead_code)]
-#[path = "support/retry_fixtures.rs"]
-mod retry_fixtures;
+use crate::retry_fixtures;
 
 use retry_fixtures::config;
 

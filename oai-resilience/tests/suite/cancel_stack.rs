@@ -3,7 +3,7 @@
 //! task running. Virtual time throughout.
 #![cfg(feature = "mock")]
 
-mod scripted;
+use crate::scripted;
 
 use std::time::Duration;
 

@@ -1,7 +1,7 @@
 //! The mock OpenAI server itself: routes, headers, every fault, counts, shutdown.
 #![cfg(feature = "mock")]
 
-mod scripted;
+use crate::scripted;
 
 use std::time::Duration;
 

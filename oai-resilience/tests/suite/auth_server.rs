@@ -3,9 +3,9 @@
 //! and the key fragment that OpenAI's 401 echoes is redacted.
 #![cfg(feature = "mock")]
 
-mod scripted;
+use crate::scripted;
 
-mod auth_common;
+use crate::auth_common;
 
 use std::sync::{Arc, Mutex};
 

@@ -5,7 +5,7 @@
 //! to push, against the classify limit) and bounded time (the retry deadline, in virtual time).
 #![cfg(feature = "mock")]
 
-mod scripted;
+use crate::scripted;
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};

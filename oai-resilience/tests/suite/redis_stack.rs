@@ -3,7 +3,7 @@
 //! real `redis-server`.
 #![cfg(all(feature = "redis", feature = "mock"))]
 
-mod support;
+use crate::support;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;

@@ -1,7 +1,7 @@
 //! The whole default stack (`OpenAiLayer`) over a hyper-util client against the mock server.
 #![cfg(feature = "mock")]
 
-mod scripted;
+use crate::scripted;
 
 use std::time::Duration;
 

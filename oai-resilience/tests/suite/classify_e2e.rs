@@ -2,7 +2,7 @@
 //! every failure of OpenAI's troubleshooting guide (and a connection refusal and a timeout).
 #![cfg(feature = "mock")]
 
-mod scripted;
+use crate::scripted;
 
 use std::time::Duration;
 

@@ -2,7 +2,7 @@
 //! mock server, in virtual time.
 #![cfg(feature = "mock")]
 
-mod scripted;
+use crate::scripted;
 
 use std::time::Duration;
 

@@ -4,7 +4,7 @@
 //! goes away degrades to in-process pacing (or fails closed) and comes back.
 #![cfg(feature = "redis")]
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

@@ -4,7 +4,7 @@
 //! shared again.
 #![cfg(all(feature = "redis", feature = "mock"))]
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

@@ -16,8 +16,7 @@ use tokio::time::Instant;
 use tower::{service_fn, Layer, Service, ServiceBuilder, ServiceExt};
 use tower_test::mock;
 
-#[path = "support/retry_fixtures.rs"]
-mod retry_fixtures;
+use crate::retry_fixtures;
 
 use retry_fixtures::{config, post, status, Body};
 
