@@ -3,7 +3,7 @@
 use serde_json::{json, Value};
 
 use super::rng::SplitMix64;
-use super::Route;
+use super::route::Route;
 
 /// How many tokens the mock charges a request body to its token bucket.
 ///

@@ -6,7 +6,7 @@ use bytes::Bytes;
 use http::{HeaderMap, Method, StatusCode};
 use tokio::time::Instant;
 
-use super::Route;
+use super::route::Route;
 
 /// Request counts by outcome. See [`MockServer::counts`](super::MockServer::counts).
 ///

@@ -14,7 +14,7 @@ use serde_json::Value;
 use tokio::time::Instant;
 
 use super::bodies;
-use super::builder::Config;
+use super::config::Config;
 use super::counts::{MockCounts, RecordedRequest};
 use super::limit::{go_duration, LimitView, Limiter};
 use super::response::{
@@ -22,8 +22,8 @@ use super::response::{
     AuthFailure, MockResponse,
 };
 use super::rng::SplitMix64;
+use super::route::Route;
 use super::sse;
-use super::Route;
 
 /// At most this many requests are kept for [`super::MockServer::requests`] (the newest).
 pub(crate) const MAX_RECORDED: usize = 10_000;

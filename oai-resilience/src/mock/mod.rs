@@ -80,35 +80,30 @@
 //! # }
 //! ```
 
+// The rooms (no file imports `mod.rs`, which only declares and re-exports): `route.rs` the
+// endpoints; `config.rs` what the builder sets; `builder.rs` the builder and the constructors;
+// `server.rs` the running server; `handler.rs` one request's answer (with `bodies.rs`,
+// `sse.rs`, `limit.rs`, `response.rs`, `counts.rs`, `rng.rs`).
 mod bodies;
 mod builder;
+mod config;
 mod counts;
 mod handler;
 mod limit;
 mod response;
 mod rng;
+mod route;
+mod server;
 mod sse;
 
-use std::fmt;
-use std::net::{Ipv4Addr, SocketAddr};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-
-use hyper_util::rt::TokioIo;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::oneshot;
-use tokio::task::{JoinHandle, JoinSet};
-
 pub use bodies::{estimate_tokens, TrueUsage};
-pub use builder::{
-    MockBuilder, DEFAULT_MAX_REQUEST_BYTES, DEFAULT_REQUEST_LIMIT, DEFAULT_TOKEN_LIMIT,
-};
+pub use builder::MockBuilder;
+pub use config::{DEFAULT_MAX_REQUEST_BYTES, DEFAULT_REQUEST_LIMIT, DEFAULT_TOKEN_LIMIT};
 pub use counts::{MockCounts, RecordedRequest};
 pub use limit::RateLimit;
 pub use response::{AuthFailure, MockResponse, ECHOED_KEY_FRAGMENT};
-
-use builder::Config;
-use handler::Shared;
+pub use route::Route;
+pub use server::MockServer;
 
 /// A made-up API key of OpenAI's shape (`sk-proj-` and 36 letters and digits) for tests and
 /// examples against the mock: it passes every local key check ([`KeyRules::openai`] for any
@@ -125,212 +120,3 @@ use handler::Shared;
 ///
 /// [`KeyRules::openai`]: crate::auth::KeyRules::openai
 pub const TEST_KEY: &str = "sk-proj-M0ckTestKey0penAiShape0123456789abcd";
-
-/// The endpoints the mock serves.
-#[non_exhaustive]
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Route {
-    /// `POST /v1/chat/completions`.
-    ChatCompletions,
-    /// `POST /v1/embeddings`.
-    Embeddings,
-    /// `POST /v1/responses`.
-    Responses,
-}
-
-impl Route {
-    /// Every route.
-    pub const ALL: [Route; 3] = [Route::ChatCompletions, Route::Embeddings, Route::Responses];
-
-    /// The path, with the `/v1` prefix.
-    pub fn path(self) -> &'static str {
-        match self {
-            Route::ChatCompletions => "/v1/chat/completions",
-            Route::Embeddings => "/v1/embeddings",
-            Route::Responses => "/v1/responses",
-        }
-    }
-
-    /// The route a request path names (with or without `/v1`, ignoring a trailing `/`).
-    pub fn from_path(path: &str) -> Option<Route> {
-        let p = path.strip_prefix("/v1").unwrap_or(path);
-        let p = p.strip_suffix('/').unwrap_or(p);
-        match p {
-            "/chat/completions" => Some(Route::ChatCompletions),
-            "/embeddings" => Some(Route::Embeddings),
-            "/responses" => Some(Route::Responses),
-            _ => None,
-        }
-    }
-}
-
-impl fmt::Display for Route {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.path())
-    }
-}
-
-/// The running mock server. See the [module docs](self).
-///
-/// Dropping it stops the server: the accept loop and every connection are aborted.
-pub struct MockServer {
-    addr: SocketAddr,
-    shared: Arc<Shared>,
-    stop: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<()>>,
-}
-
-crate::macros::debug_struct!(MockServer, |s| "MockServer" {
-    "addr": s.addr,
-    "state": s.shared,
-    "running": s.task.is_some(),
-} finish);
-
-static NEXT_SEED: AtomicU64 = AtomicU64::new(0x6f61_692d_6d6f_636b);
-
-impl MockServer {
-    /// Starts a server with the default configuration (see [`MockBuilder`]).
-    ///
-    /// # Panics
-    ///
-    /// If no port can be bound or no tokio runtime is running.
-    pub async fn start() -> MockServer {
-        MockServer::builder().start().await
-    }
-
-    /// A builder to configure faults and limits before starting.
-    pub fn builder() -> MockBuilder {
-        MockBuilder::default()
-    }
-
-    pub(crate) async fn spawn(config: Config) -> std::io::Result<MockServer> {
-        // A deep accept queue (the kernel caps it at `somaxconn`): a load test's burst of a
-        // thousand connects must not overflow it, or the kernel drops SYNs and retries them in
-        // real time, which paused-time tests see as connections that hang.
-        let socket = tokio::net::TcpSocket::new_v4()?;
-        socket.bind((Ipv4Addr::LOCALHOST, 0).into())?;
-        let listener = socket.listen(4096)?;
-        let addr = listener.local_addr()?;
-        let seed = config
-            .seed
-            .unwrap_or_else(|| NEXT_SEED.fetch_add(0x9E37_79B9, Ordering::Relaxed));
-        let shared = Arc::new(Shared::new(config, seed));
-        let (stop, stop_rx) = oneshot::channel();
-        let task = tokio::spawn(accept_loop(listener, Arc::clone(&shared), stop_rx));
-        tracing::debug!(%addr, "mock OpenAI server started");
-        Ok(MockServer {
-            addr,
-            shared,
-            stop: Some(stop),
-            task: Some(task),
-        })
-    }
-
-    /// The base URL, without `/v1`: `http://127.0.0.1:PORT`.
-    pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    /// The full URL of `route`: `http://127.0.0.1:PORT/v1/chat/completions`.
-    pub fn endpoint(&self, route: Route) -> String {
-        format!("http://{}{}", self.addr, route.path())
-    }
-
-    /// The socket address.
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
-    }
-
-    /// A snapshot of the request counts.
-    pub fn counts(&self) -> MockCounts {
-        self.shared.counts()
-    }
-
-    /// The answered requests, oldest first (the newest 10,000 are kept).
-    pub fn requests(&self) -> Vec<RecordedRequest> {
-        self.shared.requests()
-    }
-
-    /// Clears the counts and the recorded requests (the buckets and scripts stay).
-    pub fn reset_counts(&self) {
-        self.shared.reset_counts();
-    }
-
-    /// The answered requests to `route`, oldest first.
-    pub fn requests_to(&self, route: Route) -> Vec<RecordedRequest> {
-        let mut all = self.shared.requests();
-        all.retain(|r| r.route == Some(route));
-        all
-    }
-
-    /// Appends responses to `route`'s script, as [`MockBuilder::script`] does.
-    pub fn script(&self, route: Route, responses: impl IntoIterator<Item = MockResponse>) {
-        self.shared.push_script(route, responses);
-    }
-
-    /// Switches the exhausted-quota fault on or off.
-    pub fn set_quota_exhausted(&self, exhausted: bool) {
-        self.shared.set_quota_exhausted(exhausted);
-    }
-
-    /// Sets the probability of the random-server-error fault (clamped to `0..=1`; the seed
-    /// stays), e.g. `1.0` for an outage and `0.0` when it ends.
-    pub fn set_random_server_errors(&self, probability: f64) {
-        self.shared.set_random_server_errors(probability);
-    }
-
-    /// Stops accepting, aborts every connection, and waits until all of the server's tasks
-    /// have ended. Requests in flight fail on the client side.
-    pub async fn shutdown(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(task) = self.task.take() {
-            // The loop ends on the signal; an abort is the fallback. Either way it is done.
-            let _ = task.await;
-        }
-        tracing::debug!(addr = %self.addr, "mock OpenAI server stopped");
-    }
-}
-
-impl Drop for MockServer {
-    fn drop(&mut self) {
-        if let Some(task) = self.task.take() {
-            // Dropping the loop's future drops its JoinSet, which aborts every connection.
-            task.abort();
-        }
-    }
-}
-
-async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut stop: oneshot::Receiver<()>) {
-    let mut conns = JoinSet::new();
-    loop {
-        tokio::select! {
-            _ = &mut stop => break,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
-                    conns.spawn(serve_connection(stream, Arc::clone(&shared)));
-                }
-                Err(e) => {
-                    // Out of file descriptors and the like: back off instead of spinning.
-                    tracing::warn!(error = %e, "mock: accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-                }
-            },
-            Some(_) = conns.join_next(), if !conns.is_empty() => {}
-        }
-    }
-    drop(listener);
-    conns.shutdown().await;
-}
-
-async fn serve_connection(stream: TcpStream, shared: Arc<Shared>) {
-    let _ = stream.set_nodelay(true);
-    let service = hyper::service::service_fn(move |req| handler::handle(Arc::clone(&shared), req));
-    if let Err(e) = hyper::server::conn::http1::Builder::new()
-        .serve_connection(TokioIo::new(stream), service)
-        .await
-    {
-        tracing::debug!(error = %e, "mock: connection ended with an error");
-    }
-}

@@ -13,7 +13,7 @@ use tokio::time::Instant;
 
 use super::bodies::success;
 use super::rng::SplitMix64;
-use super::Route;
+use super::route::Route;
 
 /// The content type of a streamed answer.
 pub(crate) const EVENT_STREAM: &str = "text/event-stream; charset=utf-8";
