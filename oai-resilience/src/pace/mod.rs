@@ -36,7 +36,14 @@
 //! - **Waiting is fair** (first come, first served), cancellable (dropping the future gives
 //!   the place back), bounded by [`PacerConfig::max_wait`] and by a [`CallDeadline`] request
 //!   extension, and visible: `tracing` events and [`Pacer::metrics`] (queue length, waits,
-//!   total wait time).
+//!   total wait time). A call whose wait surely ends past its bound (the pause, or the refill
+//!   the calls ahead of it need, already lies beyond it) fails at once instead of waiting.
+//! - **Priority lanes**: a [`Priority`] request extension puts a call in a lane; while the
+//!   key's buckets are scarce, higher lanes are admitted first (an interactive call does not
+//!   wait behind queued batch work), and [`PacerConfig::lane_shares`] keeps a lane from being
+//!   starved. Without it every call is in [`Priority::NORMAL`]: first come, first served.
+//!   Lanes order the calls of one process; a shared [`PacingStore`] (Redis) does not know
+//!   them.
 //!
 //! A request that cannot get a slot in time fails with [`ErrorKind::RateLimited`],
 //! no status, and a detail that starts with "paced locally" ([`is_paced_locally`]); nothing
@@ -94,6 +101,7 @@ mod bucket;
 mod cost;
 pub mod future;
 mod key;
+mod lanes;
 mod layer;
 mod pacer;
 mod probe;
@@ -109,6 +117,7 @@ mod test_upstream;
 pub use self::redis::{FailMode, RedisStore, RedisStoreConfig};
 pub use cost::{Cost, CostEstimator, PaceBody};
 pub use key::PaceKey;
+pub use lanes::Priority;
 pub use layer::{KeyFn, PaceLayer};
 pub use pacer::{
     Acquire, AimdConfig, KeySnapshot, PaceMetrics, Pacer, PacerConfig, Permit, StaticLimits,

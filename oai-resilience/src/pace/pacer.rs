@@ -5,7 +5,7 @@
 //! under one short-held `Mutex` per key. No task is spawned: each waiter's future sleeps on its
 //! own timer and is woken when the queue or the state moves.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::Waker;
@@ -20,6 +20,7 @@ use crate::observe::PacingLimit;
 use super::bucket::{Bucket, EPS};
 use super::cost::Cost;
 use super::key::PaceKey;
+use super::lanes::{normalize_shares, Priority, Queue};
 use super::{wait_limit, WaitBound};
 
 mod permit;
@@ -141,6 +142,15 @@ pub struct PacerConfig {
     pub default_pause: Duration,
     /// The adaptive rate.
     pub aimd: AimdConfig,
+    /// The minimum share of a key's grants that a [priority lane](Priority) with calls
+    /// waiting receives, measured over roughly the key's last 64 grants, so that a flood of
+    /// higher calls never starves it: `(lane, share)`, share in (0, 1]. While a lane has had
+    /// less than its share, its oldest waiting call goes before the higher lanes' calls.
+    /// Shares of 0 (or not finite) are ignored; a lane listed twice keeps the last share.
+    ///
+    /// # Default
+    /// Empty: a higher lane always goes first.
+    pub lane_shares: Vec<(Priority, f64)>,
 }
 
 impl Default for PacerConfig {
@@ -152,6 +162,7 @@ impl Default for PacerConfig {
             headroom: 0.02,
             default_pause: Duration::from_secs(1),
             aimd: AimdConfig::default(),
+            lane_shares: Vec::new(),
         }
     }
 }
@@ -293,7 +304,7 @@ impl RateMeter {
 
 #[derive(Debug)]
 struct KeyState {
-    queue: BTreeMap<u64, Option<Waker>>,
+    queue: Queue,
     next_ticket: u64,
     requests: Option<LearnedBucket>,
     tokens: Option<LearnedBucket>,
@@ -389,7 +400,7 @@ impl Since {
 }
 
 impl KeyState {
-    fn new(config: &PacerConfig, now: Instant) -> Self {
+    fn new(config: &PacerConfig, shares: Arc<[(Priority, f64)]>, now: Instant) -> Self {
         let requests = config
             .static_limits
             .rpm
@@ -400,7 +411,7 @@ impl KeyState {
             .map(|tpm| LearnedBucket::full(tpm as f64, tpm as f64 / 60.0, now));
         let known = requests.is_some() || tokens.is_some();
         KeyState {
-            queue: BTreeMap::new(),
+            queue: Queue::new(shares),
             next_ticket: 0,
             known,
             window: if known { None } else { config.cold_window },
@@ -457,11 +468,7 @@ impl KeyState {
     }
 
     fn wake_head(&mut self) {
-        if let Some((_, w)) = self.queue.iter_mut().next() {
-            if let Some(w) = w.take() {
-                w.wake();
-            }
-        }
+        self.queue.wake_head();
     }
 
     /// The estimate corrected by the learned ratios, with a 2 % margin: an estimate a little
@@ -478,10 +485,10 @@ impl KeyState {
         (cost.tokens as f64 * self.token_ratio * 1.02).ceil() as u64
     }
 
-    /// What holds `ticket` now, after [`step`](Self::step) made it wait: the queue ahead of
-    /// it, the cold window, or the bucket, pause or adaptive rate that frees last.
-    fn held_by(&self, ticket: u64, cost: Cost, now: Instant) -> PacingLimit {
-        if self.queue.keys().next() != Some(&ticket) {
+    /// What holds the call at `place` now, after [`step`](Self::step) made it wait: the queue
+    /// ahead of it, the cold window, or the bucket, pause or adaptive rate that frees last.
+    fn held_by(&self, place: (Priority, u64), cost: Cost, now: Instant) -> PacingLimit {
+        if self.queue.head() != Some(place) {
             return PacingLimit::Queue;
         }
         if self.window.is_some_and(|w| self.in_flight >= w) {
@@ -549,16 +556,22 @@ impl KeyState {
         self.wake_head();
     }
 
-    fn step(&mut self, ticket: u64, cost: Cost, now: Instant, waker: &Waker) -> Step {
+    fn step(
+        &mut self,
+        (lane, ticket): (Priority, u64),
+        cost: Cost,
+        now: Instant,
+        waker: &Waker,
+    ) -> Step {
         self.advance(now);
-        let is_head = self.queue.keys().next() == Some(&ticket);
+        let is_head = self.queue.head() == Some((lane, ticket));
         if !is_head {
-            self.queue.insert(ticket, Some(waker.clone()));
+            self.queue.park(lane, ticket, waker);
             return Step::Wait(None);
         }
         // The head: wait for a pause, the cold window, or room in every bucket.
         if self.window.is_some_and(|w| self.in_flight >= w) {
-            self.queue.insert(ticket, Some(waker.clone()));
+            self.queue.park(lane, ticket, waker);
             return Step::Wait(None);
         }
         let tokens = self.scaled(cost);
@@ -575,13 +588,13 @@ impl KeyState {
             match w {
                 Some(d) => ready = ready.max(now + d),
                 None => {
-                    self.queue.insert(ticket, Some(waker.clone()));
+                    self.queue.park(lane, ticket, waker);
                     return Step::Wait(None);
                 }
             }
         }
         if ready > now {
-            self.queue.insert(ticket, Some(waker.clone()));
+            self.queue.park(lane, ticket, waker);
             return Step::Wait(Some(ready));
         }
         // Granted: take from every bucket, leave the queue, let the next head look.
@@ -595,7 +608,8 @@ impl KeyState {
         if let Some(b) = &mut self.aimd {
             b.level -= 1.0;
         }
-        self.queue.remove(&ticket);
+        self.queue.remove(lane, ticket);
+        self.queue.granted(lane);
         self.in_flight += 1;
         self.in_flight_tokens = self.in_flight_tokens.saturating_add(tokens);
         self.grants += 1;
@@ -613,10 +627,42 @@ impl KeyState {
         })
     }
 
-    fn leave(&mut self, ticket: u64) {
-        let was_head = self.queue.keys().next() == Some(&ticket);
-        self.queue.remove(&ticket);
-        if was_head {
+    /// The earliest time `ticket` of `lane` could be granted, if the waiting calls surely
+    /// ahead of it all go first and nothing else changes: a bound its wait cannot beat.
+    /// `None` when the buckets cannot say (a cold window, a bucket without refill).
+    fn earliest(
+        &self,
+        (lane, ticket): (Priority, u64),
+        cost: Cost,
+        now: Instant,
+    ) -> Option<Instant> {
+        if self.window.is_some() {
+            return None;
+        }
+        let ahead = self.queue.ahead(lane, ticket) as f64;
+        let mut ready = self.paused_until.unwrap_or(now).max(now);
+        let tokens = self.scaled(cost) as f64;
+        let needs = [
+            self.requests.map(|b| (b.bucket, ahead + 1.0)),
+            self.tokens
+                .map(|b| (b.bucket, tokens.min(b.bucket.capacity))),
+            self.aimd.map(|b| (b, ahead + 1.0)),
+        ];
+        for (b, need) in needs.into_iter().flatten() {
+            if b.level + EPS >= need {
+                continue;
+            }
+            if b.refill <= 0.0 {
+                return None;
+            }
+            let secs = ((need - b.level) / b.refill).min(super::bucket::MAX_WAIT_SECS);
+            ready = ready.max(now + Duration::from_secs_f64(secs));
+        }
+        Some(ready)
+    }
+
+    fn leave(&mut self, (lane, ticket): (Priority, u64)) {
+        if self.queue.remove(lane, ticket) {
             self.wake_head();
         }
     }
@@ -799,6 +845,8 @@ const SWEEP_AT_LEAST: usize = 1024;
 
 struct Shared {
     config: PacerConfig,
+    /// [`PacerConfig::lane_shares`], cleaned, highest lane first.
+    shares: Arc<[(Priority, f64)]>,
     keys: Mutex<HashMap<PaceKey, Arc<KeyEntry>>>,
     /// The map's size that triggers the next sweep of idle keys.
     sweep_at: AtomicUsize,
@@ -857,6 +905,7 @@ impl Pacer {
     pub fn new(config: PacerConfig) -> Self {
         Pacer {
             shared: Arc::new(Shared {
+                shares: normalize_shares(&config.lane_shares),
                 config,
                 keys: Mutex::new(HashMap::new()),
                 sweep_at: AtomicUsize::new(SWEEP_AT_LEAST),
@@ -892,7 +941,11 @@ impl Pacer {
         }
         let entry = Arc::new(KeyEntry {
             key: key.clone(),
-            state: Mutex::new(KeyState::new(&self.shared.config, now)),
+            state: Mutex::new(KeyState::new(
+                &self.shared.config,
+                self.shared.shares.clone(),
+                now,
+            )),
         });
         keys.insert(key.clone(), entry.clone());
         entry
@@ -903,7 +956,8 @@ impl Pacer {
         keys.get(key).cloned()
     }
 
-    /// Waits, first come first served, for a slot on `key` for a request of `cost`.
+    /// Waits, first come first served, for a slot on `key` for a request of `cost`, in the
+    /// [`Priority::NORMAL`] lane.
     ///
     /// The wait ends at `deadline` (if given) or after the configured max wait; the future
     /// can be dropped at any time, which gives its place back.
@@ -914,13 +968,54 @@ impl Pacer {
     /// before the deadline or the max wait. Its [`Error::retry_after`](crate::Error::retry_after) is the expected wait
     /// when known.
     pub fn acquire(&self, key: &PaceKey, cost: Cost, deadline: Option<Instant>) -> Acquire {
+        self.acquire_in_lane(key, cost, deadline, Priority::NORMAL)
+    }
+
+    /// Waits for a slot on `key` for a request of `cost` in the lane `priority`: while the
+    /// key's buckets are scarce, calls of higher lanes are admitted first, then (oldest first)
+    /// this lane's, unless a lane is owed its [share](PacerConfig::lane_shares).
+    ///
+    /// A call whose wait surely ends past `deadline` or the max wait fails at once rather
+    /// than waiting for it to pass: the key's pause, or the refill that the calls ahead of it
+    /// in the queue need ([`Priority`] lanes above its own, older calls of its own lane) and
+    /// then its own, already lies beyond the bound.
+    ///
+    /// # Errors
+    /// As [`acquire`](Self::acquire).
+    ///
+    /// ```
+    /// use oai_resilience::pace::{Cost, PaceKey, Pacer, PacerConfig, Priority, StaticLimits};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() {
+    /// let mut config = PacerConfig::default();
+    /// config.static_limits = StaticLimits::new(Some(1), None); // one request per minute
+    /// config.max_wait = None;
+    /// let pacer = Pacer::new(config);
+    /// let key = PaceKey::new("api.openai.com");
+    /// drop(pacer.acquire(&key, Cost::tokens(1), None).await.unwrap());
+    /// // The bucket is empty: a batch call waits, then an interactive call comes...
+    /// let batch = tokio::spawn(pacer.acquire_in_lane(&key, Cost::tokens(1), None, Priority::LOW));
+    /// tokio::task::yield_now().await;
+    /// let interactive = pacer.acquire_in_lane(&key, Cost::tokens(1), None, Priority::HIGH);
+    /// // ...and takes the next slot, a minute later, before the batch call.
+    /// interactive.await.unwrap();
+    /// assert!(!batch.is_finished());
+    /// # }
+    /// ```
+    pub fn acquire_in_lane(
+        &self,
+        key: &PaceKey,
+        cost: Cost,
+        deadline: Option<Instant>,
+        priority: Priority,
+    ) -> Acquire {
         let entry = self.entry(key);
         let started = Instant::now();
         let ticket = {
             let mut st = entry.lock();
             let t = st.next_ticket;
             st.next_ticket += 1;
-            st.queue.insert(t, None);
+            st.queue.push(priority, t);
             t
         };
         self.shared.queue_len.fetch_add(1, Ordering::Relaxed);
@@ -930,7 +1025,7 @@ impl Pacer {
         Acquire::new(
             self.shared.clone(),
             entry,
-            ticket,
+            (priority, ticket),
             cost,
             started,
             (limit, by_deadline),

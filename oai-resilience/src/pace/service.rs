@@ -17,7 +17,7 @@ use super::key::PaceKey;
 use super::layer::{Keying, PaceLayer};
 use super::pacer::Pacer;
 use super::probe::StoreBackend;
-use super::CallDeadline;
+use super::{CallDeadline, Priority};
 
 /// The pacing middleware. See the [module docs](super).
 ///
@@ -99,8 +99,13 @@ where
             None => None,
         };
         let deadline = req.extensions().get::<CallDeadline>().map(|d| d.0);
+        let priority = req
+            .extensions()
+            .get::<Priority>()
+            .copied()
+            .unwrap_or_default();
         let acquire = match &self.store {
-            None => Admit::Local(self.pacer.acquire(&key, cost, deadline)),
+            None => Admit::Local(self.pacer.acquire_in_lane(&key, cost, deadline, priority)),
             Some(store) => {
                 let config = self.pacer.config();
                 let (max_wait, default_pause) = (config.max_wait, config.default_pause);

@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use tokio::time::{Instant, Sleep};
 
-use super::{rate_limited, KeyEntry, KeyState, LearnedBucket, Shared, Since, Step, PACED_LOCALLY};
+use super::{
+    rate_limited, KeyEntry, KeyState, LearnedBucket, Priority, Shared, Since, Step, PACED_LOCALLY,
+};
 use crate::error::{DelaySource, Error, ErrorKind};
 use crate::observe::PacingLimit;
 use crate::pace::bucket::EPS;
@@ -198,7 +200,8 @@ impl Drop for Permit {
 pub struct Acquire {
     shared: Arc<Shared>,
     entry: Arc<KeyEntry>,
-    ticket: u64,
+    /// The lane and the ticket (arrival order) in the key's queue.
+    place: (Priority, u64),
     cost: Cost,
     started: Instant,
     limit: Option<Instant>,
@@ -211,16 +214,17 @@ pub struct Acquire {
 
 crate::macros::debug_struct!(Acquire, |s| "Acquire" {
     "key": s.entry.key,
-    "ticket": s.ticket,
+    "lane": s.place.0,
+    "ticket": s.place.1,
     "cost": s.cost,
 } finish);
 
 impl Acquire {
-    /// Waits in `entry`'s queue under `ticket`, until `limit` at the latest.
+    /// Waits in `entry`'s queue at `place`, until `limit` at the latest.
     pub(super) fn new(
         shared: Arc<Shared>,
         entry: Arc<KeyEntry>,
-        ticket: u64,
+        place: (Priority, u64),
         cost: Cost,
         started: Instant,
         (limit, by_deadline): (Option<Instant>, bool),
@@ -228,7 +232,7 @@ impl Acquire {
         Acquire {
             shared,
             entry,
-            ticket,
+            place,
             cost,
             started,
             limit,
@@ -241,7 +245,7 @@ impl Acquire {
     }
 
     fn fail(&mut self, now: Instant, expected: Option<Instant>) -> Error {
-        self.entry.lock().leave(self.ticket);
+        self.entry.lock().leave(self.place);
         self.finish_queue();
         self.shared.paced_errors.fetch_add(1, Ordering::Relaxed);
         let waited = now - self.started;
@@ -295,13 +299,19 @@ impl Future for Acquire {
         // Bounded: each round either returns or sleeps on a timer that had not yet fired.
         for _ in 0..8 {
             let now = Instant::now();
-            let step = {
+            let (step, earliest) = {
                 let mut st = this.entry.lock();
-                let step = st.step(this.ticket, this.cost, now, cx.waker());
-                if let Step::Wait(_) = step {
-                    this.held_by = Some(st.held_by(this.ticket, this.cost, now));
+                let step = st.step(this.place, this.cost, now, cx.waker());
+                let mut earliest = None;
+                if let Step::Wait(until) = step {
+                    this.held_by = Some(st.held_by(this.place, this.cost, now));
+                    // Behind others, on the first look: does the queue ahead already outlast
+                    // the bound?
+                    if until.is_none() && !this.waited && this.limit.is_some() {
+                        earliest = st.earliest(this.place, this.cost, now);
+                    }
                 }
-                step
+                (step, earliest)
             };
             match step {
                 Step::Granted(info) => {
@@ -335,7 +345,7 @@ impl Future for Acquire {
                             "pacing: waiting for a slot"
                         );
                     }
-                    if let (Some(t), Some(limit)) = (until, this.limit) {
+                    if let (Some(t), Some(limit)) = (until.or(earliest), this.limit) {
                         if t > limit {
                             return Poll::Ready(Err(this.fail(now, Some(t))));
                         }
@@ -373,7 +383,7 @@ impl Future for Acquire {
 impl Drop for Acquire {
     fn drop(&mut self) {
         if !self.done {
-            self.entry.lock().leave(self.ticket);
+            self.entry.lock().leave(self.place);
             self.finish_queue();
         }
     }
