@@ -324,3 +324,80 @@ async fn the_layer_reads_the_priority_extension() {
         [None, Some(Priority::HIGH), None, Some(Priority::LOW)]
     );
 }
+
+/// A store whose request bucket holds 4 and refills 4 per second, for the key of [`request`].
+async fn store_of_four() -> oai_resilience::pace::InProcessStore {
+    use oai_resilience::pace::{BucketLimits, InProcessStore, LearnedLimits, PacingStore};
+    let store = InProcessStore::new();
+    let mut limits = LearnedLimits::default();
+    limits.requests = Some(BucketLimits::new(4.0, 4.0));
+    let k = key().with_model("gpt-4o-mini");
+    store.learn(&k, limits).await.unwrap();
+    store
+}
+
+fn ok_upstream() -> impl tower::Service<
+    http::Request<Full<Bytes>>,
+    Response = http::Response<Full<Bytes>>,
+    Error = oai_resilience::Error,
+    Future = impl Send,
+> + Clone {
+    tower::service_fn(|_req: http::Request<Full<Bytes>>| async {
+        Ok::<_, oai_resilience::Error>(http::Response::new(Full::new(Bytes::from_static(b"{}"))))
+    })
+}
+
+#[tokio::test(start_paused = true)]
+async fn through_a_shared_store_lower_lanes_leave_the_reserve_to_higher_ones() {
+    let store = store_of_four().await;
+    let mut cfg = PacerConfig::default();
+    cfg.lane_reserves = vec![(Priority::HIGH, 2)];
+    // Two layers with pacers of their own, as two processes sharing the store have.
+    let batch = PaceLayer::with_config(cfg.clone())
+        .pacing_store(store.clone())
+        .layer(ok_upstream());
+    let interactive = PaceLayer::with_config(cfg)
+        .pacing_store(store.clone())
+        .layer(ok_upstream());
+    let start = Instant::now();
+    // 4 in the bucket: two low calls go, each leaving at least 2.
+    for _ in 0..2 {
+        batch
+            .clone()
+            .oneshot(request(Some(Priority::LOW)))
+            .await
+            .unwrap();
+    }
+    assert_eq!(start.elapsed(), Duration::ZERO);
+    // The other process's high call takes one of the 2 kept for it, at once.
+    interactive
+        .clone()
+        .oneshot(request(Some(Priority::HIGH)))
+        .await
+        .unwrap();
+    assert_eq!(start.elapsed(), Duration::ZERO);
+    // A call without a lane (normal, below high) needs 1 + 2 with 1 left: 500 ms of refill.
+    batch.clone().oneshot(request(None)).await.unwrap();
+    assert_eq!(start.elapsed(), Duration::from_millis(500));
+}
+
+#[tokio::test(start_paused = true)]
+async fn through_a_shared_store_without_reserves_every_lane_takes_the_bucket() {
+    let store = store_of_four().await;
+    let svc = PaceLayer::new()
+        .pacing_store(store.clone())
+        .layer(ok_upstream());
+    let start = Instant::now();
+    for _ in 0..4 {
+        svc.clone()
+            .oneshot(request(Some(Priority::LOW)))
+            .await
+            .unwrap();
+    }
+    assert_eq!(start.elapsed(), Duration::ZERO);
+    svc.clone()
+        .oneshot(request(Some(Priority::HIGH)))
+        .await
+        .unwrap();
+    assert_eq!(start.elapsed(), Duration::from_millis(250));
+}

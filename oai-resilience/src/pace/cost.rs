@@ -15,6 +15,15 @@ pub struct Cost {
     /// assumed completion); the rest is the prompt. The usage a response reports corrects
     /// the two parts separately ([`crate::usage`]).
     pub completion: u64,
+    /// Requests this request must leave in the key's request bucket: it is admitted only when
+    /// the bucket holds `1 + reserve`. A shared [`PacingStore`](super::PacingStore) keeps
+    /// room this way for calls of higher [priority lanes](super::Priority) of every process
+    /// ([`PacerConfig::lane_reserves`](super::PacerConfig::lane_reserves)). A reserve at or
+    /// above the bucket's capacity waits for a full bucket.
+    ///
+    /// # Default
+    /// 0.
+    pub reserve: u32,
 }
 
 impl Cost {
@@ -23,6 +32,7 @@ impl Cost {
         Cost {
             tokens,
             completion: 0,
+            reserve: 0,
         }
     }
 
@@ -43,6 +53,19 @@ impl Cost {
     /// The prompt part: `tokens − completion`.
     pub fn prompt(&self) -> u64 {
         self.tokens.saturating_sub(self.completion)
+    }
+
+    /// This cost, admitted only when it leaves `reserve` requests in the request bucket.
+    ///
+    /// ```
+    /// use oai_resilience::pace::Cost;
+    ///
+    /// let cost = Cost::tokens(300).with_reserve(2);
+    /// assert_eq!((cost.tokens, cost.reserve), (300, 2));
+    /// ```
+    pub fn with_reserve(mut self, reserve: u32) -> Self {
+        self.reserve = reserve;
+        self
     }
 }
 

@@ -8,10 +8,12 @@
 //! goes first. With every call in one lane (no priorities set) the queue is first come, first
 //! served by arrival, as it is without lanes.
 //!
-//! Lanes order calls within one process. Paced through a shared store
-//! ([`PaceLayer::pacing_store`](super::PaceLayer::pacing_store), Redis), calls of one process
-//! are still admitted one lane after the other only as far as the store admits them: the store
-//! does not know lanes, and processes do not see each other's queues.
+//! The queue orders the calls of one process. Paced through a shared store
+//! ([`PaceLayer::pacing_store`](super::PaceLayer::pacing_store), Redis), where processes do
+//! not see each other's queues, lanes hold by a reserve instead
+//! ([`PacerConfig::lane_reserves`](super::PacerConfig::lane_reserves)): a call of a lower lane
+//! is admitted only when it leaves the shared request bucket the requests kept for the lanes
+//! above it, so that their calls, from any process, find room at once.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -42,8 +42,8 @@
 //!   key's buckets are scarce, higher lanes are admitted first (an interactive call does not
 //!   wait behind queued batch work), and [`PacerConfig::lane_shares`] keeps a lane from being
 //!   starved. Without it every call is in [`Priority::NORMAL`]: first come, first served.
-//!   Lanes order the calls of one process; a shared [`PacingStore`] (Redis) does not know
-//!   them.
+//!   Through a shared [`PacingStore`] (Redis) lanes hold across processes by a reserve:
+//!   [`PacerConfig::lane_reserves`] keeps requests of the shared bucket for higher lanes.
 //!
 //! A request that cannot get a slot in time fails with [`ErrorKind::RateLimited`],
 //! no status, and a detail that starts with "paced locally" ([`is_paced_locally`]); nothing

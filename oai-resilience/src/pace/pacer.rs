@@ -151,6 +151,18 @@ pub struct PacerConfig {
     /// # Default
     /// Empty: a higher lane always goes first.
     pub lane_shares: Vec<(Priority, f64)>,
+    /// Paced through a shared [`PacingStore`](super::PacingStore) (Redis), the requests of a
+    /// key's shared request bucket kept for the calls of a lane and the lanes above it, in
+    /// every process: `(lane, requests)`. A call of a lower lane is admitted only when the
+    /// bucket still holds the largest reserve of the lanes above its own after it
+    /// ([`Cost::reserve`]). The store knows no queues, so this is how lanes hold across
+    /// processes: a flood of batch calls leaves, say, 2 requests for interactive calls,
+    /// which then go at once instead of waiting for the next refill. The in-process pacer
+    /// orders its queue by lane and does not use it.
+    ///
+    /// # Default
+    /// Empty: no reserve.
+    pub lane_reserves: Vec<(Priority, u32)>,
 }
 
 impl Default for PacerConfig {
@@ -163,7 +175,21 @@ impl Default for PacerConfig {
             default_pause: Duration::from_secs(1),
             aimd: AimdConfig::default(),
             lane_shares: Vec::new(),
+            lane_reserves: Vec::new(),
         }
+    }
+}
+
+impl PacerConfig {
+    /// The requests a call of `lane` leaves in a shared store's bucket: the largest of the
+    /// [`lane_reserves`](Self::lane_reserves) of the lanes above it.
+    pub(crate) fn reserve_below(&self, lane: Priority) -> u32 {
+        self.lane_reserves
+            .iter()
+            .filter(|(l, _)| *l > lane)
+            .map(|(_, r)| *r)
+            .max()
+            .unwrap_or(0)
     }
 }
 

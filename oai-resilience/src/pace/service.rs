@@ -109,6 +109,7 @@ where
             Some(store) => {
                 let config = self.pacer.config();
                 let (max_wait, default_pause) = (config.max_wait, config.default_pause);
+                let cost = cost.with_reserve(config.reserve_below(priority));
                 let backend = store.clone();
                 Admit::Shared(Box::pin(async move {
                     let probe = backend

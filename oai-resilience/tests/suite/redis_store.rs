@@ -239,3 +239,25 @@ async fn connect_to_a_dead_port_is_a_typed_error() {
     );
     assert!(lazy.is_degraded());
 }
+
+/// Lanes across processes: a client's calls that keep a reserve stop while the shared bucket
+/// holds it; another client's call without one takes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reserve_is_kept_for_other_clients_higher_lanes() {
+    let server = RedisServer::start();
+    let batch = RedisStore::connect(&server.url(), config()).await.unwrap();
+    let interactive = RedisStore::connect(&server.url(), config()).await.unwrap();
+    let k = key("reserve");
+    // 4 in the bucket, a refill too slow to matter during the test.
+    batch.learn(&k, req_limits(4.0, 0.001, None)).await.unwrap();
+    let low = Cost::tokens(1).with_reserve(2);
+    assert_eq!(batch.admit(&k, low).await.unwrap(), Admission::Admitted);
+    assert_eq!(batch.admit(&k, low).await.unwrap(), Admission::Admitted);
+    assert!(matches!(
+        batch.admit(&k, low).await.unwrap(),
+        Admission::Wait(_)
+    ));
+    assert_eq!(admit(&interactive, &k).await, Admission::Admitted);
+    assert_eq!(admit(&interactive, &k).await, Admission::Admitted);
+    assert!(matches!(admit(&interactive, &k).await, Admission::Wait(_)));
+}

@@ -301,13 +301,18 @@ impl RedisStore {
         }
     }
 
-    fn admit_args(now: Option<u64>, requests: f64, tokens: f64, ttl: Duration) -> Vec<String> {
+    fn admit_args(
+        now: Option<u64>,
+        (requests, tokens, keep): (f64, f64, f64),
+        ttl: Duration,
+    ) -> Vec<String> {
         vec![
             now.map(|n| n.to_string()).unwrap_or_default(),
             "admit".into(),
             fmt_num(requests),
             fmt_num(tokens),
             expiry_millis(ttl).to_string(),
+            fmt_num(keep),
         ]
     }
 
@@ -357,10 +362,13 @@ impl RedisStore {
         &self,
         key: &PaceKey,
         now_us: u64,
-        requests: f64,
-        tokens: f64,
+        (requests, tokens, keep): (f64, f64, f64),
     ) -> Result<ModelAdmission, Error> {
-        let args = Self::admit_args(Some(now_us), requests, tokens, self.inner.config.ttl);
+        let args = Self::admit_args(
+            Some(now_us),
+            (requests, tokens, keep),
+            self.inner.config.ttl,
+        );
         let v = self.invoke(key, args).await.map_err(|w| store_error(&w))?;
         Self::parse_admission(v)
     }
@@ -395,7 +403,8 @@ impl RedisStore {
 impl PacingStore for RedisStore {
     fn admit<'a>(&'a self, key: &'a PaceKey, cost: Cost) -> StoreFuture<'a, Admission> {
         Box::pin(async move {
-            let args = Self::admit_args(None, 1.0, cost.tokens as f64, self.inner.config.ttl);
+            let costs = (1.0, cost.tokens as f64, f64::from(cost.reserve));
+            let args = Self::admit_args(None, costs, self.inner.config.ttl);
             match self.run(key, args).await? {
                 Some(v) => Ok(Self::parse_admission(v)?.into()),
                 None => Ok(self.inner.fallback.admit_now(key, cost)),

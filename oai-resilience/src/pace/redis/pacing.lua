@@ -64,9 +64,12 @@ local function store(ttl)
 end
 
 if op == 'admit' then
-  -- ARGV: 3 request cost, 4 token cost, 5 ttl ms. Returns {1, '0'} admitted,
+  -- ARGV: 3 request cost, 4 token cost, 5 ttl ms, 6 requests to keep in the request bucket
+  -- (a lower lane's reserve for higher ones; needed, not taken). Returns {1, '0'} admitted,
   -- {0, seconds} wait, {-1, '0'} never.
   local costs = {r = tonumber(ARGV[3]), t = tonumber(ARGV[4])}
+  local keep = math.max(tonumber(ARGV[6] or '0') or 0, 0)
+  local needs = {r = costs.r + keep, t = costs.t}
   local wait = 0
   if s['pu'] ~= nil and s['pu'] > now then
     wait = (s['pu'] - now) / 1e6
@@ -75,7 +78,7 @@ if op == 'admit' then
   for _, p in ipairs({'r', 't'}) do
     if s[p .. 'c'] ~= nil then
       advance(p)
-      local w = wait_for(p, costs[p])
+      local w = wait_for(p, needs[p])
       if w < 0 then
         blocked = true
       else

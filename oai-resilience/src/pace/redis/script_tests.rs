@@ -36,7 +36,7 @@ fn req_limits(capacity: f64, refill: f64, remaining: Option<f64>) -> LearnedLimi
 
 #[derive(Debug, Clone)]
 enum Op {
-    Admit { dt_us: u64, tokens: u16 },
+    Admit { dt_us: u64, tokens: u16, keep: u8 },
     Learn { dt_us: u64, limits: LearnedLimits },
     Pause { dt_us: u64, dur_us: u32 },
 }
@@ -50,7 +50,8 @@ fn bucket() -> impl Strategy<Value = Option<BucketLimits>> {
 fn op() -> impl Strategy<Value = Op> {
     let dt = 0u64..400_000;
     prop_oneof![
-        6 => (dt.clone(), 0u16..60).prop_map(|(dt_us, tokens)| Op::Admit { dt_us, tokens }),
+        6 => (dt.clone(), 0u16..60, prop_oneof![3 => Just(0u8), 1 => 0u8..8])
+            .prop_map(|(dt_us, tokens, keep)| Op::Admit { dt_us, tokens, keep }),
         2 => (dt.clone(), bucket(), bucket(), prop::option::of(0u32..60), prop::option::of(0u32..60))
             .prop_map(|(dt_us, requests, tokens, rr, rt)| Op::Learn {
                 dt_us,
@@ -91,12 +92,15 @@ fn script_matches_the_in_process_model() {
             let mut now: u64 = 1_764_000_000_000_000;
             for (i, op) in ops.iter().enumerate() {
                 match op {
-                    Op::Admit { dt_us, tokens } => {
+                    Op::Admit {
+                        dt_us,
+                        tokens,
+                        keep,
+                    } => {
                         now += dt_us;
-                        let want = model.admit(now, 1.0, f64::from(*tokens));
-                        let got = rt
-                            .block_on(store.admit_at(&k, now, 1.0, f64::from(*tokens)))
-                            .unwrap();
+                        let costs = (1.0, f64::from(*tokens), f64::from(*keep));
+                        let want = model.admit_keeping(now, costs.0, costs.1, costs.2);
+                        let got = rt.block_on(store.admit_at(&k, now, costs)).unwrap();
                         prop_assert_eq!(got, want, "op {} of {:?}", i, ops);
                     }
                     Op::Learn { dt_us, limits } => {
@@ -151,7 +155,7 @@ async fn two_clients_never_over_admit_one_bucket() {
             // Each client tries 3 times per step: together they ask for 6 per 10 ms.
             for _ in 0..3 {
                 if store
-                    .admit_at(&k, t0 + s * step_us, 1.0, 0.0)
+                    .admit_at(&k, t0 + s * step_us, (1.0, 0.0, 0.0))
                     .await
                     .unwrap()
                     == ModelAdmission::Admitted

@@ -74,7 +74,10 @@ impl InProcessStore {
     }
 
     pub(crate) fn admit_now(&self, key: &PaceKey, cost: Cost) -> Admission {
-        self.with(key, |m, now| m.admit(now, 1.0, cost.tokens as f64).into())
+        self.with(key, |m, now| {
+            m.admit_keeping(now, 1.0, cost.tokens as f64, f64::from(cost.reserve))
+                .into()
+        })
     }
 
     pub(crate) fn learn_now(&self, key: &PaceKey, limits: LearnedLimits) {

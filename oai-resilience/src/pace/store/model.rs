@@ -78,7 +78,20 @@ impl From<ModelAdmission> for Admission {
 impl KeyModel {
     /// Admits a request costing `requests` and `tokens` at `now` (microseconds), or says how
     /// long to wait. Every known bucket is brought up to `now` either way.
+    #[cfg(test)]
     pub(crate) fn admit(&mut self, now: u64, requests: f64, tokens: f64) -> ModelAdmission {
+        self.admit_keeping(now, requests, tokens, 0.0)
+    }
+
+    /// [`admit`](Self::admit), but only when the request bucket keeps `keep` after the
+    /// request (it needs `requests + keep`, at most its capacity; only `requests` is taken).
+    pub(crate) fn admit_keeping(
+        &mut self,
+        now: u64,
+        requests: f64,
+        tokens: f64,
+        keep: f64,
+    ) -> ModelAdmission {
         let mut wait: f64 = 0.0;
         if let Some(p) = self.paused_until {
             if p > now {
@@ -86,7 +99,8 @@ impl KeyModel {
             }
         }
         let mut blocked = false;
-        for (slot, cost) in [(&mut self.requests, requests), (&mut self.tokens, tokens)] {
+        let need = requests + keep.max(0.0);
+        for (slot, cost) in [(&mut self.requests, need), (&mut self.tokens, tokens)] {
             if let Some(b) = slot {
                 b.advance(now);
                 match b.wait_secs(cost) {
@@ -146,6 +160,27 @@ mod tests {
         assert_eq!(m.admit(0, 1.0, 0.0), ModelAdmission::Admitted);
         assert_eq!(m.admit(0, 1.0, 0.0), ModelAdmission::Wait(0.25));
         assert_eq!(m.admit(250_000, 1.0, 0.0), ModelAdmission::Admitted);
+    }
+
+    #[test]
+    fn a_reserve_holds_back_until_the_bucket_keeps_it() {
+        let mut m = KeyModel::default();
+        m.learn(0, limits(4.0, 4.0));
+        // 4 in the bucket: a request that keeps 2 goes, leaving 3; then 2 left.
+        assert_eq!(m.admit_keeping(0, 1.0, 0.0, 2.0), ModelAdmission::Admitted);
+        assert_eq!(m.admit_keeping(0, 1.0, 0.0, 2.0), ModelAdmission::Admitted);
+        // 2 left: it needs 3, a quarter second of refill; a request without reserve goes.
+        assert_eq!(
+            m.admit_keeping(0, 1.0, 0.0, 2.0),
+            ModelAdmission::Wait(0.25)
+        );
+        assert_eq!(m.admit(0, 1.0, 0.0), ModelAdmission::Admitted);
+        assert_eq!(m.requests.map(|b| b.level), Some(1.0));
+        // A reserve above the capacity waits for a full bucket.
+        assert_eq!(
+            m.admit_keeping(0, 1.0, 0.0, 10.0),
+            ModelAdmission::Wait(0.75)
+        );
     }
 
     #[test]
