@@ -401,3 +401,51 @@ async fn through_a_shared_store_without_reserves_every_lane_takes_the_bucket() {
         .unwrap();
     assert_eq!(start.elapsed(), Duration::from_millis(250));
 }
+
+#[tokio::test(start_paused = true)]
+async fn in_process_lower_lanes_leave_the_reserve_to_higher_ones() {
+    let mut cfg = per_minute(60);
+    cfg.lane_reserves = vec![(Priority::HIGH, 2)];
+    let pacer = Pacer::new(cfg);
+    let k = key();
+    let start = Instant::now();
+    // 60 in the bucket: 58 low calls go at once, leaving 2.
+    for _ in 0..58 {
+        drop(
+            pacer
+                .acquire_in_lane(&k, Cost::tokens(1), None, Priority::LOW)
+                .await
+                .unwrap(),
+        );
+    }
+    assert_eq!(start.elapsed(), Duration::ZERO);
+    // The next low call waits for the refill (1 + 2 needed, 2 there: 1 s at 1/s).
+    let order = Arc::new(Mutex::new(Vec::new()));
+    let low = queue_calls(&pacer, &k, named("low", 1, Priority::LOW), &order);
+    tokio::task::yield_now().await;
+    // A high call takes one of the 2 at once, and a normal one (below high) waits too.
+    let high = pacer
+        .acquire_in_lane(&k, Cost::tokens(1), None, Priority::HIGH)
+        .await
+        .unwrap();
+    assert_eq!(high.waited(), Duration::ZERO);
+    let normal = pacer.acquire(&k, Cost::tokens(1), None).await.unwrap();
+    assert_eq!(normal.waited(), Duration::from_secs(2));
+    join(low).await;
+    assert_eq!(start.elapsed(), Duration::from_secs(3));
+    // 2 left: the reserve counts in the early failure (1 + 2 needed, 1 s away, past a
+    // 500 ms deadline).
+    let now = Instant::now();
+    let err = pacer
+        .acquire_in_lane(
+            &k,
+            Cost::tokens(1),
+            Some(now + Duration::from_millis(500)),
+            Priority::LOW,
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(now.elapsed(), Duration::ZERO);
+    assert!(is_paced_locally(&err), "{err}");
+    assert_eq!(err.retry_after(), Some(Duration::from_secs(1)));
+}

@@ -151,14 +151,14 @@ pub struct PacerConfig {
     /// # Default
     /// Empty: a higher lane always goes first.
     pub lane_shares: Vec<(Priority, f64)>,
-    /// Paced through a shared [`PacingStore`](super::PacingStore) (Redis), the requests of a
-    /// key's shared request bucket kept for the calls of a lane and the lanes above it, in
-    /// every process: `(lane, requests)`. A call of a lower lane is admitted only when the
-    /// bucket still holds the largest reserve of the lanes above its own after it
-    /// ([`Cost::reserve`]). The store knows no queues, so this is how lanes hold across
-    /// processes: a flood of batch calls leaves, say, 2 requests for interactive calls,
-    /// which then go at once instead of waiting for the next refill. The in-process pacer
-    /// orders its queue by lane and does not use it.
+    /// The requests of a key's request bucket kept for the calls of a lane and the lanes
+    /// above it: `(lane, requests)`. A call of a lower lane is admitted only when the bucket
+    /// still holds the largest reserve of the lanes above its own after it
+    /// ([`Cost::reserve`]), so that a flood of batch calls leaves, say, 2 requests for
+    /// interactive calls, which then go at once instead of waiting for the next refill.
+    /// The in-process pacer applies it to its request bucket (next to its queue's lane
+    /// order); a shared [`PacingStore`](super::PacingStore) (Redis) applies it to the shared
+    /// bucket, and since the store knows no queues, this is how lanes hold across processes.
     ///
     /// # Default
     /// Empty: no reserve.
@@ -606,7 +606,9 @@ impl KeyState {
             ready = ready.max(p);
         }
         let waits = [
-            self.requests.map(|b| wait_for(&b.bucket, 1.0)),
+            // A lower lane leaves the requests reserved for the lanes above it.
+            self.requests
+                .map(|b| wait_for(&b.bucket, 1.0 + f64::from(cost.reserve))),
             self.tokens.map(|b| wait_for(&b.bucket, tokens as f64)),
             self.aimd.map(|b| wait_for(&b, 1.0)),
         ];
@@ -669,7 +671,8 @@ impl KeyState {
         let mut ready = self.paused_until.unwrap_or(now).max(now);
         let tokens = self.scaled(cost) as f64;
         let needs = [
-            self.requests.map(|b| (b.bucket, ahead + 1.0)),
+            self.requests
+                .map(|b| (b.bucket, ahead + 1.0 + f64::from(cost.reserve))),
             self.tokens
                 .map(|b| (b.bucket, tokens.min(b.bucket.capacity))),
             self.aimd.map(|b| (b, ahead + 1.0)),
@@ -1035,6 +1038,8 @@ impl Pacer {
         deadline: Option<Instant>,
         priority: Priority,
     ) -> Acquire {
+        let reserve = self.shared.config.reserve_below(priority);
+        let cost = cost.with_reserve(cost.reserve.max(reserve));
         let entry = self.entry(key);
         let started = Instant::now();
         let ticket = {
