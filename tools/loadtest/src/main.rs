@@ -18,6 +18,7 @@
 //! | `clean` | none; the baseline is a bare hyper-util client | 0 | 2000 | 50 | - |
 //! | `latency` | 1,000,000 requests and 10^9 tokens per minute, with headers | 2 s | 200 | 50 | ⌈N/C⌉ × latency (8 s) |
 //! | `stream-long` | as `latency`; `"stream": true` calls whose event streams last 10 s | 0 + 10 s stream | 100 | 50 | ⌈N/C⌉ × (latency + stream) (20 s) |
+//! | `priority` | bucket of 20 refilled 20/s; a batch lane of N calls at C and an interactive call every 200 ms (`priority.rs`) | 20 ms | 1000 | 100 | - |
 //!
 //! The minimum is a lower bound that no client can beat: for `burst` the last call cannot be
 //! admitted before the bucket has refilled N − 20 requests, and its answer takes the latency;
@@ -86,6 +87,7 @@
 
 mod brownout;
 mod loadtest_procs;
+mod priority;
 mod stall;
 mod tpm;
 
@@ -133,6 +135,9 @@ Options:
   --scenario brownout       the primary 503 for 20 s, a healthy secondary: fallback routes
                             and the breaker against one route (runs alone; --json,
                             --outage-ms MS)
+  --scenario priority       a batch lane and an interactive lane on one bucket of 20
+                            refilled 20/s: the stack with lanes and the FIFO pacer (by
+                            name; --n, --concurrency, --latency-ms, --json)
   --n N                     calls (default: the scenario's)
   --concurrency C           calls in flight (default: the scenario's)
   --latency-ms MS           the mock's answer time (default: 20; latency 2000; clean and
@@ -159,6 +164,7 @@ Examples:
   loadtest --scenario burst --latency-ms 2000
   loadtest --scenario burst,quota,flaky --client reqwest
   loadtest --scenario latency --processes 4 --store redis
+  loadtest --scenario priority --json
 ";
 
 /// A load scenario.
@@ -178,6 +184,8 @@ pub(crate) enum Scenario {
     Latency,
     /// Streamed answers that last 10 s each, limits far above the demand.
     StreamLong,
+    /// A batch lane and an interactive lane on one key's bucket (`priority.rs`).
+    Priority,
 }
 
 impl Scenario {
@@ -191,7 +199,7 @@ impl Scenario {
     ];
 
     /// Every scenario, by name.
-    pub(crate) const EVERY: [Scenario; 7] = [
+    pub(crate) const EVERY: [Scenario; 8] = [
         Scenario::Burst,
         Scenario::Flaky,
         Scenario::Quota,
@@ -199,6 +207,7 @@ impl Scenario {
         Scenario::Clean,
         Scenario::Latency,
         Scenario::StreamLong,
+        Scenario::Priority,
     ];
 
     pub(crate) fn name(self) -> &'static str {
@@ -210,6 +219,7 @@ impl Scenario {
             Scenario::Clean => "clean",
             Scenario::Latency => "latency",
             Scenario::StreamLong => "stream-long",
+            Scenario::Priority => "priority",
         }
     }
 
@@ -250,6 +260,7 @@ impl Scenario {
             Scenario::Clean => (2000, 50),
             Scenario::Latency => (200, 50),
             Scenario::StreamLong => (100, 50),
+            Scenario::Priority => (1000, 100),
         }
     }
 
@@ -648,6 +659,8 @@ impl Report {
                 }
                 None => (false, "no bare client run".into()),
             },
+            // Its rows and goal are priority.rs's own.
+            Scenario::Priority => (false, "see the priority target line".into()),
         }
     }
 }
@@ -1031,7 +1044,9 @@ async fn start_mock(cfg: &Config) -> MockServer {
         .stream_duration(cfg.stream)
         .no_rate_limits();
     match cfg.scenario {
-        Scenario::Burst => b.request_limit(RateLimit::bucket(BUCKET as u64, 20.0)),
+        Scenario::Burst | Scenario::Priority => {
+            b.request_limit(RateLimit::bucket(BUCKET as u64, 20.0))
+        }
         Scenario::Flaky => b.random_server_errors(0.2, 7),
         Scenario::Quota => b.quota_exhausted(true),
         Scenario::Outage => b.random_server_errors(0.0, 7),
@@ -1567,7 +1582,7 @@ pub(crate) fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Args,
                 let v = value("--scenario")?;
                 out.scenarios = Scenario::parse(&v).ok_or(format!(
                     "unknown scenario {v}; expected burst, flaky, quota, outage, clean, latency, \
-                     stream-long or all (several as NAME,NAME)"
+                     stream-long, priority or all (several as NAME,NAME)"
                 ))?;
             }
             "--n" => out.calls = Some(value("--n")?.parse().map_err(|e| format!("--n: {e}"))?),
@@ -1671,6 +1686,15 @@ async fn main() -> Result<(), BoxError> {
             std::process::exit(2);
         }
     };
+    if args.scenarios.contains(&Scenario::Priority)
+        && (multi.is_some() || args.client != ClientKind::Hyper || args.base_url.is_some())
+    {
+        eprintln!(
+            "loadtest: the priority scenario runs the hyper client against the embedded mock, \
+             in one process (no --client, --base-url, --processes or --store)"
+        );
+        std::process::exit(2);
+    }
     if let Some(multi) = multi {
         if args.client != ClientKind::Hyper {
             eprintln!(
@@ -1691,6 +1715,17 @@ async fn main() -> Result<(), BoxError> {
     say(HEADER);
     let mut targets = Vec::new();
     for &scenario in &args.scenarios {
+        if scenario == Scenario::Priority {
+            let rows = priority::run(&args.config(scenario)).await?;
+            say(&priority::table(&rows));
+            if args.json {
+                for r in &rows {
+                    println!("{}", r.json());
+                }
+            }
+            targets.push(priority::target_line(&rows));
+            continue;
+        }
         let report = run(&args.config(scenario)).await?;
         say(&table(&report));
         if args.json {
