@@ -431,6 +431,11 @@ async fn in_process_lower_lanes_leave_the_reserve_to_higher_ones() {
     assert_eq!(high.waited(), Duration::ZERO);
     let normal = pacer.acquire(&k, Cost::tokens(1), None).await.unwrap();
     assert_eq!(normal.waited(), Duration::from_secs(2));
+    // What held it: the request bucket, short of the reserve.
+    assert_eq!(
+        normal.held_by(),
+        Some(oai_resilience::observe::PacingLimit::Requests)
+    );
     join(low).await;
     assert_eq!(start.elapsed(), Duration::from_secs(3));
     // 2 left: the reserve counts in the early failure (1 + 2 needed, 1 s away, past a

@@ -530,7 +530,7 @@ impl KeyState {
             (
                 PacingLimit::Requests,
                 self.requests
-                    .map(|b| wait_for(&b.bucket, 1.0).unwrap_or(never)),
+                    .map(|b| wait_for(&b.bucket, 1.0 + f64::from(cost.reserve)).unwrap_or(never)),
             ),
             (
                 PacingLimit::Tokens,
