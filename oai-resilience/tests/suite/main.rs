@@ -46,6 +46,7 @@ mod hostile_server;
 mod mock_server;
 mod observe;
 mod pace_e2e;
+mod pace_lanes;
 mod pace_layer;
 mod pace_pacer;
 mod pace_shapes;
