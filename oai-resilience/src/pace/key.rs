@@ -5,6 +5,8 @@ use std::sync::Arc;
 
 use http::{HeaderMap, Uri};
 
+use super::cost::CostEstimator;
+
 /// The scope of one set of rate limits: base URL, a hash of the credential, and the model.
 ///
 /// OpenAI enforces limits per organization/project and per model; the key that a request
@@ -116,6 +118,17 @@ impl fmt::Debug for PaceKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "PaceKey({self})")
     }
+}
+
+/// A function from a request's URI, headers and body bytes (if readable) to its [`PaceKey`].
+pub type KeyFn = Arc<dyn Fn(&Uri, &HeaderMap, Option<&[u8]>) -> PaceKey + Send + Sync>;
+
+/// How a [`PaceLayer`](super::PaceLayer)'s services key their calls: a custom function, or the
+/// default key (with or without the model), and the cost estimator.
+pub(crate) struct Keying {
+    pub(crate) key_fn: Option<KeyFn>,
+    pub(crate) per_model: bool,
+    pub(crate) estimator: CostEstimator,
 }
 
 #[cfg(test)]

@@ -7,14 +7,11 @@ use http::{HeaderMap, Uri};
 use crate::observe::{Observer, SharedObserver};
 
 use super::cost::CostEstimator;
-use super::key::PaceKey;
+use super::key::{Keying, PaceKey};
 use super::pacer::{Pacer, PacerConfig};
 use super::probe::StoreBackend;
 use super::service::Pace;
 use super::store::PacingStore;
-
-/// A function from a request's URI, headers and body bytes (if readable) to its [`PaceKey`].
-pub type KeyFn = Arc<dyn Fn(&Uri, &HeaderMap, Option<&[u8]>) -> PaceKey + Send + Sync>;
 
 /// Builds [`Pace`] services that share one [`Pacer`]. See the [module docs](super).
 ///
@@ -25,12 +22,6 @@ pub struct PaceLayer {
     pub(crate) keying: Arc<Keying>,
     pub(crate) store: Option<Arc<StoreBackend>>,
     pub(crate) observer: Option<SharedObserver>,
-}
-
-pub(crate) struct Keying {
-    pub(crate) key_fn: Option<KeyFn>,
-    pub(crate) per_model: bool,
-    pub(crate) estimator: CostEstimator,
 }
 
 crate::macros::debug_struct!(PaceLayer, |s| "PaceLayer" {
@@ -189,3 +180,11 @@ crate::macros::layer_impl!(PaceLayer => Pace, |l| {
     store: l.store.clone(),
     observer: l.observer.clone(),
 });
+
+/// The constructor that needs the layer lives here, so that `service.rs` does not import it.
+impl<S> Pace<S> {
+    /// Wraps `inner` with a default [`PaceLayer`].
+    pub fn new(inner: S) -> Self {
+        tower_layer::Layer::layer(&PaceLayer::new(), inner)
+    }
+}

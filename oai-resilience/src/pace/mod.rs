@@ -116,9 +116,9 @@ mod test_upstream;
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use self::redis::{FailMode, RedisStore, RedisStoreConfig};
 pub use cost::{Cost, CostEstimator, PaceBody};
-pub use key::PaceKey;
+pub use key::{KeyFn, PaceKey};
 pub use lanes::Priority;
-pub use layer::{KeyFn, PaceLayer};
+pub use layer::PaceLayer;
 pub use pacer::{
     Acquire, AimdConfig, KeySnapshot, PaceMetrics, Pacer, PacerConfig, Permit, StaticLimits,
 };

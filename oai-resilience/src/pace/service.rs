@@ -13,8 +13,7 @@ use crate::observe::{RequestModel, SharedObserver};
 
 use super::cost::{scan, PaceBody};
 use super::future::{Admit, ResponseFuture, StoreSlot};
-use super::key::PaceKey;
-use super::layer::{Keying, PaceLayer};
+use super::key::{Keying, PaceKey};
 use super::pacer::Pacer;
 use super::probe::StoreBackend;
 use super::{CallDeadline, Priority};
@@ -41,11 +40,6 @@ crate::macros::debug_struct!(impl<S: fmt::Debug> Pace<S>, |s| "Pace" {
 } finish);
 
 impl<S> Pace<S> {
-    /// Wraps `inner` with a default [`PaceLayer`].
-    pub fn new(inner: S) -> Self {
-        tower_layer::Layer::layer(&PaceLayer::new(), inner)
-    }
-
     /// The shared pacer.
     pub fn pacer(&self) -> &Pacer {
         &self.pacer
@@ -150,7 +144,7 @@ mod store_tests {
     use super::*;
     use crate::error::ErrorKind;
     use crate::pace::{
-        is_paced_locally, Admission, BucketLimits, Cost, InProcessStore, LearnedLimits,
+        is_paced_locally, Admission, BucketLimits, Cost, InProcessStore, LearnedLimits, PaceLayer,
         PacerConfig, PacingStore, StoreFuture,
     };
 
