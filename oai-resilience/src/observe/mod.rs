@@ -290,7 +290,8 @@ crate::macros::str_enum! {
     #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
     #[non_exhaustive]
     pub enum PacingLimit {
-        /// Other calls ahead of it in the key's queue (first come, first served).
+        /// Other calls ahead of it in the key's queue: first come, first served within a lane, higher
+        /// [lanes](crate::pace::Priority) first.
         Queue = "queue",
         /// The cap on requests in flight of a key not known yet
         /// ([`PacerConfig::cold_window`](crate::pace::PacerConfig::cold_window)).
