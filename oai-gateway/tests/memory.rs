@@ -291,6 +291,9 @@ async fn memory_returns_after_50_connections_hold_bodies_just_under_the_limit() 
 /// so per-key state is bounded by the keys in use. Measured 2026-12-06 (debug build, a shared
 /// machine): 23.3 MiB after 10,000 keys, 24.8 / 25.0 / 25.0 MiB after 40,000 / 70,000 /
 /// 100,000; before the pacer forgot idle keys, 25 / 53 / 81 / 106 MiB (~0.9 KiB per key).
+/// With the circuit breaker in the stack (2026-12-07): 22.4 / 22.8 / 26.3 / 26.4 MiB with the
+/// gateway's one circuit for the upstream; a circuit per caller key, kept for twice the
+/// breaker's window, gave 26.9 / 43.5 / 44.8 / 44.9 MiB.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rss_flat_over_100000_distinct_keys() {
     const CONNS: usize = 32;
