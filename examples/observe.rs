@@ -93,7 +93,7 @@ async fn main() {
         .with(
             spans.clone().with_filter(
                 tracing_subscriber::filter::Targets::new()
-                    .with_target("oai_resilience::retry", tracing::Level::INFO),
+                    .with_target("oai_resilience::retry", tracing::Level::DEBUG),
             ),
         )
         .init();

@@ -1,4 +1,5 @@
-//! `#[openai_call]` opens one `tracing` span per call and emits an event per attempt.
+//! `#[openai_call]` opens one `tracing` span per call and emits an event per attempt; the retry
+//! loop it rides opens its `call` span inside it, with one `attempt` span per attempt.
 
 use std::sync::{Arc, Mutex};
 
@@ -66,15 +67,21 @@ async fn one_span_per_call_and_an_event_per_attempt() {
     assert_eq!(traced(2).await.unwrap(), 3);
 
     let lines = recorder.lines.lock().unwrap().clone();
-    let spans: Vec<&String> = lines.iter().filter(|l| l.starts_with("span ")).collect();
+    let spans: Vec<&String> = lines
+        .iter()
+        .filter(|l| l.starts_with("span openai_call"))
+        .collect();
     assert_eq!(spans.len(), 1, "{lines:#?}");
+    let count = |prefix: &str| lines.iter().filter(|l| l.starts_with(prefix)).count();
+    assert_eq!(count("span call "), 1, "{lines:#?}");
+    assert_eq!(count("span attempt "), 3, "{lines:#?}");
     assert!(
         spans[0].contains("function=\"macro_tracing::traced\""),
         "{lines:#?}"
     );
     let attempts: Vec<&String> = lines
         .iter()
-        .filter(|l| l.starts_with("event in openai_call:") && l.contains("message=attempt"))
+        .filter(|l| l.starts_with("event in call:") && l.contains("message=attempt"))
         .collect();
     assert_eq!(attempts.len(), 3, "{lines:#?}");
     for (i, line) in attempts.iter().enumerate() {
@@ -82,7 +89,7 @@ async fn one_span_per_call_and_an_event_per_attempt() {
     }
     let retries = lines
         .iter()
-        .filter(|l| l.starts_with("event in openai_call:") && l.contains("message=retrying"))
+        .filter(|l| l.starts_with("event in attempt:") && l.contains("message=retrying"))
         .count();
     assert_eq!(retries, 2, "{lines:#?}");
     assert!(

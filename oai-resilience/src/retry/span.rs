@@ -2,7 +2,10 @@
 //! `attempt` span per attempt, with OpenTelemetry semantic-convention field names (the ones
 //! the metrics use), so that a `tracing-opentelemetry` layer exports them as a trace.
 //!
-//! Both spans are `INFO` on the `oai_resilience::retry` target. Without a subscriber that
+//! Both spans are `DEBUG` on the `oai_resilience::retry` target, as tower-http's request spans
+//! are: an application logging at `INFO` does not pay for formatting them on every call (an
+//! `INFO` span cost the gateway about 15 µs per request in its log formatter); a tracing
+//! exporter enables them with `oai_resilience::retry=debug`. Without a subscriber that
 //! enables them, creating one is a check of the callsite's cached interest and every record
 //! below is skipped (`Span::is_disabled`): no allocation, no formatting.
 
@@ -18,12 +21,12 @@ use crate::StopReason;
 /// Whether a subscriber wants the retry loop's spans (the validation layer then reads the
 /// model for them, [`RequestModel`](crate::observe::RequestModel)).
 pub(crate) fn enabled() -> bool {
-    tracing::span_enabled!(target: "oai_resilience::retry", tracing::Level::INFO)
+    tracing::span_enabled!(target: "oai_resilience::retry", tracing::Level::DEBUG)
 }
 
 /// A new `call` span, a child of the current span.
 pub(crate) fn call_span() -> Span {
-    tracing::info_span!(
+    tracing::debug_span!(
         target: "oai_resilience::retry",
         "call",
         otel.name = Empty,
@@ -42,7 +45,7 @@ pub(crate) fn call_span() -> Span {
 
 /// A new `attempt` span for attempt number `attempt`, a child of `call`.
 pub(crate) fn attempt_span(call: &Span, attempt: u32) -> Span {
-    let span = tracing::info_span!(
+    let span = tracing::debug_span!(
         target: "oai_resilience::retry",
         parent: call,
         "attempt",
