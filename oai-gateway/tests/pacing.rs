@@ -133,3 +133,88 @@ async fn calls_that_cannot_be_paced_within_max_pacing_wait_get_a_typed_429() {
         assert!(*at < Duration::from_millis(50), "refused after {at:?}");
     }
 }
+
+/// `x-priority` puts a call in a lane of its key's queue: a `high` call sent after four `low`
+/// ones that wait for a 1/s limit goes out first; a value that is no priority gets a 400 and
+/// nothing is sent.
+#[tokio::test(start_paused = true)]
+async fn x_priority_puts_a_high_call_before_queued_low_ones_and_a_bad_value_gets_400() {
+    let (upstream, sent) = one_per_second().await;
+    let mut c = config(
+        &[
+            "--upstream",
+            &format!("http://{upstream}/v1"),
+            "--max-pacing-wait",
+            "30s",
+        ],
+        &[],
+    );
+    c.retry = RetryConfig::new().max_attempts(1).seed(1);
+    let gw = start(c).await;
+    let auth = format!("Bearer {KEY}");
+    let first = request(
+        gw,
+        "POST",
+        "/v1/chat/completions",
+        &[("authorization", &auth)],
+        CHAT,
+    )
+    .await;
+    assert_eq!(first.status, 200, "{}", first.body);
+
+    let bad = request(
+        gw,
+        "POST",
+        "/v1/chat/completions",
+        &[("authorization", &auth), ("x-priority", "urgent")],
+        CHAT,
+    )
+    .await;
+    assert_eq!(bad.status, 400, "{}", bad.body);
+    assert!(bad.body.contains("x-priority"), "{}", bad.body);
+    assert_eq!(
+        sent.load(Ordering::SeqCst),
+        1,
+        "a bad priority sends nothing"
+    );
+
+    let t0 = Instant::now();
+    let call = |lane: &'static str| {
+        let auth = auth.clone();
+        tokio::spawn(async move {
+            let res = request(
+                gw,
+                "POST",
+                "/v1/chat/completions",
+                &[("authorization", &auth), ("x-priority", lane)],
+                CHAT,
+            )
+            .await;
+            (lane, res.status, t0.elapsed())
+        })
+    };
+    let mut calls = Vec::new();
+    for _ in 0..4 {
+        calls.push(call("low"));
+        // Each low call reaches the queue before the next is sent.
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    calls.push(call("high"));
+    let mut done = Vec::new();
+    for c in calls {
+        done.push(c.await.unwrap());
+    }
+    assert!(done.iter().all(|(_, status, _)| *status == 200), "{done:?}");
+    let high = done.iter().find(|(lane, _, _)| *lane == "high").unwrap().2;
+    let first_low = done
+        .iter()
+        .filter(|(lane, _, _)| *lane == "low")
+        .map(|(_, _, at)| *at)
+        .min()
+        .unwrap();
+    assert!(
+        high < first_low,
+        "high at {high:?}, first low at {first_low:?}: {done:?}"
+    );
+    assert_eq!(sent.load(Ordering::SeqCst), 6);
+}

@@ -53,7 +53,7 @@ use hyper::body::Body;
 use oai_resilience::auth::{AuthLayer, KeyHeader, KeyRules, KeySource};
 use oai_resilience::breaker::{BreakerKey, CircuitBreakerLayer};
 use oai_resilience::observe::MetricsObserver;
-use oai_resilience::pace::{PaceLayer, PacerConfig, RedisStore};
+use oai_resilience::pace::{PaceLayer, PacerConfig, Priority, RedisStore};
 use oai_resilience::retry::TokenBudget;
 use oai_resilience::watchdog::WatchdogLayer;
 use oai_resilience::{respond, BoxError, Error, ErrorKind, OpenAiLayer, RetryLayer, ValidateLayer};
@@ -107,7 +107,13 @@ const REQUEST_SKIP: &[&str] = &[
     "x-forwarded-host",
     "x-forwarded-proto",
     "x-real-ip",
+    PRIORITY_HEADER,
 ];
+
+/// The request header that puts a call in a priority lane of its key's pacing queue
+/// ([`Priority::parse`]: `low`/`batch`, `normal`, `high`/`interactive`, or 0-255); the
+/// gateway reads it and does not forward it.
+pub const PRIORITY_HEADER: &str = "x-priority";
 
 /// The upload routes: a `POST` there without a content type is streamed too.
 pub const UPLOAD_ROUTES: &[&str] = &[
@@ -617,6 +623,22 @@ impl Gateway {
         let mut builder = Request::builder().method(parts.method.clone()).uri(path);
         if let Some(headers) = builder.headers_mut() {
             *headers = self.request_headers(&parts.headers, caller);
+        }
+        let priority = match parts.headers.get(PRIORITY_HEADER) {
+            None => None,
+            Some(v) => match v.to_str().ok().and_then(Priority::parse) {
+                Some(p) => Some(p),
+                None => {
+                    return bad_request(
+                        out,
+                        "The x-priority header must be low, normal, high, batch, interactive or a level from 0 to 255.",
+                        "send a valid x-priority, or none",
+                    )
+                }
+            },
+        };
+        if let Some(p) = priority {
+            builder = builder.extension(p);
         }
         let request = match builder.extension(out.attempts.clone()).body(body) {
             Ok(r) => r,
