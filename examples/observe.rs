@@ -164,7 +164,7 @@ async fn main() {
     for expected in [
         "gen_ai.client.operation.duration",
         "http.client.request.duration",
-        "http.request.resend_count",
+        "oai_resilience.resends",
         "oai_resilience.retries",
         "oai_resilience.rate_limited",
         "oai_resilience.local_rejections",

@@ -11,9 +11,11 @@ use super::{
 pub const OPERATION_DURATION: &str = "gen_ai.client.operation.duration";
 /// `http.client.request.duration` (OpenTelemetry): seconds per attempt.
 pub const REQUEST_DURATION: &str = "http.client.request.duration";
-/// `http.request.resend_count`: resends per call (attempts − 1). The name is OpenTelemetry's
-/// attribute of the same meaning; the histogram is ours.
-pub const RESEND_COUNT: &str = "http.request.resend_count";
+/// `oai_resilience.resends` (ours): resends per call (attempts − 1), the value of
+/// OpenTelemetry's attribute `http.request.resend_count` (which the spans carry). Not named
+/// after the attribute: a histogram whose name ends in `_count` collides with its own `_count`
+/// series in Prometheus's text format.
+pub const RESEND_COUNT: &str = "oai_resilience.resends";
 /// `oai_resilience.retries` (ours): retries scheduled, by cause.
 pub const RETRIES: &str = "oai_resilience.retries";
 /// `oai_resilience.gave_up` (ours): calls that ended with an error, by stop reason.
@@ -39,7 +41,7 @@ pub const TOKEN_USAGE: &str = "gen_ai.client.token.usage";
 /// |---|---|---|---|
 /// | `gen_ai.client.operation.duration` | histogram | s | `gen_ai.request.model`, `error.type` (failures) |
 /// | `http.client.request.duration` | histogram | s | `gen_ai.request.model`, `http.response.status_code`, `error.type` (failures) |
-/// | `http.request.resend_count` | histogram | {resend} | `gen_ai.request.model` |
+/// | `oai_resilience.resends` | histogram | {resend} | `gen_ai.request.model` |
 /// | `oai_resilience.retries` | counter | {retry} | `error.type` (the cause), `oai_resilience.delay_source` |
 /// | `oai_resilience.gave_up` | counter | {call} | `error.type`, `oai_resilience.stop_reason` |
 /// | `oai_resilience.rate_limited` | counter | {response} | `kind` (`rate_limit`, `quota`), `gen_ai.request.model` |

@@ -346,7 +346,7 @@ fn server_errors_then_success() {
         1
     );
     assert_eq!(
-        histogram(&snap, "http.request.resend_count", &[MODEL]),
+        histogram(&snap, "oai_resilience.resends", &[MODEL]),
         vec![2.0]
     );
     let duration = histogram(&snap, "gen_ai.client.operation.duration", &[MODEL]);
@@ -429,7 +429,7 @@ fn quota_is_not_retried() {
         1
     );
     assert_eq!(
-        histogram(&snap, "http.request.resend_count", &[MODEL]),
+        histogram(&snap, "oai_resilience.resends", &[MODEL]),
         vec![0.0]
     );
 }
@@ -485,7 +485,7 @@ fn rate_limit_with_retry_after_ms() {
         1
     );
     assert_eq!(
-        histogram(&snap, "http.request.resend_count", &[MODEL]),
+        histogram(&snap, "oai_resilience.resends", &[MODEL]),
         vec![1.0]
     );
 }
