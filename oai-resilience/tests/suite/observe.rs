@@ -69,9 +69,15 @@ struct Tee {
     metrics: MetricsObserver,
 }
 
+impl Tee {
+    fn seen(&self) -> std::sync::MutexGuard<'_, Seen> {
+        self.seen.lock().unwrap()
+    }
+}
+
 impl Observer for Tee {
     fn attempt_started(&self, e: &AttemptStarted<'_>) {
-        self.seen.lock().unwrap().started.push((
+        self.seen().started.push((
             e.attempt,
             e.route.map(str::to_owned),
             e.model.map(str::to_owned),
@@ -79,7 +85,7 @@ impl Observer for Tee {
         self.metrics.attempt_started(e);
     }
     fn attempt_finished(&self, e: &AttemptFinished<'_>) {
-        self.seen.lock().unwrap().finished.push((
+        self.seen().finished.push((
             e.attempt,
             e.status,
             e.error,
@@ -89,57 +95,43 @@ impl Observer for Tee {
         self.metrics.attempt_finished(e);
     }
     fn retry_scheduled(&self, e: &RetryScheduled<'_>) {
-        self.seen.lock().unwrap().retries.push((
-            e.attempt,
-            e.cause,
-            e.delay,
-            e.source,
-            e.budget_balance,
-        ));
+        self.seen()
+            .retries
+            .push((e.attempt, e.cause, e.delay, e.source, e.budget_balance));
         self.metrics.retry_scheduled(e);
     }
     fn call_succeeded(&self, e: &CallSucceeded<'_>) {
-        self.seen
-            .lock()
-            .unwrap()
+        self.seen()
             .succeeded
             .push((e.attempts, e.model.map(str::to_owned)));
         self.metrics.call_succeeded(e);
     }
     fn call_given_up(&self, e: &CallGivenUp<'_>) {
-        self.seen
-            .lock()
-            .unwrap()
+        self.seen()
             .given_up
             .push((e.attempts, e.stop, e.error, e.status));
         self.metrics.call_given_up(e);
     }
     fn rate_limit_learned(&self, e: &RateLimitLearned<'_>) {
-        self.seen
-            .lock()
-            .unwrap()
+        self.seen()
             .rate_limits
             .push((e.attempt, e.kind, e.retry_after));
         self.metrics.rate_limit_learned(e);
     }
     fn local_rejection(&self, e: &LocalRejection<'_>) {
-        self.seen
-            .lock()
-            .unwrap()
+        self.seen()
             .rejections
             .push((e.source, e.error, e.route.map(str::to_owned)));
         self.metrics.local_rejection(e);
     }
     fn pacing_wait(&self, e: &PacingWait<'_>) {
-        self.seen
-            .lock()
-            .unwrap()
+        self.seen()
             .waits
             .push((e.waited, e.limit, e.model.map(str::to_owned)));
         self.metrics.pacing_wait(e);
     }
     fn tokens_used(&self, e: &TokensUsed<'_>) {
-        self.seen.lock().unwrap().tokens.push((
+        self.seen().tokens.push((
             e.input_tokens,
             e.output_tokens,
             e.estimated,

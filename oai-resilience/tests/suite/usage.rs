@@ -125,6 +125,45 @@ fn post(body: String) -> Request<Full<Bytes>> {
         .unwrap()
 }
 
+/// `pace` and the usage layer over a [`streaming_upstream`] answering as `content_type`, and the
+/// sender of its body's frames.
+fn streamed_through_usage(
+    pace: &PaceLayer,
+    content_type: &'static str,
+) -> (
+    impl Service<
+            Request<Full<Bytes>>,
+            Response = Response<UsageBody<ChannelBody>>,
+            Error = Error,
+            Future = impl Send,
+        > + Clone,
+    Sender,
+) {
+    let (upstream, _rx, tx) = streaming_upstream(content_type);
+    let svc = ServiceBuilder::new()
+        .layer(pace.clone())
+        .layer(UsageLayer::new())
+        .service(upstream);
+    (svc, tx)
+}
+
+/// Sends `body` through `pace` and the usage layer to an upstream that answers `answer` as
+/// `content_type`; the response's body is left unread.
+async fn through_usage(
+    pace: &PaceLayer,
+    content_type: &'static str,
+    answer: &'static str,
+    body: String,
+) -> Response<UsageBody<Full<Bytes>>> {
+    ServiceBuilder::new()
+        .layer(pace.clone())
+        .layer(UsageLayer::new())
+        .service(fixed_upstream(content_type, answer, Arc::default()))
+        .oneshot(post(body))
+        .await
+        .unwrap()
+}
+
 #[tokio::test(start_paused = true)]
 async fn json_usage_refunds_the_charge_and_corrects_the_next_estimate() {
     let pace = pace();
@@ -168,16 +207,13 @@ async fn json_usage_refunds_the_charge_and_corrects_the_next_estimate() {
 #[tokio::test(start_paused = true)]
 async fn usage_above_the_estimate_is_charged() {
     let pace = pace();
-    let upstream = fixed_upstream(
+    let resp = through_usage(
+        &pace,
         "application/json; charset=utf-8",
         r#"{"usage":{"prompt_tokens":1000,"completion_tokens":1000}}"#,
-        Arc::default(),
-    );
-    let svc = ServiceBuilder::new()
-        .layer(pace.clone())
-        .layer(UsageLayer::new())
-        .service(upstream);
-    let resp = svc.oneshot(post(chat(72, 400, false))).await.unwrap();
+        chat(72, 400, false),
+    )
+    .await;
     resp.into_body().collect().await.unwrap();
     assert_eq!(level(&pace), 10_000.0 - 2_000.0);
     let (prompt, completion) = pace
@@ -236,11 +272,7 @@ async fn chat_stream_usage_is_read_as_the_stream_passes() {
 #[tokio::test(start_paused = true)]
 async fn responses_stream_usage_comes_from_response_completed() {
     let pace = pace();
-    let (upstream, _rx, tx) = streaming_upstream("text/event-stream; charset=utf-8");
-    let svc = ServiceBuilder::new()
-        .layer(pace.clone())
-        .layer(UsageLayer::new())
-        .service(upstream);
+    let (svc, tx) = streamed_through_usage(&pace, "text/event-stream; charset=utf-8");
     tx.send(Ok(Bytes::from_static(
         b"event: response.created\ndata: {\"type\":\"response.created\",\"response\":{\"usage\":null}}\n\n",
     )))
@@ -269,11 +301,7 @@ async fn responses_stream_usage_comes_from_response_completed() {
 /// frame if `Some`); returns the pace layer after the body was read as far as it goes.
 async fn stream_with(events: &'static [u8], error: bool) -> PaceLayer {
     let pace = pace();
-    let (upstream, _rx, tx) = streaming_upstream("text/event-stream");
-    let svc = ServiceBuilder::new()
-        .layer(pace.clone())
-        .layer(UsageLayer::new())
-        .service(upstream);
+    let (svc, tx) = streamed_through_usage(&pace, "text/event-stream");
     tx.send(Ok(Bytes::from_static(events))).unwrap();
     if error {
         tx.send(Err(std::io::Error::other("connection reset")))
@@ -334,11 +362,7 @@ async fn bad_or_missing_usage_leaves_the_estimate() {
 async fn a_json_body_that_ends_early_or_is_dropped_reports_nothing() {
     // A JSON answer cut by an error frame.
     let pace = pace();
-    let (upstream, _rx, tx) = streaming_upstream("application/json");
-    let svc = ServiceBuilder::new()
-        .layer(pace.clone())
-        .layer(UsageLayer::new())
-        .service(upstream);
+    let (svc, tx) = streamed_through_usage(&pace, "application/json");
     tx.send(Ok(Bytes::from_static(
         b"{\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":1}",
     )))
@@ -360,32 +384,28 @@ async fn a_json_body_that_ends_early_or_is_dropped_reports_nothing() {
 
 async fn pace_layer_with_dropped_body() -> PaceLayer {
     let pace = pace();
-    let upstream = fixed_upstream(
-        "application/json",
-        r#"{"usage":{"prompt_tokens":1,"completion_tokens":1}}"#,
-        Arc::default(),
+    drop(
+        through_usage(
+            &pace,
+            "application/json",
+            r#"{"usage":{"prompt_tokens":1,"completion_tokens":1}}"#,
+            chat(72, 400, false),
+        )
+        .await,
     );
-    let svc = ServiceBuilder::new()
-        .layer(pace.clone())
-        .layer(UsageLayer::new())
-        .service(upstream);
-    drop(svc.oneshot(post(chat(72, 400, false))).await.unwrap());
     pace
 }
 
 #[tokio::test(start_paused = true)]
 async fn other_answers_pass_through_unscanned() {
     let pace = pace();
-    let upstream = fixed_upstream(
+    let resp = through_usage(
+        &pace,
         "text/plain",
         r#"{"usage":{"prompt_tokens":1,"completion_tokens":1}}"#,
-        Arc::default(),
-    );
-    let svc = ServiceBuilder::new()
-        .layer(pace.clone())
-        .layer(UsageLayer::new())
-        .service(upstream);
-    let resp = svc.oneshot(post(chat(72, 400, false))).await.unwrap();
+        chat(72, 400, false),
+    )
+    .await;
     assert!(resp
         .extensions()
         .get::<oai_resilience::usage::UsageSlot>()
@@ -561,16 +581,13 @@ async fn a_call_paced_through_a_store_reports_usage_to_the_observer_only() {
     let pace = PaceLayer::new()
         .pacing_store(InProcessStore::new())
         .observer(seen.clone());
-    let upstream = fixed_upstream(
+    let resp = through_usage(
+        &pace,
         "application/json",
         r#"{"usage":{"input_tokens":4,"output_tokens":5}}"#,
-        Arc::default(),
-    );
-    let svc = ServiceBuilder::new()
-        .layer(pace.clone())
-        .layer(UsageLayer::new())
-        .service(upstream);
-    let resp = svc.oneshot(post(chat(8, 50, false))).await.unwrap();
+        chat(8, 50, false),
+    )
+    .await;
     resp.into_body().collect().await.unwrap();
     // No estimate to settle (the store keeps no per-call charge); the model from the key.
     assert_eq!(
