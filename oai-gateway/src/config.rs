@@ -40,6 +40,13 @@ UPSTREAM:
     --upstream-auth-header NAME     OAI_GATEWAY_UPSTREAM_AUTH_HEADER   default authorization
         `authorization` (Authorization: Bearer KEY) or another header that carries the bare
         key, such as `api-key` for Azure OpenAI.
+    --fallback-upstream \"URL [key-env=NAME] [auth-header=NAME] [model=MODEL]\"   (repeatable)
+                                    OAI_GATEWAY_FALLBACK_UPSTREAMS (comma-separated)
+        An upstream tried, in the order given, after --upstream when a call cannot be served
+        there soon (circuit open, quota exhausted, rate limit or 5xx after the retries; never
+        a 400). key-env: the variable holding its key (default OPENAI_API_KEY; another one
+        needs access keys); auth-header: as --upstream-auth-header; model: the model it is
+        sent instead of the body's. Responses name the route in x-oai-gateway-route.
 
 ACCESS (who may use which key; see the README's security model):
     --access-key NAME=KEY           (repeatable)
@@ -113,6 +120,110 @@ pub enum UpstreamAuth {
     Header(HeaderName),
 }
 
+/// One fallback upstream: `--fallback-upstream "URL [key-env=NAME] [auth-header=NAME]
+/// [model=MODEL]"`.
+///
+/// ```
+/// use oai_gateway::config::{FallbackUpstream, UpstreamAuth};
+///
+/// let env = |name: &str| (name == "AZURE_KEY").then(|| "0123456789abcdef".to_owned());
+/// let fb = FallbackUpstream::parse(
+///     "https://example.openai.azure.com/openai/v1 key-env=AZURE_KEY auth-header=api-key model=gpt-4o-mini",
+///     &env,
+/// )
+/// .unwrap();
+/// assert_eq!(fb.upstream, "https://example.openai.azure.com/openai/v1");
+/// assert_eq!(fb.auth, UpstreamAuth::Header(http::HeaderName::from_static("api-key")));
+/// assert_eq!(fb.model.as_deref(), Some("gpt-4o-mini"));
+/// assert!(fb.key.is_some());
+/// assert!(FallbackUpstream::parse("https://x.example/v1 colour=blue", &env).is_err());
+/// ```
+#[derive(Debug, Clone)]
+pub struct FallbackUpstream {
+    /// The base URL, as for `--upstream`.
+    pub upstream: String,
+    /// The header that carries its key.
+    pub auth: UpstreamAuth,
+    /// The environment variable its key is read from (`OPENAI_API_KEY` by default).
+    pub key_env: String,
+    /// Its key (the variable's value when the configuration was read); used only for
+    /// requests that presented an access key, like the server's key.
+    pub key: Option<Credentials>,
+    /// The model sent to it instead of the body's `model`.
+    pub model: Option<String>,
+}
+
+/// The default `key-env` of a fallback upstream: the server's key.
+pub const DEFAULT_KEY_ENV: &str = "OPENAI_API_KEY";
+
+impl FallbackUpstream {
+    /// Parses `URL [key-env=NAME] [auth-header=NAME] [model=MODEL]`, reading the key from the
+    /// variable `key-env` names through `env` (for `OPENAI_API_KEY`, with `OPENAI_ORG_ID` and
+    /// `OPENAI_PROJECT_ID`, as the server's key).
+    ///
+    /// # Errors
+    ///
+    /// An empty spec, an option other than the three, an option given twice, an invalid
+    /// header name. The message never holds a key.
+    pub fn parse(spec: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Self, String> {
+        let mut words = spec.split_whitespace();
+        let upstream = words
+            .next()
+            .ok_or_else(|| {
+                "expected \"URL [key-env=NAME] [auth-header=NAME] [model=MODEL]\"".to_owned()
+            })?
+            .to_owned();
+        let mut fb = FallbackUpstream {
+            upstream,
+            auth: UpstreamAuth::Bearer,
+            key_env: DEFAULT_KEY_ENV.to_owned(),
+            key: None,
+            model: None,
+        };
+        let mut seen: Vec<&str> = Vec::new();
+        for word in words {
+            let (k, v) = word
+                .split_once('=')
+                .filter(|(_, v)| !v.is_empty())
+                .ok_or_else(|| {
+                    format!("{word:?}: expected key-env=NAME, auth-header=NAME or model=MODEL")
+                })?;
+            if seen.contains(&k) {
+                return Err(format!("{k} is given twice"));
+            }
+            match k {
+                "key-env" => fb.key_env = v.to_owned(),
+                "auth-header" => fb.auth = parse_auth_header(v)?,
+                "model" => fb.model = Some(v.to_owned()),
+                _ => {
+                    return Err(format!(
+                        "unknown option {k:?} (expected key-env, auth-header or model)"
+                    ))
+                }
+            }
+            seen.push(k);
+        }
+        fb.key = credentials(&fb.key_env, env);
+        Ok(fb)
+    }
+}
+
+/// The key in the variable `var` (for `OPENAI_API_KEY`, with `OPENAI_ORG_ID` and
+/// `OPENAI_PROJECT_ID`), if set and not blank.
+fn credentials(var: &str, env: &dyn Fn(&str) -> Option<String>) -> Option<Credentials> {
+    let key = env(var).filter(|k| !k.trim().is_empty())?;
+    let mut creds = Credentials::new(ApiKey::new(key.trim().to_owned()));
+    if var == DEFAULT_KEY_ENV {
+        if let Some(org) = env("OPENAI_ORG_ID").filter(|v| !v.trim().is_empty()) {
+            creds = creds.with_organization(org.trim().to_owned());
+        }
+        if let Some(project) = env("OPENAI_PROJECT_ID").filter(|v| !v.trim().is_empty()) {
+            creds = creds.with_project(project.trim().to_owned());
+        }
+    }
+    Some(creds)
+}
+
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum LogFormat {
@@ -151,6 +262,8 @@ pub struct Config {
     pub upstream_ca: Option<PathBuf>,
     /// The header that carries the key upstream.
     pub upstream_auth: UpstreamAuth,
+    /// The fallback upstreams, tried in order after [`upstream`](Self::upstream).
+    pub fallbacks: Vec<FallbackUpstream>,
     /// The access keys (hashed); empty: callers bring their own OpenAI key.
     pub access_keys: AccessKeys,
     /// The server's key (`OPENAI_API_KEY`, with `OPENAI_ORG_ID`/`OPENAI_PROJECT_ID`), used
@@ -214,6 +327,7 @@ impl Default for Config {
             upstream: "https://api.openai.com/v1".to_owned(),
             upstream_ca: None,
             upstream_auth: UpstreamAuth::Bearer,
+            fallbacks: Vec::new(),
             access_keys: AccessKeys::default(),
             server_key: None,
             routes: Routes::default(),
@@ -295,6 +409,7 @@ impl Config {
         let mut switches: Vec<&'static str> = Vec::new();
         let mut access_flags: Vec<String> = Vec::new();
         let mut routes_flags: Vec<String> = Vec::new();
+        let mut fallback_flags: Vec<String> = Vec::new();
         let mut config_flag: Option<String> = None;
         let mut it = args.into_iter().map(Into::into);
         while let Some(arg) = it.next() {
@@ -324,6 +439,8 @@ impl Config {
                 access_flags.push(value()?);
             } else if name == "--allow-route" {
                 routes_flags.push(value()?);
+            } else if name == "--fallback-upstream" {
+                fallback_flags.push(value()?);
             } else {
                 return Err(err(format!("unknown option {name:?}")));
             }
@@ -501,15 +618,31 @@ impl Config {
         c.access_keys = AccessKeys::new(named)?;
 
         // The server's key.
-        if let Some(key) = env("OPENAI_API_KEY").filter(|k| !k.trim().is_empty()) {
-            let mut creds = Credentials::new(ApiKey::new(key.trim().to_owned()));
-            if let Some(org) = env("OPENAI_ORG_ID").filter(|v| !v.trim().is_empty()) {
-                creds = creds.with_organization(org.trim().to_owned());
-            }
-            if let Some(project) = env("OPENAI_PROJECT_ID").filter(|v| !v.trim().is_empty()) {
-                creds = creds.with_project(project.trim().to_owned());
-            }
-            c.server_key = Some(creds);
+        c.server_key = credentials(DEFAULT_KEY_ENV, env);
+
+        // Fallback upstreams: the flags, else the variable, else the file.
+        let (from, specs) = if !fallback_flags.is_empty() {
+            ("--fallback-upstream".to_owned(), fallback_flags)
+        } else if let Some(v) = env("OAI_GATEWAY_FALLBACK_UPSTREAMS") {
+            let specs = v
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+                .collect();
+            ("OAI_GATEWAY_FALLBACK_UPSTREAMS".to_owned(), specs)
+        } else if let Some(f) = &file {
+            (
+                format!("{} key fallback-upstreams", f.shown),
+                f.fallbacks.clone(),
+            )
+        } else {
+            (String::new(), Vec::new())
+        };
+        for (i, spec) in specs.iter().enumerate() {
+            let fb = FallbackUpstream::parse(spec, env)
+                .map_err(|e| err(format!("{from} number {}: {e}", i + 1)))?;
+            c.fallbacks.push(fb);
         }
         c.check()?;
         Ok(Command::Run(Box::new(c)))
@@ -563,6 +696,47 @@ impl Config {
                 ));
             }
         }
+        for (i, fb) in self.fallbacks.iter().enumerate() {
+            let at = format!("--fallback-upstream number {}", i + 1);
+            oai_resilience::OpenAiLayer::new()
+                .try_base_url(&fb.upstream)
+                .map_err(|e| err(format!("{at}: {e}")))?;
+            if self.access_keys.is_empty() {
+                // Each caller's own key goes to every route: the routes must take it as it
+                // comes.
+                if fb.key_env != DEFAULT_KEY_ENV {
+                    return Err(err(format!(
+                        "{at}: key-env={} needs access keys: without them each caller's own key \
+                         is sent to every upstream and the server's keys are never used",
+                        fb.key_env
+                    )));
+                }
+                if fb.auth != self.upstream_auth {
+                    return Err(err(format!(
+                        "{at}: an auth header other than --upstream-auth-header needs access \
+                         keys: without them each caller's own key is sent to every upstream as \
+                         the primary takes it"
+                    )));
+                }
+            } else {
+                let Some(key) = &fb.key else {
+                    return Err(err(format!(
+                        "{at}: {} (its key-env) is not set: the gateway has no key to send there",
+                        fb.key_env
+                    )));
+                };
+                if self
+                    .access_keys
+                    .verify(key.key().expose_secret().as_bytes())
+                    .is_some()
+                {
+                    return Err(err(format!(
+                        "{at}: an access key is the same as {}: give clients keys of their own",
+                        fb.key_env
+                    )));
+                }
+            }
+        }
         if let Some(path) = &self.upstream_ca {
             crate::upstream::read_ca(path)?;
         }
@@ -580,6 +754,8 @@ struct FileSettings {
     switches: std::collections::HashMap<String, bool>,
     /// `allow-routes`.
     routes: Vec<String>,
+    /// `fallback-upstreams`.
+    fallbacks: Vec<String>,
 }
 
 /// Keys whose value is a path, resolved relative to the file.
@@ -607,6 +783,7 @@ impl FileSettings {
             values: Default::default(),
             switches: Default::default(),
             routes: Vec::new(),
+            fallbacks: Vec::new(),
         };
         for (raw_key, value) in &table {
             let key = raw_key.replace('_', "-");
@@ -645,6 +822,18 @@ impl FileSettings {
                 for item in items {
                     match item {
                         toml::Value::String(s) => out.routes.push(s.clone()),
+                        _ => return Err(bad("an array of strings")),
+                    }
+                }
+            } else if key == "fallback-upstreams" || key == "fallback-upstream" {
+                let items = match value {
+                    toml::Value::Array(items) => items.clone(),
+                    toml::Value::String(_) => vec![value.clone()],
+                    _ => return Err(bad("an array of \"URL [key-env=NAME] [auth-header=NAME] [model=MODEL]\" strings")),
+                };
+                for item in items {
+                    match item {
+                        toml::Value::String(s) => out.fallbacks.push(s),
                         _ => return Err(bad("an array of strings")),
                     }
                 }

@@ -138,7 +138,7 @@ impl Histogram {
 /// error kind (`none` for a success). Nested maps so that a request that finds its series
 /// (all but the first of each label set) takes a read lock, allocates nothing and adds
 /// with an atomic.
-type RequestCounts = HashMap<String, HashMap<u16, HashMap<String, AtomicU64>>>;
+type RequestCounts = HashMap<String, HashMap<u16, HashMap<String, HashMap<String, AtomicU64>>>>;
 
 /// The statuses an attempt can get, 100 to 599, and index 0 for none.
 const STATUS_SLOTS: usize = 501;
@@ -206,13 +206,14 @@ impl Metrics {
     }
 
     /// One request answered.
-    pub fn request(&self, route: &str, status: u16, error: &str) {
+    pub fn request(&self, route: &str, status: u16, error: &str, served_by: &str) {
         {
             let map = self.requests.read().unwrap_or_else(|e| e.into_inner());
             if let Some(n) = map
                 .get(route)
                 .and_then(|m| m.get(&status))
                 .and_then(|m| m.get(error))
+                .and_then(|m| m.get(served_by))
             {
                 n.fetch_add(1, Ordering::Relaxed);
                 return;
@@ -225,16 +226,19 @@ impl Metrics {
             .or_default()
             .entry(error.to_owned())
             .or_default()
+            .entry(served_by.to_owned())
+            .or_default()
             .fetch_add(1, Ordering::Relaxed);
     }
 
-    /// The number of requests answered with these labels so far (for tests).
+    /// The number of requests answered with these labels so far, whichever route served
+    /// them (for tests).
     pub fn requests(&self, route: &str, status: u16, error: &str) -> u64 {
         let map = self.requests.read().unwrap_or_else(|e| e.into_inner());
         map.get(route)
             .and_then(|m| m.get(&status))
             .and_then(|m| m.get(error))
-            .map_or(0, |n| n.load(Ordering::Relaxed))
+            .map_or(0, |m| m.values().map(|n| n.load(Ordering::Relaxed)).sum())
     }
 
     pub(crate) fn in_flight(&self, delta: i64) {
@@ -282,9 +286,9 @@ impl Metrics {
         let mut out = String::with_capacity(4096);
         let _ = writeln!(
             out,
-            "# HELP oai_gateway_requests_total Requests answered, by route (allowlist prefix), status and error kind.\n# TYPE oai_gateway_requests_total counter"
+            "# HELP oai_gateway_requests_total Requests answered, by route (allowlist prefix), status, error kind and the upstream route that served them (served_by: primary, fallback-N, - if not sent).\n# TYPE oai_gateway_requests_total counter"
         );
-        let mut rows: Vec<(String, u16, String, u64)> = Vec::new();
+        let mut rows: Vec<(String, u16, String, String, u64)> = Vec::new();
         for (route, by_status) in self
             .requests
             .read()
@@ -292,23 +296,27 @@ impl Metrics {
             .iter()
         {
             for (status, by_error) in by_status {
-                for (error, n) in by_error {
-                    rows.push((
-                        route.clone(),
-                        *status,
-                        error.clone(),
-                        n.load(Ordering::Relaxed),
-                    ));
+                for (error, by_route) in by_error {
+                    for (served_by, n) in by_route {
+                        rows.push((
+                            route.clone(),
+                            *status,
+                            error.clone(),
+                            served_by.clone(),
+                            n.load(Ordering::Relaxed),
+                        ));
+                    }
                 }
             }
         }
         rows.sort();
-        for (route, status, error, n) in rows {
+        for (route, status, error, served_by, n) in rows {
             let _ = writeln!(
                 out,
-                "oai_gateway_requests_total{{route=\"{}\",status=\"{status}\",error=\"{}\"}} {n}",
+                "oai_gateway_requests_total{{route=\"{}\",status=\"{status}\",error=\"{}\",served_by=\"{}\"}} {n}",
                 escape(&route),
-                escape(&error)
+                escape(&error),
+                escape(&served_by)
             );
         }
         gauge(
@@ -535,14 +543,19 @@ mod tests {
     #[test]
     fn renders_counters_and_histograms() {
         let m = Metrics::new(Pacer::default(), None, BodyBudget::new(100));
-        m.request("/v1/models", 200, "none");
-        m.request("/v1/models", 200, "none");
+        m.request("/v1/models", 200, "none", "primary");
+        m.request("/v1/models", 200, "none", "primary");
+        m.request("/v1/models", 200, "none", "fallback-1");
         m.attempt(1, Some(200), Duration::from_millis(3));
         m.attempt(2, None, Duration::from_millis(30));
         let text = m.render();
         assert!(text.contains(
-            "oai_gateway_requests_total{route=\"/v1/models\",status=\"200\",error=\"none\"} 2"
+            "oai_gateway_requests_total{route=\"/v1/models\",status=\"200\",error=\"none\",served_by=\"primary\"} 2"
         ));
+        assert!(text.contains(
+            "oai_gateway_requests_total{route=\"/v1/models\",status=\"200\",error=\"none\",served_by=\"fallback-1\"} 1"
+        ));
+        assert_eq!(m.requests("/v1/models", 200, "none"), 3);
         assert!(text.contains("oai_gateway_upstream_attempts_total{status=\"none\"} 1"));
         assert!(text.contains("oai_gateway_retries_total 1"));
         assert!(text.contains("oai_gateway_upstream_latency_seconds_bucket{le=\"0.005\"} 1"));

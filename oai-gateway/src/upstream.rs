@@ -33,14 +33,16 @@ use hyper::body::Incoming;
 use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
+use oai_resilience::fallback::{Fallback, Route, RouteBody};
 use oai_resilience::pace::{RedisStore, RedisStoreConfig};
+use oai_resilience::retry::ReplayBody;
 use oai_resilience::stack::ClientBody;
 use oai_resilience::watchdog::{Stall, WatchdogBody, WatchdogLayer};
 use oai_resilience::{BoxError, Error, OpenAiLayer};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
 use tower::util::BoxCloneSyncService;
-use tower::{Layer, Service};
+use tower::{Layer, Service, ServiceExt};
 
 use crate::config::ConfigError;
 use crate::metrics::Metrics;
@@ -242,6 +244,43 @@ pub fn stack(
         metrics,
     };
     BoxCloneSyncService::new(layer.service_for::<RequestBody, _>(observed))
+}
+
+/// A [`RequestBody`] as the fallback routes see it: a buffered JSON body is replayed to the
+/// next route and its `model` can be rewritten; a streamed upload goes to the first route
+/// only.
+#[derive(Debug)]
+pub struct RouteRequestBody(pub RequestBody);
+
+impl ReplayBody for RouteRequestBody {
+    fn try_clone_body(&self) -> Option<Self> {
+        self.0.try_clone_body().map(RouteRequestBody)
+    }
+}
+
+impl RouteBody for RouteRequestBody {
+    fn with_model(&self, model: &str) -> Option<Self> {
+        match &self.0 {
+            Either::Left(full) => full
+                .with_model(model)
+                .map(|b| RouteRequestBody(Either::Left(b))),
+            Either::Right(_) => None,
+        }
+    }
+}
+
+/// The stack over fallback routes: each route's [`stack`], tried in order by
+/// [`Fallback`]; a response carries
+/// [`ServedBy`](oai_resilience::fallback::ServedBy), an error that tried more than one route
+/// lists them ([`Error::routes`]).
+pub fn fallback_stack(routes: Vec<Route<Stack>>) -> Stack {
+    let routes = routes
+        .into_iter()
+        .map(|r| r.map(|s| s.map_request(|req: Request<RouteRequestBody>| req.map(|b| b.0))));
+    let fallback = Fallback::new(routes);
+    BoxCloneSyncService::new(
+        fallback.map_request(|req: Request<RequestBody>| req.map(RouteRequestBody)),
+    )
 }
 
 /// The pacing store for `--store ARG`: `memory` (or `in-process`): `None`, each gateway paces

@@ -433,7 +433,7 @@ async fn json_bodies_past_the_buffered_bytes_cap_get_503_at_once_and_the_cap_com
     );
     assert!(text.contains("oai_gateway_body_buffered_bytes_limit 2500\n"));
     assert!(text.contains(
-        "oai_gateway_requests_total{route=\"/v1/chat/completions\",status=\"503\",error=\"body_budget\"} 1\n"
+        "oai_gateway_requests_total{route=\"/v1/chat/completions\",status=\"503\",error=\"body_budget\",served_by=\"-\"} 1\n"
     ));
     // Upstream: the small call and the first body.
     assert_eq!(upstream.received().len(), 2);

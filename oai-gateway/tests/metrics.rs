@@ -64,22 +64,23 @@ async fn metrics_count_what_was_sent() {
         .unwrap()
         .starts_with("text/plain; version=0.0.4"));
     let m = &res.body;
-    let chat = |status: u16, error: &str| {
+    // served_by: the upstream route that served the request; `-` for a local refusal.
+    let chat = |status: u16, error: &str, served_by: &str| {
         value(
             m,
             &format!(
-                "oai_gateway_requests_total{{route=\"/v1/chat/completions\",status=\"{status}\",error=\"{error}\"}}"
+                "oai_gateway_requests_total{{route=\"/v1/chat/completions\",status=\"{status}\",error=\"{error}\",served_by=\"{served_by}\"}}"
             ),
         )
     };
-    assert_eq!(chat(200, "none"), Some(2.0), "{m}");
-    assert_eq!(chat(429, "quota_exceeded"), Some(1.0), "{m}");
-    assert_eq!(chat(400, "invalid_parameter"), Some(1.0), "{m}");
-    assert_eq!(chat(401, "unauthenticated"), Some(1.0), "{m}");
+    assert_eq!(chat(200, "none", "primary"), Some(2.0), "{m}");
+    assert_eq!(chat(429, "quota_exceeded", "primary"), Some(1.0), "{m}");
+    assert_eq!(chat(400, "invalid_parameter", "primary"), Some(1.0), "{m}");
+    assert_eq!(chat(401, "unauthenticated", "-"), Some(1.0), "{m}");
     assert_eq!(
         value(
             m,
-            "oai_gateway_requests_total{route=\"-\",status=\"404\",error=\"route_not_allowed\"}"
+            "oai_gateway_requests_total{route=\"-\",status=\"404\",error=\"route_not_allowed\",served_by=\"-\"}"
         ),
         Some(1.0),
         "{m}"

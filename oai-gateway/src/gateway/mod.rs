@@ -36,6 +36,7 @@ mod body;
 mod buffer;
 pub mod routes;
 
+use std::borrow::Cow;
 use std::fmt;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -50,17 +51,19 @@ use http::{Method, Request, Response, StatusCode};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Either, Full};
 use hyper::body::Body;
-use oai_resilience::auth::{AuthLayer, KeyHeader, KeyRules, KeySource};
+use oai_resilience::auth::{AuthLayer, Credentials, KeyHeader, KeyRules, KeySource};
 use oai_resilience::breaker::{BreakerKey, CircuitBreakerLayer};
+use oai_resilience::fallback::{Route, ServedBy};
 use oai_resilience::observe::MetricsObserver;
 use oai_resilience::pace::{PaceLayer, PacerConfig, Priority, RedisStore};
 use oai_resilience::retry::TokenBudget;
 use oai_resilience::watchdog::WatchdogLayer;
+use oai_resilience::RetryConfig;
 use oai_resilience::{respond, BoxError, Error, ErrorKind, OpenAiLayer, RetryLayer, ValidateLayer};
 use serde_json::json;
 use tower::ServiceExt;
 
-use crate::config::{Config, ConfigError, UpstreamAuth};
+use crate::config::{Config, ConfigError, UpstreamAuth, DEFAULT_KEY_ENV};
 use crate::metrics::{MeteredBudget, Metrics};
 use crate::upstream::{AttemptLog, BodyError, ObservedBody, RequestBody, Stack};
 use access::AccessKeys;
@@ -114,6 +117,14 @@ const REQUEST_SKIP: &[&str] = &[
 /// ([`Priority::parse`]: `low`/`batch`, `normal`, `high`/`interactive`, or 0-255); the
 /// gateway reads it and does not forward it.
 pub const PRIORITY_HEADER: &str = "x-priority";
+
+/// The response header that names the upstream route that served a call (or, for an error,
+/// the last route tried): [`PRIMARY_ROUTE`] for `--upstream`, `fallback-N` for the Nth
+/// `--fallback-upstream`.
+pub const ROUTE_HEADER: &str = "x-oai-gateway-route";
+
+/// The name of the `--upstream` route in [`ROUTE_HEADER`], the access log and `/metrics`.
+pub const PRIMARY_ROUTE: &str = "primary";
 
 /// The upload routes: a `POST` there without a content type is streamed too.
 pub const UPLOAD_ROUTES: &[&str] = &[
@@ -170,6 +181,8 @@ struct Outcome<'g> {
     error: Option<String>,
     /// The request's attempts upstream.
     attempts: AttemptLog,
+    /// The upstream route that served the call (or the last one tried); `None`: not sent.
+    served_by: Option<Cow<'static, str>>,
 }
 
 struct Inner {
@@ -177,6 +190,9 @@ struct Inner {
     upstream: String,
     upstream_host: Option<(String, u16)>,
     upstream_header: Option<HeaderName>,
+    /// Every route's named key header (`api-key`): removed from requests that present an
+    /// access key.
+    key_headers: Vec<HeaderName>,
     access: AccessKeys,
     routes: Routes,
     max_body_bytes: usize,
@@ -229,25 +245,8 @@ impl Gateway {
     pub fn with_store(config: &Config, store: Option<RedisStore>) -> Result<Self, ConfigError> {
         config.check()?;
         let client = crate::upstream::client(config.upstream_ca.as_deref())?;
-        let auth = if config.access_keys.is_empty() {
-            // Callers bring their own key; the server's key is never used.
-            AuthLayer::check_only()
-        } else {
-            let creds = config.server_key.clone().ok_or_else(|| {
-                ConfigError("access keys are configured but OPENAI_API_KEY is not set".into())
-            })?;
-            AuthLayer::new(KeySource::from_credentials(creds))
-        };
-        let (auth, upstream_header) = match &config.upstream_auth {
-            UpstreamAuth::Bearer => (auth, None),
-            UpstreamAuth::Header(name) => (
-                auth.header(KeyHeader::Named(name.clone()))
-                    .rules(KeyRules::lenient()),
-                Some(name.clone()),
-            ),
-        };
         // The retry budget, if the policy has one, is a `TokenBudget` the gateway keeps, so
-        // that /metrics can show its balance.
+        // that /metrics can show its balance (the primary's; each fallback has its own).
         let (retry, budget) = if config.retry.settings().budget.is_some() {
             let budget = MeteredBudget::new(TokenBudget::default());
             (config.retry.clone().budget(budget.clone()), Some(budget))
@@ -255,30 +254,48 @@ impl Gateway {
             (config.retry.clone(), None)
         };
         let library = crate::metrics::library_metrics();
-        let mut layer = OpenAiLayer::new();
-        if library.is_some() {
-            // Registered first: the layers put in below take it over.
-            layer = layer.observer(Arc::new(MetricsObserver::new()));
+        let primary = RouteSpec {
+            flag: "--upstream".to_owned(),
+            upstream: &config.upstream,
+            auth: &config.upstream_auth,
+            key: config.server_key.as_ref(),
+        };
+        let layer = route_layer(config, &primary, retry, library.is_some(), store.as_ref())?;
+        let mut fallbacks = Vec::with_capacity(config.fallbacks.len());
+        for (i, fb) in config.fallbacks.iter().enumerate() {
+            let key = fb.key.as_ref().or(if fb.key_env == DEFAULT_KEY_ENV {
+                config.server_key.as_ref()
+            } else {
+                None
+            });
+            let spec = RouteSpec {
+                flag: format!("--fallback-upstream number {}", i + 1),
+                upstream: &fb.upstream,
+                auth: &fb.auth,
+                key,
+            };
+            let retry = if config.retry.settings().budget.is_some() {
+                config.retry.clone().budget(TokenBudget::default())
+            } else {
+                config.retry.clone()
+            };
+            let layer = route_layer(config, &spec, retry, library.is_some(), store.as_ref())?;
+            fallbacks.push((fb, layer));
         }
-        let mut layer = layer
-            .try_base_url(&config.upstream)
-            .map_err(|e| ConfigError(format!("--upstream: {e}")))?
-            .validate(ValidateLayer::new().body_limit(config.max_body_bytes))
-            .auth(auth)
-            .retry(RetryLayer::with_config(retry));
-        // One circuit for the upstream, whoever calls: what opens it (5xx, connection
-        // failures, timeouts) is the upstream's state, not a caller's; and a circuit per
-        // caller's own key would keep state for every key seen in the breaker's window.
-        layer = layer.breaker(
-            CircuitBreakerLayer::new()
-                .key_fn(|uri, _| BreakerKey::new(uri.authority().map_or("", |a| a.as_str()))),
-        );
-        let mut pacing = PacerConfig::default();
-        pacing.max_wait = Some(config.max_pacing_wait);
-        layer = layer.pace(PaceLayer::with_config(pacing));
-        if let Some(store) = &store {
-            layer = layer.pacing_store(store.clone());
+        let mut key_headers: Vec<HeaderName> = Vec::new();
+        for auth in
+            std::iter::once(&config.upstream_auth).chain(config.fallbacks.iter().map(|f| &f.auth))
+        {
+            if let UpstreamAuth::Header(h) = auth {
+                if !key_headers.contains(h) {
+                    key_headers.push(h.clone());
+                }
+            }
         }
+        let upstream_header = match &config.upstream_auth {
+            UpstreamAuth::Bearer => None,
+            UpstreamAuth::Header(name) => Some(name.clone()),
+        };
         let upstream = layer
             .base_url_layer()
             .and_then(|b| b.url().ok())
@@ -305,13 +322,30 @@ impl Gateway {
         let watchdog = WatchdogLayer::new()
             .first_byte(config.stream_first_byte_timeout)
             .idle(config.stream_idle_timeout);
-        let stack = crate::upstream::stack(&layer, client, watchdog, metrics.clone());
+        let primary_stack =
+            crate::upstream::stack(&layer, client.clone(), watchdog, metrics.clone());
+        let stack = if fallbacks.is_empty() {
+            primary_stack
+        } else {
+            let mut routes = vec![Route::new(PRIMARY_ROUTE, primary_stack)];
+            for (i, (fb, layer)) in fallbacks.iter().enumerate() {
+                let stack =
+                    crate::upstream::stack(layer, client.clone(), watchdog, metrics.clone());
+                let mut route = Route::new(format!("fallback-{}", i + 1), stack);
+                if let Some(model) = &fb.model {
+                    route = route.model(model.as_str());
+                }
+                routes.push(route);
+            }
+            crate::upstream::fallback_stack(routes)
+        };
         Ok(Gateway {
             inner: Arc::new(Inner {
                 stack,
                 upstream,
                 upstream_host,
                 upstream_header,
+                key_headers,
                 access: config.access_keys.clone(),
                 routes: config.routes.clone(),
                 max_body_bytes: config.max_body_bytes,
@@ -377,7 +411,8 @@ impl Gateway {
         metrics.in_flight(-1);
         let status = res.status().as_u16();
         let error = out.error.as_deref().unwrap_or("none");
-        metrics.request(out.route, status, error);
+        let served_by = out.served_by.as_deref().unwrap_or("-");
+        metrics.request(out.route, status, error, served_by);
         let attempts = out.attempts.attempts();
         tracing::info!(
             target: "oai_gateway::access",
@@ -390,6 +425,7 @@ impl Gateway {
             request_id = res.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("-"),
             access_key = out.who.as_deref().unwrap_or("-"),
             error,
+            served_by,
             peer = peer.map(|p| p.to_string()).unwrap_or_default(),
             "request"
         );
@@ -654,65 +690,83 @@ impl Gateway {
         // `Oneshot` future for every lifetime otherwise (rust-lang/rust#102211).
         let call: Pin<Box<dyn Future<Output = Result<Response<ObservedBody>, Error>> + Send>> =
             Box::pin(inner.stack.clone().oneshot(request));
-        match call.await {
-            Ok(res) => {
-                let (mut parts, body) = res.into_parts();
-                strip_hop_by_hop(&mut parts.headers);
-                parts.headers.remove(header::SET_COOKIE);
-                let sse = parts
-                    .headers
-                    .get(header::CONTENT_TYPE)
-                    .and_then(|v| v.to_str().ok())
-                    .is_some_and(|v| v.trim_start().starts_with("text/event-stream"));
-                if !parts.status.is_success() {
-                    out.error = Some(format!("http_{}", parts.status.as_u16()));
-                }
-                let body = body::relay(body, inner.metrics.clone(), sse);
-                Response::from_parts(parts, Either::Left(body))
-            }
-            Err(err) => {
-                match fault.get() {
-                    FAULT_TIMEOUT => return too_slow(out),
-                    FAULT_TOO_SLOW => {
-                        out.error = Some("body_too_slow".into());
-                        return local_error(
-                            StatusCode::REQUEST_TIMEOUT,
-                            &format!(
-                                "The upload arrived slower than {} bytes per second.",
-                                inner.min_upload_rate
-                            ),
-                            "invalid_request_error",
-                            None,
-                            "send the upload faster, or lower --min-upload-rate",
-                        );
+        let result = call.await;
+        // The route that served the call, or the last one an error tried.
+        let served: Cow<'static, str> = match &result {
+            Ok(res) => match res.extensions().get::<ServedBy>() {
+                Some(s) if s.is_fallback() => Cow::Owned(s.route().to_owned()),
+                _ => Cow::Borrowed(PRIMARY_ROUTE),
+            },
+            Err(e) => e.routes().last().map_or(Cow::Borrowed(PRIMARY_ROUTE), |r| {
+                Cow::Owned(r.route.to_string())
+            }),
+        };
+        let mut res = 'answer: {
+            match result {
+                Ok(res) => {
+                    let (mut parts, body) = res.into_parts();
+                    strip_hop_by_hop(&mut parts.headers);
+                    parts.headers.remove(header::SET_COOKIE);
+                    let sse = parts
+                        .headers
+                        .get(header::CONTENT_TYPE)
+                        .and_then(|v| v.to_str().ok())
+                        .is_some_and(|v| v.trim_start().starts_with("text/event-stream"));
+                    if !parts.status.is_success() {
+                        out.error = Some(format!("http_{}", parts.status.as_u16()));
                     }
-                    FAULT_TOO_LARGE => return too_large(out),
-                    FAULT_CLIENT => {
-                        return bad_request(
-                            out,
-                            "Could not read the request body.",
-                            "send the whole body",
-                        )
+                    let body = body::relay(body, inner.metrics.clone(), sse);
+                    Response::from_parts(parts, Either::Left(body))
+                }
+                Err(err) => {
+                    match fault.get() {
+                        FAULT_TIMEOUT => break 'answer too_slow(out),
+                        FAULT_TOO_SLOW => {
+                            out.error = Some("body_too_slow".into());
+                            break 'answer local_error(
+                                StatusCode::REQUEST_TIMEOUT,
+                                &format!(
+                                    "The upload arrived slower than {} bytes per second.",
+                                    inner.min_upload_rate
+                                ),
+                                "invalid_request_error",
+                                None,
+                                "send the upload faster, or lower --min-upload-rate",
+                            );
+                        }
+                        FAULT_TOO_LARGE => break 'answer too_large(out),
+                        FAULT_CLIENT => {
+                            break 'answer bad_request(
+                                out,
+                                "Could not read the request body.",
+                                "send the whole body",
+                            )
+                        }
+                        _ => {}
                     }
-                    _ => {}
+                    tracing::info!(error = %err, "gateway: call failed");
+                    out.error = Some(err.kind().as_str().to_owned());
+                    if err.kind() == ErrorKind::NotReplayable {
+                        // A streamed upload that needed a retry: the gateway could not send it
+                        // again, the client can (its SDK still has the body). Answer with what
+                        // the attempt got, and let the client's retry logic decide.
+                        let cause = std::error::Error::source(&err)
+                            .and_then(|s| s.downcast_ref::<Error>())
+                            .unwrap_or(&err);
+                        let mut res = error_response(cause);
+                        res.headers_mut()
+                            .insert("x-should-retry", HeaderValue::from_static("true"));
+                        break 'answer res;
+                    }
+                    error_response(&err)
                 }
-                tracing::info!(error = %err, "gateway: call failed");
-                out.error = Some(err.kind().as_str().to_owned());
-                if err.kind() == ErrorKind::NotReplayable {
-                    // A streamed upload that needed a retry: the gateway could not send it
-                    // again, the client can (its SDK still has the body). Answer with what
-                    // the attempt got, and let the client's retry logic decide.
-                    let cause = std::error::Error::source(&err)
-                        .and_then(|s| s.downcast_ref::<Error>())
-                        .unwrap_or(&err);
-                    let mut res = error_response(cause);
-                    res.headers_mut()
-                        .insert("x-should-retry", HeaderValue::from_static("true"));
-                    return res;
-                }
-                error_response(&err)
             }
+        };
+        if let Ok(v) = HeaderValue::from_str(&served) {
+            res.headers_mut().insert(ROUTE_HEADER, v);
         }
+        out.served_by = Some(served);
+        res
     }
 
     /// The headers sent upstream for a request with `headers` from `caller`.
@@ -728,7 +782,7 @@ impl Gateway {
                 // The access key must not travel on, and the server's key and its
                 // organization and project are the server's: the auth layer adds them.
                 out.remove(header::AUTHORIZATION);
-                if let Some(h) = named {
+                for h in &self.inner.key_headers {
                     out.remove(h);
                 }
                 out.remove("openai-organization");
@@ -787,6 +841,71 @@ impl Gateway {
         }
         json_response(StatusCode::OK, &json!({"status": "ready"}))
     }
+}
+
+/// What [`route_layer`] needs to know of one upstream.
+struct RouteSpec<'c> {
+    /// How messages name it: `--upstream`, `--fallback-upstream number 2`.
+    flag: String,
+    upstream: &'c str,
+    auth: &'c UpstreamAuth,
+    /// Its key, for requests that presented an access key.
+    key: Option<&'c Credentials>,
+}
+
+/// One route's stack: base URL, validation, auth (the route's key for access-key callers;
+/// with no access keys, each caller's own key, checked), retries, a circuit breaker for the
+/// upstream, pacing (its pacing key is its base URL and key).
+fn route_layer(
+    config: &Config,
+    spec: &RouteSpec<'_>,
+    retry: RetryConfig,
+    observe: bool,
+    store: Option<&RedisStore>,
+) -> Result<OpenAiLayer, ConfigError> {
+    let auth = if config.access_keys.is_empty() {
+        // Callers bring their own key; the server's keys are never used.
+        AuthLayer::check_only()
+    } else {
+        let creds = spec.key.cloned().ok_or_else(|| {
+            ConfigError(format!(
+                "{}: access keys are configured but the upstream's key is not set",
+                spec.flag
+            ))
+        })?;
+        AuthLayer::new(KeySource::from_credentials(creds))
+    };
+    let auth = match spec.auth {
+        UpstreamAuth::Bearer => auth,
+        UpstreamAuth::Header(name) => auth
+            .header(KeyHeader::Named(name.clone()))
+            .rules(KeyRules::lenient()),
+    };
+    let mut layer = OpenAiLayer::new();
+    if observe {
+        // Registered first: the layers put in below take it over.
+        layer = layer.observer(Arc::new(MetricsObserver::new()));
+    }
+    let mut layer = layer
+        .try_base_url(spec.upstream)
+        .map_err(|e| ConfigError(format!("{}: {e}", spec.flag)))?
+        .validate(ValidateLayer::new().body_limit(config.max_body_bytes))
+        .auth(auth)
+        .retry(RetryLayer::with_config(retry));
+    // One circuit for the upstream, whoever calls: what opens it (5xx, connection
+    // failures, timeouts) is the upstream's state, not a caller's; and a circuit per
+    // caller's own key would keep state for every key seen in the breaker's window.
+    layer = layer.breaker(
+        CircuitBreakerLayer::new()
+            .key_fn(|uri, _| BreakerKey::new(uri.authority().map_or("", |a| a.as_str()))),
+    );
+    let mut pacing = PacerConfig::default();
+    pacing.max_wait = Some(config.max_pacing_wait);
+    layer = layer.pace(PaceLayer::with_config(pacing));
+    if let Some(store) = store {
+        layer = layer.pacing_store(store.clone());
+    }
+    Ok(layer)
 }
 
 /// A streamed upload, boxed.

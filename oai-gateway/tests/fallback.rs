@@ -1,0 +1,510 @@
+//! Fallback upstreams (issue #23 item 2), end to end over loopback: `--fallback-upstream`
+//! routes tried after the primary when it cannot serve a call soon (an exhausted quota, 5xx
+//! after its retries), never after a 400; the fallback's declared model; each route's own key
+//! and auth header for access-key callers; the route that served named in
+//! `x-oai-gateway-route`, the access log and `/metrics`; the configuration's errors.
+
+mod support;
+
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::{client::legacy::Client, rt::TokioExecutor};
+use oai_gateway::config::Command;
+use oai_gateway::gateway::ROUTE_HEADER;
+use oai_gateway::{Config, ConfigError};
+use oai_resilience::mock::{MockResponse, MockServer, Route};
+use oai_resilience::RetryConfig;
+use serde_json::Value;
+
+const KEY: &str = "sk-proj-AbCdEfGhIjKlMnOpQrStUvWxYz0123456789";
+const SERVER_KEY: &str = "sk-proj-ServerServerServerServerServer0123";
+const BACKUP_KEY: &str = "0123456789abcdef0123456789abcdef";
+const ACCESS_KEY: &str = "gw-access-key-for-team-a-0123456789";
+const CHAT: &str = r#"{"model":"gpt-4o","messages":[{"role":"user","content":"Hi"}]}"#;
+
+/// A gateway for `args` and `env`, with two attempts per route and no backoff to wait for.
+async fn gateway(args: &[&str], env: &[(&str, &str)]) -> SocketAddr {
+    let mut c = support::config(args, env);
+    c.retry = RetryConfig::new().seed(7).max_attempts(2);
+    support::start(c).await
+}
+
+struct Answer {
+    status: u16,
+    route: Option<String>,
+    json: Value,
+}
+
+async fn send(addr: SocketAddr, method: &str, path: &str, auth: &str, body: &str) -> Answer {
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let req = http::Request::builder()
+        .method(method)
+        .uri(format!("http://{addr}{path}"))
+        .header("content-type", "application/json")
+        .header("authorization", format!("Bearer {auth}"))
+        .body(Full::new(Bytes::from(body.to_owned())))
+        .unwrap();
+    let res = client.request(req).await.unwrap();
+    let status = res.status().as_u16();
+    let route = res
+        .headers()
+        .get(ROUTE_HEADER)
+        .map(|v| v.to_str().unwrap().to_owned());
+    let bytes = res.into_body().collect().await.unwrap().to_bytes();
+    let json = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    Answer {
+        status,
+        route,
+        json,
+    }
+}
+
+async fn chat(addr: SocketAddr, auth: &str) -> Answer {
+    send(addr, "POST", "/v1/chat/completions", auth, CHAT).await
+}
+
+async fn metrics(addr: SocketAddr) -> String {
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let res = client
+        .get(format!("http://{addr}/metrics").parse().unwrap())
+        .await
+        .unwrap();
+    let bytes = res.into_body().collect().await.unwrap().to_bytes();
+    String::from_utf8(bytes.to_vec()).unwrap()
+}
+
+fn model_sent(server: &MockServer) -> Vec<String> {
+    server
+        .requests()
+        .iter()
+        .map(|r| {
+            let json: Value = serde_json::from_slice(&r.body).unwrap();
+            json["model"].as_str().unwrap().to_owned()
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_quota_429_on_the_primary_is_served_by_the_fallback() {
+    let primary = MockServer::builder().quota_exhausted(true).start().await;
+    let backup = MockServer::start().await;
+    let addr = gateway(
+        &[
+            "--upstream",
+            &primary.url(),
+            "--fallback-upstream",
+            &backup.url(),
+        ],
+        &[],
+    )
+    .await;
+    let a = chat(addr, KEY).await;
+    assert_eq!(a.status, 200, "{}", a.json);
+    assert_eq!(a.route.as_deref(), Some("fallback-1"));
+    assert_eq!(a.json["object"], "chat.completion", "{}", a.json);
+    // A quota 429 is not retried: one request to the primary, then one to the fallback,
+    // each with the caller's own key (no access keys: the server's key is never used).
+    assert_eq!(primary.requests().len(), 1);
+    let sent = backup.requests();
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].path, "/v1/chat/completions");
+    assert_eq!(sent[0].headers["authorization"], format!("Bearer {KEY}"));
+    assert_eq!(
+        model_sent(&backup),
+        ["gpt-4o"],
+        "no model declared: sent as is"
+    );
+    let m = metrics(addr).await;
+    assert!(
+        m.contains(
+            "oai_gateway_requests_total{route=\"/v1/chat/completions\",status=\"200\",error=\"none\",served_by=\"fallback-1\"} 1"
+        ),
+        "{m}"
+    );
+}
+
+#[tokio::test]
+async fn a_503_primary_moves_on_after_its_retries() {
+    let primary = MockServer::builder()
+        .script(
+            Route::ChatCompletions,
+            (0..4).map(|_| MockResponse::status(503)),
+        )
+        .start()
+        .await;
+    let backup = MockServer::start().await;
+    let addr = gateway(
+        &[
+            "--upstream",
+            &primary.url(),
+            "--fallback-upstream",
+            &backup.url(),
+        ],
+        &[],
+    )
+    .await;
+    let a = chat(addr, KEY).await;
+    assert_eq!(a.status, 200, "{}", a.json);
+    assert_eq!(a.route.as_deref(), Some("fallback-1"));
+    assert_eq!(primary.requests().len(), 2, "the primary's two attempts");
+    assert_eq!(backup.requests().len(), 1);
+}
+
+#[tokio::test]
+async fn a_400_from_the_primary_is_not_sent_to_the_fallback() {
+    let primary = MockServer::builder()
+        .script(Route::ChatCompletions, [MockResponse::status(400)])
+        .start()
+        .await;
+    let backup = MockServer::start().await;
+    let addr = gateway(
+        &[
+            "--upstream",
+            &primary.url(),
+            "--fallback-upstream",
+            &backup.url(),
+        ],
+        &[],
+    )
+    .await;
+    let a = chat(addr, KEY).await;
+    assert_eq!(a.status, 400, "{}", a.json);
+    assert_eq!(a.route.as_deref(), Some("primary"));
+    assert_eq!(primary.requests().len(), 1);
+    assert_eq!(
+        backup.requests().len(),
+        0,
+        "a 400 fails the same everywhere"
+    );
+    // Nor a request the gateway's validation refuses (no messages): nothing sent anywhere.
+    let a = send(
+        addr,
+        "POST",
+        "/v1/chat/completions",
+        KEY,
+        r#"{"model":"gpt-4o"}"#,
+    )
+    .await;
+    assert_eq!(a.status, 400, "{}", a.json);
+    assert_eq!(primary.requests().len(), 1);
+    assert_eq!(backup.requests().len(), 0);
+}
+
+#[tokio::test]
+async fn the_fallback_model_replaces_the_body_model() {
+    let primary = MockServer::builder().quota_exhausted(true).start().await;
+    let backup = MockServer::start().await;
+    let spec = format!("{} model=gpt-4o-mini", backup.url());
+    let addr = gateway(
+        &["--upstream", &primary.url(), "--fallback-upstream", &spec],
+        &[],
+    )
+    .await;
+    let a = chat(addr, KEY).await;
+    assert_eq!(a.status, 200, "{}", a.json);
+    assert_eq!(a.route.as_deref(), Some("fallback-1"));
+    assert_eq!(model_sent(&primary), ["gpt-4o"]);
+    assert_eq!(model_sent(&backup), ["gpt-4o-mini"]);
+}
+
+#[tokio::test]
+async fn a_call_that_fails_on_every_route_answers_the_last_routes_error() {
+    let primary = MockServer::builder().quota_exhausted(true).start().await;
+    let second = MockServer::builder()
+        .script(
+            Route::ChatCompletions,
+            (0..2).map(|_| MockResponse::status(503)),
+        )
+        .start()
+        .await;
+    let third = MockServer::builder().quota_exhausted(true).start().await;
+    let addr = gateway(
+        &[
+            "--upstream",
+            &primary.url(),
+            "--fallback-upstream",
+            &second.url(),
+            "--fallback-upstream",
+            &third.url(),
+        ],
+        &[],
+    )
+    .await;
+    let a = chat(addr, KEY).await;
+    assert_eq!(a.status, 429, "{}", a.json);
+    assert_eq!(a.json["error"]["code"], "insufficient_quota", "{}", a.json);
+    assert_eq!(
+        a.route.as_deref(),
+        Some("fallback-2"),
+        "the last route tried"
+    );
+    assert_eq!(
+        (
+            primary.requests().len(),
+            second.requests().len(),
+            third.requests().len()
+        ),
+        (1, 2, 1)
+    );
+    let m = metrics(addr).await;
+    assert!(
+        m.contains("status=\"429\",error=\"quota_exceeded\",served_by=\"fallback-2\"} 1"),
+        "{m}"
+    );
+}
+
+#[tokio::test]
+async fn without_fallbacks_the_header_names_the_primary() {
+    let primary = MockServer::start().await;
+    let addr = gateway(&["--upstream", &primary.url()], &[]).await;
+    let a = chat(addr, KEY).await;
+    assert_eq!(a.status, 200, "{}", a.json);
+    assert_eq!(a.route.as_deref(), Some("primary"));
+    // A local refusal sent nothing: no route named.
+    let a = send(addr, "POST", "/v1/chat/completions", "", CHAT).await;
+    assert_eq!(a.status, 401);
+    assert_eq!(a.route, None);
+    let m = metrics(addr).await;
+    assert!(m.contains("error=\"none\",served_by=\"primary\"} 1"), "{m}");
+    assert!(
+        m.contains("error=\"unauthenticated\",served_by=\"-\"} 1"),
+        "{m}"
+    );
+}
+
+#[tokio::test]
+async fn access_key_callers_get_each_routes_own_key_and_header() {
+    let primary = MockServer::builder().quota_exhausted(true).start().await;
+    let backup = MockServer::start().await;
+    let spec = format!("{} key-env=BACKUP_KEY auth-header=api-key", backup.url());
+    let access = format!("team-a={ACCESS_KEY}");
+    let addr = gateway(
+        &[
+            "--upstream",
+            &primary.url(),
+            "--fallback-upstream",
+            &spec,
+            "--access-key",
+            &access,
+        ],
+        &[("OPENAI_API_KEY", SERVER_KEY), ("BACKUP_KEY", BACKUP_KEY)],
+    )
+    .await;
+    let a = chat(addr, ACCESS_KEY).await;
+    assert_eq!(a.status, 200, "{}", a.json);
+    assert_eq!(a.route.as_deref(), Some("fallback-1"));
+    let to_primary = &primary.requests()[0].headers;
+    assert_eq!(to_primary["authorization"], format!("Bearer {SERVER_KEY}"));
+    assert!(to_primary.get("api-key").is_none());
+    let to_backup = &backup.requests()[0].headers;
+    assert_eq!(to_backup["api-key"], BACKUP_KEY);
+    assert!(
+        to_backup.get("authorization").is_none(),
+        "the access key and the server's key stay home: {to_backup:?}"
+    );
+    // A wrong access key: 401, nothing sent anywhere.
+    let a = chat(addr, "gw-not-an-access-key").await;
+    assert_eq!(a.status, 401);
+    assert_eq!((primary.requests().len(), backup.requests().len()), (1, 1));
+}
+
+fn parse(args: &[&str], env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+    let env: Vec<(String, String)> = env
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    let lookup = move |name: &str| env.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+    match Config::from_args(args.iter().copied(), &lookup)? {
+        Command::Run(c) => Ok(*c),
+        Command::Help => panic!("help"),
+    }
+}
+
+#[test]
+fn fallbacks_come_from_flags_the_environment_or_the_file() {
+    let c = parse(
+        &[
+            "--fallback-upstream",
+            "https://a.example/v1 model=gpt-4o-mini",
+            "--fallback-upstream=http://127.0.0.1:9",
+        ],
+        &[],
+    )
+    .unwrap();
+    let got: Vec<(&str, Option<&str>)> = c
+        .fallbacks
+        .iter()
+        .map(|f| (f.upstream.as_str(), f.model.as_deref()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("https://a.example/v1", Some("gpt-4o-mini")),
+            ("http://127.0.0.1:9", None)
+        ]
+    );
+    let env = [(
+        "OAI_GATEWAY_FALLBACK_UPSTREAMS",
+        "https://a.example/v1, https://b.example/v1 model=m",
+    )];
+    let c = parse(&[], &env).unwrap();
+    assert_eq!(c.fallbacks.len(), 2);
+    assert_eq!(c.fallbacks[1].model.as_deref(), Some("m"));
+    // The flag wins over the variable.
+    let c = parse(&["--fallback-upstream", "https://c.example"], &env).unwrap();
+    assert_eq!(c.fallbacks.len(), 1);
+    assert_eq!(c.fallbacks[0].upstream, "https://c.example");
+
+    let dir = std::env::temp_dir().join(format!("oai-gateway-fallback-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("gateway.toml");
+    std::fs::write(
+        &path,
+        "fallback-upstreams = [\"https://a.example/v1\", \"https://b.example/v1 model=m\"]\n",
+    )
+    .unwrap();
+    let c = parse(&["--config", path.to_str().unwrap()], &[]).unwrap();
+    assert_eq!(c.fallbacks.len(), 2);
+    std::fs::write(&path, "fallback-upstreams = 3\n").unwrap();
+    let err = parse(&["--config", path.to_str().unwrap()], &[]).unwrap_err();
+    assert!(
+        err.to_string().contains("key fallback-upstreams: expected"),
+        "{err}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+    // Without fallbacks, none.
+    assert!(parse(&[], &[]).unwrap().fallbacks.is_empty());
+}
+
+/// Environment variables, as (name, value).
+type Env<'a> = Vec<(&'a str, &'a str)>;
+
+#[test]
+fn bad_fallbacks_are_errors_that_name_the_flag_and_hide_keys() {
+    let access = format!("team-a={ACCESS_KEY}");
+    let cases: Vec<(Vec<&str>, Env<'_>, &str)> = vec![
+        (
+            vec!["--fallback-upstream", ""],
+            vec![],
+            "--fallback-upstream number 1: expected",
+        ),
+        (
+            vec!["--fallback-upstream", "https://a.example colour=blue"],
+            vec![],
+            "unknown option \"colour\"",
+        ),
+        (
+            vec!["--fallback-upstream", "https://a.example model=a model=b"],
+            vec![],
+            "model is given twice",
+        ),
+        (
+            vec!["--fallback-upstream", "https://a.example model"],
+            vec![],
+            "expected key-env=NAME",
+        ),
+        (
+            vec!["--fallback-upstream", "https://a.example auth-header=a:b"],
+            vec![],
+            "is not a header name",
+        ),
+        (
+            vec![
+                "--fallback-upstream",
+                "https://ok.example",
+                "--fallback-upstream",
+                "ftp://a.example",
+            ],
+            vec![],
+            "--fallback-upstream number 2: invalid base URL",
+        ),
+        (
+            vec![
+                "--fallback-upstream",
+                "https://a.example key-env=BACKUP_KEY",
+            ],
+            vec![("BACKUP_KEY", BACKUP_KEY)],
+            "key-env=BACKUP_KEY needs access keys",
+        ),
+        (
+            vec![
+                "--fallback-upstream",
+                "https://a.example auth-header=api-key",
+            ],
+            vec![],
+            "needs access keys",
+        ),
+        (
+            vec![
+                "--fallback-upstream",
+                "https://a.example key-env=BACKUP_KEY",
+                "--access-key",
+                &access,
+            ],
+            vec![("OPENAI_API_KEY", SERVER_KEY)],
+            "BACKUP_KEY (its key-env) is not set",
+        ),
+        (
+            vec![
+                "--fallback-upstream",
+                "https://a.example key-env=BACKUP_KEY",
+                "--access-key",
+                &access,
+            ],
+            vec![("OPENAI_API_KEY", SERVER_KEY), ("BACKUP_KEY", ACCESS_KEY)],
+            "an access key is the same as BACKUP_KEY",
+        ),
+    ];
+    for (args, env, want) in cases {
+        let err = parse(&args, &env).unwrap_err().to_string();
+        assert!(err.contains(want), "{args:?}: {err}");
+        for secret in [SERVER_KEY, BACKUP_KEY, ACCESS_KEY] {
+            assert!(!err.contains(secret), "{args:?}: {err}");
+        }
+    }
+    // With access keys and OPENAI_API_KEY, a fallback without key-env takes the server's key.
+    let c = parse(
+        &[
+            "--fallback-upstream",
+            "https://a.example",
+            "--access-key",
+            &access,
+        ],
+        &[("OPENAI_API_KEY", SERVER_KEY)],
+    )
+    .unwrap();
+    assert!(c.fallbacks[0].key.is_some());
+}
+
+#[test]
+fn the_binary_exits_2_on_a_bad_fallback_and_help_lists_the_flag() {
+    let bin = env!("CARGO_BIN_EXE_oai-gateway");
+    let out = std::process::Command::new(bin)
+        .args([
+            "--fallback-upstream",
+            "https://a.example key-env=BACKUP_KEY",
+        ])
+        .env_remove("OPENAI_API_KEY")
+        .env("BACKUP_KEY", BACKUP_KEY)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.starts_with("oai-gateway: --fallback-upstream number 1"),
+        "{err}"
+    );
+    assert!(
+        !err.contains(BACKUP_KEY) && !err.contains("panicked"),
+        "{err}"
+    );
+    let out = std::process::Command::new(bin)
+        .arg("--help")
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(help.contains("--fallback-upstream"), "{help}");
+    assert!(help.contains("OAI_GATEWAY_FALLBACK_UPSTREAMS"), "{help}");
+}
