@@ -269,6 +269,23 @@ impl RouteBody for RouteRequestBody {
     }
 }
 
+/// `stack`, sending a JSON object body with `model` as its `model` (a `--fallback-upstream`'s
+/// `model=`); any other body (none, as for `GET /v1/models`; a streamed upload) goes as it
+/// is. Unlike [`Route::model`], which does not send such a request to the route at all, so
+/// that a `GET` that moves on to a route with a model is still served.
+pub fn with_model(stack: Stack, model: &str) -> Stack {
+    let model: Arc<str> = model.into();
+    BoxCloneSyncService::new(stack.map_request(move |req: Request<RequestBody>| {
+        req.map(|body| match body {
+            Either::Left(full) => match full.with_model(&model) {
+                Some(rewritten) => Either::Left(rewritten),
+                None => Either::Left(full),
+            },
+            other => other,
+        })
+    }))
+}
+
 /// The stack over fallback routes: each route's [`stack`], tried in order by
 /// [`Fallback`]; a response carries
 /// [`ServedBy`](oai_resilience::fallback::ServedBy), an error that tried more than one route

@@ -7,6 +7,8 @@
 mod support;
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -17,6 +19,7 @@ use oai_gateway::{Config, ConfigError};
 use oai_resilience::mock::{MockResponse, MockServer, Route};
 use oai_resilience::RetryConfig;
 use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const KEY: &str = "sk-proj-AbCdEfGhIjKlMnOpQrStUvWxYz0123456789";
 const SERVER_KEY: &str = "sk-proj-ServerServerServerServerServer0123";
@@ -207,6 +210,130 @@ async fn the_fallback_model_replaces_the_body_model() {
     assert_eq!(a.route.as_deref(), Some("fallback-1"));
     assert_eq!(model_sent(&primary), ["gpt-4o"]);
     assert_eq!(model_sent(&backup), ["gpt-4o-mini"]);
+}
+
+#[tokio::test]
+async fn an_open_circuit_on_the_primary_sends_calls_to_the_fallback_at_once() {
+    let primary = MockServer::builder()
+        .script(
+            Route::ChatCompletions,
+            (0..100).map(|_| MockResponse::status(503)),
+        )
+        .start()
+        .await;
+    let backup = MockServer::start().await;
+    let addr = gateway(
+        &[
+            "--upstream",
+            &primary.url(),
+            "--fallback-upstream",
+            &backup.url(),
+        ],
+        &[],
+    )
+    .await;
+    // Three calls, two attempts each: the breaker opens after five consecutive failures.
+    for _ in 0..3 {
+        let a = chat(addr, KEY).await;
+        assert_eq!((a.status, a.route.as_deref()), (200, Some("fallback-1")));
+    }
+    let sent = primary.requests().len();
+    assert!(sent <= 5, "{sent}");
+    // While it is open, nothing more goes to the primary.
+    for _ in 0..3 {
+        let a = chat(addr, KEY).await;
+        assert_eq!((a.status, a.route.as_deref()), (200, Some("fallback-1")));
+    }
+    assert_eq!(primary.requests().len(), sent);
+    assert_eq!(backup.requests().len(), 6);
+}
+
+/// A route with `model=` rewrites JSON object bodies only: a `GET` that moves on to it is
+/// sent as it is.
+#[tokio::test]
+async fn a_request_without_a_json_body_goes_to_a_model_route_as_it_is() {
+    // The primary: a port nobody listens on (connection refused, which moves on).
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let primary = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let backup = support::RawUpstream::start().await;
+    let spec = format!("{} model=gpt-4o-mini", backup.url());
+    let addr = gateway(&["--upstream", &primary, "--fallback-upstream", &spec], &[]).await;
+    let a = send(addr, "GET", "/v1/models", KEY, "").await;
+    assert_eq!(a.status, 200, "{}", a.json);
+    assert_eq!(a.route.as_deref(), Some("fallback-1"));
+    let sent = backup.received();
+    assert_eq!(sent.len(), 1);
+    assert!(
+        sent[0].request_line().starts_with("GET /v1/models "),
+        "{}",
+        sent[0].request_line()
+    );
+    assert!(sent[0].body.is_empty());
+}
+
+/// An upstream that answers every request with a quota 429 (`insufficient_quota`), after
+/// reading it up to the end of a multipart body (`--b--`) or of a chunked one.
+async fn quota_upstream() -> (String, Arc<AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/v1", listener.local_addr().unwrap());
+    let seen = Arc::new(AtomicUsize::new(0));
+    let count = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let count = count.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 16 * 1024];
+                while !(buf.ends_with(b"--b--\r\n") || buf.ends_with(b"0\r\n\r\n")) {
+                    match stream.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                    if buf.len() > 1 << 20 {
+                        return;
+                    }
+                }
+                count.fetch_add(1, Ordering::SeqCst);
+                let json = r#"{"error":{"message":"You exceeded your current quota.","type":"insufficient_quota","param":null,"code":"insufficient_quota"}}"#;
+                let res = format!(
+                    "HTTP/1.1 429 Too Many Requests\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{json}",
+                    json.len()
+                );
+                let _ = stream.write_all(res.as_bytes()).await;
+                let _ = stream.shutdown().await;
+            });
+        }
+    });
+    (url, seen)
+}
+
+/// A streamed upload cannot be copied for the next route: it goes to the primary only, and the
+/// primary's error is the answer, naming the primary.
+#[tokio::test]
+async fn an_upload_goes_to_the_primary_only() {
+    let (primary, primary_seen) = quota_upstream().await;
+    let backup = MockServer::start().await;
+    let addr = gateway(
+        &["--upstream", &primary, "--fallback-upstream", &backup.url()],
+        &[],
+    )
+    .await;
+    let body = "--b\r\ncontent-disposition: form-data; name=\"purpose\"\r\n\r\nbatch\r\n--b--\r\n";
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let req = http::Request::post(format!("http://{addr}/v1/files"))
+        .header("content-type", "multipart/form-data; boundary=b")
+        .header("authorization", format!("Bearer {KEY}"))
+        .body(Full::new(Bytes::from_static(body.as_bytes())))
+        .unwrap();
+    let res = client.request(req).await.unwrap();
+    assert_eq!(res.status(), 429);
+    assert_eq!(res.headers()[ROUTE_HEADER], "primary");
+    let bytes = res.into_body().collect().await.unwrap().to_bytes();
+    let json: Value = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(json["error"]["code"], "insufficient_quota", "{json}");
+    assert_eq!(primary_seen.load(Ordering::SeqCst), 1);
+    assert_eq!(backup.requests().len(), 0);
 }
 
 #[tokio::test]

@@ -20,7 +20,10 @@
 //!    `--body-read-timeout` has passed, and is never retried;
 //! 5. the request goes through the stack (validation, key checks, retries, pacing,
 //!    classification, the stream watchdog) with hop-by-hop headers, headers named in
-//!    `Connection:`, `cookie`, `host`, `content-length` and `accept-encoding` removed;
+//!    `Connection:`, `cookie`, `host`, `content-length` and `accept-encoding` removed; with
+//!    `--fallback-upstream`, the stack is the library's
+//!    [`Fallback`](oai_resilience::fallback::Fallback) over one such stack per upstream, the
+//!    primary first, and the answer names the route that served it in [`ROUTE_HEADER`];
 //! 6. the upstream's response is streamed back chunk by chunk (hop-by-hop headers and
 //!    `set-cookie` removed; an event stream that stalls or fails mid-way ends with an SSE
 //!    `error` event), or the stack's error is mapped to OpenAI's error JSON by
@@ -329,13 +332,12 @@ impl Gateway {
         } else {
             let mut routes = vec![Route::new(PRIMARY_ROUTE, primary_stack)];
             for (i, (fb, layer)) in fallbacks.iter().enumerate() {
-                let stack =
+                let mut stack =
                     crate::upstream::stack(layer, client.clone(), watchdog, metrics.clone());
-                let mut route = Route::new(format!("fallback-{}", i + 1), stack);
                 if let Some(model) = &fb.model {
-                    route = route.model(model.as_str());
+                    stack = crate::upstream::with_model(stack, model);
                 }
-                routes.push(route);
+                routes.push(Route::new(format!("fallback-{}", i + 1), stack));
             }
             crate::upstream::fallback_stack(routes)
         };
@@ -697,9 +699,16 @@ impl Gateway {
                 Some(s) if s.is_fallback() => Cow::Owned(s.route().to_owned()),
                 _ => Cow::Borrowed(PRIMARY_ROUTE),
             },
-            Err(e) => e.routes().last().map_or(Cow::Borrowed(PRIMARY_ROUTE), |r| {
-                Cow::Owned(r.route.to_string())
-            }),
+            // The last route the call was sent to: an entry `NotReplayable` is a route the
+            // body could not be copied to (a streamed upload), where nothing was sent.
+            Err(e) => e
+                .routes()
+                .iter()
+                .rev()
+                .find(|r| r.error.kind() != ErrorKind::NotReplayable)
+                .map_or(Cow::Borrowed(PRIMARY_ROUTE), |r| {
+                    Cow::Owned(r.route.to_string())
+                }),
         };
         let mut res = 'answer: {
             match result {
