@@ -771,7 +771,11 @@ impl Gateway {
                 }
             }
         };
-        if let Ok(v) = HeaderValue::from_str(&served) {
+        let value = match &served {
+            Cow::Borrowed(name) => Ok(HeaderValue::from_static(name)),
+            Cow::Owned(name) => HeaderValue::from_str(name),
+        };
+        if let Ok(v) = value {
             res.headers_mut().insert(ROUTE_HEADER, v);
         }
         out.served_by = Some(served);
