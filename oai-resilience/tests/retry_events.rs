@@ -1,9 +1,9 @@
 //! The retry layer's `tracing` events, in a test binary of its own.
 //!
-//! This test used to live in `retry_service.rs` with a thread-local subscriber
-//! (`set_default`), and failed about one run in thirty: another test thread registering the
-//! same callsite while no subscriber cared cached a "never" interest, so no event reached
-//! the subscriber. Alone in its binary with a global subscriber, it cannot race.
+//! With a thread-local subscriber (`set_default`) beside other tests, it would fail about one
+//! run in thirty: another test thread registering the same callsite while no subscriber cared
+//! caches a "never" interest, so no event reaches the subscriber. Alone in its binary with a
+//! global subscriber, it cannot race.
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicUsize, Ordering};
