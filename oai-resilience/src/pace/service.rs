@@ -148,21 +148,16 @@ mod store_tests {
         PacerConfig, PacingStore, StoreFuture,
     };
 
-    use crate::pace::test_upstream::upstream;
+    use crate::pace::test_upstream::{chat_key, chat_request, upstream};
+
+    const AUTH: &str = "Bearer sk-test-pace-store";
 
     fn request() -> Request<Full<Bytes>> {
-        Request::post("https://api.example.test/v1/chat/completions")
-            .header("authorization", "Bearer sk-test-pace-store")
-            .body(Full::new(Bytes::from_static(
-                br#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}],"max_tokens":5}"#,
-            )))
-            .unwrap()
+        chat_request(AUTH)
     }
 
     fn key() -> PaceKey {
-        PaceKey::new("api.example.test")
-            .with_credential(b"Bearer sk-test-pace-store")
-            .with_model("gpt-4o-mini")
+        chat_key(AUTH)
     }
 
     fn one_per_100ms() -> LearnedLimits {

@@ -1,4 +1,5 @@
-//! The canned upstream of the pace layer's unit tests (`service.rs`, `store.rs`).
+//! The canned upstream, request and key of the pace layer's unit tests (`service.rs`,
+//! `store/wait.rs`).
 
 use std::sync::Arc;
 
@@ -41,4 +42,23 @@ pub(crate) fn upstream(
     tower::ServiceBuilder::new()
         .layer(crate::ClassifyLayer::new())
         .service(inner)
+}
+
+/// A small chat completion for `gpt-4o-mini` to `api.example.test`, sent with `auth`.
+pub(crate) fn chat_request(
+    auth: &'static str,
+) -> http::Request<http_body_util::Full<bytes::Bytes>> {
+    http::Request::post("https://api.example.test/v1/chat/completions")
+        .header("authorization", auth)
+        .body(http_body_util::Full::new(bytes::Bytes::from_static(
+            br#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}],"max_tokens":5}"#,
+        )))
+        .unwrap()
+}
+
+/// The pacing key of a [`chat_request`] sent with `auth`.
+pub(crate) fn chat_key(auth: &'static str) -> super::PaceKey {
+    super::PaceKey::new("api.example.test")
+        .with_credential(auth.as_bytes())
+        .with_model("gpt-4o-mini")
 }

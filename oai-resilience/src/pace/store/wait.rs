@@ -122,7 +122,7 @@ mod pacing_store_tests {
     use super::*;
     use crate::pace::store::{test_limits as limits, InProcessStore, StoreFuture};
 
-    use crate::pace::test_upstream::upstream;
+    use crate::pace::test_upstream::{chat_key, chat_request, upstream};
     use crate::pace::{PaceLayer, PacerConfig};
 
     /// A pace layer that paces through `store`, with `edit` applied to its pacer's config.
@@ -132,19 +132,14 @@ mod pacing_store_tests {
         PaceLayer::with_config(config).pacing_store(store)
     }
 
+    const AUTH: &str = "Bearer sk-test-layer";
+
     fn request() -> http::Request<http_body_util::Full<bytes::Bytes>> {
-        http::Request::post("https://api.example.test/v1/chat/completions")
-            .header("authorization", "Bearer sk-test-layer")
-            .body(http_body_util::Full::new(bytes::Bytes::from_static(
-                br#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}],"max_tokens":5}"#,
-            )))
-            .unwrap()
+        chat_request(AUTH)
     }
 
     fn request_key() -> PaceKey {
-        PaceKey::new("api.example.test")
-            .with_credential(b"Bearer sk-test-layer")
-            .with_model("gpt-4o-mini")
+        chat_key(AUTH)
     }
 
     #[tokio::test(start_paused = true)]
