@@ -232,6 +232,20 @@ mod tests {
         assert_eq!(at, [secs(0), secs(5), secs(10)]);
     }
 
+    /// A chat completion to `server`, streamed or not.
+    fn chat(
+        server: &crate::mock::MockServer,
+        stream: bool,
+    ) -> http::Request<http_body_util::Full<Bytes>> {
+        let body = format!(
+            r#"{{"model":"gpt-4o-mini","messages":[{{"role":"user","content":"Hi"}}],"stream":{stream}}}"#
+        );
+        http::Request::post(server.endpoint(Route::ChatCompletions))
+            .header("content-type", "application/json")
+            .body(http_body_util::Full::new(Bytes::from(body)))
+            .unwrap()
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_stream_duration_stretches_a_streamed_answer_only() {
         use hyper_util::client::legacy::Client;
@@ -244,13 +258,7 @@ mod tests {
         let client =
             Client::builder(TokioExecutor::new()).build_http::<http_body_util::Full<Bytes>>();
         for (stream, took) in [(true, 11), (false, 1)] {
-            let body = format!(
-                r#"{{"model":"gpt-4o-mini","messages":[{{"role":"user","content":"Hi"}}],"stream":{stream}}}"#
-            );
-            let req = http::Request::post(server.endpoint(Route::ChatCompletions))
-                .header("content-type", "application/json")
-                .body(http_body_util::Full::new(Bytes::from(body)))
-                .unwrap();
+            let req = chat(&server, stream);
             let start = Instant::now();
             let res = client.request(req).await.unwrap();
             let headers = start.elapsed();
@@ -303,13 +311,7 @@ mod tests {
                 .stall_streams(fraction, 2, Duration::from_secs(60), 7)
                 .start()
                 .await;
-            let body = format!(
-                r#"{{"model":"gpt-4o-mini","messages":[{{"role":"user","content":"Hi"}}],"stream":{stream}}}"#
-            );
-            let req = http::Request::post(server.endpoint(Route::ChatCompletions))
-                .header("content-type", "application/json")
-                .body(http_body_util::Full::new(Bytes::from(body)))
-                .unwrap();
+            let req = chat(&server, stream);
             let start = Instant::now();
             let mut body = client.request(req).await.unwrap().into_body();
             let mut frames = Vec::new();
