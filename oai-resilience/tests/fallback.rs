@@ -216,14 +216,18 @@ async fn a_closed_retry_budget_moves_on() {
     // refuses the retry: the stop reason alone moves the call on.
     let hosts = Hosts::default();
     hosts.answer("primary.test", 418);
-    let retrying_418 =
-        || OpenAiPolicy::new().retry_if(|e: &Error| e.kind() == ErrorKind::OtherStatus);
-    let closed = stack("primary.test").retry(RetryLayer::with_config(
-        RetryConfig::new()
-            .max_attempts(3)
-            .policy(retrying_418())
-            .budget(TokenBudget::new(0.0, 0.0)),
-    ));
+    // The primary: its policy retries a 418, `attempts` times at most, against `budget`.
+    let retrying_418 = |attempts: u32, budget: TokenBudget| {
+        stack("primary.test").retry(RetryLayer::with_config(
+            RetryConfig::new()
+                .max_attempts(attempts)
+                .policy(
+                    OpenAiPolicy::new().retry_if(|e: &Error| e.kind() == ErrorKind::OtherStatus),
+                )
+                .budget(budget),
+        ))
+    };
+    let closed = retrying_418(3, TokenBudget::new(0.0, 0.0));
     let svc = FallbackLayer::new()
         .route(Route::new("primary", closed))
         .route(Route::new("backup", stack("backup.test")))
@@ -233,12 +237,7 @@ async fn a_closed_retry_budget_moves_on() {
     assert_eq!(hosts.count("primary.test"), 1);
 
     // The same 418 with an open budget: the retries end on the maximum, and it stays.
-    let open = stack("primary.test").retry(RetryLayer::with_config(
-        RetryConfig::new()
-            .max_attempts(2)
-            .policy(retrying_418())
-            .budget(TokenBudget::new(1.0, 1000.0)),
-    ));
+    let open = retrying_418(2, TokenBudget::new(1.0, 1000.0));
     let svc = FallbackLayer::new()
         .route(Route::new("primary", open))
         .route(Route::new("backup", stack("backup.test")))

@@ -151,6 +151,17 @@ fn response(status: u16, headers: &[(&str, &str)], body: &str) -> Response<Full<
     b.body(Full::new(Bytes::from(body.to_owned()))).unwrap()
 }
 
+/// An upstream that answers every request 200 with `headers` and `body`.
+fn answering<B>(
+    headers: &'static [(&'static str, &'static str)],
+    body: &'static str,
+) -> impl Service<Request<B>, Response = Response<Full<Bytes>>, Error = Infallible, Future = impl Send>
+       + Clone {
+    service_fn(
+        move |_req: Request<B>| async move { Ok::<_, Infallible>(response(200, headers, body)) },
+    )
+}
+
 fn ok(id: &str) -> Response<Full<Bytes>> {
     response(200, &[("x-request-id", id)], r#"{"id":"chatcmpl-1"}"#)
 }
@@ -630,17 +641,14 @@ fn pacing_wait_names_the_limit_that_held_the_attempt() {
     let snapshotter = recorder.snapshotter();
     let tee = Arc::new(Tee::default());
     // A bucket of one request, empty after each answer, full again in 1 s.
-    let upstream = service_fn(|_req: Request<_>| async {
-        Ok::<_, Infallible>(response(
-            200,
-            &[
-                ("x-ratelimit-limit-requests", "1"),
-                ("x-ratelimit-remaining-requests", "0"),
-                ("x-ratelimit-reset-requests", "1s"),
-            ],
-            r#"{"id":"c"}"#,
-        ))
-    });
+    let upstream = answering(
+        &[
+            ("x-ratelimit-limit-requests", "1"),
+            ("x-ratelimit-remaining-requests", "0"),
+            ("x-ratelimit-reset-requests", "1s"),
+        ],
+        r#"{"id":"c"}"#,
+    );
     let mut svc = OpenAiLayer::new()
         .observer(tee.clone())
         .auth(AuthLayer::from_key(KEY))
@@ -673,13 +681,9 @@ fn tokens_used_reports_the_usage_the_usage_layer_reads() {
     let recorder = DebuggingRecorder::new();
     let snapshotter = recorder.snapshotter();
     let tee = Arc::new(Tee::default());
-    let upstream = service_fn(|_req: Request<_>| async {
-        Ok::<_, Infallible>(response(
-            200,
-            &[],
-            r#"{"id":"c","usage":{"prompt_tokens":12,"completion_tokens":3,"total_tokens":15}}"#,
-        ))
-    });
+    let usage =
+        r#"{"id":"c","usage":{"prompt_tokens":12,"completion_tokens":3,"total_tokens":15}}"#;
+    let upstream = answering(&[], usage);
     let mut svc = OpenAiLayer::new()
         .observer(tee.clone())
         .auth(AuthLayer::from_key(KEY))
