@@ -17,7 +17,9 @@
 //!   plus `hint`, `request_id` and `attempts`. The hint is also appended to `message`, which
 //!   is what a user sees in an SDK's exception.
 //! - **Headers**: `x-should-retry: false` (the stack has already retried whatever could
-//!   succeed, and the SDKs obey the header, so their own retries do not multiply requests),
+//!   succeed, and the SDKs obey the header, so their own retries do not multiply requests;
+//!   `true` for an open circuit, which sent nothing: the client may come back after
+//!   `retry-after`, when the breaker lets a probe through),
 //!   [`HINT_HEADER`], [`ATTEMPTS_HEADER`], `x-request-id` when the upstream gave one, and
 //!   `retry-after-ms`/`retry-after` when a delay is known.
 //!
@@ -166,6 +168,11 @@ struct Answer<'a> {
     request_id: Option<&'a str>,
     attempts: u32,
     retry_after: Option<std::time::Duration>,
+    /// `x-should-retry`: `true` only for an open circuit (nothing was sent and the stack did
+    /// not retry it: the client may come back after `retry-after`, when a probe is let
+    /// through); `false` for the rest, which the stack has already retried or which cannot
+    /// succeed.
+    should_retry: bool,
 }
 
 impl<'a> Answer<'a> {
@@ -191,6 +198,7 @@ impl<'a> Answer<'a> {
             request_id: err.request_id(),
             attempts: attempts(err),
             retry_after: err.retry_after(),
+            should_retry: err.kind() == ErrorKind::CircuitOpen,
         }
     }
 
@@ -224,7 +232,10 @@ impl<'a> Answer<'a> {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
-        headers.insert("x-should-retry", HeaderValue::from_static("false"));
+        headers.insert(
+            "x-should-retry",
+            HeaderValue::from_static(if self.should_retry { "true" } else { "false" }),
+        );
         if let Ok(v) = HeaderValue::from_str(&self.hint) {
             headers.insert(HINT_HEADER, v);
         }
@@ -294,6 +305,7 @@ pub fn local_response(
         request_id: None,
         attempts: 0,
         retry_after: None,
+        should_retry: false,
     }
     .response()
 }

@@ -471,6 +471,8 @@ async fn the_error_maps_to_a_503_with_retry_after() {
     let res = oai_resilience::respond::error_response(&err);
     assert_eq!(res.status(), 503);
     assert_eq!(res.headers()["retry-after"], "30");
+    // Nothing was sent: a client may come back after the delay (an SDK obeys the header).
+    assert_eq!(res.headers()["x-should-retry"], "true");
     let v: serde_json::Value = serde_json::from_slice(res.body()).unwrap();
     assert_eq!(v["error"]["code"], "circuit_open");
     assert_eq!(v["error"]["attempts"], 0, "nothing was sent");
