@@ -193,7 +193,7 @@ where
         Err(e) => (Bytes::new(), e.downcast_ref::<LengthLimitError>().is_some()),
     };
 
-    let (outcome, request_id, rate_headers) = {
+    let (outcome, request_id, rate_headers, stall) = {
         let mut s = shared.lock();
         let request_id = format!("req_{}", bodies::hex(&mut s.id_rng, 2));
         let (outcome, rate) = s.decide(
@@ -204,18 +204,15 @@ where
             &body,
             too_large,
         );
-        (outcome, request_id, rate)
-    };
-    let stall = {
-        let mut s = shared.lock();
         let stream = outcome.content_type == sse::EVENT_STREAM && outcome.status.is_success();
-        let config = s.config.stall;
-        match config {
+        let stall_config = s.config.stall;
+        let stall = match stall_config {
             Some(st) if stream && s.stall_rng.next_f64() < st.fraction => {
                 Some((st.after_events, st.pause))
             }
             _ => None,
-        }
+        };
+        (outcome, request_id, rate, stall)
     };
 
     // The rate limiter answers before the model runs: its 429s come back without the model's
