@@ -1,11 +1,13 @@
 //! Item 6 of issue #20: the optional TOML file (`--config FILE`), with the precedence
 //! flag > environment variable > file > default, and a bad file as a clear error (exit 2).
 
+mod support;
+
 use std::path::PathBuf;
 use std::time::Duration;
 
-use oai_gateway::config::{Command, LogFormat};
-use oai_gateway::{Config, ConfigError};
+use oai_gateway::config::LogFormat;
+use support::parse;
 
 fn file(name: &str, text: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("oai-gateway-config-{}", std::process::id()));
@@ -13,18 +15,6 @@ fn file(name: &str, text: &str) -> PathBuf {
     let path = dir.join(name);
     std::fs::write(&path, text).unwrap();
     path
-}
-
-fn parse(args: &[&str], env: &[(&str, &str)]) -> Result<Config, ConfigError> {
-    let env: Vec<(String, String)> = env
-        .iter()
-        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-        .collect();
-    let lookup = move |name: &str| env.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
-    match Config::from_args(args.iter().copied(), &lookup)? {
-        Command::Run(c) => Ok(*c),
-        Command::Help => panic!("help"),
-    }
 }
 
 const FILE: &str = r#"

@@ -13,12 +13,11 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::{client::legacy::Client, rt::TokioExecutor};
-use oai_gateway::config::Command;
 use oai_gateway::gateway::ROUTE_HEADER;
-use oai_gateway::{Config, ConfigError};
 use oai_resilience::mock::{MockResponse, MockServer, Route};
 use oai_resilience::RetryConfig;
 use serde_json::Value;
+use support::parse;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const KEY: &str = "sk-proj-AbCdEfGhIjKlMnOpQrStUvWxYz0123456789";
@@ -435,18 +434,6 @@ async fn access_key_callers_get_each_routes_own_key_and_header() {
     let a = chat(addr, "gw-not-an-access-key").await;
     assert_eq!(a.status, 401);
     assert_eq!((primary.requests().len(), backup.requests().len()), (1, 1));
-}
-
-fn parse(args: &[&str], env: &[(&str, &str)]) -> Result<Config, ConfigError> {
-    let env: Vec<(String, String)> = env
-        .iter()
-        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-        .collect();
-    let lookup = move |name: &str| env.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
-    match Config::from_args(args.iter().copied(), &lookup)? {
-        Command::Run(c) => Ok(*c),
-        Command::Help => panic!("help"),
-    }
 }
 
 #[test]

@@ -6,8 +6,9 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use oai_gateway::config::Command;
 use oai_gateway::server::{self, Limits};
-use oai_gateway::{Config, Gateway};
+use oai_gateway::{Config, ConfigError, Gateway};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -15,18 +16,23 @@ pub const KEY: &str = "sk-proj-AbCdEfGhIjKlMnOpQrStUvWxYz0123456789";
 pub const SERVER_KEY: &str = "sk-proj-SeRvErKeYsErVeRkEy0123456789abcdef";
 pub const CHAT: &str = r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Hi"}]}"#;
 
-/// A config for `upstream` with a fake environment `env` (name, value), parsed as the binary
-/// parses its command line.
-pub fn config(args: &[&str], env: &[(&str, &str)]) -> Config {
+/// The config of `args` with a fake environment `env` (name, value), parsed as the binary
+/// parses its command line, or its error.
+pub fn parse(args: &[&str], env: &[(&str, &str)]) -> Result<Config, ConfigError> {
     let env: Vec<(String, String)> = env
         .iter()
         .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
         .collect();
     let lookup = move |name: &str| env.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
-    match Config::from_args(args.iter().copied(), &lookup) {
-        Ok(oai_gateway::config::Command::Run(c)) => *c,
-        other => panic!("{args:?}: {other:?}"),
+    match Config::from_args(args.iter().copied(), &lookup)? {
+        Command::Run(c) => Ok(*c),
+        Command::Help => panic!("{args:?}: help"),
     }
+}
+
+/// The config of `args` with a fake environment `env`, which must be valid.
+pub fn config(args: &[&str], env: &[(&str, &str)]) -> Config {
+    parse(args, env).unwrap_or_else(|e| panic!("{args:?}: {e:?}"))
 }
 
 /// Starts a gateway for `config` on a free loopback port; it serves until the test ends.
