@@ -243,16 +243,9 @@ struct Bucket {
     failures: u32,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Phase {
-    Closed,
-    Open { until: Instant },
-    HalfOpen,
-}
-
 #[derive(Debug)]
 struct Circuit {
-    phase: Phase,
+    phase: CircuitState,
     generation: u64,
     buckets: [Bucket; BUCKETS],
     consecutive: u32,
@@ -327,7 +320,7 @@ impl Circuits {
             ..
         } = &mut *reg;
         let c = circuits.entry(key.clone()).or_insert_with(|| Circuit {
-            phase: Phase::Closed,
+            phase: CircuitState::Closed,
             generation: 0,
             buckets: [Bucket::default(); BUCKETS],
             consecutive: 0,
@@ -338,9 +331,9 @@ impl Circuits {
             reason: String::new(),
         });
         c.last_used = now;
-        if let Phase::Open { until } = c.phase {
+        if let CircuitState::Open { until } = c.phase {
             if now >= until {
-                c.phase = Phase::HalfOpen;
+                c.phase = CircuitState::HalfOpen;
                 c.generation = take_generation(next_generation);
                 c.probes_in_flight = 0;
                 c.probe_successes = 0;
@@ -348,14 +341,14 @@ impl Circuits {
             }
         }
         match c.phase {
-            Phase::Closed => {
+            CircuitState::Closed => {
                 c.counters.admitted += 1;
                 Ok(Permit {
                     generation: c.generation,
                     probe: false,
                 })
             }
-            Phase::HalfOpen if c.probes_in_flight < s.probes => {
+            CircuitState::HalfOpen if c.probes_in_flight < s.probes => {
                 c.probes_in_flight += 1;
                 c.counters.admitted += 1;
                 Ok(Permit {
@@ -363,7 +356,7 @@ impl Circuits {
                     probe: true,
                 })
             }
-            Phase::HalfOpen => {
+            CircuitState::HalfOpen => {
                 c.counters.rejected += 1;
                 Err(Error::new(ErrorKind::CircuitOpen).with_detail(format!(
                     "circuit half-open for {key} ({}): {} probe{} in flight, nothing sent",
@@ -372,7 +365,7 @@ impl Circuits {
                     if c.probes_in_flight == 1 { "" } else { "s" }
                 )))
             }
-            Phase::Open { until } => {
+            CircuitState::Open { until } => {
                 c.counters.rejected += 1;
                 let left = until.saturating_duration_since(now);
                 Err(Error::new(ErrorKind::CircuitOpen)
@@ -416,7 +409,7 @@ impl Circuits {
             return;
         }
         match c.phase {
-            Phase::Closed => {
+            CircuitState::Closed => {
                 if outcome == Outcome::Ignored {
                     return;
                 }
@@ -457,7 +450,7 @@ impl Circuits {
                     open(c, key, now, s.open_for, reason, failure, next_generation);
                 }
             }
-            Phase::HalfOpen if permit.probe => {
+            CircuitState::HalfOpen if permit.probe => {
                 c.probes_in_flight = c.probes_in_flight.saturating_sub(1);
                 match outcome {
                     Outcome::Failure => open(
@@ -472,7 +465,7 @@ impl Circuits {
                     Outcome::Success => {
                         c.probe_successes += 1;
                         if c.probe_successes >= s.probes {
-                            c.phase = Phase::Closed;
+                            c.phase = CircuitState::Closed;
                             c.generation = take_generation(next_generation);
                             c.buckets = [Bucket::default(); BUCKETS];
                             c.consecutive = 0;
@@ -490,10 +483,9 @@ impl Circuits {
     pub(crate) fn state(&self, key: &BreakerKey) -> CircuitState {
         let reg = self.lock();
         match reg.circuits.get(key).map(|c| c.phase) {
-            None | Some(Phase::Closed) => CircuitState::Closed,
-            Some(Phase::Open { until }) if Instant::now() >= until => CircuitState::HalfOpen,
-            Some(Phase::Open { until }) => CircuitState::Open { until },
-            Some(Phase::HalfOpen) => CircuitState::HalfOpen,
+            None => CircuitState::Closed,
+            Some(CircuitState::Open { until }) if Instant::now() >= until => CircuitState::HalfOpen,
+            Some(phase) => phase,
         }
     }
 
@@ -521,7 +513,7 @@ fn open(
     failure: Option<&str>,
     next_generation: &mut u64,
 ) {
-    c.phase = Phase::Open {
+    c.phase = CircuitState::Open {
         until: now + open_for,
     };
     c.generation = take_generation(next_generation);
@@ -552,7 +544,7 @@ impl Registry {
         }
         let idle = window.saturating_mul(2);
         self.circuits.retain(|_, c| {
-            c.phase != Phase::Closed || now.saturating_duration_since(c.last_used) < idle
+            c.phase != CircuitState::Closed || now.saturating_duration_since(c.last_used) < idle
         });
         self.prune_at = (self.circuits.len() * 2).max(PRUNE_FLOOR);
     }
