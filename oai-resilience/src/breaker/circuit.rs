@@ -1,6 +1,7 @@
 //! The circuits: configuration, the state machine of one upstream and key, the shared registry.
 
 use std::collections::HashMap;
+use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -379,13 +380,14 @@ impl Circuits {
         }
     }
 
-    /// Records the outcome of a call let through by `permit`.
+    /// Records the outcome of a call let through by `permit`. `failure` describes the call's
+    /// failure; it is formatted only when the circuit opens.
     pub(crate) fn record(
         &self,
         key: &BreakerKey,
         permit: Permit,
         outcome: Outcome,
-        failure: Option<&str>,
+        failure: Option<&dyn fmt::Display>,
     ) {
         let now = Instant::now();
         let s = &self.config.settings;
@@ -510,7 +512,7 @@ fn open(
     now: Instant,
     open_for: Duration,
     reason: String,
-    failure: Option<&str>,
+    failure: Option<&dyn fmt::Display>,
     next_generation: &mut u64,
 ) {
     c.phase = CircuitState::Open {
@@ -570,7 +572,7 @@ mod tests {
         let k = BreakerKey::new("up");
         let call = |o| {
             let p = c.admit(&k).unwrap();
-            c.record(&k, p, o, Some("503 server_error"));
+            c.record(&k, p, o, Some(&"503 server_error"));
         };
         call(Outcome::Failure);
         call(Outcome::Failure);

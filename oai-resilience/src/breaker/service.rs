@@ -186,10 +186,23 @@ pub(crate) struct Guard {
 }
 
 impl Guard {
-    fn finish(&mut self, outcome: Outcome, failure: Option<&str>) {
+    fn finish(&mut self, outcome: Outcome, failure: Option<&dyn fmt::Display>) {
         self.done = true;
         self.circuits
             .record(&self.key, self.permit, outcome, failure);
+    }
+}
+
+/// How a failed call is named in the reason of a circuit that it opens: the status and the
+/// kind (`503 server_error`), or the kind alone.
+struct FailureText<'a>(&'a Error);
+
+impl fmt::Display for FailureText<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0.status() {
+            Some(s) => write!(f, "{} {}", s.as_u16(), self.0.kind()),
+            None => write!(f, "{}", self.0.kind()),
+        }
     }
 }
 
@@ -272,16 +285,12 @@ pub mod future {
                     let result = ready!(fut.poll(cx)).map_err(Error::from_service_error);
                     match &result {
                         Ok(res) if res.status().is_server_error() => {
-                            guard.finish(Outcome::Failure, Some(res.status().as_str()))
+                            guard.finish(Outcome::Failure, Some(&res.status().as_str()))
                         }
                         Ok(_) => guard.finish(Outcome::Success, None),
                         Err(e) => {
                             let outcome = guard.circuits.config().outcome_of_error(e);
-                            let what = match e.status() {
-                                Some(s) => format!("{} {}", s.as_u16(), e.kind()),
-                                None => e.kind().to_string(),
-                            };
-                            guard.finish(outcome, Some(&what));
+                            guard.finish(outcome, Some(&FailureText(e)));
                         }
                     }
                     Poll::Ready(result)
