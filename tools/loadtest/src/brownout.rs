@@ -363,8 +363,7 @@ pub(crate) async fn run_row(cfg: &Brownout, which: Client3) -> Result<Row, BoxEr
 
 /// Whether the command line asks for `brownout` (`--scenario brownout`).
 pub(crate) fn asked(args: &[String]) -> bool {
-    args.windows(2)
-        .any(|w| w[0] == "--scenario" && w[1] == "brownout")
+    super::scenario_asked(args, "brownout")
 }
 
 /// The options of `--scenario brownout`: (`--json`, the timing with `--outage-ms`).

@@ -1658,6 +1658,11 @@ impl Args {
     }
 }
 
+/// Whether the command line asks for scenario `name` (`--scenario <name>`).
+pub(crate) fn scenario_asked(raw: &[String], name: &str) -> bool {
+    raw.windows(2).any(|w| w[0] == "--scenario" && w[1] == name)
+}
+
 #[tokio::main]
 async fn main() -> Result<(), BoxError> {
     let raw: Vec<String> = std::env::args().skip(1).collect();

@@ -84,8 +84,7 @@ Usage: loadtest --scenario stall [--n N] [--concurrency C] [--idle-ms MS] [--dea
 
 /// Whether the command line asks for this scenario (`--scenario stall`).
 pub(crate) fn requested(raw: &[String]) -> bool {
-    raw.windows(2)
-        .any(|w| w[0] == "--scenario" && w[1] == "stall")
+    super::scenario_asked(raw, "stall")
 }
 
 fn parse(raw: &[String]) -> Result<Options, String> {

@@ -91,8 +91,7 @@ Usage: loadtest --scenario tpm [--n N] [--concurrency C] [--tpm TOKENS] [--rpm R
 
 /// Whether the command line asks for this scenario (`--scenario tpm`).
 pub(crate) fn requested(raw: &[String]) -> bool {
-    raw.windows(2)
-        .any(|w| w[0] == "--scenario" && w[1] == "tpm")
+    super::scenario_asked(raw, "tpm")
 }
 
 fn parse(raw: &[String]) -> Result<Options, String> {
