@@ -5,12 +5,13 @@
 mod support;
 
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use oai_resilience::mock::MockServer;
 use support::{config, raw, request, start, RawUpstream, CHAT, KEY};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 
 #[tokio::test]
 async fn healthz_and_readyz() {
@@ -37,7 +38,7 @@ async fn healthz_and_readyz() {
     assert!(res.json()["reason"].as_str().unwrap().contains("resolve"));
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn an_oversized_declared_body_is_refused_at_once() {
     let upstream = RawUpstream::start().await;
     let gw = start(config(
@@ -95,7 +96,7 @@ async fn closed_within(stream: &mut TcpStream, within: Duration) -> bool {
     .is_ok()
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn slow_clients_are_cut_off() {
     let upstream = RawUpstream::start().await;
     let gw = start(config(
@@ -134,7 +135,7 @@ async fn slow_clients_are_cut_off() {
     assert!(upstream.received().is_empty());
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn connections_over_the_cap_wait() {
     let upstream = RawUpstream::start().await;
     let gw = start(config(
@@ -464,7 +465,7 @@ async fn each_slow_client_shape_is_cut_within_its_timeout() {
     for (shape, bytes, slow, expected) in cases {
         let stream = TcpStream::connect(gw).await.unwrap();
         let (mut r, mut w) = stream.into_split();
-        let start = tokio::time::Instant::now();
+        let start = Instant::now();
         if slow {
             // The head at once when there is a body, so that the body is what trickles.
             let split = if expected.is_some() {
@@ -497,7 +498,7 @@ async fn each_slow_client_shape_is_cut_within_its_timeout() {
     let mut buf = [0u8; 1024];
     let n = r.read(&mut buf).await.unwrap();
     assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
-    let start = tokio::time::Instant::now();
+    let start = Instant::now();
     let status = tokio::time::timeout(Duration::from_secs(30), status_then_close(&mut r))
         .await
         .expect("an idle kept-alive connection is still open after 30 s");
