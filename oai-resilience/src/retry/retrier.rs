@@ -171,9 +171,7 @@ impl Retrier {
     /// [`start_attempt`](Self::start_attempt) for an attempt that sends `req`: the observer
     /// also learns the route (the path) and the model (the [`RequestModel`] extension).
     pub fn start_attempt_for<B>(&mut self, req: &Request<B>) -> u32 {
-        if self.model.is_none()
-            && (self.config.settings().observer.is_some() || !self.call_span.is_disabled())
-        {
+        if self.model.is_none() && self.wants_response_meta() {
             self.model = req.extensions().get::<RequestModel>().map(|m| m.0.clone());
         }
         let n = self.start(Some(req.uri().path()));
@@ -255,23 +253,35 @@ impl Retrier {
         if let Some(b) = self.config.settings().budget.as_ref() {
             b.on_success();
         }
-        span::record_attempt_end(&self.attempt_span, status, None, request_id);
+        self.observe_attempt_end(status, None, request_id);
         self.end_attempt_span();
         span::record_call_end(&self.call_span, self.attempts.max(1), request_id, None);
         if let Some(observer) = self.observer() {
-            let model = self.model.as_deref();
-            observer.attempt_finished(&AttemptFinished {
-                attempt: self.attempts.max(1),
-                status,
-                error: None,
-                request_id,
-                latency: self.attempt_latency(),
-                model,
-            });
             observer.call_succeeded(&CallSucceeded {
                 attempts: self.attempts.max(1),
                 elapsed: self.elapsed(),
-                model,
+                model: self.model.as_deref(),
+            });
+        }
+    }
+
+    /// Tells the attempt span and the observer, if any ([`Observer::attempt_finished`]), how
+    /// the current attempt ended.
+    fn observe_attempt_end(
+        &self,
+        status: Option<StatusCode>,
+        error: Option<ErrorKind>,
+        request_id: Option<&str>,
+    ) {
+        span::record_attempt_end(&self.attempt_span, status, error, request_id);
+        if let Some(observer) = self.observer() {
+            observer.attempt_finished(&AttemptFinished {
+                attempt: self.attempts.max(1),
+                status,
+                error,
+                request_id,
+                latency: self.attempt_latency(),
+                model: self.model.as_deref(),
             });
         }
     }
@@ -279,25 +289,12 @@ impl Retrier {
     /// Tells the observer, if any, and the attempt span that the current attempt failed with
     /// `err`.
     fn observe_failure(&self, err: &Error) {
-        span::record_attempt_end(
-            &self.attempt_span,
-            err.status(),
-            Some(err.kind()),
-            err.request_id(),
-        );
+        self.observe_attempt_end(err.status(), Some(err.kind()), err.request_id());
         let Some(observer) = self.observer() else {
             return;
         };
         let attempt = self.attempts.max(1);
         let model = self.model.as_deref();
-        observer.attempt_finished(&AttemptFinished {
-            attempt,
-            status: err.status(),
-            error: Some(err.kind()),
-            request_id: err.request_id(),
-            latency: self.attempt_latency(),
-            model,
-        });
         let kind = match err.kind() {
             ErrorKind::RateLimited => RateLimitKind::RateLimit,
             ErrorKind::QuotaExceeded => RateLimitKind::Quota,
@@ -452,18 +449,8 @@ impl Retrier {
     /// Records an attempt that failed with an error the retry machinery cannot classify (a
     /// [`RetryableError`] without an [`Error`] inside): it is not retried.
     pub fn on_unclassified(&mut self) -> Decision {
-        span::record_attempt_end(&self.attempt_span, None, Some(ErrorKind::Internal), None);
+        self.observe_attempt_end(None, Some(ErrorKind::Internal), None);
         self.end_attempt_span();
-        if let Some(observer) = self.observer() {
-            observer.attempt_finished(&AttemptFinished {
-                attempt: self.attempts.max(1),
-                status: None,
-                error: Some(ErrorKind::Internal),
-                request_id: None,
-                latency: self.attempt_latency(),
-                model: self.model.as_deref(),
-            });
-        }
         self.outcomes.push(AttemptOutcome {
             attempt: self.attempts.max(1),
             kind: ErrorKind::Internal,
@@ -534,7 +521,7 @@ impl Retrier {
 
     /// [`Retrier::finish`] for any [`RetryableError`].
     pub fn finish_as<E: RetryableError>(&self, err: E, stop: StopReason) -> E {
-        if self.observer().is_some() || !self.call_span.is_disabled() {
+        if self.wants_response_meta() {
             let (kind, status, request_id) = err
                 .classification()
                 .map_or((ErrorKind::Internal, None, None), |e| {
