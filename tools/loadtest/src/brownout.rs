@@ -142,17 +142,12 @@ impl Row {
     }
 
     pub(crate) fn json(&self) -> serde_json::Value {
-        let by_kind: serde_json::Map<String, serde_json::Value> = self
-            .failed_by_kind
-            .iter()
-            .map(|(k, n)| (k.clone(), (*n).into()))
-            .collect();
         serde_json::json!({
             "scenario": "brownout",
             "client": self.client.label(),
             "calls": self.calls,
             "failed": self.failed,
-            "failed_by_kind": by_kind,
+            "failed_by_kind": super::kinds_json(&self.failed_by_kind),
             "calls_during_outage": self.calls_during_outage,
             "primary_requests_during_outage": self.primary_requests_during_outage,
             "primary_requests_over_calls_during_outage": self.outage_ratio(),
@@ -165,15 +160,7 @@ impl Row {
     }
 
     pub(crate) fn table_row(&self) -> String {
-        let failed = if self.failed_by_kind.is_empty() {
-            "0".to_string()
-        } else {
-            self.failed_by_kind
-                .iter()
-                .map(|(k, n)| format!("{n} {k}"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
+        let failed = super::kinds_cell(&self.failed_by_kind);
         format!(
             "| brownout | {} | {} | {failed} | {} | {} ({:.1} %) | {} | {} | {} |",
             self.client.label(),

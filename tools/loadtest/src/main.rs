@@ -502,18 +502,13 @@ impl Run {
 
     /// `{"client":..,"ok":..,"failed":..,...}`.
     pub(crate) fn json(&self) -> serde_json::Value {
-        let by_kind: serde_json::Map<String, serde_json::Value> = self
-            .failed_by_kind
-            .iter()
-            .map(|(k, n)| (k.clone(), (*n).into()))
-            .collect();
         serde_json::json!({
             "client": self.label(),
             "http_client": self.client.name(),
             "calls": self.calls,
             "ok": self.ok,
             "failed": self.failed(),
-            "failed_by_kind": by_kind,
+            "failed_by_kind": kinds_json(&self.failed_by_kind),
             "requests_sent": self.requests_sent,
             "wall_s": self.wall.as_secs_f64(),
             "p50_ms": self.p50.as_secs_f64() * 1e3,
@@ -1360,16 +1355,29 @@ fn median_by_rps(mut runs: Vec<Run>) -> Option<Run> {
     Some(runs.swap_remove(mid))
 }
 
+/// Failed calls by kind as a JSON object (kind → count).
+pub(crate) fn kinds_json(kinds: &[(String, usize)]) -> serde_json::Value {
+    kinds
+        .iter()
+        .map(|(k, n)| (k.clone(), serde_json::Value::from(*n)))
+        .collect::<serde_json::Map<_, _>>()
+        .into()
+}
+
+/// Failed calls by kind as a table cell: `0`, or `3 timeout, 1 server`.
+pub(crate) fn kinds_cell(kinds: &[(String, usize)]) -> String {
+    if kinds.is_empty() {
+        return "0".to_string();
+    }
+    kinds
+        .iter()
+        .map(|(k, n)| format!("{n} {k}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 fn row(name: &str, r: &Run, minimum: Option<Duration>) -> String {
-    let failed = if r.failed_by_kind.is_empty() {
-        "0".to_string()
-    } else {
-        r.failed_by_kind
-            .iter()
-            .map(|(k, n)| format!("{n} {k}"))
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
+    let failed = kinds_cell(&r.failed_by_kind);
     let ratio = r
         .over(minimum)
         .map_or("-".to_string(), |w| format!("{w:.3}x"));
