@@ -88,10 +88,14 @@ where
             ),
         });
         let req = Request::from_parts(parts, body);
-        let key_model = match &self.observer {
-            Some(_) => key.model().map(str::to_owned),
-            None => None,
-        };
+        let watch = self.observer.clone().map(|observer| {
+            let model = req
+                .extensions()
+                .get::<RequestModel>()
+                .map(|m| m.0.clone())
+                .or_else(|| key.model().map(Arc::from));
+            (observer, model)
+        });
         let deadline = req.extensions().get::<CallDeadline>().map(|d| d.0);
         let priority = req
             .extensions()
@@ -119,14 +123,6 @@ where
                 }))
             }
         };
-        let watch = self.observer.clone().map(|observer| {
-            let model = req
-                .extensions()
-                .get::<RequestModel>()
-                .map(|m| m.0.clone())
-                .or_else(|| key_model.map(Arc::from));
-            (observer, model)
-        });
         ResponseFuture::new(acquire, self.inner.clone(), req, watch)
     }
 }
