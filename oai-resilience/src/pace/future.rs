@@ -15,10 +15,9 @@ use super::is_paced_locally;
 use super::key::PaceKey;
 use super::pacer::{Acquire, Permit};
 use super::probe::ProbeGuard;
-use super::store::{outcome, report_to_store, PacingStore};
+use super::store::{outcome, report_to_store, response_snapshot, PacingStore};
 use crate::error::{Error, ErrorKind};
 use crate::observe::{PacingWait, SharedObserver, TokensUsed};
-use crate::parse::RateLimitSnapshot;
 use crate::usage::UsageSlot;
 
 /// The observer of a call and the model its request names.
@@ -254,11 +253,7 @@ fn listen(slot: &UsageSlot, permit: Option<&Slot>, watch: Option<Watch>) {
 fn report<B>(permit: Permit, res: &Result<Response<B>, Error>) {
     match res {
         Ok(r) => {
-            let snap = r
-                .extensions()
-                .get::<RateLimitSnapshot>()
-                .copied()
-                .unwrap_or_else(|| RateLimitSnapshot::from_headers(r.headers()));
+            let snap = response_snapshot(r);
             permit.on_response(Some(&snap).filter(|s| !s.is_empty()));
         }
         Err(e) if e.kind() == ErrorKind::RateLimited && !is_paced_locally(e) => {

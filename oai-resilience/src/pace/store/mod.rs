@@ -25,7 +25,9 @@ pub use in_process::InProcessStore;
 pub(crate) use model::KeyModel;
 #[cfg(feature = "redis")]
 pub(crate) use model::ModelAdmission;
-pub(crate) use wait::{admit_until, deadline_limit, outcome, paced_locally, report_to_store};
+pub(crate) use wait::{
+    admit_until, deadline_limit, outcome, paced_locally, report_to_store, response_snapshot,
+};
 
 /// A boxed future returned by [`PacingStore`] methods.
 pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, Error>> + Send + 'a>>;

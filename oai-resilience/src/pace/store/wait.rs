@@ -66,6 +66,15 @@ pub(crate) async fn admit_until(
     }
 }
 
+/// A response's rate-limit snapshot: the one the classify layer attached, else read from its
+/// headers.
+pub(crate) fn response_snapshot<ResB>(r: &http::Response<ResB>) -> crate::parse::RateLimitSnapshot {
+    r.extensions()
+        .get::<crate::parse::RateLimitSnapshot>()
+        .copied()
+        .unwrap_or_else(|| crate::parse::RateLimitSnapshot::from_headers(r.headers()))
+}
+
 /// What a call's result tells the store: the rate-limit snapshot, and `Some(hint)` for a
 /// server 429.
 pub(crate) fn outcome<ResB>(
@@ -75,15 +84,7 @@ pub(crate) fn outcome<ResB>(
     Option<Option<Duration>>,
 ) {
     match res {
-        Ok(r) => (
-            Some(
-                r.extensions()
-                    .get::<crate::parse::RateLimitSnapshot>()
-                    .copied()
-                    .unwrap_or_else(|| crate::parse::RateLimitSnapshot::from_headers(r.headers())),
-            ),
-            None,
-        ),
+        Ok(r) => (Some(response_snapshot(r)), None),
         Err(e) => (
             e.rate_limit().copied(),
             (e.kind() == crate::ErrorKind::RateLimited && e.status().is_some())
