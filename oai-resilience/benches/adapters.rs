@@ -102,6 +102,21 @@ impl Clients {
             .unwrap()
     }
 
+    /// The chat request of the `ClientWithMiddleware` sides, sent through `client`.
+    async fn send_mw(
+        &self,
+        client: &reqwest_middleware::ClientWithMiddleware,
+    ) -> reqwest::Response {
+        client
+            .post(&self.url)
+            .header("content-type", "application/json")
+            .bearer_auth(KEY)
+            .body(CHAT)
+            .send()
+            .await
+            .unwrap()
+    }
+
     /// One call of side `side`.
     fn call(&self, side: Side) -> Call<'_> {
         match side {
@@ -136,27 +151,11 @@ impl Clients {
             // stack checks the key and does not write it (writing it is the auth layer's
             // work, not the adapter's).
             Side::ReqwestMiddleware => Box::pin(async move {
-                let res = self
-                    .reqwest_mw
-                    .post(&self.url)
-                    .header("content-type", "application/json")
-                    .bearer_auth(KEY)
-                    .body(CHAT)
-                    .send()
-                    .await
-                    .unwrap();
+                let res = self.send_mw(&self.reqwest_mw).await;
                 black_box(res.bytes().await.unwrap());
             }),
             Side::ReqwestMiddlewareNone => Box::pin(async move {
-                let res = self
-                    .reqwest_mw_none
-                    .post(&self.url)
-                    .header("content-type", "application/json")
-                    .bearer_auth(KEY)
-                    .body(CHAT)
-                    .send()
-                    .await
-                    .unwrap();
+                let res = self.send_mw(&self.reqwest_mw_none).await;
                 assert!(res.status().is_success());
                 black_box(res.bytes().await.unwrap());
             }),
