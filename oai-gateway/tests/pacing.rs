@@ -19,7 +19,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use oai_resilience::RetryConfig;
-use support::{config, request, start, CHAT, KEY};
+use support::{config, request, start, RawResponse, CHAT, KEY};
 use tokio::net::TcpListener;
 use tokio::time::Instant;
 
@@ -60,46 +60,44 @@ async fn one_per_second() -> (SocketAddr, Arc<AtomicUsize>) {
     (addr, count)
 }
 
-#[tokio::test(start_paused = true)]
-async fn calls_that_cannot_be_paced_within_max_pacing_wait_get_a_typed_429() {
+/// A gateway over [`one_per_second`] with `--max-pacing-wait max_wait` and one attempt per
+/// call (what the pacer answers reaches the client as it is), and the upstream's request
+/// count.
+async fn paced_gateway(max_wait: &str) -> (SocketAddr, Arc<AtomicUsize>) {
     let (upstream, sent) = one_per_second().await;
     let mut c = config(
         &[
             "--upstream",
             &format!("http://{upstream}/v1"),
             "--max-pacing-wait",
-            "2s",
+            max_wait,
         ],
         &[],
     );
-    // One attempt per call: what the pacer answers reaches the client as it is.
     c.retry = RetryConfig::new().max_attempts(1).seed(1);
-    let gw = start(c).await;
+    (start(c).await, sent)
+}
+
+/// A chat call with the caller's key and the headers `extra`.
+async fn chat(gw: SocketAddr, extra: &[(&str, &str)]) -> RawResponse {
     let auth = format!("Bearer {KEY}");
+    let mut headers = vec![("authorization", auth.as_str())];
+    headers.extend_from_slice(extra);
+    request(gw, "POST", "/v1/chat/completions", &headers, CHAT).await
+}
+
+#[tokio::test(start_paused = true)]
+async fn calls_that_cannot_be_paced_within_max_pacing_wait_get_a_typed_429() {
+    let (gw, sent) = paced_gateway("2s").await;
     // The first call teaches the pacer the limit: one per second, none left.
-    let first = request(
-        gw,
-        "POST",
-        "/v1/chat/completions",
-        &[("authorization", &auth)],
-        CHAT,
-    )
-    .await;
+    let first = chat(gw, &[]).await;
     assert_eq!(first.status, 200, "{}", first.body);
     // Ten calls at once: the bucket admits one a second, so two fit in the 2 s wait.
     let t0 = Instant::now();
     let calls: Vec<_> = (0..10)
         .map(|_| {
-            let auth = auth.clone();
             tokio::spawn(async move {
-                let res = request(
-                    gw,
-                    "POST",
-                    "/v1/chat/completions",
-                    &[("authorization", &auth)],
-                    CHAT,
-                )
-                .await;
+                let res = chat(gw, &[]).await;
                 (res, t0.elapsed())
             })
         })
@@ -139,37 +137,11 @@ async fn calls_that_cannot_be_paced_within_max_pacing_wait_get_a_typed_429() {
 /// nothing is sent.
 #[tokio::test(start_paused = true)]
 async fn x_priority_puts_a_high_call_before_queued_low_ones_and_a_bad_value_gets_400() {
-    let (upstream, sent) = one_per_second().await;
-    let mut c = config(
-        &[
-            "--upstream",
-            &format!("http://{upstream}/v1"),
-            "--max-pacing-wait",
-            "30s",
-        ],
-        &[],
-    );
-    c.retry = RetryConfig::new().max_attempts(1).seed(1);
-    let gw = start(c).await;
-    let auth = format!("Bearer {KEY}");
-    let first = request(
-        gw,
-        "POST",
-        "/v1/chat/completions",
-        &[("authorization", &auth)],
-        CHAT,
-    )
-    .await;
+    let (gw, sent) = paced_gateway("30s").await;
+    let first = chat(gw, &[]).await;
     assert_eq!(first.status, 200, "{}", first.body);
 
-    let bad = request(
-        gw,
-        "POST",
-        "/v1/chat/completions",
-        &[("authorization", &auth), ("x-priority", "urgent")],
-        CHAT,
-    )
-    .await;
+    let bad = chat(gw, &[("x-priority", "urgent")]).await;
     assert_eq!(bad.status, 400, "{}", bad.body);
     assert!(bad.body.contains("x-priority"), "{}", bad.body);
     assert_eq!(
@@ -180,16 +152,8 @@ async fn x_priority_puts_a_high_call_before_queued_low_ones_and_a_bad_value_gets
 
     let t0 = Instant::now();
     let call = |lane: &'static str| {
-        let auth = auth.clone();
         tokio::spawn(async move {
-            let res = request(
-                gw,
-                "POST",
-                "/v1/chat/completions",
-                &[("authorization", &auth), ("x-priority", lane)],
-                CHAT,
-            )
-            .await;
+            let res = chat(gw, &[("x-priority", lane)]).await;
             (lane, res.status, t0.elapsed())
         })
     };
