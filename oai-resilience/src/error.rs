@@ -315,10 +315,7 @@ impl fmt::Display for RouteError {
     /// `name: 503 server_error`: the route and its error's status and kind (no message).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let route = one_line(&self.route, 100);
-        match self.error.status() {
-            Some(s) => write!(f, "{route}: {} {}", s.as_u16(), self.error.kind()),
-            None => write!(f, "{route}: {}", self.error.kind()),
-        }
+        write!(f, "{route}: {}", self.error.status_and_kind())
     }
 }
 
@@ -665,6 +662,11 @@ impl Error {
         &self.inner.routes
     }
 
+    /// The status and the kind (`503 server_error`), or the kind alone, as `Display` begins.
+    pub(crate) fn status_and_kind(&self) -> StatusKind<'_> {
+        StatusKind(self)
+    }
+
     /// The `#[openai_call]` context, if the error left an annotated function.
     pub fn call_context(&self) -> Option<&CallContext> {
         self.inner.call.as_ref()
@@ -795,13 +797,24 @@ pub(crate) fn fmt_secs(d: Duration) -> String {
     }
 }
 
+/// An error's status and kind, as the first words of its `Display`: `503 server_error`, or
+/// the kind alone without a status.
+pub(crate) struct StatusKind<'a>(&'a Error);
+
+impl fmt::Display for StatusKind<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let inner = &*self.0.inner;
+        match inner.status {
+            Some(s) => write!(f, "{} {}", s.as_u16(), inner.kind),
+            None => write!(f, "{}", inner.kind),
+        }
+    }
+}
+
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let inner = &*self.inner;
-        match inner.status {
-            Some(s) => write!(f, "{} {}", s.as_u16(), inner.kind)?,
-            None => write!(f, "{}", inner.kind)?,
-        }
+        write!(f, "{}", self.status_and_kind())?;
         if let Some(cause) = inner.auth_cause {
             write!(f, " ({})", cause.describe())?;
         }

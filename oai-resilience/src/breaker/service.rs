@@ -193,19 +193,6 @@ impl Guard {
     }
 }
 
-/// How a failed call is named in the reason of a circuit that it opens: the status and the
-/// kind (`503 server_error`), or the kind alone.
-struct FailureText<'a>(&'a Error);
-
-impl fmt::Display for FailureText<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.0.status() {
-            Some(s) => write!(f, "{} {}", s.as_u16(), self.0.kind()),
-            None => write!(f, "{}", self.0.kind()),
-        }
-    }
-}
-
 impl Drop for Guard {
     fn drop(&mut self) {
         if !self.done {
@@ -290,7 +277,7 @@ pub mod future {
                         Ok(_) => guard.finish(Outcome::Success, None),
                         Err(e) => {
                             let outcome = guard.circuits.config().outcome_of_error(e);
-                            guard.finish(outcome, Some(&FailureText(e)));
+                            guard.finish(outcome, Some(&e.status_and_kind()));
                         }
                     }
                     Poll::Ready(result)
