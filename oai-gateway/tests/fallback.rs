@@ -33,6 +33,15 @@ async fn gateway(args: &[&str], env: &[(&str, &str)]) -> SocketAddr {
     support::start(c).await
 }
 
+/// A [`gateway`] with the upstream `primary` and one `--fallback-upstream`, `fallback`.
+async fn primary_then(primary: &str, fallback: &str) -> SocketAddr {
+    gateway(
+        &["--upstream", primary, "--fallback-upstream", fallback],
+        &[],
+    )
+    .await
+}
+
 struct Answer {
     status: u16,
     route: Option<String>,
@@ -92,16 +101,7 @@ fn model_sent(server: &MockServer) -> Vec<String> {
 async fn a_quota_429_on_the_primary_is_served_by_the_fallback() {
     let primary = MockServer::builder().quota_exhausted(true).start().await;
     let backup = MockServer::start().await;
-    let addr = gateway(
-        &[
-            "--upstream",
-            &primary.url(),
-            "--fallback-upstream",
-            &backup.url(),
-        ],
-        &[],
-    )
-    .await;
+    let addr = primary_then(&primary.url(), &backup.url()).await;
     let a = chat(addr, KEY).await;
     assert_eq!(a.status, 200, "{}", a.json);
     assert_eq!(a.route.as_deref(), Some("fallback-1"));
@@ -137,16 +137,7 @@ async fn a_503_primary_moves_on_after_its_retries() {
         .start()
         .await;
     let backup = MockServer::start().await;
-    let addr = gateway(
-        &[
-            "--upstream",
-            &primary.url(),
-            "--fallback-upstream",
-            &backup.url(),
-        ],
-        &[],
-    )
-    .await;
+    let addr = primary_then(&primary.url(), &backup.url()).await;
     let a = chat(addr, KEY).await;
     assert_eq!(a.status, 200, "{}", a.json);
     assert_eq!(a.route.as_deref(), Some("fallback-1"));
@@ -161,16 +152,7 @@ async fn a_400_from_the_primary_is_not_sent_to_the_fallback() {
         .start()
         .await;
     let backup = MockServer::start().await;
-    let addr = gateway(
-        &[
-            "--upstream",
-            &primary.url(),
-            "--fallback-upstream",
-            &backup.url(),
-        ],
-        &[],
-    )
-    .await;
+    let addr = primary_then(&primary.url(), &backup.url()).await;
     let a = chat(addr, KEY).await;
     assert_eq!(a.status, 400, "{}", a.json);
     assert_eq!(a.route.as_deref(), Some("primary"));
@@ -199,11 +181,7 @@ async fn the_fallback_model_replaces_the_body_model() {
     let primary = MockServer::builder().quota_exhausted(true).start().await;
     let backup = MockServer::start().await;
     let spec = format!("{} model=gpt-4o-mini", backup.url());
-    let addr = gateway(
-        &["--upstream", &primary.url(), "--fallback-upstream", &spec],
-        &[],
-    )
-    .await;
+    let addr = primary_then(&primary.url(), &spec).await;
     let a = chat(addr, KEY).await;
     assert_eq!(a.status, 200, "{}", a.json);
     assert_eq!(a.route.as_deref(), Some("fallback-1"));
@@ -221,16 +199,7 @@ async fn an_open_circuit_on_the_primary_sends_calls_to_the_fallback_at_once() {
         .start()
         .await;
     let backup = MockServer::start().await;
-    let addr = gateway(
-        &[
-            "--upstream",
-            &primary.url(),
-            "--fallback-upstream",
-            &backup.url(),
-        ],
-        &[],
-    )
-    .await;
+    let addr = primary_then(&primary.url(), &backup.url()).await;
     // Three calls, two attempts each: the breaker opens after five consecutive failures.
     for _ in 0..3 {
         let a = chat(addr, KEY).await;
@@ -257,7 +226,7 @@ async fn a_request_without_a_json_body_goes_to_a_model_route_as_it_is() {
     drop(closed);
     let backup = support::RawUpstream::start().await;
     let spec = format!("{} model=gpt-4o-mini", backup.url());
-    let addr = gateway(&["--upstream", &primary, "--fallback-upstream", &spec], &[]).await;
+    let addr = primary_then(&primary, &spec).await;
     let a = send(addr, "GET", "/v1/models", KEY, "").await;
     assert_eq!(a.status, 200, "{}", a.json);
     assert_eq!(a.route.as_deref(), Some("fallback-1"));
@@ -313,11 +282,7 @@ async fn quota_upstream() -> (String, Arc<AtomicUsize>) {
 async fn an_upload_goes_to_the_primary_only() {
     let (primary, primary_seen) = quota_upstream().await;
     let backup = MockServer::start().await;
-    let addr = gateway(
-        &["--upstream", &primary, "--fallback-upstream", &backup.url()],
-        &[],
-    )
-    .await;
+    let addr = primary_then(&primary, &backup.url()).await;
     let body = "--b\r\ncontent-disposition: form-data; name=\"purpose\"\r\n\r\nbatch\r\n--b--\r\n";
     let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
     let req = http::Request::post(format!("http://{addr}/v1/files"))
