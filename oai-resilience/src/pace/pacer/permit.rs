@@ -28,11 +28,10 @@ pub struct Permit {
     entry: Arc<KeyEntry>,
     tokens: u64,
     cost: Cost,
-    sent_at: Instant,
     waited: Duration,
     held_by: Option<PacingLimit>,
     level_before: Option<f64>,
-    grants: u64,
+    /// When it was sent, and the key's grant counters right after its grant.
     since: Since,
     open: bool,
 }
@@ -71,7 +70,7 @@ impl Permit {
             entry: self.entry.clone(),
             cost: self.cost,
             charged: self.tokens,
-            grant: self.grants,
+            grant: self.since.grants,
         }
     }
 
@@ -136,7 +135,7 @@ impl Permit {
         if st.usage.is_some() {
             return;
         }
-        if st.grants != self.grants || st.in_flight != 0 || self.tokens == 0 {
+        if st.grants != self.since.grants || st.in_flight != 0 || self.tokens == 0 {
             return;
         }
         // A full bucket hides how much was used.
@@ -145,7 +144,7 @@ impl Permit {
         }
         // Only a clean sample: the refill during the flight small next to the cost, and the
         // bucket never near full (a full bucket wastes refill, which would read as usage).
-        let refilled = (now - self.sent_at).as_secs_f64() * b.refill;
+        let refilled = (now - self.since.sent_at).as_secs_f64() * b.refill;
         if refilled > 0.25 * self.tokens as f64 || before + refilled >= b.capacity {
             return;
         }
@@ -326,11 +325,9 @@ impl Future for Acquire {
                         entry: this.entry.clone(),
                         tokens: info.tokens,
                         cost: this.cost,
-                        sent_at: now,
                         waited,
                         held_by: this.held_by,
                         level_before: info.level_before,
-                        grants: info.since.grants,
                         since: info.since,
                         open: true,
                     }));
