@@ -391,13 +391,7 @@ pub(crate) fn parse(args: &[String]) -> Result<(bool, Brownout), String> {
 /// which prints one JSON object per row on stdout) and the goal line of each stack row.
 pub(crate) async fn main(args: &[String]) -> Result<(), BoxError> {
     let (json, cfg) = parse(args)?;
-    let say = |s: &str| {
-        if json {
-            eprintln!("{s}");
-        } else {
-            println!("{s}");
-        }
-    };
+    let say = |s: &str| super::print_line(json, s);
     say(HEADER);
     let mut rows = Vec::new();
     for which in Client3::EVERY {

@@ -624,13 +624,7 @@ pub(crate) async fn run_multi(cfg: &Config, multi: &Multi) -> Result<ProcReport,
 /// `main` with `--processes` or `--store`: every scenario but `outage` (its open-loop arrivals
 /// and timed fault switch run in one process only).
 pub(crate) async fn main_multi(args: &Args, multi: &Multi) -> Result<(), BoxError> {
-    let say = |s: &str| {
-        if args.json {
-            eprintln!("{s}");
-        } else {
-            println!("{s}");
-        }
-    };
+    let say = |s: &str| super::print_line(args.json, s);
     say(HEADER);
     let mut notes = Vec::new();
     for &scenario in &args.scenarios {

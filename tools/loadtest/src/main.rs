@@ -1666,6 +1666,16 @@ impl Args {
     }
 }
 
+/// Prints a line for people: on stderr when stdout carries the JSON lines (`--json`), else
+/// on stdout.
+pub(crate) fn print_line(json: bool, s: &str) {
+    if json {
+        eprintln!("{s}");
+    } else {
+        println!("{s}");
+    }
+}
+
 /// Whether the command line asks for scenario `name` (`--scenario <name>`).
 pub(crate) fn scenario_asked(raw: &[String], name: &str) -> bool {
     raw.windows(2).any(|w| w[0] == "--scenario" && w[1] == name)
@@ -1718,13 +1728,7 @@ async fn main() -> Result<(), BoxError> {
         }
         return loadtest_procs::main_multi(&args, &multi).await;
     }
-    let say = |s: &str| {
-        if args.json {
-            eprintln!("{s}");
-        } else {
-            println!("{s}");
-        }
-    };
+    let say = |s: &str| print_line(args.json, s);
     say(HEADER);
     let mut targets = Vec::new();
     for &scenario in &args.scenarios {

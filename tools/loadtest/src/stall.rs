@@ -354,13 +354,7 @@ pub(crate) async fn main(raw: &[String]) -> Result<(), BoxError> {
             std::process::exit(2);
         }
     };
-    let say = |s: &str| {
-        if o.json {
-            eprintln!("{s}");
-        } else {
-            println!("{s}");
-        }
-    };
+    let say = |s: &str| super::print_line(o.json, s);
     say(&format!(
         "stall: {} calls at concurrency {}, streams of {} ms after {} ms, {:.0} % of them \
          stop after {} events for {} s; deadline {} s",

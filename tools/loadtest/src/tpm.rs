@@ -363,13 +363,7 @@ pub(crate) async fn main(raw: &[String]) -> Result<(), BoxError> {
             std::process::exit(2);
         }
     };
-    let say = |s: &str| {
-        if o.json {
-            eprintln!("{s}");
-        } else {
-            println!("{s}");
-        }
-    };
+    let say = |s: &str| super::print_line(o.json, s);
     say(&format!(
         "tpm: {} calls at {}, {} tokens and {} requests per minute, latency {} ms; the mock \
          counts {:.0} % of the prompt estimate and {:.0} % of max_tokens",
