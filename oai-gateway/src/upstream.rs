@@ -320,13 +320,18 @@ pub async fn pacing_store(arg: &str) -> Result<Option<RedisStore>, ConfigError> 
             let store = RedisStore::open(url, config.clone()).map_err(|e| {
                 ConfigError(format!("--store: not a usable Redis URL ({})", e.kind()))
             })?;
-            if let Err(e) = RedisStore::connect(url, config).await {
-                tracing::warn!(
-                    error = %e.kind(),
-                    "Redis does not answer yet: pacing in-process until it does"
-                );
+            // The store whose connection answered is the one kept; `store` (not connected
+            // yet: it connects on first use) only if Redis does not answer now.
+            match RedisStore::connect(url, config).await {
+                Ok(connected) => Ok(Some(connected)),
+                Err(e) => {
+                    tracing::warn!(
+                        error = %e.kind(),
+                        "Redis does not answer yet: pacing in-process until it does"
+                    );
+                    Ok(Some(store))
+                }
             }
-            Ok(Some(store))
         }
         _ => Err(ConfigError(
             "--store: expected memory or redis://HOST:PORT".to_owned(),
