@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::future::Future;
+use std::iter::Peekable;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -189,10 +190,10 @@ where
     let idempotent = is_idempotent(req.method());
     let mut failed: Vec<RouteError> = Vec::new();
     let mut pending = Some(req);
-    let names: Vec<Arc<str>> = routes.iter().map(|r| r.name.clone()).collect();
-    for (index, route) in routes.into_iter().enumerate() {
+    let mut routes = routes.into_iter().enumerate().peekable();
+    while let Some((index, route)) = routes.next() {
         let Some(req) = pending.take() else { break };
-        let has_next = index + 1 < names.len();
+        let has_next = routes.peek().is_some();
         // Keep the request whole for the next route; send a copy.
         let (mut send, keep) = match (has_next, clone_request(&req)) {
             (true, Some(copy)) => (copy, Some(req)),
@@ -236,13 +237,13 @@ where
                             target: "oai_resilience::fallback",
                             route = %name,
                             kind = %err.kind(),
-                            next = %names[index + 1],
+                            next = %next_name(&mut routes),
                             "route cannot serve the call: moving on"
                         );
                         pending = Some(req);
                     }
                     None => {
-                        let next = names[index + 1].clone();
+                        let next = next_name(&mut routes);
                         let err_next = Error::new(ErrorKind::NotReplayable).with_detail(format!(
                             "the request body cannot be replayed to route {next:?}; nothing sent"
                         ));
@@ -266,6 +267,14 @@ where
 }
 
 /// `err`, with the list of route errors when the call tried more than one route.
+/// The name of the route that `routes` yields next (the caller knows there is one).
+fn next_name<S>(routes: &mut Peekable<impl Iterator<Item = (usize, Route<S>)>>) -> Arc<str> {
+    routes
+        .peek()
+        .map(|(_, r)| r.name.clone())
+        .expect("a next route")
+}
+
 fn finish(err: Error, failed: Vec<RouteError>) -> Error {
     if failed.len() > 1 {
         err.with_routes(failed)
