@@ -353,19 +353,15 @@ impl Metrics {
             "Attempts after the first of their request (retries sent).",
             self.retries.load(Ordering::Relaxed),
         );
-        let _ = writeln!(
-            out,
-            "# HELP oai_gateway_upstream_429_total Upstream 429 answers, by kind (rate_limit or quota).\n# TYPE oai_gateway_upstream_429_total counter"
-        );
-        let _ = writeln!(
-            out,
-            "oai_gateway_upstream_429_total{{kind=\"rate_limit\"}} {}",
-            self.rate_limit_429.load(Ordering::Relaxed)
-        );
-        let _ = writeln!(
-            out,
-            "oai_gateway_upstream_429_total{{kind=\"quota\"}} {}",
-            self.quota_429.load(Ordering::Relaxed)
+        labelled_counter(
+            &mut out,
+            "oai_gateway_upstream_429_total",
+            "Upstream 429 answers, by kind (rate_limit or quota).",
+            "kind",
+            &[
+                ("rate_limit", self.rate_limit_429.load(Ordering::Relaxed)),
+                ("quota", self.quota_429.load(Ordering::Relaxed)),
+            ],
         );
         self.upstream_latency.render(
             &mut out,
@@ -453,19 +449,15 @@ impl Metrics {
             "Event streams relayed.",
             self.streams.load(Ordering::Relaxed),
         );
-        let _ = writeln!(
-            out,
-            "# HELP oai_gateway_stream_stalls_total Upstream bodies cut by the watchdog, by the bound exceeded.\n# TYPE oai_gateway_stream_stalls_total counter"
-        );
-        let _ = writeln!(
-            out,
-            "oai_gateway_stream_stalls_total{{bound=\"first_byte\"}} {}",
-            self.stalls_first_byte.load(Ordering::Relaxed)
-        );
-        let _ = writeln!(
-            out,
-            "oai_gateway_stream_stalls_total{{bound=\"idle\"}} {}",
-            self.stalls_idle.load(Ordering::Relaxed)
+        labelled_counter(
+            &mut out,
+            "oai_gateway_stream_stalls_total",
+            "Upstream bodies cut by the watchdog, by the bound exceeded.",
+            "bound",
+            &[
+                ("first_byte", self.stalls_first_byte.load(Ordering::Relaxed)),
+                ("idle", self.stalls_idle.load(Ordering::Relaxed)),
+            ],
         );
         if let Some(library) = &self.library {
             out.push_str(&library.render());
@@ -479,6 +471,14 @@ fn counter(out: &mut String, name: &str, help: &str, v: u64) {
         out,
         "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
     );
+}
+
+/// A counter with one label: a line per label value and its count.
+fn labelled_counter(out: &mut String, name: &str, help: &str, label: &str, values: &[(&str, u64)]) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+    for (value, n) in values {
+        let _ = writeln!(out, "{name}{{{label}=\"{value}\"}} {n}");
+    }
 }
 
 fn gauge(out: &mut String, name: &str, help: &str, v: f64) {
