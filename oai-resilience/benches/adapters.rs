@@ -38,16 +38,15 @@ use bytes::Bytes;
 use criterion::Criterion;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client as HyperClient;
-use hyper_util::rt::TokioExecutor;
 use oai_resilience::adapter::reqwest::OpenAiMiddleware;
 use oai_resilience::mock::{MockServer, Route};
 use oai_resilience::{AuthLayer, OpenAiLayer};
+use test_support::CHAT;
 use tokio::runtime::Runtime;
 use tower::{Layer, ServiceExt};
 
 /// A made-up key of OpenAI's shape.
 const KEY: &str = oai_resilience::mock::TEST_KEY;
-const CHAT: &str = r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Hello"}]}"#;
 
 type Call<'a> = Pin<Box<dyn Future<Output = ()> + 'a>>;
 
@@ -81,8 +80,8 @@ impl Clients {
         };
         Clients {
             url: server.endpoint(Route::ChatCompletions),
-            hyper: HyperClient::builder(TokioExecutor::new()).build_http(),
-            hyper_stack: layer().layer(HyperClient::builder(TokioExecutor::new()).build_http()),
+            hyper: test_support::http_client(),
+            hyper_stack: layer().layer(test_support::http_client()),
             reqwest: reqwest::Client::new(),
             reqwest_mw: reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
                 .with(OpenAiMiddleware::new(layer()))

@@ -33,11 +33,10 @@ use oai_resilience::observe::{
 };
 use oai_resilience::retry::RetryConfig;
 use oai_resilience::{AuthLayer, DelaySource, ErrorKind, OpenAiLayer, RetryLayer, StopReason};
+use test_support::CHAT_5_TOKENS as CHAT;
 use tower::{service_fn, Layer, Service, ServiceExt};
 
 const KEY: &str = "sk-proj-TestTestTestTestTestTest0000";
-const CHAT: &str =
-    r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Hello"}],"max_tokens":5}"#;
 
 /// An `attempt_finished`: attempt, status, error kind, request id, latency.
 type Finished = (
