@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -24,13 +24,9 @@ struct InProcessInner {
 
 impl fmt::Debug for InProcessStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let n = self
-            .inner
-            .keys
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .len();
-        f.debug_struct("InProcessStore").field("keys", &n).finish()
+        f.debug_struct("InProcessStore")
+            .field("keys", &self.keys().len())
+            .finish()
     }
 }
 
@@ -51,13 +47,17 @@ impl InProcessStore {
         u64::try_from(self.inner.origin.elapsed().as_micros()).unwrap_or(u64::MAX)
     }
 
-    fn with<T>(&self, key: &PaceKey, f: impl FnOnce(&mut KeyModel, u64) -> T) -> T {
-        let now = self.now_us();
-        let mut keys = self
-            .inner
+    /// The keys' models, locked (a poisoned lock is taken over).
+    fn keys(&self) -> MutexGuard<'_, HashMap<PaceKey, KeyModel>> {
+        self.inner
             .keys
             .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn with<T>(&self, key: &PaceKey, f: impl FnOnce(&mut KeyModel, u64) -> T) -> T {
+        let now = self.now_us();
+        let mut keys = self.keys();
         let model = keys.entry(key.clone()).or_default();
         f(model, now)
     }
@@ -65,12 +65,7 @@ impl InProcessStore {
     /// The state of `key`, if it has any.
     #[cfg(test)]
     pub(crate) fn key_model(&self, key: &PaceKey) -> Option<KeyModel> {
-        let keys = self
-            .inner
-            .keys
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        keys.get(key).copied()
+        self.keys().get(key).copied()
     }
 
     pub(crate) fn admit_now(&self, key: &PaceKey, cost: Cost) -> Admission {
