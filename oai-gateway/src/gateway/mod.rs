@@ -158,10 +158,7 @@ pub fn streams_body(method: &Method, path: &str, headers: &HeaderMap) -> bool {
                 .to_ascii_lowercase();
             !(mime == "application/json" || mime.ends_with("+json"))
         }
-        None => UPLOAD_ROUTES.iter().any(|p| {
-            path.strip_prefix(p)
-                .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
-        }),
+        None => UPLOAD_ROUTES.iter().any(|p| routes::under(path, p)),
     }
 }
 

@@ -101,10 +101,7 @@ impl Routes {
     pub fn matched(&self, path: &str) -> Option<&str> {
         self.prefixes
             .iter()
-            .filter(|p| {
-                path.strip_prefix(p.as_str())
-                    .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
-            })
+            .filter(|p| under(path, p))
             .max_by_key(|p| p.len())
             .map(String::as_str)
     }
@@ -130,6 +127,12 @@ impl Routes {
             Err(Refusal::Route)
         }
     }
+}
+
+/// Whether `path` is `prefix` or a path below it (`/v1/files/x`, not `/v1/filesystem`).
+pub(crate) fn under(path: &str, prefix: &str) -> bool {
+    path.strip_prefix(prefix)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
 }
 
 /// A path without `.`/`..` segments, empty inner segments, backslashes or percent-encoded
