@@ -464,7 +464,7 @@ impl Error {
 
     /// Sets OpenAI's error object (its message is redacted of key fragments).
     pub fn with_api_error(mut self, mut api: ApiError) -> Self {
-        api.message = redact_secrets(&api.message).into_owned();
+        api.message = redact_string(std::mem::take(&mut api.message));
         self.inner_mut().api = Some(api);
         self
     }
@@ -486,8 +486,7 @@ impl Error {
     /// Sets a human-readable detail (used when there is no OpenAI error object). Secrets that
     /// look like API keys are redacted.
     pub fn with_detail(mut self, detail: impl Into<String>) -> Self {
-        let detail = detail.into();
-        self.inner_mut().detail = Some(redact_secrets(&detail).into_owned());
+        self.inner_mut().detail = Some(redact_string(detail.into()));
         self
     }
 

@@ -23,6 +23,7 @@ use serde_json::Value;
 
 use crate::cause::{AuthCause, DelaySource};
 pub use crate::redact::redact_secrets;
+use crate::redact::redact_string;
 
 /// The longest duration any parser returns: longer values (years, overflow) saturate here.
 ///
@@ -132,7 +133,7 @@ pub fn parse_error_body(body: &[u8]) -> Option<ApiError> {
         }
     };
     let api = ApiError {
-        message: redact_secrets(&message).into_owned(),
+        message: redact_string(message),
         error_type: text("type"),
         param: text("param"),
         code: text("code"),

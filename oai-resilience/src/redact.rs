@@ -151,7 +151,7 @@ pub(crate) fn arg_text<T: Debug + ?Sized>(name: &str, value: &T, max: usize) -> 
         cut: false,
     };
     let _ = write!(w, "{value:?}");
-    let mut text = redact_secrets(&w.out).into_owned();
+    let mut text = redact_string(w.out);
     if w.cut {
         text.push('…');
     }
