@@ -1676,6 +1676,25 @@ pub(crate) fn print_line(json: bool, s: &str) {
     }
 }
 
+/// The value after option `name`.
+pub(crate) fn option_value(
+    rest: &mut std::slice::Iter<'_, String>,
+    name: &str,
+) -> Result<String, String> {
+    rest.next()
+        .cloned()
+        .ok_or_else(|| format!("{name} needs a value"))
+}
+
+/// The number after option `name`.
+pub(crate) fn option_number(
+    rest: &mut std::slice::Iter<'_, String>,
+    name: &str,
+) -> Result<u64, String> {
+    let v = option_value(rest, name)?;
+    v.parse::<u64>().map_err(|e| format!("{name} {v}: {e}"))
+}
+
 /// Whether the command line asks for scenario `name` (`--scenario <name>`).
 pub(crate) fn scenario_asked(raw: &[String], name: &str) -> bool {
     raw.windows(2).any(|w| w[0] == "--scenario" && w[1] == name)

@@ -91,33 +91,26 @@ fn parse(raw: &[String]) -> Result<Options, String> {
     let mut o = Options::default();
     let mut it = raw.iter();
     while let Some(arg) = it.next() {
-        let mut value = |name: &str| {
-            it.next()
-                .cloned()
-                .ok_or_else(|| format!("{name} needs a value"))
-        };
-        let number =
-            |name: &str, v: String| v.parse::<u64>().map_err(|e| format!("{name} {v}: {e}"));
         match arg.as_str() {
             "--scenario" => {
-                value("--scenario")?;
+                super::option_value(&mut it, "--scenario")?;
             }
             "--json" => o.json = true,
-            "--n" => o.calls = number("--n", value("--n")?)? as usize,
+            "--n" => o.calls = super::option_number(&mut it, "--n")? as usize,
             "--concurrency" => {
-                o.concurrency = number("--concurrency", value("--concurrency")?)?.max(1) as usize
+                o.concurrency = super::option_number(&mut it, "--concurrency")?.max(1) as usize
             }
             "--idle-ms" => {
-                o.idle = Duration::from_millis(number("--idle-ms", value("--idle-ms")?)?)
+                o.idle = Duration::from_millis(super::option_number(&mut it, "--idle-ms")?)
             }
             "--deadline-s" => {
-                o.deadline = Duration::from_secs(number("--deadline-s", value("--deadline-s")?)?)
+                o.deadline = Duration::from_secs(super::option_number(&mut it, "--deadline-s")?)
             }
             "--stream-ms" => {
-                o.stream = Duration::from_millis(number("--stream-ms", value("--stream-ms")?)?)
+                o.stream = Duration::from_millis(super::option_number(&mut it, "--stream-ms")?)
             }
             "--latency-ms" => {
-                o.latency = Duration::from_millis(number("--latency-ms", value("--latency-ms")?)?)
+                o.latency = Duration::from_millis(super::option_number(&mut it, "--latency-ms")?)
             }
             other => return Err(format!("--scenario stall does not take {other}\n{USAGE}")),
         }

@@ -98,26 +98,19 @@ fn parse(raw: &[String]) -> Result<Options, String> {
     let mut o = Options::default();
     let mut it = raw.iter();
     while let Some(arg) = it.next() {
-        let mut value = |name: &str| {
-            it.next()
-                .cloned()
-                .ok_or_else(|| format!("{name} needs a value"))
-        };
-        let number =
-            |name: &str, v: String| v.parse::<u64>().map_err(|e| format!("{name} {v}: {e}"));
         match arg.as_str() {
             "--scenario" => {
-                value("--scenario")?;
+                super::option_value(&mut it, "--scenario")?;
             }
             "--json" => o.json = true,
-            "--n" => o.calls = number("--n", value("--n")?)?.max(1) as usize,
+            "--n" => o.calls = super::option_number(&mut it, "--n")?.max(1) as usize,
             "--concurrency" => {
-                o.concurrency = number("--concurrency", value("--concurrency")?)?.max(1) as usize
+                o.concurrency = super::option_number(&mut it, "--concurrency")?.max(1) as usize
             }
-            "--tpm" => o.tpm = number("--tpm", value("--tpm")?)?.max(60),
-            "--rpm" => o.rpm = number("--rpm", value("--rpm")?)?.max(1),
+            "--tpm" => o.tpm = super::option_number(&mut it, "--tpm")?.max(60),
+            "--rpm" => o.rpm = super::option_number(&mut it, "--rpm")?.max(1),
             "--latency-ms" => {
-                o.latency = Duration::from_millis(number("--latency-ms", value("--latency-ms")?)?)
+                o.latency = Duration::from_millis(super::option_number(&mut it, "--latency-ms")?)
             }
             other => return Err(format!("--scenario tpm does not take {other}\n{USAGE}")),
         }
