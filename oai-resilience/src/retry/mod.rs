@@ -80,7 +80,7 @@
 //!
 //! # Tracing spans
 //!
-//! Each call runs in an `INFO` span named `call` (target `oai_resilience::retry`), and each
+//! Each call runs in a `DEBUG` span named `call` (target `oai_resilience::retry`), and each
 //! attempt in a child span named `attempt`, so that a `tracing-opentelemetry` layer exports a
 //! trace per call with one span per HTTP request. The fields use the OpenTelemetry semantic
 //! conventions' names, as the [metrics](crate::observe) do, and are recorded when known:
