@@ -68,6 +68,9 @@ async fn an_invalid_upstream_exits_with_usage() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.starts_with("invalid base URL"), "{err}");
+    assert!(
+        err.starts_with("invalid base URL \"127.0.0.1:9/v1\""),
+        "{err}"
+    );
     assert!(err.contains("usage: gateway"), "{err}");
 }
