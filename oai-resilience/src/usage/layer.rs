@@ -242,16 +242,18 @@ fn wrap<B>(resp: Response<B>) -> Response<UsageBody<B>> {
         .headers()
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .map(|v| v.trim_start().to_ascii_lowercase());
+        .map(|v| v.trim_start().as_bytes());
     // A compressed body (which hyper does not decode) cannot be read as it passes.
     let encoded = resp
         .headers()
         .get(header::CONTENT_ENCODING)
         .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"));
-    let scan = match kind.as_deref() {
+    let scan = match kind {
         _ if !resp.status().is_success() || encoded => Scan::Off,
-        Some(v) if v.starts_with("application/json") => Scan::Json(Vec::new()),
-        Some(v) if v.starts_with("text/event-stream") => Scan::Sse(SseScanner::default()),
+        Some(v) if starts_with_ignore_case(v, b"application/json") => Scan::Json(Vec::new()),
+        Some(v) if starts_with_ignore_case(v, b"text/event-stream") => {
+            Scan::Sse(SseScanner::default())
+        }
         _ => Scan::Off,
     };
     let (mut parts, body) = resp.into_parts();
@@ -264,4 +266,11 @@ fn wrap<B>(resp: Response<B>) -> Response<UsageBody<B>> {
         }
     };
     Response::from_parts(parts, body)
+}
+
+/// Whether `value` starts with `prefix`, ASCII case ignored.
+fn starts_with_ignore_case(value: &[u8], prefix: &[u8]) -> bool {
+    value
+        .get(..prefix.len())
+        .is_some_and(|head| head.eq_ignore_ascii_case(prefix))
 }
