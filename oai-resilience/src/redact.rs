@@ -146,7 +146,6 @@ pub(crate) fn arg_text<T: Debug + ?Sized>(name: &str, value: &T, max: usize) -> 
     let mut w = Truncating {
         out: String::new(),
         chars: 0,
-        // One more than kept, so a cut is seen even if the key-like token ends at it.
         max,
         cut: false,
     };
