@@ -12,10 +12,8 @@ use oai_gateway::upstream::pacing_store;
 use oai_resilience::mock::{MockServer, RateLimit};
 use oai_resilience::pace::{BucketLimits, LearnedLimits, PaceKey, PacingStore, RedisStore};
 use oai_resilience::RetryConfig;
+use support::KEY;
 use test_support::redis_server::RedisServer;
-
-const KEY: &str = "sk-proj-AbCdEfGhIjKlMnOpQrStUvWxYz0123456789";
-const CHAT: &str = r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Hi"}]}"#;
 
 mod support;
 
@@ -39,12 +37,7 @@ async fn calls(addr: SocketAddr, calls: usize, workers: usize) -> Vec<u16> {
                 let mut statuses = Vec::new();
                 // Bounded by `calls`.
                 while next.fetch_add(1, std::sync::atomic::Ordering::SeqCst) < calls {
-                    let req = http::Request::post(format!("http://{addr}/v1/chat/completions"))
-                        .header("content-type", "application/json")
-                        .header("authorization", format!("Bearer {KEY}"))
-                        .body(Full::new(Bytes::from_static(CHAT.as_bytes())))
-                        .unwrap();
-                    let res = client.request(req).await.unwrap();
+                    let res = client.request(support::chat_request(addr)).await.unwrap();
                     statuses.push(res.status().as_u16());
                     res.into_body().collect().await.unwrap();
                 }

@@ -10,9 +10,6 @@ use oai_gateway::config::Command;
 use oai_gateway::Config;
 use oai_resilience::mock::MockServer;
 
-const KEY: &str = "sk-proj-AbCdEfGhIjKlMnOpQrStUvWxYz0123456789";
-const CHAT: &str = r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Hi"}]}"#;
-
 mod support;
 
 async fn gateway(upstream: &str) -> SocketAddr {
@@ -21,12 +18,7 @@ async fn gateway(upstream: &str) -> SocketAddr {
 
 async fn chat(addr: SocketAddr) -> (u16, String) {
     let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
-    let req = http::Request::post(format!("http://{addr}/v1/chat/completions"))
-        .header("content-type", "application/json")
-        .header("authorization", format!("Bearer {KEY}"))
-        .body(Full::new(Bytes::from_static(CHAT.as_bytes())))
-        .unwrap();
-    let res = client.request(req).await.unwrap();
+    let res = client.request(support::chat_request(addr)).await.unwrap();
     let status = res.status().as_u16();
     let body = res.into_body().collect().await.unwrap().to_bytes();
     (status, String::from_utf8_lossy(&body).into_owned())

@@ -6,6 +6,8 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use bytes::Bytes;
+use http_body_util::Full;
 use oai_gateway::config::Command;
 use oai_gateway::server::{self, Limits};
 use oai_gateway::{Config, ConfigError, Gateway};
@@ -48,6 +50,16 @@ pub async fn serve(gw: Gateway, config: &Config) -> SocketAddr {
     let limits = Limits::from(config);
     tokio::spawn(server::serve(listener, gw, limits, std::future::pending()));
     addr
+}
+
+/// A `POST /v1/chat/completions` of [`CHAT`] with [`KEY`] to the gateway at `addr`, for an
+/// HTTP client.
+pub fn chat_request(addr: SocketAddr) -> http::Request<Full<Bytes>> {
+    http::Request::post(format!("http://{addr}/v1/chat/completions"))
+        .header("content-type", "application/json")
+        .header("authorization", format!("Bearer {KEY}"))
+        .body(Full::new(Bytes::from_static(CHAT.as_bytes())))
+        .unwrap()
 }
 
 /// One request as the raw upstream received it: the head (request line and headers, as
