@@ -10,7 +10,7 @@ use tokio::time::Instant;
 
 use crate::error::{Error, ErrorKind};
 use crate::pace::store::{
-    Admission, InProcessStore, LearnedLimits, ModelAdmission, PacingStore, StoreFuture,
+    micros, Admission, InProcessStore, LearnedLimits, ModelAdmission, PacingStore, StoreFuture,
 };
 use crate::pace::{Cost, PaceKey};
 use crate::redis_conn::{error_kind, expiry_millis, hashed_key, lazy_connection};
@@ -150,10 +150,6 @@ fn fmt_num(x: f64) -> String {
 
 fn opt_num(x: Option<f64>) -> String {
     x.map(fmt_num).unwrap_or_default()
-}
-
-fn micros(d: Duration) -> u64 {
-    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
 
 /// The Redis key of `key`: the prefix and a 64-bit FNV-1a hash of base, credential hash and

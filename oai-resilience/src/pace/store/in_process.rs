@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::{Admission, KeyModel, LearnedLimits, PacingStore, StoreFuture};
+use super::{micros, Admission, KeyModel, LearnedLimits, PacingStore, StoreFuture};
 use crate::pace::{Cost, PaceKey};
 
 /// The default [`PacingStore`]: state in this process, behind one mutex, on the
@@ -44,7 +44,7 @@ impl InProcessStore {
     }
 
     fn now_us(&self) -> u64 {
-        u64::try_from(self.inner.origin.elapsed().as_micros()).unwrap_or(u64::MAX)
+        micros(self.inner.origin.elapsed())
     }
 
     /// The keys' models, locked (a poisoned lock is taken over).
@@ -80,8 +80,7 @@ impl InProcessStore {
     }
 
     pub(crate) fn pause_now(&self, key: &PaceKey, duration: Duration) {
-        let us = u64::try_from(duration.as_micros()).unwrap_or(u64::MAX);
-        self.with(key, |m, now| m.pause(now, us));
+        self.with(key, |m, now| m.pause(now, micros(duration)));
     }
 }
 

@@ -29,6 +29,11 @@ pub(crate) use wait::{
     admit_until, deadline_limit, outcome, paced_locally, report_to_store, response_snapshot,
 };
 
+/// `d` in whole microseconds, the unit of the stores' clock (saturating).
+pub(crate) fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
 /// A boxed future returned by [`PacingStore`] methods.
 pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, Error>> + Send + 'a>>;
 
