@@ -17,10 +17,9 @@ use oai_gateway::gateway::ROUTE_HEADER;
 use oai_resilience::mock::{MockResponse, MockServer, Route};
 use oai_resilience::RetryConfig;
 use serde_json::Value;
-use support::parse;
+use support::{parse, KEY};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-const KEY: &str = "sk-proj-AbCdEfGhIjKlMnOpQrStUvWxYz0123456789";
 const SERVER_KEY: &str = "sk-proj-ServerServerServerServerServer0123";
 const BACKUP_KEY: &str = "0123456789abcdef0123456789abcdef";
 const ACCESS_KEY: &str = "gw-access-key-for-team-a-0123456789";

@@ -29,10 +29,9 @@ use hyper_util::rt::TokioIo;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 
-use support::KEY;
+use support::{CHAT, KEY};
 
 /// The chat body of the key test (no deprecated `max_tokens`: no warning per call).
-const CHAT: &str = r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Hi"}]}"#;
 
 /// The gateway binary, started with `args` in front of `upstream`; killed when dropped.
 struct GatewayProcess {

@@ -13,9 +13,7 @@ use oai_gateway::gateway::{ATTEMPTS_HEADER, HINT_HEADER};
 use oai_resilience::mock::{MockResponse, MockServer, Route};
 use oai_resilience::RetryConfig;
 use serde_json::Value;
-
-const KEY: &str = "sk-proj-AbCdEfGhIjKlMnOpQrStUvWxYz0123456789";
-const CHAT: &str = r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Hi"}]}"#;
+use support::{CHAT, KEY};
 
 /// Starts a gateway in front of `upstream`; `env_key` plays `OPENAI_API_KEY` (which a
 /// gateway without access keys never uses).
