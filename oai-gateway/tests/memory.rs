@@ -31,8 +31,6 @@ use tokio::net::{TcpListener, TcpStream};
 
 use support::{CHAT, KEY};
 
-/// The chat body of the key test (no deprecated `max_tokens`: no warning per call).
-
 /// The gateway binary, started with `args` in front of `upstream`; killed when dropped.
 struct GatewayProcess {
     child: Child,
