@@ -522,20 +522,23 @@ impl KeyState {
         let headroom = config.headroom.clamp(0.0, 1.0);
         let static_req = config.static_limits.rpm.map(|v| v as f64);
         let static_tok = config.static_limits.tpm.map(|v| v as f64);
+        // (limit, remaining, reset) of the request and of the token bucket.
+        let requests = (
+            snap.limit_requests,
+            snap.remaining_requests,
+            snap.reset_requests,
+        );
+        let tokens = (snap.limit_tokens, snap.remaining_tokens, snap.reset_tokens);
         learn_bucket(
             &mut self.requests,
-            (
-                snap.limit_requests,
-                snap.remaining_requests,
-                snap.reset_requests,
-            ),
+            requests,
             static_req,
             (others, age, headroom),
             now,
         );
         learn_bucket(
             &mut self.tokens,
-            (snap.limit_tokens, snap.remaining_tokens, snap.reset_tokens),
+            tokens,
             static_tok,
             (others_tokens, age, headroom),
             now,
@@ -545,14 +548,7 @@ impl KeyState {
             self.tokens_counted = self.tokens_counted.max(counted);
         }
         // A bucket reported empty without a limit to model it: pause until its reset.
-        for (limit, remaining, reset) in [
-            (
-                snap.limit_requests,
-                snap.remaining_requests,
-                snap.reset_requests,
-            ),
-            (snap.limit_tokens, snap.remaining_tokens, snap.reset_tokens),
-        ] {
+        for (limit, remaining, reset) in [requests, tokens] {
             if let (None, Some(0), Some(reset)) = (limit, remaining, reset) {
                 self.pause(now + reset);
             }
