@@ -385,11 +385,7 @@ async fn json_bodies_past_the_buffered_bytes_cap_get_503_at_once_and_the_cap_com
     .await
     .expect("an answer while the body is still held")
     .expect("a response");
-    let res = support::RawResponse {
-        status: head.split_whitespace().nth(1).unwrap().parse().unwrap(),
-        head,
-        body: String::from_utf8_lossy(&body).into_owned(),
-    };
+    let res = support::RawResponse::new(head, &body);
     assert_eq!(res.status, 503, "{}", res.body);
     assert_eq!(res.header("retry-after").as_deref(), Some("1"));
     assert_eq!(res.header("x-should-retry").as_deref(), Some("true"));

@@ -77,13 +77,18 @@ impl Received {
 
     /// The value of header `name` (case-insensitive), if present.
     pub fn header(&self, name: &str) -> Option<String> {
-        self.head.lines().skip(1).find_map(|l| {
-            let (n, v) = l.split_once(':')?;
-            n.trim()
-                .eq_ignore_ascii_case(name)
-                .then(|| v.trim().to_owned())
-        })
+        header_in(&self.head, name)
     }
+}
+
+/// The value of header `name` (case-insensitive) in the message head `head`, if present.
+fn header_in(head: &str, name: &str) -> Option<String> {
+    head.lines().skip(1).find_map(|l| {
+        let (n, v) = l.split_once(':')?;
+        n.trim()
+            .eq_ignore_ascii_case(name)
+            .then(|| v.trim().to_owned())
+    })
 }
 
 /// A loopback upstream that records every request byte for byte and answers 200 with a small
@@ -178,17 +183,28 @@ pub struct RawResponse {
 }
 
 impl RawResponse {
+    /// The response of `head` (status line and headers) and `body`, as [`read_message`]
+    /// returns them.
+    pub fn new(head: String, body: &[u8]) -> Self {
+        let status = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap();
+        RawResponse {
+            status,
+            head,
+            body: String::from_utf8_lossy(body).into_owned(),
+        }
+    }
+
     pub fn json(&self) -> serde_json::Value {
         serde_json::from_str(&self.body)
             .unwrap_or_else(|e| panic!("not JSON ({e}): {}{}", self.head, self.body))
     }
 
     pub fn header(&self, name: &str) -> Option<String> {
-        Received {
-            head: self.head.clone(),
-            body: Vec::new(),
-        }
-        .header(name)
+        header_in(&self.head, name)
     }
 }
 
@@ -203,16 +219,7 @@ pub async fn raw(addr: SocketAddr, request: &str) -> RawResponse {
     .await
     .expect("no response within 10 s")
     .expect("connection closed before a response");
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap();
-    RawResponse {
-        status,
-        head,
-        body: String::from_utf8_lossy(&body).into_owned(),
-    }
+    RawResponse::new(head, &body)
 }
 
 /// A request with `method`, `path`, extra header lines and `body`.
