@@ -372,14 +372,11 @@ impl Gateway {
 
     /// The answer to `GET /metrics`: [`Metrics::render`] as `text/plain; version=0.0.4`.
     pub fn metrics_response(&self) -> Response<GatewayBody> {
-        let mut res = Response::new(Either::Right(Full::new(Bytes::from(
+        full_response(
+            StatusCode::OK,
+            "text/plain; version=0.0.4; charset=utf-8",
             self.inner.metrics.render(),
-        ))));
-        res.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-        );
-        res
+        )
     }
 
     /// Marks the gateway as draining: `/readyz` answers 503 from now on.
@@ -970,11 +967,18 @@ fn local_error(
 }
 
 fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<GatewayBody> {
-    let mut res = Response::new(Either::Right(Full::new(Bytes::from(body.to_string()))));
+    full_response(status, "application/json", body.to_string())
+}
+
+/// An answer of the gateway's own: `status`, `body` of `content_type`.
+fn full_response(
+    status: StatusCode,
+    content_type: &'static str,
+    body: String,
+) -> Response<GatewayBody> {
+    let mut res = Response::new(Either::Right(Full::new(Bytes::from(body))));
     *res.status_mut() = status;
-    res.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
+    res.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     res
 }
