@@ -571,12 +571,7 @@ impl Config {
         let mut extra: Vec<String> = routes_flags;
         if extra.is_empty() {
             if let Some(v) = env("OAI_GATEWAY_ALLOW_ROUTES") {
-                extra = v
-                    .split(',')
-                    .map(str::trim)
-                    .filter(|s| !s.is_empty())
-                    .map(str::to_owned)
-                    .collect();
+                extra = comma_list(&v);
             } else if let Some(f) = &file {
                 extra.clone_from(&f.routes);
             }
@@ -624,13 +619,7 @@ impl Config {
         let (from, specs) = if !fallback_flags.is_empty() {
             ("--fallback-upstream".to_owned(), fallback_flags)
         } else if let Some(v) = env("OAI_GATEWAY_FALLBACK_UPSTREAMS") {
-            let specs = v
-                .split(',')
-                .map(str::trim)
-                .filter(|s| !s.is_empty())
-                .map(str::to_owned)
-                .collect();
-            ("OAI_GATEWAY_FALLBACK_UPSTREAMS".to_owned(), specs)
+            ("OAI_GATEWAY_FALLBACK_UPSTREAMS".to_owned(), comma_list(&v))
         } else if let Some(f) = &file {
             (
                 format!("{} key fallback-upstreams", f.shown),
@@ -853,6 +842,15 @@ impl FileSettings {
         }
         Ok(out)
     }
+}
+
+/// The items of a comma-separated variable, trimmed, without empty ones.
+fn comma_list(v: &str) -> Vec<String> {
+    v.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect()
 }
 
 fn parse_auth_header(v: &str) -> Result<UpstreamAuth, String> {
