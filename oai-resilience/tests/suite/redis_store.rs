@@ -51,15 +51,33 @@ fn req_limits(capacity: f64, refill: f64, remaining: Option<f64>) -> LearnedLimi
     limits
 }
 
-/// With the server's clock: a burst from two clients gets exactly the bucket's capacity now.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn burst_from_two_clients_gets_exactly_the_capacity() {
+/// A fresh server and two separate clients of it (each with its own connection, as two
+/// processes would have).
+async fn two_clients() -> (RedisServer, RedisStore, RedisStore) {
     let server = RedisServer::start();
     let a = RedisStore::connect(&server.url(), config()).await.unwrap();
     let b = RedisStore::connect(&server.url(), config()).await.unwrap();
-    let k = key("burst");
-    // Refill so slow that the burst's duration cannot add a slot: 1 per 1000 s.
-    a.learn(&k, req_limits(20.0, 0.001, None)).await.unwrap();
+    (server, a, b)
+}
+
+/// [`two_clients`] and the key named `name`, on which the first client has learned a request
+/// bucket of `capacity` refilled at 1 per 1000 s: too slow to add a slot during a test.
+async fn two_clients_on_a_slow_bucket(
+    name: &str,
+    capacity: f64,
+) -> (RedisServer, RedisStore, RedisStore, PaceKey) {
+    let (server, a, b) = two_clients().await;
+    let k = key(name);
+    a.learn(&k, req_limits(capacity, 0.001, None))
+        .await
+        .unwrap();
+    (server, a, b, k)
+}
+
+/// With the server's clock: a burst from two clients gets exactly the bucket's capacity now.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn burst_from_two_clients_gets_exactly_the_capacity() {
+    let (_server, a, b, k) = two_clients_on_a_slow_bucket("burst", 20.0).await;
     let burst = |s: RedisStore, k: PaceKey| async move {
         let mut n = 0;
         let mut waits = 0;
@@ -89,9 +107,7 @@ async fn burst_from_two_clients_gets_exactly_the_capacity() {
 /// A 429 seen by one client pauses the other; limits learned by one are used by the other.
 #[tokio::test]
 async fn pause_and_limits_are_shared() {
-    let server = RedisServer::start();
-    let a = RedisStore::connect(&server.url(), config()).await.unwrap();
-    let b = RedisStore::connect(&server.url(), config()).await.unwrap();
+    let (_server, a, b) = two_clients().await;
     let k = key("pause");
     assert_eq!(admit(&b, &k).await, Admission::Admitted);
     a.pause(&k, Duration::from_secs(30)).await.unwrap();
@@ -244,12 +260,8 @@ async fn connect_to_a_dead_port_is_a_typed_error() {
 /// holds it; another client's call without one takes it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reserve_is_kept_for_other_clients_higher_lanes() {
-    let server = RedisServer::start();
-    let batch = RedisStore::connect(&server.url(), config()).await.unwrap();
-    let interactive = RedisStore::connect(&server.url(), config()).await.unwrap();
-    let k = key("reserve");
-    // 4 in the bucket, a refill too slow to matter during the test.
-    batch.learn(&k, req_limits(4.0, 0.001, None)).await.unwrap();
+    // 4 in the bucket, learned by `batch`.
+    let (_server, batch, interactive, k) = two_clients_on_a_slow_bucket("reserve", 4.0).await;
     let low = Cost::tokens(1).with_reserve(2);
     assert_eq!(batch.admit(&k, low).await.unwrap(), Admission::Admitted);
     assert_eq!(batch.admit(&k, low).await.unwrap(), Admission::Admitted);
