@@ -11,7 +11,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
-use oai_resilience::mock::{MockServer, RateLimit};
+use oai_resilience::mock::{MockCounts, MockServer, RateLimit};
 use oai_resilience::pace::{
     FailMode, PaceKey, PaceLayer, PacerConfig, RedisStore, RedisStoreConfig,
 };
@@ -113,36 +113,69 @@ where
     (ok, errs)
 }
 
+/// The pacing key of the test key's calls to `server`.
+fn mock_key(server: &MockServer) -> PaceKey {
+    PaceKey::new(server.addr().to_string())
+        .with_credential(format!("Bearer {KEY}").as_bytes())
+        .with_model("gpt-4o-mini")
+}
+
 /// The mock's bucket for this test's key, configured up front (the store has no cold-key probe).
 async fn seed(store: &RedisStore, server: &MockServer) {
-    let key = PaceKey::new(server.addr().to_string())
-        .with_credential(format!("Bearer {KEY}").as_bytes())
-        .with_model("gpt-4o-mini");
-    support::seed_bucket_20(store, &key).await;
+    support::seed_bucket_20(store, &mock_key(server)).await;
+}
+
+/// Two stores on `redis`, each with its own connection (as two processes would have).
+async fn two_stores(redis: &RedisServer) -> (RedisStore, RedisStore) {
+    let a = RedisStore::connect(&redis.url(), config()).await.unwrap();
+    let b = RedisStore::connect(&redis.url(), config()).await.unwrap();
+    (a, b)
+}
+
+/// Runs 30 calls, 8 at a time, through each of two stacks made by `build` (one on store `a`,
+/// one on `b`) while `alongside` runs too; prints the outcome under `label`, checks that all 60
+/// calls succeeded and that neither store fell back, and returns the mock's counts and what
+/// `alongside` returned.
+async fn sixty_calls_through_two_stacks<T>(
+    label: &str,
+    server: &MockServer,
+    (a, b): &(RedisStore, RedisStore),
+    build: fn(&MockServer, RedisStore) -> Service,
+    alongside: impl std::future::Future<Output = T>,
+) -> (MockCounts, T) {
+    let ((ok_a, err_a), (ok_b, err_b), out) = tokio::join!(
+        run(build(server, a.clone()), 30, 8),
+        run(build(server, b.clone()), 30, 8),
+        alongside
+    );
+    let counts = server.counts();
+    eprintln!("{label}: {ok_a} {err_a:?} / {ok_b} {err_b:?}; mock {counts:?}");
+    assert_eq!(ok_a + ok_b, 60, "{err_a:?} {err_b:?}");
+    assert_eq!(a.fallbacks() + b.fallbacks(), 0);
+    (counts, out)
+}
+
+/// At most a few 429s (the stack retried them), and nothing sent besides the 60 calls and
+/// those retries.
+fn assert_few_429s(counts: &MockCounts) {
+    assert!(counts.rate_limited <= 3, "{counts:?}");
+    assert!(counts.total <= 60 + counts.rate_limited, "{counts:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_openai_stacks_share_one_bucket_through_redis() {
     let redis = RedisServer::start();
     let server = bucket_20().await;
-    let a = RedisStore::connect(&redis.url(), config()).await.unwrap();
-    let b = RedisStore::connect(&redis.url(), config()).await.unwrap();
-    seed(&a, &server).await;
-    let ((ok_a, err_a), (ok_b, err_b)) = tokio::join!(
-        run(stack(&server, a.clone()), 30, 8),
-        run(stack(&server, b.clone()), 30, 8)
-    );
-    let counts = server.counts();
-    eprintln!("openai stacks: {ok_a} {err_a:?} / {ok_b} {err_b:?}; mock {counts:?}");
-    assert_eq!(ok_a + ok_b, 60, "{err_a:?} {err_b:?}");
+    let stores = two_stores(&redis).await;
+    seed(&stores.0, &server).await;
+    let (counts, ()) =
+        sixty_calls_through_two_stacks("openai stacks", &server, &stores, stack, async {}).await;
     support::assert_bucket_held(&counts, 60);
-    assert_eq!(a.fallbacks() + b.fallbacks(), 0);
     // The stacks paced through Redis: the key's hash is there.
-    let key = PaceKey::new(server.addr().to_string())
-        .with_credential(format!("Bearer {KEY}").as_bytes())
-        .with_model("gpt-4o-mini");
     assert_eq!(
-        redis.command(&["EXISTS", &a.key_name(&key)]).int(),
+        redis
+            .command(&["EXISTS", &stores.0.key_name(&mock_key(&server))])
+            .int(),
         1,
         "nothing in Redis"
     );
@@ -200,18 +233,11 @@ async fn two_cold_stacks_probe_once_each_then_share_what_they_learned() {
     // without the store collect 18 to 33 (the control test above).
     let redis = RedisServer::start();
     let server = bucket_20().await;
-    let a = RedisStore::connect(&redis.url(), config()).await.unwrap();
-    let b = RedisStore::connect(&redis.url(), config()).await.unwrap();
-    let ((ok_a, err_a), (ok_b, err_b)) = tokio::join!(
-        run(probing_stack(&server, a.clone()), 30, 8),
-        run(probing_stack(&server, b.clone()), 30, 8)
-    );
-    let counts = server.counts();
-    eprintln!("cold stacks: {ok_a} {err_a:?} / {ok_b} {err_b:?}; mock {counts:?}");
-    assert_eq!(ok_a + ok_b, 60, "{err_a:?} {err_b:?}");
-    assert!(counts.rate_limited <= 3, "{counts:?}");
-    assert!(counts.total <= 60 + counts.rate_limited, "{counts:?}");
-    assert_eq!(a.fallbacks() + b.fallbacks(), 0);
+    let stores = two_stores(&redis).await;
+    let (counts, ()) =
+        sixty_calls_through_two_stacks("cold stacks", &server, &stores, probing_stack, async {})
+            .await;
+    assert_few_429s(&counts);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -226,27 +252,17 @@ async fn two_cold_stacks_send_their_first_wave_at_once_then_pace_on_the_store() 
         .latency(Duration::from_secs(1))
         .start()
         .await;
-    let a = RedisStore::connect(&redis.url(), config()).await.unwrap();
-    let b = RedisStore::connect(&redis.url(), config()).await.unwrap();
+    let stores = two_stores(&redis).await;
     let started = tokio::time::Instant::now();
-    let ((ok_a, err_a), (ok_b, err_b), first_wave) = tokio::join!(
-        run(stack(&server, a.clone()), 30, 8),
-        run(stack(&server, b.clone()), 30, 8),
-        async {
+    let (counts, first_wave) =
+        sixty_calls_through_two_stacks("cold stacks, no probe", &server, &stores, stack, async {
             // Both waves are out long before the first answer (1 s): nothing waited for a
             // probe.
             tokio::time::sleep(Duration::from_millis(500)).await;
             server.counts().total
-        }
-    );
-    let counts = server.counts();
-    eprintln!(
-        "cold stacks, no probe: {ok_a} {err_a:?} / {ok_b} {err_b:?}; mock {counts:?}; {:?}",
-        started.elapsed()
-    );
+        })
+        .await;
+    eprintln!("cold stacks, no probe: {:?}", started.elapsed());
     assert_eq!(first_wave, 16);
-    assert_eq!(ok_a + ok_b, 60, "{err_a:?} {err_b:?}");
-    assert!(counts.rate_limited <= 3, "{counts:?}");
-    assert!(counts.total <= 60 + counts.rate_limited, "{counts:?}");
-    assert_eq!(a.fallbacks() + b.fallbacks(), 0);
+    assert_few_429s(&counts);
 }
