@@ -11,7 +11,7 @@ use http::{Method, Request, Response};
 use http_body::Frame;
 use http_body_util::{BodyExt, Full, StreamBody};
 use oai_resilience::validate::{ValidateBody, ValidateLayer, Validator};
-use oai_resilience::{BoxError, ErrorKind, Violation};
+use oai_resilience::{BoxError, Error, ErrorKind, Violation};
 use tower::{service_fn, Layer, Service, ServiceExt};
 
 use test_support::CHAT;
@@ -27,6 +27,31 @@ struct Seen {
 impl Seen {
     fn calls(&self) -> usize {
         self.calls.load(Ordering::SeqCst)
+    }
+
+    /// Sends `req` through `layer` over a fresh [`upstream`] that records into this `Seen`.
+    async fn send<B>(&self, layer: &ValidateLayer, req: Request<B>) -> Result<Response<()>, Error>
+    where
+        B: http_body::Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<BoxError>,
+    {
+        layer.layer(upstream(self.clone())).oneshot(req).await
+    }
+
+    /// [`Seen::send`] of [`post`]`(path, body)`.
+    async fn post(
+        &self,
+        layer: &ValidateLayer,
+        path: &str,
+        body: &str,
+    ) -> Result<Response<()>, Error> {
+        self.send(layer, post(path, body)).await
+    }
+
+    /// [`Seen::post`] of the valid [`CHAT`] request to `/v1/chat/completions`.
+    async fn chat(&self, layer: &ValidateLayer) -> Result<Response<()>, Error> {
+        self.post(layer, "/v1/chat/completions", CHAT).await
     }
 }
 
@@ -61,10 +86,13 @@ fn post(path: &str, body: &str) -> Request<Full<Bytes>> {
 #[tokio::test]
 async fn an_invalid_request_is_not_sent_and_lists_every_violation() {
     let seen = Seen::default();
-    let svc = ValidateLayer::new().layer(upstream(seen.clone()));
     let body = r#"{"model":"gpt-4o","messages":[{"role":"user","content":"a"},{"role":"user"}],"temperature":5,"n":0}"#;
-    let err = svc
-        .oneshot(post("https://api.openai.com/v1/chat/completions", body))
+    let err = seen
+        .post(
+            &ValidateLayer::new(),
+            "https://api.openai.com/v1/chat/completions",
+            body,
+        )
         .await
         .unwrap_err();
     assert_eq!(seen.calls(), 0, "nothing may reach the inner service");
@@ -88,10 +116,7 @@ async fn an_invalid_request_is_not_sent_and_lists_every_violation() {
 #[tokio::test]
 async fn a_valid_request_is_sent_with_the_same_bytes() {
     let seen = Seen::default();
-    let svc = ValidateLayer::new().layer(upstream(seen.clone()));
-    svc.oneshot(post("/v1/chat/completions", CHAT))
-        .await
-        .unwrap();
+    seen.chat(&ValidateLayer::new()).await.unwrap();
     assert_eq!(seen.calls(), 1);
     let (bytes, buffered) = seen.last.lock().unwrap().clone().unwrap();
     assert_eq!(bytes, CHAT.as_bytes());
@@ -108,9 +133,8 @@ async fn routes_match_with_or_without_v1_and_under_a_base_path() {
         "http://localhost:8080/openai/v1/chat/completions?api-version=1",
         "/openai/chat/completions/",
     ] {
-        let err = layer
-            .layer(upstream::<Full<Bytes>>(seen.clone()))
-            .oneshot(post(path, r#"{"model":"m"}"#))
+        let err = seen
+            .post(&layer, path, r#"{"model":"m"}"#)
             .await
             .unwrap_err();
         assert_eq!(err.param(), Some("messages"), "{path}");
@@ -133,11 +157,7 @@ async fn unknown_routes_and_other_methods_pass_untouched() {
             .header("content-type", "application/json")
             .body(Full::new(Bytes::from_static(b"not even json")))
             .unwrap();
-        layer
-            .layer(upstream(seen.clone()))
-            .oneshot(req)
-            .await
-            .unwrap();
+        seen.send(&layer, req).await.unwrap();
         let (bytes, buffered) = seen.last.lock().unwrap().clone().unwrap();
         assert_eq!(bytes, &b"not even json"[..]);
         assert!(!buffered, "{path}: an unknown route must not be buffered");
@@ -152,11 +172,7 @@ async fn non_json_bodies_pass_untouched() {
         .header("content-type", "multipart/form-data; boundary=x")
         .body(Full::new(Bytes::from_static(b"--x\r\n...")))
         .unwrap();
-    ValidateLayer::new()
-        .layer(upstream(seen.clone()))
-        .oneshot(req)
-        .await
-        .unwrap();
+    seen.send(&ValidateLayer::new(), req).await.unwrap();
     assert_eq!(seen.calls(), 1);
     assert!(!seen.last.lock().unwrap().clone().unwrap().1);
 }
@@ -168,11 +184,7 @@ async fn a_json_content_type_with_parameters_is_validated() {
         .header("content-type", "application/json; charset=utf-8")
         .body(Full::new(Bytes::from_static(br#"{"model":"m"}"#)))
         .unwrap();
-    let err = ValidateLayer::new()
-        .layer(upstream(seen.clone()))
-        .oneshot(req)
-        .await
-        .unwrap_err();
+    let err = seen.send(&ValidateLayer::new(), req).await.unwrap_err();
     assert_eq!(err.param(), Some("input"));
     assert_eq!(seen.calls(), 0);
 }
@@ -180,9 +192,8 @@ async fn a_json_content_type_with_parameters_is_validated() {
 #[tokio::test]
 async fn an_invalid_json_body_is_rejected() {
     let seen = Seen::default();
-    let err = ValidateLayer::new()
-        .layer(upstream(seen.clone()))
-        .oneshot(post("/v1/responses", "{\"model\": "))
+    let err = seen
+        .post(&ValidateLayer::new(), "/v1/responses", "{\"model\": ")
         .await
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::InvalidParameter);
@@ -205,12 +216,12 @@ async fn a_seed_outside_the_int64_range_is_rejected_with_its_path() {
         "9223372036854775808",
     ] {
         let seen = Seen::default();
-        let svc = ValidateLayer::new().layer(upstream(seen.clone()));
-        let err = svc
-            .oneshot(post(
+        let err = seen
+            .post(
+                &ValidateLayer::new(),
                 "https://api.openai.com/v1/chat/completions",
                 &body(seed),
-            ))
+            )
             .await
             .unwrap_err();
         assert_eq!(
@@ -227,11 +238,11 @@ async fn a_seed_outside_the_int64_range_is_rejected_with_its_path() {
     }
     for seed in ["-9223372036854775808", "9223372036854775807", "1e3"] {
         let seen = Seen::default();
-        let svc = ValidateLayer::new().layer(upstream(seen.clone()));
-        svc.oneshot(post(
+        seen.post(
+            &ValidateLayer::new(),
             "https://api.openai.com/v1/chat/completions",
             &body(seed),
-        ))
+        )
         .await
         .unwrap_or_else(|e| panic!("{seed}: {e}"));
         assert_eq!(seen.calls(), 1, "{seed}");
@@ -242,20 +253,12 @@ async fn a_seed_outside_the_int64_range_is_rejected_with_its_path() {
 async fn strict_mode_rejects_unknown_routes() {
     let seen = Seen::default();
     let layer = ValidateLayer::new().strict(true);
-    let err = layer
-        .layer(upstream(seen.clone()))
-        .oneshot(post("/v1/files", "{}"))
-        .await
-        .unwrap_err();
+    let err = seen.post(&layer, "/v1/files", "{}").await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::InvalidParameter);
     assert!(err.detail().unwrap().contains("POST /v1/files"), "{err}");
     assert_eq!(seen.calls(), 0);
     // Known routes still pass.
-    layer
-        .layer(upstream(seen.clone()))
-        .oneshot(post("/v1/chat/completions", CHAT))
-        .await
-        .unwrap();
+    seen.chat(&layer).await.unwrap();
     assert_eq!(seen.calls(), 1);
 }
 
@@ -264,11 +267,7 @@ async fn an_oversized_body_is_a_typed_error_and_is_not_sent() {
     let seen = Seen::default();
     let layer = ValidateLayer::new().body_limit(16);
     // Known size: refused before reading.
-    let err = layer
-        .layer(upstream(seen.clone()))
-        .oneshot(post("/v1/chat/completions", CHAT))
-        .await
-        .unwrap_err();
+    let err = seen.chat(&layer).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::RequestTooLarge);
     assert!(err.detail().unwrap().contains("16 bytes"));
     // Unknown size: refused once the chunks cross the limit.
@@ -278,11 +277,7 @@ async fn an_oversized_body_is_a_typed_error_and_is_not_sent() {
     let req = Request::post("/v1/chat/completions")
         .body(StreamBody::new(stream::iter(chunks)))
         .unwrap();
-    let err = layer
-        .layer(upstream(seen.clone()))
-        .oneshot(req)
-        .await
-        .unwrap_err();
+    let err = seen.send(&layer, req).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::RequestTooLarge);
     assert_eq!(seen.calls(), 0);
 }
@@ -300,11 +295,7 @@ async fn a_body_that_fails_to_read_is_a_typed_error() {
     let req = Request::post("/v1/chat/completions")
         .body(StreamBody::new(stream::iter(frames)))
         .unwrap();
-    let err = ValidateLayer::new()
-        .layer(upstream(seen.clone()))
-        .oneshot(req)
-        .await
-        .unwrap_err();
+    let err = seen.send(&ValidateLayer::new(), req).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Internal);
     assert!(std::error::Error::source(&err).is_some());
     assert_eq!(seen.calls(), 0);
@@ -321,11 +312,7 @@ async fn a_streamed_valid_body_is_reassembled() {
     let req = Request::post("/v1/chat/completions")
         .body(StreamBody::new(stream::iter(frames)))
         .unwrap();
-    ValidateLayer::new()
-        .layer(upstream(seen.clone()))
-        .oneshot(req)
-        .await
-        .unwrap();
+    seen.send(&ValidateLayer::new(), req).await.unwrap();
     assert_eq!(
         seen.last.lock().unwrap().clone().unwrap().0,
         CHAT.as_bytes()
@@ -357,32 +344,22 @@ async fn user_rules_run_on_spec_and_custom_routes() {
                 }
             },
         );
-    let err = layer
-        .layer(upstream(seen.clone()))
-        .oneshot(post(
+    let err = seen
+        .post(
+            &layer,
             "/v1/chat/completions",
             r#"{"model":"gpt-4o","messages":[]}"#,
-        ))
+        )
         .await
         .unwrap_err();
     let params: Vec<&str> = err.violations().iter().map(|v| v.param.as_str()).collect();
     assert_eq!(params, ["messages", "model"], "spec rules, then the user's");
-    let err = layer
-        .layer(upstream(seen.clone()))
-        .oneshot(post("/my/endpoint", "{}"))
-        .await
-        .unwrap_err();
+    let err = seen.post(&layer, "/my/endpoint", "{}").await.unwrap_err();
     assert_eq!(err.hint(), "add the missing parameter `id`");
-    layer
-        .layer(upstream(seen.clone()))
-        .oneshot(post("/my/endpoint", r#"{"id":1}"#))
+    seen.post(&layer, "/my/endpoint", r#"{"id":1}"#)
         .await
         .unwrap();
-    layer
-        .layer(upstream(seen.clone()))
-        .oneshot(post("/v1/chat/completions", CHAT))
-        .await
-        .unwrap();
+    seen.chat(&layer).await.unwrap();
     assert_eq!(seen.calls(), 2);
 }
 
