@@ -16,6 +16,7 @@ use oai_resilience::breaker::{
 use oai_resilience::retry::{Backoff, Jitter, RetryBudget, RetryConfig, RetryLayer, TokenBudget};
 use oai_resilience::{ClassifyLayer, Error, ErrorKind, StopReason};
 use tokio::time::Instant;
+use tower::util::BoxCloneService;
 use tower::{service_fn, BoxError, Service, ServiceBuilder, ServiceExt};
 
 const QUOTA: &str = r#"{"error":{"message":"You exceeded your current quota, please check your plan and billing details.","type":"insufficient_quota","param":null,"code":"insufficient_quota"}}"#;
@@ -88,20 +89,16 @@ fn key(key: &str) -> BreakerKey {
     BreakerKey::new("upstream.test").with_credential(format!("Bearer {key}").as_bytes())
 }
 
-/// Breaker -> Classify -> upstream.
+/// Breaker -> Classify -> upstream, boxed.
 fn stack(
     breaker: &CircuitBreakerLayer,
     upstream: &Upstream,
-) -> impl Service<
-    Request<Full<Bytes>>,
-    Response = Response<Full<Bytes>>,
-    Error = Error,
-    Future = impl Send,
-> + Clone {
+) -> BoxCloneService<Request<Full<Bytes>>, Response<Full<Bytes>>, Error> {
     ServiceBuilder::new()
         .layer(breaker.clone())
         .layer(ClassifyLayer::new())
         .service(upstream.service())
+        .boxed_clone()
 }
 
 async fn call<S>(svc: &S) -> Result<u16, Error>

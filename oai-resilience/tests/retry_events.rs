@@ -5,16 +5,10 @@
 //! caches a "never" interest, so no event reaches the subscriber. Alone in its binary with a
 //! global subscriber, it cannot race.
 
-use std::convert::Infallible;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
-
-use bytes::Bytes;
 use http::{Request, Response};
-use http_body_util::Full;
 use oai_resilience::retry::RetryLayer;
-use oai_resilience::{ClassifyLayer, Error};
-use tower::{service_fn, Layer, Service, ServiceExt};
+use oai_resilience::Error;
+use tower::{Layer, Service, ServiceExt};
 
 use test_support::capture;
 
@@ -25,25 +19,13 @@ use capture::Captured;
 #[path = "support/retry_fixtures.rs"]
 mod retry_fixtures;
 
-use retry_fixtures::{config, post, Body};
+use retry_fixtures::{answering, config, post, status, Body};
 
 /// An upstream that answers from `codes` (the last repeats), with a request id.
 fn logging(
     codes: &'static [u16],
 ) -> impl Service<Request<Body>, Response = Response<Body>, Error = Error> + Clone {
-    let n = Arc::new(AtomicUsize::new(0));
-    ClassifyLayer::new().layer(service_fn(move |_req: Request<Body>| {
-        let i = n.fetch_add(1, Ordering::SeqCst);
-        async move {
-            Ok::<_, Infallible>(
-                Response::builder()
-                    .status(codes[i.min(codes.len() - 1)])
-                    .header("x-request-id", "req_abc")
-                    .body(Full::new(Bytes::new()))
-                    .unwrap(),
-            )
-        }
-    }))
+    answering(codes, |_req: &Request<Body>, code, _| status(code))
 }
 
 #[tokio::test(start_paused = true)]

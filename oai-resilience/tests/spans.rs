@@ -31,7 +31,7 @@ use tracing_subscriber::registry::LookupSpan;
 #[path = "support/retry_fixtures.rs"]
 mod retry_fixtures;
 
-use retry_fixtures::{config, Body};
+use retry_fixtures::{answering, config, Body};
 
 /// A closed span: its name, its parent's name, its fields and the messages of its events.
 #[derive(Debug, Clone, Default)]
@@ -131,25 +131,23 @@ fn named<'a>(spans: &'a [Closed], name: &str) -> Vec<&'a Closed> {
 
 /// An upstream that answers from `codes` in order (the last repeats), with request ids
 /// `req_1`, `req_2`, …
-fn scripted<B>(
+fn scripted<B: Send + 'static>(
     codes: &'static [u16],
 ) -> impl Service<Request<B>, Response = Response<Body>, Error = Error> + Clone {
-    let n = Arc::new(AtomicUsize::new(0));
-    ClassifyLayer::new().layer(service_fn(move |_req: Request<B>| {
-        let i = n.fetch_add(1, Ordering::SeqCst);
-        async move {
-            tracing::debug!("upstream answers");
-            let mut res = Response::builder()
-                .status(codes[i.min(codes.len() - 1)])
-                .header("x-request-id", format!("req_{}", i + 1));
-            if codes[i.min(codes.len() - 1)] == 429 {
-                res = res.header("content-type", "application/json");
-                let body = r#"{"error":{"message":"You exceeded your current quota","type":"insufficient_quota","code":"insufficient_quota"}}"#;
-                return Ok::<_, Infallible>(res.body(Full::new(Bytes::from(body))).unwrap());
-            }
-            Ok::<_, Infallible>(res.body(Full::new(Bytes::new())).unwrap())
+    answering(codes, |_req: &Request<B>, code, i| {
+        tracing::debug!("upstream answers");
+        let res = Response::builder()
+            .status(code)
+            .header("x-request-id", format!("req_{}", i + 1));
+        if code == 429 {
+            let body = r#"{"error":{"message":"You exceeded your current quota","type":"insufficient_quota","code":"insufficient_quota"}}"#;
+            return res
+                .header("content-type", "application/json")
+                .body(Full::new(Bytes::from(body)))
+                .unwrap();
         }
-    }))
+        res.body(Full::new(Bytes::new())).unwrap()
+    })
 }
 
 /// A chat-completions POST to an absolute URI, with the model as a [`RequestModel`].

@@ -1,7 +1,6 @@
 //! `retry::call` for closures (the loop `#[openai_call]` reuses) and `TowerPolicy` under plain
 //! `tower::retry::RetryLayer`: the same decisions as `RetryLayer`.
 
-use std::convert::Infallible;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -12,17 +11,15 @@ use http_body_util::{combinators::BoxBody, Full};
 use oai_resilience::retry::{
     call, call_with, Attempt, Decision, OpenAiPolicy, RetryableError, TokenBudget, TowerPolicy,
 };
-use oai_resilience::{
-    BoxError, ClassifyLayer, DelaySource, Error, ErrorKind, RetryContext, StopReason,
-};
+use oai_resilience::{BoxError, DelaySource, Error, ErrorKind, RetryContext, StopReason};
 use tokio::time::Instant;
-use tower::{service_fn, ServiceBuilder, ServiceExt};
+use tower::{ServiceBuilder, ServiceExt};
 
 // Only `config` is used here.
 #[allow(dead_code)]
 use crate::retry_fixtures;
 
-use retry_fixtures::config;
+use retry_fixtures::{answering, config};
 
 #[tokio::test(start_paused = true)]
 async fn call_retries_transient_errors_with_the_same_schedule() {
@@ -201,26 +198,17 @@ fn upstream<B: Send + 'static>(
     log: Arc<Mutex<Vec<Option<String>>>>,
 ) -> impl tower::Service<Request<B>, Response = Response<Body>, Error = Error, Future = impl Send> + Clone
 {
-    let n = Arc::new(AtomicU32::new(0));
-    ServiceBuilder::new()
-        .layer(ClassifyLayer::new())
-        .service(service_fn(move |req: Request<B>| {
-            let i = n.fetch_add(1, Ordering::SeqCst) as usize;
-            log.lock().unwrap().push(
-                req.headers()
-                    .get("x-stainless-retry-count")
-                    .map(|v| v.to_str().unwrap().to_owned()),
-            );
-            let code = codes[i.min(codes.len() - 1)];
-            async move {
-                Ok::<_, Infallible>(
-                    Response::builder()
-                        .status(code)
-                        .body(Full::new(Bytes::new()))
-                        .unwrap(),
-                )
-            }
-        }))
+    answering(codes, move |req: &Request<B>, code, _| {
+        log.lock().unwrap().push(
+            req.headers()
+                .get("x-stainless-retry-count")
+                .map(|v| v.to_str().unwrap().to_owned()),
+        );
+        Response::builder()
+            .status(code)
+            .body(Full::new(Bytes::new()))
+            .unwrap()
+    })
 }
 
 #[tokio::test(start_paused = true)]
