@@ -2,8 +2,9 @@
 //! data. Runs when `../shared/openai-openapi` (or `$OAI_SHARED_DIR`) and `python3` are present;
 //! the example check also needs PyYAML. Otherwise it says why it did not run.
 
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Output};
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -31,32 +32,53 @@ fn python_ok(module: &str) -> bool {
         .is_ok_and(|o| o.status.success())
 }
 
-#[test]
-fn committed_tables_match_the_generator() {
+/// The shared data directory, when it is found and `python3` can import `module`; otherwise
+/// prints which is missing (`python` names the interpreter the test wants) and gives `None`.
+fn shared_and_python(module: &str, python: &str) -> Option<PathBuf> {
     let Some(shared) = shared() else {
         eprintln!("skipped: ../shared/openai-openapi not found");
-        return;
+        return None;
     };
-    if !python_ok("json") {
-        eprintln!("skipped: python3 not found");
-        return;
+    if !python_ok(module) {
+        eprintln!("skipped: {python} not found");
+        return None;
     }
-    let out = Command::new("python3")
+    Some(shared)
+}
+
+/// Runs `scripts/gen_validation_rules.py` with `args`.
+fn generator(args: &[&OsStr]) -> Output {
+    Command::new("python3")
         .arg(repo().join("scripts/gen_validation_rules.py"))
-        .arg("--stdout")
-        .arg("--rules")
-        .arg(shared.join("rules.json"))
+        .args(args)
         .output()
-        .unwrap();
+        .unwrap()
+}
+
+/// The generator's standard output, after asserting that it succeeded (its stderr otherwise).
+fn succeeded(out: Output) -> String {
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let committed =
-        std::fs::read_to_string(repo().join("oai-resilience/src/validate/rules_gen.rs")).unwrap();
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// The committed `rules_gen.rs`.
+fn committed_rules() -> String {
+    std::fs::read_to_string(repo().join("oai-resilience/src/validate/rules_gen.rs")).unwrap()
+}
+
+#[test]
+fn committed_tables_match_the_generator() {
+    let Some(shared) = shared_and_python("json", "python3") else {
+        return;
+    };
+    let rules = shared.join("rules.json");
+    let out = generator(&["--stdout".as_ref(), "--rules".as_ref(), rules.as_ref()]);
     assert!(
-        String::from_utf8(out.stdout).unwrap() == committed,
+        succeeded(out) == committed_rules(),
         "rules_gen.rs is stale: run `python3 scripts/gen_validation_rules.py`"
     );
 }
@@ -64,14 +86,9 @@ fn committed_tables_match_the_generator() {
 #[test]
 fn a_changed_rule_changes_the_tables() {
     // The staleness check above can fail: one bound changed in the data changes the output.
-    let Some(shared) = shared() else {
-        eprintln!("skipped: ../shared/openai-openapi not found");
+    let Some(shared) = shared_and_python("json", "python3") else {
         return;
     };
-    if !python_ok("json") {
-        eprintln!("skipped: python3 not found");
-        return;
-    }
     let text = std::fs::read_to_string(shared.join("rules.json")).unwrap();
     let mut rules: serde_json::Value = serde_json::from_str(&text).unwrap();
     let temperature = rules["operations"]
@@ -86,50 +103,27 @@ fn a_changed_rule_changes_the_tables() {
     temperature.insert("maximum".into(), 3.into());
     let tmp = std::env::temp_dir().join(format!("oai-validate-rules-{}.json", std::process::id()));
     std::fs::write(&tmp, serde_json::to_vec(&rules).unwrap()).unwrap();
-    let out = Command::new("python3")
-        .arg(repo().join("scripts/gen_validation_rules.py"))
-        .arg("--stdout")
-        .arg("--rules")
-        .arg(&tmp)
-        .output()
-        .unwrap();
+    let out = generator(&["--stdout".as_ref(), "--rules".as_ref(), tmp.as_ref()]);
     let _ = std::fs::remove_file(&tmp);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let committed =
-        std::fs::read_to_string(repo().join("oai-resilience/src/validate/rules_gen.rs")).unwrap();
-    assert!(String::from_utf8(out.stdout).unwrap() != committed);
+    assert!(succeeded(out) != committed_rules());
 }
 
 #[test]
 fn committed_spec_examples_match_the_spec() {
-    let Some(shared) = shared() else {
-        eprintln!("skipped: ../shared/openai-openapi not found");
+    let Some(shared) = shared_and_python("yaml", "python3 with PyYAML") else {
         return;
     };
-    if !python_ok("yaml") {
-        eprintln!("skipped: python3 with PyYAML not found");
-        return;
-    }
     let tmp = std::env::temp_dir().join(format!("oai-validate-examples-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
-    let out = Command::new("python3")
-        .arg(repo().join("scripts/gen_validation_rules.py"))
-        .arg("--examples")
-        .arg("--spec")
-        .arg(shared.join("openapi.yaml"))
-        .arg("--examples-out")
-        .arg(&tmp)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let spec = shared.join("openapi.yaml");
+    let out = generator(&[
+        "--examples".as_ref(),
+        "--spec".as_ref(),
+        spec.as_ref(),
+        "--examples-out".as_ref(),
+        tmp.as_ref(),
+    ]);
+    succeeded(out);
     let list = |dir: &Path| {
         let mut v: Vec<(String, Vec<u8>)> = std::fs::read_dir(dir)
             .unwrap()
