@@ -70,6 +70,23 @@ impl Hosts {
         self.seen(host).len()
     }
 
+    /// `primary` as route "primary" and the backup host's [`stack`] as route "backup", both
+    /// over [`Hosts::client`].
+    fn primary_then_backup(
+        &self,
+        primary: OpenAiLayer,
+    ) -> impl tower::Service<
+        Request<Full<Bytes>>,
+        Response = Response<Full<Bytes>>,
+        Error = Error,
+        Future = impl Send,
+    > + Clone {
+        FallbackLayer::new()
+            .route(Route::new("primary", primary))
+            .route(Route::new("backup", stack("backup.test")))
+            .layer(self.client())
+    }
+
     /// The client every route shares: dispatches on the URI's host.
     fn client(
         &self,
@@ -143,10 +160,7 @@ fn served_by(res: &Response<Full<Bytes>>) -> (String, usize) {
 #[tokio::test(start_paused = true)]
 async fn the_first_route_serves_while_it_is_healthy() {
     let hosts = Hosts::default();
-    let svc = FallbackLayer::new()
-        .route(Route::new("primary", stack("primary.test")))
-        .route(Route::new("backup", stack("backup.test")))
-        .layer(hosts.client());
+    let svc = hosts.primary_then_backup(stack("primary.test"));
     for _ in 0..3 {
         let res = svc.clone().oneshot(chat(CHAT)).await.unwrap();
         assert_eq!(served_by(&res), ("primary".into(), 0));
@@ -201,10 +215,7 @@ async fn an_open_circuit_moves_on_without_sending() {
 async fn an_exhausted_quota_moves_on_after_one_request() {
     let hosts = Hosts::default();
     hosts.push("primary.test", [(429, QUOTA)]);
-    let svc = FallbackLayer::new()
-        .route(Route::new("primary", stack("primary.test")))
-        .route(Route::new("backup", stack("backup.test")))
-        .layer(hosts.client());
+    let svc = hosts.primary_then_backup(stack("primary.test"));
     let res = svc.oneshot(chat(CHAT)).await.unwrap();
     assert_eq!(served_by(&res), ("backup".into(), 1));
     assert_eq!(hosts.count("primary.test"), 1, "a quota 429 is not retried");
@@ -228,20 +239,14 @@ async fn a_closed_retry_budget_moves_on() {
         ))
     };
     let closed = retrying_418(3, TokenBudget::new(0.0, 0.0));
-    let svc = FallbackLayer::new()
-        .route(Route::new("primary", closed))
-        .route(Route::new("backup", stack("backup.test")))
-        .layer(hosts.client());
+    let svc = hosts.primary_then_backup(closed);
     let res = svc.oneshot(chat(CHAT)).await.unwrap();
     assert_eq!(served_by(&res), ("backup".into(), 1));
     assert_eq!(hosts.count("primary.test"), 1);
 
     // The same 418 with an open budget: the retries end on the maximum, and it stays.
     let open = retrying_418(2, TokenBudget::new(1.0, 1000.0));
-    let svc = FallbackLayer::new()
-        .route(Route::new("primary", open))
-        .route(Route::new("backup", stack("backup.test")))
-        .layer(hosts.client());
+    let svc = hosts.primary_then_backup(open);
     let err = svc.oneshot(chat(CHAT)).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::OtherStatus);
     assert_eq!(err.retry_context().unwrap().stop, StopReason::MaxAttempts);
@@ -262,10 +267,7 @@ async fn the_pacers_wait_beyond_max_wait_moves_on() {
         .retry(RetryLayer::with_config(
             RetryConfig::new().policy(OpenAiPolicy::new().never_retry_if(is_paced_locally)),
         ));
-    let svc = FallbackLayer::new()
-        .route(Route::new("primary", primary))
-        .route(Route::new("backup", stack("backup.test")))
-        .layer(hosts.client());
+    let svc = hosts.primary_then_backup(primary);
     let res = svc.clone().oneshot(chat(CHAT)).await.unwrap();
     assert_eq!(served_by(&res), ("primary".into(), 0));
     let start = Instant::now();
@@ -289,10 +291,7 @@ async fn the_pacers_wait_beyond_max_wait_moves_on() {
 async fn a_400_local_validation_and_a_401_never_move_on() {
     let hosts = Hosts::default();
     hosts.push("primary.test", [(400, BAD), (401, "")]);
-    let svc = FallbackLayer::new()
-        .route(Route::new("primary", stack("primary.test")))
-        .route(Route::new("backup", stack("backup.test")))
-        .layer(hosts.client());
+    let svc = hosts.primary_then_backup(stack("primary.test"));
 
     let err = svc.clone().oneshot(chat(CHAT)).await.unwrap_err();
     assert_eq!(
