@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{Empty, Full};
-use oai_resilience::classify::ClassifyLayer;
+use oai_resilience::classify::{Classify, ClassifyLayer};
 use oai_resilience::pace::{
-    is_paced_locally, CallDeadline, PaceKey, PaceLayer, PacerConfig, StaticLimits,
+    is_paced_locally, CallDeadline, Pace, PaceKey, PaceLayer, PacerConfig, StaticLimits,
 };
 use oai_resilience::{Error, ErrorKind};
 use tokio::time::Instant;
@@ -43,6 +43,35 @@ fn too_many(retry_after_ms: u64) -> http::Response<Full<Bytes>> {
             br#"{"error":{"message":"Rate limit reached for requests","type":"requests","param":null,"code":"rate_limit_exceeded"}}"#,
         )))
         .unwrap()
+}
+
+/// `upstream` under classify under (a clone of) `pace`: the stack the tests here send through.
+fn paced<S>(pace: &PaceLayer, upstream: S) -> Pace<Classify<S>> {
+    pace.clone()
+        .layer_on(ClassifyLayer::new().layer_on(upstream))
+}
+
+/// An upstream that counts its calls in `hits` and answers call number `limited_call`
+/// (counting from 0) with `too_many(retry_after_ms)`, every other call with `ok()`.
+fn limited_once(
+    hits: Arc<AtomicUsize>,
+    limited_call: usize,
+    retry_after_ms: u64,
+) -> impl Service<
+    http::Request<Full<Bytes>>,
+    Response = http::Response<Full<Bytes>>,
+    Error = Infallible,
+    Future = impl Send,
+> + Clone {
+    service_fn(move |_req: http::Request<Full<Bytes>>| {
+        let n = hits.fetch_add(1, Ordering::SeqCst);
+        let res = if n == limited_call {
+            too_many(retry_after_ms)
+        } else {
+            ok()
+        };
+        async move { Ok::<_, Infallible>(res) }
+    })
 }
 
 /// A server with a small bucket (capacity 20, refilled 20/s) and honest headers.
@@ -107,10 +136,7 @@ async fn burst_through_classify_against_a_small_fast_bucket() {
         }
     });
     let pace = PaceLayer::new();
-    let svc = ServiceBuilder::new()
-        .layer(pace.clone())
-        .layer(ClassifyLayer::new())
-        .service(upstream);
+    let svc = paced(&pace, upstream);
     let start = Instant::now();
     let calls = 200;
     let next = Arc::new(AtomicUsize::new(0));
@@ -164,17 +190,9 @@ async fn burst_through_classify_against_a_small_fast_bucket() {
 
 #[tokio::test(start_paused = true)]
 async fn a_429_pauses_the_key_for_every_request() {
-    let hits = Arc::new(AtomicUsize::new(0));
-    let h = hits.clone();
-    let upstream = service_fn(move |_req: http::Request<Full<Bytes>>| {
-        let n = h.fetch_add(1, Ordering::SeqCst);
-        async move { Ok::<_, Infallible>(if n == 1 { too_many(1500) } else { ok() }) }
-    });
+    let upstream = limited_once(Arc::default(), 1, 1500);
     let pace = PaceLayer::new();
-    let mut svc = ServiceBuilder::new()
-        .layer(pace.clone())
-        .layer(ClassifyLayer::new())
-        .service(upstream);
+    let mut svc = paced(&pace, upstream);
     svc.ready().await.unwrap();
     svc.call(request("sk-a", chat("m", 1))).await.unwrap();
     let err = svc.call(request("sk-a", chat("m", 1))).await.unwrap_err();
@@ -207,10 +225,7 @@ async fn token_cost_is_read_from_the_body_which_arrives_intact() {
     let mut cfg = PacerConfig::default();
     cfg.static_limits = StaticLimits::new(None, Some(600));
     let pace = PaceLayer::with_config(cfg);
-    let mut svc = ServiceBuilder::new()
-        .layer(pace.clone())
-        .layer(ClassifyLayer::new())
-        .service(upstream);
+    let mut svc = paced(&pace, upstream);
     let start = Instant::now();
     // Each costs 2 (text) + 4 (message) + 3 + 290 = 299 tokens of a 600-token minute bucket.
     for _ in 0..3 {
@@ -227,37 +242,38 @@ async fn token_cost_is_read_from_the_body_which_arrives_intact() {
     assert_eq!(seen.lock().unwrap()[2], Bytes::from(chat("m", 290)));
 }
 
+/// An upstream that answers every call with `ok()`.
+fn always_ok() -> impl Service<
+    http::Request<Full<Bytes>>,
+    Response = http::Response<Full<Bytes>>,
+    Error = Infallible,
+    Future = impl Send,
+> + Clone {
+    service_fn(|_req: http::Request<Full<Bytes>>| async { Ok::<_, Infallible>(ok()) })
+}
+
+/// How many keys `pace` knows after one request on `sk-a` for each of `models`, in turn, to
+/// [`always_ok`].
+async fn keys_after(pace: &PaceLayer, models: &[&str]) -> usize {
+    let mut svc = paced(pace, always_ok());
+    for model in models {
+        svc.ready()
+            .await
+            .unwrap()
+            .call(request("sk-a", chat(model, 1)))
+            .await
+            .unwrap();
+    }
+    pace.pacer().metrics().keys
+}
+
 #[tokio::test(start_paused = true)]
 async fn keys_are_per_model_unless_configured_otherwise() {
-    let upstream =
-        service_fn(|_req: http::Request<Full<Bytes>>| async { Ok::<_, Infallible>(ok()) });
-    let pace = PaceLayer::new();
-    let mut svc = pace
-        .clone()
-        .layer_on(ClassifyLayer::new().layer_on(upstream));
-    for model in ["a", "b", "a"] {
-        svc.ready()
-            .await
-            .unwrap()
-            .call(request("sk-a", chat(model, 1)))
-            .await
-            .unwrap();
-    }
-    assert_eq!(pace.pacer().metrics().keys, 2);
-
-    let pace = PaceLayer::new().per_model(false);
-    let mut svc = pace
-        .clone()
-        .layer_on(ClassifyLayer::new().layer_on(upstream));
-    for model in ["a", "b"] {
-        svc.ready()
-            .await
-            .unwrap()
-            .call(request("sk-a", chat(model, 1)))
-            .await
-            .unwrap();
-    }
-    assert_eq!(pace.pacer().metrics().keys, 1);
+    assert_eq!(keys_after(&PaceLayer::new(), &["a", "b", "a"]).await, 2);
+    assert_eq!(
+        keys_after(&PaceLayer::new().per_model(false), &["a", "b"]).await,
+        1
+    );
 
     let pace = PaceLayer::new().key_fn(|_uri, headers, _body| {
         PaceKey::new(
@@ -266,9 +282,7 @@ async fn keys_are_per_model_unless_configured_otherwise() {
                 .map_or("none", |v| v.to_str().unwrap_or("bad")),
         )
     });
-    let mut svc = pace
-        .clone()
-        .layer_on(ClassifyLayer::new().layer_on(upstream));
+    let mut svc = paced(&pace, always_ok());
     let mut req = request("sk-a", chat("a", 1));
     req.headers_mut()
         .insert("x-tenant", "blue".parse().unwrap());
@@ -279,15 +293,9 @@ async fn keys_are_per_model_unless_configured_otherwise() {
 #[tokio::test(start_paused = true)]
 async fn the_call_deadline_bounds_the_wait_and_nothing_is_sent() {
     let hits = Arc::new(AtomicUsize::new(0));
-    let h = hits.clone();
-    let upstream = service_fn(move |_req: http::Request<Full<Bytes>>| {
-        let n = h.fetch_add(1, Ordering::SeqCst);
-        async move { Ok::<_, Infallible>(if n == 0 { too_many(10_000) } else { ok() }) }
-    });
+    let upstream = limited_once(hits.clone(), 0, 10_000);
     let pace = PaceLayer::new();
-    let mut svc = pace
-        .clone()
-        .layer_on(ClassifyLayer::new().layer_on(upstream));
+    let mut svc = paced(&pace, upstream);
     let _ = svc.call(request("sk-a", chat("m", 1))).await.unwrap_err();
     let mut req = request("sk-a", chat("m", 1));
     req.extensions_mut()
@@ -305,9 +313,7 @@ async fn a_dropped_call_gives_its_place_back() {
         Ok::<_, Infallible>(too_many(5_000))
     });
     let pace = PaceLayer::new();
-    let mut svc = pace
-        .clone()
-        .layer_on(ClassifyLayer::new().layer_on(upstream));
+    let mut svc = paced(&pace, upstream);
     let _ = svc.call(request("sk-a", chat("m", 1))).await.unwrap_err();
     let waiting = tokio::spawn(svc.call(request("sk-a", chat("m", 1))));
     tokio::time::sleep(Duration::from_secs(1)).await;
