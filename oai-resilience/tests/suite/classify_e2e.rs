@@ -4,6 +4,8 @@
 
 use crate::scripted;
 
+use super::mock_server::{request_limited, token_limited};
+
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -458,10 +460,7 @@ async fn e413_body_too_large() {
 
 #[tokio::test(start_paused = true)]
 async fn e429_rate_limit() {
-    let server = MockServer::builder()
-        .request_limit(RateLimit::bucket(2, 20.0))
-        .start()
-        .await;
+    let server = request_limited(RateLimit::bucket(2, 20.0)).await;
     let mut svc = stack();
     for _ in 0..2 {
         call(
@@ -498,10 +497,7 @@ async fn e429_rate_limit() {
 
 #[tokio::test(start_paused = true)]
 async fn e429_request_too_large_for_tpm() {
-    let server = MockServer::builder()
-        .token_limit(RateLimit::per_minute(100))
-        .start()
-        .await;
+    let server = token_limited(RateLimit::per_minute(100)).await;
     let body =
         r#"{"model":"gpt-4o","messages":[{"role":"user","content":"hi"}],"max_tokens":1000}"#;
     let mut svc = stack();

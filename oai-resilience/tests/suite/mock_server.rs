@@ -67,15 +67,31 @@ async fn send(
     }
 }
 
+/// A POST without a key of `body` to `route` of `server`.
+async fn post(
+    c: &Client<HttpConnector, Full<Bytes>>,
+    server: &MockServer,
+    route: Route,
+    body: &str,
+) -> Answer {
+    send(c, "POST", server.endpoint(route), None, body).await
+}
+
+/// A small valid embeddings request.
+const EMBED: &str = r#"{"model":"m","input":"x"}"#;
+
 async fn chat(c: &Client<HttpConnector, Full<Bytes>>, server: &MockServer) -> Answer {
-    send(
-        c,
-        "POST",
-        server.endpoint(Route::ChatCompletions),
-        None,
-        CHAT,
-    )
-    .await
+    post(c, server, Route::ChatCompletions, CHAT).await
+}
+
+/// A mock server whose only setting is `limit` on requests.
+pub(super) async fn request_limited(limit: RateLimit) -> MockServer {
+    MockServer::builder().request_limit(limit).start().await
+}
+
+/// A mock server whose only setting is `limit` on tokens.
+pub(super) async fn token_limited(limit: RateLimit) -> MockServer {
+    MockServer::builder().token_limit(limit).start().await
 }
 
 fn is_request_id(id: &str) -> bool {
@@ -131,11 +147,10 @@ async fn routes_answer_openai_shapes_and_headers() {
         Some(2_000_000 - estimate_tokens(CHAT.as_bytes()))
     );
 
-    let b = send(
+    let b = post(
         &c,
-        "POST",
-        server.endpoint(Route::Embeddings),
-        None,
+        &server,
+        Route::Embeddings,
         r#"{"model":"text-embedding-3-small","input":["a","b","c"]}"#,
     )
     .await;
@@ -229,14 +244,7 @@ async fn scripts_play_in_order_then_normal_behaviour() {
     // Scripts are per route, and can be added while running.
     server.script(Route::ChatCompletions, [MockResponse::status(500)]);
     assert_eq!(chat(&c, &server).await.status, 500);
-    let e = send(
-        &c,
-        "POST",
-        server.endpoint(Route::Embeddings),
-        None,
-        r#"{"model":"m","input":"x"}"#,
-    )
-    .await;
+    let e = post(&c, &server, Route::Embeddings, EMBED).await;
     assert_eq!(e.status, 502);
     assert_eq!(e.json, Value::Null, "raw body kept");
 
@@ -274,10 +282,7 @@ async fn scripted_success_and_custom_error_bodies() {
 
 #[tokio::test(start_paused = true)]
 async fn request_bucket_429_matches_the_api() {
-    let server = MockServer::builder()
-        .request_limit(RateLimit::bucket(20, 20.0))
-        .start()
-        .await;
+    let server = request_limited(RateLimit::bucket(20, 20.0)).await;
     let c = client();
     for i in 0..20 {
         let a = chat(&c, &server).await;
@@ -329,7 +334,7 @@ async fn request_bucket_429_matches_the_api() {
 /// A server with `limit` on requests, `n` chat calls it answers with 200, and the answer to
 /// the next one, a 429.
 async fn past_request_limit(limit: RateLimit, n: usize) -> Answer {
-    let server = MockServer::builder().request_limit(limit).start().await;
+    let server = request_limited(limit).await;
     let c = client();
     for _ in 0..n {
         assert_eq!(chat(&c, &server).await.status, 200);
@@ -350,10 +355,7 @@ async fn minute_limit_resets_are_go_durations() {
 
 #[tokio::test(start_paused = true)]
 async fn token_bucket_and_request_too_large() {
-    let server = MockServer::builder()
-        .token_limit(RateLimit::bucket(100, 10.0))
-        .start()
-        .await;
+    let server = token_limited(RateLimit::bucket(100, 10.0)).await;
     let c = client();
     let body = |max: u64| {
         format!(
@@ -474,25 +476,11 @@ async fn latency_runs_on_the_tokio_clock() {
     assert_eq!(t.elapsed().as_secs(), 3);
     assert_eq!(a.header("openai-processing-ms"), "3000");
     let t = tokio::time::Instant::now();
-    let e = send(
-        &c,
-        "POST",
-        server.endpoint(Route::Embeddings),
-        None,
-        r#"{"model":"m","input":"x"}"#,
-    )
-    .await;
+    let e = post(&c, &server, Route::Embeddings, EMBED).await;
     assert_eq!(e.status, 200);
     assert_eq!(t.elapsed().as_secs(), 10);
     let t = tokio::time::Instant::now();
-    let r = send(
-        &c,
-        "POST",
-        server.endpoint(Route::Responses),
-        None,
-        r#"{"model":"m"}"#,
-    )
-    .await;
+    let r = post(&c, &server, Route::Responses, r#"{"model":"m"}"#).await;
     assert_eq!(r.status, 500);
     assert_eq!(
         t.elapsed().as_secs(),
@@ -597,14 +585,7 @@ async fn bad_bodies() {
     let a = send(&c, "POST", url.clone(), None, r#"{"messages":[]}"#).await;
     assert_eq!(a.json["error"]["param"], "model");
 
-    let a = send(
-        &c,
-        "POST",
-        server.endpoint(Route::Embeddings),
-        None,
-        r#"{"model":"m"}"#,
-    )
-    .await;
+    let a = post(&c, &server, Route::Embeddings, r#"{"model":"m"}"#).await;
     assert_eq!(a.json["error"]["param"], "input");
 
     let big = format!(
@@ -730,14 +711,7 @@ async fn requests_to_and_short_debug() {
     let server = MockServer::start().await;
     let c = client();
     chat(&c, &server).await;
-    send(
-        &c,
-        "POST",
-        server.endpoint(Route::Embeddings),
-        None,
-        r#"{"model":"m","input":"x"}"#,
-    )
-    .await;
+    post(&c, &server, Route::Embeddings, EMBED).await;
     chat(&c, &server).await;
     let chats = server.requests_to(Route::ChatCompletions);
     assert_eq!(chats.len(), 2);
