@@ -2,6 +2,7 @@
 //! against the mock server over loopback.
 #![cfg(all(feature = "reqwest", feature = "mock"))]
 
+use super::stack_e2e::{failing_twice, quota_server, read_as_it_streams, ten_second_streams};
 use crate::scripted;
 
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -9,7 +10,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::StreamExt;
 use http_body_util::Full;
 use oai_resilience::adapter::reqwest::{ErrorMode, OpenAiMiddleware};
 use oai_resilience::mock::{MockResponse, MockServer, Route};
@@ -64,11 +64,7 @@ async fn json(res: reqwest::Response) -> serde_json::Value {
 
 #[tokio::test(start_paused = true)]
 async fn quota_is_one_request_and_a_typed_error() {
-    let server = MockServer::builder()
-        .api_key(KEY)
-        .quota_exhausted(true)
-        .start()
-        .await;
+    let server = quota_server(KEY).await;
 
     let err = post(&client(OpenAiMiddleware::new(layer(KEY))), &server, CHAT)
         .await
@@ -134,37 +130,45 @@ async fn local_rejections_send_nothing() {
     assert_eq!(server.counts().total, 0);
 }
 
-/// Counts the requests that pass through it.
-#[derive(Clone, Default)]
-struct Count(Arc<AtomicU32>);
+/// A middleware that shows each request passing through it, with its extensions, to its
+/// closure, then sends it on.
+struct Tap<F>(F);
 
 #[async_trait::async_trait]
-impl Middleware for Count {
+impl<F> Middleware for Tap<F>
+where
+    F: Fn(&reqwest::Request, &http::Extensions) + Send + Sync + 'static,
+{
     async fn handle(
         &self,
         req: reqwest::Request,
         extensions: &mut http::Extensions,
         next: Next<'_>,
     ) -> reqwest_middleware::Result<reqwest::Response> {
-        self.0.fetch_add(1, Ordering::SeqCst);
-        // The caller's extensions reach every attempt.
-        assert_eq!(extensions.get::<&'static str>(), Some(&"caller"));
+        (self.0)(&req, extensions);
         next.run(req, extensions).await
     }
 }
 
+/// A middleware that counts the requests passing through it in `count`, checking that each
+/// carries the caller's extension.
+fn count_into(count: &Arc<AtomicU32>) -> impl Middleware {
+    let count = count.clone();
+    Tap(move |_: &reqwest::Request, extensions: &http::Extensions| {
+        count.fetch_add(1, Ordering::SeqCst);
+        // The caller's extensions reach every attempt.
+        assert_eq!(extensions.get::<&'static str>(), Some(&"caller"));
+    })
+}
+
 #[tokio::test(start_paused = true)]
 async fn transient_503s_are_retried_through_the_rest_of_the_chain() {
-    let server = scripted(
-        Some(KEY),
-        [MockResponse::status(503), MockResponse::status(503)],
-    )
-    .await;
-    let (before, after) = (Count::default(), Count::default());
+    let server = failing_twice(KEY, [503, 503]).await;
+    let (before, after) = (Arc::new(AtomicU32::new(0)), Arc::new(AtomicU32::new(0)));
     let client = ClientBuilder::new(reqwest::Client::new())
-        .with(before.clone())
+        .with(count_into(&before))
         .with(OpenAiMiddleware::new(layer(KEY)))
-        .with(after.clone())
+        .with(count_into(&after))
         .build();
     let res = client
         .post(server.endpoint(Route::ChatCompletions))
@@ -178,8 +182,8 @@ async fn transient_503s_are_retried_through_the_rest_of_the_chain() {
     assert_eq!(json(res).await["object"], "chat.completion");
     assert_eq!(server.counts().total, 3);
     // Middlewares after it run per attempt, those before it once per call.
-    assert_eq!(after.0.load(Ordering::SeqCst), 3);
-    assert_eq!(before.0.load(Ordering::SeqCst), 1);
+    assert_eq!(after.load(Ordering::SeqCst), 3);
+    assert_eq!(before.load(Ordering::SeqCst), 1);
     let retries: Vec<_> = server
         .requests()
         .iter()
@@ -213,11 +217,7 @@ async fn a_streamed_body_is_sent_once_and_said_not_replayable() {
 
 #[tokio::test(start_paused = true)]
 async fn a_streaming_chat_completion_arrives_whole_as_it_streams() {
-    let server = MockServer::builder()
-        .api_key(KEY)
-        .stream_duration(Duration::from_secs(10))
-        .start()
-        .await;
+    let server = ten_second_streams(KEY).await;
     let start = tokio::time::Instant::now();
     let res = post(
         &client(OpenAiMiddleware::new(layer(KEY))),
@@ -231,21 +231,9 @@ async fn a_streaming_chat_completion_arrives_whole_as_it_streams() {
         .to_str()
         .unwrap()
         .starts_with("text/event-stream"));
-    let mut chunks = res.bytes_stream();
-    let mut text = Vec::new();
-    let mut first = None;
-    while let Some(chunk) = chunks.next().await {
-        first.get_or_insert_with(|| start.elapsed());
-        text.extend_from_slice(&chunk.unwrap());
-    }
-    let (first, all) = (first.unwrap(), start.elapsed());
     // Not buffered: the first event comes at once, the last after the stream's 10 s.
-    assert!(
-        first < Duration::from_secs(2),
-        "first event after {first:?}"
-    );
-    assert!(all >= Duration::from_secs(9), "whole stream after {all:?}");
-    let text = String::from_utf8(text).unwrap();
+    let chunks = read_as_it_streams(start, res.bytes_stream(), "event").await;
+    let text = String::from_utf8(chunks.concat()).unwrap();
     let data: Vec<&str> = text
         .lines()
         .filter_map(|l| l.strip_prefix("data: "))
@@ -288,22 +276,14 @@ async fn clones_share_one_pacer_with_the_tower_stack() {
 /// The URL and the timeout of a request.
 type UrlAndTimeout = (String, Option<Duration>);
 
-/// Records the URL and the timeout of each request that passes through it.
-#[derive(Clone, Default)]
-struct Seen(Arc<std::sync::Mutex<Vec<UrlAndTimeout>>>);
-
-#[async_trait::async_trait]
-impl Middleware for Seen {
-    async fn handle(
-        &self,
-        req: reqwest::Request,
-        extensions: &mut http::Extensions,
-        next: Next<'_>,
-    ) -> reqwest_middleware::Result<reqwest::Response> {
-        let seen = (req.url().to_string(), req.timeout().copied());
-        self.0.lock().unwrap().push(seen);
-        next.run(req, extensions).await
-    }
+/// A middleware that records the URL and the timeout of each request passing through it in
+/// `seen`.
+fn record_into(seen: &Arc<std::sync::Mutex<Vec<UrlAndTimeout>>>) -> impl Middleware {
+    let seen = seen.clone();
+    Tap(move |req: &reqwest::Request, _: &http::Extensions| {
+        let url_and_timeout = (req.url().to_string(), req.timeout().copied());
+        seen.lock().unwrap().push(url_and_timeout);
+    })
 }
 
 /// Each attempt is sent to the call's URL (query included) with the call's timeout, with or
@@ -322,10 +302,10 @@ async fn every_attempt_has_the_url_and_the_timeout_of_the_call() {
             Route::ChatCompletions,
             [MockResponse::status(503), MockResponse::status(503)],
         );
-        let seen = Seen::default();
+        let seen = Arc::default();
         let client = ClientBuilder::new(reqwest::Client::new())
             .with(OpenAiMiddleware::new(layer(KEY).retry(fast.clone())))
-            .with(seen.clone())
+            .with(record_into(&seen))
             .build();
         let mut req = client
             .post(&url)
@@ -338,7 +318,7 @@ async fn every_attempt_has_the_url_and_the_timeout_of_the_call() {
         assert_eq!(res.status(), 200);
         assert_eq!(res.url().as_str(), url);
         assert_eq!(json(res).await["object"], "chat.completion");
-        let seen = seen.0.lock().unwrap().clone();
+        let seen = seen.lock().unwrap().clone();
         assert_eq!(seen, vec![(url.clone(), timeout); 3], "timeout {timeout:?}");
     }
 }

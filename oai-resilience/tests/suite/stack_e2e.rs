@@ -45,6 +45,56 @@ fn post(path: &str, body: &'static str) -> http::Request<Full<Bytes>> {
         .unwrap()
 }
 
+/// A mock server that expects `key` and answers every call with `insufficient_quota`.
+pub(super) async fn quota_server(key: &str) -> MockServer {
+    MockServer::builder()
+        .api_key(key)
+        .quota_exhausted(true)
+        .start()
+        .await
+}
+
+/// A mock server that expects `key` and answers its first two chat completions with the
+/// statuses `first` (transient server errors for a retry to recover from), then normally.
+pub(super) async fn failing_twice(key: &str, first: [u16; 2]) -> MockServer {
+    scripted(Some(key), first.map(MockResponse::status)).await
+}
+
+/// A mock server that expects `key` and streams each completion over 10 s.
+#[cfg(any(feature = "reqwest", feature = "async-openai"))]
+pub(super) async fn ten_second_streams(key: &str) -> MockServer {
+    MockServer::builder()
+        .api_key(key)
+        .stream_duration(Duration::from_secs(10))
+        .start()
+        .await
+}
+
+/// Reads `stream` (from a [`ten_second_streams`] server) to its end and checks that it was
+/// passed on as it came, not buffered: its first item arrived less than 2 s after `start`,
+/// its last at least 9 s after. `item` names an item in the failure messages.
+#[cfg(any(feature = "reqwest", feature = "async-openai"))]
+pub(super) async fn read_as_it_streams<T, E: std::fmt::Debug>(
+    start: tokio::time::Instant,
+    stream: impl futures_util::Stream<Item = Result<T, E>>,
+    item: &str,
+) -> Vec<T> {
+    let mut stream = std::pin::pin!(stream);
+    let mut items = Vec::new();
+    let mut first = None;
+    while let Some(next) = futures_util::StreamExt::next(&mut stream).await {
+        first.get_or_insert_with(|| start.elapsed());
+        items.push(next.unwrap());
+    }
+    let (first, all) = (first.unwrap(), start.elapsed());
+    assert!(
+        first < Duration::from_secs(2),
+        "first {item} after {first:?}"
+    );
+    assert!(all >= Duration::from_secs(9), "whole stream after {all:?}");
+    items
+}
+
 #[tokio::test(start_paused = true)]
 async fn burst_at_the_rate_limit_all_succeed() {
     let server = MockServer::builder()
@@ -76,11 +126,7 @@ async fn burst_at_the_rate_limit_all_succeed() {
 
 #[tokio::test(start_paused = true)]
 async fn quota_costs_one_request() {
-    let server = MockServer::builder()
-        .api_key(KEY)
-        .quota_exhausted(true)
-        .start()
-        .await;
+    let server = quota_server(KEY).await;
     let err = send(&server, CHAT).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::QuotaExceeded);
     assert!(!err.is_retryable());
@@ -90,11 +136,7 @@ async fn quota_costs_one_request() {
 
 #[tokio::test(start_paused = true)]
 async fn transient_503s_are_retried() {
-    let server = scripted(
-        Some(KEY),
-        [MockResponse::status(503), MockResponse::status(502)],
-    )
-    .await;
+    let server = failing_twice(KEY, [503, 502]).await;
     let res = send(&server, CHAT).await.unwrap();
     assert_eq!(res.status(), 200);
     assert_eq!(server.counts().total, 3);
