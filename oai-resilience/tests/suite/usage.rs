@@ -20,6 +20,8 @@ use tower::{service_fn, Service, ServiceBuilder, ServiceExt};
 
 const URL: &str = "https://api.example.test/v1/chat/completions";
 const MODEL: &str = "gpt-4o-mini";
+/// A JSON answer's usage of one prompt and one completion token.
+const ONE_AND_ONE: &str = r#"{"usage":{"prompt_tokens":1,"completion_tokens":1}}"#;
 
 /// A chat body with `chars` characters of prompt and `max_tokens`.
 fn chat(chars: usize, max_tokens: u64, stream: bool) -> String {
@@ -61,6 +63,11 @@ impl Body for ChannelBody {
 }
 
 type Sender = mpsc::UnboundedSender<Result<Bytes, std::io::Error>>;
+
+/// Sends `frame` down the body behind `tx`.
+fn feed(tx: &Sender, frame: &'static [u8]) {
+    tx.send(Ok(Bytes::from_static(frame))).unwrap();
+}
 
 /// An upstream that answers one response with `content_type` whose body is fed through the
 /// returned sender; the requests it saw are recorded.
@@ -125,12 +132,12 @@ fn post(body: String) -> Request<Full<Bytes>> {
         .unwrap()
 }
 
-/// `pace` and the usage layer over a [`streaming_upstream`] answering as `content_type`, and the
-/// sender of its body's frames.
+/// A fresh [`pace`] and, over it, the usage layer over a [`streaming_upstream`] answering as
+/// `content_type`, and the sender of its body's frames.
 fn streamed_through_usage(
-    pace: &PaceLayer,
     content_type: &'static str,
 ) -> (
+    PaceLayer,
     impl Service<
             Request<Full<Bytes>>,
             Response = Response<UsageBody<ChannelBody>>,
@@ -139,12 +146,36 @@ fn streamed_through_usage(
         > + Clone,
     Sender,
 ) {
+    let pace = pace();
     let (upstream, _rx, tx) = streaming_upstream(content_type);
     let svc = ServiceBuilder::new()
         .layer(pace.clone())
         .layer(UsageLayer::new())
         .service(upstream);
-    (svc, tx)
+    (pace, svc, tx)
+}
+
+/// Sends `body` through `pace` and the usage layer to `upstream`; the response's body is left
+/// unread.
+async fn through_usage_to<S>(
+    pace: &PaceLayer,
+    upstream: S,
+    body: String,
+) -> Response<UsageBody<Full<Bytes>>>
+where
+    S: Service<Request<Full<Bytes>>, Response = Response<Full<Bytes>>, Error = Error>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send,
+{
+    ServiceBuilder::new()
+        .layer(pace.clone())
+        .layer(UsageLayer::new())
+        .service(upstream)
+        .oneshot(post(body))
+        .await
+        .unwrap()
 }
 
 /// Sends `body` through `pace` and the usage layer to an upstream that answers `answer` as
@@ -155,13 +186,24 @@ async fn through_usage(
     answer: &'static str,
     body: String,
 ) -> Response<UsageBody<Full<Bytes>>> {
-    ServiceBuilder::new()
-        .layer(pace.clone())
-        .layer(UsageLayer::new())
-        .service(fixed_upstream(content_type, answer, Arc::default()))
-        .oneshot(post(body))
-        .await
-        .unwrap()
+    through_usage_to(
+        pace,
+        fixed_upstream(content_type, answer, Arc::default()),
+        body,
+    )
+    .await
+}
+
+/// A fresh [`pace`] and the response to a chat body of 72 characters and 400 `max_tokens`
+/// sent through it and the usage layer to an upstream that answers `answer` as
+/// `content_type`; the response's body is left unread.
+async fn answered(
+    content_type: &'static str,
+    answer: &'static str,
+) -> (PaceLayer, Response<UsageBody<Full<Bytes>>>) {
+    let pace = pace();
+    let resp = through_usage(&pace, content_type, answer, chat(72, 400, false)).await;
+    (pace, resp)
 }
 
 #[tokio::test(start_paused = true)]
@@ -206,12 +248,9 @@ async fn json_usage_refunds_the_charge_and_corrects_the_next_estimate() {
 
 #[tokio::test(start_paused = true)]
 async fn usage_above_the_estimate_is_charged() {
-    let pace = pace();
-    let resp = through_usage(
-        &pace,
+    let (pace, resp) = answered(
         "application/json; charset=utf-8",
         r#"{"usage":{"prompt_tokens":1000,"completion_tokens":1000}}"#,
-        chat(72, 400, false),
     )
     .await;
     resp.into_body().collect().await.unwrap();
@@ -252,14 +291,11 @@ async fn chat_stream_usage_is_read_as_the_stream_passes() {
     assert_eq!(next_data(&mut body).await, Some(first));
     assert_eq!(level(&pace), 10_000.0 - 425.0);
     // The usage chunk arrives split across frames.
-    tx.send(Ok(Bytes::from_static(
-        b"data: {\"choices\":[],\"usage\":{\"prompt_",
-    )))
-    .unwrap();
-    tx.send(Ok(Bytes::from_static(
+    feed(&tx, b"data: {\"choices\":[],\"usage\":{\"prompt_");
+    feed(
+        &tx,
         b"tokens\":20,\"completion_tokens\":40}}\n\ndata: [DONE]\n\n",
-    )))
-    .unwrap();
+    );
     drop(tx);
     let mut rest = Vec::new();
     while let Some(d) = next_data(&mut body).await {
@@ -271,12 +307,8 @@ async fn chat_stream_usage_is_read_as_the_stream_passes() {
 
 #[tokio::test(start_paused = true)]
 async fn responses_stream_usage_comes_from_response_completed() {
-    let pace = pace();
-    let (svc, tx) = streamed_through_usage(&pace, "text/event-stream; charset=utf-8");
-    tx.send(Ok(Bytes::from_static(
-        b"event: response.created\ndata: {\"type\":\"response.created\",\"response\":{\"usage\":null}}\n\n",
-    )))
-    .unwrap();
+    let (pace, svc, tx) = streamed_through_usage("text/event-stream; charset=utf-8");
+    feed(&tx, b"event: response.created\ndata: {\"type\":\"response.created\",\"response\":{\"usage\":null}}\n\n");
     let req = Request::post("https://api.example.test/v1/responses")
         .body(Full::new(Bytes::from(format!(
             r#"{{"model":"{MODEL}","input":"{}","max_output_tokens":100,"stream":true}}"#,
@@ -287,10 +319,7 @@ async fn responses_stream_usage_comes_from_response_completed() {
     let mut body = resp.into_body();
     assert!(next_data(&mut body).await.is_some());
     let charged = 10_000.0 - level(&pace);
-    tx.send(Ok(Bytes::from_static(
-        b"event: response.completed\ndata: {\"type\":\"response.completed\",\"response\":{\"status\":\"completed\",\"usage\":{\"input_tokens\":7,\"output_tokens\":13,\"total_tokens\":20}}}\n\n",
-    )))
-    .unwrap();
+    feed(&tx, b"event: response.completed\ndata: {\"type\":\"response.completed\",\"response\":{\"status\":\"completed\",\"usage\":{\"input_tokens\":7,\"output_tokens\":13,\"total_tokens\":20}}}\n\n");
     drop(tx);
     while next_data(&mut body).await.is_some() {}
     assert!(charged > 100.0, "{charged}");
@@ -300,9 +329,8 @@ async fn responses_stream_usage_comes_from_response_completed() {
 /// Sends one streamed call whose body carries `events` and then ends with `end` (an error
 /// frame if `Some`); returns the pace layer after the body was read as far as it goes.
 async fn stream_with(events: &'static [u8], error: bool) -> PaceLayer {
-    let pace = pace();
-    let (svc, tx) = streamed_through_usage(&pace, "text/event-stream");
-    tx.send(Ok(Bytes::from_static(events))).unwrap();
+    let (pace, svc, tx) = streamed_through_usage("text/event-stream");
+    feed(&tx, events);
     if error {
         tx.send(Err(std::io::Error::other("connection reset")))
             .unwrap();
@@ -361,12 +389,11 @@ async fn bad_or_missing_usage_leaves_the_estimate() {
 #[tokio::test(start_paused = true)]
 async fn a_json_body_that_ends_early_or_is_dropped_reports_nothing() {
     // A JSON answer cut by an error frame.
-    let pace = pace();
-    let (svc, tx) = streamed_through_usage(&pace, "application/json");
-    tx.send(Ok(Bytes::from_static(
+    let (pace, svc, tx) = streamed_through_usage("application/json");
+    feed(
+        &tx,
         b"{\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":1}",
-    )))
-    .unwrap();
+    );
     tx.send(Err(std::io::Error::other("reset"))).unwrap();
     let resp = svc
         .clone()
@@ -383,29 +410,14 @@ async fn a_json_body_that_ends_early_or_is_dropped_reports_nothing() {
 }
 
 async fn pace_layer_with_dropped_body() -> PaceLayer {
-    let pace = pace();
-    drop(
-        through_usage(
-            &pace,
-            "application/json",
-            r#"{"usage":{"prompt_tokens":1,"completion_tokens":1}}"#,
-            chat(72, 400, false),
-        )
-        .await,
-    );
+    let (pace, resp) = answered("application/json", ONE_AND_ONE).await;
+    drop(resp);
     pace
 }
 
 #[tokio::test(start_paused = true)]
 async fn other_answers_pass_through_unscanned() {
-    let pace = pace();
-    let resp = through_usage(
-        &pace,
-        "text/plain",
-        r#"{"usage":{"prompt_tokens":1,"completion_tokens":1}}"#,
-        chat(72, 400, false),
-    )
-    .await;
+    let (pace, resp) = answered("text/plain", ONE_AND_ONE).await;
     assert!(resp
         .extensions()
         .get::<oai_resilience::usage::UsageSlot>()
@@ -538,17 +550,11 @@ async fn error_and_compressed_answers_pass_through_unscanned() {
                 b = b.header("content-encoding", e);
             }
             Ok::<_, Error>(
-                b.body(Full::new(Bytes::from_static(
-                    br#"{"usage":{"prompt_tokens":1,"completion_tokens":1}}"#,
-                )))
-                .unwrap(),
+                b.body(Full::new(Bytes::from_static(ONE_AND_ONE.as_bytes())))
+                    .unwrap(),
             )
         });
-        let svc = ServiceBuilder::new()
-            .layer(pace.clone())
-            .layer(UsageLayer::new())
-            .service(upstream);
-        let resp = svc.oneshot(post(chat(72, 400, false))).await.unwrap();
+        let resp = through_usage_to(&pace, upstream, chat(72, 400, false)).await;
         assert!(resp
             .extensions()
             .get::<oai_resilience::usage::UsageSlot>()
@@ -613,11 +619,7 @@ async fn a_snapshot_that_counted_the_call_is_not_corrected_twice() {
                 .unwrap(),
         )
     });
-    let svc = ServiceBuilder::new()
-        .layer(pace.clone())
-        .layer(UsageLayer::new())
-        .service(upstream);
-    let resp = svc.oneshot(post(chat(72, 400, false))).await.unwrap();
+    let resp = through_usage_to(&pace, upstream, chat(72, 400, false)).await;
     // The server's remaining tokens counted this call's true 30 tokens: the level is theirs
     // (less the 2 % headroom), not the estimate's.
     let learned = level(&pace);
