@@ -9,12 +9,14 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::Full;
 use oai_resilience::pace::{
-    is_paced_locally, Cost, PaceKey, PaceLayer, Pacer, PacerConfig, Priority, StaticLimits,
+    Cost, InProcessStore, PaceKey, PaceLayer, Pacer, PacerConfig, Priority, StaticLimits,
 };
 use oai_resilience::ErrorKind;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tower::{Layer, ServiceExt};
+
+use super::pace_pacer::{acquire_within, assert_retry_after, refused_at_once};
 
 fn key() -> PaceKey {
     PaceKey::new("api.test").with_credential(b"Bearer sk-lanes")
@@ -28,12 +30,26 @@ fn per_minute(rpm: u64) -> PacerConfig {
     cfg
 }
 
-/// Takes every slot the full bucket of `k` holds, so that the next call waits.
-async fn drain(pacer: &Pacer, k: &PaceKey, n: usize) {
-    for _ in 0..n {
-        drop(pacer.acquire(k, Cost::tokens(1), None).await.unwrap());
+/// The names of granted calls, in the order of their grants.
+type Order = Arc<Mutex<Vec<String>>>;
+
+/// A pacer of `rpm` requests per minute and no max wait, with `tune` applied to its config.
+fn lanes_pacer(rpm: u64, tune: impl FnOnce(&mut PacerConfig)) -> Pacer {
+    let mut cfg = per_minute(rpm);
+    tune(&mut cfg);
+    Pacer::new(cfg)
+}
+
+/// A pacer as [`lanes_pacer`] makes it with every slot of the full bucket of [`key`] taken
+/// (asserting that none waited), so that the next call waits; the key; and an empty [`Order`].
+async fn drained(rpm: u64, tune: impl FnOnce(&mut PacerConfig)) -> (Pacer, PaceKey, Order) {
+    let pacer = lanes_pacer(rpm, tune);
+    let k = key();
+    for _ in 0..rpm {
+        drop(pacer.acquire(&k, Cost::tokens(1), None).await.unwrap());
     }
     assert_eq!(pacer.metrics().waits, 0);
+    (pacer, k, Order::default())
 }
 
 /// Queues one call per `(name, lane)`, in this order; each records its name when granted.
@@ -41,7 +57,7 @@ fn queue_calls(
     pacer: &Pacer,
     k: &PaceKey,
     calls: impl IntoIterator<Item = (String, Priority)>,
-    order: &Arc<Mutex<Vec<String>>>,
+    order: &Order,
 ) -> Vec<JoinHandle<()>> {
     calls
         .into_iter()
@@ -70,10 +86,7 @@ fn named(prefix: &str, n: usize, lane: Priority) -> Vec<(String, Priority)> {
 
 #[tokio::test(start_paused = true)]
 async fn a_high_call_is_admitted_before_earlier_queued_low_ones() {
-    let pacer = Pacer::new(per_minute(1));
-    let k = key();
-    drain(&pacer, &k, 1).await;
-    let order = Arc::new(Mutex::new(Vec::new()));
+    let (pacer, k, order) = drained(1, |_| {}).await;
     let mut calls = named("low", 3, Priority::LOW);
     calls.extend(named("normal", 1, Priority::NORMAL));
     calls.extend(named("high", 2, Priority::HIGH));
@@ -91,10 +104,7 @@ async fn a_high_call_is_admitted_before_earlier_queued_low_ones() {
 
 #[tokio::test(start_paused = true)]
 async fn a_high_call_arriving_later_still_goes_next() {
-    let pacer = Pacer::new(per_minute(1));
-    let k = key();
-    drain(&pacer, &k, 1).await;
-    let order = Arc::new(Mutex::new(Vec::new()));
+    let (pacer, k, order) = drained(1, |_| {}).await;
     let mut tasks = queue_calls(&pacer, &k, named("low", 2, Priority::LOW), &order);
     // The first low call is the head and waits for its slot; 30 s into that wait a high
     // call comes and takes the slot at 60 s.
@@ -111,10 +121,7 @@ async fn a_high_call_arriving_later_still_goes_next() {
 
 #[tokio::test(start_paused = true)]
 async fn without_priorities_the_queue_is_first_come_first_served() {
-    let pacer = Pacer::new(per_minute(1));
-    let k = key();
-    drain(&pacer, &k, 1).await;
-    let order = Arc::new(Mutex::new(Vec::new()));
+    let (pacer, k, order) = drained(1, |_| {}).await;
     // `acquire` (no lane) and an explicit NORMAL lane are one lane: arrival order.
     let mut tasks = Vec::new();
     for i in 0..6 {
@@ -143,12 +150,7 @@ async fn without_priorities_the_queue_is_first_come_first_served() {
 /// How many of the first `grants` grants went to the low lane, with `high` and `low` calls
 /// queued at once (one slot a second).
 async fn low_grants(shares: Vec<(Priority, f64)>, grants: usize) -> usize {
-    let mut cfg = per_minute(60);
-    cfg.lane_shares = shares;
-    let pacer = Pacer::new(cfg);
-    let k = key();
-    drain(&pacer, &k, 60).await;
-    let order = Arc::new(Mutex::new(Vec::new()));
+    let (pacer, k, order) = drained(60, |cfg| cfg.lane_shares = shares).await;
     // The flood: more high calls than the grants looked at, so the high lane never empties.
     let mut calls = named("high", grants + 10, Priority::HIGH);
     calls.extend(named("low", grants, Priority::LOW));
@@ -181,12 +183,7 @@ async fn a_low_lane_with_a_share_gets_it_under_a_high_flood() {
 #[tokio::test(start_paused = true)]
 async fn a_share_is_a_floor_not_a_cap() {
     // The low lane alone gets every slot, whatever its share.
-    let mut cfg = per_minute(60);
-    cfg.lane_shares = vec![(Priority::LOW, 0.2)];
-    let pacer = Pacer::new(cfg);
-    let k = key();
-    drain(&pacer, &k, 60).await;
-    let order = Arc::new(Mutex::new(Vec::new()));
+    let (pacer, k, order) = drained(60, |cfg| cfg.lane_shares = vec![(Priority::LOW, 0.2)]).await;
     let start = Instant::now();
     join(queue_calls(
         &pacer,
@@ -201,31 +198,16 @@ async fn a_share_is_a_floor_not_a_cap() {
 
 #[tokio::test(start_paused = true)]
 async fn a_call_behind_a_queue_longer_than_its_deadline_fails_at_once() {
-    let pacer = Pacer::new(per_minute(1));
-    let k = key();
-    drain(&pacer, &k, 1).await;
-    let order = Arc::new(Mutex::new(Vec::new()));
+    let (pacer, k, order) = drained(1, |_| {}).await;
     let tasks = queue_calls(&pacer, &k, named("high", 3, Priority::HIGH), &order);
     tokio::task::yield_now().await;
     // Three high calls ahead need three slots, then this one its own: 4 minutes at the
     // earliest, past its 90 s deadline.
-    let start = Instant::now();
-    let err = pacer
-        .acquire_in_lane(
-            &k,
-            Cost::tokens(1),
-            Some(start + Duration::from_secs(90)),
-            Priority::LOW,
-        )
-        .await
-        .unwrap_err();
-    assert_eq!(start.elapsed(), Duration::ZERO);
+    let err = refused_at_once(&pacer, &k, Priority::LOW, Some(Duration::from_secs(90))).await;
     assert_eq!(err.kind(), ErrorKind::RateLimited);
-    assert!(is_paced_locally(&err), "{err}");
     assert_eq!(err.status(), None);
     assert!(err.to_string().contains("deadline"), "{err}");
-    let hint = err.retry_after().unwrap().as_secs_f64();
-    assert!((hint - 240.0).abs() < 0.01, "{hint}");
+    assert_retry_after(&err, 240.0);
     assert_eq!(pacer.metrics().paced_errors, 1);
     // The calls ahead keep their places.
     assert_eq!(pacer.key_state(&k).unwrap().queue_len, 3);
@@ -236,44 +218,25 @@ async fn a_call_behind_a_queue_longer_than_its_deadline_fails_at_once() {
 
 #[tokio::test(start_paused = true)]
 async fn a_call_behind_a_queue_longer_than_the_max_wait_fails_at_once() {
-    let mut cfg = per_minute(1);
-    cfg.max_wait = Some(Duration::from_secs(90));
-    let pacer = Pacer::new(cfg);
-    let k = key();
-    drain(&pacer, &k, 1).await;
-    let order = Arc::new(Mutex::new(Vec::new()));
+    let (pacer, k, order) = drained(1, |cfg| cfg.max_wait = Some(Duration::from_secs(90))).await;
     // The head waits 60 s, within the max wait.
     let tasks = queue_calls(&pacer, &k, named("first", 1, Priority::NORMAL), &order);
     tokio::task::yield_now().await;
     // The next one in the same lane needs two slots: 120 s, past the max wait.
-    let start = Instant::now();
-    let err = pacer.acquire(&k, Cost::tokens(1), None).await.unwrap_err();
-    assert_eq!(start.elapsed(), Duration::ZERO);
-    assert!(is_paced_locally(&err), "{err}");
+    let err = refused_at_once(&pacer, &k, Priority::NORMAL, None).await;
     assert!(err.to_string().contains("max wait"), "{err}");
-    let hint = err.retry_after().unwrap().as_secs_f64();
-    assert!((hint - 120.0).abs() < 0.01, "{hint}");
+    assert_retry_after(&err, 120.0);
     join(tasks).await;
     assert_eq!(*order.lock().unwrap(), ["first0"]);
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_call_whose_queue_fits_its_deadline_waits_and_goes() {
-    let pacer = Pacer::new(per_minute(1));
-    let k = key();
-    drain(&pacer, &k, 1).await;
-    let order = Arc::new(Mutex::new(Vec::new()));
+    let (pacer, k, order) = drained(1, |_| {}).await;
     let tasks = queue_calls(&pacer, &k, named("high", 1, Priority::HIGH), &order);
     tokio::task::yield_now().await;
     // One call ahead: 120 s at the earliest, within 150 s.
-    let start = Instant::now();
-    let permit = pacer
-        .acquire_in_lane(
-            &k,
-            Cost::tokens(1),
-            Some(start + Duration::from_secs(150)),
-            Priority::LOW,
-        )
+    let permit = acquire_within(&pacer, &k, Priority::LOW, Some(Duration::from_secs(150)))
         .await
         .unwrap();
     assert_eq!(permit.waited(), Duration::from_secs(120));
@@ -293,6 +256,15 @@ fn request(lane: Option<Priority>) -> http::Request<Full<Bytes>> {
     req
 }
 
+/// Sends a [`request`] in `lane` through a clone of `svc` and asserts that it was answered.
+async fn send<S>(svc: &S, lane: Option<Priority>)
+where
+    S: tower::Service<http::Request<Full<Bytes>>> + Clone,
+    S::Error: std::fmt::Debug,
+{
+    svc.clone().oneshot(request(lane)).await.unwrap();
+}
+
 #[tokio::test(start_paused = true)]
 async fn the_layer_reads_the_priority_extension() {
     let order = Arc::new(Mutex::new(Vec::new()));
@@ -308,7 +280,7 @@ async fn the_layer_reads_the_priority_extension() {
     });
     let svc = PaceLayer::with_config(per_minute(1)).layer(upstream);
     // The first call empties the bucket of one.
-    svc.clone().oneshot(request(None)).await.unwrap();
+    send(&svc, None).await;
     let mut tasks = Vec::new();
     for lane in [None, Some(Priority::LOW), Some(Priority::HIGH)] {
         let call = svc.clone().oneshot(request(lane));
@@ -326,8 +298,8 @@ async fn the_layer_reads_the_priority_extension() {
 }
 
 /// A store whose request bucket holds 4 and refills 4 per second, for the key of [`request`].
-async fn store_of_four() -> oai_resilience::pace::InProcessStore {
-    use oai_resilience::pace::{BucketLimits, InProcessStore, LearnedLimits, PacingStore};
+async fn store_of_four() -> InProcessStore {
+    use oai_resilience::pace::{BucketLimits, LearnedLimits, PacingStore};
     let store = InProcessStore::new();
     let mut limits = LearnedLimits::default();
     limits.requests = Some(BucketLimits::new(4.0, 4.0));
@@ -347,85 +319,72 @@ fn ok_upstream() -> impl tower::Service<
     })
 }
 
+/// [`ok_upstream`] behind a layer with a pacer of its own, configured by `cfg`, that paces
+/// through `store`.
+fn paced_through(
+    store: &InProcessStore,
+    cfg: PacerConfig,
+) -> impl tower::Service<http::Request<Full<Bytes>>, Error = oai_resilience::Error> + Clone {
+    PaceLayer::with_config(cfg)
+        .pacing_store(store.clone())
+        .layer(ok_upstream())
+}
+
 #[tokio::test(start_paused = true)]
 async fn through_a_shared_store_lower_lanes_leave_the_reserve_to_higher_ones() {
     let store = store_of_four().await;
     let mut cfg = PacerConfig::default();
     cfg.lane_reserves = vec![(Priority::HIGH, 2)];
     // Two layers with pacers of their own, as two processes sharing the store have.
-    let batch = PaceLayer::with_config(cfg.clone())
-        .pacing_store(store.clone())
-        .layer(ok_upstream());
-    let interactive = PaceLayer::with_config(cfg)
-        .pacing_store(store.clone())
-        .layer(ok_upstream());
+    let batch = paced_through(&store, cfg.clone());
+    let interactive = paced_through(&store, cfg);
     let start = Instant::now();
     // 4 in the bucket: two low calls go, each leaving at least 2.
     for _ in 0..2 {
-        batch
-            .clone()
-            .oneshot(request(Some(Priority::LOW)))
-            .await
-            .unwrap();
+        send(&batch, Some(Priority::LOW)).await;
     }
     assert_eq!(start.elapsed(), Duration::ZERO);
     // The other process's high call takes one of the 2 kept for it, at once.
-    interactive
-        .clone()
-        .oneshot(request(Some(Priority::HIGH)))
-        .await
-        .unwrap();
+    send(&interactive, Some(Priority::HIGH)).await;
     assert_eq!(start.elapsed(), Duration::ZERO);
     // A call without a lane (normal, below high) needs 1 + 2 with 1 left: 500 ms of refill.
-    batch.clone().oneshot(request(None)).await.unwrap();
+    send(&batch, None).await;
     assert_eq!(start.elapsed(), Duration::from_millis(500));
 }
 
 #[tokio::test(start_paused = true)]
 async fn through_a_shared_store_without_reserves_every_lane_takes_the_bucket() {
     let store = store_of_four().await;
-    let svc = PaceLayer::new()
-        .pacing_store(store.clone())
-        .layer(ok_upstream());
+    let svc = paced_through(&store, PacerConfig::default());
     let start = Instant::now();
     for _ in 0..4 {
-        svc.clone()
-            .oneshot(request(Some(Priority::LOW)))
-            .await
-            .unwrap();
+        send(&svc, Some(Priority::LOW)).await;
     }
     assert_eq!(start.elapsed(), Duration::ZERO);
-    svc.clone()
-        .oneshot(request(Some(Priority::HIGH)))
-        .await
-        .unwrap();
+    send(&svc, Some(Priority::HIGH)).await;
     assert_eq!(start.elapsed(), Duration::from_millis(250));
 }
 
 #[tokio::test(start_paused = true)]
 async fn in_process_lower_lanes_leave_the_reserve_to_higher_ones() {
-    let mut cfg = per_minute(60);
-    cfg.lane_reserves = vec![(Priority::HIGH, 2)];
-    let pacer = Pacer::new(cfg);
+    let pacer = lanes_pacer(60, |cfg| cfg.lane_reserves = vec![(Priority::HIGH, 2)]);
     let k = key();
     let start = Instant::now();
     // 60 in the bucket: 58 low calls go at once, leaving 2.
     for _ in 0..58 {
         drop(
-            pacer
-                .acquire_in_lane(&k, Cost::tokens(1), None, Priority::LOW)
+            acquire_within(&pacer, &k, Priority::LOW, None)
                 .await
                 .unwrap(),
         );
     }
     assert_eq!(start.elapsed(), Duration::ZERO);
     // The next low call waits for the refill (1 + 2 needed, 2 there: 1 s at 1/s).
-    let order = Arc::new(Mutex::new(Vec::new()));
+    let order = Order::default();
     let low = queue_calls(&pacer, &k, named("low", 1, Priority::LOW), &order);
     tokio::task::yield_now().await;
     // A high call takes one of the 2 at once, and a normal one (below high) waits too.
-    let high = pacer
-        .acquire_in_lane(&k, Cost::tokens(1), None, Priority::HIGH)
+    let high = acquire_within(&pacer, &k, Priority::HIGH, None)
         .await
         .unwrap();
     assert_eq!(high.waited(), Duration::ZERO);
@@ -440,17 +399,6 @@ async fn in_process_lower_lanes_leave_the_reserve_to_higher_ones() {
     assert_eq!(start.elapsed(), Duration::from_secs(3));
     // 2 left: the reserve counts in the early failure (1 + 2 needed, 1 s away, past a
     // 500 ms deadline).
-    let now = Instant::now();
-    let err = pacer
-        .acquire_in_lane(
-            &k,
-            Cost::tokens(1),
-            Some(now + Duration::from_millis(500)),
-            Priority::LOW,
-        )
-        .await
-        .unwrap_err();
-    assert_eq!(now.elapsed(), Duration::ZERO);
-    assert!(is_paced_locally(&err), "{err}");
+    let err = refused_at_once(&pacer, &k, Priority::LOW, Some(Duration::from_millis(500))).await;
     assert_eq!(err.retry_after(), Some(Duration::from_secs(1)));
 }

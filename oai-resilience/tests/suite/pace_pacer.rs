@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use oai_resilience::pace::{
-    is_paced_locally, Cost, PaceKey, Pacer, PacerConfig, Permit, StaticLimits,
+    is_paced_locally, Acquire, Cost, PaceKey, Pacer, PacerConfig, Permit, Priority, StaticLimits,
 };
 use oai_resilience::{ErrorKind, RateLimitSnapshot};
 use tokio::time::Instant;
@@ -59,6 +59,36 @@ async fn settle() {
     for _ in 0..20 {
         tokio::task::yield_now().await;
     }
+}
+
+/// Asks for a slot for one token on `k` in `lane`, with a deadline `within` from now if given.
+pub(super) fn acquire_within(
+    pacer: &Pacer,
+    k: &PaceKey,
+    lane: Priority,
+    within: Option<Duration>,
+) -> Acquire {
+    pacer.acquire_in_lane(k, Cost::tokens(1), within.map(|w| Instant::now() + w), lane)
+}
+
+/// The error of [`acquire_within`], after asserting that it came at once and from the pacer.
+pub(super) async fn refused_at_once(
+    pacer: &Pacer,
+    k: &PaceKey,
+    lane: Priority,
+    within: Option<Duration>,
+) -> oai_resilience::Error {
+    let start = Instant::now();
+    let err = acquire_within(pacer, k, lane, within).await.unwrap_err();
+    assert_eq!(start.elapsed(), Duration::ZERO);
+    assert!(is_paced_locally(&err), "{err}");
+    err
+}
+
+/// Asserts that `err` suggests a retry after `secs` seconds, give or take 10 ms.
+pub(super) fn assert_retry_after(err: &oai_resilience::Error, secs: f64) {
+    let hint = err.retry_after().unwrap().as_secs_f64();
+    assert!((hint - secs).abs() < 0.01, "{hint}");
 }
 
 fn poll_once<F: Future + Unpin>(f: &mut F) -> bool {
@@ -365,16 +395,9 @@ async fn a_slot_past_the_deadline_fails_at_once() {
         .await
         .unwrap()
         .on_rate_limited(Some(Duration::from_secs(30)), None);
-    let start = Instant::now();
-    let deadline = start + Duration::from_secs(5);
-    let err = pacer
-        .acquire(&k, Cost::tokens(1), Some(deadline))
-        .await
-        .unwrap_err();
     // No point sleeping until the deadline: the pause is known to outlast it.
-    assert_eq!(start.elapsed(), Duration::ZERO);
+    let err = refused_at_once(&pacer, &k, Priority::NORMAL, Some(Duration::from_secs(5))).await;
     assert_eq!(err.kind(), ErrorKind::RateLimited);
-    assert!(is_paced_locally(&err), "{err}");
     assert_eq!(err.status(), None);
     assert_eq!(err.retry_after(), Some(Duration::from_secs(30)));
     assert!(err.to_string().contains("deadline"), "{err}");
@@ -395,8 +418,7 @@ async fn the_head_fails_at_once_when_its_slot_is_past_the_max_wait() {
     let err = pacer.acquire(&k, Cost::tokens(1), None).await.unwrap_err();
     assert!(is_paced_locally(&err));
     assert!(err.to_string().contains("max wait"), "{err}");
-    let hint = err.retry_after().unwrap().as_secs_f64();
-    assert!((hint - 60.0).abs() < 0.01, "{hint}");
+    assert_retry_after(&err, 60.0);
     // A server 429 is not "paced locally".
     let server = oai_resilience::Error::new(ErrorKind::RateLimited)
         .with_status(http::StatusCode::TOO_MANY_REQUESTS);
@@ -410,14 +432,14 @@ async fn a_queued_waiter_fails_when_its_deadline_passes() {
     // A probe in flight holds everyone else, for an unknown time.
     let _probe = take(&pacer, &k).await;
     let start = Instant::now();
-    let err = pacer
-        .acquire(
-            &k,
-            Cost::tokens(1),
-            Some(start + Duration::from_millis(750)),
-        )
-        .await
-        .unwrap_err();
+    let err = acquire_within(
+        &pacer,
+        &k,
+        Priority::NORMAL,
+        Some(Duration::from_millis(750)),
+    )
+    .await
+    .unwrap_err();
     assert_eq!(start.elapsed(), Duration::from_millis(750));
     assert!(is_paced_locally(&err));
     assert_eq!(err.retry_after(), None);
