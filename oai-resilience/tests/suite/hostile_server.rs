@@ -19,12 +19,12 @@ use oai_resilience::classify::{classify_sse_event, DEFAULT_BODY_LIMIT};
 use oai_resilience::mock::MockResponse;
 use oai_resilience::stack::{OpenAiLayer, OpenAiService};
 use oai_resilience::validate::ValidateBody;
-use oai_resilience::{AuthLayer, ErrorKind, RetryConfig, RetryLayer, StopReason};
+use oai_resilience::{AuthLayer, Error, ErrorKind, RetryConfig, RetryLayer, StopReason};
 use scripted::scripted;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
-use tower::{Layer, ServiceExt};
+use tower::{Layer, Service, ServiceExt};
 
 const KEY: &str = "sk-proj-HostileTestKey0123456789abcdefghijklmnopqr";
 use test_support::CHAT;
@@ -45,6 +45,14 @@ fn chat() -> http::Request<Full<Bytes>> {
         .header("content-type", "application/json")
         .body(Full::new(Bytes::from_static(CHAT.as_bytes())))
         .unwrap()
+}
+
+/// The response [`stack`] answers a [`chat`] request with.
+type Reply = <OpenAiService<Http> as Service<http::Request<Full<Bytes>>>>::Response;
+
+/// Sends one [`chat`] request through a fresh [`stack`] for `url` with `retry`.
+async fn call(url: &str, retry: RetryConfig) -> Result<Reply, Error> {
+    stack(url, retry).oneshot(chat()).await
 }
 
 /// What the raw server saw: connections accepted and bytes it managed to write.
@@ -110,6 +118,73 @@ async fn read_request(sock: &mut TcpStream) -> Option<()> {
     None
 }
 
+/// A [`raw_server`] that writes `bytes` on each connection and closes it.
+async fn answer_once(
+    max_conns: u64,
+    bytes: impl Into<Bytes>,
+) -> (String, Arc<Seen>, tokio::task::JoinHandle<()>) {
+    let bytes = bytes.into();
+    raw_server(max_conns, move |mut sock, seen| {
+        let bytes = bytes.clone();
+        async move {
+            send(&mut sock, &seen, &bytes).await;
+        }
+    })
+    .await
+}
+
+/// Sends one [`chat`] request, with at most `attempts` attempts, to an [`answer_once`] server
+/// that writes `bytes`; checks that the call fails with `kind` and returns the error and what
+/// the server saw.
+async fn fails_against(
+    max_conns: u64,
+    bytes: impl Into<Bytes>,
+    attempts: u32,
+    kind: ErrorKind,
+) -> (Error, Arc<Seen>) {
+    let (url, seen, server) = answer_once(max_conns, bytes).await;
+    let err = call(&url, RetryConfig::new().max_attempts(attempts))
+        .await
+        .unwrap_err();
+    server.abort();
+    assert_eq!(err.kind(), kind, "{err:?}");
+    (err, seen)
+}
+
+/// Sends one [`chat`] request with a retry `deadline` to a [`raw_server`] (up to 8 connections)
+/// that writes `at_once` on each connection, then `drip` one byte a second; checks that the call
+/// fails with a timeout and returns the error, how long the call took and what the server saw.
+async fn times_out_against(
+    at_once: &'static [u8],
+    drip: Vec<u8>,
+    deadline: Duration,
+) -> (Error, Duration, Arc<Seen>) {
+    let drip = Bytes::from(drip);
+    let (url, seen, server) = raw_server(8, move |mut sock, seen| {
+        let drip = drip.clone();
+        async move {
+            if !at_once.is_empty() && !send(&mut sock, &seen, at_once).await {
+                return;
+            }
+            for b in drip.chunks(1) {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                if !send(&mut sock, &seen, b).await {
+                    return;
+                }
+            }
+        }
+    })
+    .await;
+    let start = Instant::now();
+    let err = call(&url, RetryConfig::new().deadline(deadline))
+        .await
+        .unwrap_err();
+    let took = start.elapsed();
+    server.abort();
+    assert_eq!(err.kind(), ErrorKind::Timeout, "{err:?}");
+    (err, took, seen)
+}
+
 /// Writes `bytes`, counting what the socket accepted; false once the peer is gone.
 async fn send(sock: &mut TcpStream, seen: &Seen, bytes: &[u8]) -> bool {
     match sock.write_all(bytes).await {
@@ -140,8 +215,9 @@ async fn a_100_mb_error_body_is_read_up_to_the_limit_only() {
         }
     })
     .await;
-    let svc = stack(&url, RetryConfig::new().max_attempts(1));
-    let err = svc.oneshot(chat()).await.unwrap_err();
+    let err = call(&url, RetryConfig::new().max_attempts(1))
+        .await
+        .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::ServerError);
     assert_eq!(err.status().map(|s| s.as_u16()), Some(500));
     // The detail is a short snippet of what was read, not the body.
@@ -163,104 +239,53 @@ async fn a_100_mb_error_body_is_read_up_to_the_limit_only() {
 
 #[tokio::test(start_paused = true)]
 async fn a_dripping_error_body_ends_at_the_deadline() {
-    let (url, _seen, server) = raw_server(8, |mut sock, seen| async move {
-        let head = "HTTP/1.1 503 Service Unavailable\r\ncontent-length: 100000\r\n\r\n";
-        if !send(&mut sock, &seen, head.as_bytes()).await {
-            return;
-        }
-        for _ in 0..100_000 {
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            if !send(&mut sock, &seen, b"x").await {
-                return;
-            }
-        }
-    })
-    .await;
+    let head = b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 100000\r\n\r\n";
     let deadline = Duration::from_secs(20);
-    let svc = stack(&url, RetryConfig::new().deadline(deadline));
-    let start = Instant::now();
-    let err = svc.oneshot(chat()).await.unwrap_err();
-    let took = start.elapsed();
-    assert_eq!(err.kind(), ErrorKind::Timeout, "{err:?}");
+    let (err, took, _) = times_out_against(head, vec![b'x'; 100_000], deadline).await;
     let ctx = err.retry_context().expect("the retry context");
     assert_eq!(ctx.stop, StopReason::Deadline);
     assert!(
         took >= deadline && took < deadline + Duration::from_secs(2),
         "{took:?}"
     );
-    server.abort();
 }
 
 #[tokio::test(start_paused = true)]
 async fn dripping_headers_end_at_the_deadline() {
-    let (url, seen, server) = raw_server(8, |mut sock, seen| async move {
-        for b in b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}".repeat(1000) {
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            if !send(&mut sock, &seen, &[b]).await {
-                return;
-            }
-        }
-    })
-    .await;
+    let drip = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}".repeat(1000);
     let deadline = Duration::from_secs(5);
-    let svc = stack(&url, RetryConfig::new().deadline(deadline));
-    let start = Instant::now();
-    let err = svc.oneshot(chat()).await.unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::Timeout, "{err:?}");
-    assert!(start.elapsed() < deadline + Duration::from_secs(2));
+    let (_, took, seen) = times_out_against(b"", drip, deadline).await;
+    assert!(took < deadline + Duration::from_secs(2));
     // The drip got nowhere near a full head.
     assert!(seen.bytes_written.load(Ordering::SeqCst) < 10);
-    server.abort();
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_connection_closed_mid_headers_is_a_connection_error() {
-    let (url, seen, server) = raw_server(8, |mut sock, seen| async move {
-        send(&mut sock, &seen, b"HTTP/1.1 200 OK\r\ncontent-ty").await;
-    })
-    .await;
-    let svc = stack(&url, RetryConfig::new().max_attempts(3));
-    let err = svc.oneshot(chat()).await.unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::Connection, "{err:?}");
+    let bytes = &b"HTTP/1.1 200 OK\r\ncontent-ty"[..];
+    let (err, seen) = fails_against(8, bytes, 3, ErrorKind::Connection).await;
     // A connection error on a POST is retried (the default policy): one connection per attempt.
     assert_eq!(err.attempts(), 3);
     assert_eq!(seen.connections.load(Ordering::SeqCst), 3);
-    server.abort();
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_connection_closed_mid_error_body_keeps_what_arrived() {
-    let (url, _seen, server) = raw_server(8, |mut sock, seen| async move {
-        send(
-            &mut sock,
-            &seen,
-            b"HTTP/1.1 502 Bad Gateway\r\ncontent-length: 5000\r\n\r\n<html>bad gat",
-        )
-        .await;
-    })
-    .await;
-    let svc = stack(&url, RetryConfig::new().max_attempts(2));
-    let err = svc.oneshot(chat()).await.unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::ServerError, "{err:?}");
+    let bytes = &b"HTTP/1.1 502 Bad Gateway\r\ncontent-length: 5000\r\n\r\n<html>bad gat"[..];
+    let (err, _) = fails_against(8, bytes, 2, ErrorKind::ServerError).await;
     assert_eq!(err.status().map(|s| s.as_u16()), Some(502));
     assert!(err.detail().unwrap().contains("bad gat"), "{err:?}");
     assert_eq!(err.retry_context().unwrap().stop, StopReason::MaxAttempts);
-    server.abort();
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_connection_closed_mid_success_body_fails_the_body_not_the_call() {
-    let (url, _seen, server) = raw_server(1, |mut sock, seen| async move {
-        send(
-            &mut sock,
-            &seen,
-            b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 500\r\n\r\n{\"id\":",
-        )
-        .await;
-    })
+    let (url, _seen, server) = answer_once(
+        1,
+        &b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 500\r\n\r\n{\"id\":"[..],
+    )
     .await;
-    let svc = stack(&url, RetryConfig::new());
-    let res = svc.oneshot(chat()).await.unwrap();
+    let res = call(&url, RetryConfig::new()).await.unwrap();
     assert_eq!(res.status(), 200);
     // The 200 is the stack's answer; the body's failure reaches whoever reads it.
     assert!(res.into_body().collect().await.is_err());
@@ -269,38 +294,24 @@ async fn a_connection_closed_mid_success_body_fails_the_body_not_the_call() {
 
 #[tokio::test(start_paused = true)]
 async fn invalid_utf8_body_and_headers_give_a_typed_error() {
-    let (url, _seen, server) = raw_server(1, |mut sock, seen| async move {
-        let mut bytes = b"HTTP/1.1 500 Internal Server Error\r\nx-request-id: req_\xff\xfe\r\nretry-after: \xc3\x28\r\ncontent-length: 6\r\n\r\n".to_vec();
-        bytes.extend_from_slice(b"\xff\xfe\xfd{\x80}");
-        send(&mut sock, &seen, &bytes).await;
-    })
-    .await;
-    let svc = stack(&url, RetryConfig::new().max_attempts(1));
-    let err = svc.oneshot(chat()).await.unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::ServerError, "{err:?}");
+    let mut bytes = b"HTTP/1.1 500 Internal Server Error\r\nx-request-id: req_\xff\xfe\r\nretry-after: \xc3\x28\r\ncontent-length: 6\r\n\r\n".to_vec();
+    bytes.extend_from_slice(b"\xff\xfe\xfd{\x80}");
+    let (err, _) = fails_against(1, bytes, 1, ErrorKind::ServerError).await;
     // A request id that is not text is dropped; an unreadable retry-after is no hint.
     assert_eq!(err.request_id(), None);
     assert_eq!(err.retry_after(), None);
     assert!(err.api_error().is_none());
     // Display never panics and prints only text.
     assert!(!err.to_string().is_empty());
-    server.abort();
 }
 
 #[tokio::test(start_paused = true)]
 async fn an_oversized_header_value_is_a_connection_error() {
-    let (url, seen, server) = raw_server(4, |mut sock, seen| async move {
-        let mut head = b"HTTP/1.1 200 OK\r\nx-huge: ".to_vec();
-        head.extend(std::iter::repeat_n(b'a', 2 * 1024 * 1024));
-        head.extend_from_slice(b"\r\ncontent-length: 2\r\n\r\n{}");
-        send(&mut sock, &seen, &head).await;
-    })
-    .await;
-    let svc = stack(&url, RetryConfig::new().max_attempts(2));
-    let err = svc.oneshot(chat()).await.unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::Connection, "{err:?}");
+    let mut head = b"HTTP/1.1 200 OK\r\nx-huge: ".to_vec();
+    head.extend(std::iter::repeat_n(b'a', 2 * 1024 * 1024));
+    head.extend_from_slice(b"\r\ncontent-length: 2\r\n\r\n{}");
+    let (_, seen) = fails_against(4, head, 2, ErrorKind::Connection).await;
     assert_eq!(seen.connections.load(Ordering::SeqCst), 2);
-    server.abort();
 }
 
 #[tokio::test(start_paused = true)]
@@ -310,9 +321,8 @@ async fn an_absurd_retry_after_is_refused_without_sleeping() {
         [MockResponse::status(503).with_header("retry-after", "99999999999")],
     )
     .await;
-    let svc = stack(&server.url(), RetryConfig::new());
     let start = Instant::now();
-    let err = svc.oneshot(chat()).await.unwrap_err();
+    let err = call(&server.url(), RetryConfig::new()).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::ServerError);
     let ctx = err.retry_context().unwrap();
     assert_eq!(ctx.stop, StopReason::HintTooLong);
@@ -329,8 +339,7 @@ async fn a_truncated_json_success_passes_through_for_the_caller_to_decode() {
         [MockResponse::ok().with_body(r#"{"id":"chatcmpl-1","choices":[{"mess"#)],
     )
     .await;
-    let svc = stack(&server.url(), RetryConfig::new());
-    let res = svc.oneshot(chat()).await.unwrap();
+    let res = call(&server.url(), RetryConfig::new()).await.unwrap();
     assert_eq!(res.status(), 200);
     let body = res.into_body().collect().await.unwrap().to_bytes();
     let decoded = serde_json::from_slice::<serde_json::Value>(&body);
@@ -342,8 +351,7 @@ async fn a_truncated_json_success_passes_through_for_the_caller_to_decode() {
 #[tokio::test(start_paused = true)]
 async fn an_error_event_mid_stream_is_classified_and_not_retried() {
     let server = scripted(Some(KEY), [MockResponse::stream_error_after(2)]).await;
-    let svc = stack(&server.url(), RetryConfig::new());
-    let res = svc.oneshot(chat()).await.unwrap();
+    let res = call(&server.url(), RetryConfig::new()).await.unwrap();
     assert_eq!(res.status(), 200);
     let body = res.into_body().collect().await.unwrap().to_bytes();
     let text = String::from_utf8(body.to_vec()).unwrap();
