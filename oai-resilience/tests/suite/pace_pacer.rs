@@ -49,9 +49,54 @@ async fn take(pacer: &Pacer, k: &PaceKey) -> Permit {
     pacer.acquire(k, Cost::tokens(1), None).await.unwrap()
 }
 
+/// `n` calls of one token on `k`, one after the other, each granted.
+async fn take_n(pacer: &Pacer, k: &PaceKey, n: usize) -> Vec<Permit> {
+    let mut permits = Vec::with_capacity(n);
+    for _ in 0..n {
+        permits.push(take(pacer, k).await);
+    }
+    permits
+}
+
+/// A pacer made from `cfg`, [`key`], and the granted permit of a first call on the key.
+async fn first_call(cfg: PacerConfig) -> (Pacer, PaceKey, Permit) {
+    let pacer = Pacer::new(cfg);
+    let k = key();
+    let first = take(&pacer, &k).await;
+    (pacer, k, first)
+}
+
+/// A pacer made from `cfg`, and [`key`], after one call on the key was answered by `answer`.
+async fn answered(cfg: PacerConfig, answer: impl FnOnce(Permit)) -> (Pacer, PaceKey) {
+    let (pacer, k, first) = first_call(cfg).await;
+    answer(first);
+    (pacer, k)
+}
+
+/// A pacer made from `cfg`, and [`key`], after one call on the key was answered with the
+/// requests bucket of [`snap_requests`]`(limit, remaining, reset)`.
+async fn learned(
+    cfg: PacerConfig,
+    limit: u64,
+    remaining: u64,
+    reset: Duration,
+) -> (Pacer, PaceKey) {
+    answered(cfg, |p| {
+        p.on_response(Some(&snap_requests(limit, remaining, reset)))
+    })
+    .await
+}
+
 /// The requests bucket of `k`: (capacity, level, refill per second).
 fn requests(pacer: &Pacer, k: &PaceKey) -> (f64, f64, f64) {
     pacer.key_state(k).unwrap().requests.unwrap()
+}
+
+/// The level of the requests bucket of `k`, after asserting that it is `expected` (within 1e-6).
+fn assert_level(pacer: &Pacer, k: &PaceKey, expected: f64) -> f64 {
+    let (_, level, _) = requests(pacer, k);
+    assert!((level - expected).abs() < 1e-6, "{level}");
+    level
 }
 
 /// Lets spawned tasks run without moving virtual time.
@@ -98,9 +143,7 @@ fn poll_once<F: Future + Unpin>(f: &mut F) -> bool {
 
 #[tokio::test(start_paused = true)]
 async fn cold_key_probes_with_one_request() {
-    let pacer = Pacer::new(probing());
-    let k = key();
-    let first = take(&pacer, &k).await;
+    let (pacer, k, first) = first_call(probing()).await;
     assert_eq!(first.waited(), Duration::ZERO);
     // The second waits for the probe's headers, however long that takes.
     let (p2, k2) = (pacer.clone(), k.clone());
@@ -118,9 +161,7 @@ async fn cold_key_probes_with_one_request() {
 
 #[tokio::test(start_paused = true)]
 async fn a_dropped_probe_lets_the_next_request_probe() {
-    let pacer = Pacer::new(probing());
-    let k = key();
-    let first = take(&pacer, &k).await;
+    let (pacer, k, first) = first_call(probing()).await;
     let (p2, k2) = (pacer.clone(), k.clone());
     let second = tokio::spawn(async move { p2.acquire(&k2, Cost::tokens(1), None).await });
     settle().await;
@@ -133,20 +174,14 @@ async fn a_dropped_probe_lets_the_next_request_probe() {
 
 #[tokio::test(start_paused = true)]
 async fn learns_capacity_and_refill_from_headers() {
-    let pacer = Pacer::new(probing());
-    let k = key();
-    let p = take(&pacer, &k).await;
     // A small bucket with a fast refill: 20, of which 19 left, full again in 50 ms → 20/s.
-    p.on_response(Some(&snap_requests(20, 19, Duration::from_millis(50))));
+    let (pacer, k) = learned(probing(), 20, 19, Duration::from_millis(50)).await;
     let (cap, level, refill) = requests(&pacer, &k);
     assert_eq!(cap, 20.0);
     assert_eq!(level, 19.0);
     assert!((refill - 20.0).abs() < 1e-9, "{refill}");
     let start = Instant::now();
-    let mut permits = Vec::new();
-    for _ in 0..19 {
-        permits.push(take(&pacer, &k).await);
-    }
+    let _permits = take_n(&pacer, &k, 19).await;
     assert_eq!(start.elapsed(), Duration::ZERO);
     // The bucket is empty: the 20th waits one refill interval, 1/20 s.
     let p = take(&pacer, &k).await;
@@ -163,11 +198,8 @@ async fn learns_capacity_and_refill_from_headers() {
 
 #[tokio::test(start_paused = true)]
 async fn refill_comes_from_the_headers_for_a_minute_bucket_too() {
-    let pacer = Pacer::new(probing());
-    let k = key();
-    let p = take(&pacer, &k).await;
     // 600 RPM, 590 left, full again in 1 s: 10/s, read from the headers.
-    p.on_response(Some(&snap_requests(600, 590, Duration::from_secs(1))));
+    let (pacer, k) = learned(probing(), 600, 590, Duration::from_secs(1)).await;
     let (cap, _, refill) = requests(&pacer, &k);
     assert_eq!(cap, 600.0);
     assert!((refill - 10.0).abs() < 1e-9, "{refill}");
@@ -175,10 +207,7 @@ async fn refill_comes_from_the_headers_for_a_minute_bucket_too() {
 
 #[tokio::test(start_paused = true)]
 async fn in_flight_requests_are_subtracted_from_remaining() {
-    let pacer = Pacer::new(probing());
-    let k = key();
-    let probe = take(&pacer, &k).await;
-    probe.on_response(Some(&snap_requests(10, 9, Duration::from_millis(100))));
+    let (pacer, k) = learned(probing(), 10, 9, Duration::from_millis(100)).await;
     let a = take(&pacer, &k).await;
     let _b = take(&pacer, &k).await;
     let _c = take(&pacer, &k).await;
@@ -190,14 +219,8 @@ async fn in_flight_requests_are_subtracted_from_remaining() {
 
 #[tokio::test(start_paused = true)]
 async fn rate_limit_pauses_the_whole_key_until_the_hint() {
-    let pacer = Pacer::new(probing());
-    let k = key();
+    let (pacer, k) = learned(probing(), 100, 99, Duration::from_millis(600)).await;
     let other = PaceKey::new("api.test").with_credential(b"Bearer sk-b");
-    pacer
-        .acquire(&k, Cost::tokens(1), None)
-        .await
-        .unwrap()
-        .on_response(Some(&snap_requests(100, 99, Duration::from_millis(600))));
     pacer
         .acquire(&other, Cost::tokens(1), None)
         .await
@@ -234,17 +257,8 @@ async fn rate_limit_pauses_the_whole_key_until_the_hint() {
 #[tokio::test(start_paused = true)]
 async fn unexplained_rate_limit_switches_on_the_adaptive_rate() {
     // A service that sends no headers at all: the 429s alone drive the rate.
-    let pacer = Pacer::new(probing());
-    let k = key();
-    pacer
-        .acquire(&k, Cost::tokens(1), None)
-        .await
-        .unwrap()
-        .on_response(None);
-    let mut permits = Vec::new();
-    for _ in 0..10 {
-        permits.push(take(&pacer, &k).await);
-    }
+    let (pacer, k) = answered(probing(), |p| p.on_response(None)).await;
+    let mut permits = take_n(&pacer, &k, 10).await;
     // Eleven requests in the last second; a 429 without a hint: ten accepted.
     let start = Instant::now();
     let first = permits.remove(0);
@@ -353,10 +367,7 @@ async fn waiting_is_first_come_first_served() {
 async fn a_dropped_waiter_gives_its_place_back() {
     let pacer = Pacer::new(static_limits(Some(60), None));
     let k = key();
-    let mut held = Vec::new();
-    for _ in 0..60 {
-        held.push(take(&pacer, &k).await);
-    }
+    let held = take_n(&pacer, &k, 60).await;
     // The bucket is empty (1 per second). Queue three waiters; drop the head.
     let mut head = pacer.acquire(&k, Cost::tokens(1), None);
     assert!(poll_once(&mut head));
@@ -388,13 +399,10 @@ async fn a_dropped_waiter_gives_its_place_back() {
 
 #[tokio::test(start_paused = true)]
 async fn a_slot_past_the_deadline_fails_at_once() {
-    let pacer = Pacer::new(probing());
-    let k = key();
-    pacer
-        .acquire(&k, Cost::tokens(1), None)
-        .await
-        .unwrap()
-        .on_rate_limited(Some(Duration::from_secs(30)), None);
+    let (pacer, k) = answered(probing(), |p| {
+        p.on_rate_limited(Some(Duration::from_secs(30)), None)
+    })
+    .await;
     // No point sleeping until the deadline: the pause is known to outlast it.
     let err = refused_at_once(&pacer, &k, Priority::NORMAL, Some(Duration::from_secs(5))).await;
     assert_eq!(err.kind(), ErrorKind::RateLimited);
@@ -449,10 +457,7 @@ async fn a_queued_waiter_fails_when_its_deadline_passes() {
 
 #[tokio::test(start_paused = true)]
 async fn headers_with_room_wake_the_head_early() {
-    let pacer = Pacer::new(probing());
-    let k = key();
-    let probe = take(&pacer, &k).await;
-    probe.on_response(Some(&snap_requests(10, 0, Duration::from_secs(10))));
+    let (pacer, k) = learned(probing(), 10, 0, Duration::from_secs(10)).await;
     let task = tokio::spawn(pacer.acquire(&k, Cost::tokens(1), None));
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert!(!task.is_finished());
@@ -464,9 +469,7 @@ async fn headers_with_room_wake_the_head_early() {
 
 #[tokio::test(start_paused = true)]
 async fn the_cold_window_ends_at_the_first_answer_and_a_429_lowers_the_rate() {
-    let pacer = Pacer::new(probing());
-    let k = key();
-    let probe = take(&pacer, &k).await;
+    let (pacer, k, probe) = first_call(probing()).await;
     assert_eq!(pacer.key_state(&k).unwrap().window, Some(1));
     let mut waiting: Vec<_> = (0..4)
         .map(|_| pacer.acquire(&k, Cost::tokens(1), None))
@@ -545,11 +548,8 @@ async fn a_key_whose_server_sends_no_rate_limit_headers_is_never_held_back() {
 
 #[tokio::test(start_paused = true)]
 async fn headers_reporting_five_remaining_admit_five_and_pace_the_rest() {
-    let pacer = Pacer::default();
-    let k = key();
-    let first = take(&pacer, &k).await;
     // 5 of 10 left, full again in 1 s: refilled at 5 per second.
-    first.on_response(Some(&snap_requests(10, 5, Duration::from_secs(1))));
+    let (pacer, k) = learned(PacerConfig::default(), 10, 5, Duration::from_secs(1)).await;
     let start = Instant::now();
     let mut granted_at = Vec::new();
     for _ in 0..8 {
@@ -571,20 +571,15 @@ async fn headers_reporting_five_remaining_admit_five_and_pace_the_rest() {
 #[tokio::test(start_paused = true)]
 async fn an_answer_after_a_model_latency_counts_the_refill_and_the_calls_sent_since() {
     // The server decided on the first call when it arrived; its answer comes 2 s later.
-    let pacer = Pacer::default();
-    let k = key();
-    let first = take(&pacer, &k).await;
-    let mut since = Vec::new();
-    for _ in 0..30 {
-        since.push(take(&pacer, &k).await);
-    }
+    let (pacer, k, first) = first_call(PacerConfig::default()).await;
+    let _since = take_n(&pacer, &k, 30).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     // 0 of 20 left when it arrived, refilled 20 per second: 40 refilled since, 30 taken by
     // the calls sent after it, so 10 are left now.
     first.on_response(Some(&snap_requests(20, 0, Duration::from_secs(1))));
-    let (_, level, refill) = requests(&pacer, &k);
+    let (_, _, refill) = requests(&pacer, &k);
     assert!((refill - 20.0).abs() < 1e-9, "{refill}");
-    assert!((level - 10.0).abs() < 1e-6, "{level}");
+    assert_level(&pacer, &k, 10.0);
     for _ in 0..10 {
         let p = take(&pacer, &k).await;
         assert_eq!(p.waited(), Duration::ZERO);
@@ -595,24 +590,15 @@ async fn an_answer_after_a_model_latency_counts_the_refill_and_the_calls_sent_si
 
 #[tokio::test(start_paused = true)]
 async fn a_large_remaining_keeps_a_headroom_for_other_clients() {
-    let pacer = Pacer::default();
-    let k = key();
-    let first = take(&pacer, &k).await;
-    first.on_response(Some(&snap_requests(1000, 500, Duration::from_secs(60))));
-    let (_, level, _) = requests(&pacer, &k);
+    let (pacer, k) = learned(PacerConfig::default(), 1000, 500, Duration::from_secs(60)).await;
     // 2 % of 500 kept back.
-    assert!((level - 490.0).abs() < 1e-6, "{level}");
+    assert_level(&pacer, &k, 490.0);
 }
 
 #[tokio::test(start_paused = true)]
 async fn calls_refused_with_a_429_are_not_counted_as_taken_from_the_bucket() {
-    let pacer = Pacer::default();
-    let k = key();
-    let first = take(&pacer, &k).await;
-    let mut later = Vec::new();
-    for _ in 0..5 {
-        later.push(take(&pacer, &k).await);
-    }
+    let (pacer, k, first) = first_call(PacerConfig::default()).await;
+    let mut later = take_n(&pacer, &k, 5).await;
     // Three of the five sent after the first are refused at once: the server did not take
     // them from its bucket.
     for p in later.drain(..3) {
@@ -622,21 +608,17 @@ async fn calls_refused_with_a_429_are_not_counted_as_taken_from_the_bucket() {
     // 0 of 20 left when the first arrived, refilled 20 per second: 10 refilled since, 2
     // taken by the calls sent after it and not refused.
     first.on_response(Some(&snap_requests(20, 0, Duration::from_secs(1))));
-    let (_, level, _) = requests(&pacer, &k);
-    assert!((level - 8.0).abs() < 1e-6, "{level}");
+    assert_level(&pacer, &k, 8.0);
 }
 
 #[tokio::test(start_paused = true)]
 async fn an_older_snapshot_lowers_the_level_but_never_raises_it() {
-    let pacer = Pacer::default();
-    let k = key();
-    let old = take(&pacer, &k).await;
+    let (pacer, k, old) = first_call(PacerConfig::default()).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let fresh = take(&pacer, &k).await;
     // The newer request's answer (a fast 429) says the bucket is empty now.
     fresh.on_rate_limited(None, Some(&snap_requests(20, 0, Duration::from_secs(1))));
-    let (_, after_fresh, _) = requests(&pacer, &k);
-    assert!(after_fresh.abs() < 1e-6, "{after_fresh}");
+    let after_fresh = assert_level(&pacer, &k, 0.0);
     // The older request's answer comes 2 s after it was sent, with 5 left then: corrected by
     // its age it would claim 20 (its refill estimate times 2 s), but the newer snapshot wins.
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -650,8 +632,7 @@ async fn an_older_snapshot_lowers_the_level_but_never_raises_it() {
     tokio::time::sleep(Duration::from_millis(10)).await;
     let b = take(&pacer, &k).await;
     b.on_response(Some(&snap_requests(20, 19, Duration::from_millis(50))));
-    let (_, level, _) = requests(&pacer, &k);
-    assert!((level - 19.0).abs() < 1e-6, "{level}");
+    assert_level(&pacer, &k, 19.0);
     a.on_response(Some(&snap_requests(20, 0, Duration::from_secs(1))));
     let (_, level, _) = requests(&pacer, &k);
     assert!(level < 0.0, "{level}");
