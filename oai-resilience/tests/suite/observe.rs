@@ -32,6 +32,7 @@ use oai_resilience::observe::{
     RetryScheduled, TokensUsed,
 };
 use oai_resilience::retry::RetryConfig;
+use oai_resilience::stack::OpenAiService;
 use oai_resilience::{AuthLayer, DelaySource, ErrorKind, OpenAiLayer, RetryLayer, StopReason};
 use test_support::CHAT_5_TOKENS as CHAT;
 use tower::{service_fn, Layer, Service, ServiceExt};
@@ -74,70 +75,41 @@ impl Tee {
     }
 }
 
-impl Observer for Tee {
-    fn attempt_started(&self, e: &AttemptStarted<'_>) {
-        self.seen().started.push((
-            e.attempt,
-            e.route.map(str::to_owned),
-            e.model.map(str::to_owned),
-        ));
-        self.metrics.attempt_started(e);
-    }
-    fn attempt_finished(&self, e: &AttemptFinished<'_>) {
-        self.seen().finished.push((
-            e.attempt,
-            e.status,
-            e.error,
-            e.request_id.map(str::to_owned),
-            e.latency,
-        ));
-        self.metrics.attempt_finished(e);
-    }
-    fn retry_scheduled(&self, e: &RetryScheduled<'_>) {
-        self.seen()
-            .retries
-            .push((e.attempt, e.cause, e.delay, e.source, e.budget_balance));
-        self.metrics.retry_scheduled(e);
-    }
-    fn call_succeeded(&self, e: &CallSucceeded<'_>) {
-        self.seen()
-            .succeeded
-            .push((e.attempts, e.model.map(str::to_owned)));
-        self.metrics.call_succeeded(e);
-    }
-    fn call_given_up(&self, e: &CallGivenUp<'_>) {
-        self.seen()
-            .given_up
-            .push((e.attempts, e.stop, e.error, e.status));
-        self.metrics.call_given_up(e);
-    }
-    fn rate_limit_learned(&self, e: &RateLimitLearned<'_>) {
-        self.seen()
-            .rate_limits
-            .push((e.attempt, e.kind, e.retry_after));
-        self.metrics.rate_limit_learned(e);
-    }
-    fn local_rejection(&self, e: &LocalRejection<'_>) {
-        self.seen()
-            .rejections
-            .push((e.source, e.error, e.route.map(str::to_owned)));
-        self.metrics.local_rejection(e);
-    }
-    fn pacing_wait(&self, e: &PacingWait<'_>) {
-        self.seen()
-            .waits
-            .push((e.waited, e.limit, e.model.map(str::to_owned)));
-        self.metrics.pacing_wait(e);
-    }
-    fn tokens_used(&self, e: &TokensUsed<'_>) {
-        self.seen().tokens.push((
-            e.input_tokens,
-            e.output_tokens,
-            e.estimated,
-            e.model.map(str::to_owned),
-        ));
-        self.metrics.tokens_used(e);
-    }
+/// Implements each listed `Observer` hook on `Tee`: pushes what the closure-like `|e| record`
+/// makes of the event onto that field of `Seen`, then forwards the event to the
+/// `MetricsObserver`.
+macro_rules! tee_hooks {
+    ($($hook:ident($event:ident) => $field:ident: |$e:ident| $record:expr;)*) => {
+        impl Observer for Tee {
+            $(
+                fn $hook(&self, $e: &$event<'_>) {
+                    self.seen().$field.push($record);
+                    self.metrics.$hook($e);
+                }
+            )*
+        }
+    };
+}
+
+tee_hooks! {
+    attempt_started(AttemptStarted) => started:
+        |e| (e.attempt, e.route.map(str::to_owned), e.model.map(str::to_owned));
+    attempt_finished(AttemptFinished) => finished:
+        |e| (e.attempt, e.status, e.error, e.request_id.map(str::to_owned), e.latency);
+    retry_scheduled(RetryScheduled) => retries:
+        |e| (e.attempt, e.cause, e.delay, e.source, e.budget_balance);
+    call_succeeded(CallSucceeded) => succeeded: |e| (e.attempts, e.model.map(str::to_owned));
+    call_given_up(CallGivenUp) => given_up: |e| (e.attempts, e.stop, e.error, e.status);
+    rate_limit_learned(RateLimitLearned) => rate_limits: |e| (e.attempt, e.kind, e.retry_after);
+    local_rejection(LocalRejection) => rejections:
+        |e| (e.source, e.error, e.route.map(str::to_owned));
+    pacing_wait(PacingWait) => waits: |e| (e.waited, e.limit, e.model.map(str::to_owned));
+    tokens_used(TokensUsed) => tokens: |e| (
+        e.input_tokens,
+        e.output_tokens,
+        e.estimated,
+        e.model.map(str::to_owned),
+    );
 }
 
 fn response(status: u16, headers: &[(&str, &str)], body: &str) -> Response<Full<Bytes>> {
@@ -634,11 +606,30 @@ where
     })
 }
 
-#[test]
-fn pacing_wait_names_the_limit_that_held_the_attempt() {
+/// Sends `calls` chat requests with [`send_all`] through `OpenAiLayer` (a [`Tee`] observer,
+/// the test key) over `inner`, with a local `DebuggingRecorder`; returns what the hooks saw and
+/// the metrics.
+fn observe_calls<S, B>(inner: S, calls: usize) -> (Seen, Snap)
+where
+    OpenAiService<S>: Service<Request<Full<Bytes>>, Response = Response<B>>,
+    <OpenAiService<S> as Service<Request<Full<Bytes>>>>::Error: std::fmt::Debug,
+    B: http_body::Body,
+    B::Error: std::fmt::Debug,
+{
     let recorder = DebuggingRecorder::new();
     let snapshotter = recorder.snapshotter();
     let tee = Arc::new(Tee::default());
+    let mut svc = OpenAiLayer::new()
+        .observer(tee.clone())
+        .auth(AuthLayer::from_key(KEY))
+        .layer(inner);
+    send_all(&recorder, &mut svc, calls);
+    let seen = std::mem::take(&mut *tee.seen.lock().unwrap());
+    (seen, take(&snapshotter))
+}
+
+#[test]
+fn pacing_wait_names_the_limit_that_held_the_attempt() {
     // A bucket of one request, empty after each answer, full again in 1 s.
     let upstream = answering(
         &[
@@ -648,12 +639,7 @@ fn pacing_wait_names_the_limit_that_held_the_attempt() {
         ],
         r#"{"id":"c"}"#,
     );
-    let mut svc = OpenAiLayer::new()
-        .observer(tee.clone())
-        .auth(AuthLayer::from_key(KEY))
-        .layer(upstream);
-    send_all(&recorder, &mut svc, 3);
-    let seen = std::mem::take(&mut *tee.seen.lock().unwrap());
+    let (seen, snap) = observe_calls(upstream, 3);
     // The first call went out at once: no event; the next two waited a second each.
     let model = Some("gpt-4o-mini".to_owned());
     assert_eq!(
@@ -663,7 +649,6 @@ fn pacing_wait_names_the_limit_that_held_the_attempt() {
             (Duration::from_secs(1), PacingLimit::Requests, model),
         ]
     );
-    let snap = take(&snapshotter);
     assert_eq!(
         histogram(
             &snap,
@@ -677,18 +662,10 @@ fn pacing_wait_names_the_limit_that_held_the_attempt() {
 #[test]
 fn tokens_used_reports_the_usage_the_usage_layer_reads() {
     use oai_resilience::usage::UsageLayer;
-    let recorder = DebuggingRecorder::new();
-    let snapshotter = recorder.snapshotter();
-    let tee = Arc::new(Tee::default());
     let usage =
         r#"{"id":"c","usage":{"prompt_tokens":12,"completion_tokens":3,"total_tokens":15}}"#;
     let upstream = answering(&[], usage);
-    let mut svc = OpenAiLayer::new()
-        .observer(tee.clone())
-        .auth(AuthLayer::from_key(KEY))
-        .layer(UsageLayer::new().layer(upstream));
-    send_all(&recorder, &mut svc, 2);
-    let seen = std::mem::take(&mut *tee.seen.lock().unwrap());
+    let (seen, snap) = observe_calls(UsageLayer::new().layer(upstream), 2);
     // "Hello": 2 prompt tokens + 4 for the message + 3, and max_tokens 5: estimated 14. The
     // second call is estimated from the first one's usage: 12/9 of the prompt and 3/5 of the
     // completion budget, with the 2 % margin: ceil(15 × 1.02) = 16.
@@ -698,7 +675,6 @@ fn tokens_used_reports_the_usage_the_usage_layer_reads() {
         vec![(12, 3, Some(14), model.clone()), (12, 3, Some(16), model)]
     );
     assert!(seen.waits.is_empty());
-    let snap = take(&snapshotter);
     assert_eq!(
         histogram(
             &snap,
