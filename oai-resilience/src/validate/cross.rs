@@ -64,8 +64,9 @@ fn stream_options_need_stream(facts: &Facts, out: &mut Vec<Violation>) {
     );
 }
 
-/// `param` may be set only when `flag` is `true`; `message` otherwise.
-#[inline]
+/// `param` may be set only when `flag` is `true`; `message` otherwise. Always inlined, so
+/// that the two constant keys are looked up at compile time, as in [`Facts::get`].
+#[inline(always)]
 fn only_when_true(
     facts: &Facts,
     param: &'static str,
