@@ -64,6 +64,7 @@ mod macros;
 #[cfg_attr(docsrs, doc(cfg(feature = "mock")))]
 pub mod mock;
 pub mod observe;
+mod overrides;
 pub mod pace;
 pub mod parse;
 mod redact;

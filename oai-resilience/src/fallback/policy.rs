@@ -1,10 +1,7 @@
 //! [`FallbackPolicy`]: which errors move a call to the next route.
 
-use std::sync::Arc;
-
 use crate::error::{Error, ErrorKind, StopReason};
-
-type Predicate = Arc<dyn Fn(&Error) -> bool + Send + Sync>;
+use crate::overrides::Overrides;
 
 /// Whether a route's error means "this route cannot serve the call soon, another may": the
 /// default rule of [`FallbackPolicy`] (see the table in the [module docs](super)).
@@ -73,8 +70,7 @@ pub fn moves_on(err: &Error, idempotent: bool) -> bool {
 #[derive(Clone, Default)]
 pub struct FallbackPolicy {
     post_timeouts: bool,
-    also: Vec<Predicate>,
-    never: Vec<Predicate>,
+    overrides: Overrides,
 }
 
 impl FallbackPolicy {
@@ -92,7 +88,7 @@ impl FallbackPolicy {
 
     /// Also move on for errors for which `pred` holds.
     pub fn fall_back_if(mut self, pred: impl Fn(&Error) -> bool + Send + Sync + 'static) -> Self {
-        self.also.push(Arc::new(pred));
+        self.overrides.also(pred);
         self
     }
 
@@ -101,27 +97,23 @@ impl FallbackPolicy {
         mut self,
         pred: impl Fn(&Error) -> bool + Send + Sync + 'static,
     ) -> Self {
-        self.never.push(Arc::new(pred));
+        self.overrides.never(pred);
         self
     }
 
     /// Whether `err`, a route's error for a request that is (or is not) idempotent, moves the
     /// call to the next route.
     pub fn should_fall_back(&self, err: &Error, idempotent: bool) -> bool {
-        if self.never.iter().any(|p| p(err)) {
-            return false;
-        }
-        if self.also.iter().any(|p| p(err)) {
-            return true;
-        }
-        moves_on(err, idempotent || self.post_timeouts)
+        self.overrides
+            .verdict(err)
+            .unwrap_or_else(|| moves_on(err, idempotent || self.post_timeouts))
     }
 }
 
 crate::macros::debug_struct!(FallbackPolicy, |s| "FallbackPolicy" {
     "fall_back_on_post_timeouts": s.post_timeouts,
-    "fall_back_if": s.also.len(),
-    "never_fall_back_if": s.never.len(),
+    "fall_back_if": s.overrides.counts().0,
+    "never_fall_back_if": s.overrides.counts().1,
 } finish);
 
 #[cfg(test)]

@@ -1,11 +1,11 @@
 //! Retry policies: the [`Policy`] trait, the default [`OpenAiPolicy`], the hint precedence.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use http::Method;
 
 use crate::error::{DelaySource, Error, ErrorKind, StopReason};
+use crate::overrides::Overrides;
 
 /// What a [`Policy`] sees about one failed attempt.
 #[derive(Debug, Clone, Copy)]
@@ -169,8 +169,6 @@ where
     }
 }
 
-type Predicate = Arc<dyn Fn(&Error) -> bool + Send + Sync>;
-
 /// The default policy, built on OpenAI's documented behaviour.
 ///
 /// In order:
@@ -193,8 +191,7 @@ type Predicate = Arc<dyn Fn(&Error) -> bool + Send + Sync>;
 #[derive(Clone, Default)]
 pub struct OpenAiPolicy {
     retry_post_timeouts: bool,
-    also: Vec<Predicate>,
-    never: Vec<Predicate>,
+    overrides: Overrides,
 }
 
 impl OpenAiPolicy {
@@ -212,13 +209,13 @@ impl OpenAiPolicy {
     /// Also retry errors for which `pred` holds (unless the server said `x-should-retry: false`
     /// or the error is local).
     pub fn retry_if(mut self, pred: impl Fn(&Error) -> bool + Send + Sync + 'static) -> Self {
-        self.also.push(Arc::new(pred));
+        self.overrides.also(pred);
         self
     }
 
     /// Never retry errors for which `pred` holds, whatever else says.
     pub fn never_retry_if(mut self, pred: impl Fn(&Error) -> bool + Send + Sync + 'static) -> Self {
-        self.never.push(Arc::new(pred));
+        self.overrides.never(pred);
         self
     }
 
@@ -228,18 +225,14 @@ impl OpenAiPolicy {
             return false;
         }
         if let Some(verdict) = err.should_retry() {
-            return verdict && !self.never.iter().any(|p| p(err));
+            return verdict && !self.overrides.refuses(err);
         }
-        if self.never.iter().any(|p| p(err)) {
-            return false;
-        }
-        if self.also.iter().any(|p| p(err)) {
-            return true;
-        }
-        match err.kind() {
-            ErrorKind::Timeout => idempotent || self.retry_post_timeouts,
-            kind => kind.is_retryable(),
-        }
+        self.overrides
+            .verdict(err)
+            .unwrap_or_else(|| match err.kind() {
+                ErrorKind::Timeout => idempotent || self.retry_post_timeouts,
+                kind => kind.is_retryable(),
+            })
     }
 }
 
@@ -255,8 +248,8 @@ impl Policy for OpenAiPolicy {
 
 crate::macros::debug_struct!(OpenAiPolicy, |s| "OpenAiPolicy" {
     "retry_post_timeouts": s.retry_post_timeouts,
-    "retry_if": s.also.len(),
-    "never_retry_if": s.never.len(),
+    "retry_if": s.overrides.counts().0,
+    "never_retry_if": s.overrides.counts().1,
 } finish);
 
 /// Whether `method` is idempotent per RFC 9110 (GET, HEAD, OPTIONS, PUT, DELETE, TRACE).
