@@ -9,8 +9,10 @@
 //! - **Status**: the upstream's when one answered; otherwise the one OpenAI uses for the same
 //!   fault: 400 for a local validation failure, 401 for a missing or malformed key, 429 when
 //!   the pacer gave up or the quota is gone, 413 for an oversized body, 502 for a connection
-//!   failure, a body that could not be replayed or an upstream answer that could not be read
-//!   or decoded, 504 for a timeout, 503 for an open circuit, 500 otherwise.
+//!   failure or an upstream answer that could not be read or decoded, 504 for a timeout, 503
+//!   for an open circuit, 500 otherwise. A retry the stack needed but could not make (the
+//!   body could not be sent again, [`ErrorKind::NotReplayable`]) answers as the attempt that
+//!   failed did (502 when there is none).
 //! - **Body**: `{"error": {"message", "type", "param", "code"}}`, the upstream's own fields
 //!   when it sent them (for a local failure: `missing_required_parameter` or `invalid_value`
 //!   with the parameter's path in `param`, `invalid_api_key`, `rate_limit_exceeded`, …),
@@ -19,7 +21,8 @@
 //! - **Headers**: `x-should-retry: false` (the stack has already retried whatever could
 //!   succeed, and the SDKs obey the header, so their own retries do not multiply requests;
 //!   `true` for an open circuit, which sent nothing: the client may come back after
-//!   `retry-after`, when the breaker lets a probe through),
+//!   `retry-after`, when the breaker lets a probe through; `true` for a retry the stack could
+//!   not make because the body could not be sent again: the client still holds its body),
 //!   [`HINT_HEADER`], [`ATTEMPTS_HEADER`], `x-request-id` when the upstream gave one, and
 //!   `retry-after-ms`/`retry-after` when a delay is known.
 //!
@@ -168,15 +171,31 @@ struct Answer<'a> {
     request_id: Option<&'a str>,
     attempts: u32,
     retry_after: Option<std::time::Duration>,
-    /// `x-should-retry`: `true` only for an open circuit (nothing was sent and the stack did
+    /// `x-should-retry`: `true` for an open circuit (nothing was sent and the stack did
     /// not retry it: the client may come back after `retry-after`, when a probe is let
-    /// through); `false` for the rest, which the stack has already retried or which cannot
-    /// succeed.
+    /// through) and for a retry the stack could not make (`NotReplayable`: the client, which
+    /// holds its body, can); `false` for the rest, which the stack has already retried or
+    /// which cannot succeed.
     should_retry: bool,
 }
 
 impl<'a> Answer<'a> {
     fn of(err: &'a Error) -> Self {
+        if err.kind() == ErrorKind::NotReplayable {
+            // The answer of the attempt that failed (its status, OpenAI's fields, its
+            // request id), which the client may retry.
+            let failed = std::error::Error::source(err)
+                .and_then(|s| s.downcast_ref::<Error>())
+                .filter(|cause| cause.kind() != ErrorKind::NotReplayable);
+            return Answer {
+                should_retry: true,
+                ..failed.map_or_else(|| Answer::of_kind(err), Answer::of_kind)
+            };
+        }
+        Answer::of_kind(err)
+    }
+
+    fn of_kind(err: &'a Error) -> Self {
         let status = status_for(err);
         let code = err.code().map(Cow::Borrowed).or_else(|| {
             // A response without OpenAI's object keeps `code: null`, as the API does.
@@ -319,6 +338,40 @@ mod tests {
 
     fn json(res: &Response<Bytes>) -> serde_json::Value {
         serde_json::from_slice(res.body()).unwrap()
+    }
+
+    #[test]
+    fn a_retry_the_body_prevented_answers_as_the_failed_attempt_and_may_be_retried() {
+        let failed = Error::from_response_parts(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &HeaderMap::new(),
+            br#"{"error":{"message":"overloaded","type":"server_error","param":null,"code":null}}"#,
+        )
+        .with_request_id("req_1");
+        let err = Error::new(ErrorKind::NotReplayable)
+            .with_detail("a retry was needed, but the request body cannot be replayed")
+            .with_source(failed.clone());
+        let res = error_response(&err);
+        assert_eq!(res.status(), 503);
+        assert_eq!(res.headers()["x-should-retry"], "true");
+        assert_eq!(res.headers()["x-request-id"], "req_1");
+        let v = json(&res);
+        assert!(v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("overloaded"));
+        assert_eq!(v["error"]["type"], "server_error");
+        // The same body as the failed attempt's own answer; only the header differs.
+        assert_eq!(res.body(), error_response(&failed).body());
+
+        // Without the failed attempt's error: 502, still retryable by the client.
+        let bare = Error::new(ErrorKind::NotReplayable);
+        let res = error_response(&bare);
+        assert_eq!(res.status(), 502);
+        assert_eq!(res.headers()["x-should-retry"], "true");
+        // A NotReplayable wrapped in another is answered once, not followed.
+        let nested = Error::new(ErrorKind::NotReplayable).with_source(bare);
+        assert_eq!(error_response(&nested).status(), 502);
     }
 
     #[test]

@@ -749,18 +749,9 @@ impl Gateway {
                     }
                     tracing::info!(error = %err, "gateway: call failed");
                     out.error = Some(err.kind().as_str().to_owned());
-                    if err.kind() == ErrorKind::NotReplayable {
-                        // A streamed upload that needed a retry: the gateway could not send it
-                        // again, the client can (its SDK still has the body). Answer with what
-                        // the attempt got, and let the client's retry logic decide.
-                        let cause = std::error::Error::source(&err)
-                            .and_then(|s| s.downcast_ref::<Error>())
-                            .unwrap_or(&err);
-                        let mut res = error_response(cause);
-                        res.headers_mut()
-                            .insert("x-should-retry", HeaderValue::from_static("true"));
-                        break 'answer res;
-                    }
+                    // A streamed upload that needed a retry (`NotReplayable`) is answered as
+                    // the attempt that failed, with `x-should-retry: true`: the gateway could
+                    // not send it again, the client, whose SDK still has the body, can.
                     error_response(&err)
                 }
             }
