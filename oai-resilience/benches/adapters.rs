@@ -71,6 +71,22 @@ fn layer() -> OpenAiLayer {
     OpenAiLayer::new().auth(AuthLayer::from_key(KEY))
 }
 
+/// The chat request of the reqwest sides, sent through `$client` (a `reqwest::Client` or a
+/// `ClientWithMiddleware`, whose request builders have no common trait) to `$url` and awaited:
+/// the same request on both sides of a pair.
+macro_rules! send_chat {
+    ($client:expr, $url:expr) => {
+        $client
+            .post($url)
+            .header("content-type", "application/json")
+            .bearer_auth(KEY)
+            .body(CHAT)
+            .send()
+            .await
+            .unwrap()
+    };
+}
+
 impl Clients {
     fn new(server: &MockServer) -> Self {
         let config = || {
@@ -106,14 +122,7 @@ impl Clients {
         &self,
         client: &reqwest_middleware::ClientWithMiddleware,
     ) -> reqwest::Response {
-        client
-            .post(&self.url)
-            .header("content-type", "application/json")
-            .bearer_auth(KEY)
-            .body(CHAT)
-            .send()
-            .await
-            .unwrap()
+        send_chat!(client, &self.url)
     }
 
     /// One call of side `side`.
@@ -134,15 +143,7 @@ impl Clients {
                 black_box(res.into_body().collect().await.unwrap().to_bytes());
             }),
             Side::Reqwest => Box::pin(async move {
-                let res = self
-                    .reqwest
-                    .post(&self.url)
-                    .header("content-type", "application/json")
-                    .bearer_auth(KEY)
-                    .body(CHAT)
-                    .send()
-                    .await
-                    .unwrap();
+                let res = send_chat!(self.reqwest, &self.url);
                 assert!(res.status().is_success());
                 black_box(res.bytes().await.unwrap());
             }),

@@ -5,10 +5,12 @@
 use std::convert::Infallible;
 
 use bytes::Bytes;
-use criterion::{criterion_group, criterion_main, Criterion};
+use criterion::measurement::WallTime;
+use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion};
 use http_body_util::Full;
 use oai_resilience::pace::{Cost, PaceKey, PaceLayer, Pacer};
 use oai_resilience::{ClassifyLayer, RateLimitSnapshot};
+use tokio::runtime::Runtime;
 use tower::{service_fn, Service, ServiceBuilder, ServiceExt};
 
 const BODY: &str = r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Hello there"}],"max_tokens":16}"#;
@@ -32,16 +34,19 @@ fn upstream(
         .unwrap()))
 }
 
-fn bench(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .build()
-        .unwrap();
-    let mut group = c.benchmark_group("100 calls");
-    group.bench_function("classify (baseline)", |b| {
-        let mut svc = ServiceBuilder::new()
-            .layer(ClassifyLayer::new())
-            .service(service_fn(upstream));
+/// Benchmarks `name` in `group`: a service from `make` (one per criterion sample), each
+/// iteration making `BATCH` calls of it.
+fn calls<S>(
+    group: &mut BenchmarkGroup<'_, WallTime>,
+    rt: &Runtime,
+    name: &str,
+    make: impl Fn() -> S,
+) where
+    S: Service<http::Request<Full<Bytes>>>,
+    S::Error: std::fmt::Debug,
+{
+    group.bench_function(name, |b| {
+        let mut svc = make();
         b.iter(|| {
             rt.block_on(async {
                 for _ in 0..BATCH {
@@ -50,18 +55,24 @@ fn bench(c: &mut Criterion) {
             })
         })
     });
-    group.bench_function("pace + classify", |b| {
-        let mut svc = ServiceBuilder::new()
+}
+
+fn bench(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    let mut group = c.benchmark_group("100 calls");
+    calls(&mut group, &rt, "classify (baseline)", || {
+        ServiceBuilder::new()
+            .layer(ClassifyLayer::new())
+            .service(service_fn(upstream))
+    });
+    calls(&mut group, &rt, "pace + classify", || {
+        ServiceBuilder::new()
             .layer(PaceLayer::new())
             .layer(ClassifyLayer::new())
-            .service(service_fn(upstream));
-        b.iter(|| {
-            rt.block_on(async {
-                for _ in 0..BATCH {
-                    svc.ready().await.unwrap().call(request()).await.unwrap();
-                }
-            })
-        })
+            .service(service_fn(upstream))
     });
     group.bench_function("pacer acquire + on_response", |b| {
         let pacer = Pacer::default();

@@ -11,15 +11,16 @@ use std::convert::Infallible;
 use std::future::{ready, Ready};
 
 use bytes::Bytes;
-use criterion::{black_box, criterion_group, criterion_main, Criterion};
+use criterion::{criterion_group, criterion_main, Criterion};
 use http::{Request, Response};
 use http_body_util::Full;
 use oai_resilience::retry::{RetryConfig, RetryLayer};
-use oai_resilience::{ClassifyLayer, Error};
-use tower::{service_fn, Service, ServiceBuilder, ServiceExt};
+use oai_resilience::ClassifyLayer;
+use tower::retry::RetryLayer as TowerRetryLayer;
+use tower::{service_fn, Layer, Service};
 
-type Body = Full<Bytes>;
-const CALLS: usize = 1000;
+mod common;
+use common::{Bench, Body};
 
 /// A tower retry policy that never retries and keeps no copy of the request.
 #[derive(Clone, Copy)]
@@ -76,84 +77,39 @@ fn request() -> Request<Body> {
         .unwrap()
 }
 
-fn run<S, E>(c: &mut Criterion, rt: &tokio::runtime::Runtime, name: &str, svc: S)
-where
-    S: Service<Request<Body>, Response = Response<Body>, Error = E> + Clone,
-    E: std::fmt::Debug,
-{
-    c.bench_function(name, |b| {
-        b.iter(|| {
-            let mut svc = svc.clone();
-            rt.block_on(async {
-                for _ in 0..CALLS {
-                    let res = svc.ready().await.unwrap().call(request()).await.unwrap();
-                    black_box(res);
-                }
-            })
-        })
-    });
-}
-
 fn bench(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .build()
-        .unwrap();
-
-    run(c, &rt, "bare", upstream());
-    run(
-        c,
-        &rt,
+    let rt = common::runtime();
+    let mut b = Bench::new(c, &rt, request);
+    let classify = || ClassifyLayer::new().layer(upstream());
+    b.run("bare", upstream());
+    b.run(
         "tower_retry_noop",
-        ServiceBuilder::new()
-            .layer(tower::retry::RetryLayer::new(Noop))
-            .service(upstream()),
+        TowerRetryLayer::new(Noop).layer(upstream()),
     );
-    run(
-        c,
-        &rt,
-        "classify",
-        ServiceBuilder::new()
-            .layer(ClassifyLayer::new())
-            .service(upstream()),
-    );
-    run(
-        c,
-        &rt,
+    b.run("classify", classify());
+    b.run(
         "tower_retry_noop+classify",
-        ServiceBuilder::new()
-            .layer(tower::retry::RetryLayer::new(Noop))
-            .layer(ClassifyLayer::new())
-            .service(upstream()),
+        TowerRetryLayer::new(Noop).layer(classify()),
     );
-    run(
-        c,
-        &rt,
+    b.run(
         "tower_retry_noop_cloning+classify",
-        ServiceBuilder::new()
-            .layer(tower::retry::RetryLayer::new(NoopCloning))
-            .layer(ClassifyLayer::new())
-            .service(upstream()),
+        TowerRetryLayer::new(NoopCloning).layer(classify()),
     );
-    // The full stack with the default config: budget, deadline, retry-count header on.
-    let svc = ServiceBuilder::new()
-        .layer(RetryLayer::with_config(RetryConfig::new()))
-        .layer(ClassifyLayer::new())
-        .service(upstream());
-    run::<_, Error>(c, &rt, "oai_retry+classify", svc);
-    // Breakdown: without the replay copy (one attempt only), without the header.
-    let svc = ServiceBuilder::new()
-        .layer(RetryLayer::with_config(RetryConfig::new().max_attempts(1)))
-        .layer(ClassifyLayer::new())
-        .service(upstream());
-    run::<_, Error>(c, &rt, "oai_retry_no_replay_copy+classify", svc);
-    let svc = ServiceBuilder::new()
-        .layer(RetryLayer::with_config(
+    // The full stack with the default config (budget, deadline, retry-count header on), then
+    // its breakdown: without the replay copy (one attempt only), without the header.
+    for (name, config) in [
+        ("oai_retry+classify", RetryConfig::new()),
+        (
+            "oai_retry_no_replay_copy+classify",
+            RetryConfig::new().max_attempts(1),
+        ),
+        (
+            "oai_retry_no_header+classify",
             RetryConfig::new().retry_count_header(None),
-        ))
-        .layer(ClassifyLayer::new())
-        .service(upstream());
-    run::<_, Error>(c, &rt, "oai_retry_no_header+classify", svc);
+        ),
+    ] {
+        b.run(name, RetryLayer::with_config(config).layer(classify()));
+    }
 }
 
 criterion_group!(benches, bench);

@@ -20,7 +20,7 @@ use std::convert::Infallible;
 use std::future::{ready, Ready};
 
 use bytes::Bytes;
-use criterion::{black_box, criterion_group, criterion_main, Criterion};
+use criterion::{criterion_group, criterion_main, Criterion};
 use http::{Request, Response};
 use http_body_util::Full;
 use oai_resilience::observe::{AttemptFinished, AttemptStarted, CallSucceeded, Observer};
@@ -28,10 +28,11 @@ use oai_resilience::stack::OpenAiLayer;
 use oai_resilience::{AuthLayer, ClassifyLayer, PaceLayer, RetryLayer, ValidateLayer};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use tower::{service_fn, Layer, Service, ServiceBuilder, ServiceExt};
+use tower::{service_fn, Layer, Service, ServiceBuilder};
 
-type Body = Full<Bytes>;
-const CALLS: usize = 1000;
+mod common;
+use common::{Bench, Body};
+
 /// A made-up key of OpenAI's shape.
 const KEY: &str = "sk-proj-BenchBenchBenchBenchBench0000";
 const CHAT: &str =
@@ -68,24 +69,6 @@ fn request() -> Request<Body> {
         .unwrap()
 }
 
-fn run<S, E>(c: &mut Criterion, rt: &tokio::runtime::Runtime, name: &str, svc: S)
-where
-    S: Service<Request<Body>, Response = Response<Body>, Error = E> + Clone,
-    E: std::fmt::Debug,
-{
-    c.bench_function(name, |b| {
-        b.iter(|| {
-            let mut svc = svc.clone();
-            rt.block_on(async {
-                for _ in 0..CALLS {
-                    let res = svc.ready().await.unwrap().call(request()).await.unwrap();
-                    black_box(res);
-                }
-            })
-        })
-    });
-}
-
 /// An observer that counts its events (the "counting observer" of the overhead figure).
 #[derive(Debug, Default)]
 struct Counting(AtomicU64);
@@ -109,19 +92,14 @@ fn openai_layer() -> OpenAiLayer {
         .base_url("https://api.openai.com".parse().unwrap())
 }
 
-/// `calls` calls through `svc`, for a profiler.
-fn profile<S, E>(rt: &tokio::runtime::Runtime, svc: S, calls: usize)
+/// 50 calls of a clone of `svc` to warm up, then `calls` calls of `svc`, for a profiler.
+fn profile<S>(rt: &tokio::runtime::Runtime, mut svc: S, calls: usize)
 where
-    S: Service<Request<Body>, Response = Response<Body>, Error = E> + Clone,
-    E: std::fmt::Debug,
+    S: Service<Request<Body>, Response = Response<Body>> + Clone,
+    S::Error: std::fmt::Debug,
 {
-    let mut svc = svc;
-    rt.block_on(async {
-        for _ in 0..calls {
-            let res = svc.ready().await.unwrap().call(request()).await.unwrap();
-            black_box(res);
-        }
-    })
+    rt.block_on(common::calls(&mut svc.clone(), 50, request));
+    rt.block_on(common::calls(&mut svc, calls, request));
 }
 
 /// `PROFILE_SIDE` set: runs that side only (see the module docs) and returns true.
@@ -135,15 +113,12 @@ fn profile_side(rt: &tokio::runtime::Runtime) -> bool {
         .unwrap_or(1000);
     match side.as_str() {
         "openai_layer" => {
-            let svc = openai_layer().layer(upstream());
-            profile(rt, svc.clone(), 50);
-            profile(rt, svc, calls);
+            profile(rt, openai_layer().layer(upstream()), calls);
         }
         // observer:begin
         "counting_observer" => {
             let counting = Arc::new(Counting::default());
             let svc = openai_layer().observer(counting.clone()).layer(upstream());
-            profile(rt, svc.clone(), 50);
             profile(rt, svc, calls);
             assert!(counting.0.load(Ordering::Relaxed) > 0);
         }
@@ -154,68 +129,44 @@ fn profile_side(rt: &tokio::runtime::Runtime) -> bool {
 }
 
 fn bench(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .build()
-        .unwrap();
+    let rt = common::runtime();
     if profile_side(&rt) {
         return;
     }
-    run(c, &rt, "upstream", upstream());
-    run(c, &rt, "classify", ClassifyLayer::new().layer(upstream()));
-    run(
-        c,
-        &rt,
-        "pace+classify",
+    // Each stack's layers: the layer named first in its line over the stack of the line before.
+    let pace = || {
         ServiceBuilder::new()
             .layer(PaceLayer::new())
             .layer(ClassifyLayer::new())
-            .service(upstream()),
-    );
-    run(
-        c,
-        &rt,
-        "retry+pace+classify",
-        ServiceBuilder::new()
-            .layer(RetryLayer::new())
-            .layer(PaceLayer::new())
-            .layer(ClassifyLayer::new())
-            .service(upstream()),
-    );
-    run(
-        c,
-        &rt,
-        "auth+retry+pace+classify",
+    };
+    let retry = || ServiceBuilder::new().layer(RetryLayer::new()).layer(pace());
+    let auth = || {
         ServiceBuilder::new()
             .layer(AuthLayer::from_key(KEY))
-            .layer(RetryLayer::new())
-            .layer(PaceLayer::new())
-            .layer(ClassifyLayer::new())
-            .service(upstream()),
-    );
-    run(
-        c,
-        &rt,
-        "validate+auth+retry+pace+classify",
+            .layer(retry())
+    };
+    let validate = || {
         ServiceBuilder::new()
             .layer(ValidateLayer::new())
-            .layer(AuthLayer::from_key(KEY))
-            .layer(RetryLayer::new())
-            .layer(PaceLayer::new())
-            .layer(ClassifyLayer::new())
-            .service(upstream()),
+            .layer(auth())
+    };
+    let mut b = Bench::new(c, &rt, request);
+    b.run("upstream", upstream());
+    b.run("classify", ClassifyLayer::new().layer(upstream()));
+    b.run("pace+classify", pace().service(upstream()));
+    b.run("retry+pace+classify", retry().service(upstream()));
+    b.run("auth+retry+pace+classify", auth().service(upstream()));
+    b.run(
+        "validate+auth+retry+pace+classify",
+        validate().service(upstream()),
     );
-    run(
-        c,
-        &rt,
+    b.run(
         "openai_layer_with_base_url",
         openai_layer().layer(upstream()),
     );
     // The same stack with an observer that counts (`observe::Observer`), in the same run.
     let counting = Arc::new(Counting::default());
-    run(
-        c,
-        &rt,
+    b.run(
         "openai_layer_with_base_url+counting_observer",
         openai_layer().observer(counting.clone()).layer(upstream()),
     );
