@@ -4,9 +4,23 @@
 
 mod support;
 
-use support::{config, request, start, RawUpstream, CHAT, KEY, SERVER_KEY};
+use std::net::SocketAddr;
+
+use support::{
+    bearer, chat_as, chat_with, config_for, get_as, raw_gateway, request, start, RawUpstream, CHAT,
+    KEY, SERVER_KEY,
+};
 
 const ALICE: &str = "gw-alice-0123456789abcdef";
+
+/// A [`raw_gateway`] with `extra` arguments and the access key `alice=ALICE`, in the
+/// environment `env`.
+async fn alice_gateway(extra: &[&str], env: &[(&str, &str)]) -> (RawUpstream, SocketAddr) {
+    let access = format!("alice={ALICE}");
+    let mut args = extra.to_vec();
+    args.extend(["--access-key", access.as_str()]);
+    raw_gateway(&args, env).await
+}
 
 /// A method, a path and header lines.
 type Attempt = (
@@ -45,18 +59,7 @@ fn anonymous_requests() -> Vec<Attempt> {
 
 #[tokio::test]
 async fn with_access_keys_anonymous_callers_never_reach_the_upstream() {
-    let upstream = RawUpstream::start().await;
-    let url = upstream.url();
-    let gw = start(config(
-        &[
-            "--upstream",
-            &url,
-            "--access-key",
-            &format!("alice={ALICE}"),
-        ],
-        &[("OPENAI_API_KEY", SERVER_KEY)],
-    ))
-    .await;
+    let (upstream, gw) = alice_gateway(&[], &[("OPENAI_API_KEY", SERVER_KEY)]).await;
     for (method, path, headers) in anonymous_requests() {
         let body = if method == "POST" { CHAT } else { "" };
         let res = request(gw, method, path, &headers, body).await;
@@ -75,33 +78,12 @@ async fn with_access_keys_anonymous_callers_never_reach_the_upstream() {
 
 #[tokio::test]
 async fn a_valid_access_key_is_replaced_by_the_server_key() {
-    let upstream = RawUpstream::start().await;
-    let url = upstream.url();
-    let gw = start(config(
-        &[
-            "--upstream",
-            &url,
-            "--access-key",
-            &format!("alice={ALICE}"),
-        ],
-        &[
-            ("OPENAI_API_KEY", SERVER_KEY),
-            ("OPENAI_ORG_ID", "org-server"),
-        ],
-    ))
-    .await;
-    let auth = format!("Bearer {ALICE}");
-    let res = request(
-        gw,
-        "POST",
-        "/v1/chat/completions",
-        &[
-            ("authorization", &auth),
-            ("openai-organization", "org-other"),
-        ],
-        CHAT,
-    )
-    .await;
+    let env = [
+        ("OPENAI_API_KEY", SERVER_KEY),
+        ("OPENAI_ORG_ID", "org-server"),
+    ];
+    let (upstream, gw) = alice_gateway(&[], &env).await;
+    let res = chat_with(gw, ALICE, &[("openai-organization", "org-other")]).await;
     assert_eq!(res.status, 200, "{}", res.body);
     let got = upstream.received();
     assert_eq!(got.len(), 1);
@@ -118,14 +100,8 @@ async fn a_valid_access_key_is_replaced_by_the_server_key() {
 
 #[tokio::test]
 async fn without_access_keys_the_server_key_is_never_used() {
-    let upstream = RawUpstream::start().await;
-    let url = upstream.url();
     // OPENAI_API_KEY is set, but no access key is configured: callers bring their own.
-    let gw = start(config(
-        &["--upstream", &url],
-        &[("OPENAI_API_KEY", SERVER_KEY)],
-    ))
-    .await;
+    let (upstream, gw) = raw_gateway(&[], &[("OPENAI_API_KEY", SERVER_KEY)]).await;
     for method in ["GET", "POST", "DELETE"] {
         for path in ["/v1/chat/completions", "/v1/models", "/v1/files/x"] {
             let body = if method == "POST" { CHAT } else { "" };
@@ -136,44 +112,26 @@ async fn without_access_keys_the_server_key_is_never_used() {
     }
     assert!(upstream.received().is_empty());
     // A caller's own key is forwarded as it came.
-    let auth = format!("Bearer {KEY}");
-    let res = request(gw, "GET", "/v1/models", &[("authorization", &auth)], "").await;
+    let res = get_as(gw, "/v1/models", KEY).await;
     assert_eq!(res.status, 200, "{}", res.body);
     let got = upstream.received();
     assert_eq!(got.len(), 1);
-    assert_eq!(got[0].header("authorization").unwrap(), auth);
+    assert_eq!(got[0].header("authorization").unwrap(), bearer(KEY));
     assert!(!got[0].head.contains(SERVER_KEY));
     // A malformed own key is refused locally, as before.
-    let res = request(
-        gw,
-        "POST",
-        "/v1/chat/completions",
-        &[("authorization", "Bearer sk-...")],
-        CHAT,
-    )
-    .await;
+    let res = chat_as(gw, "sk-...").await;
     assert_eq!(res.status, 401, "{}", res.body);
     assert_eq!(upstream.received().len(), 1);
 }
 
 #[tokio::test]
 async fn azure_style_upstream_gets_the_key_in_api_key() {
-    let upstream = RawUpstream::start().await;
-    let url = upstream.url();
-    let gw = start(config(
-        &[
-            "--upstream",
-            &url,
-            "--upstream-auth-header",
-            "api-key",
-            "--access-key",
-            &format!("alice={ALICE}"),
-        ],
+    let (upstream, gw) = alice_gateway(
+        &["--upstream-auth-header", "api-key"],
         &[("OPENAI_API_KEY", "azure-key-0123456789abcdef")],
-    ))
+    )
     .await;
-    let auth = format!("Bearer {ALICE}");
-    let res = request(gw, "GET", "/v1/models", &[("authorization", &auth)], "").await;
+    let res = get_as(gw, "/v1/models", ALICE).await;
     assert_eq!(res.status, 200, "{}", res.body);
     let sent = &upstream.received()[0];
     assert_eq!(
@@ -195,20 +153,15 @@ async fn access_keys_file_names_keys() {
     .unwrap();
     let upstream = RawUpstream::start().await;
     let url = upstream.url();
-    let c = config(
-        &[
-            "--upstream",
-            &url,
-            "--access-keys-file",
-            file.to_str().unwrap(),
-        ],
+    let c = config_for(
+        &url,
+        &["--access-keys-file", file.to_str().unwrap()],
         &[("OPENAI_API_KEY", SERVER_KEY)],
     );
     assert_eq!(c.access_keys.len(), 2);
     let gw = start(c).await;
     for key in [ALICE, "gw-bob-0123456789abcdef"] {
-        let auth = format!("Bearer {key}");
-        let res = request(gw, "GET", "/v1/models", &[("authorization", &auth)], "").await;
+        let res = get_as(gw, "/v1/models", key).await;
         assert_eq!(res.status, 200, "{}", res.body);
     }
     assert_eq!(upstream.received().len(), 2);

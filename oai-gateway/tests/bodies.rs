@@ -15,7 +15,10 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use oai_gateway::gateway::streams_body;
 use oai_resilience::RetryConfig;
-use support::{config, request, start, RawUpstream, KEY};
+use support::{
+    accept_each, authorized, bearer, chat_as, config, config_for, raw_gateway, request, start,
+    start_with_gateway, RawUpstream, KEY,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
@@ -40,51 +43,46 @@ impl Counting {
             progress: Arc::new(Notify::new()),
         };
         let u = up.clone();
-        tokio::spawn(async move {
-            loop {
-                let Ok((mut stream, _)) = listener.accept().await else {
-                    return;
-                };
-                let u = u.clone();
-                tokio::spawn(async move {
-                    u.requests.fetch_add(1, Ordering::SeqCst);
-                    let mut head = Vec::new();
-                    let mut buf = vec![0u8; 64 * 1024];
-                    let mut body_seen = 0usize;
-                    let mut declared = None;
-                    loop {
-                        let n = match stream.read(&mut buf).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => n,
-                        };
-                        u.bytes.fetch_add(n, Ordering::SeqCst);
-                        u.progress.notify_waiters();
-                        if declared.is_none() {
-                            head.extend_from_slice(&buf[..n]);
-                            if let Some(i) = head.windows(4).position(|w| w == b"\r\n\r\n") {
-                                let text = String::from_utf8_lossy(&head[..i]).to_ascii_lowercase();
-                                declared = Some(
-                                    text.lines()
-                                        .find_map(|l| l.strip_prefix("content-length:"))
-                                        .and_then(|v| v.trim().parse::<usize>().ok())
-                                        .expect("the upload went on with its content-length"),
-                                );
-                                body_seen = head.len() - (i + 4);
-                            }
-                        } else {
-                            body_seen += n;
+        accept_each(listener, move |mut stream| {
+            let u = u.clone();
+            async move {
+                u.requests.fetch_add(1, Ordering::SeqCst);
+                let mut head = Vec::new();
+                let mut buf = vec![0u8; 64 * 1024];
+                let mut body_seen = 0usize;
+                let mut declared = None;
+                loop {
+                    let n = match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => n,
+                    };
+                    u.bytes.fetch_add(n, Ordering::SeqCst);
+                    u.progress.notify_waiters();
+                    if declared.is_none() {
+                        head.extend_from_slice(&buf[..n]);
+                        if let Some(i) = head.windows(4).position(|w| w == b"\r\n\r\n") {
+                            let text = String::from_utf8_lossy(&head[..i]).to_ascii_lowercase();
+                            declared = Some(
+                                text.lines()
+                                    .find_map(|l| l.strip_prefix("content-length:"))
+                                    .and_then(|v| v.trim().parse::<usize>().ok())
+                                    .expect("the upload went on with its content-length"),
+                            );
+                            body_seen = head.len() - (i + 4);
                         }
-                        if declared.is_some_and(|d| body_seen >= d) {
-                            break;
-                        }
+                    } else {
+                        body_seen += n;
                     }
-                    let res = format!(
+                    if declared.is_some_and(|d| body_seen >= d) {
+                        break;
+                    }
+                }
+                let res = format!(
                         "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
                         body.len()
                     );
-                    let _ = stream.write_all(res.as_bytes()).await;
-                    let _ = stream.shutdown().await;
-                });
+                let _ = stream.write_all(res.as_bytes()).await;
+                let _ = stream.shutdown().await;
             }
         });
         up
@@ -152,6 +150,22 @@ fn multipart(size: usize, pause_after: usize, resume: Arc<Notify>) -> (String, C
     )
 }
 
+/// A `POST path` to the gateway at `gw` with [`KEY`] and a [`multipart`] body of `size`
+/// bytes (declared in `content-length`) that pauses after `pause_after` bytes until `resume`.
+fn upload(
+    gw: SocketAddr,
+    path: &str,
+    size: usize,
+    pause_after: usize,
+    resume: Arc<Notify>,
+) -> http::Request<ChannelBody> {
+    let (content_type, body) = multipart(size, pause_after, resume);
+    let uri = format!("http://{gw}{path}");
+    let mut req = authorized("POST", &uri, &content_type, KEY, body);
+    req.headers_mut().insert("content-length", size.into());
+    req
+}
+
 #[tokio::test]
 async fn a_20_mb_multipart_upload_is_streamed_to_the_upstream_whole() {
     let upstream = Counting::start(200, r#"{"id":"file-abc","object":"file"}"#).await;
@@ -163,14 +177,8 @@ async fn a_20_mb_multipart_upload_is_streamed_to_the_upstream_whole() {
     .await;
     let size = 20 * MB;
     let resume = Arc::new(Notify::new());
-    let (content_type, body) = multipart(size, 10 * MB, resume.clone());
+    let req = upload(gw, "/v1/files", size, 10 * MB, resume.clone());
     let client = Client::builder(TokioExecutor::new()).build_http();
-    let req = http::Request::post(format!("http://{gw}/v1/files"))
-        .header("authorization", format!("Bearer {KEY}"))
-        .header("content-type", &content_type)
-        .header("content-length", size)
-        .body(body)
-        .unwrap();
     let call = tokio::spawn(async move { client.request(req).await });
     // The client sends 10 MB and waits: those bytes must reach the upstream before the
     // client sends the rest. A gateway that buffered the body would wait for ever here.
@@ -210,14 +218,8 @@ async fn a_streamed_upload_is_never_retried_and_the_client_may_retry_it() {
     let gw = start(c).await;
     let resume = Arc::new(Notify::new());
     let size = 2 * MB;
-    let (content_type, body) = multipart(size, usize::MAX, resume);
+    let req = upload(gw, "/v1/audio/transcriptions", size, usize::MAX, resume);
     let client = Client::builder(TokioExecutor::new()).build_http();
-    let req = http::Request::post(format!("http://{gw}/v1/audio/transcriptions"))
-        .header("authorization", format!("Bearer {KEY}"))
-        .header("content-type", &content_type)
-        .header("content-length", size)
-        .body(body)
-        .unwrap();
     let res = client.request(req).await.unwrap();
     assert_eq!(res.status(), 503);
     // The gateway did not retry; the SDK, which still holds the body, may.
@@ -233,20 +235,12 @@ async fn a_streamed_upload_is_never_retried_and_the_client_may_retry_it() {
 
 #[tokio::test]
 async fn an_upload_over_its_limit_is_refused_at_once_and_json_keeps_its_own() {
-    let upstream = RawUpstream::start().await;
-    let gw = start(config(
-        &[
-            "--upstream",
-            &upstream.url(),
-            "--max-upload-bytes",
-            "1000000",
-            "--max-body-bytes",
-            "1000",
-        ],
+    let (upstream, gw) = raw_gateway(
+        &["--max-upload-bytes", "1000000", "--max-body-bytes", "1000"],
         &[],
-    ))
+    )
     .await;
-    let auth = format!("Bearer {KEY}");
+    let auth = bearer(KEY);
     // Declared above --max-upload-bytes: 413 before a byte of the body is read.
     let res = support::raw(
         gw,
@@ -358,19 +352,12 @@ async fn eventually(done: impl Fn() -> bool) -> bool {
 #[tokio::test]
 async fn json_bodies_past_the_buffered_bytes_cap_get_503_at_once_and_the_cap_comes_back() {
     let upstream = RawUpstream::start().await;
-    let c = config(
-        &[
-            "--upstream",
-            &upstream.url(),
-            "--max-body-bytes",
-            "1000",
-            "--max-buffered-bytes",
-            "2500",
-        ],
+    let c = config_for(
+        &upstream.url(),
+        &["--max-body-bytes", "1000", "--max-buffered-bytes", "2500"],
         &[],
     );
-    let gateway = oai_gateway::Gateway::new(&c).await.unwrap();
-    let gw = support::serve(gateway.clone(), &c).await;
+    let (gw, gateway) = start_with_gateway(&c).await;
     let metrics = gateway.metrics();
     // Two bodies of 1,000 bytes held open: 2,000 of the 2,500 bytes taken.
     let (mut first, first_rest) = hold_chat_body(gw, 1000, 100).await;
@@ -397,15 +384,7 @@ async fn json_bodies_past_the_buffered_bytes_cap_get_503_at_once_and_the_cap_com
         "the refused body took nothing"
     );
     // A small body still fits in the 500 bytes left.
-    let auth = format!("Bearer {KEY}");
-    let small = request(
-        gw,
-        "POST",
-        "/v1/chat/completions",
-        &[("authorization", &auth)],
-        support::CHAT,
-    )
-    .await;
+    let small = chat_as(gw, KEY).await;
     assert_eq!(small.status, 200, "{}", small.body);
     // The first completes: 200, and its bytes come back once the request is done.
     first.write_all(&first_rest).await.unwrap();

@@ -17,7 +17,7 @@ use oai_gateway::gateway::ROUTE_HEADER;
 use oai_resilience::mock::{MockResponse, MockServer, Route};
 use oai_resilience::RetryConfig;
 use serde_json::Value;
-use support::{parse, KEY};
+use support::{accept_each, authorized, parse, post_with_key, KEY};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const SERVER_KEY: &str = "sk-proj-ServerServerServerServerServer0123";
@@ -49,13 +49,13 @@ struct Answer {
 
 async fn send(addr: SocketAddr, method: &str, path: &str, auth: &str, body: &str) -> Answer {
     let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
-    let req = http::Request::builder()
-        .method(method)
-        .uri(format!("http://{addr}{path}"))
-        .header("content-type", "application/json")
-        .header("authorization", format!("Bearer {auth}"))
-        .body(Full::new(Bytes::from(body.to_owned())))
-        .unwrap();
+    let req = authorized(
+        method,
+        &format!("http://{addr}{path}"),
+        "application/json",
+        auth,
+        Full::new(Bytes::from(body.to_owned())),
+    );
     let res = client.request(req).await.unwrap();
     let status = res.status().as_u16();
     let route = res
@@ -75,6 +75,14 @@ async fn chat(addr: SocketAddr, auth: &str) -> Answer {
     send(addr, "POST", "/v1/chat/completions", auth, CHAT).await
 }
 
+/// A [`chat`] with `key` that must be answered `status` by the route `route`.
+async fn chat_served(addr: SocketAddr, key: &str, status: u16, route: &str) -> Answer {
+    let a = chat(addr, key).await;
+    assert_eq!(a.status, status, "{}", a.json);
+    assert_eq!(a.route.as_deref(), Some(route));
+    a
+}
+
 async fn metrics(addr: SocketAddr) -> String {
     let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
     let res = client
@@ -83,6 +91,24 @@ async fn metrics(addr: SocketAddr) -> String {
         .unwrap();
     let bytes = res.into_body().collect().await.unwrap().to_bytes();
     String::from_utf8(bytes.to_vec()).unwrap()
+}
+
+/// A mock upstream whose next `times` chat completions answer `status`.
+async fn failing(status: u16, times: usize) -> MockServer {
+    MockServer::builder()
+        .script(
+            Route::ChatCompletions,
+            (0..times).map(|_| MockResponse::status(status)),
+        )
+        .start()
+        .await
+}
+
+/// A backup [`MockServer`] and a [`primary_then`] gateway over `primary` and it.
+async fn with_backup(primary: &MockServer) -> (MockServer, SocketAddr) {
+    let backup = MockServer::start().await;
+    let addr = primary_then(&primary.url(), &backup.url()).await;
+    (backup, addr)
 }
 
 fn model_sent(server: &MockServer) -> Vec<String> {
@@ -99,11 +125,8 @@ fn model_sent(server: &MockServer) -> Vec<String> {
 #[tokio::test]
 async fn a_quota_429_on_the_primary_is_served_by_the_fallback() {
     let primary = MockServer::builder().quota_exhausted(true).start().await;
-    let backup = MockServer::start().await;
-    let addr = primary_then(&primary.url(), &backup.url()).await;
-    let a = chat(addr, KEY).await;
-    assert_eq!(a.status, 200, "{}", a.json);
-    assert_eq!(a.route.as_deref(), Some("fallback-1"));
+    let (backup, addr) = with_backup(&primary).await;
+    let a = chat_served(addr, KEY, 200, "fallback-1").await;
     assert_eq!(a.json["object"], "chat.completion", "{}", a.json);
     // A quota 429 is not retried: one request to the primary, then one to the fallback,
     // each with the caller's own key (no access keys: the server's key is never used).
@@ -128,33 +151,18 @@ async fn a_quota_429_on_the_primary_is_served_by_the_fallback() {
 
 #[tokio::test]
 async fn a_503_primary_moves_on_after_its_retries() {
-    let primary = MockServer::builder()
-        .script(
-            Route::ChatCompletions,
-            (0..4).map(|_| MockResponse::status(503)),
-        )
-        .start()
-        .await;
-    let backup = MockServer::start().await;
-    let addr = primary_then(&primary.url(), &backup.url()).await;
-    let a = chat(addr, KEY).await;
-    assert_eq!(a.status, 200, "{}", a.json);
-    assert_eq!(a.route.as_deref(), Some("fallback-1"));
+    let primary = failing(503, 4).await;
+    let (backup, addr) = with_backup(&primary).await;
+    chat_served(addr, KEY, 200, "fallback-1").await;
     assert_eq!(primary.requests().len(), 2, "the primary's two attempts");
     assert_eq!(backup.requests().len(), 1);
 }
 
 #[tokio::test]
 async fn a_400_from_the_primary_is_not_sent_to_the_fallback() {
-    let primary = MockServer::builder()
-        .script(Route::ChatCompletions, [MockResponse::status(400)])
-        .start()
-        .await;
-    let backup = MockServer::start().await;
-    let addr = primary_then(&primary.url(), &backup.url()).await;
-    let a = chat(addr, KEY).await;
-    assert_eq!(a.status, 400, "{}", a.json);
-    assert_eq!(a.route.as_deref(), Some("primary"));
+    let primary = failing(400, 1).await;
+    let (backup, addr) = with_backup(&primary).await;
+    chat_served(addr, KEY, 400, "primary").await;
     assert_eq!(primary.requests().len(), 1);
     assert_eq!(
         backup.requests().len(),
@@ -181,24 +189,15 @@ async fn the_fallback_model_replaces_the_body_model() {
     let backup = MockServer::start().await;
     let spec = format!("{} model=gpt-4o-mini", backup.url());
     let addr = primary_then(&primary.url(), &spec).await;
-    let a = chat(addr, KEY).await;
-    assert_eq!(a.status, 200, "{}", a.json);
-    assert_eq!(a.route.as_deref(), Some("fallback-1"));
+    chat_served(addr, KEY, 200, "fallback-1").await;
     assert_eq!(model_sent(&primary), ["gpt-4o"]);
     assert_eq!(model_sent(&backup), ["gpt-4o-mini"]);
 }
 
 #[tokio::test]
 async fn an_open_circuit_on_the_primary_sends_calls_to_the_fallback_at_once() {
-    let primary = MockServer::builder()
-        .script(
-            Route::ChatCompletions,
-            (0..100).map(|_| MockResponse::status(503)),
-        )
-        .start()
-        .await;
-    let backup = MockServer::start().await;
-    let addr = primary_then(&primary.url(), &backup.url()).await;
+    let primary = failing(503, 100).await;
+    let (backup, addr) = with_backup(&primary).await;
     // Three calls, two attempts each: the breaker opens after five consecutive failures.
     for _ in 0..3 {
         let a = chat(addr, KEY).await;
@@ -246,30 +245,28 @@ async fn quota_upstream() -> (String, Arc<AtomicUsize>) {
     let url = format!("http://{}/v1", listener.local_addr().unwrap());
     let seen = Arc::new(AtomicUsize::new(0));
     let count = seen.clone();
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            let count = count.clone();
-            tokio::spawn(async move {
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 16 * 1024];
-                while !(buf.ends_with(b"--b--\r\n") || buf.ends_with(b"0\r\n\r\n")) {
-                    match stream.read(&mut chunk).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                    }
-                    if buf.len() > 1 << 20 {
-                        return;
-                    }
+    accept_each(listener, move |mut stream| {
+        let count = count.clone();
+        async move {
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 16 * 1024];
+            while !(buf.ends_with(b"--b--\r\n") || buf.ends_with(b"0\r\n\r\n")) {
+                match stream.read(&mut chunk).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
                 }
-                count.fetch_add(1, Ordering::SeqCst);
-                let json = r#"{"error":{"message":"You exceeded your current quota.","type":"insufficient_quota","param":null,"code":"insufficient_quota"}}"#;
-                let res = format!(
+                if buf.len() > 1 << 20 {
+                    return;
+                }
+            }
+            count.fetch_add(1, Ordering::SeqCst);
+            let json = r#"{"error":{"message":"You exceeded your current quota.","type":"insufficient_quota","param":null,"code":"insufficient_quota"}}"#;
+            let res = format!(
                     "HTTP/1.1 429 Too Many Requests\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{json}",
                     json.len()
                 );
-                let _ = stream.write_all(res.as_bytes()).await;
-                let _ = stream.shutdown().await;
-            });
+            let _ = stream.write_all(res.as_bytes()).await;
+            let _ = stream.shutdown().await;
         }
     });
     (url, seen)
@@ -284,11 +281,7 @@ async fn an_upload_goes_to_the_primary_only() {
     let addr = primary_then(&primary, &backup.url()).await;
     let body = "--b\r\ncontent-disposition: form-data; name=\"purpose\"\r\n\r\nbatch\r\n--b--\r\n";
     let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
-    let req = http::Request::post(format!("http://{addr}/v1/files"))
-        .header("content-type", "multipart/form-data; boundary=b")
-        .header("authorization", format!("Bearer {KEY}"))
-        .body(Full::new(Bytes::from_static(body.as_bytes())))
-        .unwrap();
+    let req = post_with_key(addr, "/v1/files", "multipart/form-data; boundary=b", body);
     let res = client.request(req).await.unwrap();
     assert_eq!(res.status(), 429);
     assert_eq!(res.headers()[ROUTE_HEADER], "primary");
@@ -302,13 +295,7 @@ async fn an_upload_goes_to_the_primary_only() {
 #[tokio::test]
 async fn a_call_that_fails_on_every_route_answers_the_last_routes_error() {
     let primary = MockServer::builder().quota_exhausted(true).start().await;
-    let second = MockServer::builder()
-        .script(
-            Route::ChatCompletions,
-            (0..2).map(|_| MockResponse::status(503)),
-        )
-        .start()
-        .await;
+    let second = failing(503, 2).await;
     let third = MockServer::builder().quota_exhausted(true).start().await;
     let addr = gateway(
         &[
@@ -349,9 +336,7 @@ async fn a_call_that_fails_on_every_route_answers_the_last_routes_error() {
 async fn without_fallbacks_the_header_names_the_primary() {
     let primary = MockServer::start().await;
     let addr = gateway(&["--upstream", &primary.url()], &[]).await;
-    let a = chat(addr, KEY).await;
-    assert_eq!(a.status, 200, "{}", a.json);
-    assert_eq!(a.route.as_deref(), Some("primary"));
+    chat_served(addr, KEY, 200, "primary").await;
     // A local refusal sent nothing: no route named.
     let a = send(addr, "POST", "/v1/chat/completions", "", CHAT).await;
     assert_eq!(a.status, 401);
@@ -382,9 +367,7 @@ async fn access_key_callers_get_each_routes_own_key_and_header() {
         &[("OPENAI_API_KEY", SERVER_KEY), ("BACKUP_KEY", BACKUP_KEY)],
     )
     .await;
-    let a = chat(addr, ACCESS_KEY).await;
-    assert_eq!(a.status, 200, "{}", a.json);
-    assert_eq!(a.route.as_deref(), Some("fallback-1"));
+    chat_served(addr, ACCESS_KEY, 200, "fallback-1").await;
     let to_primary = &primary.requests()[0].headers;
     assert_eq!(to_primary["authorization"], format!("Bearer {SERVER_KEY}"));
     assert!(to_primary.get("api-key").is_none());
@@ -462,32 +445,25 @@ type Env<'a> = Vec<(&'a str, &'a str)>;
 #[test]
 fn bad_fallbacks_are_errors_that_name_the_flag_and_hide_keys() {
     let access = format!("team-a={ACCESS_KEY}");
-    let cases: Vec<(Vec<&str>, Env<'_>, &str)> = vec![
-        (
-            vec!["--fallback-upstream", ""],
-            vec![],
-            "--fallback-upstream number 1: expected",
-        ),
-        (
-            vec!["--fallback-upstream", "https://a.example colour=blue"],
-            vec![],
-            "unknown option \"colour\"",
-        ),
-        (
-            vec!["--fallback-upstream", "https://a.example model=a model=b"],
-            vec![],
-            "model is given twice",
-        ),
-        (
-            vec!["--fallback-upstream", "https://a.example model"],
-            vec![],
-            "expected key-env=NAME",
-        ),
-        (
-            vec!["--fallback-upstream", "https://a.example auth-header=a:b"],
-            vec![],
-            "is not a header name",
-        ),
+    // One `--fallback-upstream` and no environment: (its value, the error expected).
+    let single = [
+        ("", "--fallback-upstream number 1: expected"),
+        ("https://a.example colour=blue", "unknown option \"colour\""),
+        ("https://a.example model=a model=b", "model is given twice"),
+        ("https://a.example model", "expected key-env=NAME"),
+        ("https://a.example auth-header=a:b", "is not a header name"),
+        ("https://a.example auth-header=api-key", "needs access keys"),
+    ];
+    let mut cases: Vec<(Vec<&str>, Env<'_>, &str)> = single
+        .iter()
+        .map(|&(spec, want)| (vec!["--fallback-upstream", spec], vec![], want))
+        .collect();
+    let key_env = [
+        "--fallback-upstream",
+        "https://a.example key-env=BACKUP_KEY",
+    ];
+    let key_env_and_access = [&key_env[..], &["--access-key", &access]].concat();
+    cases.extend([
         (
             vec![
                 "--fallback-upstream",
@@ -499,42 +475,21 @@ fn bad_fallbacks_are_errors_that_name_the_flag_and_hide_keys() {
             "--fallback-upstream number 2: invalid base URL",
         ),
         (
-            vec![
-                "--fallback-upstream",
-                "https://a.example key-env=BACKUP_KEY",
-            ],
+            key_env.to_vec(),
             vec![("BACKUP_KEY", BACKUP_KEY)],
             "key-env=BACKUP_KEY needs access keys",
         ),
         (
-            vec![
-                "--fallback-upstream",
-                "https://a.example auth-header=api-key",
-            ],
-            vec![],
-            "needs access keys",
-        ),
-        (
-            vec![
-                "--fallback-upstream",
-                "https://a.example key-env=BACKUP_KEY",
-                "--access-key",
-                &access,
-            ],
+            key_env_and_access.clone(),
             vec![("OPENAI_API_KEY", SERVER_KEY)],
             "BACKUP_KEY (its key-env) is not set",
         ),
         (
-            vec![
-                "--fallback-upstream",
-                "https://a.example key-env=BACKUP_KEY",
-                "--access-key",
-                &access,
-            ],
+            key_env_and_access,
             vec![("OPENAI_API_KEY", SERVER_KEY), ("BACKUP_KEY", ACCESS_KEY)],
             "an access key is the same as BACKUP_KEY",
         ),
-    ];
+    ]);
     for (args, env, want) in cases {
         let err = parse(&args, &env).unwrap_err().to_string();
         assert!(err.contains(want), "{args:?}: {err}");

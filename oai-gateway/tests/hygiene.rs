@@ -4,14 +4,12 @@
 
 mod support;
 
-use support::{config, raw, request, start, RawUpstream, CHAT, KEY};
+use support::{bearer, chat_with, get_as, raw, raw_gateway, request, KEY};
 
 #[tokio::test]
 async fn routes_outside_the_allowlist_are_refused_locally() {
-    let upstream = RawUpstream::start().await;
-    let url = upstream.url();
-    let gw = start(config(&["--upstream", &url], &[])).await;
-    let auth = format!("Bearer {KEY}");
+    let (upstream, gw) = raw_gateway(&[], &[]).await;
+    let auth = bearer(KEY);
     let h = [("authorization", auth.as_str())];
     for (method, path, status) in [
         ("GET", "/v1/organization/admin_api_keys", 404),
@@ -75,23 +73,13 @@ async fn routes_outside_the_allowlist_are_refused_locally() {
 
 #[tokio::test]
 async fn admin_and_extra_routes_are_opt_in() {
-    let upstream = RawUpstream::start().await;
-    let url = upstream.url();
-    let gw = start(config(
-        &[
-            "--upstream",
-            &url,
-            "--allow-admin-routes",
-            "--allow-route",
-            "/v1/rerank",
-        ],
+    let (upstream, gw) = raw_gateway(
+        &["--allow-admin-routes", "--allow-route", "/v1/rerank"],
         &[],
-    ))
+    )
     .await;
-    let auth = format!("Bearer {KEY}");
-    let h = [("authorization", auth.as_str())];
     for path in ["/v1/organization/admin_api_keys", "/v1/rerank"] {
-        let res = request(gw, "GET", path, &h, "").await;
+        let res = get_as(gw, path, KEY).await;
         assert_eq!(res.status, 200, "{path}: {}", res.body);
     }
     assert_eq!(upstream.received().len(), 2);
@@ -99,16 +87,11 @@ async fn admin_and_extra_routes_are_opt_in() {
 
 #[tokio::test]
 async fn hop_by_hop_connection_named_and_cookie_headers_are_not_forwarded() {
-    let upstream = RawUpstream::start().await;
-    let url = upstream.url();
-    let gw = start(config(&["--upstream", &url], &[])).await;
-    let auth = format!("Bearer {KEY}");
-    let res = request(
+    let (upstream, gw) = raw_gateway(&[], &[]).await;
+    let res = chat_with(
         gw,
-        "POST",
-        "/v1/chat/completions",
+        KEY,
         &[
-            ("authorization", &auth),
             ("connection", "keep-alive, x-secret-hop"),
             ("x-secret-hop", "1"),
             ("keep-alive", "timeout=5"),
@@ -118,7 +101,6 @@ async fn hop_by_hop_connection_named_and_cookie_headers_are_not_forwarded() {
             ("x-forwarded-for", "10.0.0.1"),
             ("x-custom", "kept"),
         ],
-        CHAT,
     )
     .await;
     assert_eq!(res.status, 200, "{}", res.body);

@@ -17,7 +17,6 @@
 
 mod support;
 
-use std::convert::Infallible;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
@@ -27,9 +26,9 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
-use support::{CHAT, KEY};
+use support::{authorized, json_upstream, CHAT, KEY};
 
 /// The gateway binary, started with `args` in front of `upstream`; killed when dropped.
 struct GatewayProcess {
@@ -111,35 +110,19 @@ impl Drop for GatewayProcess {
 /// completion and OpenAI's rate-limit headers (limits far above the demand), so that the pacer
 /// learns a state for each key.
 async fn fast_upstream() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(|req: http::Request<_>| async move {
-                    let _ = BodyExt::collect(req.into_body()).await;
-                    Ok::<_, Infallible>(
-                        http::Response::builder()
-                            .header("content-type", "application/json")
-                            .header("x-ratelimit-limit-requests", "1000000")
-                            .header("x-ratelimit-remaining-requests", "999999")
-                            .header("x-ratelimit-reset-requests", "1ms")
-                            .header("x-ratelimit-limit-tokens", "1000000000")
-                            .header("x-ratelimit-remaining-tokens", "999999990")
-                            .header("x-ratelimit-reset-tokens", "1ms")
-                            .body(Full::new(Bytes::from_static(
-                                br#"{"id":"chatcmpl-1","object":"chat.completion","created":0,"model":"gpt-4o-mini","choices":[{"index":0,"message":{"role":"assistant","content":"Hi"},"finish_reason":"stop"}],"usage":{"prompt_tokens":1,"completion_tokens":1,"total_tokens":2}}"#,
-                            )))
-                            .unwrap(),
-                    )
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
-        }
-    });
-    addr
+    json_upstream(
+        &[
+            ("x-ratelimit-limit-requests", "1000000"),
+            ("x-ratelimit-remaining-requests", "999999"),
+            ("x-ratelimit-reset-requests", "1ms"),
+            ("x-ratelimit-limit-tokens", "1000000000"),
+            ("x-ratelimit-remaining-tokens", "999999990"),
+            ("x-ratelimit-reset-tokens", "1ms"),
+        ],
+        br#"{"id":"chatcmpl-1","object":"chat.completion","created":0,"model":"gpt-4o-mini","choices":[{"index":0,"message":{"role":"assistant","content":"Hi"},"finish_reason":"stop"}],"usage":{"prompt_tokens":1,"completion_tokens":1,"total_tokens":2}}"#,
+        || {},
+    )
+    .await
 }
 
 /// A keep-alive client connection to the gateway.
@@ -156,12 +139,15 @@ async fn connect(addr: SocketAddr) -> hyper::client::conn::http1::SendRequest<Fu
 /// One chat call with `key` on `send`; its status.
 async fn chat(send: &mut hyper::client::conn::http1::SendRequest<Full<Bytes>>, key: &str) -> u16 {
     send.ready().await.unwrap();
-    let req = http::Request::post("/v1/chat/completions")
-        .header("host", "gateway")
-        .header("content-type", "application/json")
-        .header("authorization", format!("Bearer {key}"))
-        .body(Full::new(Bytes::from_static(CHAT.as_bytes())))
-        .unwrap();
+    let mut req = authorized(
+        "POST",
+        "/v1/chat/completions",
+        "application/json",
+        key,
+        Full::new(Bytes::from_static(CHAT.as_bytes())),
+    );
+    req.headers_mut()
+        .insert("host", http::HeaderValue::from_static("gateway"));
     let res = send.send_request(req).await.unwrap();
     let status = res.status().as_u16();
     res.into_body().collect().await.unwrap();

@@ -6,10 +6,10 @@ mod support;
 
 use std::time::Duration;
 
-use oai_gateway::{server, Gateway};
+use oai_gateway::server;
 use oai_resilience::mock::{MockResponse, MockServer, Route};
 use oai_resilience::RetryConfig;
-use support::{config, request, serve, CHAT, KEY};
+use support::{config, config_for, request, start_with_gateway, CHAT, KEY};
 use tokio::net::TcpListener;
 
 /// The value of the series `line` (name and labels) in `text`.
@@ -33,8 +33,7 @@ async fn metrics_count_what_was_sent() {
         .await;
     let mut c = config(&["--upstream", &server.url()], &[]);
     c.retry = RetryConfig::new().seed(3);
-    let gw = Gateway::new(&c).await.unwrap();
-    let addr = serve(gw.clone(), &c).await;
+    let (addr, _gw) = start_with_gateway(&c).await;
     let auth = format!("Bearer {KEY}");
     let auth = [("authorization", auth.as_str())];
     // 1: a 429 rate limit, retried, then 200. 2: a quota 429, not retried. 3: 200.
@@ -178,17 +177,8 @@ async fn metrics_count_what_was_sent() {
 #[tokio::test]
 async fn metrics_listen_moves_the_endpoint() {
     let server = MockServer::start().await;
-    let c = config(
-        &[
-            "--upstream",
-            &server.url(),
-            "--metrics-listen",
-            "127.0.0.1:0",
-        ],
-        &[],
-    );
-    let gw = Gateway::new(&c).await.unwrap();
-    let addr = serve(gw.clone(), &c).await;
+    let c = config_for(&server.url(), &["--metrics-listen", "127.0.0.1:0"], &[]);
+    let (addr, gw) = start_with_gateway(&c).await;
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let metrics_addr = listener.local_addr().unwrap();
     tokio::spawn(server::serve_metrics(listener, gw));

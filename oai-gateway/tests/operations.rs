@@ -8,15 +8,14 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use oai_resilience::mock::MockServer;
-use support::{config, raw, request, start, RawUpstream, CHAT, KEY};
+use support::{chat_as, config_for, raw, raw_gateway, request, start, KEY};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 #[tokio::test]
 async fn healthz_and_readyz() {
-    let upstream = RawUpstream::start().await;
-    let gw = start(config(&["--upstream", &upstream.url()], &[])).await;
+    let (upstream, gw) = raw_gateway(&[], &[]).await;
     let res = request(gw, "GET", "/healthz", &[], "").await;
     assert_eq!(
         (res.status, res.json()["status"].as_str()),
@@ -26,11 +25,7 @@ async fn healthz_and_readyz() {
     assert_eq!(res.status, 200, "{}", res.body);
     assert!(upstream.received().is_empty());
 
-    let unresolvable = start(config(
-        &["--upstream", "https://no-such-host.invalid/v1"],
-        &[],
-    ))
-    .await;
+    let unresolvable = start(config_for("https://no-such-host.invalid/v1", &[], &[])).await;
     let res = request(unresolvable, "GET", "/healthz", &[], "").await;
     assert_eq!(res.status, 200);
     let res = request(unresolvable, "GET", "/readyz", &[], "").await;
@@ -40,12 +35,7 @@ async fn healthz_and_readyz() {
 
 #[tokio::test(start_paused = true)]
 async fn an_oversized_declared_body_is_refused_at_once() {
-    let upstream = RawUpstream::start().await;
-    let gw = start(config(
-        &["--upstream", &upstream.url(), "--max-body-bytes", "1024"],
-        &[],
-    ))
-    .await;
+    let (upstream, gw) = raw_gateway(&["--max-body-bytes", "1024"], &[]).await;
     let start = Instant::now();
     // 10 GB declared, 8 bytes sent, the connection left open.
     let res = raw(
@@ -98,18 +88,15 @@ async fn closed_within(stream: &mut TcpStream, within: Duration) -> bool {
 
 #[tokio::test(start_paused = true)]
 async fn slow_clients_are_cut_off() {
-    let upstream = RawUpstream::start().await;
-    let gw = start(config(
+    let (upstream, gw) = raw_gateway(
         &[
-            "--upstream",
-            &upstream.url(),
             "--header-read-timeout",
             "300ms",
             "--body-read-timeout",
             "300ms",
         ],
         &[],
-    ))
+    )
     .await;
     // Silence after connecting.
     let mut silent = TcpStream::connect(gw).await.unwrap();
@@ -137,18 +124,10 @@ async fn slow_clients_are_cut_off() {
 
 #[tokio::test(start_paused = true)]
 async fn connections_over_the_cap_wait() {
-    let upstream = RawUpstream::start().await;
-    let gw = start(config(
-        &[
-            "--upstream",
-            &upstream.url(),
-            "--max-connections",
-            "2",
-            "--header-read-timeout",
-            "30s",
-        ],
+    let (_upstream, gw) = raw_gateway(
+        &["--max-connections", "2", "--header-read-timeout", "30s"],
         &[],
-    ))
+    )
     .await;
     let a = TcpStream::connect(gw).await.unwrap();
     let _b = TcpStream::connect(gw).await.unwrap();
@@ -200,21 +179,8 @@ async fn sigterm_lets_calls_in_flight_finish_and_exits_0() {
     let url = upstream.url();
     let (mut child, addr) = spawn_binary(&["--upstream", &url, "--drain-timeout", "20s"]).await;
     let addr: std::net::SocketAddr = addr.parse().unwrap();
-    let auth = format!("Bearer {KEY}");
     let calls: Vec<_> = (0..3)
-        .map(|_| {
-            let auth = auth.clone();
-            tokio::spawn(async move {
-                request(
-                    addr,
-                    "POST",
-                    "/v1/chat/completions",
-                    &[("authorization", &auth)],
-                    CHAT,
-                )
-                .await
-            })
-        })
+        .map(|_| tokio::spawn(async move { chat_as(addr, KEY).await }))
         .collect();
     // The calls are at the upstream when the signal comes.
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -274,57 +240,45 @@ async fn help_lists_the_flags_and_bad_configuration_exits_2() {
     let secret = "gw-secret-0123456789abcdef";
     let access = format!("team={secret}");
     type Case<'a> = (Vec<&'a str>, Vec<(&'a str, &'a str)>, &'a str);
-    let cases: Vec<Case<'_>> = vec![
-        (vec!["--bogus"], vec![], "unknown option \"--bogus\""),
-        (vec!["--listen", "nowhere"], vec![], "--listen"),
+    // (arguments, the error expected), with no environment.
+    let without_env: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["--bogus"], "unknown option \"--bogus\""),
+        (vec!["--listen", "nowhere"], "--listen"),
         (
             vec!["--upstream", "api.openai.com/v1"],
-            vec![],
             "--upstream: invalid base URL",
         ),
-        (
-            vec!["--access-key", &access],
-            vec![],
-            "OPENAI_API_KEY is not set",
-        ),
-        (vec!["--access-key", "team"], vec![], "expected NAME=KEY"),
-        (
-            vec!["--access-key", "team=short"],
-            vec![("OPENAI_API_KEY", KEY)],
-            "shorter than",
-        ),
-        (vec!["--max-body-bytes", "0"], vec![], "--max-body-bytes"),
+        (vec!["--access-key", &access], "OPENAI_API_KEY is not set"),
+        (vec!["--access-key", "team"], "expected NAME=KEY"),
+        (vec!["--max-body-bytes", "0"], "--max-body-bytes"),
         (
             vec!["--max-body-bytes", "1000", "--max-buffered-bytes", "999"],
-            vec![],
             "--max-buffered-bytes must be at least --max-body-bytes",
         ),
-        (vec!["--drain-timeout", "soon"], vec![], "--drain-timeout"),
-        (vec!["--max-pacing-wait", "0"], vec![], "--max-pacing-wait"),
-        (
-            vec!["--min-upload-rate", "fast"],
-            vec![],
-            "--min-upload-rate",
-        ),
-        (
-            vec!["--upstream-ca", "/no/such/ca.pem"],
-            vec![],
-            "--upstream-ca",
-        ),
-        (vec!["--store", "memcached://x"], vec![], "--store"),
-        (vec!["--upstream"], vec![], "--upstream needs a value"),
-        (
-            vec![],
-            vec![("OAI_GATEWAY_MAX_CONNECTIONS", "many")],
-            "OAI_GATEWAY_MAX_CONNECTIONS",
-        ),
-        (
-            vec![],
-            vec![("OAI_GATEWAY_ALLOW_ADMIN_ROUTES", "maybe")],
-            "OAI_GATEWAY_ALLOW_ADMIN_ROUTES",
-        ),
-        (vec!["--no-default-routes"], vec![], "no route"),
+        (vec!["--drain-timeout", "soon"], "--drain-timeout"),
+        (vec!["--max-pacing-wait", "0"], "--max-pacing-wait"),
+        (vec!["--min-upload-rate", "fast"], "--min-upload-rate"),
+        (vec!["--upstream-ca", "/no/such/ca.pem"], "--upstream-ca"),
+        (vec!["--store", "memcached://x"], "--store"),
+        (vec!["--upstream"], "--upstream needs a value"),
+        (vec!["--no-default-routes"], "no route"),
     ];
+    let mut cases: Vec<Case<'_>> = without_env
+        .into_iter()
+        .map(|(args, want)| (args, vec![], want))
+        .collect();
+    cases.push((
+        vec!["--access-key", "team=short"],
+        vec![("OPENAI_API_KEY", KEY)],
+        "shorter than",
+    ));
+    // A bad value in a variable: the error names the variable.
+    for (name, value) in [
+        ("OAI_GATEWAY_MAX_CONNECTIONS", "many"),
+        ("OAI_GATEWAY_ALLOW_ADMIN_ROUTES", "maybe"),
+    ] {
+        cases.push((vec![], vec![(name, value)], name));
+    }
     for (args, env, want) in cases {
         let out = tokio::process::Command::new(bin)
             .args(["--listen", "127.0.0.1:0"])
@@ -381,11 +335,8 @@ async fn status_then_close(r: &mut tokio::net::tcp::OwnedReadHalf) -> Option<u16
 /// each cut within its bound (paused clock: the times are the gateway's timers, exactly).
 #[tokio::test(start_paused = true)]
 async fn each_slow_client_shape_is_cut_within_its_timeout() {
-    let upstream = RawUpstream::start().await;
-    let gw = start(config(
+    let (upstream, gw) = raw_gateway(
         &[
-            "--upstream",
-            &upstream.url(),
             "--header-read-timeout",
             "1s",
             "--body-read-timeout",
@@ -396,7 +347,7 @@ async fn each_slow_client_shape_is_cut_within_its_timeout() {
             "1000",
         ],
         &[],
-    ))
+    )
     .await;
     let tick = Duration::from_millis(100);
     let bound = Duration::from_millis(1100);

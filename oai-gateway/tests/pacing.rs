@@ -9,54 +9,32 @@
 
 mod support;
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper_util::rt::TokioIo;
 use oai_resilience::RetryConfig;
-use support::{config, request, start, RawResponse, CHAT, KEY};
-use tokio::net::TcpListener;
+use support::{config_for, json_upstream, request, start, RawResponse, CHAT, KEY};
 use tokio::time::Instant;
 
 /// An upstream whose rate limit is one request per second (a bucket of 1, empty after each
 /// request, full again after 1 s), as its `x-ratelimit-*` headers say; counts requests.
 async fn one_per_second() -> (SocketAddr, Arc<AtomicUsize>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
     let count = Arc::new(AtomicUsize::new(0));
     let seen = count.clone();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let seen = seen.clone();
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |req: http::Request<_>| {
-                    seen.fetch_add(1, Ordering::SeqCst);
-                    async move {
-                        let _ = BodyExt::collect(req.into_body()).await;
-                        Ok::<_, Infallible>(
-                            http::Response::builder()
-                                .header("content-type", "application/json")
-                                .header("x-ratelimit-limit-requests", "1")
-                                .header("x-ratelimit-remaining-requests", "0")
-                                .header("x-ratelimit-reset-requests", "1s")
-                                .body(Full::new(Bytes::from_static(
-                                    br#"{"id":"chatcmpl-1","object":"chat.completion","created":0,"model":"gpt-4o-mini","choices":[{"index":0,"message":{"role":"assistant","content":"Hi"},"finish_reason":"stop"}]}"#,
-                                )))
-                                .unwrap(),
-                        )
-                    }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
-        }
-    });
+    let addr = json_upstream(
+        &[
+            ("x-ratelimit-limit-requests", "1"),
+            ("x-ratelimit-remaining-requests", "0"),
+            ("x-ratelimit-reset-requests", "1s"),
+        ],
+        br#"{"id":"chatcmpl-1","object":"chat.completion","created":0,"model":"gpt-4o-mini","choices":[{"index":0,"message":{"role":"assistant","content":"Hi"},"finish_reason":"stop"}]}"#,
+        move || {
+            seen.fetch_add(1, Ordering::SeqCst);
+        },
+    )
+    .await;
     (addr, count)
 }
 
@@ -65,13 +43,9 @@ async fn one_per_second() -> (SocketAddr, Arc<AtomicUsize>) {
 /// count.
 async fn paced_gateway(max_wait: &str) -> (SocketAddr, Arc<AtomicUsize>) {
     let (upstream, sent) = one_per_second().await;
-    let mut c = config(
-        &[
-            "--upstream",
-            &format!("http://{upstream}/v1"),
-            "--max-pacing-wait",
-            max_wait,
-        ],
+    let mut c = config_for(
+        &format!("http://{upstream}/v1"),
+        &["--max-pacing-wait", max_wait],
         &[],
     );
     c.retry = RetryConfig::new().max_attempts(1).seed(1);

@@ -16,8 +16,8 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use oai_resilience::RetryConfig;
-use support::{config, serve, KEY};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use support::{accept_each, config_for, post_with_key, read_message, start_with_gateway};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 use tokio::time::Instant;
 
@@ -49,63 +49,37 @@ impl Scripted {
         let requests = Arc::new(AtomicUsize::new(0));
         let chunks_sent = Arc::new(AtomicUsize::new(0));
         let (reqs, sent) = (requests.clone(), chunks_sent.clone());
-        tokio::spawn(async move {
-            loop {
-                let Ok((mut stream, _)) = listener.accept().await else {
+        accept_each(listener, move |mut stream| {
+            let (scripts, reqs, sent) = (scripts.clone(), reqs.clone(), sent.clone());
+            async move {
+                // Read the request head and its content-length body.
+                if read_message(&mut stream, true).await.is_none() {
                     return;
-                };
-                let (scripts, reqs, sent) = (scripts.clone(), reqs.clone(), sent.clone());
-                tokio::spawn(async move {
-                    // Read the request head and its content-length body.
-                    let mut buf = Vec::new();
-                    let mut chunk = [0u8; 4096];
-                    let end = loop {
-                        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                            break i + 4;
-                        }
-                        match stream.read(&mut chunk).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                        }
-                    };
-                    let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
-                    let len: usize = head
-                        .lines()
-                        .find_map(|l| l.strip_prefix("content-length:"))
-                        .and_then(|v| v.trim().parse().ok())
-                        .unwrap_or(0);
-                    while buf.len() < end + len {
-                        match stream.read(&mut chunk).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                        }
-                    }
-                    reqs.fetch_add(1, Ordering::SeqCst);
-                    let script = scripts.lock().unwrap().pop_front().unwrap_or_default();
-                    let head =
-                        "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream; charset=utf-8\r\n\
+                }
+                reqs.fetch_add(1, Ordering::SeqCst);
+                let script = scripts.lock().unwrap().pop_front().unwrap_or_default();
+                let head = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream; charset=utf-8\r\n\
                                 transfer-encoding: chunked\r\nx-request-id: req_stream\r\n\r\n";
-                    if stream.write_all(head.as_bytes()).await.is_err() {
-                        return;
-                    }
-                    for step in script {
-                        match step {
-                            Step::Chunk(text) => {
-                                let framed = format!("{:x}\r\n{text}\r\n", text.len());
-                                if stream.write_all(framed.as_bytes()).await.is_err() {
-                                    return;
-                                }
-                                sent.fetch_add(1, Ordering::SeqCst);
+                if stream.write_all(head.as_bytes()).await.is_err() {
+                    return;
+                }
+                for step in script {
+                    match step {
+                        Step::Chunk(text) => {
+                            let framed = format!("{:x}\r\n{text}\r\n", text.len());
+                            if stream.write_all(framed.as_bytes()).await.is_err() {
+                                return;
                             }
-                            Step::Wait(d) => tokio::time::sleep(d).await,
-                            Step::Stall => {
-                                std::future::pending::<()>().await;
-                            }
+                            sent.fetch_add(1, Ordering::SeqCst);
+                        }
+                        Step::Wait(d) => tokio::time::sleep(d).await,
+                        Step::Stall => {
+                            std::future::pending::<()>().await;
                         }
                     }
-                    let _ = stream.write_all(b"0\r\n\r\n").await;
-                    let _ = stream.shutdown().await;
-                });
+                }
+                let _ = stream.write_all(b"0\r\n\r\n").await;
+                let _ = stream.shutdown().await;
             }
         });
         Scripted {
@@ -133,23 +107,36 @@ const OPENAI_CHUNKS: &[&str] = &[
 ];
 
 async fn gateway(upstream: &Scripted, extra: &[&str]) -> (SocketAddr, oai_gateway::Gateway) {
-    let url = upstream.url();
-    let mut args = vec!["--upstream", url.as_str()];
-    args.extend_from_slice(extra);
-    let mut c = config(&args, &[]);
+    let mut c = config_for(&upstream.url(), extra, &[]);
     c.retry = RetryConfig::new().seed(11);
-    let gw = oai_gateway::Gateway::new(&c).await.unwrap();
-    (serve(gw.clone(), &c).await, gw)
+    start_with_gateway(&c).await
+}
+
+/// A script that sends each of `chunks` with a `pause` after it, or before it when
+/// `pause_first`.
+fn paced(chunks: &[&'static str], pause: Duration, pause_first: bool) -> Vec<Step> {
+    let mut script = Vec::new();
+    for chunk in chunks {
+        if pause_first {
+            script.push(Step::Wait(pause));
+        }
+        script.push(Step::Chunk(chunk));
+        if !pause_first {
+            script.push(Step::Wait(pause));
+        }
+    }
+    script
 }
 
 /// Posts a streaming chat request; returns the response with its body unread.
 async fn post_stream(addr: SocketAddr) -> http::Response<hyper::body::Incoming> {
     let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
-    let req = http::Request::post(format!("http://{addr}/v1/chat/completions"))
-        .header("content-type", "application/json")
-        .header("authorization", format!("Bearer {KEY}"))
-        .body(Full::new(Bytes::from_static(STREAM_CHAT.as_bytes())))
-        .unwrap();
+    let req = post_with_key(
+        addr,
+        "/v1/chat/completions",
+        "application/json",
+        STREAM_CHAT,
+    );
     client.request(req).await.unwrap()
 }
 
@@ -165,6 +152,14 @@ async fn frames(res: http::Response<hyper::body::Incoming>) -> Vec<(Instant, Byt
     out
 }
 
+/// Asserts that `gateway`'s rendered metrics contain each of `lines`.
+fn assert_metrics(gateway: &oai_gateway::Gateway, lines: &[&str]) {
+    let metrics = gateway.metrics().render();
+    for line in lines {
+        assert!(metrics.contains(line), "{metrics}");
+    }
+}
+
 fn joined(frames: &[(Instant, Bytes)]) -> String {
     frames
         .iter()
@@ -174,11 +169,7 @@ fn joined(frames: &[(Instant, Bytes)]) -> String {
 
 #[tokio::test(start_paused = true)]
 async fn an_openai_python_shaped_stream_passes_through_whole_and_chunk_by_chunk() {
-    let mut script = Vec::new();
-    for chunk in OPENAI_CHUNKS {
-        script.push(Step::Chunk(chunk));
-        script.push(Step::Wait(Duration::from_secs(1)));
-    }
+    let script = paced(OPENAI_CHUNKS, Duration::from_secs(1), false);
     let upstream = Scripted::start(vec![script]).await;
     let (gw, _) = gateway(&upstream, &[]).await;
     let res = post_stream(gw).await;
@@ -225,11 +216,7 @@ async fn a_raw_sse_stream_passes_through_byte_for_byte() {
         "data: x\n\ndata: y\n\n",
         "data: {\"type\":\"response.completed\"}\n\n",
     ];
-    let mut script = Vec::new();
-    for c in chunks {
-        script.push(Step::Chunk(c));
-        script.push(Step::Wait(Duration::from_millis(300)));
-    }
+    let script = paced(chunks, Duration::from_millis(300), false);
     let upstream = Scripted::start(vec![script]).await;
     let (gw, _) = gateway(&upstream, &[]).await;
     let res = post_stream(gw).await;
@@ -285,16 +272,14 @@ async fn a_stream_stalled_mid_way_ends_with_an_error_event_within_the_idle_timeo
     );
     // Not retried: part of the answer had reached the client.
     assert_eq!(upstream.requests.load(Ordering::SeqCst), 1);
-    let metrics = gateway.metrics().render();
-    assert!(
-        metrics.contains("oai_gateway_stream_stalls_total{bound=\"idle\"} 1"),
-        "{metrics}"
+    assert_metrics(
+        &gateway,
+        &[
+            "oai_gateway_stream_stalls_total{bound=\"idle\"} 1",
+            "oai_gateway_streams_in_flight 0",
+            "oai_gateway_streams_total 1",
+        ],
     );
-    assert!(
-        metrics.contains("oai_gateway_streams_in_flight 0"),
-        "{metrics}"
-    );
-    assert!(metrics.contains("oai_gateway_streams_total 1"), "{metrics}");
 }
 
 #[tokio::test(start_paused = true)]
@@ -310,21 +295,18 @@ async fn a_stall_before_the_first_byte_is_retried() {
     let got = frames(res).await;
     assert_eq!(joined(&got), OPENAI_CHUNKS.concat());
     assert_eq!(upstream.requests.load(Ordering::SeqCst), 2);
-    let metrics = gateway.metrics().render();
-    assert!(
-        metrics.contains("oai_gateway_stream_stalls_total{bound=\"first_byte\"} 1"),
-        "{metrics}"
+    assert_metrics(
+        &gateway,
+        &[
+            "oai_gateway_stream_stalls_total{bound=\"first_byte\"} 1",
+            "oai_gateway_retries_total 1",
+        ],
     );
-    assert!(metrics.contains("oai_gateway_retries_total 1"), "{metrics}");
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_slow_stream_within_the_idle_timeout_is_never_cut() {
-    let mut script = Vec::new();
-    for chunk in OPENAI_CHUNKS {
-        script.push(Step::Wait(Duration::from_secs(4)));
-        script.push(Step::Chunk(chunk));
-    }
+    let script = paced(OPENAI_CHUNKS, Duration::from_secs(4), true);
     let upstream = Scripted::start(vec![script]).await;
     let (gw, _) = gateway(
         &upstream,

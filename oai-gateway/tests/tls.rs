@@ -15,7 +15,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use oai_resilience::RetryConfig;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
-use support::{config, request, start, KEY};
+use support::{accept_each, config, request, start, KEY};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
@@ -42,45 +42,38 @@ async fn tls_upstream() -> (SocketAddr, String, Arc<Mutex<Vec<String>>>) {
     let addr = listener.local_addr().unwrap();
     let log = Arc::new(Mutex::new(Vec::new()));
     let log2 = log.clone();
-    tokio::spawn(async move {
-        loop {
-            let Ok((tcp, _)) = listener.accept().await else {
+    accept_each(listener, move |tcp| {
+        let acceptor = acceptor.clone();
+        let log = log2.clone();
+        async move {
+            // A client that refuses the certificate ends here.
+            let Ok(stream) = acceptor.accept(tcp).await else {
                 return;
             };
-            let acceptor = acceptor.clone();
-            let log = log2.clone();
-            tokio::spawn(async move {
-                // A client that refuses the certificate ends here.
-                let Ok(stream) = acceptor.accept(tcp).await else {
-                    return;
-                };
-                let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
-                let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-                    let log = log.clone();
-                    async move {
-                        log.lock().unwrap().push(format!(
-                            "{:?} {}",
-                            req.version(),
-                            req.uri().path()
-                        ));
-                        let body = Full::new(Bytes::from_static(br#"{"object":"list","data":[]}"#));
-                        let mut res = Response::new(body);
-                        res.headers_mut()
-                            .insert("content-type", "application/json".parse().unwrap());
-                        Ok::<_, Infallible>(res)
-                    }
-                });
-                let io = TokioIo::new(stream);
-                if h2 {
-                    let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                        .serve_connection(io, service)
-                        .await;
-                } else {
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(io, service)
-                        .await;
+            let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+            let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                let log = log.clone();
+                async move {
+                    log.lock()
+                        .unwrap()
+                        .push(format!("{:?} {}", req.version(), req.uri().path()));
+                    let body = Full::new(Bytes::from_static(br#"{"object":"list","data":[]}"#));
+                    let mut res = Response::new(body);
+                    res.headers_mut()
+                        .insert("content-type", "application/json".parse().unwrap());
+                    Ok::<_, Infallible>(res)
                 }
             });
+            let io = TokioIo::new(stream);
+            if h2 {
+                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(io, service)
+                    .await;
+            } else {
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(io, service)
+                    .await;
+            }
         }
     });
     (addr, pem, log)

@@ -2,12 +2,15 @@
 //! what it receives, and a raw HTTP/1.1 client for requests an HTTP library will not send.
 #![allow(dead_code, unreachable_pub)]
 
+use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
 use oai_gateway::config::Command;
 use oai_gateway::server::{self, Limits};
 use oai_gateway::{Config, ConfigError, Gateway};
@@ -37,6 +40,29 @@ pub fn config(args: &[&str], env: &[(&str, &str)]) -> Config {
     parse(args, env).unwrap_or_else(|e| panic!("{args:?}: {e:?}"))
 }
 
+/// The config of `--upstream <upstream>` followed by `args`, with a fake environment `env`,
+/// which must be valid.
+pub fn config_for(upstream: &str, args: &[&str], env: &[(&str, &str)]) -> Config {
+    let mut all = vec!["--upstream", upstream];
+    all.extend_from_slice(args);
+    config(&all, env)
+}
+
+/// Starts a [`RawUpstream`] and a gateway in front of it, configured by [`config_for`] with
+/// `args` and `env`; returns the upstream and the gateway's address.
+pub async fn raw_gateway(args: &[&str], env: &[(&str, &str)]) -> (RawUpstream, SocketAddr) {
+    let upstream = RawUpstream::start().await;
+    let gw = start(config_for(&upstream.url(), args, env)).await;
+    (upstream, gw)
+}
+
+/// Starts a gateway for `config` on a free loopback port; returns its address and the
+/// gateway itself (for its metrics). It serves until the test ends.
+pub async fn start_with_gateway(config: &Config) -> (SocketAddr, Gateway) {
+    let gw = Gateway::new(config).await.unwrap();
+    (serve(gw.clone(), config).await, gw)
+}
+
 /// Starts a gateway for `config` on a free loopback port; it serves until the test ends.
 pub async fn start(config: Config) -> SocketAddr {
     let gw = Gateway::new(&config).await.unwrap();
@@ -52,14 +78,97 @@ pub async fn serve(gw: Gateway, config: &Config) -> SocketAddr {
     addr
 }
 
+/// The `authorization` value that presents `key`: `Bearer <key>`.
+pub fn bearer(key: &str) -> String {
+    format!("Bearer {key}")
+}
+
+/// A `method` request for `uri` with `content-type: <content_type>`, the caller key `key`
+/// (`authorization: Bearer <key>`) and `body`, for an HTTP client.
+pub fn authorized<B>(
+    method: &str,
+    uri: &str,
+    content_type: &str,
+    key: &str,
+    body: B,
+) -> http::Request<B> {
+    http::Request::builder()
+        .method(method)
+        .uri(uri)
+        .header("content-type", content_type)
+        .header("authorization", bearer(key))
+        .body(body)
+        .unwrap()
+}
+
 /// A `POST /v1/chat/completions` of [`CHAT`] with [`KEY`] to the gateway at `addr`, for an
 /// HTTP client.
 pub fn chat_request(addr: SocketAddr) -> http::Request<Full<Bytes>> {
-    http::Request::post(format!("http://{addr}/v1/chat/completions"))
-        .header("content-type", "application/json")
-        .header("authorization", format!("Bearer {KEY}"))
-        .body(Full::new(Bytes::from_static(CHAT.as_bytes())))
-        .unwrap()
+    post_with_key(addr, "/v1/chat/completions", "application/json", CHAT)
+}
+
+/// A `POST path` to the gateway at `addr` with `content-type: <content_type>`, [`KEY`] and
+/// `body`, for an HTTP client.
+pub fn post_with_key(
+    addr: SocketAddr,
+    path: &str,
+    content_type: &str,
+    body: &'static str,
+) -> http::Request<Full<Bytes>> {
+    authorized(
+        "POST",
+        &format!("http://{addr}{path}"),
+        content_type,
+        KEY,
+        Full::new(Bytes::from_static(body.as_bytes())),
+    )
+}
+
+/// Accepts connections on `listener` until accepting fails, and handles each with `handle`
+/// in a task of its own.
+pub fn accept_each<F, Fut>(listener: TcpListener, handle: F)
+where
+    F: Fn(TcpStream) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(handle(stream));
+        }
+    });
+}
+
+/// A keep-alive HTTP/1.1 upstream on a free loopback port that reads each request's body and
+/// answers 200 with `content-type: application/json`, the headers `headers` and `body`;
+/// `on_request` runs once for each request as it arrives. Returns its address.
+pub async fn json_upstream(
+    headers: &'static [(&'static str, &'static str)],
+    body: &'static [u8],
+    on_request: impl Fn() + Clone + Send + Sync + 'static,
+) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    accept_each(listener, move |stream| {
+        let on_request = on_request.clone();
+        async move {
+            let service = hyper::service::service_fn(move |req: http::Request<_>| {
+                on_request();
+                async move {
+                    let _ = BodyExt::collect(req.into_body()).await;
+                    let mut res =
+                        http::Response::builder().header("content-type", "application/json");
+                    for (name, value) in headers {
+                        res = res.header(*name, *value);
+                    }
+                    Ok::<_, Infallible>(res.body(Full::new(Bytes::from_static(body))).unwrap())
+                }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        }
+    });
+    addr
 }
 
 /// One request as the raw upstream received it: the head (request line and headers, as
@@ -105,25 +214,20 @@ impl RawUpstream {
         let addr = listener.local_addr().unwrap();
         let received = Arc::new(Mutex::new(Vec::new()));
         let rec = received.clone();
-        tokio::spawn(async move {
-            loop {
-                let Ok((mut stream, _)) = listener.accept().await else {
+        accept_each(listener, move |mut stream| {
+            let rec = rec.clone();
+            async move {
+                let Some((head, body)) = read_message(&mut stream, true).await else {
                     return;
                 };
-                let rec = rec.clone();
-                tokio::spawn(async move {
-                    let Some((head, body)) = read_message(&mut stream, true).await else {
-                        return;
-                    };
-                    rec.lock().unwrap().push(Received { head, body });
-                    let json = r#"{"object":"list","data":[]}"#;
-                    let res = format!(
-                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\nset-cookie: __cf_bm=abc\r\n\r\n{json}",
-                        json.len()
-                    );
-                    let _ = stream.write_all(res.as_bytes()).await;
-                    let _ = stream.shutdown().await;
-                });
+                rec.lock().unwrap().push(Received { head, body });
+                let json = r#"{"object":"list","data":[]}"#;
+                let res = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\nset-cookie: __cf_bm=abc\r\n\r\n{json}",
+                    json.len()
+                );
+                let _ = stream.write_all(res.as_bytes()).await;
+                let _ = stream.shutdown().await;
             }
         });
         RawUpstream { addr, received }
@@ -243,4 +347,25 @@ pub async fn request(
     text.push_str("\r\n");
     text.push_str(body);
     raw(addr, &text).await
+}
+
+/// A raw `POST /v1/chat/completions` of [`CHAT`] with the caller key `key` to the gateway at
+/// `addr`.
+pub async fn chat_as(addr: SocketAddr, key: &str) -> RawResponse {
+    chat_with(addr, key, &[]).await
+}
+
+/// A raw `POST /v1/chat/completions` of [`CHAT`] with the caller key `key` and the further
+/// header lines `extra` to the gateway at `addr`.
+pub async fn chat_with(addr: SocketAddr, key: &str, extra: &[(&str, &str)]) -> RawResponse {
+    let auth = bearer(key);
+    let mut headers = vec![("authorization", auth.as_str())];
+    headers.extend_from_slice(extra);
+    request(addr, "POST", "/v1/chat/completions", &headers, CHAT).await
+}
+
+/// A raw `GET path` with the caller key `key` to the gateway at `addr`.
+pub async fn get_as(addr: SocketAddr, path: &str, key: &str) -> RawResponse {
+    let auth = bearer(key);
+    request(addr, "GET", path, &[("authorization", &auth)], "").await
 }
