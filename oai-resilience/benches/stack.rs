@@ -165,12 +165,13 @@ fn bench(c: &mut Criterion) {
         openai_layer().layer(upstream()),
     );
     // The same stack with an observer that counts (`observe::Observer`), in the same run.
+    // One call before criterion's (which makes none under `--list` or a filter that skips
+    // this line) shows that the observer sees the calls.
     let counting = Arc::new(Counting::default());
-    b.run(
-        "openai_layer_with_base_url+counting_observer",
-        openai_layer().observer(counting.clone()).layer(upstream()),
-    );
+    let observed = openai_layer().observer(counting.clone()).layer(upstream());
+    rt.block_on(common::calls(&mut observed.clone(), 1, request));
     assert!(counting.0.load(Ordering::Relaxed) > 0);
+    b.run("openai_layer_with_base_url+counting_observer", observed);
 }
 
 criterion_group!(benches, bench);
