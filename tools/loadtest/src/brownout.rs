@@ -47,7 +47,7 @@ use tokio::time::Instant;
 use tower::util::BoxCloneService;
 use tower::{Layer, ServiceExt};
 
-use super::{CHAT, PATH, TEST_KEY};
+use super::{MockHost, CHAT, PATH, TEST_KEY};
 
 /// The scenario's timing.
 #[derive(Debug, Clone)]
@@ -180,47 +180,17 @@ impl Row {
 pub(crate) const HEADER: &str = "| scenario | client | calls | failed | calls during outage | primary requests during outage | primary requests | served by secondary | recovery s |\n|---|---|---|---|---|---|---|---|---|";
 
 /// A mock with `latency`, no limits, on a runtime of its own or on the current one.
-struct Mock {
-    server: Arc<MockServer>,
-    runtime: Option<tokio::runtime::Runtime>,
-}
-
-impl Mock {
-    async fn start(cfg: &Brownout) -> Result<Mock, BoxError> {
-        let latency = cfg.latency;
-        let build = move || {
-            MockServer::builder()
-                .api_key(TEST_KEY)
-                .latency(latency)
-                .no_rate_limits()
-                .random_server_errors(0.0, 7)
-                .start()
-        };
-        if !cfg.mock_runtime {
-            return Ok(Mock {
-                server: Arc::new(build().await),
-                runtime: None,
-            });
-        }
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .thread_name("loadtest-mock")
-            .enable_all()
-            .build()?;
-        let server = runtime.spawn(build()).await?;
-        Ok(Mock {
-            server: Arc::new(server),
-            runtime: Some(runtime),
-        })
-    }
-}
-
-impl Drop for Mock {
-    fn drop(&mut self) {
-        if let Some(rt) = self.runtime.take() {
-            rt.shutdown_background();
-        }
-    }
+async fn start_mock(cfg: &Brownout) -> Result<MockHost, BoxError> {
+    let latency = cfg.latency;
+    MockHost::spawn(cfg.mock_runtime, move || {
+        MockServer::builder()
+            .api_key(TEST_KEY)
+            .latency(latency)
+            .no_rate_limits()
+            .random_server_errors(0.0, 7)
+            .start()
+    })
+    .await
 }
 
 type Svc = BoxCloneService<
@@ -267,16 +237,16 @@ type Outcome = (Instant, Result<usize, String>);
 
 /// Runs one row against fresh mocks.
 pub(crate) async fn run_row(cfg: &Brownout, which: Client3) -> Result<Row, BoxError> {
-    let primary = Mock::start(cfg).await?;
-    let secondary = Mock::start(cfg).await?;
-    let svc = client_for(which, &primary.server, &secondary.server)?;
+    let primary = start_mock(cfg).await?;
+    let secondary = start_mock(cfg).await?;
+    let svc = client_for(which, &primary.mock, &secondary.mock)?;
     let gate = Arc::new(Semaphore::new(cfg.concurrency.max(1)));
     let calls = (cfg.duration.as_nanos() / cfg.arrival.as_nanos().max(1)) as usize;
-    primary.server.set_random_server_errors(1.0);
+    primary.mock.set_random_server_errors(1.0);
     let start = Instant::now();
     let recovered_at = start + cfg.outage;
     let switch = {
-        let server = primary.server.clone();
+        let server = primary.mock.clone();
         tokio::spawn(async move {
             tokio::time::sleep_until(recovered_at).await;
             // The count first: what arrived before the switch arrived during the outage.
@@ -341,8 +311,8 @@ pub(crate) async fn run_row(cfg: &Brownout, which: Client3) -> Result<Row, BoxEr
         failed_by_kind: by_kind.into_iter().collect(),
         calls_during_outage: outcomes.iter().filter(|o| o.0 < recovered_at).count(),
         primary_requests_during_outage,
-        primary_requests: primary.server.counts().total,
-        secondary_requests: secondary.server.counts().total,
+        primary_requests: primary.mock.counts().total,
+        secondary_requests: secondary.mock.counts().total,
         served_by_secondary: outcomes.iter().filter(|o| o.1 == Ok(1)).count(),
         recovery,
     })

@@ -1063,10 +1063,26 @@ struct MockHost {
 }
 
 impl MockHost {
+    /// The scenario's mock ([`start_mock`]), hosted as `cfg.mock_runtime` asks.
     async fn start(cfg: &Config) -> Result<Self, BoxError> {
-        if !cfg.mock_runtime {
+        let cfg = cfg.clone();
+        MockHost::spawn(
+            cfg.mock_runtime,
+            move || async move { start_mock(&cfg).await },
+        )
+        .await
+    }
+
+    /// Starts the mock that `start` returns: with `own_runtime`, on a runtime of its own (one
+    /// worker thread, shut down when the host is dropped), else on the current runtime.
+    pub(crate) async fn spawn<F, Fut>(own_runtime: bool, start: F) -> Result<Self, BoxError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = MockServer> + Send + 'static,
+    {
+        if !own_runtime {
             return Ok(MockHost {
-                mock: Arc::new(start_mock(cfg).await),
+                mock: Arc::new(start().await),
                 runtime: None,
             });
         }
@@ -1078,8 +1094,7 @@ impl MockHost {
             .thread_name("loadtest-mock")
             .enable_all()
             .build()?;
-        let cfg = cfg.clone();
-        let mock = runtime.spawn(async move { start_mock(&cfg).await }).await?;
+        let mock = runtime.spawn(start()).await?;
         Ok(MockHost {
             mock: Arc::new(mock),
             runtime: Some(runtime),
@@ -1674,6 +1689,66 @@ pub(crate) fn print_line(json: bool, s: &str) {
     } else {
         println!("{s}");
     }
+}
+
+/// Parsed options, or on an error `loadtest: <error>` on stderr and exit status 2.
+fn or_exit<T>(parsed: Result<T, String>) -> T {
+    parsed.unwrap_or_else(|e| {
+        eprintln!("loadtest: {e}");
+        std::process::exit(2);
+    })
+}
+
+/// The options that the scenarios run alone with their own parser (`stall`, `tpm`) share:
+/// the calls, the calls in flight, the mock's answer time, and `--json` (one JSON object per
+/// row on stdout, the lines for people on stderr).
+#[derive(Debug, Clone)]
+struct AloneOptions {
+    calls: usize,
+    concurrency: usize,
+    latency: Duration,
+    json: bool,
+}
+
+impl AloneOptions {
+    /// Takes `arg` when it is a shared option, its value read from `rest`: `--scenario NAME`
+    /// (skipped), `--json`, `--n N`, `--concurrency C` (at least 1), `--latency-ms MS`.
+    /// `Ok(false)`: not a shared option, left to the scenario.
+    fn take(&mut self, arg: &str, rest: &mut std::slice::Iter<'_, String>) -> Result<bool, String> {
+        match arg {
+            "--scenario" => {
+                option_value(rest, "--scenario")?;
+            }
+            "--json" => self.json = true,
+            "--n" => self.calls = option_number(rest, "--n")? as usize,
+            "--concurrency" => {
+                self.concurrency = option_number(rest, "--concurrency")?.max(1) as usize
+            }
+            "--latency-ms" => {
+                self.latency = Duration::from_millis(option_number(rest, "--latency-ms")?)
+            }
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+}
+
+/// Parses the command line of a scenario run alone into `o`: the shared options go to the
+/// [`AloneOptions`] that `base` picks out of it, every other option to `own` (which reads its
+/// value from the iterator and refuses an option the scenario does not take).
+fn parse_alone<O>(
+    raw: &[String],
+    mut o: O,
+    base: fn(&mut O) -> &mut AloneOptions,
+    mut own: impl FnMut(&mut O, &str, &mut std::slice::Iter<'_, String>) -> Result<(), String>,
+) -> Result<O, String> {
+    let mut rest = raw.iter();
+    while let Some(arg) = rest.next() {
+        if !base(&mut o).take(arg, &mut rest)? {
+            own(&mut o, arg, &mut rest)?;
+        }
+    }
+    Ok(o)
 }
 
 /// The value after option `name`.

@@ -43,31 +43,31 @@ use tower::{Layer, Service, ServiceExt};
 /// The options of the scenario.
 #[derive(Debug, Clone)]
 struct Options {
-    calls: usize,
-    concurrency: usize,
+    /// `--n`, `--concurrency`, `--latency-ms`, `--json`.
+    base: super::AloneOptions,
     idle: Duration,
     deadline: Duration,
     stream: Duration,
-    latency: Duration,
     fraction: f64,
     after_events: usize,
     pause: Duration,
-    json: bool,
 }
 
 impl Default for Options {
     fn default() -> Self {
         Options {
-            calls: 200,
-            concurrency: 50,
+            base: super::AloneOptions {
+                calls: 200,
+                concurrency: 50,
+                latency: Duration::from_millis(20),
+                json: false,
+            },
             idle: Duration::from_secs(2),
             deadline: Duration::from_secs(15),
             stream: Duration::from_secs(1),
-            latency: Duration::from_millis(20),
             fraction: 0.1,
             after_events: 3,
             pause: Duration::from_secs(60),
-            json: false,
         }
     }
 }
@@ -88,34 +88,26 @@ pub(crate) fn requested(raw: &[String]) -> bool {
 }
 
 fn parse(raw: &[String]) -> Result<Options, String> {
-    let mut o = Options::default();
-    let mut it = raw.iter();
-    while let Some(arg) = it.next() {
-        match arg.as_str() {
-            "--scenario" => {
-                super::option_value(&mut it, "--scenario")?;
+    super::parse_alone(
+        raw,
+        Options::default(),
+        |o| &mut o.base,
+        |o, arg, it| {
+            match arg {
+                "--idle-ms" => {
+                    o.idle = Duration::from_millis(super::option_number(it, "--idle-ms")?)
+                }
+                "--deadline-s" => {
+                    o.deadline = Duration::from_secs(super::option_number(it, "--deadline-s")?)
+                }
+                "--stream-ms" => {
+                    o.stream = Duration::from_millis(super::option_number(it, "--stream-ms")?)
+                }
+                other => return Err(format!("--scenario stall does not take {other}\n{USAGE}")),
             }
-            "--json" => o.json = true,
-            "--n" => o.calls = super::option_number(&mut it, "--n")? as usize,
-            "--concurrency" => {
-                o.concurrency = super::option_number(&mut it, "--concurrency")?.max(1) as usize
-            }
-            "--idle-ms" => {
-                o.idle = Duration::from_millis(super::option_number(&mut it, "--idle-ms")?)
-            }
-            "--deadline-s" => {
-                o.deadline = Duration::from_secs(super::option_number(&mut it, "--deadline-s")?)
-            }
-            "--stream-ms" => {
-                o.stream = Duration::from_millis(super::option_number(&mut it, "--stream-ms")?)
-            }
-            "--latency-ms" => {
-                o.latency = Duration::from_millis(super::option_number(&mut it, "--latency-ms")?)
-            }
-            other => return Err(format!("--scenario stall does not take {other}\n{USAGE}")),
-        }
-    }
-    Ok(o)
+            Ok(())
+        },
+    )
 }
 
 /// How one call ended.
@@ -269,19 +261,19 @@ async fn run_row(
 ) -> Result<Row, BoxError> {
     let server = MockServer::builder()
         .no_rate_limits()
-        .latency(o.latency)
+        .latency(o.base.latency)
         .stream_duration(o.stream)
         .stall_streams(o.fraction, o.after_events, o.pause, 23)
         .start()
         .await;
     let url = server.endpoint(Route::ChatCompletions);
     let svc = stack(idle);
-    let permits = Arc::new(Semaphore::new(o.concurrency));
+    let permits = Arc::new(Semaphore::new(o.base.concurrency));
     let start = Instant::now();
     let deadline = start + o.deadline;
-    let mut tasks = Vec::with_capacity(o.calls);
-    let hung_after = (o.stream + o.latency).max(Duration::from_millis(500));
-    for _ in 0..o.calls {
+    let mut tasks = Vec::with_capacity(o.base.calls);
+    let hung_after = (o.stream + o.base.latency).max(Duration::from_millis(500));
+    for _ in 0..o.base.calls {
         let permit = permits.clone().acquire_owned().await?;
         let (svc, url) = (svc.clone(), url.clone());
         tasks.push(tokio::spawn(async move {
@@ -323,7 +315,7 @@ async fn run_row(
             ended
         }));
     }
-    let mut ended = Vec::with_capacity(o.calls);
+    let mut ended = Vec::with_capacity(o.base.calls);
     for t in tasks {
         ended.push(t.await?);
     }
@@ -340,21 +332,15 @@ async fn run_row(
 
 /// Runs the scenario and prints its rows and target line.
 pub(crate) async fn main(raw: &[String]) -> Result<(), BoxError> {
-    let o = match parse(raw) {
-        Ok(o) => o,
-        Err(e) => {
-            eprintln!("loadtest: {e}");
-            std::process::exit(2);
-        }
-    };
-    let say = |s: &str| super::print_line(o.json, s);
+    let o = super::or_exit(parse(raw));
+    let say = |s: &str| super::print_line(o.base.json, s);
     say(&format!(
         "stall: {} calls at concurrency {}, streams of {} ms after {} ms, {:.0} % of them \
          stop after {} events for {} s; deadline {} s",
-        o.calls,
-        o.concurrency,
+        o.base.calls,
+        o.base.concurrency,
         o.stream.as_millis(),
-        o.latency.as_millis(),
+        o.base.latency.as_millis(),
         o.fraction * 100.0,
         o.after_events,
         o.pause.as_secs(),
@@ -368,7 +354,7 @@ pub(crate) async fn main(raw: &[String]) -> Result<(), BoxError> {
     say(&stack_row.line());
     let base_row = run_row(&o, "baseline (no watchdog)", None).await?;
     say(&base_row.line());
-    if o.json {
+    if o.base.json {
         println!("{}", stack_row.json(&o));
         println!("{}", base_row.json(&o));
     }
@@ -409,7 +395,7 @@ mod tests {
         ))
         .unwrap();
         assert_eq!(
-            (o.calls, o.idle, o.deadline, o.json),
+            (o.base.calls, o.idle, o.deadline, o.base.json),
             (7, Duration::from_millis(500), Duration::from_secs(3), true)
         );
         assert!(parse(&args("--scenario stall --client reqwest"))
@@ -424,12 +410,11 @@ mod tests {
     /// the deadline.
     #[tokio::test(start_paused = true)]
     async fn every_stalled_call_ends_typed_with_the_watchdog_and_hangs_without() {
-        let o = Options {
-            calls: 6,
-            concurrency: 3,
+        let mut o = Options {
             fraction: 1.0,
             ..Options::default()
         };
+        (o.base.calls, o.base.concurrency) = (6, 3);
         let stack = run_row(&o, "stack (watchdog)", Some(o.idle)).await.unwrap();
         assert_eq!(stack.failed(), 6, "{stack:?}");
         assert_eq!(stack.stall_errors(), 6, "{stack:?}");

@@ -53,23 +53,23 @@ use tower::{Layer, ServiceExt};
 /// The options of the scenario.
 #[derive(Debug, Clone)]
 struct Options {
-    calls: usize,
-    concurrency: usize,
+    /// `--n`, `--concurrency`, `--latency-ms`, `--json`.
+    base: super::AloneOptions,
     tpm: u64,
     rpm: u64,
-    latency: Duration,
-    json: bool,
 }
 
 impl Default for Options {
     fn default() -> Self {
         Options {
-            calls: 150,
-            concurrency: 40,
+            base: super::AloneOptions {
+                calls: 150,
+                concurrency: 40,
+                latency: Duration::from_secs(2),
+                json: false,
+            },
             tpm: 40_000,
             rpm: 1_000,
-            latency: Duration::from_secs(2),
-            json: false,
         }
     }
 }
@@ -95,26 +95,21 @@ pub(crate) fn requested(raw: &[String]) -> bool {
 }
 
 fn parse(raw: &[String]) -> Result<Options, String> {
-    let mut o = Options::default();
-    let mut it = raw.iter();
-    while let Some(arg) = it.next() {
-        match arg.as_str() {
-            "--scenario" => {
-                super::option_value(&mut it, "--scenario")?;
+    let mut o = super::parse_alone(
+        raw,
+        Options::default(),
+        |o| &mut o.base,
+        |o, arg, it| {
+            match arg {
+                "--tpm" => o.tpm = super::option_number(it, "--tpm")?.max(60),
+                "--rpm" => o.rpm = super::option_number(it, "--rpm")?.max(1),
+                other => return Err(format!("--scenario tpm does not take {other}\n{USAGE}")),
             }
-            "--json" => o.json = true,
-            "--n" => o.calls = super::option_number(&mut it, "--n")?.max(1) as usize,
-            "--concurrency" => {
-                o.concurrency = super::option_number(&mut it, "--concurrency")?.max(1) as usize
-            }
-            "--tpm" => o.tpm = super::option_number(&mut it, "--tpm")?.max(60),
-            "--rpm" => o.rpm = super::option_number(&mut it, "--rpm")?.max(1),
-            "--latency-ms" => {
-                o.latency = Duration::from_millis(super::option_number(&mut it, "--latency-ms")?)
-            }
-            other => return Err(format!("--scenario tpm does not take {other}\n{USAGE}")),
-        }
-    }
+            Ok(())
+        },
+    )?;
+    // At least one call.
+    o.base.calls = o.base.calls.max(1);
     Ok(o)
 }
 
@@ -266,7 +261,7 @@ fn baseline() -> Svc {
 async fn start_mock(o: &Options) -> MockServer {
     MockServer::builder()
         .api_key(super::TEST_KEY)
-        .latency(o.latency)
+        .latency(o.base.latency)
         .no_rate_limits()
         .request_limit(RateLimit::per_minute(o.rpm))
         .token_limit(RateLimit::per_minute(o.tpm))
@@ -285,7 +280,7 @@ async fn run_row(
 ) -> Result<Row, BoxError> {
     let mock = start_mock(o).await;
     let url = mock.endpoint(Route::ChatCompletions);
-    let bodies: Vec<String> = (0..o.calls).map(body).collect();
+    let bodies: Vec<String> = (0..o.base.calls).map(body).collect();
     let usage = TrueUsage::new(TRUE_USAGE.0, TRUE_USAGE.1);
     let estimator = CostEstimator::default();
     let tokens_estimated = bodies
@@ -294,9 +289,9 @@ async fn run_row(
         .sum();
     let counted = Arc::new(AtomicU64::new(0));
     let failed = Arc::new(AtomicU64::new(0));
-    let gate = Arc::new(Semaphore::new(o.concurrency));
+    let gate = Arc::new(Semaphore::new(o.base.concurrency));
     let start = Instant::now();
-    let mut tasks = Vec::with_capacity(o.calls);
+    let mut tasks = Vec::with_capacity(o.base.calls);
     for (i, b) in bodies.into_iter().enumerate() {
         let permit = gate.clone().acquire_owned().await?;
         if let Some(every) = interval {
@@ -330,7 +325,7 @@ async fn run_row(
     let tokens_counted = counted.load(Ordering::Relaxed);
     Ok(Row {
         client,
-        calls: o.calls,
+        calls: o.base.calls,
         failed: failed.load(Ordering::Relaxed) as usize,
         requests: counts.total,
         rate_limited: counts.rate_limited,
@@ -344,27 +339,21 @@ async fn run_row(
 /// The latency plus the refill of what the mock counted beyond its capacity.
 fn minimum(o: &Options, tokens: u64) -> Duration {
     let beyond = tokens.saturating_sub(o.tpm) as f64;
-    o.latency + Duration::from_secs_f64(beyond / (o.tpm as f64 / 60.0))
+    o.base.latency + Duration::from_secs_f64(beyond / (o.tpm as f64 / 60.0))
 }
 
 /// Runs the scenario: `stack`, `stack-estimates`, and the request-count-only baseline.
 pub(crate) async fn main(raw: &[String]) -> Result<(), BoxError> {
-    let o = match parse(raw) {
-        Ok(o) => o,
-        Err(e) => {
-            eprintln!("loadtest: {e}");
-            std::process::exit(2);
-        }
-    };
-    let say = |s: &str| super::print_line(o.json, s);
+    let o = super::or_exit(parse(raw));
+    let say = |s: &str| super::print_line(o.base.json, s);
     say(&format!(
         "tpm: {} calls at {}, {} tokens and {} requests per minute, latency {} ms; the mock \
          counts {:.0} % of the prompt estimate and {:.0} % of max_tokens",
-        o.calls,
-        o.concurrency,
+        o.base.calls,
+        o.base.concurrency,
         o.tpm,
         o.rpm,
-        o.latency.as_millis(),
+        o.base.latency.as_millis(),
         TRUE_USAGE.0 * 100.0,
         TRUE_USAGE.1 * 100.0
     ));
@@ -399,7 +388,7 @@ pub(crate) async fn main(raw: &[String]) -> Result<(), BoxError> {
         rows[2].failed,
         rows[2].over()
     ));
-    if o.json {
+    if o.base.json {
         for r in &rows {
             println!("{}", r.json());
         }
@@ -428,7 +417,7 @@ mod tests {
     fn options_parse_and_refuse_unknown_flags() {
         let args = |s: &str| s.split(' ').map(str::to_owned).collect::<Vec<_>>();
         let o = parse(&args("--scenario tpm --n 10 --tpm 1000 --json")).unwrap();
-        assert_eq!((o.calls, o.tpm, o.json), (10, 1000, true));
+        assert_eq!((o.base.calls, o.tpm, o.base.json), (10, 1000, true));
         assert!(parse(&args("--scenario tpm --client reqwest")).is_err());
         assert!(parse(&args("--scenario tpm --n")).is_err());
         assert!(requested(&args("--scenario tpm")));
@@ -438,9 +427,9 @@ mod tests {
     #[test]
     fn the_minimum_is_the_refill_beyond_the_capacity() {
         let o = Options::default();
-        assert_eq!(minimum(&o, 10), o.latency);
+        assert_eq!(minimum(&o, 10), o.base.latency);
         // 2,000 tokens beyond the bucket refill in 3 s at 40,000 per minute.
-        let beyond = minimum(&o, 42_000) - o.latency;
+        let beyond = minimum(&o, 42_000) - o.base.latency;
         assert!((beyond.as_secs_f64() - 3.0).abs() < 1e-9, "{beyond:?}");
     }
 }
