@@ -23,6 +23,13 @@ fn tiny(scenario: Scenario, calls: usize, concurrency: usize) -> Config {
     cfg
 }
 
+/// Runs `cfg` and checks its accounting ([`check_accounting`]).
+async fn run_checked(cfg: &Config) -> Report {
+    let r = run(cfg).await.unwrap();
+    check_accounting(&r);
+    r
+}
+
 /// Every call is either ok or failed by some kind, for both clients; the JSON has the fields.
 fn check_accounting(r: &Report) {
     for run in std::iter::once(&r.stack).chain(r.baseline.as_ref()) {
@@ -63,8 +70,7 @@ fn check_accounting(r: &Report) {
 
 #[tokio::test(start_paused = true)]
 async fn burst_paces_and_counts() {
-    let r = run(&tiny(Scenario::Burst, 40, 20)).await.unwrap();
-    check_accounting(&r);
+    let r = run_checked(&tiny(Scenario::Burst, 40, 20)).await;
     assert_eq!(r.stack.failed(), 0, "{}", table(&r));
     // 20 more requests than the bucket holds at 20/s, then the last call's 20 ms latency.
     assert_eq!(r.minimum, Some(Duration::from_millis(1020)));
@@ -99,8 +105,7 @@ fn the_burst_minimum_includes_the_last_calls_latency() {
 async fn latency_reports_the_ideal_and_one_request_per_call() {
     let mut cfg = tiny(Scenario::Latency, 20, 5);
     cfg.latency = Duration::from_millis(50);
-    let r = run(&cfg).await.unwrap();
-    check_accounting(&r);
+    let r = run_checked(&cfg).await;
     // ⌈20/5⌉ rounds of 50 ms.
     let ideal = Duration::from_millis(200);
     assert_eq!(r.minimum, Some(ideal));
@@ -134,8 +139,7 @@ async fn stream_long_reads_streams_that_last_their_duration() {
     let mut cfg = tiny(Scenario::StreamLong, 6, 3);
     cfg.stream = Duration::from_millis(80);
     cfg.latency = Duration::from_millis(20);
-    let r = run(&cfg).await.unwrap();
-    check_accounting(&r);
+    let r = run_checked(&cfg).await;
     // ⌈6/3⌉ rounds of 20 ms to the headers and an 80 ms stream.
     assert_eq!(r.minimum, Some(Duration::from_millis(200)));
     assert_eq!(r.json()["stream_ms"], 80.0);
@@ -151,16 +155,14 @@ async fn stream_long_reads_streams_that_last_their_duration() {
 
 #[tokio::test(start_paused = true)]
 async fn flaky_retries_the_5xx() {
-    let r = run(&tiny(Scenario::Flaky, 30, 5)).await.unwrap();
-    check_accounting(&r);
+    let r = run_checked(&tiny(Scenario::Flaky, 30, 5)).await;
     assert_eq!(r.stack.failed(), 0, "{}", table(&r));
     assert!(r.stack.requests_sent > 30, "{}", table(&r));
 }
 
 #[tokio::test(start_paused = true)]
 async fn quota_fails_every_call_by_kind_with_one_request_each() {
-    let r = run(&tiny(Scenario::Quota, 5, 5)).await.unwrap();
-    check_accounting(&r);
+    let r = run_checked(&tiny(Scenario::Quota, 5, 5)).await;
     assert_eq!(r.stack.ok, 0);
     assert_eq!(
         r.stack.failed_by_kind,
@@ -184,8 +186,7 @@ async fn outage_switches_off_and_calls_after_it_succeed() {
     let mut cfg = tiny(Scenario::Outage, 30, 10);
     cfg.outage = Duration::from_secs(1);
     cfg.arrival = Duration::from_millis(100);
-    let r = run(&cfg).await.unwrap();
-    check_accounting(&r);
+    let r = run_checked(&cfg).await;
     let (sent, during, after, after_ok) = r.stack.outage.unwrap();
     assert_eq!(during + after, 30);
     assert!(during >= 9 && after >= 19, "{during} {after}");
@@ -197,8 +198,7 @@ async fn outage_switches_off_and_calls_after_it_succeed() {
 
 #[tokio::test(start_paused = true)]
 async fn clean_compares_with_the_bare_client() {
-    let r = run(&tiny(Scenario::Clean, 50, 10)).await.unwrap();
-    check_accounting(&r);
+    let r = run_checked(&tiny(Scenario::Clean, 50, 10)).await;
     assert_eq!((r.stack.ok, r.baseline.as_ref().unwrap().ok), (50, 50));
     assert_eq!(r.stack.requests_sent, 50);
     assert_eq!(r.baseline.as_ref().unwrap().requests_sent, 50);
@@ -208,8 +208,7 @@ async fn clean_compares_with_the_bare_client() {
 async fn clean_rounds_report_each_clients_median() {
     let mut cfg = tiny(Scenario::Clean, 20, 5);
     cfg.rounds = 3;
-    let r = run(&cfg).await.unwrap();
-    check_accounting(&r);
+    let r = run_checked(&cfg).await;
     assert_eq!(r.rounds.len(), 3);
     assert!(r.rounds.iter().all(|(s, b)| *s > 0.0 && b.is_some()));
     // The table's runs are the medians of the rounds.
@@ -453,24 +452,21 @@ fn the_client_flag_parses_and_reaches_the_config() {
     assert!(args("--frobnicate").unwrap_err().contains("--client"));
     assert!(USAGE.contains("--client hyper|reqwest|async-openai"));
     // The rows' names.
-    assert_eq!(ClientKind::Hyper.label(Which::Baseline), "baseline");
-    assert_eq!(ClientKind::Reqwest.label(Which::Stack), "stack (reqwest)");
-    assert_eq!(
-        ClientKind::Reqwest.label(Which::Baseline),
-        "baseline (reqwest-retry)"
+    let (hyper, reqwest, openai) = (
+        ClientKind::Hyper,
+        ClientKind::Reqwest,
+        ClientKind::AsyncOpenAi,
     );
-    assert_eq!(
-        ClientKind::AsyncOpenAi.label(Which::Stack),
-        "stack (async-openai)"
-    );
-    assert_eq!(
-        ClientKind::AsyncOpenAi.label(Which::Baseline),
-        "baseline (async-openai retry)"
-    );
-    assert_eq!(
-        ClientKind::AsyncOpenAi.label(Which::Bare),
-        "bare (async-openai)"
-    );
+    for (client, which, label) in [
+        (hyper, Which::Baseline, "baseline"),
+        (reqwest, Which::Stack, "stack (reqwest)"),
+        (reqwest, Which::Baseline, "baseline (reqwest-retry)"),
+        (openai, Which::Stack, "stack (async-openai)"),
+        (openai, Which::Baseline, "baseline (async-openai retry)"),
+        (openai, Which::Bare, "bare (async-openai)"),
+    ] {
+        assert_eq!(client.label(which), label);
+    }
 }
 
 fn tiny_through(
@@ -491,10 +487,7 @@ fn tiny_through(
 #[tokio::test(start_paused = true)]
 async fn every_client_runs_flaky_and_quota_with_its_baseline() {
     for client in ClientKind::EVERY {
-        let r = run(&tiny_through(client, Scenario::Flaky, 30, 5))
-            .await
-            .unwrap();
-        check_accounting(&r);
+        let r = run_checked(&tiny_through(client, Scenario::Flaky, 30, 5)).await;
         let b = r.baseline.as_ref().unwrap();
         let text = table(&r);
         assert!(
@@ -519,10 +512,7 @@ async fn every_client_runs_flaky_and_quota_with_its_baseline() {
         let line = target_line(&r);
         assert!(line.contains("target met"), "{line}");
 
-        let r = run(&tiny_through(client, Scenario::Quota, 4, 4))
-            .await
-            .unwrap();
-        check_accounting(&r);
+        let r = run_checked(&tiny_through(client, Scenario::Quota, 4, 4)).await;
         assert_eq!(
             r.stack.failed_by_kind,
             vec![("quota_exceeded".to_string(), 4)],
@@ -539,10 +529,7 @@ async fn every_client_runs_flaky_and_quota_with_its_baseline() {
 #[tokio::test(start_paused = true)]
 async fn clean_through_the_other_clients_compares_with_their_bare_clients() {
     for client in [ClientKind::Reqwest, ClientKind::AsyncOpenAi] {
-        let r = run(&tiny_through(client, Scenario::Clean, 10, 5))
-            .await
-            .unwrap();
-        check_accounting(&r);
+        let r = run_checked(&tiny_through(client, Scenario::Clean, 10, 5)).await;
         let b = r.baseline.as_ref().unwrap();
         assert_eq!(b.label(), client.label(Which::Bare));
         assert_eq!((r.stack.ok, b.ok), (10, 10), "{}", table(&r));
@@ -556,8 +543,7 @@ async fn streams_through_the_other_clients_last_their_duration() {
     for client in [ClientKind::Reqwest, ClientKind::AsyncOpenAi] {
         let mut cfg = tiny_through(client, Scenario::StreamLong, 4, 2);
         cfg.stream = Duration::from_millis(40);
-        let r = run(&cfg).await.unwrap();
-        check_accounting(&r);
+        let r = run_checked(&cfg).await;
         for run in [&r.stack, r.baseline.as_ref().unwrap()] {
             assert_eq!((run.ok, run.requests_sent), (4, 4), "{}", table(&r));
             assert!(run.p50 >= Duration::from_millis(40), "{}", table(&r));

@@ -19,6 +19,16 @@ fn loadtest(args: &[&str]) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// `loadtest --scenario SCENARIO --n N --concurrency C --processes P` and `extra`, with
+/// `[N, C, P]` = `sizes`: its reports.
+fn over_processes(scenario: &str, sizes: [u32; 3], extra: &[&str]) -> Vec<serde_json::Value> {
+    let [n, c, p] = sizes.map(|v| v.to_string());
+    let mut args = vec!["--scenario", scenario, "--n", &n];
+    args.extend(["--concurrency", &c, "--processes", &p]);
+    args.extend(extra);
+    loadtest(&args)
+}
+
 fn count(v: &serde_json::Value, field: &str) -> u64 {
     v[field]
         .as_u64()
@@ -27,18 +37,7 @@ fn count(v: &serde_json::Value, field: &str) -> u64 {
 
 #[test]
 fn burst_over_two_processes_in_process_and_through_redis() {
-    let reports = loadtest(&[
-        "--scenario",
-        "burst",
-        "--n",
-        "40",
-        "--concurrency",
-        "8",
-        "--processes",
-        "2",
-        "--store",
-        "redis",
-    ]);
+    let reports = over_processes("burst", [40, 8, 2], &["--store", "redis"]);
     assert_eq!(reports.len(), 1, "{reports:?}");
     let r = &reports[0];
     assert_eq!(r["scenario"], "burst");
@@ -66,16 +65,7 @@ fn burst_over_two_processes_in_process_and_through_redis() {
 
 #[test]
 fn processes_without_a_store_give_one_in_process_row() {
-    let reports = loadtest(&[
-        "--scenario",
-        "flaky",
-        "--n",
-        "30",
-        "--concurrency",
-        "6",
-        "--processes",
-        "3",
-    ]);
+    let reports = over_processes("flaky", [30, 6, 3], &[]);
     let runs = reports[0]["runs"].as_array().expect("runs");
     assert_eq!(runs.len(), 1);
     assert_eq!(runs[0]["store"], "in-process");
@@ -88,20 +78,11 @@ fn processes_without_a_store_give_one_in_process_row() {
 /// pacing in-process, through Redis, and the plain client, each against the ideal.
 #[test]
 fn latency_over_two_processes_reports_three_rows_and_the_ideal() {
-    let reports = loadtest(&[
-        "--scenario",
+    let reports = over_processes(
         "latency",
-        "--latency-ms",
-        "50",
-        "--n",
-        "16",
-        "--concurrency",
-        "8",
-        "--processes",
-        "2",
-        "--store",
-        "redis",
-    ]);
+        [16, 8, 2],
+        &["--latency-ms", "50", "--store", "redis"],
+    );
     let r = &reports[0];
     assert_eq!(r["scenario"], "latency");
     assert_eq!(r["latency_ms"], 50.0);
