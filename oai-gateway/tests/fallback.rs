@@ -12,12 +12,12 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use hyper_util::{client::legacy::Client, rt::TokioExecutor};
 use oai_gateway::gateway::ROUTE_HEADER;
 use oai_resilience::mock::{MockResponse, MockServer, Route};
 use oai_resilience::RetryConfig;
 use serde_json::Value;
 use support::{accept_each, authorized, parse, post_with_key, KEY};
+use test_support::http_client;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const SERVER_KEY: &str = "sk-proj-ServerServerServerServerServer0123";
@@ -48,7 +48,7 @@ struct Answer {
 }
 
 async fn send(addr: SocketAddr, method: &str, path: &str, auth: &str, body: &str) -> Answer {
-    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let client = http_client::<Full<Bytes>>();
     let req = authorized(
         method,
         &format!("http://{addr}{path}"),
@@ -84,7 +84,7 @@ async fn chat_served(addr: SocketAddr, key: &str, status: u16, route: &str) -> A
 }
 
 async fn metrics(addr: SocketAddr) -> String {
-    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let client = http_client::<Full<Bytes>>();
     let res = client
         .get(format!("http://{addr}/metrics").parse().unwrap())
         .await
@@ -280,7 +280,7 @@ async fn an_upload_goes_to_the_primary_only() {
     let backup = MockServer::start().await;
     let addr = primary_then(&primary, &backup.url()).await;
     let body = "--b\r\ncontent-disposition: form-data; name=\"purpose\"\r\n\r\nbatch\r\n--b--\r\n";
-    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let client = http_client::<Full<Bytes>>();
     let req = post_with_key(addr, "/v1/files", "multipart/form-data; boundary=b", body);
     let res = client.request(req).await.unwrap();
     assert_eq!(res.status(), 429);

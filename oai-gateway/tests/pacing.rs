@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use oai_resilience::RetryConfig;
-use support::{config_for, json_upstream, request, start, RawResponse, CHAT, KEY};
+use support::{chat_as, chat_with, config_for, json_upstream, start, KEY};
 use tokio::time::Instant;
 
 /// An upstream whose rate limit is one request per second (a bucket of 1, empty after each
@@ -52,26 +52,18 @@ async fn paced_gateway(max_wait: &str) -> (SocketAddr, Arc<AtomicUsize>) {
     (start(c).await, sent)
 }
 
-/// A chat call with the caller's key and the headers `extra`.
-async fn chat(gw: SocketAddr, extra: &[(&str, &str)]) -> RawResponse {
-    let auth = format!("Bearer {KEY}");
-    let mut headers = vec![("authorization", auth.as_str())];
-    headers.extend_from_slice(extra);
-    request(gw, "POST", "/v1/chat/completions", &headers, CHAT).await
-}
-
 #[tokio::test(start_paused = true)]
 async fn calls_that_cannot_be_paced_within_max_pacing_wait_get_a_typed_429() {
     let (gw, sent) = paced_gateway("2s").await;
     // The first call teaches the pacer the limit: one per second, none left.
-    let first = chat(gw, &[]).await;
+    let first = chat_as(gw, KEY).await;
     assert_eq!(first.status, 200, "{}", first.body);
     // Ten calls at once: the bucket admits one a second, so two fit in the 2 s wait.
     let t0 = Instant::now();
     let calls: Vec<_> = (0..10)
         .map(|_| {
             tokio::spawn(async move {
-                let res = chat(gw, &[]).await;
+                let res = chat_as(gw, KEY).await;
                 (res, t0.elapsed())
             })
         })
@@ -112,10 +104,10 @@ async fn calls_that_cannot_be_paced_within_max_pacing_wait_get_a_typed_429() {
 #[tokio::test(start_paused = true)]
 async fn x_priority_puts_a_high_call_before_queued_low_ones_and_a_bad_value_gets_400() {
     let (gw, sent) = paced_gateway("30s").await;
-    let first = chat(gw, &[]).await;
+    let first = chat_as(gw, KEY).await;
     assert_eq!(first.status, 200, "{}", first.body);
 
-    let bad = chat(gw, &[("x-priority", "urgent")]).await;
+    let bad = chat_with(gw, KEY, &[("x-priority", "urgent")]).await;
     assert_eq!(bad.status, 400, "{}", bad.body);
     assert!(bad.body.contains("x-priority"), "{}", bad.body);
     assert_eq!(
@@ -127,7 +119,7 @@ async fn x_priority_puts_a_high_call_before_queued_low_ones_and_a_bad_value_gets
     let t0 = Instant::now();
     let call = |lane: &'static str| {
         tokio::spawn(async move {
-            let res = chat(gw, &[("x-priority", lane)]).await;
+            let res = chat_with(gw, KEY, &[("x-priority", lane)]).await;
             (lane, res.status, t0.elapsed())
         })
     };
