@@ -450,10 +450,11 @@ impl Gateway {
                 return res;
             }
         }
-        if let Some(prefix) = inner.routes.matched(path) {
+        let (matched, verdict) = inner.routes.resolve(req.method(), path);
+        if let Some(prefix) = matched {
             out.route = prefix;
         }
-        match inner.routes.check(req.method(), path) {
+        match verdict {
             Ok(()) => {}
             Err(Refusal::Method) => {
                 out.error = Some("method_not_allowed".into());

@@ -115,17 +115,26 @@ impl Routes {
     /// normal form (`.`/`..` segments, `//`, encoded `/`, `.` or `\`), which an upstream
     /// might resolve to a route outside the allowlist.
     pub fn check(&self, method: &Method, path: &str) -> Result<(), Refusal> {
-        if !METHODS.contains(method) {
-            return Err(Refusal::Method);
-        }
-        if !path.starts_with('/') || !normal(path) {
-            return Err(Refusal::Route);
-        }
-        if self.matched(path).is_some() {
-            Ok(())
-        } else {
+        self.resolve(method, path).1
+    }
+
+    /// [`Routes::matched`] and [`Routes::check`] together, with one scan of the prefixes: the
+    /// prefix `path` falls under (also when the request is refused), and whether
+    /// `method path` is forwarded.
+    pub(crate) fn resolve(
+        &self,
+        method: &Method,
+        path: &str,
+    ) -> (Option<&str>, Result<(), Refusal>) {
+        let matched = self.matched(path);
+        let verdict = if !METHODS.contains(method) {
+            Err(Refusal::Method)
+        } else if !path.starts_with('/') || !normal(path) || matched.is_none() {
             Err(Refusal::Route)
-        }
+        } else {
+            Ok(())
+        };
+        (matched, verdict)
     }
 }
 
@@ -196,6 +205,19 @@ mod tests {
         assert_eq!(
             only.check(&Method::POST, "/v1/chat/completions"),
             Err(Refusal::Route)
+        );
+        // The prefix is named also for a refused request (the metrics' route label).
+        assert_eq!(
+            r.resolve(&Method::PUT, "/v1/files/x"),
+            (Some("/v1/files"), Err(Refusal::Method))
+        );
+        assert_eq!(
+            r.resolve(&Method::GET, "/v1/models/../x"),
+            (Some("/v1/models"), Err(Refusal::Route))
+        );
+        assert_eq!(
+            r.resolve(&Method::GET, "/v2/x"),
+            (None, Err(Refusal::Route))
         );
         assert!(Routes::new(false, false, &[]).is_err());
         assert!(Routes::new(true, false, &["v1/x".into()]).is_err());
