@@ -175,8 +175,10 @@ const USAGE_RATIO_MAX: f64 = 4.0;
 
 enum Step {
     Granted(GrantInfo),
-    /// Wait: until the instant if known (head of the queue), else until woken.
-    Wait(Option<Instant>),
+    /// Wait: until the instant if known (head of the queue), else until woken; held by the
+    /// limit: the queue ahead, the cold window, or the bucket, pause or adaptive rate that
+    /// frees last.
+    Wait(Option<Instant>, PacingLimit),
 }
 
 struct GrantInfo {
@@ -301,43 +303,6 @@ impl KeyState {
         (cost.tokens as f64 * self.token_ratio * 1.02).ceil() as u64
     }
 
-    /// What holds the call at `place` now, after [`step`](Self::step) made it wait: the queue
-    /// ahead of it, the cold window, or the bucket, pause or adaptive rate that frees last.
-    fn held_by(&self, place: (Priority, u64), cost: Cost, now: Instant) -> PacingLimit {
-        if self.queue.head() != Some(place) {
-            return PacingLimit::Queue;
-        }
-        if self.window.is_some_and(|w| self.in_flight >= w) {
-            return PacingLimit::ColdWindow;
-        }
-        let tokens = self.scaled(cost) as f64;
-        let never = Duration::MAX;
-        [
-            (
-                PacingLimit::Pause,
-                self.paused_until.map(|p| p.saturating_duration_since(now)),
-            ),
-            (
-                PacingLimit::Requests,
-                self.requests
-                    .map(|b| wait_for(&b.bucket, 1.0 + f64::from(cost.reserve)).unwrap_or(never)),
-            ),
-            (
-                PacingLimit::Tokens,
-                self.tokens
-                    .map(|b| wait_for(&b.bucket, tokens).unwrap_or(never)),
-            ),
-            (
-                PacingLimit::Adaptive,
-                self.aimd.map(|b| wait_for(&b, 1.0).unwrap_or(never)),
-            ),
-        ]
-        .into_iter()
-        .filter_map(|(limit, wait)| wait.map(|w| (limit, w)))
-        .max_by_key(|&(_, w)| w)
-        .map_or(PacingLimit::Queue, |(limit, _)| limit)
-    }
-
     /// A response reported its true `input` and `output` tokens for a request estimated at
     /// `cost`, charged `charged` and granted as grant number `grant`.
     ///
@@ -383,37 +348,45 @@ impl KeyState {
         let is_head = self.queue.head() == Some((lane, ticket));
         if !is_head {
             self.queue.park(lane, ticket, waker);
-            return Step::Wait(None);
+            return Step::Wait(None, PacingLimit::Queue);
         }
         // The head: wait for a pause, the cold window, or room in every bucket.
         if self.window.is_some_and(|w| self.in_flight >= w) {
             self.queue.park(lane, ticket, waker);
-            return Step::Wait(None);
+            return Step::Wait(None, PacingLimit::ColdWindow);
         }
         let tokens = self.scaled(cost);
-        let mut ready = now;
-        if let Some(p) = self.paused_until {
-            ready = ready.max(p);
-        }
-        let waits = [
-            // A lower lane leaves the requests reserved for the lanes above it.
-            self.requests
-                .map(|b| wait_for(&b.bucket, 1.0 + f64::from(cost.reserve))),
-            self.tokens.map(|b| wait_for(&b.bucket, tokens as f64)),
-            self.aimd.map(|b| wait_for(&b, 1.0)),
-        ];
-        for w in waits.into_iter().flatten() {
-            match w {
-                Some(d) => ready = ready.max(now + d),
-                None => {
-                    self.queue.park(lane, ticket, waker);
-                    return Step::Wait(None);
-                }
-            }
-        }
-        if ready > now {
+        // Each limit's wait (`Duration::MAX`: a bucket without refill, until woken); the one
+        // that frees last (the later one of a tie) holds the call.
+        let never = Duration::MAX;
+        let held = [
+            (
+                PacingLimit::Pause,
+                self.paused_until.map(|p| p.saturating_duration_since(now)),
+            ),
+            (
+                // A lower lane leaves the requests reserved for the lanes above it.
+                PacingLimit::Requests,
+                self.requests
+                    .map(|b| wait_for(&b.bucket, 1.0 + f64::from(cost.reserve)).unwrap_or(never)),
+            ),
+            (
+                PacingLimit::Tokens,
+                self.tokens
+                    .map(|b| wait_for(&b.bucket, tokens as f64).unwrap_or(never)),
+            ),
+            (
+                PacingLimit::Adaptive,
+                self.aimd.map(|b| wait_for(&b, 1.0).unwrap_or(never)),
+            ),
+        ]
+        .into_iter()
+        .filter_map(|(limit, wait)| wait.map(|w| (limit, w)))
+        .max_by_key(|&(_, w)| w);
+        if let Some((limit, wait)) = held.filter(|&(_, w)| !w.is_zero()) {
             self.queue.park(lane, ticket, waker);
-            return Step::Wait(Some(ready));
+            let ready = (wait != never).then(|| now + wait);
+            return Step::Wait(ready, limit);
         }
         // Granted: take from every bucket, leave the queue, let the next head look.
         let level_before = self.tokens.map(|b| b.bucket.level);

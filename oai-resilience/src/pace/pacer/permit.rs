@@ -302,8 +302,8 @@ impl Future for Acquire {
                 let mut st = this.entry.lock();
                 let step = st.step(this.place, this.cost, now, cx.waker());
                 let mut earliest = None;
-                if let Step::Wait(until) = step {
-                    this.held_by = Some(st.held_by(this.place, this.cost, now));
+                if let Step::Wait(until, limit) = step {
+                    this.held_by = Some(limit);
                     // Behind others, on the first look: does the queue ahead already outlast
                     // the bound?
                     if until.is_none() && !this.waited && this.limit.is_some() {
@@ -332,7 +332,7 @@ impl Future for Acquire {
                         open: true,
                     }));
                 }
-                Step::Wait(until) => {
+                Step::Wait(until, _) => {
                     if !this.waited {
                         this.waited = true;
                         this.shared.waits.fetch_add(1, Ordering::Relaxed);
