@@ -15,11 +15,9 @@ use oai_resilience::breaker::{BreakerConfig, CircuitBreakerLayer, CircuitState};
 use oai_resilience::retry::{RetryConfig, RetryLayer, TokenBudget};
 use oai_resilience::stack::ClientBody;
 use oai_resilience::{AuthLayer, ErrorKind, OpenAiLayer, StopReason};
+use test_support::{CHAT, KEY};
 use tokio::time::Instant;
 use tower::{service_fn, Layer, ServiceExt};
-
-const KEY: &str = "sk-proj-abcdefghijklmnopqrstuvwxyz0123456789";
-const CHAT: &str = r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}"#;
 
 /// An upstream that answers every request with `status` (changed at will) and counts them.
 #[derive(Clone)]

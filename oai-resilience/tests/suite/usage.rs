@@ -495,16 +495,16 @@ async fn the_mock_reports_true_usage_that_settles_the_charge() {
     use oai_resilience::mock::{MockServer, RateLimit, TrueUsage};
     use oai_resilience::stack::{ClientBody, OpenAiLayer};
     use oai_resilience::AuthLayer;
+    use test_support::KEY;
     let server = MockServer::builder()
         .token_limit(RateLimit::per_minute(40_000))
         .true_usage(TrueUsage::new(0.5, 0.25))
         .start()
         .await;
-    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .build_http::<ClientBody>();
+    let client = test_support::http_client::<ClientBody>();
     let pace = pace();
     let stack = OpenAiLayer::new()
-        .auth(AuthLayer::from_key("sk-proj-TestTestTestTestTestTest0000"))
+        .auth(AuthLayer::from_key(KEY))
         .base_url(server.url().parse().unwrap())
         .pace(pace.clone());
     let svc = tower::Layer::layer(
@@ -525,7 +525,7 @@ async fn the_mock_reports_true_usage_that_settles_the_charge() {
         .pacer()
         .key_state(
             &PaceKey::new(server.addr().to_string())
-                .with_credential(b"Bearer sk-proj-TestTestTestTestTestTest0000")
+                .with_credential(format!("Bearer {KEY}").as_bytes())
                 .with_model(MODEL),
         )
         .unwrap();
