@@ -41,11 +41,12 @@
 //! - **Above the pacer**, an open circuit refuses a call before it waits for a pacing slot,
 //!   and the pacer's own local refusals (nothing sent) are ignored by the breaker.
 //!
-//! [`OpenAiLayer`](crate::OpenAiLayer) includes the breaker in this place by default, with
-//! [`BreakerConfig::new`]; [`OpenAiLayer::breaker`](crate::OpenAiLayer::breaker) configures it
-//! and [`OpenAiLayer::without_breaker`](crate::OpenAiLayer::without_breaker) switches it off
-//! ([`CircuitBreakerLayer::disabled`]). A breaker wrapped around a client of your own sees
-//! its raw responses: a 5xx response that reaches it unclassified counts as a failure.
+//! [`OpenAiLayer`](crate::OpenAiLayer) has this place for the breaker, switched off by default
+//! ([`CircuitBreakerLayer::disabled`]; see [`crate::stack`] for why);
+//! [`OpenAiLayer::breaker`](crate::OpenAiLayer::breaker) switches it on and
+//! [`OpenAiLayer::without_breaker`](crate::OpenAiLayer::without_breaker) off again. A breaker
+//! wrapped around a client of your own sees its raw responses: a 5xx response that reaches it
+//! unclassified counts as a failure.
 //!
 //! ```
 //! use bytes::Bytes;
