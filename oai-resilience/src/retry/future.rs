@@ -9,6 +9,7 @@ use http::Request;
 use pin_project_lite::pin_project;
 use tokio::time::Sleep;
 use tower_service::Service;
+use tracing::Span;
 
 use super::policy::Decision;
 use super::replay::{clone_request, ReplayBody};
@@ -28,6 +29,8 @@ pin_project! {
     {
         service: S,
         retrier: Retrier,
+        // The retrier's call span, held here so that each poll enters it without a clone.
+        call_span: Span,
         replay: Option<Request<B>>,
         deadline: Option<Pin<Box<Sleep>>>,
         #[pin]
@@ -57,6 +60,7 @@ where
     ) -> Self {
         ResponseFuture {
             service,
+            call_span: retrier.call_span().clone(),
             retrier,
             replay,
             deadline: None,
@@ -91,8 +95,7 @@ where
         let mut this = self.project();
         // Inside the call span: what the service does while it gets ready, and the retry
         // loop's events; the attempt in flight inside its attempt span.
-        let call_span = this.retrier.call_span().clone();
-        let _in_call = call_span.enter();
+        let _in_call = this.call_span.enter();
         loop {
             match this.state.as_mut().project() {
                 StateProj::Called { fut } => {
