@@ -35,13 +35,12 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use oai_resilience::breaker::{BreakerConfig, CircuitBreakerLayer};
 use oai_resilience::fallback::{FallbackLayer, Route, ServedBy};
 use oai_resilience::mock::MockServer;
 use oai_resilience::stack::{ClientBody, OpenAiLayer};
 use oai_resilience::{AuthLayer, BoxError};
+use test_support::http_client;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tower::util::BoxCloneService;
@@ -211,7 +210,7 @@ fn client_for(
     primary: &MockServer,
     secondary: &MockServer,
 ) -> Result<Svc, BoxError> {
-    let http = Client::builder(TokioExecutor::new()).build_http::<ClientBody>();
+    let http = http_client::<ClientBody>();
     Ok(match which {
         Client3::Baseline => BoxCloneService::new(route(primary)?.without_breaker().layer(http)),
         Client3::Stack | Client3::StackDefault => {

@@ -36,12 +36,11 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper_util::client::legacy::{connect::HttpConnector, Client};
-use hyper_util::rt::TokioExecutor;
 use oai_resilience::pace::{PaceLayer, PacerConfig, Priority};
 use oai_resilience::stack::OpenAiLayer;
 use oai_resilience::validate::ValidateBody;
 use oai_resilience::{AuthLayer, BoxError};
+use test_support::http_client;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tower::util::BoxCloneService;
@@ -140,8 +139,7 @@ impl Row {
 
 /// The stack over hyper-util against `base`; with `lanes`, the batch lane has its share.
 fn stack(base: &str, key: &str, lanes: bool) -> Result<Svc, BoxError> {
-    let client: Client<HttpConnector, ValidateBody<Full<Bytes>>> =
-        Client::builder(TokioExecutor::new()).build_http();
+    let client = http_client::<ValidateBody<Full<Bytes>>>();
     let mut pace = PacerConfig::default();
     // The bucket is known to be scarce: one probe learns it before the batch goes, in both
     // rows (without it, the cold wave of 100 calls takes 80 429s whose pauses hold the key,

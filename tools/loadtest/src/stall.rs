@@ -29,12 +29,11 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use oai_resilience::mock::{MockServer, Route};
 use oai_resilience::stack::{ClientBody, OpenAiLayer};
 use oai_resilience::watchdog::{Stall, WatchdogLayer};
 use oai_resilience::{AuthLayer, BoxError, Error, ErrorKind};
+use test_support::http_client;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tower::util::BoxCloneService;
@@ -203,7 +202,7 @@ type Body = http_body_util::combinators::UnsyncBoxBody<Bytes, Error>;
 
 /// The stack over hyper-util, with the watchdog next to the client when `idle` is set.
 fn stack(idle: Option<Duration>) -> Svc {
-    let client = Client::builder(TokioExecutor::new()).build_http::<ClientBody>();
+    let client = http_client::<ClientBody>();
     let layer = OpenAiLayer::new().auth(AuthLayer::from_key(super::TEST_KEY));
     match idle {
         Some(idle) => {

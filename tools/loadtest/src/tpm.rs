@@ -38,13 +38,12 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use oai_resilience::mock::{MockServer, RateLimit, Route, TrueUsage};
 use oai_resilience::pace::CostEstimator;
 use oai_resilience::stack::{ClientBody, OpenAiLayer};
 use oai_resilience::usage::UsageLayer;
 use oai_resilience::{AuthLayer, BoxError, Error};
+use test_support::http_client;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tower::util::BoxCloneService;
@@ -205,7 +204,7 @@ fn into_error(e: impl Into<BoxError>) -> Error {
 
 /// The stack over hyper-util, with the usage layer next to the client when `usage` is set.
 fn stack(usage: bool) -> Svc {
-    let client = Client::builder(TokioExecutor::new()).build_http::<ClientBody>();
+    let client = http_client::<ClientBody>();
     let layer = OpenAiLayer::new().auth(AuthLayer::from_key(super::TEST_KEY));
     if usage {
         let svc = layer.layer(UsageLayer::new().include_usage(true).layer(client));
@@ -219,7 +218,7 @@ fn stack(usage: bool) -> Svc {
 /// hyper-util with 3 tries 100 ms apart on a 429 or 5xx, each call started no earlier than
 /// its slot in a fixed schedule of `interval` per call: pacing by request count alone.
 fn baseline() -> Svc {
-    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let client = http_client::<Full<Bytes>>();
     BoxCloneService::new(tower::service_fn(move |req: http::Request<Full<Bytes>>| {
         let client = client.clone();
         async move {
