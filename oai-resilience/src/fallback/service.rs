@@ -194,10 +194,10 @@ where
     while let Some((index, route)) = routes.next() {
         let Some(req) = pending.take() else { break };
         let has_next = routes.peek().is_some();
-        // Keep the request whole for the next route; send a copy.
-        let (mut send, keep) = match (has_next, clone_request(&req)) {
-            (true, Some(copy)) => (copy, Some(req)),
-            _ => (req, None),
+        // Keep the request whole for the next route, if any; send a copy.
+        let (mut send, keep) = match has_next.then(|| clone_request(&req)).flatten() {
+            Some(copy) => (copy, Some(req)),
+            None => (req, None),
         };
         if let Some(model) = &route.model {
             match send.body().with_model(model) {
@@ -266,7 +266,6 @@ where
     }
 }
 
-/// `err`, with the list of route errors when the call tried more than one route.
 /// The name of the route that `routes` yields next (the caller knows there is one).
 fn next_name<S>(routes: &mut Peekable<impl Iterator<Item = (usize, Route<S>)>>) -> Arc<str> {
     routes
@@ -275,6 +274,7 @@ fn next_name<S>(routes: &mut Peekable<impl Iterator<Item = (usize, Route<S>)>>) 
         .expect("a next route")
 }
 
+/// `err`, with the list of route errors when the call tried more than one route.
 fn finish(err: Error, failed: Vec<RouteError>) -> Error {
     if failed.len() > 1 {
         err.with_routes(failed)
