@@ -110,9 +110,9 @@ pub(super) fn normalize_shares(shares: &[(Priority, f64)]) -> Arc<[(Priority, f6
 /// One key's waiting calls, by lane, and the grants each lane with a share received lately.
 #[derive(Debug)]
 pub(super) struct Queue {
-    /// Lane → ticket (arrival order) → the waiter's waker, once it has parked.
+    /// Lane → ticket (arrival order) → the waiter's waker, once it has parked. A lane
+    /// without calls is removed.
     lanes: BTreeMap<Priority, BTreeMap<u64, Option<Waker>>>,
-    len: usize,
     /// `(lane, share)`, highest lane first.
     shares: Arc<[(Priority, f64)]>,
     /// For each lane in `shares`: its decayed grants, and the decayed grants of every lane
@@ -124,31 +124,22 @@ impl Queue {
     pub(super) fn new(shares: Arc<[(Priority, f64)]>) -> Self {
         Queue {
             lanes: BTreeMap::new(),
-            len: 0,
             served: Vec::new(),
             shares,
         }
     }
 
     pub(super) fn len(&self) -> usize {
-        self.len
+        self.lanes.values().map(BTreeMap::len).sum()
     }
 
     pub(super) fn is_empty(&self) -> bool {
-        self.len == 0
+        self.lanes.is_empty()
     }
 
     /// Enters `ticket` in `lane` (not yet parked).
     pub(super) fn push(&mut self, lane: Priority, ticket: u64) {
-        if self
-            .lanes
-            .entry(lane)
-            .or_default()
-            .insert(ticket, None)
-            .is_none()
-        {
-            self.len += 1;
-        }
+        self.lanes.entry(lane).or_default().insert(ticket, None);
     }
 
     /// Parks a waiting `ticket` with the waker to wake when it may move.
@@ -165,9 +156,7 @@ impl Queue {
     pub(super) fn remove(&mut self, lane: Priority, ticket: u64) -> bool {
         let was_head = self.head() == Some((lane, ticket));
         if let Some(q) = self.lanes.get_mut(&lane) {
-            if q.remove(&ticket).is_some() {
-                self.len -= 1;
-            }
+            q.remove(&ticket);
             if q.is_empty() {
                 self.lanes.remove(&lane);
             }
