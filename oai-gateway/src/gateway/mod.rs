@@ -599,6 +599,20 @@ impl Gateway {
             }
             _ => {}
         }
+        // Before the body is read: a call refused for its x-priority reads none of it.
+        let priority = match req.headers().get(PRIORITY_HEADER) {
+            None => None,
+            Some(v) => match v.to_str().ok().and_then(Priority::parse) {
+                Some(p) => Some(p),
+                None => {
+                    return bad_request(
+                        out,
+                        "The x-priority header must be low, normal, high, batch, interactive or a level from 0 to 255.",
+                        "send a valid x-priority, or none",
+                    )
+                }
+            },
+        };
         let (parts, body) = req.into_parts();
         let fault = UploadFault::default();
         let body: RequestBody = if streamed {
@@ -657,19 +671,6 @@ impl Gateway {
         if let Some(headers) = builder.headers_mut() {
             *headers = self.request_headers(&parts.headers, caller);
         }
-        let priority = match parts.headers.get(PRIORITY_HEADER) {
-            None => None,
-            Some(v) => match v.to_str().ok().and_then(Priority::parse) {
-                Some(p) => Some(p),
-                None => {
-                    return bad_request(
-                        out,
-                        "The x-priority header must be low, normal, high, batch, interactive or a level from 0 to 255.",
-                        "send a valid x-priority, or none",
-                    )
-                }
-            },
-        };
         if let Some(p) = priority {
             builder = builder.extension(p);
         }
