@@ -135,7 +135,8 @@ impl Histogram {
 
 /// The request counter, by its labels: the allowlist prefix the request matched (or the
 /// gateway's own endpoint, or `-` for a refused path), then the status answered, then the
-/// error kind (`none` for a success). Nested maps so that a request that finds its series
+/// error kind (`none` for a success), then the upstream route that served it (`served_by`:
+/// `primary`, `fallback-N`, `-` if not sent). Nested maps so that a request that finds its series
 /// (all but the first of each label set) takes a read lock, allocates nothing and adds
 /// with an atomic.
 type RequestCounts = HashMap<String, HashMap<u16, HashMap<String, HashMap<String, AtomicU64>>>>;
