@@ -261,7 +261,12 @@ mod tests {
 
     #[test]
     fn the_guard_writes_what_has_gathered() {
-        let (writer, guard) = background();
+        // No writer thread: only the guard can have written the line.
+        let shared = Arc::new(Shared::new(HIGH_WATER));
+        let writer = Background {
+            shared: shared.clone(),
+        };
+        let guard = LogGuard { shared };
         writeln!(writer.make_writer(), "oai-gateway logging test line").unwrap();
         guard.flush();
         assert_eq!(gathered(&writer), "", "written out (to standard error)");
