@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http_body_util::combinators::{BoxBody, UnsyncBoxBody};
-use http_body_util::{Empty, Full, StreamBody};
+use http_body_util::{Either, Empty, Full, StreamBody};
 
 use crate::pace::PaceBody;
 use crate::retry::ReplayBody;
@@ -176,6 +176,15 @@ impl RouteBody for String {
     }
 }
 
+impl<L: RouteBody, R: RouteBody> RouteBody for Either<L, R> {
+    fn with_model(&self, model: &str) -> Option<Self> {
+        match self {
+            Either::Left(l) => l.with_model(model).map(Either::Left),
+            Either::Right(r) => r.with_model(model).map(Either::Right),
+        }
+    }
+}
+
 impl RouteBody for Empty<Bytes> {
     fn with_model(&self, _model: &str) -> Option<Self> {
         None
@@ -209,6 +218,22 @@ impl<S> RouteBody for StreamBody<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn either_rewrites_through_the_side_it_holds() {
+        type Body = Either<Bytes, UnsyncBoxBody<Bytes, std::convert::Infallible>>;
+        let json: Body = Either::Left(Bytes::from_static(br#"{"model":"gpt-4o"}"#));
+        match json.with_model("gpt-4o-mini") {
+            Some(Either::Left(b)) => assert_eq!(&b[..], br#"{"model":"gpt-4o-mini"}"#),
+            other => panic!("{other:?}"),
+        }
+        let not_json: Body = Either::Left(Bytes::from_static(b"not json"));
+        assert!(not_json.with_model("gpt-4o-mini").is_none());
+        let streamed: Body = Either::Right(http_body_util::BodyExt::boxed_unsync(Full::new(
+            Bytes::from_static(b"{}"),
+        )));
+        assert!(streamed.with_model("gpt-4o-mini").is_none());
+    }
 
     #[test]
     fn the_model_is_replaced_and_the_rest_kept() {
