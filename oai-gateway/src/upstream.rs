@@ -35,7 +35,6 @@ use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
 use oai_resilience::fallback::{Fallback, Route, RouteBody};
 use oai_resilience::pace::{RedisStore, RedisStoreConfig};
-use oai_resilience::retry::ReplayBody;
 use oai_resilience::stack::ClientBody;
 use oai_resilience::watchdog::{Stall, WatchdogBody, WatchdogLayer};
 use oai_resilience::{BoxError, Error, OpenAiLayer};
@@ -246,29 +245,6 @@ pub fn stack(
     BoxCloneSyncService::new(layer.service_for::<RequestBody, _>(observed))
 }
 
-/// A [`RequestBody`] as the fallback routes see it: a buffered JSON body is replayed to the
-/// next route and its `model` can be rewritten; a streamed upload goes to the first route
-/// only.
-#[derive(Debug)]
-pub struct RouteRequestBody(pub RequestBody);
-
-impl ReplayBody for RouteRequestBody {
-    fn try_clone_body(&self) -> Option<Self> {
-        self.0.try_clone_body().map(RouteRequestBody)
-    }
-}
-
-impl RouteBody for RouteRequestBody {
-    fn with_model(&self, model: &str) -> Option<Self> {
-        match &self.0 {
-            Either::Left(full) => full
-                .with_model(model)
-                .map(|b| RouteRequestBody(Either::Left(b))),
-            Either::Right(_) => None,
-        }
-    }
-}
-
 /// `stack`, sending a JSON object body with `model` as its `model` (a `--fallback-upstream`'s
 /// `model=`); any other body (none, as for `GET /v1/models`; a streamed upload) goes as it
 /// is. Unlike [`Route::model`], which does not send such a request to the route at all, so
@@ -276,13 +252,7 @@ impl RouteBody for RouteRequestBody {
 pub fn with_model(stack: Stack, model: &str) -> Stack {
     let model: Arc<str> = model.into();
     BoxCloneSyncService::new(stack.map_request(move |req: Request<RequestBody>| {
-        req.map(|body| match body {
-            Either::Left(full) => match full.with_model(&model) {
-                Some(rewritten) => Either::Left(rewritten),
-                None => Either::Left(full),
-            },
-            other => other,
-        })
+        req.map(|body| body.with_model(&model).unwrap_or(body))
     }))
 }
 
@@ -291,13 +261,7 @@ pub fn with_model(stack: Stack, model: &str) -> Stack {
 /// [`ServedBy`](oai_resilience::fallback::ServedBy), an error that tried more than one route
 /// lists them ([`Error::routes`]).
 pub fn fallback_stack(routes: Vec<Route<Stack>>) -> Stack {
-    let routes = routes
-        .into_iter()
-        .map(|r| r.map(|s| s.map_request(|req: Request<RouteRequestBody>| req.map(|b| b.0))));
-    let fallback = Fallback::new(routes);
-    BoxCloneSyncService::new(
-        fallback.map_request(|req: Request<RequestBody>| req.map(RouteRequestBody)),
-    )
+    BoxCloneSyncService::new(Fallback::new(routes))
 }
 
 /// The pacing store for `--store ARG`: `memory` (or `in-process`): `None`, each gateway paces
