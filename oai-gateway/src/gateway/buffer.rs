@@ -95,12 +95,17 @@ impl BodyBudget {
         self.inner.refused.load(Ordering::Relaxed)
     }
 
-    /// Takes `n` bytes, if the cap allows; else counts a refusal.
-    fn take(&self, n: usize) -> Option<Charge> {
-        let mut charge = Charge {
+    /// A charge of no bytes, to grow as a body arrives.
+    fn charge(&self) -> Charge {
+        Charge {
             budget: self.inner.clone(),
             n: 0,
-        };
+        }
+    }
+
+    /// Takes `n` bytes, if the cap allows; else counts a refusal.
+    fn take(&self, n: usize) -> Option<Charge> {
+        let mut charge = self.charge();
         charge.grow(n).then_some(charge)
     }
 }
@@ -221,7 +226,7 @@ where
     B: Body<Data = Bytes>,
     B::Error: Into<BoxError>,
 {
-    let mut charge = budget.take(0).ok_or(ReadError::OverBudget)?;
+    let mut charge = budget.charge();
     let mut buf = BytesMut::new();
     let mut body = pin!(body);
     while let Some(frame) = body.frame().await {
