@@ -66,10 +66,7 @@ pub struct Usage<S> {
 impl<S> Usage<S> {
     /// Wraps `inner` with a default [`UsageLayer`].
     pub fn new(inner: S) -> Self {
-        Usage {
-            inner,
-            include_usage: false,
-        }
+        tower::Layer::layer(&UsageLayer::new(), inner)
     }
 
     crate::macros::inner_service_accessors!();
